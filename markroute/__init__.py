@@ -1,0 +1,3 @@
+"""markroute: declarative policy routing with packet marks for Linux."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,37 @@
+"""Network-namespace lab for markroute's kernel tests and ``markroute demo``.
+
+Builds throwaway topologies out of network namespaces, sends real packets
+between them and always tears everything down again.  See
+:mod:`markroute.lab.netns` for the primitives and
+:mod:`markroute.lab.topologies` for ready-made scenarios.
+"""
+
+from markroute.lab.addresses import AddressGuardError, check_lab_address
+from markroute.lab.netns import CommandError, Lab, LabError, cleanup
+from markroute.lab.topologies import (
+    LanClient,
+    MultiHomedLab,
+    RouterLab,
+    TwoRoutersLab,
+    lab_portforward,
+    multihomed_lab,
+    router_lab,
+    two_routers_lab,
+)
+
+__all__ = [
+    "AddressGuardError",
+    "CommandError",
+    "Lab",
+    "LabError",
+    "LanClient",
+    "MultiHomedLab",
+    "RouterLab",
+    "TwoRoutersLab",
+    "check_lab_address",
+    "cleanup",
+    "lab_portforward",
+    "multihomed_lab",
+    "router_lab",
+    "two_routers_lab",
+]

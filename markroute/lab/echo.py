@@ -23,6 +23,7 @@ connections cheap, and errors on one client never stop the server.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import json
 import selectors
@@ -158,10 +159,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     server = EchoServer(args.bind, args.tcp, args.udp)
     print("READY", flush=True)  # Lab.serve_echo waits for this line
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ programs inside them.  Three properties matter more than convenience:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import os
@@ -114,10 +115,8 @@ def _kill_namespace_processes(name: str) -> None:
     """
     pids = _execute(["ip", "netns", "pids", name], check=False).stdout.split()
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError, ValueError):
             os.kill(int(pid), signal.SIGKILL)
-        except (ProcessLookupError, ValueError):
-            pass
 
 
 def cleanup(names: Iterable[str]) -> None:

@@ -37,6 +37,8 @@ REMOTE_CLIENT_V4 = "203.0.113.20"
 REMOTE_CLIENT_V6 = "2001:db8:100::20"
 SERVER_NETS_V4 = ("203.0.113.0/24", "198.18.0.0/15")
 SERVER_NETS_V6 = ("2001:db8:100::/48",)
+#: Fixed MAC of r2's LAN interface in :func:`two_routers_lab` (from seed 002).
+R2_LAN_MAC = "52:54:00:c2:a5:43"
 
 _MAX_ISPS = 16
 _MAX_LAN_CLIENTS = 50
@@ -85,15 +87,33 @@ def _anyip(lab: Lab, ns: str, nets: tuple[str, ...]) -> None:
 
 def _link(
     lab: Lab,
-    a: tuple[str, str, tuple[str, ...]],
-    b: tuple[str, str, tuple[str, ...]],
+    a: tuple[str, str],
+    a_cidrs: tuple[str, ...],
+    b: tuple[str, str],
+    b_cidrs: tuple[str, ...],
     mac_a: str | None = None,
 ) -> None:
-    """veth between ``(ns, ifname, cidrs)`` ends *a* and *b*, addressed."""
+    """veth between ``(ns, ifname)`` ends *a* and *b*, each given its addresses."""
     lab.veth(a[0], a[1], b[0], b[1], mac_a=mac_a)
-    for ns, ifname, cidrs in (a, b):
+    for (ns, ifname), cidrs in ((a, a_cidrs), (b, b_cidrs)):
         for cidr in cidrs:
             lab.addr(ns, ifname, cidr)
+
+
+def _uplink(lab: Lab, ns: str, net: str, net_if: str, k: int, v6: bool = False) -> None:
+    """Point-to-point link k between router *ns* (``up0``) and *net*, plus default route.
+
+    Link k uses 198.51.100.{4k}/30 (net .4k+1, router .4k+2) and, with
+    *v6*, 2001:db8:ff{k}::/64 (net ::1, router ::2).
+    """
+    v4_net, v4_rtr = f"198.51.100.{4 * k + 1}", f"198.51.100.{4 * k + 2}"
+    v6_net, v6_rtr = f"2001:db8:ff{k}::1", f"2001:db8:ff{k}::2"
+    rtr_cidrs = (f"{v4_rtr}/30",) + ((f"{v6_rtr}/64",) if v6 else ())
+    net_cidrs = (f"{v4_net}/30",) + ((f"{v6_net}/64",) if v6 else ())
+    _link(lab, (ns, "up0"), rtr_cidrs, (net, net_if), net_cidrs)
+    lab.route(ns, "default", "via", v4_net)
+    if v6:
+        lab.route(ns, "default", "via", v6_net)
 
 
 # -- router_lab --------------------------------------------------------------
@@ -184,7 +204,9 @@ def _client_addresses(k: int, ipv6: bool) -> tuple[str, str | None, tuple[str, .
     return f"192.168.1.{host}", v6, extra
 
 
-def _build_lan(lab: Lab, rtr: str, count: int, ipv6: bool) -> tuple[tuple[LanClient, ...], str | None]:
+def _build_lan(
+    lab: Lab, rtr: str, count: int, ipv6: bool
+) -> tuple[tuple[LanClient, ...], str | None]:
     """Client namespaces wired to rtr's lan0: directly, or through a bridge in ``sw``."""
     sw = lab.add_ns("sw") if count > 1 else None
     if sw is not None:
@@ -212,22 +234,14 @@ def _build_lan(lab: Lab, rtr: str, count: int, ipv6: bool) -> tuple[tuple[LanCli
 def _build_isp(lab: Lab, rtr: str, net: str, i: int, v6: bool) -> str:
     """ISP i: down0 faces rtr's wan{i}, up0 faces net, masquerading on up0."""
     isp = lab.add_ns(f"isp{i}")
-    _link(
-        lab,
-        (isp, "down0", (f"10.0.{i}.1/24",) + ((f"2001:db8:{i}::1/64",) if v6 else ())),
-        (rtr, f"wan{i}", (f"10.0.{i}.2/24",) + ((f"2001:db8:{i}::2/64",) if v6 else ())),
-    )
-    _link(
-        lab,
-        (isp, "up0", (f"198.51.100.{4 * i + 2}/30",) + ((f"2001:db8:ff{i}::2/64",) if v6 else ())),
-        (net, f"ispl{i}", (f"198.51.100.{4 * i + 1}/30",) + ((f"2001:db8:ff{i}::1/64",) if v6 else ())),
-    )
+    down_cidrs = (f"10.0.{i}.1/24",) + ((f"2001:db8:{i}::1/64",) if v6 else ())
+    wan_cidrs = (f"10.0.{i}.2/24",) + ((f"2001:db8:{i}::2/64",) if v6 else ())
+    _link(lab, (isp, "down0"), down_cidrs, (rtr, f"wan{i}"), wan_cidrs)
+    _uplink(lab, isp, net, f"ispl{i}", i, v6)
     lab.forwarding(isp, ipv6=v6)
-    lab.route(isp, "default", "via", f"198.51.100.{4 * i + 1}")
     # Not needed while the router NATs, but lets tests observe unNATed traffic.
     lab.route(isp, "192.168.1.0/24", "via", f"10.0.{i}.2")
     if v6:
-        lab.route(isp, "default", "via", f"2001:db8:ff{i}::1")
         lab.route(isp, "fd00:1::/64", "via", f"2001:db8:{i}::2")
     _masquerade(lab, isp, "up0")
     return isp
@@ -353,14 +367,17 @@ class TwoRoutersLab:
     remote_net: str
 
 
-def _build_edge_router(lab: Lab, role: str, k: int, net: str, sw: str, lan_cidr: str) -> str:
-    """Router *role* with lan0 on the switch and up0 (198.51.100.4k+2/30) to net."""
+def _build_edge_router(lab: Lab, k: int, net: str, sw: str, mac: str | None = None) -> str:
+    """Router r{k+1}: lan0 192.168.10.{k+1} on the switch, up0 uplink k to net.
+
+    Like a home router it masquerades outbound traffic and forwards TCP 80
+    on its public address to the host.
+    """
+    role = f"r{k + 1}"
     ns = lab.add_ns(role)
-    mac = "52:54:00:c2:a5:43" if role == "r2" else None
-    _link(lab, (ns, "lan0", (lan_cidr,)), (sw, f"p{role}", ()), mac_a=mac)
-    _link(lab, (ns, "up0", (f"198.51.100.{4 * k + 2}/30",)), (net, f"to{role}", (f"198.51.100.{4 * k + 1}/30",)))
+    _link(lab, (ns, "lan0"), (f"192.168.10.{k + 1}/24",), (sw, f"p{role}"), (), mac_a=mac)
+    _uplink(lab, ns, net, f"to{role}", k)
     lab.forwarding(ns)
-    lab.route(ns, "default", "via", f"198.51.100.{4 * k + 1}")
     _masquerade(lab, ns, "up0")
     _port_forward(
         lab,
@@ -375,10 +392,10 @@ def two_routers_lab(lab: Lab) -> TwoRoutersLab:
     sw = lab.add_ns("sw")
     host = lab.add_ns("host")
     net = lab.add_ns("net")
-    _link(lab, (host, "eth0", ("192.168.10.50/24",)), (sw, "phost", ()))
+    _link(lab, (host, "eth0"), ("192.168.10.50/24",), (sw, "phost"), ())
     lab.route(host, "default", "via", "192.168.10.1")
-    r1 = _build_edge_router(lab, "r1", 0, net, sw, "192.168.10.1/24")
-    r2 = _build_edge_router(lab, "r2", 1, net, sw, "192.168.10.2/24")
+    r1 = _build_edge_router(lab, 0, net, sw)
+    r2 = _build_edge_router(lab, 1, net, sw, mac=R2_LAN_MAC)
     lab.bridge(sw, "br0", ["phost", "pr1", "pr2"])
     _anyip(lab, net, ("203.0.113.0/24",))
     return TwoRoutersLab(
@@ -393,7 +410,7 @@ def two_routers_lab(lab: Lab) -> TwoRoutersLab:
         lan_net="192.168.10.0/24",
         r1_lan="192.168.10.1",
         r2_lan="192.168.10.2",
-        r2_lan_mac="52:54:00:c2:a5:43",
+        r2_lan_mac=R2_LAN_MAC,
         router_lan_if="lan0",
         router_up_if="up0",
         r1_public="198.51.100.2",
@@ -440,10 +457,9 @@ def _build_gateway(lab: Lab, k: int, host: str, host_if: str, net: str) -> str:
     """gw{k}: lan0 10.{10+10k}.0.1/24 toward host, up0 198.51.100.{4k+2}/30 to net."""
     ns = lab.add_ns(f"gw{k}")
     subnet = f"10.{10 + 10 * k}.0"
-    _link(lab, (host, host_if, (f"{subnet}.5/24",)), (ns, "lan0", (f"{subnet}.1/24",)))
-    _link(lab, (ns, "up0", (f"198.51.100.{4 * k + 2}/30",)), (net, f"togw{k}", (f"198.51.100.{4 * k + 1}/30",)))
+    _link(lab, (host, host_if), (f"{subnet}.5/24",), (ns, "lan0"), (f"{subnet}.1/24",))
+    _uplink(lab, ns, net, f"togw{k}", k)
     lab.forwarding(ns)
-    lab.route(ns, "default", "via", f"198.51.100.{4 * k + 1}")
     lab.route(net, f"{subnet}.0/24", "via", f"198.51.100.{4 * k + 2}")
     return ns
 

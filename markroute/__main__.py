@@ -1,0 +1,3 @@
+from markroute.cli import main
+
+main()

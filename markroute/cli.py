@@ -1,0 +1,43 @@
+"""The `markroute` command: subcommands in the style of `ip`/`nft`/`systemctl`.
+
+Each subcommand lives in its own module under `markroute.commands` and is imported only
+when it runs, so `markroute --version` or `markroute check` never pay for pyroute2 or the
+kernel layer.
+
+Exit codes: 0 success; 1 the config is invalid or an operation failed (and was rolled
+back); 2 wrong usage; 3 the kernel does not match the applied plan (drift); 4 the
+environment is missing something (not root, no nft binary, no such namespace).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from markroute import __version__
+
+COMMANDS = {
+    "check": "Validate a config and explain every mistake.",
+    "plan": "Print exactly what apply would install.",
+}
+
+
+class LazyGroup(click.Group):
+    """A group that imports `markroute.commands.<name>` only for the command being run."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module = importlib.import_module(f"markroute.commands.{cmd_name}")
+        command: click.Command = module.command
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="markroute")
+def main() -> None:
+    """Declarative, safe and observable policy routing with packet marks."""

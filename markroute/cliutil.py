@@ -1,0 +1,60 @@
+"""Options and output helpers shared by the subcommands."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from markroute.diagnostics import Diagnostic
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_FAILED = 1
+EXIT_DRIFT = 3
+EXIT_ENVIRONMENT = 4
+
+
+def config_option(func: F) -> F:
+    return click.option(
+        "-c", "--config", "config", metavar="FILE", default=None,
+        help="Config file (default: $MARKROUTE_CONFIG or /etc/markroute/markroute.yaml).",
+    )(func)
+
+
+def netns_option(func: F) -> F:
+    return click.option("--netns", metavar="NAME", default=None, help="Run inside this network namespace.")(func)
+
+
+def json_option(func: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")(func)
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+def print_diagnostics(diagnostics: list[Diagnostic]) -> None:
+    for diagnostic in diagnostics:
+        click.echo(diagnostic.render(), err=True)
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    click.echo(f"markroute: {message}", err=True)
+    sys.exit(code)
+
+
+def load_model_or_exit(path: str, quiet_warnings: bool = False) -> Any:
+    """The validated model, or the diagnostics on stderr and exit 1."""
+    from markroute.config import load_model
+
+    model, diagnostics = load_model(path)
+    if model is None:
+        print_diagnostics(diagnostics)
+        sys.exit(EXIT_FAILED)
+    if not quiet_warnings:
+        print_diagnostics(diagnostics)
+    return model

@@ -1,0 +1,1 @@
+"""One module per `markroute` subcommand; each exposes `command`."""

@@ -1,0 +1,31 @@
+"""`markroute check`: validate a config and list every problem with its position."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from markroute.cliutil import EXIT_FAILED, config_option, json_option, print_diagnostics, print_json
+
+
+@click.command("check")
+@config_option
+@json_option
+def command(config: str | None, as_json: bool) -> None:
+    """Validate the config; exit 0 when it is valid, 1 with one line per problem."""
+    from markroute.config import config_path, load_model
+
+    path = config_path(config)
+    model, diagnostics = load_model(path)
+    if as_json:
+        print_json({"valid": model is not None, "diagnostics": [d.to_json() for d in diagnostics]})
+    else:
+        print_diagnostics(diagnostics)
+        if model is not None:
+            click.echo(
+                f"{path}: ok: {len(model.uplinks)} uplinks, {len(model.groups)} groups, "
+                f"{len(model.policies)} policies"
+            )
+    if model is None:
+        sys.exit(EXIT_FAILED)

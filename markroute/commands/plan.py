@@ -1,0 +1,27 @@
+"""`markroute plan`: print exactly what `apply` would install, byte for byte the same each run."""
+
+from __future__ import annotations
+
+import click
+
+from markroute.cliutil import config_option, load_model_or_exit, print_json
+
+
+@click.command("plan")
+@config_option
+@click.option("--format", "fmt", type=click.Choice(["text", "nft", "json"]), default="text", show_default=True)
+def command(config: str | None, fmt: str) -> None:
+    """Compile the config and print the nftables table, ip rules, routes and sysctls."""
+    from markroute import nfttext
+    from markroute.compiler import compile_plan
+    from markroute.config import config_path
+    from markroute.render import plan_text
+
+    model = load_model_or_exit(config_path(config))
+    plan = compile_plan(model)
+    if fmt == "json":
+        print_json(plan.to_json())
+    elif fmt == "nft":
+        click.echo(nfttext.render(plan.nft_document()), nl=False)
+    else:
+        click.echo(plan_text(plan), nl=False)

@@ -1,0 +1,402 @@
+"""Compiling a `Model` into a `Plan`: one nftables table, a band of ip rules, routes, sysctls.
+
+How packets flow through the generated table (`inet markroute`):
+
+* `prerouting` (filter, mangle priority) and `output` (route, mangle priority): packets of
+  known connections get their uplink mark back from the connection mark and leave the
+  chain. Only a connection's first packet goes further: in prerouting it is first
+  classified by the uplink it arrived through (`ingress`, `inbound` drops), otherwise
+  the policies decide, first match wins. Deciding once per connection and saving the
+  decision in the conntrack mark is what keeps a balanced connection on one uplink.
+* `mark_<uplink>` chains set only the bits of the mark mask, in the packet and the
+  connection, then accept; a verdict map on the masked connection mark reaches them, the
+  form every nftables version accepts.
+* `group_<name>` chains pick a member: `numgen random` over a verdict map for weighted
+  balancing, a plain `goto` to the first usable member for failover. The daemon rewrites
+  only these chains when an uplink's health changes.
+* `postrouting` (nat) masquerades or SNATs per uplink.
+
+The mark then selects the uplink's routing table through an `ip rule fwmark` in
+markroute's own priority band.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from markroute import marks
+from markroute import nftjson as nj
+from markroute.model import Addresses, Match, Model, Policy, Uplink
+from markroute.plan import IpRule, Plan, Route, Sysctl, UplinkPlan, ordered_rules, ordered_routes
+from markroute.values import PORT_PROTOCOLS, PROTOCOL_NAMES, Interval, interval_text
+
+Expr = dict[str, Any]
+INLINE_LIMIT = 16
+RP_FILTER = {"strict": "1", "loose": "2", "off": "0"}
+NFPROTO = {4: "ipv4", 6: "ipv6"}
+IP_PAYLOAD = {4: "ip", 6: "ip6"}
+SET_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
+
+
+def compile_plan(model: Model) -> Plan:
+    return Compiler(model).plan()
+
+
+class Compiler:
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.mask = model.settings.mark_mask
+        self.table = "markroute"
+        self.sets: dict[str, Expr] = {}
+        self.chains: dict[str, list[Expr]] = {}
+        self.base: dict[str, Expr] = {}
+        self.negations = 0
+
+    # -- entry point ------------------------------------------------------------------
+
+    def plan(self) -> Plan:
+        self.define_base_chains()
+        self.prerouting()
+        self.output()
+        self.postrouting()
+        nft: list[Expr] = [nj.table(self.table)]
+        nft += list(self.sets.values())
+        for name in self.chains:
+            nft.append(self.base.get(name) or nj.chain(self.table, name))
+        for name, rules in self.chains.items():
+            nft += rules
+        return Plan(
+            mask=self.mask,
+            rule_priority=self.model.settings.rule_priority,
+            nft=tuple(nft),
+            rules=ordered_rules(self.ip_rules()),
+            routes=ordered_routes(self.routes()),
+            sysctls=self.sysctls(),
+            uplinks=self.uplink_plans(),
+            policies=tuple(p.name for p in self.model.policies),
+        )
+
+    # -- chains -----------------------------------------------------------------------
+
+    def define_base_chains(self) -> None:
+        self.base["prerouting"] = nj.chain(self.table, "prerouting", "prerouting", "filter", "mangle")
+        self.base["output"] = nj.chain(self.table, "output", "output", "route", "mangle")
+        self.base["postrouting"] = nj.chain(self.table, "postrouting", "postrouting", "nat", "srcnat")
+        for name in self.base:
+            self.chains[name] = []
+
+    def add(self, chain: str, expr: list[Expr], comment: str | None = None) -> None:
+        self.chains.setdefault(chain, []).append(nj.rule(self.table, chain, expr, comment))
+
+    def restore_rules(self, chain: str) -> None:
+        """Known connections: put the uplink mark back on the packet and stop."""
+        not_new = nj.match(nj.ct("state"), "new", "!=")
+        if self.model.uplinks:
+            entries = [(u.mark, nj.verdict("goto", self.mark_chain(u.name))) for u in self.model.uplinks.values()]
+            self.add(chain, [not_new, nj.vmap(nj.band(nj.ct("mark"), self.mask), entries)], "restore connection mark")
+        self.add(chain, [not_new, nj.verdict("accept")])
+
+    def prerouting(self) -> None:
+        self.restore_rules("prerouting")
+        plain = [u for u in self.model.uplinks.values() if u.ingress is None]
+        explicit = [u for u in self.model.uplinks.values() if u.ingress is not None]
+        for uplink in explicit + plain:
+            self.ingress(uplink)
+        self.add("prerouting", [nj.match(nj.fib_daddr_type(), "local"), nj.verdict("accept")], "to this host")
+        if self.policy_rules("policies_fwd", local=False):
+            self.add("prerouting", [nj.verdict("goto", "policies_fwd")])
+
+    def output(self) -> None:
+        self.restore_rules("output")
+        self.add("output", [nj.match(nj.band(nj.meta("mark"), self.mask), 0, "!="), nj.verdict("accept")],
+                 "socket chose its uplink")
+        self.add("output", [nj.match(nj.fib_daddr_type(), "local"), nj.verdict("accept")], "to this host")
+        if self.policy_rules("policies_local", local=True):
+            self.add("output", [nj.verdict("goto", "policies_local")])
+
+    def ingress(self, uplink: Uplink) -> None:
+        """A new connection arriving through an uplink is that uplink's: never policy-routed."""
+        reply = self.model.settings.reply_via_ingress
+        accepted = nj.verdict("goto", self.mark_chain(uplink.name)) if reply else nj.verdict("accept")
+        target = accepted
+        if uplink.inbound is not None and uplink.inbound.policy == "drop":
+            chain = f"in_{uplink.name}"
+            for allowed in uplink.inbound.allow:
+                self.emit(chain, allowed, [nj.counter(), accepted], f"inbound {uplink.name} allow")
+            self.add(chain, [nj.counter(), nj.verdict("drop")], f"inbound {uplink.name}")
+            target = nj.verdict("goto", chain)
+        head = [nj.match(nj.meta("iifname"), uplink.interface)]
+        self.emit("prerouting", uplink.ingress or Match(), [nj.counter(), target], f"ingress {uplink.name}", head)
+
+    def policy_rules(self, chain: str, local: bool) -> bool:
+        """The policies that can see this chain's traffic, in order; True when any was emitted."""
+        emitted = False
+        for policy in self.model.policies:
+            m = policy.match
+            if m.local is not None and m.local != local:
+                continue
+            if local and (m.iifs or m.macs):
+                continue
+            self.emit(chain, m, [nj.counter(), self.target(policy.via)], f"policy {policy.name}",
+                      versions=m.versions & self.model.target_versions(policy.via))
+            emitted = True
+        return emitted
+
+    def target(self, via: str) -> Expr:
+        if via == "main":
+            return nj.verdict("accept")
+        if via in self.model.groups:
+            return nj.verdict("goto", self.group_chain(via))
+        return nj.verdict("goto", self.mark_chain(via))
+
+    def mark_chain(self, name: str) -> str:
+        """Chain that sets uplink `name`'s mark (or a reserved one) on packet and connection."""
+        chain = f"mark_{name}"
+        if chain in self.chains:
+            return chain
+        if name in self.model.uplinks:
+            value = self.model.uplinks[name].mark
+            body = [nj.set_bits(nj.meta("mark"), self.mask, value), nj.set_bits(nj.ct("mark"), self.mask, value)]
+        else:
+            value = marks.unreachable_mark(self.mask) if name == "unreachable" else marks.blackhole_mark(self.mask)
+            body = [nj.set_bits(nj.meta("mark"), self.mask, value)]
+        self.chains[chain] = []
+        for statement in body:
+            self.add(chain, [statement])
+        self.add(chain, [nj.verdict("accept")])
+        return chain
+
+    def group_chain(self, name: str) -> str:
+        chain = f"group_{name}"
+        if chain in self.chains:
+            return chain
+        self.chains[chain] = []
+        group = self.model.groups[name]
+        per_version = {
+            v: [(m, w) for m, w in group.members if v in self.model.target_versions(m)] for v in (4, 6)
+        }
+        versions = [v for v in (4, 6) if per_version[v]]
+        if len(versions) == 2 and per_version[4] == per_version[6]:
+            versions = [0]
+            per_version[0] = per_version[4]
+        for version in versions:
+            guard = [nj.match(nj.meta("nfproto"), NFPROTO[version])] if version else []
+            members = per_version[version]
+            if group.kind == "failover":
+                self.add(chain, guard + [self.target(members[0][0])])
+            else:
+                self.add(chain, guard + [self.balance_map(members)])
+        return chain
+
+    def balance_map(self, members: list[tuple[str, int]]) -> Expr:
+        total = sum(weight for _, weight in members)
+        entries: list[tuple[Any, Expr]] = []
+        start = 0
+        for member, weight in members:
+            key: Any = start if weight == 1 else nj.span(start, start + weight - 1)
+            entries.append((key, self.target(member)))
+            start += weight
+        return nj.vmap(nj.numgen(total), entries)
+
+    def postrouting(self) -> None:
+        by_interface: dict[str, int] = {}
+        for uplink in self.model.uplinks.values():
+            by_interface[uplink.interface] = by_interface.get(uplink.interface, 0) + 1
+        for uplink in self.model.uplinks.values():
+            if uplink.nat.kind == "none":
+                continue
+            expr = [nj.match(nj.meta("oifname"), uplink.interface)]
+            if by_interface[uplink.interface] > 1:
+                expr.append(nj.match(nj.band(nj.meta("mark"), self.mask), uplink.mark))
+            if uplink.nat.kind == "masquerade":
+                expr += [nj.counter(), {"masquerade": None}]
+            else:
+                address = uplink.nat.address or ""
+                family = "ip6" if ":" in address else "ip"
+                expr += [nj.match(nj.meta("nfproto"), "ipv6" if family == "ip6" else "ipv4"), nj.counter(),
+                         {"snat": {"family": family, "addr": address}}]
+            self.add("postrouting", expr, f"nat {uplink.name}")
+
+    # -- matches ----------------------------------------------------------------------
+
+    def emit(
+        self,
+        chain: str,
+        match: Match,
+        tail: list[Expr],
+        comment: str,
+        head: list[Expr] | None = None,
+        versions: frozenset[int] | None = None,
+    ) -> None:
+        """Rules for `head and match -> tail`, one per IP family where the match needs it.
+
+        A negation of several conditions cannot be one nftables expression, so it becomes
+        a small chain that returns when the negated part matches.
+        """
+        versions = match.versions if versions is None else versions
+        if versions == {4, 6} and not _family_specific(match):
+            per_family: list[int | None] = [None]
+        else:
+            per_family = sorted(versions)
+        for version in per_family:
+            exprs = list(head or []) + self.conditions(match, version)
+            if version is not None and not _has_ip_payload(exprs):
+                exprs.insert(len(head or []), nj.match(nj.meta("nfproto"), NFPROTO[version]))
+            negated = self.negation(match.negated, version)
+            if negated is None:
+                self.add(chain, exprs + tail, comment)
+            elif len(negated) == 1:
+                self.add(chain, exprs + [_invert(negated[0])] + tail, comment)
+            else:
+                self.negations += 1
+                sub = f"unless_{self.negations}"
+                self.chains[sub] = []
+                self.add(sub, negated + [nj.verdict("return")])
+                self.add(sub, tail, comment)
+                self.add(chain, exprs + [nj.verdict("jump", sub)])
+
+    def negation(self, negated: Match | None, version: int | None) -> list[Expr] | None:
+        """The conditions of a `not:`, or None when it cannot hold for this family anyway."""
+        if negated is None:
+            return None
+        if version is not None and version not in negated.versions:
+            return None
+        return self.conditions(negated, version)
+
+    def conditions(self, match: Match, version: int | None) -> list[Expr]:
+        exprs: list[Expr] = []
+        for addresses, field in ((match.src, "saddr"), (match.dst, "daddr")):
+            if addresses is not None and version is not None:
+                exprs.append(nj.match(nj.payload(IP_PAYLOAD[version], field), self.addresses(addresses, version)))
+        ports = match.sports or match.dports
+        protocols = match.protocols
+        if ports and protocols is None:
+            protocols = (6, 17)
+        elif ports and protocols is not None:
+            protocols = tuple(p for p in protocols if p in PORT_PROTOCOLS)
+        if protocols is not None:
+            exprs.append(nj.match(nj.meta("l4proto"), nj.setvalue([_protocol(p) for p in protocols])))
+        port_layer = PROTOCOL_NAMES[protocols[0]] if protocols and len(protocols) == 1 and ports else "th"
+        for intervals, field in ((match.sports, "sport"), (match.dports, "dport")):
+            if intervals:
+                exprs.append(nj.match(nj.payload(port_layer, field), nj.setvalue([_port(iv) for iv in intervals])))
+        if match.iifs:
+            exprs.append(nj.match(nj.meta("iifname"), nj.setvalue(list(match.iifs))))
+        if match.macs:
+            exprs.append(nj.match(nj.payload("ether", "saddr"), nj.setvalue(list(match.macs))))
+        if match.dscps and version is not None:
+            exprs.append(nj.match(nj.payload(IP_PAYLOAD[version], "dscp"), nj.setvalue(list(match.dscps))))
+        return exprs
+
+    def addresses(self, addresses: Addresses, version: int) -> Any:
+        intervals = addresses.addresses.family(version)
+        elements = [_address_element(version, iv) for iv in intervals]
+        if addresses.set_name is None and len(elements) <= INLINE_LIMIT:
+            return nj.setvalue(elements)
+        name = f"{addresses.set_name or f'list{len(self.sets) + 1}'}_v{version}"
+        if name not in self.sets:
+            self.sets[name] = nj.named_set(self.table, name, SET_TYPE[version], elements)
+        return f"@{name}"
+
+    # -- routing ----------------------------------------------------------------------
+
+    def ip_rules(self) -> list[IpRule]:
+        base = self.model.settings.rule_priority
+        rules: list[IpRule] = []
+        for uplink in self.model.uplinks.values():
+            if uplink.nat.kind == "snat" and uplink.nat.address:
+                version = 6 if ":" in uplink.nat.address else 4
+                rules.append(IpRule(version, base, table=uplink.table, src=uplink.nat.address))
+            for version in sorted(uplink.versions):
+                rules.append(IpRule(version, base + 1, table=uplink.table, fwmark=uplink.mark, fwmask=self.mask))
+        for action in self.reserved_actions():
+            value = marks.unreachable_mark(self.mask) if action == "unreachable" else marks.blackhole_mark(self.mask)
+            for version in (4, 6):
+                rules.append(IpRule(version, base + 2, action=action, fwmark=value, fwmask=self.mask))  # type: ignore[arg-type]
+        return rules
+
+    def reserved_actions(self) -> list[str]:
+        used = {p.via for p in self.model.policies} | {self.model.settings.last_resort}
+        if self.model.groups:
+            used.add(self.model.settings.last_resort)
+        return [a for a in ("unreachable", "blackhole") if a in used]
+
+    def routes(self) -> list[Route]:
+        routes: list[Route] = []
+        for uplink in self.model.uplinks.values():
+            for version, gateway in ((4, uplink.gateway), (6, uplink.gateway6)):
+                if version in uplink.versions:
+                    routes.append(Route(version, uplink.table, "default", uplink.interface, gateway))
+        return routes
+
+    def sysctls(self) -> tuple[Sysctl, ...]:
+        settings = self.model.settings
+        forwarding = settings.forwarding
+        if forwarding is None:
+            forwarding = any(p.match.local is not True for p in self.model.policies)
+        result: list[Sysctl] = []
+        if forwarding:
+            result.append(Sysctl("net/ipv4/ip_forward", "1"))
+            if any(6 in u.versions and u.gateway6 for u in self.model.uplinks.values()):
+                result.append(Sysctl("net/ipv6/conf/all/forwarding", "1"))
+        interfaces = dict.fromkeys(u.interface for u in self.model.uplinks.values())
+        for interface in interfaces:
+            result.append(Sysctl(f"net/ipv4/conf/{interface}/rp_filter", RP_FILTER[settings.rp_filter]))
+            result.append(Sysctl(f"net/ipv4/conf/{interface}/src_valid_mark", "1"))
+        return tuple(result)
+
+    def uplink_plans(self) -> tuple[UplinkPlan, ...]:
+        counts: dict[str, int] = {}
+        for uplink in self.model.uplinks.values():
+            counts[uplink.interface] = counts.get(uplink.interface, 0) + 1
+        return tuple(
+            UplinkPlan(
+                name=u.name,
+                interface=u.interface,
+                mark=u.mark,
+                table=u.table,
+                versions=tuple(sorted(u.versions)),
+                gateway=u.gateway,
+                gateway6=u.gateway6,
+                source_rules=counts[u.interface] == 1,
+            )
+            for u in self.model.uplinks.values()
+        )
+
+
+def _family_specific(match: Match) -> bool:
+    if match.src or match.dst or match.dscps:
+        return True
+    return match.negated is not None and _family_specific(match.negated)
+
+
+def _has_ip_payload(exprs: list[Expr]) -> bool:
+    return any(
+        e.get("match", {}).get("left", {}).get("payload", {}).get("protocol") in ("ip", "ip6") for e in exprs
+    )
+
+
+def _invert(expr: Expr) -> Expr:
+    body = dict(expr["match"])
+    body["op"] = "!=" if body["op"] == "==" else "=="
+    return {"match": body}
+
+
+def _protocol(number: int) -> Any:
+    return PROTOCOL_NAMES.get(number, number)
+
+
+def _port(interval: Interval) -> Any:
+    first, last = interval
+    return first if first == last else nj.span(first, last)
+
+
+def _address_element(version: int, interval: Interval) -> Any:
+    text = interval_text(version, interval)
+    if "/" in text:
+        address, length = text.split("/")
+        return nj.prefix(address, int(length))
+    if "-" in text:
+        first, last = text.split("-")
+        return nj.span(first, last)
+    return text

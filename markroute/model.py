@@ -1,0 +1,167 @@
+"""The intent an admin wrote, validated and resolved: uplinks, groups, policies.
+
+These are plain frozen dataclasses with no reference to YAML or to the kernel: the
+compiler turns them into a `Plan`, and tests can build them directly. Positions (`where`)
+are kept so that later analyses (shadowed policies, unreachable uplinks) can point at
+the line that needs changing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from markroute.diagnostics import Where
+from markroute.values import AddressList, Interval
+
+SPECIAL_TARGETS = ("main", "unreachable", "blackhole")
+RpFilter = Literal["loose", "strict", "off"]
+LastResort = Literal["main", "unreachable", "blackhole"]
+
+
+@dataclass(frozen=True)
+class Addresses:
+    """A `from`/`to` value; `set_name` is kept when it names exactly one `sets:` entry."""
+
+    addresses: AddressList
+    set_name: str | None = None
+
+
+@dataclass(frozen=True)
+class Match:
+    """Conditions that all must hold; None means 'any'. `negated` must not hold."""
+
+    src: Addresses | None = None
+    dst: Addresses | None = None
+    protocols: tuple[int, ...] | None = None
+    sports: tuple[Interval, ...] | None = None
+    dports: tuple[Interval, ...] | None = None
+    iifs: tuple[str, ...] | None = None
+    macs: tuple[str, ...] | None = None
+    dscps: tuple[int, ...] | None = None
+    local: bool | None = None
+    negated: Match | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        return self == Match()
+
+    @property
+    def versions(self) -> frozenset[int]:
+        """IP versions this match can apply to, judged by its addresses."""
+        versions = frozenset({4, 6})
+        for addresses in (self.src, self.dst):
+            if addresses is not None:
+                versions &= addresses.addresses.versions
+        if self.protocols is not None:
+            if all(p == 1 for p in self.protocols):
+                versions &= {4}
+            elif all(p == 58 for p in self.protocols):
+                versions &= {6}
+        return versions
+
+
+@dataclass(frozen=True)
+class Nat:
+    kind: Literal["none", "masquerade", "snat"] = "none"
+    address: str | None = None
+
+
+@dataclass(frozen=True)
+class Inbound:
+    policy: Literal["accept", "drop"] = "accept"
+    allow: tuple[Match, ...] = ()
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """How the daemon probes an uplink; defaults give sub-second failover."""
+
+    targets: tuple[str, ...] = ()
+    method: Literal["icmp", "tcp", "arp"] = "icmp"
+    interval: float = 0.2
+    timeout: float = 0.2
+    down: int = 3
+    up: int = 3
+    max_loss: float | None = None
+    max_rtt: float | None = None
+
+
+@dataclass(frozen=True)
+class Uplink:
+    name: str
+    interface: str
+    where: Where
+    mark: int
+    table: int
+    gateway: str | None = None
+    gateway6: str | None = None
+    nat: Nat = Nat()
+    ingress: Match | None = None
+    inbound: Inbound | None = None
+    check: HealthCheck | None = None
+
+    @property
+    def versions(self) -> frozenset[int]:
+        """IP versions the uplink carries: those with a gateway, or both on a point-to-point link."""
+        if self.gateway is None and self.gateway6 is None:
+            return frozenset({4, 6})
+        return frozenset(v for v, gw in ((4, self.gateway), (6, self.gateway6)) if gw)
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    kind: Literal["balance", "failover"]
+    members: tuple[tuple[str, int], ...]
+    where: Where
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    match: Match
+    via: str
+    where: Where
+
+
+@dataclass(frozen=True)
+class Settings:
+    mark_mask: int = 0xFF00
+    rule_priority: int = 10000
+    table_base: int = 100
+    rp_filter: RpFilter = "loose"
+    last_resort: LastResort = "main"
+    reply_via_ingress: bool = True
+    forwarding: bool | None = None
+
+
+@dataclass(frozen=True)
+class Model:
+    source: str
+    uplinks: dict[str, Uplink] = field(default_factory=dict)
+    groups: dict[str, Group] = field(default_factory=dict)
+    policies: tuple[Policy, ...] = ()
+    sets: dict[str, AddressList] = field(default_factory=dict)
+    settings: Settings = Settings()
+
+    def target_versions(self, target: str) -> frozenset[int]:
+        """IP versions a `via` target can carry (a group: any member's)."""
+        if target in self.uplinks:
+            return self.uplinks[target].versions
+        if target in self.groups:
+            versions: frozenset[int] = frozenset()
+            for member, _ in self.groups[target].members:
+                versions |= self.target_versions(member)
+            return versions
+        return frozenset({4, 6})
+
+    def uplinks_of(self, target: str) -> list[str]:
+        """Every uplink a target can send traffic through, in declaration order."""
+        if target in self.uplinks:
+            return [target]
+        found: list[str] = []
+        group = self.groups.get(target)
+        for member, _ in group.members if group else ():
+            found += [u for u in self.uplinks_of(member) if u not in found]
+        return found

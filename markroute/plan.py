@@ -1,0 +1,196 @@
+"""The `Plan`: everything `apply` installs, as data.
+
+One representation serves every consumer: `plan` prints it, the kernel layer installs
+and compares it, the simulator interprets it. The nftables part is kept in the list form
+libnftables prints for `nft -j list` (table, set, chain, rule objects), and ip rules and
+routes render to the objects `ip -j rule` / `ip -j route` print, so a live dump and a
+compiled plan have the same shape.
+
+Two parts depend on the running system and are resolved at apply time from the
+interfaces' state (`resolve`): main's connected routes are copied into every uplink
+table, so marked replies to LAN hosts stay on the LAN, and each uplink address gets a
+`from ADDR` rule, so sockets bound to it leave through it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+RULE_PROTOCOL = 77  # tags every ip rule and route markroute installs, so it only ever removes its own
+TABLE_NAME = "markroute"
+FAMILY_NAMES = {4: "inet", 6: "inet6"}
+
+
+@dataclass(frozen=True)
+class IpRule:
+    version: int
+    priority: int
+    action: Literal["lookup", "unreachable", "blackhole"] = "lookup"
+    table: int | None = None
+    fwmark: int | None = None
+    fwmask: int | None = None
+    src: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The object `ip -j rule` prints for this rule."""
+        data: dict[str, Any] = {"priority": self.priority}
+        if self.src is None:
+            data["src"] = "all"
+        else:
+            network = ipaddress.ip_network(self.src)
+            data["src"] = str(network.network_address)
+            if network.prefixlen != network.max_prefixlen:
+                data["srclen"] = network.prefixlen
+        if self.fwmark is not None:
+            data["fwmark"] = hex(self.fwmark)
+            if self.fwmask is not None and self.fwmask != 0xFFFFFFFF:
+                data["fwmask"] = hex(self.fwmask)
+        if self.action == "lookup":
+            data["table"] = str(self.table)
+        else:
+            data["action"] = self.action
+        data["protocol"] = str(RULE_PROTOCOL)
+        return data
+
+    def text(self) -> str:
+        parts = [f"{self.priority}:", "from", self.src or "all"]
+        if self.fwmark is not None:
+            parts += ["fwmark", f"{self.fwmark:#x}/{self.fwmask:#x}" if self.fwmask is not None else f"{self.fwmark:#x}"]
+        parts += ["lookup", str(self.table)] if self.action == "lookup" else [self.action]
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class Route:
+    version: int
+    table: int
+    dst: str
+    dev: str
+    gateway: str | None = None
+    scope: Literal["universe", "link"] = "universe"
+
+    def to_json(self) -> dict[str, Any]:
+        """The object `ip -j route show table all` prints for this route."""
+        data: dict[str, Any] = {"dst": self.dst}
+        if self.gateway:
+            data["gateway"] = self.gateway
+        data["dev"] = self.dev
+        data["table"] = str(self.table)
+        data["protocol"] = str(RULE_PROTOCOL)
+        if self.scope == "link":
+            data["scope"] = "link"
+        data["flags"] = []
+        return data
+
+    def text(self) -> str:
+        via = f" via {self.gateway}" if self.gateway else ""
+        scope = " scope link" if self.scope == "link" else ""
+        return f"{self.dst}{via} dev {self.dev} table {self.table}{scope}"
+
+
+@dataclass(frozen=True)
+class Sysctl:
+    """A sysctl as its path under /proc/sys, which keeps interface names with dots intact."""
+
+    path: str
+    value: str
+
+    @property
+    def name(self) -> str:
+        return ".".join(part.replace(".", "/") for part in self.path.split("/"))
+
+
+@dataclass(frozen=True)
+class UplinkPlan:
+    """What the kernel layer and daemon need to know about an uplink beyond the rules."""
+
+    name: str
+    interface: str
+    mark: int
+    table: int
+    versions: tuple[int, ...]
+    gateway: str | None
+    gateway6: str | None
+    source_rules: bool
+
+
+@dataclass(frozen=True)
+class Plan:
+    mask: int
+    rule_priority: int
+    nft: tuple[dict[str, Any], ...]
+    rules: tuple[IpRule, ...]
+    routes: tuple[Route, ...]
+    sysctls: tuple[Sysctl, ...]
+    uplinks: tuple[UplinkPlan, ...]
+    policies: tuple[str, ...]
+    table_name: str = TABLE_NAME
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+    def nft_document(self) -> dict[str, Any]:
+        """The ruleset in `nft -j list` form."""
+        return {"nftables": [dict(obj) for obj in self.nft]}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "mark_mask": hex(self.mask),
+            "nftables": self.nft_document()["nftables"],
+            "rules": [rule.to_json() for rule in self.rules],
+            "routes": [route.to_json() for route in self.routes],
+            "sysctls": {s.name: s.value for s in self.sysctls},
+            "uplinks": [
+                {
+                    "name": u.name,
+                    "interface": u.interface,
+                    "mark": hex(u.mark),
+                    "table": u.table,
+                    "families": [FAMILY_NAMES[v] for v in u.versions],
+                    "gateway": u.gateway,
+                    "gateway6": u.gateway6,
+                    "source_rules": u.source_rules,
+                    "connected_routes": "copied from main at apply",
+                }
+                for u in self.uplinks
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class LinkState:
+    """What `resolve` needs from the running system: addresses and main's connected routes."""
+
+    addresses: dict[str, tuple[tuple[int, str], ...]]
+    connected: tuple[Route, ...]
+
+
+def resolve(plan: Plan, links: LinkState) -> tuple[tuple[IpRule, ...], tuple[Route, ...]]:
+    """The complete rules and routes for this system: static plan plus the live-derived parts."""
+    rules = list(plan.rules)
+    routes = list(plan.routes)
+    for uplink in plan.uplinks:
+        if uplink.source_rules:
+            for version, address in links.addresses.get(uplink.interface, ()):
+                if version in uplink.versions and not ipaddress.ip_address(address).is_link_local:
+                    rules.append(IpRule(version, plan.rule_priority, table=uplink.table, src=address))
+        for route in links.connected:
+            routes.append(Route(route.version, uplink.table, route.dst, route.dev, None, "link"))
+    return ordered_rules(rules), ordered_routes(routes)
+
+
+def ordered_rules(rules: list[IpRule]) -> tuple[IpRule, ...]:
+    """One canonical order, so plans and comparisons with the kernel are deterministic."""
+    return tuple(sorted(set(rules), key=_rule_order))
+
+
+def ordered_routes(routes: list[Route]) -> tuple[Route, ...]:
+    return tuple(sorted(set(routes), key=_route_order))
+
+
+def _rule_order(rule: IpRule) -> tuple[Any, ...]:
+    return (rule.priority, rule.version, rule.src or "", rule.fwmark or 0, rule.table or 0, rule.action)
+
+
+def _route_order(route: Route) -> tuple[Any, ...]:
+    return (route.table, route.version, route.dst != "default", route.dst, route.dev)

@@ -1,0 +1,28 @@
+"""Human-readable rendering of a `Plan` for `markroute plan`."""
+
+from __future__ import annotations
+
+from markroute import nfttext
+from markroute.plan import FAMILY_NAMES, Plan
+
+
+def plan_text(plan: Plan) -> str:
+    lines = [f"# nftables: table inet {plan.table_name} (replaced atomically)", nfttext.render(plan.nft_document()).rstrip()]
+    lines += ["", f"# ip rules (priority band {plan.rule_priority}-{plan.rule_priority + 2}, protocol 77)"]
+    for rule in plan.rules:
+        lines.append(f"{FAMILY_NAMES[rule.version]:6} {rule.text()}")
+    for uplink in plan.uplinks:
+        if uplink.source_rules:
+            for version in uplink.versions:
+                lines.append(
+                    f"{FAMILY_NAMES[version]:6} {plan.rule_priority}: from <each {FAMILY_NAMES[version]} address of "
+                    f"{uplink.interface}, at apply> lookup {uplink.table}"
+                )
+    lines += ["", "# routes"]
+    for route in plan.routes:
+        lines.append(f"{FAMILY_NAMES[route.version]:6} {route.text()}")
+    for uplink in plan.uplinks:
+        lines.append(f"       <main's connected routes, copied at apply> table {uplink.table}")
+    lines += ["", "# sysctls"]
+    lines += [f"{s.name} = {s.value}" for s in plan.sysctls]
+    return "\n".join(lines) + "\n"

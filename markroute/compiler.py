@@ -102,16 +102,18 @@ class Compiler:
         explicit = [u for u in self.model.uplinks.values() if u.ingress is not None]
         for uplink in explicit + plain:
             self.ingress(uplink)
-        self.add("prerouting", [nj.match(nj.fib_daddr_type(), "local"), nj.verdict("accept")], "to this host")
-        if self.policy_rules("policies_fwd", local=False):
+        if self.applicable(local=False):
+            self.add("prerouting", [nj.match(nj.fib_daddr_type(), "local"), nj.verdict("accept")], "to this host")
+            self.policy_rules("policies_fwd", local=False)
             self.add("prerouting", [nj.verdict("goto", "policies_fwd")])
 
     def output(self) -> None:
         self.restore_rules("output")
-        self.add("output", [nj.match(nj.band(nj.meta("mark"), self.mask), 0, "!="), nj.verdict("accept")],
-                 "socket chose its uplink")
-        self.add("output", [nj.match(nj.fib_daddr_type(), "local"), nj.verdict("accept")], "to this host")
-        if self.policy_rules("policies_local", local=True):
+        if self.applicable(local=True):
+            self.add("output", [nj.match(nj.band(nj.meta("mark"), self.mask), 0, "!="), nj.verdict("accept")],
+                     "socket chose its uplink")
+            self.add("output", [nj.match(nj.fib_daddr_type(), "local"), nj.verdict("accept")], "to this host")
+            self.policy_rules("policies_local", local=True)
             self.add("output", [nj.verdict("goto", "policies_local")])
 
     def ingress(self, uplink: Uplink) -> None:
@@ -126,21 +128,23 @@ class Compiler:
             self.add(chain, [nj.counter(), nj.verdict("drop")], f"inbound {uplink.name}")
             target = nj.verdict("goto", chain)
         head = [nj.match(nj.meta("iifname"), uplink.interface)]
-        self.emit("prerouting", uplink.ingress or Match(), [nj.counter(), target], f"ingress {uplink.name}", head)
+        match = uplink.ingress or Match()
+        self.emit("prerouting", match, [nj.counter(), target], f"ingress {uplink.name}", head,
+                  versions=match.versions & uplink.versions)
 
-    def policy_rules(self, chain: str, local: bool) -> bool:
-        """The policies that can see this chain's traffic, in order; True when any was emitted."""
-        emitted = False
-        for policy in self.model.policies:
+    def applicable(self, local: bool) -> list[Policy]:
+        """The policies that can see forwarded (local=False) or router-originated traffic."""
+        return [
+            p for p in self.model.policies
+            if (p.match.local is None or p.match.local == local) and not (local and (p.match.iifs or p.match.macs))
+        ]
+
+    def policy_rules(self, chain: str, local: bool) -> None:
+        """The policies of one direction, in order: first match wins."""
+        for policy in self.applicable(local):
             m = policy.match
-            if m.local is not None and m.local != local:
-                continue
-            if local and (m.iifs or m.macs):
-                continue
             self.emit(chain, m, [nj.counter(), self.target(policy.via)], f"policy {policy.name}",
                       versions=m.versions & self.model.target_versions(policy.via))
-            emitted = True
-        return emitted
 
     def target(self, via: str) -> Expr:
         if via == "main":

@@ -14,6 +14,7 @@ from typing import Any
 PRIORITY_NAMES = {-300: "raw", -150: "mangle", -100: "dstnat", 0: "filter", 50: "security", 100: "srcnat"}
 HEX_KEYS = {"mark"}
 QUOTED_KEYS = {"iifname", "oifname"}
+BARE_META = {"iifname", "oifname", "iif", "oif"}
 
 
 def render(document: dict[str, Any]) -> str:
@@ -127,7 +128,7 @@ def expression(expr: Any) -> str:
     if kind == "payload":
         return f"{body['protocol']} {body['field']}"
     if kind == "meta":
-        return f"meta {body['key']}"
+        return body["key"] if body["key"] in BARE_META else f"meta {body['key']}"
     if kind == "ct":
         direction = f" {body['dir']}" if body.get("dir") else ""
         return f"ct{direction} {body['key']}"

@@ -3,7 +3,14 @@
 Builds throwaway topologies out of network namespaces, sends real packets
 between them and always tears everything down again.  See
 :mod:`markroute.lab.netns` for the primitives and
-:mod:`markroute.lab.topologies` for ready-made scenarios.
+:mod:`markroute.lab.topologies` for ready-made scenarios.  Typical use::
+
+    with Lab() as lab:
+        r = router_lab(lab, isps=2)
+        lab.serve_echo(r.net, 7000)
+        ...  # load markroute's rules into r.rtr here
+        result = lab.probe(r.lan, "tcp", r.server, 7000, count=100, packets=3)
+        assert {r.which_isp(src) for src in result["seen"]} == {0, 1}
 """
 
 from markroute.lab.addresses import AddressGuardError, check_lab_address

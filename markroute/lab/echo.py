@@ -117,8 +117,9 @@ class EchoServer:
         client = self.clients[conn]
         try:
             data = conn.recv(65536)
-            lines = (client.pending + data).count(b"\n")
-            client.pending = (client.pending + data).rsplit(b"\n", 1)[-1]
+            buffered = client.pending + data
+            lines = buffered.count(b"\n")
+            client.pending = buffered.rsplit(b"\n", 1)[-1]
             if not data or len(client.pending) > _MAX_LINE:
                 raise ConnectionAbortedError("client closed or sent an overlong line")
             # Readable means recv will not block; sendall blocks at most

@@ -159,7 +159,8 @@ class _Registry:
 
     def __init__(self) -> None:
         self._labs: set[Lab] = set()
-        self._lock = threading.Lock()
+        # Re-entrant: the SIGTERM handler may interrupt add()/discard().
+        self._lock = threading.RLock()
         self._sigterm_hooked = False
 
     def add(self, lab: Lab) -> None:

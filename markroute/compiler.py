@@ -48,6 +48,7 @@ class Compiler:
         self.mask = model.settings.mark_mask
         self.table = "markroute"
         self.sets: dict[str, Expr] = {}
+        self.set_names: dict[tuple[Any, int], str] = {}
         self.chains: dict[str, list[Expr]] = {}
         self.base: dict[str, Expr] = {}
         self.negations = 0
@@ -293,14 +294,17 @@ class Compiler:
         return exprs
 
     def addresses(self, addresses: Addresses, version: int) -> Any:
+        """Few addresses inline; `sets:` entries and long lists as one named interval set each."""
         intervals = addresses.addresses.family(version)
-        elements = [_address_element(version, iv) for iv in intervals]
-        if addresses.set_name is None and len(elements) <= INLINE_LIMIT:
-            return nj.setvalue(elements)
-        name = f"{addresses.set_name or f'list{len(self.sets) + 1}'}_v{version}"
-        if name not in self.sets:
+        if addresses.set_name is None and len(intervals) <= INLINE_LIMIT:
+            return nj.setvalue([_address_element(version, iv) for iv in intervals])
+        key = (addresses.set_name or intervals, version)
+        if key not in self.set_names:
+            name = f"{addresses.set_name or f'list{len(self.sets) + 1}'}_v{version}"
+            self.set_names[key] = name
+            elements = [_address_element(version, iv) for iv in intervals]
             self.sets[name] = nj.named_set(self.table, name, SET_TYPE[version], elements)
-        return f"@{name}"
+        return f"@{self.set_names[key]}"
 
     # -- routing ----------------------------------------------------------------------
 

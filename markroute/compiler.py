@@ -12,8 +12,10 @@ How packets flow through the generated table (`inet markroute`):
   connection, then accept; a verdict map on the masked connection mark reaches them, the
   form every nftables version accepts.
 * `group_<name>` chains pick a member: `numgen random` over a verdict map for weighted
-  balancing, a plain `goto` to the first usable member for failover. The daemon rewrites
-  only these chains when an uplink's health changes.
+  balancing, a plain `goto` to the first usable member for failover, else the last
+  resort. `via_<uplink>` chains lead policies to an uplink, or to the last resort while it
+  is down. These two kinds are the only chains that depend on uplink health (`Health`),
+  so the daemon rewrites just them when an uplink changes state.
 * `postrouting` (nat) masquerades or SNATs per uplink.
 
 The mark then selects the uplink's routing table through an `ip rule fwmark` in
@@ -22,6 +24,9 @@ markroute's own priority band.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from markroute import marks
@@ -38,13 +43,26 @@ IP_PAYLOAD = {4: "ip", 6: "ip6"}
 SET_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
 
 
-def compile_plan(model: Model) -> Plan:
-    return Compiler(model).plan()
+@dataclass(frozen=True)
+class Health:
+    """The daemon's view of the uplinks: which are down, and how much to trust degraded ones.
+
+    Only the `via_<uplink>` and `group_<name>` chains depend on it, so a health change
+    rewrites those few chains and never the policies, sets or counters.
+    """
+
+    down: frozenset[str] = frozenset()
+    weight_factor: Mapping[str, float] = field(default_factory=dict)
+
+
+def compile_plan(model: Model, health: Health = Health()) -> Plan:
+    return Compiler(model, health).plan()
 
 
 class Compiler:
-    def __init__(self, model: Model) -> None:
+    def __init__(self, model: Model, health: Health = Health()) -> None:
         self.model = model
+        self.health = health
         self.mask = model.settings.mark_mask
         self.table = "markroute"
         self.sets: dict[str, Expr] = {}
@@ -152,7 +170,33 @@ class Compiler:
             return nj.verdict("accept")
         if via in self.model.groups:
             return nj.verdict("goto", self.group_chain(via))
+        if via in self.model.uplinks:
+            return nj.verdict("goto", self.via_chain(via))
         return nj.verdict("goto", self.mark_chain(via))
+
+    def member_target(self, member: str) -> Expr:
+        """A group member that the group already found usable: straight to its mark."""
+        if member in self.model.groups:
+            return nj.verdict("goto", self.group_chain(member))
+        return nj.verdict("goto", self.mark_chain(member))
+
+    def last_resort(self) -> Expr:
+        """Where traffic goes when its uplink, or every member of its group, is down."""
+        return self.target(self.model.settings.last_resort)
+
+    def usable(self, target: str) -> bool:
+        if target in self.model.groups:
+            return any(self.usable(member) for member, _ in self.model.groups[target].members)
+        return target not in self.health.down
+
+    def via_chain(self, name: str) -> str:
+        """Chain policies use to reach an uplink: its mark while it is usable, else last resort."""
+        chain = f"via_{name}"
+        if chain not in self.chains:
+            self.chains[chain] = []
+            verdict = nj.verdict("goto", self.mark_chain(name)) if self.usable(name) else self.last_resort()
+            self.add(chain, [verdict])
+        return chain
 
     def mark_chain(self, name: str) -> str:
         """Chain that sets uplink `name`'s mark (or a reserved one) on packet and connection."""
@@ -178,7 +222,8 @@ class Compiler:
         self.chains[chain] = []
         group = self.model.groups[name]
         per_version = {
-            v: [(m, w) for m, w in group.members if v in self.model.target_versions(m)] for v in (4, 6)
+            v: [(m, w) for m, w in group.members if v in self.model.target_versions(m) and self.usable(m)]
+            for v in (4, 6)
         }
         versions = [v for v in (4, 6) if per_version[v]]
         if len(versions) == 2 and per_version[4] == per_version[6]:
@@ -187,11 +232,21 @@ class Compiler:
         for version in versions:
             guard = [nj.match(nj.meta("nfproto"), NFPROTO[version])] if version else []
             members = per_version[version]
-            if group.kind == "failover":
-                self.add(chain, guard + [self.target(members[0][0])])
+            if group.kind == "failover" or len(members) == 1:
+                self.add(chain, guard + [self.member_target(members[0][0])])
             else:
-                self.add(chain, guard + [self.balance_map(members)])
+                self.add(chain, guard + [self.balance_map(self.effective_weights(members))])
+        self.add(chain, [self.last_resort()], "last resort")
         return chain
+
+    def effective_weights(self, members: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """Weights scaled down for degraded members, kept integral and as small as possible."""
+        factors = self.health.weight_factor
+        if not any(m in factors for m, _ in members):
+            return members
+        scaled = [(m, max(1, round(w * 100 * factors.get(m, 1.0)))) for m, w in members]
+        divisor = math.gcd(*(w for _, w in scaled))
+        return [(m, w // divisor) for m, w in scaled]
 
     def balance_map(self, members: list[tuple[str, int]]) -> Expr:
         total = sum(weight for _, weight in members)
@@ -199,7 +254,7 @@ class Compiler:
         start = 0
         for member, weight in members:
             key: Any = start if weight == 1 else nj.span(start, start + weight - 1)
-            entries.append((key, self.target(member)))
+            entries.append((key, self.member_target(member)))
             start += weight
         return nj.vmap(nj.numgen(total), entries)
 
@@ -324,8 +379,9 @@ class Compiler:
         return rules
 
     def reserved_actions(self) -> list[str]:
-        used = {p.via for p in self.model.policies} | {self.model.settings.last_resort}
-        if self.model.groups:
+        """unreachable/blackhole rules, when a policy or the last resort can send traffic there."""
+        used = {p.via for p in self.model.policies}
+        if used & (set(self.model.uplinks) | set(self.model.groups)):
             used.add(self.model.settings.last_resort)
         return [a for a in ("unreachable", "blackhole") if a in used]
 

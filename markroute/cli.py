@@ -20,6 +20,9 @@ from markroute import __version__
 COMMANDS = {
     "check": "Validate a config and explain every mistake.",
     "plan": "Print exactly what apply would install.",
+    "apply": "Install the config in the kernel, or change nothing if it fails.",
+    "down": "Remove everything markroute installed.",
+    "status": "Show uplinks, counters, connections and drift.",
 }
 
 

@@ -1,0 +1,41 @@
+"""`markroute apply`: install the plan, converge to it, or change nothing at all."""
+
+from __future__ import annotations
+
+import click
+
+from markroute.cliutil import config_option, load_model_or_exit, netns_option
+
+
+@click.command("apply")
+@config_option
+@netns_option
+def command(config: str | None, netns: str | None) -> None:
+    """Install the config: nftables table, ip rules, routes and sysctls.
+
+    Only what differs from the running system is changed, so applying the same config
+    again changes nothing. The nftables table is swapped in one transaction and ip
+    rules/routes are changed in an order that always leaves traffic a path. On any
+    failure every completed step is undone. What was installed (and the sysctl values
+    replaced) is recorded under /run/markroute for `down` and `status`.
+
+    Exit codes: 0 applied or already up to date; 1 invalid config, or apply failed and
+    was rolled back; 4 not root, nft missing or no such namespace.
+    """
+    from markroute.compiler import compile_plan
+    from markroute.config import config_path
+    from markroute.kernel.apply import apply
+    from markroute.kernel.environment import exit_codes, prepare
+
+    plan = compile_plan(load_model_or_exit(config_path(config), quiet_warnings=True))
+    with exit_codes():
+        prepare(netns)
+        report = apply(plan, netns)
+    for warning in report.warnings:
+        click.echo(f"markroute: warning: {warning}", err=True)
+    if not report.changed:
+        click.echo("already up to date: nothing changed")
+        return
+    for change in report.changes:
+        click.echo(change)
+    click.echo(f"applied: {len(report.changes)} changes")

@@ -1,0 +1,38 @@
+"""`markroute down`: remove exactly what markroute installed and restore the sysctls it changed."""
+
+from __future__ import annotations
+
+import click
+
+from markroute.cliutil import EXIT_FAILED, fail, netns_option
+
+
+@click.command("down")
+@netns_option
+@click.option(
+    "--rule-priority", type=click.IntRange(1, 32700), default=None,
+    help="Only if the state under /run/markroute is lost: the rule_priority the config used (default 10000).",
+)
+def command(netns: str | None, rule_priority: int | None) -> None:
+    """Remove markroute's nftables table, ip rules and routes; put back the sysctls.
+
+    Needs no config: the record apply left under /run/markroute says what to remove.
+    Running it again is harmless.
+
+    Exit codes: 0 removed (or nothing to remove); 1 something could not be removed
+    (the record is kept, so running down again retries); 4 not root, nft missing or no
+    such namespace.
+    """
+    from markroute.kernel.down import down
+    from markroute.kernel.environment import exit_codes, prepare
+
+    with exit_codes():
+        prepare(netns)
+        report = down(netns, rule_priority)
+    for warning in report.warnings:
+        click.echo(f"markroute: warning: {warning}", err=True)
+    for change in report.changes:
+        click.echo(change)
+    if report.errors:
+        fail("down left some things in place: " + "; ".join(report.errors), EXIT_FAILED)
+    click.echo("removed" if report.changes else "nothing to remove")

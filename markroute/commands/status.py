@@ -1,0 +1,69 @@
+"""`markroute status`: uplinks, policy counters, connections per uplink, and drift."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from markroute.cliutil import EXIT_DRIFT, json_option, load_model_or_exit, netns_option, print_json
+
+
+@click.command("status")
+@click.option("-c", "--config", "config", metavar="FILE", default=None,
+              help="Also compare with this config (default: only with what was applied).")
+@netns_option
+@json_option
+def command(config: str | None, netns: str | None, as_json: bool) -> None:
+    """Show each uplink, each policy's counters, connections per uplink and drift.
+
+    Drift means the kernel no longer matches what apply installed: a rule, route or the
+    nftables table was removed or changed, a sysctl was changed back, or (with -c) the
+    config differs from the applied one.
+
+    Exit codes: 0 no drift; 1 invalid config; 3 drift found; 4 not root, nft missing or
+    no such namespace.
+    """
+    from markroute.compiler import compile_plan
+    from markroute.kernel.environment import exit_codes, prepare
+    from markroute.kernel.status import collect
+
+    plan = compile_plan(load_model_or_exit(config, quiet_warnings=True)) if config else None
+    with exit_codes():
+        prepare(netns)
+        report = collect(netns, plan)
+    if as_json:
+        print_json(report)
+    else:
+        click.echo(render(report), nl=False)
+    if report["drift"]:
+        sys.exit(EXIT_DRIFT)
+
+
+def render(report: dict[str, Any]) -> str:
+    where = f"namespace {report['namespace']}" if report["namespace"] else "this host"
+    if not report["applied"]:
+        lines = [f"markroute is not applied in {where}"]
+    else:
+        lines = [f"markroute applied in {where} at {report['applied_at']}"]
+    if report["uplinks"]:
+        lines += ["", "uplinks:"]
+        for u in report["uplinks"]:
+            state = "up" if u["up"] else ("down" if u["exists"] else "missing")
+            gateways = ", ".join(u["default_routes"]) or "no default route installed"
+            lines.append(
+                f"  {u['name']:<12} {u['interface']:<10} {state:<8} table {u['table']:<6} mark {u['mark']:<8} "
+                f"connections {u['connections']}"
+            )
+            lines.append(f"  {'':<12} addresses {', '.join(u['addresses']) or 'none'}; via {gateways}")
+    if report["policies"]:
+        lines += ["", "policies:"]
+        lines += [f"  {p['name']:<24} {p['packets']:>10} packets {p['bytes']:>12} bytes" for p in report["policies"]]
+    connections = report["connections"]
+    lines += ["", f"connections: {connections['total']} tracked, {connections['other']} without an uplink mark"]
+    if report["drift"]:
+        lines += ["", "drift:"] + [f"  {d}" for d in report["drift"]]
+    else:
+        lines += ["", "drift: none"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,243 @@
+"""Installing a plan: converge the kernel to it, or leave everything as it was.
+
+The order never leaves traffic without a path:
+
+1. sysctls (the values found are recorded, so `down` can put them back);
+2. routes of the uplink tables (default routes plus main's connected routes), so a
+   table is complete before any rule points at it;
+3. new ip rules;
+4. the nftables table, swapped in one transaction (conntrack is untouched, so
+   connections whose uplink mark did not change keep flowing);
+5. stale ip rules, then stale routes, then sysctls no longer wanted go back.
+
+Only what differs is touched, so applying the same config twice changes nothing. Any
+failure undoes every completed step (`Journal`) and raises `ApplyFailed`. An uplink
+whose interface is missing or down gets no routes (its marked traffic then falls
+through to later rules and main) and a warning instead of a failure.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from markroute.kernel import KernelError, digest, nft, state, sysctl
+from markroute.kernel.journal import Journal
+from markroute.kernel.links import Link, link_state, links
+from markroute.kernel.rpdb import Rpdb, route_key
+from markroute.kernel.state import State
+from markroute.plan import FAMILY_NAMES, IpRule, Plan, Route, Sysctl, resolve
+
+
+@dataclass
+class ApplyReport:
+    changes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.changes)
+
+
+class ApplyFailed(KernelError):
+    """Apply failed and was rolled back; `undo_problems` lists what could not be put back."""
+
+    def __init__(self, cause: str, undo_problems: list[str]) -> None:
+        self.cause = cause
+        self.undo_problems = undo_problems
+        if undo_problems:
+            message = f"apply failed: {cause}; rolling back left problems: " + "; ".join(undo_problems)
+        else:
+            message = f"apply failed: {cause}; everything was put back as it was"
+        super().__init__(message)
+
+
+def apply(plan: Plan, netns: str | None = None) -> ApplyReport:
+    """Converge the kernel of the current namespace to PLAN; NETNS only names the state file."""
+    with state.locked(netns):
+        with Rpdb() as rpdb:
+            return _Apply(plan, netns, state.load(netns), rpdb).run()
+
+
+def rule_text(rule: IpRule) -> str:
+    return f"{FAMILY_NAMES[rule.version]} {rule.text()}"
+
+
+def route_text(route: Route) -> str:
+    return f"{FAMILY_NAMES[route.version]} {route.text()}"
+
+
+class _Apply:
+    def __init__(self, plan: Plan, netns: str | None, previous: State | None, rpdb: Rpdb) -> None:
+        self.plan = plan
+        self.netns = netns
+        self.previous = previous
+        self.rpdb = rpdb
+        self.report = ApplyReport(warnings=list(plan.warnings))
+        self.journal = Journal()
+
+    def run(self) -> ApplyReport:
+        interfaces = links(self.rpdb)
+        rules, routes = resolve(self.plan, link_state(self.rpdb, interfaces))
+        routes = self.usable_routes(routes, interfaces)
+        sysctls = self.usable_sysctls(interfaces)
+        try:
+            originals = self.set_sysctls(sysctls)
+            live_rules = set(self.rpdb.own_rules())
+            live_routes = {route_key(r): r for r in self.rpdb.own_routes()}
+            wanted_routes = {route_key(r): r for r in routes}
+            for route in sorted(routes, key=lambda r: r.gateway is not None):
+                if route_key(route) not in live_routes:
+                    self.add_route(route)
+            for rule in rules:
+                if rule not in live_rules:
+                    self.add_rule(rule)
+            listing = self.swap_table()
+            recorded_rules = set(self.previous.rules) if self.previous else set()
+            recorded_routes = {route_key(r) for r in self.previous.routes} if self.previous else set()
+            for rule in sorted(live_rules & recorded_rules - set(rules), key=lambda r: r.priority, reverse=True):
+                self.delete_rule(rule)
+            stale = [r for k, r in live_routes.items() if k in recorded_routes and k not in wanted_routes]
+            for route in sorted(stale, key=lambda r: r.gateway is None):
+                self.delete_route(route)
+            self.restore_unwanted_sysctls(sysctls, originals)
+            self.record(rules, routes, sysctls, originals, listing)
+        except KernelError as exc:
+            raise ApplyFailed(str(exc), self.journal.rollback()) from exc
+        return self.report
+
+    # -- what can be installed here ---------------------------------------------------
+
+    def usable_routes(self, routes: tuple[Route, ...], interfaces: dict[str, Link]) -> list[Route]:
+        """Routes whose interface exists and is up; one warning per uplink that has to wait."""
+        for uplink in self.plan.uplinks:
+            link = interfaces.get(uplink.interface)
+            if link is None:
+                self.report.warnings.append(
+                    f"uplink '{uplink.name}': interface {uplink.interface} does not exist; its routes are skipped "
+                    "and its traffic falls through to the main table"
+                )
+            elif not link.up:
+                self.report.warnings.append(
+                    f"uplink '{uplink.name}': interface {uplink.interface} is down; its routes are skipped "
+                    "and its traffic falls through to the main table until the next apply"
+                )
+        return [r for r in routes if r.dev in interfaces and interfaces[r.dev].up]
+
+    def usable_sysctls(self, interfaces: dict[str, Link]) -> list[Sysctl]:
+        usable: list[Sysctl] = []
+        for item in self.plan.sysctls:
+            interface = sysctl.interface_of(item.path)
+            if interface is not None and interface not in interfaces:
+                self.report.warnings.append(f"sysctl {item.name} skipped: interface {interface} does not exist")
+            elif sysctl.exists(item.path):
+                usable.append(item)
+            else:
+                self.report.warnings.append(f"sysctl {item.name} skipped: this kernel does not have it")
+        return usable
+
+    # -- steps ------------------------------------------------------------------------
+
+    def set_sysctls(self, sysctls: list[Sysctl]) -> dict[str, str]:
+        """Set each wanted value; return the original values to keep (the first ones found)."""
+        originals = dict(self.previous.sysctls_original) if self.previous else {}
+        for item in sysctls:
+            current = sysctl.read(item.path)
+            if current == item.value:
+                continue
+            sysctl.write(item.path, item.value)
+            self.journal.done(f"restore sysctl {item.name}", lambda p=item.path, v=current: sysctl.write(p, v))
+            originals.setdefault(item.path, current)
+            self.report.changes.append(f"sysctl {item.name}: {current} -> {item.value}")
+        return originals
+
+    def restore_unwanted_sysctls(self, sysctls: list[Sysctl], originals: dict[str, str]) -> None:
+        """Sysctls an earlier apply changed that this plan no longer sets go back to their originals."""
+        if self.previous is None:
+            return
+        wanted = {item.path for item in sysctls}
+        for path, applied in self.previous.sysctls_applied.items():
+            original = originals.get(path)
+            if path in wanted or original is None or not sysctl.exists(path):
+                continue
+            originals.pop(path)
+            current = sysctl.read(path)
+            if current != applied:
+                self.report.warnings.append(f"sysctl {path} was changed by someone else ({current}); left as is")
+                continue
+            sysctl.write(path, original)
+            self.journal.done(f"set sysctl {path} again", lambda p=path, v=applied: sysctl.write(p, v))
+            self.report.changes.append(f"sysctl {Sysctl(path, original).name}: {applied} -> {original} (restored)")
+
+    def add_route(self, route: Route) -> None:
+        self.rpdb.add_route(route)
+        self.journal.done(f"delete route {route.text()}", lambda: self.rpdb.delete_route(route))
+        self.report.changes.append(f"+ route {route_text(route)}")
+
+    def delete_route(self, route: Route) -> None:
+        self.rpdb.delete_route(route)
+        self.journal.done(f"re-add route {route.text()}", lambda: self.rpdb.add_route(route))
+        self.report.changes.append(f"- route {route_text(route)}")
+
+    def add_rule(self, rule: IpRule) -> None:
+        self.rpdb.add_rule(rule)
+        self.journal.done(f"delete rule {rule.text()}", lambda: self.rpdb.delete_rule(rule))
+        self.report.changes.append(f"+ rule {rule_text(rule)}")
+
+    def delete_rule(self, rule: IpRule) -> None:
+        self.rpdb.delete_rule(rule)
+        self.journal.done(f"re-add rule {rule.text()}", lambda: self.rpdb.add_rule(rule))
+        self.report.changes.append(f"- rule {rule_text(rule)}")
+
+    def swap_table(self) -> list[dict[str, object]]:
+        """Replace the table unless it is exactly what the last apply of this plan left; the new listing."""
+        name = self.plan.table_name
+        before = nft.list_table(name)
+        previous = self.previous
+        if (
+            before is not None
+            and previous is not None
+            and previous.nft_digest == digest.nft_digest(self.plan)
+            and nft.normalise(before) == previous.nft_listing
+        ):
+            return previous.nft_listing
+        nft.replace_table(name, self.plan.nft)
+        if before is None:
+            self.journal.done(f"delete table inet {name}", lambda: nft.delete_table(name))
+        else:
+            self.journal.done(f"restore table inet {name}", lambda: nft.replace_table(name, nft.loadable(before)))
+        self.report.changes.append(f"nftables table inet {name} {'replaced' if before else 'created'}")
+        return nft.normalise(nft.list_table(name) or [])
+
+    def record(
+        self,
+        rules: tuple[IpRule, ...],
+        routes: list[Route],
+        sysctls: list[Sysctl],
+        originals: dict[str, str],
+        listing: list[dict[str, object]],
+    ) -> None:
+        new = State(
+            plan_digest=digest.plan_digest(self.plan),
+            nft_digest=digest.nft_digest(self.plan),
+            table_name=self.plan.table_name,
+            mask=self.plan.mask,
+            rule_priority=self.plan.rule_priority,
+            nft_listing=listing,
+            rules=list(rules),
+            routes=routes,
+            sysctls_original=originals,
+            sysctls_applied={item.path: item.value for item in sysctls if item.path in originals},
+            uplinks=list(self.plan.uplinks),
+            policies=list(self.plan.policies),
+            applied_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            warnings=self.report.warnings,
+        )
+        if self.report.changed or self.previous is None or _comparable(self.previous) != _comparable(new):
+            state.save(self.netns, new)
+
+
+def _comparable(recorded: State) -> dict[str, object]:
+    data = recorded.to_json()
+    data.pop("applied_at")
+    return data

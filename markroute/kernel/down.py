@@ -1,0 +1,98 @@
+"""Removing what markroute installed, and nothing else.
+
+The state file says what that is. Without it (a lost /run, a crashed first apply) the
+fallback still only touches what is provably markroute's: the table `inet markroute`,
+ip rules with protocol 77 inside the priority band, and protocol-77 routes in the
+tables those rules looked up. The table goes first so nothing is marked any more,
+then the rules, so no packet is sent to a table that is being emptied, then the
+routes; sysctls go back to the values found before markroute changed them, unless
+someone else has changed them since.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from markroute.kernel import KernelError, nft, state, sysctl
+from markroute.kernel.apply import route_text, rule_text
+from markroute.kernel.rpdb import Rpdb, route_key
+from markroute.model import Settings
+from markroute.plan import TABLE_NAME, IpRule, Route, Sysctl
+
+BAND_WIDTH = 3  # markroute's rules use rule_priority .. rule_priority + 2
+
+
+@dataclass
+class DownReport:
+    changes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def down(netns: str | None = None, rule_priority: int | None = None) -> DownReport:
+    """Remove markroute from the current namespace; RULE_PRIORITY helps only when the state is lost."""
+    report = DownReport()
+    with state.locked(netns):
+        recorded = state.load(netns)
+        with Rpdb() as rpdb:
+            live_rules = rpdb.own_rules()
+            live_routes = rpdb.own_routes()
+            if recorded is None:
+                rules, routes = _leftovers(live_rules, live_routes, rule_priority or Settings().rule_priority)
+                table = TABLE_NAME
+            else:
+                wanted = {route_key(r) for r in recorded.routes}
+                rules = [r for r in live_rules if r in set(recorded.rules)]
+                routes = [r for r in live_routes if route_key(r) in wanted]
+                table = recorded.table_name
+            _attempt(report, lambda: _drop_table(table, report), None)
+            for rule in rules:
+                _attempt(report, lambda r=rule: rpdb.delete_rule(r), f"- rule {rule_text(rule)}")
+            for route in sorted(routes, key=lambda r: r.gateway is None):
+                _attempt(report, lambda r=route: rpdb.delete_route(r), f"- route {route_text(route)}")
+        if recorded is not None:
+            for path, original in recorded.sysctls_original.items():
+                applied = recorded.sysctls_applied.get(path)
+                _attempt(report, lambda p=path, o=original, a=applied: _restore_sysctl(p, o, a, report), None)
+        if not report.errors:
+            state.remove(netns)
+    return report
+
+
+def _leftovers(rules: list[IpRule], routes: list[Route], priority: int) -> tuple[list[IpRule], list[Route]]:
+    band = range(priority, priority + BAND_WIDTH)
+    ours = [r for r in rules if r.priority in band]
+    tables = {r.table for r in ours if r.table is not None}
+    return ours, [r for r in routes if r.table in tables]
+
+
+def _drop_table(name: str, report: DownReport) -> None:
+    if nft.list_table(name) is not None:
+        nft.delete_table(name)
+        report.changes.append(f"nftables table inet {name} deleted")
+
+
+def _restore_sysctl(path: str, original: str, applied: str | None, report: DownReport) -> None:
+    if not sysctl.exists(path):
+        return
+    name = Sysctl(path, original).name
+    current = sysctl.read(path)
+    if current == original:
+        return
+    if applied is not None and current != applied:
+        report.warnings.append(f"sysctl {name} was changed by someone else ({current}); left as is")
+        return
+    sysctl.write(path, original)
+    report.changes.append(f"sysctl {name}: {current} -> {original} (restored)")
+
+
+def _attempt(report: DownReport, step: Callable[[], None], change: str | None) -> None:
+    """Run one removal; a failure is recorded and the others still run."""
+    try:
+        step()
+    except KernelError as exc:
+        report.errors.append(str(exc))
+    else:
+        if change is not None:
+            report.changes.append(change)

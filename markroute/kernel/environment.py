@@ -1,0 +1,47 @@
+"""What every kernel command does first: check prerequisites, enter the namespace, map errors.
+
+A missing prerequisite (root, nft, the namespace) is one clear message and exit code
+4; a refusal by the kernel is its message and exit code 1; never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from markroute.kernel import EnvironmentProblem, KernelError
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise EnvironmentProblem("this command changes the kernel's routing and firewall: run it as root")
+
+
+def require_nft() -> None:
+    if shutil.which("nft") is None:
+        raise EnvironmentProblem("the nft command is missing: install nftables (apt install nftables)")
+
+
+def prepare(netns: str | None) -> None:
+    """Checks first, then the namespace switch, before any socket or subprocess exists."""
+    require_root()
+    require_nft()
+    if netns:
+        from markroute.kernel.netns import enter
+
+        enter(netns)
+
+
+@contextmanager
+def exit_codes() -> Iterator[None]:
+    """Turn the kernel layer's exceptions into a message on stderr and markroute's exit codes."""
+    from markroute.cliutil import EXIT_ENVIRONMENT, EXIT_FAILED, fail
+
+    try:
+        yield
+    except EnvironmentProblem as exc:
+        fail(str(exc), EXIT_ENVIRONMENT)
+    except KernelError as exc:
+        fail(str(exc), EXIT_FAILED)

@@ -1,0 +1,81 @@
+"""Interface state: what `plan.resolve` needs (addresses, main's connected routes), and link status.
+
+A connected route here is a gateway-less unicast route of table main: for IPv4 the
+kernel gives them scope link, IPv6 keeps every route at scope global, so the absence of
+a gateway is what marks them on both families.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from markroute.kernel.ipjson import RT_TABLE_MAIN, RTN_UNICAST, VERSIONS, prefix_text, table_of
+from markroute.kernel.rpdb import ALL_FAMILIES, Rpdb
+from markroute.plan import LinkState, Route
+
+IFF_UP = 0x1
+IFF_LOWER_UP = 0x10000
+
+
+@dataclass(frozen=True)
+class Link:
+    name: str
+    up: bool  # administratively up: routes through it can be installed
+    carrier: bool
+    mac: str
+    addresses: tuple[tuple[int, str, int], ...]  # (IP version, address, prefix length)
+
+    @property
+    def usable(self) -> bool:
+        return self.up and self.carrier
+
+    def to_json(self) -> dict[str, Any]:
+        return {"up": self.usable, "mac": self.mac, "addresses": [f"{a}/{n}" for _, a, n in self.addresses]}
+
+
+def links(rpdb: Rpdb) -> dict[str, Link]:
+    """Every interface by name."""
+    addresses: dict[int, list[tuple[int, str, int]]] = {}
+    for msg in rpdb.ipr.get_addr():
+        family = msg["family"]
+        address = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+        if family in VERSIONS and address:
+            addresses.setdefault(msg["index"], []).append((VERSIONS[family], address, msg["prefixlen"]))
+    found: dict[str, Link] = {}
+    for msg in rpdb.ipr.get_links():
+        name = msg.get_attr("IFLA_IFNAME")
+        flags = msg["flags"]
+        found[name] = Link(
+            name=name,
+            up=bool(flags & IFF_UP),
+            carrier=bool(flags & IFF_LOWER_UP),
+            mac=msg.get_attr("IFLA_ADDRESS") or "",
+            addresses=tuple(addresses.get(msg["index"], ())),
+        )
+    return found
+
+
+def link_state(rpdb: Rpdb, known: dict[str, Link] | None = None) -> LinkState:
+    """The `LinkState` for `plan.resolve`: each interface's addresses and main's connected routes."""
+    interfaces = links(rpdb) if known is None else known
+    connected: list[Route] = []
+    for msg in rpdb.ipr.get_routes(family=ALL_FAMILIES):
+        family = msg["family"]
+        if (
+            family not in VERSIONS
+            or table_of(msg, "RTA_TABLE") != RT_TABLE_MAIN
+            or msg["type"] != RTN_UNICAST
+            or msg.get_attr("RTA_GATEWAY") is not None
+            or msg.get_attr("RTA_MULTIPATH")
+            or msg.get_attr("RTA_OIF") is None
+            or (family == socket.AF_INET and msg["scope"] != 253)
+        ):
+            continue
+        dst = prefix_text(msg.get_attr("RTA_DST"), msg["dst_len"], family, "default")
+        connected.append(Route(VERSIONS[family], RT_TABLE_MAIN, dst, rpdb.ifname(msg.get_attr("RTA_OIF")), None, "link"))
+    return LinkState(
+        addresses={name: tuple((v, a) for v, a, _ in link.addresses) for name, link in interfaces.items()},
+        connected=tuple(connected),
+    )

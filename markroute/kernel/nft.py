@@ -1,0 +1,111 @@
+"""Talking to nftables through `nft -j`: atomic batches in, JSON listings out.
+
+markroute's table is always replaced in one batch (`add table` so that `delete table`
+cannot fail, `delete table`, then every object of the new table): the kernel applies
+the batch as one transaction, so packets see either the old table or the new one.
+Conntrack entries are not touched, so connections keep their ct marks across a swap.
+
+nft normalises expressions when it lists them (`and 0xffff00ff or 0x100` may come back
+as one constant), so a listing is never compared with the JSON that produced it, only
+with an earlier *listing* (`normalise` strips handles and counter values).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterable
+from typing import Any
+
+from markroute.kernel import KernelError
+from markroute.nftjson import FAMILY
+
+Obj = dict[str, Any]
+NFT = "nft"
+
+
+def _run(argv: list[str], stdin: str | None = None) -> str:
+    try:
+        proc = subprocess.run([NFT, *argv], input=stdin, capture_output=True, text=True, check=False)
+    except FileNotFoundError as exc:
+        raise KernelError("the nft command is missing: install nftables") from exc
+    if proc.returncode != 0:
+        message = " ".join(line.strip() for line in proc.stderr.splitlines() if line.strip())
+        raise KernelError(f"nft: {message or f'exited with status {proc.returncode}'}")
+    return proc.stdout
+
+
+def run_batch(commands: Iterable[Obj]) -> None:
+    """Load one JSON batch (`nft -j -f -`): one kernel transaction, all or nothing."""
+    _run(["-j", "-f", "-"], json.dumps({"nftables": list(commands)}))
+
+
+def list_ruleset() -> dict[str, Any]:
+    """The whole ruleset as `nft -j list ruleset` prints it."""
+    document: dict[str, Any] = json.loads(_run(["-j", "list", "ruleset"]) or '{"nftables": []}')
+    return document
+
+
+def list_table(name: str, ruleset: dict[str, Any] | None = None) -> list[Obj] | None:
+    """The objects of table `inet NAME` (table, sets, chains, rules), or None if it is absent."""
+    document = list_ruleset() if ruleset is None else ruleset
+    objects = [item for item in document["nftables"] if _in_table(item, name)]
+    return objects or None
+
+
+def _in_table(item: Obj, name: str) -> bool:
+    for kind, body in item.items():
+        if not isinstance(body, dict) or body.get("family") != FAMILY:
+            return False
+        return body.get("name" if kind == "table" else "table") == name
+    return False
+
+
+def replace_table(name: str, objects: Iterable[Obj]) -> None:
+    """Swap table `inet NAME` for OBJECTS (which include the table itself) in one transaction."""
+    table = {"table": {"family": FAMILY, "name": name}}
+    run_batch([{"add": table}, {"delete": table}, *({"add": obj} for obj in objects)])
+
+
+def delete_table(name: str) -> None:
+    """Remove table `inet NAME` if it exists (the `add` first makes the delete unconditional)."""
+    table = {"table": {"family": FAMILY, "name": name}}
+    run_batch([{"add": table}, {"delete": table}])
+
+
+def loadable(listing: Iterable[Obj]) -> list[Obj]:
+    """A listing made fit to be added again: kernel handles dropped, counter values kept."""
+    return [_without(obj, ("handle",)) for obj in listing]
+
+
+def normalise(listing: Iterable[Obj]) -> list[Obj]:
+    """A listing with everything the kernel changes on its own removed: handles, counter values."""
+    return [_zero_counters(_without(obj, ("handle",))) for obj in listing]
+
+
+def _without(obj: Obj, keys: tuple[str, ...]) -> Obj:
+    return {kind: {k: v for k, v in body.items() if k not in keys} for kind, body in obj.items()}
+
+
+def _zero_counters(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"counter"} and isinstance(value["counter"], dict):
+            return {"counter": {"packets": 0, "bytes": 0}}
+        return {k: _zero_counters(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_zero_counters(v) for v in value]
+    return value
+
+
+def rule_counters(listing: Iterable[Obj]) -> list[tuple[str, int, int]]:
+    """(comment, packets, bytes) of every rule that has a comment and a counter."""
+    found: list[tuple[str, int, int]] = []
+    for obj in listing:
+        rule = obj.get("rule")
+        if not rule or "comment" not in rule:
+            continue
+        for expr in rule.get("expr", []):
+            counter = expr.get("counter") if isinstance(expr, dict) else None
+            if isinstance(counter, dict):
+                found.append((rule["comment"], int(counter.get("packets", 0)), int(counter.get("bytes", 0))))
+    return found

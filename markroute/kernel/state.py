@@ -1,0 +1,116 @@
+"""What markroute installed, kept under /run/markroute so `down` and `status` need no config.
+
+One JSON file per network namespace (`/run/markroute/state.json`, or
+`/run/markroute/netns/NAME/state.json` under `--netns NAME`; /run is per boot, like
+everything the file describes). It is written atomically (temporary file, then
+rename), so a crash leaves either the old record or the new one. The sysctl values it
+holds are the ones found before markroute first changed them: `down` puts those back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from markroute.kernel import KernelError
+from markroute.plan import IpRule, Route, UplinkPlan
+
+RUN_DIR = Path("/run/markroute")
+FORMAT = 1
+
+
+@dataclass
+class State:
+    plan_digest: str
+    nft_digest: str
+    table_name: str
+    mask: int
+    rule_priority: int
+    nft_listing: list[dict[str, Any]]
+    rules: list[IpRule]
+    routes: list[Route]
+    sysctls_original: dict[str, str]
+    sysctls_applied: dict[str, str]
+    uplinks: list[UplinkPlan]
+    policies: list[str]
+    applied_at: str
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["format"] = FORMAT
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> State:
+        fields = {k: v for k, v in data.items() if k != "format"}
+        fields["rules"] = [IpRule(**r) for r in data["rules"]]
+        fields["routes"] = [Route(**r) for r in data["routes"]]
+        fields["uplinks"] = [UplinkPlan(**{**u, "versions": tuple(u["versions"])}) for u in data["uplinks"]]
+        return cls(**fields)
+
+
+def directory(netns: str | None) -> Path:
+    return RUN_DIR / "netns" / netns if netns else RUN_DIR
+
+
+def load(netns: str | None) -> State | None:
+    path = directory(netns) / "state.json"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise KernelError(f"cannot read {path}: {exc}") from exc
+    if data.get("format") != FORMAT:
+        raise KernelError(f"{path} was written by another markroute version (format {data.get('format')})")
+    try:
+        return State.from_json(data)
+    except (KeyError, TypeError) as exc:
+        raise KernelError(f"{path} is damaged: {exc}") from exc
+
+
+def save(netns: str | None, state: State) -> None:
+    target = directory(netns)
+    target.mkdir(parents=True, exist_ok=True)
+    temporary = target / f".state.json.{os.getpid()}"
+    try:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(state.to_json(), handle, indent=1)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target / "state.json")
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise KernelError(f"cannot record state in {target}: {exc.strerror}") from exc
+
+
+def remove(netns: str | None) -> None:
+    (directory(netns) / "state.json").unlink(missing_ok=True)
+
+
+@contextmanager
+def locked(netns: str | None) -> Iterator[None]:
+    """Serialise apply/down per namespace: two runs at once would each undo the other's work.
+
+    Under --netns the directory is removed again when no state is left, so namespaces
+    that come and go (labs, containers) leave nothing behind in /run.
+    """
+    target = directory(netns)
+    target.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(target / "lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+    finally:
+        if netns and not (target / "state.json").exists():
+            (target / "lock").unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                target.rmdir()

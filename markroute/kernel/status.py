@@ -1,0 +1,78 @@
+"""`markroute status` as data: uplinks, policy counters, connections per uplink, drift.
+
+Works from the state file alone (what was applied), or from a plan when the config is
+given, in which case a config that differs from the applied one is reported as drift.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from markroute.kernel import digest, nft, state
+from markroute.kernel.conntrack import count_by_mark
+from markroute.kernel.drift import differences
+from markroute.kernel.links import links
+from markroute.kernel.rpdb import Rpdb
+from markroute.plan import Plan, UplinkPlan
+
+
+def collect(netns: str | None, plan: Plan | None) -> dict[str, Any]:
+    recorded = state.load(netns)
+    with Rpdb() as rpdb:
+        interfaces = links(rpdb)
+        live_rules = rpdb.own_rules()
+        live_routes = rpdb.own_routes()
+        routes_json = rpdb.routes_json()
+    table_name = plan.table_name if plan else recorded.table_name if recorded else None
+    live_table = nft.list_table(table_name) if table_name else None
+    uplinks: list[UplinkPlan] = list(plan.uplinks) if plan else recorded.uplinks if recorded else []
+    policies: list[str] = list(plan.policies) if plan else recorded.policies if recorded else []
+    mask = plan.mask if plan else recorded.mask if recorded else 0
+    connections = count_by_mark(mask) if mask else None
+
+    drift: list[str] = []
+    if recorded is None:
+        if plan is not None:
+            drift.append("markroute is not applied in this namespace")
+    else:
+        drift = differences(recorded, live_table, live_rules, live_routes)
+        if plan is not None and digest.plan_digest(plan) != recorded.plan_digest:
+            drift.insert(0, "the config differs from the applied one (run markroute apply)")
+
+    counters: dict[str, list[int]] = {name: [0, 0] for name in policies}
+    for comment, packets, octets in nft.rule_counters(live_table or []):
+        name = comment.removeprefix("policy ")
+        if comment.startswith("policy ") and name in counters:
+            counters[name][0] += packets
+            counters[name][1] += octets
+
+    def uplink(u: UplinkPlan) -> dict[str, Any]:
+        link = interfaces.get(u.interface)
+        table = str(u.table)
+        installed = [r for r in routes_json if r.get("table") == table and r.get("dst") == "default"]
+        return {
+            "name": u.name,
+            "interface": u.interface,
+            "exists": link is not None,
+            "up": bool(link and link.usable),
+            "addresses": link.to_json()["addresses"] if link else [],
+            "gateway": u.gateway,
+            "gateway6": u.gateway6,
+            "default_routes": [r.get("gateway") or f"dev {r.get('dev')}" for r in installed],
+            "table": u.table,
+            "mark": hex(u.mark),
+            "connections": connections[u.mark] if connections is not None else 0,
+        }
+
+    return {
+        "namespace": netns,
+        "applied": recorded is not None,
+        "applied_at": recorded.applied_at if recorded else None,
+        "uplinks": [uplink(u) for u in uplinks],
+        "policies": [{"name": n, "packets": p, "bytes": b} for n, (p, b) in counters.items()],
+        "connections": {
+            "total": sum(connections.values()) if connections is not None else 0,
+            "other": connections[0] if connections is not None else 0,
+        },
+        "drift": drift,
+    }

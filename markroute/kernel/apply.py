@@ -109,20 +109,19 @@ class _Apply:
     # -- what can be installed here ---------------------------------------------------
 
     def usable_routes(self, routes: tuple[Route, ...], interfaces: dict[str, Link]) -> list[Route]:
-        """Routes whose interface exists and is up; one warning per uplink that has to wait."""
+        """Routes whose interface is up, none for an uplink whose interface is missing or down."""
+        waiting: set[int] = set()
         for uplink in self.plan.uplinks:
             link = interfaces.get(uplink.interface)
-            if link is None:
-                self.report.warnings.append(
-                    f"uplink '{uplink.name}': interface {uplink.interface} does not exist; its routes are skipped "
-                    "and its traffic falls through to the main table"
-                )
-            elif not link.up:
-                self.report.warnings.append(
-                    f"uplink '{uplink.name}': interface {uplink.interface} is down; its routes are skipped "
-                    "and its traffic falls through to the main table until the next apply"
-                )
-        return [r for r in routes if r.dev in interfaces and interfaces[r.dev].up]
+            if link is not None and link.up:
+                continue
+            waiting.add(uplink.table)
+            problem = "does not exist" if link is None else "is down"
+            self.report.warnings.append(
+                f"uplink '{uplink.name}': interface {uplink.interface} {problem}; its routes are skipped "
+                "and its traffic falls through to the main table until the next apply"
+            )
+        return [r for r in routes if r.table not in waiting and r.dev in interfaces and interfaces[r.dev].up]
 
     def usable_sysctls(self, interfaces: dict[str, Link]) -> list[Sysctl]:
         usable: list[Sysctl] = []

@@ -8,6 +8,7 @@ ISP 1 proves the marked table carried it.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from markroute.kernel.apply import ApplyFailed, apply
 from markroute.kernel.netns import inside
 from markroute.kernel.rpdb import Rpdb
 from markroute.kernel.snapshot import snapshot
-from markroute.lab import RouterLab
+from markroute.lab import Lab, RouterLab, router_lab
 from markroute.plan import Plan
 
 pytestmark = KERNEL
@@ -232,3 +233,41 @@ def test_snapshot_is_what_ip_and_nft_print(router: RouterLab, tmp_path: Path) ->
     assert [{k: v for k, v in x.items() if k != "family"} for x in picture["routes"]] == routes
     assert f"{r.rtr_wan_v4[0]}/24" in picture["links"]["wan0"]["addresses"]
     assert picture["links"]["wan0"]["up"] is True
+
+
+DUAL_STACK = """
+uplinks:
+  isp0:
+    interface: wan0
+    gateway: 10.0.0.1
+    gateway6: 2001:db8:0::1
+  isp1:
+    interface: wan1
+    gateway: 10.0.1.1
+    gateway6: 2001:db8:1::1
+policies:
+  - name: server6-via-isp1
+    to: {server6}
+    via: isp1
+"""
+
+
+def test_ipv6_policy_uses_the_uplink_table(tmp_path: Path) -> None:
+    with Lab() as lab:
+        r = router_lab(lab, isps=2, ipv6=True)
+        assert r.server6 is not None
+        try:
+            config = write_config(tmp_path, DUAL_STACK.format(server6=r.server6))
+            result = markroute("apply", "-c", config, "--netns", r.rtr)
+            assert result.returncode == 0, result.stderr
+            assert any(x.get("dst") == "default" and x.get("gateway") == r.isp_gw_v6[1] for x in own_routes(lab, r.rtr))
+            lab.serve_echo(r.net, PORT)
+            v6 = lab.probe(r.lan, "tcp", r.server6, PORT, count=3)
+            assert v6["ok"] == 3 and [r.which_isp(s) for s in v6["seen"]] == [1]
+            v4 = lab.probe(r.lan, "tcp", r.server, PORT, count=3)
+            assert v4["ok"] == 3 and [r.which_isp(s) for s in v4["seen"]] == [0]
+            assert markroute("apply", "-c", config, "--netns", r.rtr).stdout.startswith("already up to date")
+            assert markroute("down", "--netns", r.rtr).returncode == 0
+            assert own_routes(lab, r.rtr) == [] and own_rules(lab, r.rtr) == []
+        finally:
+            shutil.rmtree(state.directory(r.rtr), ignore_errors=True)

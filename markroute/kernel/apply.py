@@ -19,7 +19,9 @@ through to later rules and main) and a warning instead of a failure.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from markroute.kernel import KernelError, digest, nft, state, sysctl
 from markroute.kernel.journal import Journal
@@ -144,10 +146,12 @@ class _Apply:
             current = sysctl.read(item.path)
             if current == item.value:
                 continue
-            sysctl.write(item.path, item.value)
-            self.journal.done(f"restore sysctl {item.name}", lambda p=item.path, v=current: sysctl.write(p, v))
+            self.step(
+                partial(sysctl.write, item.path, item.value),
+                partial(sysctl.write, item.path, current),
+                f"sysctl {item.name}: {current} -> {item.value}",
+            )
             originals.setdefault(item.path, current)
-            self.report.changes.append(f"sysctl {item.name}: {current} -> {item.value}")
         return originals
 
     def restore_unwanted_sysctls(self, sysctls: list[Sysctl], originals: dict[str, str]) -> None:
@@ -164,29 +168,29 @@ class _Apply:
             if current != applied:
                 self.report.warnings.append(f"sysctl {path} was changed by someone else ({current}); left as is")
                 continue
-            sysctl.write(path, original)
-            self.journal.done(f"set sysctl {path} again", lambda p=path, v=applied: sysctl.write(p, v))
-            self.report.changes.append(f"sysctl {Sysctl(path, original).name}: {applied} -> {original} (restored)")
+            self.step(
+                partial(sysctl.write, path, original),
+                partial(sysctl.write, path, applied),
+                f"sysctl {Sysctl(path, original).name}: {applied} -> {original} (restored)",
+            )
 
     def add_route(self, route: Route) -> None:
-        self.rpdb.add_route(route)
-        self.journal.done(f"delete route {route.text()}", lambda: self.rpdb.delete_route(route))
-        self.report.changes.append(f"+ route {route_text(route)}")
+        self.step(partial(self.rpdb.add_route, route), partial(self.rpdb.delete_route, route), f"+ route {route_text(route)}")
 
     def delete_route(self, route: Route) -> None:
-        self.rpdb.delete_route(route)
-        self.journal.done(f"re-add route {route.text()}", lambda: self.rpdb.add_route(route))
-        self.report.changes.append(f"- route {route_text(route)}")
+        self.step(partial(self.rpdb.delete_route, route), partial(self.rpdb.add_route, route), f"- route {route_text(route)}")
 
     def add_rule(self, rule: IpRule) -> None:
-        self.rpdb.add_rule(rule)
-        self.journal.done(f"delete rule {rule.text()}", lambda: self.rpdb.delete_rule(rule))
-        self.report.changes.append(f"+ rule {rule_text(rule)}")
+        self.step(partial(self.rpdb.add_rule, rule), partial(self.rpdb.delete_rule, rule), f"+ rule {rule_text(rule)}")
 
     def delete_rule(self, rule: IpRule) -> None:
-        self.rpdb.delete_rule(rule)
-        self.journal.done(f"re-add rule {rule.text()}", lambda: self.rpdb.add_rule(rule))
-        self.report.changes.append(f"- rule {rule_text(rule)}")
+        self.step(partial(self.rpdb.delete_rule, rule), partial(self.rpdb.add_rule, rule), f"- rule {rule_text(rule)}")
+
+    def step(self, do: Callable[[], None], undo: Callable[[], None], change: str) -> None:
+        """Do one change, remember how to take it back, and report it."""
+        do()
+        self.journal.done(f"undo '{change}'", undo)
+        self.report.changes.append(change)
 
     def swap_table(self) -> list[dict[str, object]]:
         """Replace the table unless it is exactly what the last apply of this plan left; the new listing."""
@@ -200,12 +204,11 @@ class _Apply:
             and nft.normalise(before) == previous.nft_listing
         ):
             return previous.nft_listing
-        nft.replace_table(name, self.plan.nft)
-        if before is None:
-            self.journal.done(f"delete table inet {name}", lambda: nft.delete_table(name))
-        else:
-            self.journal.done(f"restore table inet {name}", lambda: nft.replace_table(name, nft.loadable(before)))
-        self.report.changes.append(f"nftables table inet {name} {'replaced' if before else 'created'}")
+        self.step(
+            partial(nft.replace_table, name, self.plan.nft),
+            partial(nft.delete_table, name) if before is None else partial(nft.replace_table, name, nft.loadable(before)),
+            f"nftables table inet {name} {'created' if before is None else 'replaced'}",
+        )
         return nft.normalise(nft.list_table(name) or [])
 
     def record(

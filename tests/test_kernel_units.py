@@ -1,0 +1,78 @@
+"""Parts of the kernel layer that need no kernel: normalising listings, undo order, drift wording,
+and the environment checks every kernel command runs first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from markroute.cli import main
+from markroute.kernel import KernelError, nft
+from markroute.kernel.drift import table_differences
+from markroute.kernel.journal import Journal
+from markroute.kernel.state import State
+
+RULE = {
+    "rule": {
+        "family": "inet", "table": "markroute", "chain": "policies_fwd", "handle": 7, "comment": "policy web",
+        "expr": [{"counter": {"packets": 12, "bytes": 900}}, {"goto": {"target": "mark_a"}}],
+    }
+}
+CHAIN = {"chain": {"family": "inet", "table": "markroute", "name": "policies_fwd", "handle": 3}}
+
+
+def recorded(listing: list[dict[str, object]]) -> State:
+    return State("p", "n", "markroute", 0xFF00, 10000, listing, [], [], {}, {}, [], [], "now")
+
+
+def test_normalise_drops_handles_and_counter_values_but_loadable_keeps_counters() -> None:
+    normal = nft.normalise([CHAIN, RULE])
+    assert "handle" not in normal[0]["chain"] and "handle" not in normal[1]["rule"]
+    assert normal[1]["rule"]["expr"][0] == {"counter": {"packets": 0, "bytes": 0}}
+    assert nft.loadable([RULE])[0]["rule"]["expr"][0] == {"counter": {"packets": 12, "bytes": 900}}
+    assert nft.rule_counters([CHAIN, RULE]) == [("policy web", 12, 900)]
+
+
+def test_journal_undoes_newest_first_and_reports_failed_undos() -> None:
+    undone: list[str] = []
+    journal = Journal()
+    journal.done("first", lambda: undone.append("first"))
+
+    def broken() -> None:
+        raise KernelError("gone")
+
+    journal.done("second", broken)
+    journal.done("third", lambda: undone.append("third"))
+    assert journal.rollback() == ["second: gone"]
+    assert undone == ["third", "first"]
+    assert journal.rollback() == []
+
+
+def test_table_differences_name_the_changed_chain() -> None:
+    listing = nft.normalise([CHAIN, RULE])
+    assert table_differences(recorded(listing), [CHAIN, RULE]) == []
+    assert table_differences(recorded(listing), None) == ["nftables table inet markroute is missing"]
+    changed = [CHAIN, {"rule": {**RULE["rule"], "expr": [{"accept": None}]}}]
+    assert table_differences(recorded(listing), changed) == [
+        "nftables table inet markroute: rules of chain policies_fwd were changed"
+    ]
+
+
+@pytest.mark.parametrize("command", ["apply", "down", "status"])
+def test_kernel_commands_need_root(command: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    config = tmp_path / "markroute.yaml"
+    config.write_text("uplinks:\n  a:\n    interface: eth0\n    gateway: 192.0.2.1\n")
+    result = CliRunner().invoke(main, [command] + (["-c", str(config)] if command == "apply" else []))
+    assert result.exit_code == 4
+    assert "as root" in result.output
+
+
+def test_kernel_commands_need_nft(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    result = CliRunner().invoke(main, ["down"])
+    assert result.exit_code == 4
+    assert "nft command is missing" in result.output

@@ -271,3 +271,21 @@ def test_ipv6_policy_uses_the_uplink_table(tmp_path: Path) -> None:
             assert own_routes(lab, r.rtr) == [] and own_rules(lab, r.rtr) == []
         finally:
             shutil.rmtree(state.directory(r.rtr), ignore_errors=True)
+
+
+def test_gateway_change_replaces_the_default_route(router: RouterLab, tmp_path: Path) -> None:  # noqa: F811
+    r = router
+    second_gateway = "10.0.1.3"
+    r.lab.addr(r.isps[1], "down0", f"{second_gateway}/24")
+    first = write_config(tmp_path, TWO_UPLINKS.format(server=r.server), "first.yaml")
+    second = write_config(tmp_path, TWO_UPLINKS.format(server=r.server).replace(r.isp_gw_v4[1], second_gateway), "second.yaml")
+    table = str(uplink(plan_of(first), "isp1").table)
+    assert markroute("apply", "-c", first, "--netns", r.rtr).returncode == 0
+
+    result = markroute("apply", "-c", second, "--netns", r.rtr)
+    assert result.returncode == 0, result.stderr
+    defaults = [x for x in own_routes(r.lab, r.rtr) if x.get("table") == table and x["dst"] == "default"]
+    assert [x["gateway"] for x in defaults] == [second_gateway]
+    r.lab.serve_echo(r.net, PORT)
+    flow = r.lab.probe(r.lan, "tcp", r.server, PORT)
+    assert flow["ok"] == 1 and [r.which_isp(s) for s in flow["seen"]] == [1]

@@ -27,7 +27,7 @@ def command(config: str | None, netns: str | None) -> None:
     from markroute.kernel.apply import apply
     from markroute.kernel.environment import exit_codes, prepare
 
-    plan = compile_plan(load_model_or_exit(config_path(config), quiet_warnings=True))
+    plan = compile_plan(load_model_or_exit(config_path(config)))
     with exit_codes():
         prepare(netns)
         report = apply(plan, netns)

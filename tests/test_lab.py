@@ -1,22 +1,21 @@
 """Tests of markroute.lab: the topologies must work (and reproduce the seed
 problems) WITHOUT any markroute rules, and must never leak namespaces.
 
-Kernel tests need root for network namespaces.  They are skipped only on a
-developer machine without root; in CI (CI=true) they always run, so a
-missing privilege there fails loudly instead of silently skipping.
+Kernel tests (root, network namespaces) are gated in conftest.py: they always
+run in CI.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
 
@@ -34,33 +33,8 @@ from markroute.lab.addresses import check_tokens, is_lab_network
 from markroute.lab.echo import plain_address
 from markroute.lab.probe import summarise
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-_NO_NAMESPACES = os.geteuid() != 0 and os.environ.get("CI") != "true"
 _REPO = Path(__file__).resolve().parents[1]
 PORT = 7000
-
-
-def kernel(fn: F) -> F:
-    """Mark a test as needing root and real network namespaces."""
-    skip = pytest.mark.skipif(
-        _NO_NAMESPACES, reason="needs root for network namespaces (always runs in CI)"
-    )
-    marked: F = pytest.mark.kernel(skip(fn))
-    return marked
-
-
-def existing_namespaces() -> set[str]:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
-    return {line.split()[0] for line in out.stdout.splitlines() if line.strip()}
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    """A lab that is closed after the test, checking nothing was left behind."""
-    with Lab() as the_lab:
-        yield the_lab
-    assert not set(the_lab.namespaces) & existing_namespaces()
 
 
 # -- pure helpers (no root needed) -------------------------------------------
@@ -109,7 +83,7 @@ def test_probe_summary_counts_sources_and_inconsistency() -> None:
 # -- router_lab ----------------------------------------------------------------
 
 
-@kernel
+@pytest.mark.kernel
 @pytest.mark.parametrize("proto", ["tcp", "udp"])
 def test_router_lab_uses_isp0_without_markroute(lab: Lab, proto: str) -> None:
     r = router_lab(lab, isps=3)
@@ -121,7 +95,7 @@ def test_router_lab_uses_isp0_without_markroute(lab: Lab, proto: str) -> None:
         assert [r.which_isp(src) for src in result["seen"]] == [0]
 
 
-@kernel
+@pytest.mark.kernel
 @pytest.mark.parametrize("proto", ["tcp", "udp"])
 def test_router_lab_ipv6_uses_isp0(lab: Lab, proto: str) -> None:
     r = router_lab(lab, isps=2, ipv6=True)
@@ -133,7 +107,7 @@ def test_router_lab_ipv6_uses_isp0(lab: Lab, proto: str) -> None:
     assert r.which_isp(r.isp_public_v6[0]) == 0
 
 
-@kernel
+@pytest.mark.kernel
 def test_router_lab_secondary_sources_and_extra_clients(lab: Lab) -> None:
     r = router_lab(lab, isps=2, lan_clients=3)
     assert r.sw is not None and len(r.clients) == 3
@@ -147,7 +121,7 @@ def test_router_lab_secondary_sources_and_extra_clients(lab: Lab) -> None:
     assert result["ok"] == 3, result
 
 
-@kernel
+@pytest.mark.kernel
 def test_probe_is_fast_and_long_flows_are_consistent(lab: Lab) -> None:
     r = router_lab(lab, isps=2)
     lab.serve_echo(r.net, PORT)
@@ -159,7 +133,7 @@ def test_probe_is_fast_and_long_flows_are_consistent(lab: Lab) -> None:
     assert result["ok"] == 4 and result["inconsistent"] == 0
 
 
-@kernel
+@pytest.mark.kernel
 def test_isp_port_forward_reproduces_asymmetric_replies(lab: Lab) -> None:
     """Through ISP 0 the forward works; through ISP 1 the router answers via
     its main default route (ISP 0), so the remote client gets nothing."""
@@ -173,22 +147,55 @@ def test_isp_port_forward_reproduces_asymmetric_replies(lab: Lab) -> None:
     assert via1["ok"] == 0
 
 
+@pytest.mark.kernel
+def test_point_to_point_isp_needs_no_gateway(lab: Lab) -> None:
+    """A p2p ISP link is reached with ``default dev wanN`` alone, like PPP."""
+    r = router_lab(lab, isps=2, p2p=[1])
+    assert r.p2p == (1,)
+    flags = json.loads(lab.ip(r.rtr, "-j", "link", "show", r.rtr_wan_ifs[1]).stdout)[0]["flags"]
+    assert "NOARP" in flags
+    lab.serve_echo(r.net, PORT)
+    lab.route(r.rtr, "default", "dev", r.rtr_wan_ifs[1], "table", "200")
+    lab.ip(r.rtr, "rule", "add", "to", r.server_alt, "lookup", "200", "priority", "100")
+    via_p2p = lab.probe(r.lan, "tcp", r.server_alt, PORT, count=5)
+    assert r.isp_counts(via_p2p["seen"]) == {1: 5}, via_p2p
+    via_main = lab.probe(r.lan, "tcp", r.server, PORT, count=5)
+    assert r.isp_counts(via_main["seen"]) == {0: 5}, via_main
+
+
+@pytest.mark.kernel
+def test_site_network_is_reached_through_main_only(lab: Lab) -> None:
+    r = router_lab(lab, isps=2, site=True)
+    assert r.site is not None and r.site_server is not None
+    lab.serve_echo(r.site, PORT)
+    from_lan = lab.probe(r.lan, "tcp", r.site_server, PORT, count=3)
+    assert from_lan["seen"] == {r.client_v4: 3}, from_lan  # not NATed: never left by an ISP
+    from_router = lab.probe(r.rtr, "udp", r.site_server, PORT, count=3)
+    assert from_router["seen"] == {r.rtr_site_v4: 3}, from_router
+    # A flow sent to an uplink table instead (default via ISP 1 only) dies at the ISP.
+    lab.route(r.rtr, "default", "via", r.isp_gw_v4[1], "table", "200")
+    lab.ip(r.rtr, "rule", "add", "to", r.site_server, "lookup", "200", "priority", "100")
+    assert lab.probe(r.lan, "tcp", r.site_server, PORT, timeout=0.5)["ok"] == 0
+
+
 # -- lifecycle ------------------------------------------------------------------
 
 
-@kernel
-def test_namespaces_and_processes_gone_after_exception() -> None:
+@pytest.mark.kernel
+def test_namespaces_and_processes_gone_after_exception(
+    live_namespaces: Callable[[], set[str]],
+) -> None:
     with pytest.raises(RuntimeError, match="boom"), Lab() as a_lab:
         r = router_lab(a_lab, isps=1)
         server = a_lab.serve_echo(r.net, PORT)
         names = set(a_lab.namespaces)
         raise RuntimeError("boom")
-    assert names and not names & existing_namespaces()
+    assert names and not names & live_namespaces()
     assert server.poll() is not None
     a_lab.close()  # closing twice is harmless
 
 
-@kernel
+@pytest.mark.kernel
 def test_two_labs_do_not_collide() -> None:
     with Lab() as first, Lab() as second:
         r1, r2 = router_lab(first), router_lab(second)
@@ -224,8 +231,8 @@ def _run_lab_script(
     return child.wait(timeout=30), names
 
 
-@kernel
-def test_sigterm_tears_down() -> None:
+@pytest.mark.kernel
+def test_sigterm_tears_down(live_namespaces: Callable[[], set[str]]) -> None:
     code, names = _run_lab_script(
         """
         lab = Lab()
@@ -237,11 +244,11 @@ def test_sigterm_tears_down() -> None:
         lambda child: child.send_signal(signal.SIGTERM),
     )
     assert code == -signal.SIGTERM
-    assert len(names) == 2 and not set(names) & existing_namespaces()
+    assert len(names) == 2 and not set(names) & live_namespaces()
 
 
-@kernel
-def test_atexit_tears_down_forgotten_lab() -> None:
+@pytest.mark.kernel
+def test_atexit_tears_down_forgotten_lab(live_namespaces: Callable[[], set[str]]) -> None:
     code, names = _run_lab_script(
         """
         lab = Lab()
@@ -251,10 +258,10 @@ def test_atexit_tears_down_forgotten_lab() -> None:
         lambda child: None,
     )
     assert code == 0
-    assert len(names) == 1 and not set(names) & existing_namespaces()
+    assert len(names) == 1 and not set(names) & live_namespaces()
 
 
-@kernel
+@pytest.mark.kernel
 def test_cleanup_ignores_missing_namespaces() -> None:
     cleanup(["mr-000000-gone"])
 
@@ -262,7 +269,7 @@ def test_cleanup_ignores_missing_namespaces() -> None:
 # -- two_routers_lab --------------------------------------------------------------
 
 
-@kernel
+@pytest.mark.kernel
 def test_two_routers_reproduces_seed_002(lab: Lab) -> None:
     t = two_routers_lab(lab)
     lab.serve_echo(t.host, t.forwarded_port)
@@ -275,7 +282,7 @@ def test_two_routers_reproduces_seed_002(lab: Lab) -> None:
     assert via_r2["ok"] == 0, via_r2
 
 
-@kernel
+@pytest.mark.kernel
 def test_two_routers_host_goes_out_through_r1(lab: Lab) -> None:
     t = two_routers_lab(lab)
     lab.serve_echo(t.net, PORT)
@@ -298,7 +305,7 @@ table inet observe {
 """
 
 
-@kernel
+@pytest.mark.kernel
 def test_multihomed_reproduces_seed_003(lab: Lab) -> None:
     m = multihomed_lab(lab)
     lab.serve_echo(m.host, PORT)

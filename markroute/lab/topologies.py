@@ -8,6 +8,9 @@ reproduce situations markroute must fix, *without* any markroute rules:
 * :func:`router_lab` - a LAN router with several ISPs whose main table only
   uses ISP 0; the ISPs masquerade, so the echo server's view of the source
   address tells which ISP carried a flow (:meth:`RouterLab.which_isp`).
+  Optionally some ISP links are point-to-point (no neighbour resolution, no
+  gateway needed, like PPP) and a "site" network sits behind the router,
+  reached through main's static route only.
 * :func:`two_routers_lab` - a host with one interface and two routers on
   its LAN, both forwarding port 80 to it; replies follow the default route,
   so connections through the second router break.
@@ -23,6 +26,7 @@ server bound to the wildcard address.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from markroute.lab.netns import Lab
@@ -39,6 +43,9 @@ SERVER_NETS_V4 = ("203.0.113.0/24", "198.18.0.0/15")
 SERVER_NETS_V6 = ("2001:db8:100::/48",)
 #: Fixed MAC of r2's LAN interface in :func:`two_routers_lab` (from seed 002).
 R2_LAN_MAC = "52:54:00:c2:a5:43"
+#: The private network behind the router in ``router_lab(site=True)`` (seed 004's LAN range).
+SITE_NET_V4 = "172.17.0.0/16"
+SITE_SERVER_V4 = "172.17.0.10"
 
 _MAX_ISPS = 16
 _MAX_LAN_CLIENTS = 50
@@ -92,9 +99,10 @@ def _link(
     b: tuple[str, str],
     b_cidrs: tuple[str, ...],
     mac_a: str | None = None,
+    mac_b: str | None = None,
 ) -> None:
     """veth between ``(ns, ifname)`` ends *a* and *b*, each given its addresses."""
-    lab.veth(a[0], a[1], b[0], b[1], mac_a=mac_a)
+    lab.veth(a[0], a[1], b[0], b[1], mac_a=mac_a, mac_b=mac_b)
     for (ns, ifname), cidrs in ((a, a_cidrs), (b, b_cidrs)):
         for cidr in cidrs:
             lab.addr(ns, ifname, cidr)
@@ -169,6 +177,15 @@ class RouterLab:
     server_nets: tuple[str, ...]
     remote_client: str
     remote_client6: str | None
+    #: ISP indices whose link to the router is point-to-point (no gateway needed).
+    p2p: tuple[int, ...]
+    #: Namespace of the site network behind the router (``site=True``), else None.
+    site: str | None
+    site_net: str | None
+    #: One address of the site network; a wildcard echo server in ``site`` answers it.
+    site_server: str | None
+    #: The router's address toward the site: the source a router-originated flow shows there.
+    rtr_site_v4: str | None
 
     @property
     def lan(self) -> str:
@@ -194,6 +211,14 @@ class RouterLab:
             if seen in addresses:
                 return addresses.index(seen)
         return None
+
+    def isp_counts(self, seen: Mapping[str, int]) -> dict[int | None, int]:
+        """Flows per ISP index (None: not NATed by any ISP) from a probe's ``seen``."""
+        counts: dict[int | None, int] = {}
+        for source, flows in seen.items():
+            isp = self.which_isp(source)
+            counts[isp] = counts.get(isp, 0) + flows
+        return counts
 
 
 def _client_addresses(k: int, ipv6: bool) -> tuple[str, str | None, tuple[str, ...]]:
@@ -231,12 +256,33 @@ def _build_lan(
     return tuple(clients), sw
 
 
-def _build_isp(lab: Lab, rtr: str, net: str, i: int, v6: bool) -> str:
-    """ISP i: down0 faces rtr's wan{i}, up0 faces net, masquerading on up0."""
+def _p2p_mac(i: int) -> str:
+    """The MAC both ends of point-to-point ISP link i share (locally administered)."""
+    return f"02:00:00:00:01:{i:02x}"
+
+
+def _build_isp(lab: Lab, rtr: str, net: str, i: int, v6: bool, p2p: bool) -> str:
+    """ISP i: down0 faces rtr's wan{i}, up0 faces net, masquerading on up0.
+
+    A *p2p* link behaves like PPP: ARP is off on both ends and the IPv4
+    addresses are /32 peers, so the router reaches the ISP with
+    ``default dev wan{i}`` and no gateway.  A NOARP device sends every frame
+    to its own MAC, so both veth ends carry the same MAC and each accepts
+    what the other sends without any neighbour resolution.
+    """
     isp = lab.add_ns(f"isp{i}")
-    down_cidrs = (f"10.0.{i}.1/24",) + ((f"2001:db8:{i}::1/64",) if v6 else ())
-    wan_cidrs = (f"10.0.{i}.2/24",) + ((f"2001:db8:{i}::2/64",) if v6 else ())
-    _link(lab, (isp, "down0"), down_cidrs, (rtr, f"wan{i}"), wan_cidrs)
+    down_v6 = (f"2001:db8:{i}::1/64",) if v6 else ()
+    wan_v6 = (f"2001:db8:{i}::2/64",) if v6 else ()
+    if p2p:
+        mac = _p2p_mac(i)
+        _link(lab, (isp, "down0"), down_v6, (rtr, f"wan{i}"), wan_v6, mac_a=mac, mac_b=mac)
+        for ns, ifname, local, peer in ((isp, "down0", 1, 2), (rtr, f"wan{i}", 2, 1)):
+            lab.ip(ns, "link", "set", ifname, "arp", "off")
+            address, peer_cidr = f"10.0.{i}.{local}", f"10.0.{i}.{peer}/32"
+            lab.ip(ns, "addr", "add", address, "peer", peer_cidr, "dev", ifname)
+    else:
+        down_cidrs = (f"10.0.{i}.1/24",) + down_v6
+        _link(lab, (isp, "down0"), down_cidrs, (rtr, f"wan{i}"), (f"10.0.{i}.2/24",) + wan_v6)
     _uplink(lab, isp, net, f"ispl{i}", i, v6)
     lab.forwarding(isp, ipv6=v6)
     # Not needed while the router NATs, but lets tests observe unNATed traffic.
@@ -247,24 +293,50 @@ def _build_isp(lab: Lab, rtr: str, net: str, i: int, v6: bool) -> str:
     return isp
 
 
-def router_lab(lab: Lab, isps: int = 2, ipv6: bool = False, lan_clients: int = 1) -> RouterLab:
+def _build_site(lab: Lab, rtr: str) -> str:
+    """Namespace ``site`` owning SITE_NET_V4, reached from rtr by a static route in main only.
+
+    Unlike a connected network, main's static route is not copied into
+    markroute's uplink tables, so a flow to the site arrives only if it was
+    left to the main table; a flow sent to an uplink dies at the ISP.
+    """
+    site = lab.add_ns("site")
+    _link(lab, (rtr, "site0"), ("10.255.0.1/30",), (site, "eth0"), ("10.255.0.2/30",))
+    lab.route(site, "default", "via", "10.255.0.1")
+    lab.route(rtr, SITE_NET_V4, "via", "10.255.0.2")
+    _anyip(lab, site, (SITE_NET_V4,))
+    return site
+
+
+def router_lab(
+    lab: Lab,
+    isps: int = 2,
+    ipv6: bool = False,
+    lan_clients: int = 1,
+    p2p: Sequence[int] = (),
+    site: bool = False,
+) -> RouterLab:
     """Build the multi-ISP router topology (see :class:`RouterLab`).
 
     The router ``rtr`` forwards, and its main table has a default route via
-    ISP 0 only: using the other ISPs is markroute's job.  No markroute
-    rules are installed.
+    ISP 0 only: using the other ISPs is markroute's job.  ISPs listed in
+    *p2p* get point-to-point links; *site* adds the network behind the
+    router (:func:`_build_site`).  No markroute rules are installed.
     """
     if not 1 <= isps <= _MAX_ISPS:
         raise ValueError(f"isps must be between 1 and {_MAX_ISPS}")
     if not 1 <= lan_clients <= _MAX_LAN_CLIENTS:
         raise ValueError(f"lan_clients must be between 1 and {_MAX_LAN_CLIENTS}")
+    if not set(p2p) <= set(range(isps)):
+        raise ValueError(f"p2p names ISPs outside 0..{isps - 1}")
     rtr = lab.add_ns("rtr")
     clients, sw = _build_lan(lab, rtr, lan_clients, ipv6)
     lab.addr(rtr, "lan0", "192.168.1.1/24")
     if ipv6:
         lab.addr(rtr, "lan0", "fd00:1::1/64")
     net = lab.add_ns("net")
-    isp_names = tuple(_build_isp(lab, rtr, net, i, ipv6) for i in range(isps))
+    isp_names = tuple(_build_isp(lab, rtr, net, i, ipv6, i in p2p) for i in range(isps))
+    site_ns = _build_site(lab, rtr) if site else None
     lab.forwarding(rtr, ipv6=ipv6)
     lab.route(rtr, "default", "via", "10.0.0.1")
     _anyip(lab, net, SERVER_NETS_V4)
@@ -302,6 +374,11 @@ def router_lab(lab: Lab, isps: int = 2, ipv6: bool = False, lan_clients: int = 1
         server_nets=SERVER_NETS_V4 + (SERVER_NETS_V6 if ipv6 else ()),
         remote_client=REMOTE_CLIENT_V4,
         remote_client6=REMOTE_CLIENT_V6 if ipv6 else None,
+        p2p=tuple(sorted(set(p2p))),
+        site=site_ns,
+        site_net=SITE_NET_V4 if site else None,
+        site_server=SITE_SERVER_V4 if site else None,
+        rtr_site_v4="10.255.0.1" if site else None,
     )
 
 

@@ -17,6 +17,14 @@ from markroute.plan import Plan, UplinkPlan
 
 
 def collect(netns: str | None, plan: Plan | None) -> dict[str, Any]:
+    """The report `status --json` prints, for the current namespace (NETNS names its state).
+
+    Keys: ``namespace``, ``applied`` (bool), ``applied_at``; ``uplinks``: a list of
+    ``{name, interface, exists, up, addresses, gateway, gateway6, default_routes, table,
+    mark, connections}``; ``policies``: ``[{name, packets, bytes}]`` summed over every
+    rule commented ``policy NAME``; ``connections``: ``{total, other}`` (other: no
+    uplink mark); ``drift``: one sentence per difference, empty when none.
+    """
     recorded = state.load(netns)
     with Rpdb() as rpdb:
         interfaces = links(rpdb)

@@ -8,12 +8,14 @@ ISP 1 proves the marked table carried it.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kernelhelp import KERNEL, TWO_UPLINKS, markroute, own_routes, own_rules, router, view, write_config  # noqa: F401
+from kernelhelp import KERNEL, REPO, TWO_UPLINKS, markroute, own_routes, own_rules, router, view, write_config  # noqa: F401
 
 from markroute.compiler import compile_plan
 from markroute.config import load_model
@@ -289,3 +291,15 @@ def test_gateway_change_replaces_the_default_route(router: RouterLab, tmp_path: 
     r.lab.serve_echo(r.net, PORT)
     flow = r.lab.probe(r.lan, "tcp", r.server, PORT)
     assert flow["ok"] == 1 and [r.which_isp(s) for s in flow["seen"]] == [1]
+
+
+def test_commands_inside_ip_netns_exec_find_the_state(router: RouterLab, tmp_path: Path) -> None:  # noqa: F811
+    r = router
+    config = write_config(tmp_path, TWO_UPLINKS.format(server=r.server))
+    assert markroute("apply", "-c", config, "--netns", r.rtr).returncode == 0
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    inside_status = r.lab.run(r.rtr, [sys.executable, "-m", "markroute", "status", "--json"], env=env)
+    report = json.loads(inside_status.stdout)
+    assert report["applied"] and report["namespace"] == r.rtr and report["drift"] == []
+    r.lab.run(r.rtr, [sys.executable, "-m", "markroute", "down"], env=env)
+    assert own_rules(r.lab, r.rtr) == [] and not state.directory(r.rtr).exists()

@@ -29,7 +29,7 @@ def command(config: str | None, netns: str | None) -> None:
 
     plan = compile_plan(load_model_or_exit(config_path(config)))
     with exit_codes():
-        prepare(netns)
+        netns = prepare(netns)
         report = apply(plan, netns)
     for warning in report.warnings:
         click.echo(f"markroute: warning: {warning}", err=True)

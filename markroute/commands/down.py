@@ -27,7 +27,7 @@ def command(netns: str | None, rule_priority: int | None) -> None:
     from markroute.kernel.environment import exit_codes, prepare
 
     with exit_codes():
-        prepare(netns)
+        netns = prepare(netns)
         report = down(netns, rule_priority)
     for warning in report.warnings:
         click.echo(f"markroute: warning: {warning}", err=True)

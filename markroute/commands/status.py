@@ -31,7 +31,7 @@ def command(config: str | None, netns: str | None, as_json: bool) -> None:
 
     plan = compile_plan(load_model_or_exit(config, quiet_warnings=True)) if config else None
     with exit_codes():
-        prepare(netns)
+        netns = prepare(netns)
         report = collect(netns, plan)
     if as_json:
         print_json(report)

@@ -11,6 +11,7 @@ from typing import Any
 
 from markroute.kernel import nft, sysctl
 from markroute.kernel.apply import route_text, rule_text
+from markroute.kernel.down import BAND_WIDTH
 from markroute.kernel.rpdb import route_key
 from markroute.kernel.state import State
 from markroute.plan import IpRule, Route, Sysctl
@@ -26,11 +27,12 @@ def differences(
     found = table_differences(recorded, live_table)
     present = set(live_rules)
     found += [f"ip rule missing: {rule_text(r)}" for r in recorded.rules if r not in present]
-    band = range(recorded.rule_priority, recorded.rule_priority + 3)
+    band = range(recorded.rule_priority, recorded.rule_priority + BAND_WIDTH)
+    expected = set(recorded.rules)
     found += [
         f"unexpected ip rule with markroute's protocol: {rule_text(r)}"
         for r in live_rules
-        if r.priority in band and r not in set(recorded.rules)
+        if r.priority in band and r not in expected
     ]
     keys = {route_key(r) for r in live_routes}
     found += [f"route missing: {route_text(r)}" for r in recorded.routes if route_key(r) not in keys]

@@ -24,14 +24,20 @@ def require_nft() -> None:
         raise EnvironmentProblem("the nft command is missing: install nftables (apt install nftables)")
 
 
-def prepare(netns: str | None) -> None:
-    """Checks first, then the namespace switch, before any socket or subprocess exists."""
+def prepare(netns: str | None) -> str | None:
+    """Checks first, then the namespace switch, before any socket or subprocess exists.
+
+    Returns the name the namespace's state is kept under: NETNS, or the name of the
+    namespace the process already runs in (`ip netns exec NAME markroute ...`).
+    """
+    from markroute.kernel import netns as namespaces
+
     require_root()
     require_nft()
     if netns:
-        from markroute.kernel.netns import enter
-
-        enter(netns)
+        namespaces.enter(netns)
+        return netns
+    return namespaces.current()
 
 
 @contextmanager

@@ -40,6 +40,27 @@ def enter(name: str) -> None:
         raise EnvironmentProblem(f"cannot enter network namespace '{name}': {exc.strerror or exc}") from exc
 
 
+def current() -> str | None:
+    """The name of the namespace this process is in, if `ip netns` knows it (as `ip netns identify`).
+
+    So `ip netns exec NAME markroute status` finds the state that
+    `markroute apply --netns NAME` recorded.
+    """
+    here = os.stat("/proc/self/ns/net")
+    try:
+        entries = sorted(NETNS_DIR.iterdir())
+    except FileNotFoundError:
+        return None
+    for entry in entries:
+        try:
+            there = entry.stat()
+        except OSError:
+            continue
+        if (there.st_dev, there.st_ino) == (here.st_dev, here.st_ino):
+            return entry.name
+    return None
+
+
 @contextmanager
 def inside(name: str) -> Iterator[None]:
     """Run a block inside NAME and come back, for in-process callers such as tests."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from markroute.kernel import KernelError, nft, state, sysctl
 from markroute.kernel.apply import route_text, rule_text
@@ -42,19 +43,20 @@ def down(netns: str | None = None, rule_priority: int | None = None) -> DownRepo
                 rules, routes = _leftovers(live_rules, live_routes, rule_priority or Settings().rule_priority)
                 table = TABLE_NAME
             else:
-                wanted = {route_key(r) for r in recorded.routes}
-                rules = [r for r in live_rules if r in set(recorded.rules)]
-                routes = [r for r in live_routes if route_key(r) in wanted]
+                installed_rules = set(recorded.rules)
+                installed_routes = {route_key(r) for r in recorded.routes}
+                rules = [r for r in live_rules if r in installed_rules]
+                routes = [r for r in live_routes if route_key(r) in installed_routes]
                 table = recorded.table_name
-            _attempt(report, lambda: _drop_table(table, report), None)
+            _attempt(report, partial(_drop_table, table, report), None)
             for rule in rules:
-                _attempt(report, lambda r=rule: rpdb.delete_rule(r), f"- rule {rule_text(rule)}")
+                _attempt(report, partial(rpdb.delete_rule, rule), f"- rule {rule_text(rule)}")
             for route in sorted(routes, key=lambda r: r.gateway is None):
-                _attempt(report, lambda r=route: rpdb.delete_route(r), f"- route {route_text(route)}")
+                _attempt(report, partial(rpdb.delete_route, route), f"- route {route_text(route)}")
         if recorded is not None:
             for path, original in recorded.sysctls_original.items():
                 applied = recorded.sysctls_applied.get(path)
-                _attempt(report, lambda p=path, o=original, a=applied: _restore_sysctl(p, o, a, report), None)
+                _attempt(report, partial(_restore_sysctl, path, original, applied, report), None)
         if not report.errors:
             state.remove(netns)
     return report

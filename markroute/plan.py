@@ -9,7 +9,8 @@ compiled plan have the same shape.
 Two parts depend on the running system and are resolved at apply time from the
 interfaces' state (`resolve`): main's connected routes are copied into every uplink
 table, so marked replies to LAN hosts stay on the LAN, and each uplink address gets a
-`from ADDR` rule, so sockets bound to it leave through it.
+`from ADDR` rule, so unmarked traffic from it (sockets bound to it) leaves through it;
+a connection's mark is looked at first.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 RULE_PROTOCOL = 77  # tags every ip rule and route markroute installs, so it only ever removes its own
+SOURCE_RULE_OFFSET = 2  # `from ADDR` rules come after every fwmark rule of the band: a mark decides first
 TABLE_NAME = "markroute"
 FAMILY_NAMES = {4: "inet", 6: "inet6"}
 
@@ -173,9 +175,10 @@ def resolve(plan: Plan, links: LinkState) -> tuple[tuple[IpRule, ...], tuple[Rou
         if uplink.source_rules:
             for version, address in links.addresses.get(uplink.interface, ()):
                 if version in uplink.versions and not ipaddress.ip_address(address).is_link_local:
-                    rules.append(IpRule(version, plan.rule_priority, table=uplink.table, src=address))
+                    rules.append(IpRule(version, plan.rule_priority + SOURCE_RULE_OFFSET, table=uplink.table, src=address))
         for route in links.connected:
-            routes.append(Route(route.version, uplink.table, route.dst, route.dev, None, "link"))
+            if route.version in uplink.versions:
+                routes.append(Route(route.version, uplink.table, route.dst, route.dev, None, "link"))
     return ordered_rules(rules), ordered_routes(routes)
 
 

@@ -1,8 +1,13 @@
 """Static analyses of a valid model that produce warnings, not errors.
 
 They catch configurations that load and work but probably do not do what the admin
-meant: a policy hidden behind an earlier broader one, private addresses leaving an
-uplink without NAT, a mark mask that collides with other software's marks.
+meant: a policy or ingress match hidden behind an earlier broader one, private
+addresses leaving an uplink without NAT, a group nothing uses, a mark mask that
+collides with other software's marks.
+
+"Covers" is decided per condition, conservatively: a warning means every packet of the
+later rule really is taken by the earlier one; combinations of several earlier rules
+that together hide a later one are not looked for.
 """
 
 from __future__ import annotations
@@ -11,31 +16,47 @@ from collections.abc import Iterator
 
 from markroute import marks
 from markroute.diagnostics import Where
-from markroute.model import Addresses, Match, Model, Policy
-from markroute.values import AddressList, Interval, merge, parse_address
+from markroute.model import Addresses, Match, Model
+from markroute.values import PORT_PROTOCOLS, AddressList, Interval, merge, parse_address
 
 PRIVATE = AddressList(
     v4=merge([parse_address(p)[1] for p in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")]),
     v6=merge([parse_address("fc00::/7")[1]]),
 )
+PORTS_WITHOUT_PROTO = (6, 17)  # what the compiler matches when ports are given without proto
 
 Warning = tuple[Where, str, str | None]
 
 
 def model_warnings(model: Model) -> Iterator[Warning]:
-    yield from mask_overlaps(model)
+    yield from foreign_uplink_marks(model)
+    yield from shadowed_ingress(model)
     yield from shadowed_policies(model)
+    yield from unused_groups(model)
     yield from private_without_nat(model)
 
 
-def mask_overlaps(model: Model) -> Iterator[Warning]:
-    mask = model.settings.mark_mask
+def mask_overlaps(mask: int) -> Iterator[tuple[str, str]]:
+    """(message, hint) for other software's marks that this mask would overwrite or misread."""
     for who, bits in marks.field_overlaps(mask):
         yield (
-            Where(model.source, 1, 1),
             f"mark_mask {mask:#x} overlaps the mark bits {bits:#x} used by {who}",
             "if it runs here, pick mark_mask bits it does not use, e.g. 0xff00",
         )
+    foreign = marks.foreign_values(mask)
+    reserved = {marks.unreachable_mark(mask): "unreachable", marks.blackhole_mark(mask): "blackhole"}
+    for value, action in reserved.items():
+        if value in foreign:
+            yield (
+                f"packets marked by {foreign[value]} read as markroute's {action} mark {value:#x} "
+                f"under mark_mask {mask:#x}; they would be dropped",
+                "if it runs here, pick other mark_mask bits, e.g. 0xff00",
+            )
+
+
+def foreign_uplink_marks(model: Model) -> Iterator[Warning]:
+    """Pinned uplink marks that equal what another program's packets look like under the mask."""
+    mask = model.settings.mark_mask
     foreign = marks.foreign_values(mask)
     for uplink in model.uplinks.values():
         if uplink.mark in foreign:
@@ -48,10 +69,22 @@ def mask_overlaps(model: Model) -> Iterator[Warning]:
 
 
 def shadowed_policies(model: Model) -> Iterator[Warning]:
+    """Policies that an earlier one hides completely.
+
+    Every pair is compared, so the cheap tests (IP families, which conditions are given at
+    all) come first; configs with hundreds of policies stay fast to check.
+    """
     policies = model.policies
+    versions = [p.match.versions & model.target_versions(p.via) for p in policies]
+    given = [_given(p.match) for p in policies]
+    bounds = [_bounds(p.match) for p in policies]
     for later_index, later in enumerate(policies):
-        for earlier in policies[:later_index]:
-            if covers(earlier, later, model):
+        for earlier_index, earlier in enumerate(policies[:later_index]):
+            if given[earlier_index] & ~given[later_index] or not versions[later_index] <= versions[earlier_index]:
+                continue
+            if not _bounds_cover(bounds[earlier_index], bounds[later_index]):
+                continue
+            if match_covers(earlier.match, later.match):
                 yield (
                     later.where,
                     f"policy '{later.name}' can never match: '{earlier.name}' "
@@ -61,26 +94,100 @@ def shadowed_policies(model: Model) -> Iterator[Warning]:
                 break
 
 
-def covers(earlier: Policy, later: Policy, model: Model) -> bool:
-    """True when every packet `later` matches is matched by `earlier` first."""
-    a, b = earlier.match, later.match
+Bounds = tuple[Interval | None, ...]
+ANY_ADDRESS = (0, 2**128 - 1)
+
+
+def _bounds(match: Match) -> Bounds:
+    """Lowest and highest source and destination address per family; None where there is none."""
+    result: list[Interval | None] = []
+    for addresses in (match.src, match.dst):
+        for version in (4, 6):
+            if addresses is None:
+                result.append(ANY_ADDRESS)
+                continue
+            family = addresses.addresses.family(version)
+            result.append((family[0][0], family[-1][1]) if family else None)
+    return tuple(result)
+
+
+def _bounds_cover(earlier: Bounds, later: Bounds) -> bool:
+    """A necessary condition for covering, cheap enough to try on every pair first."""
+    for outer, inner in zip(earlier, later):
+        if inner is None:
+            continue
+        if outer is None or outer[0] > inner[0] or outer[1] < inner[1]:
+            return False
+    return True
+
+
+def _given(match: Match) -> int:
+    """A bit per condition the match sets; a match with a condition the other lacks cannot cover it."""
+    fields = (match.src, match.dst, _protocols(match), match.sports, match.dports, match.iifs, match.macs,
+              match.dscps, match.local, match.negated)
+    return sum(1 << bit for bit, value in enumerate(fields) if value is not None)
+
+
+def match_covers(a: Match, b: Match) -> bool:
+    """True when every packet matching `b` also matches `a` (IP families aside)."""
     if a.negated is not None:
-        return False
-    later_versions = b.versions & model.target_versions(later.via)
-    if not later_versions <= (a.versions & model.target_versions(earlier.via)):
         return False
     if a.local is not None and a.local != b.local:
         return False
     return (
         _addresses_cover(a.src, b.src)
         and _addresses_cover(a.dst, b.dst)
-        and _values_cover(a.protocols, b.protocols)
+        and _values_cover(_protocols(a), _protocols(b))
         and _ports_cover(a.sports, b.sports)
         and _ports_cover(a.dports, b.dports)
         and _values_cover(a.iifs, b.iifs)
         and _values_cover(a.macs, b.macs)
         and _values_cover(a.dscps, b.dscps)
     )
+
+
+def _protocols(match: Match) -> tuple[int, ...] | None:
+    """The protocols a match really compares: ports imply tcp/udp (or the port-carrying ones given)."""
+    if not (match.sports or match.dports):
+        return match.protocols
+    if match.protocols is None:
+        return PORTS_WITHOUT_PROTO
+    return tuple(p for p in match.protocols if p in PORT_PROTOCOLS)
+
+
+def shadowed_ingress(model: Model) -> Iterator[Warning]:
+    """Ingress matches are tried in declaration order on the shared interface; an earlier broader one wins."""
+    uplinks = [u for u in model.uplinks.values() if u.ingress is not None]
+    for index, later in enumerate(uplinks):
+        for earlier in uplinks[:index]:
+            if earlier.interface != later.interface or not later.versions <= earlier.versions:
+                continue
+            if earlier.ingress is not None and later.ingress is not None and match_covers(earlier.ingress, later.ingress):
+                yield (
+                    later.where,
+                    f"ingress of '{later.name}' never matches: the ingress of '{earlier.name}' "
+                    f"(line {earlier.where.line}) takes all its connections first",
+                    "make the ingress matches tell the uplinks apart, e.g. by each router's MAC",
+                )
+                break
+
+
+def unused_groups(model: Model) -> Iterator[Warning]:
+    """Groups no policy reaches, directly or through other groups."""
+    reached: set[str] = set()
+    pending = [p.via for p in model.policies]
+    while pending:
+        target = pending.pop()
+        if target in model.groups and target not in reached:
+            reached.add(target)
+            pending += [member for member, _ in model.groups[target].members]
+    for name, group in model.groups.items():
+        if name not in reached:
+            yield (
+                group.where,
+                f"group '{name}' is not used by any policy",
+                f"add a policy with via: {name}, or remove the group",
+            )
 
 
 def _addresses_cover(a: Addresses | None, b: Addresses | None) -> bool:
@@ -102,14 +209,21 @@ def _ports_cover(a: tuple[Interval, ...] | None, b: tuple[Interval, ...] | None)
 
 
 def private_without_nat(model: Model) -> Iterator[Warning]:
-    """Forwarded traffic from private sources leaving an uplink without NAT is usually dropped upstream."""
+    """Forwarded traffic from private sources leaving an uplink without NAT is usually dropped upstream.
+
+    Without a `from`, IPv4 sources are assumed private (LANs almost always are) and IPv6
+    sources are assumed routable (LANs usually get global prefixes).
+    """
     warned: set[str] = set()
     for policy in model.policies:
-        if policy.match.local is True or not _may_be_private(policy.match):
+        if policy.match.local is True:
             continue
         for name in model.uplinks_of(policy.via):
             uplink = model.uplinks[name]
-            if uplink.nat.kind == "none" and name not in warned:
+            if uplink.nat.kind != "none" or name in warned:
+                continue
+            versions = policy.match.versions & uplink.versions
+            if any(_may_be_private(policy.match, version) for version in versions):
                 warned.add(name)
                 yield (
                     uplink.where,
@@ -118,13 +232,12 @@ def private_without_nat(model: Model) -> Iterator[Warning]:
                 )
 
 
-def _may_be_private(match: Match) -> bool:
+def _may_be_private(match: Match, version: int) -> bool:
     if match.src is None:
-        return True
-    addresses = match.src.addresses
-    for version in (4, 6):
-        private = PRIVATE.family(version)
-        for first, last in addresses.family(version):
-            if any(first <= p_last and p_first <= last for p_first, p_last in private):
-                return True
-    return False
+        return version == 4
+    private = PRIVATE.family(version)
+    return any(
+        first <= p_last and p_first <= last
+        for first, last in match.src.addresses.family(version)
+        for p_first, p_last in private
+    )

@@ -3,12 +3,15 @@
 Validation never stops at the first problem: every mistake becomes a diagnostic with the
 file, line and column where it was written, so `markroute check` shows them all at once.
 Only when there is no error is a `Model` built.
+
+A mistake is reported once, where it was made: an uplink, group or set that is itself
+invalid is remembered as broken, and later references to it are skipped silently
+instead of being called "unknown".
 """
 
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import os
 import re
 from collections.abc import Callable
@@ -16,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from markroute import marks
+from markroute.analysis import mask_overlaps, model_warnings
 from markroute.diagnostics import ConfigError, Diagnostic, Diagnostics, Where
 from markroute.model import (
     SPECIAL_TARGETS,
@@ -30,19 +34,32 @@ from markroute.model import (
     Settings,
     Uplink,
 )
-from markroute.source import Node, SourceError, load
+from markroute.source import Node, SourceError, byte_position, load
 from markroute.values import (
     PORT_PROTOCOLS,
+    RESERVED_TABLES,
     AddressList,
     Interval,
     address_list,
     merge,
     parse_address,
+    parse_bool,
     parse_dscp,
+    parse_fraction,
+    parse_gateway,
+    parse_interface,
+    parse_ip,
     parse_mac,
     parse_mark,
+    parse_policy_name,
     parse_port,
+    parse_probe_target,
     parse_protocol,
+    parse_seconds,
+    parse_table,
+    parse_weight,
+    parse_whole,
+    yaml_text,
 )
 
 DEFAULT_PATH = "/etc/markroute/markroute.yaml"
@@ -56,10 +73,10 @@ SETTINGS_KEYS = (
     "reply_via_ingress", "forwarding",
 )
 CHECK_KEYS = ("targets", "method", "interval", "timeout", "down", "up", "max_loss", "max_rtt")
-RESERVED_TABLES = {0: "unspec", 253: "default", 254: "main", 255: "local"}
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,30}$")
-INTERFACE = re.compile(r"^[^\s/:'\"]{1,15}$")
+MAX_BAD_SET_LINES = 10
 T = TypeVar("T")
+Draft = tuple[str, dict[str, Any], Node]
 
 
 def config_path(option: str | None) -> str:
@@ -84,9 +101,33 @@ def require_model(path: str) -> tuple[Model, list[Diagnostic]]:
     return model, diagnostics
 
 
-def _suggest(word: str, choices: list[str] | tuple[str, ...]) -> str | None:
+def suggest(word: str, choices: list[str] | tuple[str, ...]) -> str | None:
+    """A did-you-mean hint for a misspelt key or name, or None when nothing is close.
+
+    Typing slips (a letter dropped, doubled, swapped) are found by edit distance, which
+    ranks 'dprot' next to 'dport' rather than 'proto'; longer misrememberings
+    ('streams' for 'streaming') by difflib's similarity.
+    """
+    distances = [(_edit_distance(word, choice), index) for index, choice in enumerate(choices)]
+    near = [d for d in distances if d[0] <= max(1, len(word) // 3)]
+    if near:
+        return f"did you mean '{choices[min(near)[1]]}'?"
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f"did you mean '{close[0]}'?" if close else None
+
+
+def _edit_distance(a: str, b: str) -> int:
+    """Insertions, deletions, substitutions and swaps of neighbours needed to turn a into b."""
+    previous2: list[int] = []
+    previous = list(range(len(b) + 1))
+    for i, char_a in enumerate(a, start=1):
+        current = [i] + [0] * len(b)
+        for j, char_b in enumerate(b, start=1):
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b))
+            if i > 1 and j > 1 and char_a == b[j - 2] and a[i - 2] == char_b:
+                current[j] = min(current[j], previous2[j - 2] + 1)
+        previous2, previous = previous, current
+    return previous[-1]
 
 
 class Validator:
@@ -97,29 +138,44 @@ class Validator:
         self.diag = Diagnostics()
         self.sets: dict[str, AddressList] = {}
         self.set_where: dict[str, Where] = {}
+        self.used_sets: set[str] = set()
+        self.broken: set[str] = set()  # declared uplinks/groups that are invalid: reported already
 
     # -- generic helpers -------------------------------------------------------------
 
     def run(self, root: Node) -> tuple[Model | None, list[Diagnostic]]:
+        if root.kind == "map" and not root.items and not root.odd_keys:
+            self.diag.error(root.where, "the config is empty", "start with 'uplinks:' and describe at least one way out: interface and gateway")
+            return None, self.diag.sorted()
         if not self.kind(root, "map", "the config"):
             return None, self.diag.sorted()
+        self.odd_keys(root)
         self.known_keys(root, TOP_KEYS, "the top level")
         settings = self.settings(root.items.get("settings"))
         self.read_sets(root.items.get("sets"))
         uplinks = self.uplinks(root.items.get("uplinks"), root, settings)
         groups = self.groups(root.items.get("groups"), uplinks)
         policies = self.policies(root.items.get("policies"), uplinks, groups)
-        if not self.diag.errors:
-            model = Model(self.path, uplinks, groups, tuple(policies), dict(self.sets), settings)
-            self.warn_model(model)
-            return model, self.diag.sorted()
-        return None, self.diag.sorted()
+        if self.diag.errors:
+            return None, self.diag.sorted()
+        model = Model(self.path, uplinks, groups, tuple(policies), dict(self.sets), settings)
+        self.warn_unused_sets()
+        self.warn_model(model)
+        return model, self.diag.sorted()
+
+    def odd_keys(self, node: Node) -> None:
+        """Every mapping key that is not text (a number, null, a list) is a mistake."""
+        for key, where in node.odd_keys.items():
+            self.diag.error(where, f"key {key} is not text", "names start with a letter; quote the key if you must")
+        for child in list(node.items.values()) + node.elements:
+            self.odd_keys(child)
 
     def kind(self, node: Node, kind: str, what: str) -> bool:
         if node.kind == kind:
             return True
         wanted = {"map": "a mapping", "seq": "a list", "scalar": "a single value"}[kind]
-        self.diag.error(node.where, f"{what} must be {wanted}, not {node.describe()}")
+        hint = "write key: value pairs under it" if kind == "map" and node.describe() == "nothing (null)" else None
+        self.diag.error(node.where, f"{what} must be {wanted}, not {node.describe()}", hint)
         return False
 
     def known_keys(self, node: Node, allowed: tuple[str, ...], what: str) -> None:
@@ -128,11 +184,14 @@ class Validator:
                 self.diag.error(
                     where,
                     f"unknown key '{key}' in {what}",
-                    _suggest(key, allowed) or f"allowed keys: {', '.join(allowed)}",
+                    suggest(key, allowed) or f"allowed keys: {', '.join(allowed)}",
                 )
 
     def scalar(self, node: Node, what: str, parse: Callable[[Any], T]) -> T | None:
         if not self.kind(node, "scalar", what):
+            return None
+        if node.scalar is None:
+            self.diag.error(node.where, f"{what} has no value", "write a value after the ':' or remove the key")
             return None
         try:
             return parse(node.scalar)
@@ -153,33 +212,20 @@ class Validator:
         return None if any(v is None for v in values) else values  # type: ignore[misc]
 
     def integer(self, node: Node, what: str, low: int, high: int) -> int | None:
-        def parse(value: Any) -> int:
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"expected a whole number, got '{value}'")
-            if not low <= value <= high:
-                raise ValueError(f"{value} is out of range {low}-{high}")
-            return value
-
-        return self.scalar(node, what, parse)
+        return self.scalar(node, what, lambda value: parse_whole(value, low, high))
 
     def choice(self, node: Node, what: str, choices: tuple[str, ...]) -> str | None:
         def parse(value: Any) -> str:
-            if str(value) not in choices:
-                raise ValueError(
-                    f"'{value}' is not one of {', '.join(choices)}"
-                    + (f"; {_suggest(str(value), choices)}" if _suggest(str(value), choices) else "")
-                )
-            return str(value)
+            text = yaml_text(value)
+            if text not in choices:
+                close = suggest(text, choices)
+                raise ValueError(f"'{text}' is not one of {', '.join(choices)}" + (f"; {close}" if close else ""))
+            return text
 
         return self.scalar(node, what, parse)
 
     def boolean(self, node: Node, what: str) -> bool | None:
-        def parse(value: Any) -> bool:
-            if not isinstance(value, bool):
-                raise ValueError(f"expected true or false, got '{value}'")
-            return value
-
-        return self.scalar(node, what, parse)
+        return self.scalar(node, what, parse_bool)
 
     def name(self, key: str, where: Where, what: str) -> bool:
         if key in SPECIAL_TARGETS:
@@ -214,6 +260,8 @@ class Validator:
                 self.diag.error(items["mark_mask"].where, f"mark_mask {mask:#x} is too small", "give it at least two bits")
             elif mask is not None:
                 values["mark_mask"] = mask
+                for message, hint in mask_overlaps(mask):
+                    self.diag.warning(items["mark_mask"].where, message, hint)
         if "rule_priority" in items:
             values["rule_priority"] = self.integer(items["rule_priority"], "rule_priority", 1, 32700)
         if "table_base" in items:
@@ -243,24 +291,31 @@ class Validator:
                 if file_node is None:
                     self.diag.error(value.where, f"set '{key}' needs 'file:' or a list of addresses")
                     continue
-                addresses = self.set_file(file_node)
+                addresses = self.set_file(key, file_node)
             else:
                 parsed = self.one_or_many(value, f"set '{key}'", parse_address)
                 addresses = address_list(parsed) if parsed is not None else None
             if addresses is not None:
                 self.sets[key] = addresses
 
-    def set_file(self, node: Node) -> AddressList | None:
-        if not self.kind(node, "scalar", "file"):
+    def set_file(self, name: str, node: Node) -> AddressList | None:
+        """One address, prefix or range a line; '#' starts a comment. Bad lines are reported there."""
+        text_path = self.scalar(node, "file", yaml_text)
+        if text_path is None:
             return None
-        path = Path(str(node.scalar))
+        path = Path(text_path)
         if not path.is_absolute():
-            path = Path(self.path).resolve().parent / path
+            path = Path(self.path).parent / path
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            self.diag.error(node.where, f"cannot read set file {path}: {reason}")
+            data = path.read_bytes()
+        except OSError as exc:
+            self.diag.error(node.where, f"cannot read set file {path}: {exc.strerror or exc}")
+            return None
+        try:
+            lines = data.decode("utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            self.diag.error(byte_position(str(path), data, exc.start),
+                            f"set file is not UTF-8 text (byte {data[exc.start]:#04x})", "save it as UTF-8")
             return None
         items: list[tuple[int, Interval]] = []
         bad = 0
@@ -272,11 +327,22 @@ class Validator:
                 items.append(parse_address(text))
             except ValueError as exc:
                 bad += 1
-                if bad <= 10:
-                    self.diag.error(Where(str(path), number, 1), str(exc))
-        if bad > 10:
-            self.diag.error(node.where, f"{bad} bad lines in set file {path} (first 10 shown)")
-        return address_list(items) if not bad else None
+                if bad <= MAX_BAD_SET_LINES:
+                    self.diag.error(Where(str(path), number, len(line) - len(line.lstrip()) + 1), str(exc))
+        if bad > MAX_BAD_SET_LINES:
+            self.diag.error(node.where, f"{bad} bad lines in set file {path} (first {MAX_BAD_SET_LINES} shown)")
+        if bad:
+            return None
+        if not items:
+            self.diag.error(node.where, f"set file {path} holds no addresses",
+                            f"a policy using '@{name}' would never match; add one prefix a line")
+            return None
+        return address_list(items)
+
+    def warn_unused_sets(self) -> None:
+        for name, where in self.set_where.items():
+            if name not in self.used_sets:
+                self.diag.warning(where, f"set '{name}' is not used by any policy", "refer to it as '@" + name + "'")
 
     # -- matches ----------------------------------------------------------------------
 
@@ -303,8 +369,8 @@ class Validator:
                 fields[key + "s"] = merge(ports) if ports else None
                 ok &= ports is not None
         if "iif" in items:
-            iifs = self.one_or_many(items["iif"], "'iif'", self.interface_name)
-            fields["iifs"] = tuple(iifs) if iifs else None
+            iifs = self.one_or_many(items["iif"], "'iif'", parse_interface)
+            fields["iifs"] = tuple(dict.fromkeys(iifs)) if iifs else None
             ok &= iifs is not None
         if "mac" in items:
             macs = self.one_or_many(items["mac"], "'mac'", parse_mac)
@@ -318,23 +384,30 @@ class Validator:
             fields["local"] = self.boolean(items["local"], "'local'")
             ok &= fields["local"] is not None
         if "not" in items:
-            fields["negated"] = self.match(items["not"], "'not'")
+            fields["negated"] = self.negation(items["not"])
             ok &= fields["negated"] is not None
-            if fields["negated"] is not None and fields["negated"].is_empty:
-                self.diag.error(items["not"].where, "'not' with no conditions would never match")
-                ok = False
-            elif fields["negated"] is not None and fields["negated"].negated is not None:
-                self.diag.error(items["not"].items["not"].where, "'not' inside 'not' is not supported",
-                                "write the doubly negated condition directly")
-                ok = False
-            elif fields["negated"] is not None and fields["negated"].local is not None:
-                self.diag.error(items["not"].items["local"].where, "write 'local' outside 'not'",
-                                "local: false means only forwarded traffic")
-                ok = False
         if not ok:
             return None
         result = Match(**fields)
         return result if self.consistent(result, node) else None
+
+    def negation(self, node: Node) -> Match | None:
+        negated = self.match(node, "'not'")
+        if negated is None:
+            return None
+        if negated.is_empty:
+            if not node.items:  # otherwise its unknown keys were reported
+                self.diag.error(node.where, "'not' with no conditions would never match")
+            return None
+        if negated.negated is not None:
+            self.diag.error(node.items["not"].where, "'not' inside 'not' is not supported",
+                            "write the doubly negated condition directly")
+            return None
+        if negated.local is not None:
+            self.diag.error(node.items["local"].where, "write 'local' outside 'not'",
+                            "local: false means only forwarded traffic")
+            return None
+        return negated
 
     def consistent(self, match: Match, node: Node) -> bool:
         """Reject combinations no packet can satisfy, at the key that makes them so."""
@@ -370,41 +443,32 @@ class Validator:
         set_names: list[str] = []
         ok = True
         for element in elements:
-            if not self.kind(element, "scalar", what):
+            text = self.scalar(element, what, yaml_text)
+            if text is None:
                 ok = False
                 continue
-            text = str(element.scalar).strip()
             if text.startswith("@"):
                 name = text[1:]
+                self.used_sets.add(name)
                 if name not in self.sets:
-                    known = list(self.sets) + [n for n in self.set_where if n not in self.sets]
-                    if name in self.set_where:
-                        ok = False  # the set itself is broken and was reported there
-                        continue
-                    self.diag.error(element.where, f"unknown set '@{name}'", _suggest(name, known) or "define it under 'sets:'")
                     ok = False
+                    if name not in self.set_where:  # a broken set was reported where it is defined
+                        self.diag.error(element.where, f"unknown set '@{name}'",
+                                        suggest(name, list(self.set_where)) or "define it under 'sets:'")
                     continue
                 set_names.append(name)
                 items += [(4, iv) for iv in self.sets[name].v4] + [(6, iv) for iv in self.sets[name].v6]
                 continue
             try:
-                items.append(parse_address(text))
+                items.append(parse_address(element.scalar))
             except ValueError as exc:
                 self.diag.error(element.where, f"{what}: {exc}")
                 ok = False
         if not ok:
             return None
-        single_set = set_names[0] if len(elements) == 1 and set_names else None
-        if single_set is not None:
-            return Addresses(self.sets[single_set], single_set)
+        if len(elements) == 1 and set_names:
+            return Addresses(self.sets[set_names[0]], set_names[0])
         return Addresses(address_list(items))
-
-    @staticmethod
-    def interface_name(value: Any) -> str:
-        text = str(value)
-        if not INTERFACE.match(text):
-            raise ValueError(f"'{text}' is not a valid interface name (1-15 characters, no spaces, '/' or ':')")
-        return text
 
     # -- uplinks ----------------------------------------------------------------------
 
@@ -414,56 +478,55 @@ class Validator:
             return {}
         if not self.kind(node, "map", "uplinks"):
             return {}
-        if not node.items:
+        if not node.items and not node.odd_keys:
             self.diag.error(node.where, "'uplinks:' is empty", "describe at least one uplink")
-        drafts: list[tuple[str, dict[str, Any], Node]] = []
+        drafts: list[Draft] = []
         for key, value in node.items.items():
             where = node.key_where[key]
-            if not self.name(key, where, "an uplink") or not self.kind(value, "map", f"uplink '{key}'"):
+            if not self.name(key, where, "an uplink"):
                 continue
-            fields = self.uplink_fields(key, value)
-            if fields is not None:
+            fields = self.uplink_fields(key, value, where) if self.kind(value, "map", f"uplink '{key}'") else None
+            if fields is None:
+                self.broken.add(key)
+            else:
                 drafts.append((key, fields, value))
         self.shared_interfaces(drafts)
         return self.allocate(drafts, settings)
 
-    def uplink_fields(self, name: str, node: Node) -> dict[str, Any] | None:
+    def uplink_fields(self, name: str, node: Node, where: Where) -> dict[str, Any] | None:
         self.known_keys(node, UPLINK_KEYS, f"uplink '{name}'")
         items = node.items
-        fields: dict[str, Any] = {"where": node.where}
+        fields: dict[str, Any] = {"where": where}
         ok = True
         if "interface" not in items:
             self.diag.error(node.where, f"uplink '{name}' has no 'interface'", "add interface: eth0 (the device it leaves by)")
             ok = False
         else:
-            fields["interface"] = self.scalar(items["interface"], "interface", self.interface_name)
+            fields["interface"] = self.scalar(items["interface"], "interface", parse_interface)
             ok &= fields["interface"] is not None
         for key, version in (("gateway", 4), ("gateway6", 6)):
             if key in items:
-                fields[key] = self.scalar(items[key], key, lambda v, ver=version, k=key: _gateway(v, ver, k))
+                fields[key] = self.scalar(items[key], key, lambda v, ver=version: parse_gateway(v, ver))
                 ok &= fields[key] is not None
         if "nat" in items:
-            fields["nat"] = self.nat(items["nat"])
+            fields["nat"] = self.nat(items["nat"], name, fields)
             ok &= fields["nat"] is not None
         if "ingress" in items:
-            fields["ingress"] = self.match(items["ingress"], f"ingress of '{name}'")
+            fields["ingress"] = self.ingress(items["ingress"], name)
             ok &= fields["ingress"] is not None
-            if fields["ingress"] is not None and fields["ingress"].local is not None:
-                self.diag.error(items["ingress"].items["local"].where, "'local' has no meaning in an ingress match")
-                ok = False
         if "inbound" in items:
             fields["inbound"] = self.inbound(items["inbound"], name)
             ok &= fields["inbound"] is not None
-        for key in ("table", "mark"):
+        for key, parse in (("table", parse_table), ("mark", parse_mark)):
             if key in items:
-                fields["pinned_" + key] = (self.scalar(items[key], key, parse_mark), items[key].where)
+                fields["pinned_" + key] = (self.scalar(items[key], key, parse), items[key].where)
                 ok &= fields["pinned_" + key][0] is not None
         if "check" in items:
             fields["check"] = self.health_check(items["check"], name)
             ok &= fields["check"] is not None
         return fields if ok else None
 
-    def nat(self, node: Node) -> Nat | None:
+    def nat(self, node: Node, name: str, fields: dict[str, Any]) -> Nat | None:
         if node.kind == "scalar":
             value = self.choice(node, "nat", ("masquerade", "none"))
             return Nat(value) if value else None  # type: ignore[arg-type]
@@ -473,15 +536,31 @@ class Validator:
         if "snat" not in node.items:
             self.diag.error(node.where, "nat must be masquerade, none or {snat: ADDRESS}")
             return None
+        address = self.scalar(node.items["snat"], "snat", parse_ip)
+        if address is None:
+            return None
+        version = 6 if ":" in address else 4
+        gateways = {4: fields.get("gateway"), 6: fields.get("gateway6")}
+        if any(gateways.values()) and not gateways[version]:
+            self.diag.error(node.items["snat"].where,
+                            f"snat address {address} is IPv{version} but uplink '{name}' has no IPv{version} gateway",
+                            "use an address of the uplink's own family")
+            return None
+        return Nat("snat", address)
 
-        def parse(value: Any) -> str:
-            try:
-                return str(ipaddress.ip_address(str(value)))
-            except ValueError:
-                raise ValueError(f"'{value}' is not an IP address") from None
-
-        address = self.scalar(node.items["snat"], "snat", parse)
-        return Nat("snat", address) if address else None
+    def ingress(self, node: Node, name: str) -> Match | None:
+        match = self.match(node, f"ingress of '{name}'")
+        if match is None:
+            return None
+        if match.local is not None:
+            self.diag.error(node.items["local"].where, "'local' has no meaning in an ingress match")
+            return None
+        if match.is_empty:
+            if not node.items:  # otherwise its unknown keys were reported
+                self.diag.error(node.where, f"ingress of '{name}' is empty",
+                                "leave ingress out to take every connection arriving on the interface")
+            return None
+        return match
 
     def inbound(self, node: Node, name: str) -> Inbound | None:
         if not self.kind(node, "map", "inbound"):
@@ -498,11 +577,10 @@ class Validator:
             allow_node = node.items["allow"]
             if not self.kind(allow_node, "seq", "allow"):
                 return None
-            for element in allow_node.elements:
-                match = self.match(element, "an allow entry")
-                if match is None:
-                    return None
-                allow.append(match)
+            matches = [self.match(element, "an allow entry") for element in allow_node.elements]
+            if any(m is None for m in matches):
+                return None
+            allow = [m for m in matches if m is not None]
             if policy == "accept" and allow:
                 self.diag.warning(allow_node.where, "'allow' has no effect with policy accept", "set policy: drop")
         return Inbound(policy, tuple(allow))  # type: ignore[arg-type]
@@ -514,7 +592,7 @@ class Validator:
         items = node.items
         fields: dict[str, Any] = {}
         if "targets" in items:
-            targets = self.one_or_many(items["targets"], "targets", _probe_target)
+            targets = self.one_or_many(items["targets"], "targets", parse_probe_target)
             if targets is None:
                 return None
             fields["targets"] = tuple(targets)
@@ -522,12 +600,12 @@ class Validator:
             fields["method"] = self.choice(items["method"], "method", ("icmp", "tcp", "arp"))
         for key in ("interval", "timeout", "max_rtt"):
             if key in items:
-                fields[key] = self.scalar(items[key], key, _seconds)
+                fields[key] = self.scalar(items[key], key, parse_seconds)
         for key in ("down", "up"):
             if key in items:
                 fields[key] = self.integer(items[key], key, 1, 100)
         if "max_loss" in items:
-            fields["max_loss"] = self.scalar(items["max_loss"], "max_loss", _fraction)
+            fields["max_loss"] = self.scalar(items["max_loss"], "max_loss", parse_fraction)
         if any(v is None for v in fields.values()):
             return None
         check = HealthCheck(**fields)
@@ -536,7 +614,8 @@ class Validator:
             return None
         return check
 
-    def shared_interfaces(self, drafts: list[tuple[str, dict[str, Any], Node]]) -> None:
+    def shared_interfaces(self, drafts: list[Draft]) -> None:
+        """Several uplinks may share an interface only if all but one say how to recognise theirs."""
         plain: dict[str, str] = {}
         for name, fields, node in drafts:
             if fields.get("ingress") is not None:
@@ -552,10 +631,11 @@ class Validator:
             else:
                 plain[interface] = name
 
-    def allocate(self, drafts: list[tuple[str, dict[str, Any], Node]], settings: Settings) -> dict[str, Uplink]:
+    def allocate(self, drafts: list[Draft], settings: Settings) -> dict[str, Uplink]:
         """Give every uplink a mark and a table: pinned ones first, then the free ones in order."""
         mask = settings.mark_mask
-        allowed_marks = [marks.value(mask, i) for i in marks.uplink_marks(mask)]
+        indices = marks.uplink_marks(mask)  # a range: a 32-bit mask allows billions, never list them
+        first, last = marks.value(mask, indices[0]), marks.value(mask, indices[-1])
         foreign = marks.foreign_values(mask)
         used_marks: dict[int, str] = {}
         used_tables: dict[int, str] = {}
@@ -564,22 +644,23 @@ class Validator:
                 mark, where = fields["pinned_mark"]
                 if mark & ~mask or mark == 0:
                     self.diag.error(where, f"mark {mark:#x} of '{name}' does not fit mark_mask {mask:#x}",
-                                    f"use a non-zero value made only of the mask's bits, e.g. {allowed_marks[0]:#x}")
-                elif mark not in allowed_marks:
-                    self.diag.error(where, f"mark {mark:#x} is reserved for markroute's unreachable/blackhole rules")
+                                    f"use a non-zero value made only of the mask's bits, e.g. {first:#x}")
+                elif mark >> marks.shift(mask) not in indices:
+                    self.diag.error(where, f"mark {mark:#x} is reserved for markroute's unreachable/blackhole rules",
+                                    f"pick one of {first:#x}-{last:#x}")
                 elif mark in used_marks:
                     self.diag.error(where, f"mark {mark:#x} of '{name}' is already used by '{used_marks[mark]}'")
                 else:
                     used_marks[mark] = name
             if "pinned_table" in fields:
                 table, where = fields["pinned_table"]
-                if table in RESERVED_TABLES:
-                    self.diag.error(where, f"table {table} is the kernel's '{RESERVED_TABLES[table]}' table", "pick another id")
-                elif table in used_tables:
+                if table in used_tables:
                     self.diag.error(where, f"table {table} of '{name}' is already used by '{used_tables[table]}'")
                 else:
                     used_tables[table] = name
-        free_marks = iter(m for m in allowed_marks if m not in used_marks and m not in foreign)
+        free_marks = (
+            m for m in (marks.value(mask, i) for i in indices) if m not in used_marks and m not in foreign
+        )
         next_table = settings.table_base
         uplinks: dict[str, Uplink] = {}
         for name, fields, node in drafts:
@@ -588,7 +669,8 @@ class Validator:
             if mark is None:
                 mark = next(free_marks, None)
                 if mark is None:
-                    self.diag.error(node.where, f"no mark left in mark_mask {mask:#x} for '{name}'", "widen mark_mask")
+                    self.diag.error(fields["where"], f"no mark left in mark_mask {mask:#x} for '{name}'", "widen mark_mask")
+                    self.broken.add(name)
                     continue
             if table is None:
                 while next_table in used_tables or next_table in RESERVED_TABLES:
@@ -603,71 +685,104 @@ class Validator:
     def groups(self, node: Node | None, uplinks: dict[str, Uplink]) -> dict[str, Group]:
         if node is None or not self.kind(node, "map", "groups"):
             return {}
-        names = list(node.items)
+        declared = list(node.items)
         groups: dict[str, Group] = {}
+        references: dict[tuple[str, str], Where] = {}
         for key, value in node.items.items():
             where = node.key_where[key]
-            if not self.name(key, where, "a group") or not self.kind(value, "map", f"group '{key}'"):
+            if not self.name(key, where, "a group"):
                 continue
-            if key in uplinks:
+            if key in uplinks or key in self.broken:
                 self.diag.error(where, f"'{key}' names both an uplink and a group", "rename one of them")
                 continue
-            self.known_keys(value, ("balance", "failover"), f"group '{key}'")
-            kinds = [k for k in ("balance", "failover") if k in value.items]
-            if len(kinds) != 1:
-                self.diag.error(value.where, f"group '{key}' needs exactly one of 'balance' or 'failover'")
-                continue
-            group = self.group_members(key, kinds[0], value.items[kinds[0]], uplinks, names)
-            if group is not None:
+            group = self.group(key, where, value, uplinks, declared, references)
+            if group is None:
+                self.broken.add(key)
+            else:
                 groups[key] = group
-        self.cycles(groups)
+        self.drop_broken_members(groups)
+        self.cycles(groups, references)
         return groups
 
-    def group_members(
-        self, name: str, kind: str, node: Node, uplinks: dict[str, Uplink], groups: list[str]
+    def group(
+        self, name: str, where: Where, node: Node, uplinks: dict[str, Uplink], declared: list[str],
+        references: dict[tuple[str, str], Where],
     ) -> Group | None:
-        members: list[tuple[str, int, Node]] = []
-        if kind == "balance":
-            if not self.kind(node, "map", f"balance of '{name}'"):
-                return None
-            for member, weight_node in node.items.items():
-                weight = self.scalar(weight_node, f"weight of '{member}'", _weight)
-                if weight is not None:
-                    members.append((member, weight, weight_node))
-                else:
-                    return None
-            wheres = {m: node.key_where[m] for m, _, _ in members}
-        else:
-            if not self.kind(node, "seq", f"failover of '{name}'"):
-                return None
-            for element in node.elements:
-                if self.kind(element, "scalar", "a failover member"):
-                    members.append((str(element.scalar), 1, element))
-            wheres = {m: n.where for m, _, n in members}
+        if not self.kind(node, "map", f"group '{name}'"):
+            return None
+        self.known_keys(node, ("balance", "failover"), f"group '{name}'")
+        kinds = [k for k in ("balance", "failover") if k in node.items]
+        if len(kinds) != 1:
+            self.diag.error(node.where, f"group '{name}' needs exactly one of 'balance' or 'failover'",
+                            "balance: {a: 1, b: 1} spreads connections, failover: [a, b] uses the first usable")
+            return None
+        kind = kinds[0]
+        members = self.group_members(name, kind, node.items[kind])
+        if members is None:
+            return None
         if not members:
-            self.diag.error(node.where, f"group '{name}' has no members")
+            self.diag.error(node.items[kind].where, f"group '{name}' has no members")
             return None
         ok = True
-        seen: set[str] = set()
-        for member, _, _ in members:
-            where = wheres[member]
-            if member in seen:
-                self.diag.error(where, f"'{member}' is listed twice in group '{name}'")
+        known = list(uplinks) + [g for g in declared if g != name]
+        for member, _, member_where in members:
+            references[(name, member)] = member_where
+            if member == name:
+                self.diag.error(member_where, f"group '{name}' contains itself")
                 ok = False
-            seen.add(member)
-            if member not in uplinks and member not in groups:
-                self.diag.error(where, f"unknown uplink or group '{member}' in group '{name}'",
-                                _suggest(member, list(uplinks) + groups))
-                ok = False
-            elif member == name:
-                self.diag.error(where, f"group '{name}' contains itself")
+            elif member not in uplinks and member not in declared and member not in self.broken:
+                self.diag.error(member_where, f"unknown uplink or group '{member}' in group '{name}'",
+                                suggest(member, known) or f"known: {', '.join(known)}")
                 ok = False
         if not ok:
             return None
-        return Group(name, kind, tuple((m, w) for m, w, _ in members), node.where)  # type: ignore[arg-type]
+        return Group(name, kind, tuple((m, w) for m, w, _ in members), where)  # type: ignore[arg-type]
 
-    def cycles(self, groups: dict[str, Group]) -> None:
+    def group_members(self, name: str, kind: str, node: Node) -> list[tuple[str, int, Where]] | None:
+        """(member, weight, where) in the order written; failover members weigh 1."""
+        members: list[tuple[str, int, Where]] = []
+        if kind == "balance":
+            if node.kind == "seq":
+                self.diag.error(node.where, f"balance of '{name}' must be a mapping of members to weights, not a list",
+                                "give every member a weight: {a: 1, b: 1}")
+                return None
+            if not self.kind(node, "map", f"balance of '{name}'"):
+                return None
+            weights = [(m, self.scalar(w, f"weight of '{m}'", parse_weight)) for m, w in node.items.items()]
+            if any(weight is None for _, weight in weights):
+                return None
+            return [(m, w, node.key_where[m]) for m, w in weights if w is not None]
+        if not self.kind(node, "seq", f"failover of '{name}'"):
+            return None
+        seen: set[str] = set()
+        ok = True
+        for element in node.elements:
+            member = self.scalar(element, "a failover member", yaml_text)
+            if member is None:
+                ok = False
+            elif member in seen:
+                self.diag.error(element.where, f"'{member}' is listed twice in group '{name}'")
+                ok = False
+            else:
+                seen.add(member)
+                members.append((member, 1, element.where))
+        return members if ok else None
+
+    def drop_broken_members(self, groups: dict[str, Group]) -> None:
+        """A group built on a broken uplink or group is broken too; the root cause was reported."""
+        changed = True
+        while changed:
+            changed = False
+            for name, group in list(groups.items()):
+                if any(member in self.broken for member, _ in group.members):
+                    del groups[name]
+                    self.broken.add(name)
+                    changed = True
+
+    def cycles(self, groups: dict[str, Group], references: dict[tuple[str, str], Where]) -> None:
+        """Report each cycle once, at the reference that closes it, and drop its groups."""
         state: dict[str, int] = {}
+        cyclic: set[str] = set()
 
         def visit(name: str, path: list[str]) -> None:
             state[name] = 1
@@ -675,8 +790,9 @@ class Validator:
                 if member not in groups:
                     continue
                 if state.get(member) == 1:
-                    cycle = path[path.index(member):] + [member] if member in path else [name, member]
-                    self.diag.error(groups[member].where, f"groups form a cycle: {' -> '.join(cycle)}",
+                    cycle = path[path.index(member):] + [member]
+                    cyclic.update(cycle)
+                    self.diag.error(references[(name, member)], f"groups form a cycle: {' -> '.join(cycle)}",
                                     "a group may not contain itself, directly or through other groups")
                 elif member not in state:
                     visit(member, path + [member])
@@ -685,6 +801,10 @@ class Validator:
         for name in groups:
             if name not in state:
                 visit(name, [name])
+        for name in cyclic:
+            del groups[name]
+            self.broken.add(name)
+        self.drop_broken_members(groups)
 
     # -- policies ---------------------------------------------------------------------
 
@@ -700,7 +820,7 @@ class Validator:
             self.known_keys(element, POLICY_KEYS, f"policy #{index}")
             name = f"policy-{index}"
             if "name" in element.items:
-                given = self.scalar(element.items["name"], "name", _policy_name)
+                given = self.scalar(element.items["name"], "name", parse_policy_name)
                 if given is None:
                     continue
                 name = given
@@ -709,24 +829,27 @@ class Validator:
                                 f"policy name '{name}' is already used at line {names[name].line}")
                 continue
             names[name] = element.where
-            if "via" not in element.items:
-                self.diag.error(element.where, f"policy '{name}' has no 'via'", "add via: UPLINK, GROUP or main")
-                continue
-            via_node = element.items["via"]
-            if not self.kind(via_node, "scalar", "via"):
-                continue
-            via = str(via_node.scalar)
-            if via not in targets:
-                self.diag.error(via_node.where, f"unknown uplink or group '{via}' in policy '{name}'",
-                                _suggest(via, targets) or f"known: {', '.join(targets)}")
-                continue
             match = self.match(element, f"policy '{name}'", keys=POLICY_KEYS)
-            if match is None:
+            via = self.via(element, name, targets)
+            if match is None or via is None:
                 continue
             policy = Policy(name, match, via, element.where)
-            if self.reachable_family(policy, uplinks, groups, via_node):
+            if self.reachable_family(policy, uplinks, groups, element.items["via"]):
                 policies.append(policy)
         return policies
+
+    def via(self, element: Node, name: str, targets: list[str]) -> str | None:
+        if "via" not in element.items:
+            self.diag.error(element.where, f"policy '{name}' has no 'via'", "add via: UPLINK, GROUP or main")
+            return None
+        via = self.scalar(element.items["via"], "via", yaml_text)
+        if via is None or via in self.broken:
+            return None
+        if via not in targets:
+            self.diag.error(element.items["via"].where, f"unknown uplink or group '{via}' in policy '{name}'",
+                            suggest(via, targets) or f"known: {', '.join(targets)}")
+            return None
+        return via
 
     def reachable_family(self, policy: Policy, uplinks: dict[str, Uplink], groups: dict[str, Group], via: Node) -> bool:
         model = Model(self.path, uplinks, groups)
@@ -740,75 +863,8 @@ class Validator:
     # -- warnings ---------------------------------------------------------------------
 
     def warn_model(self, model: Model) -> None:
-        from markroute.analysis import model_warnings
-
         for where, message, hint in model_warnings(model):
             self.diag.warning(where, message, hint)
-
-
-def _gateway(value: Any, version: int, key: str) -> str:
-    try:
-        address = ipaddress.ip_address(str(value))
-    except ValueError:
-        raise ValueError(f"'{value}' is not an IP address") from None
-    if address.version != version:
-        other = "gateway6" if version == 4 else "gateway"
-        raise ValueError(f"{address} is IPv{address.version}; write it as '{other}:'")
-    return str(address)
-
-
-def _weight(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"'{value}' is not a positive whole number")
-    if value > 1000:
-        raise ValueError(f"{value} is too large (at most 1000)")
-    return value
-
-
-def _seconds(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        text = str(value).strip()
-        factor = 0.001 if text.endswith("ms") else 1.0
-        try:
-            value = float(text.removesuffix("ms").removesuffix("s")) * factor
-        except ValueError:
-            raise ValueError(f"'{text}' is not a duration (e.g. 0.2, 200ms, 1s)") from None
-    if not 0 < float(value) <= 3600:
-        raise ValueError(f"{value} is out of range (0-3600 s)")
-    return float(value)
-
-
-def _fraction(value: Any) -> float:
-    text = str(value).strip()
-    try:
-        number = float(text.removesuffix("%")) / (100 if text.endswith("%") else 1)
-    except ValueError:
-        raise ValueError(f"'{text}' is not a fraction (e.g. 0.2 or 20%)") from None
-    if not 0 <= number <= 1:
-        raise ValueError(f"{text} is out of range 0-1")
-    return number
-
-
-def _probe_target(value: Any) -> str:
-    text = str(value).strip()
-    host = text
-    if text.startswith("["):
-        host = text[1:].split("]", 1)[0]
-    elif text.count(":") == 1:
-        host, _, port = text.partition(":")
-        parse_port(port)
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"'{text}' is not an address or address:port") from None
-    return text
-
-
-def _policy_name(value: Any) -> str:
-    text = str(value)
-    if not text or len(text) > 64 or '"' in text or "\\" in text or not text.isprintable():
-        raise ValueError(f"'{text}' is not a usable policy name (1-64 printable characters, no quotes)")
-    return text
 
 
 __all__ = ["DEFAULT_PATH", "config_path", "load_model", "require_model", "ConfigError"]

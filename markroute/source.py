@@ -1,12 +1,20 @@
 """YAML loading that keeps the line and column of every key and value.
 
-Validation needs positions for scalars too (a bad address is reported where it is
-written), and ruamel only records them on the containers, so the loaded document is
-turned into a small tree of `Node`s that each know where they came from.
+Validation needs positions for every value (a bad address is reported where it is
+written), so the document is only composed by ruamel (which marks every node with its
+position, and is about twice as fast as building its round-trip objects) and turned into
+a small tree of `Node`s here.
+
+Nothing a user can put in the file escapes as an exception: unreadable files, text that
+is not UTF-8 and YAML syntax errors become one `SourceError` with the position and a
+plain-words explanation, because ruamel's own wording ("expected <block end>") rarely
+tells an admin what to change.
 """
 
 from __future__ import annotations
 
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +24,11 @@ from markroute.diagnostics import Diagnostic, Where
 
 @dataclass
 class Node:
-    """A YAML value with its position; `kind` is 'map', 'seq' or 'scalar'."""
+    """A YAML value with its position; `kind` is 'map', 'seq' or 'scalar'.
+
+    `odd_keys` holds the keys of a mapping that were not text (numbers, null, lists),
+    spelled as YAML would print them; they are left out of `items` and reported once.
+    """
 
     kind: str
     where: Where
@@ -24,13 +36,14 @@ class Node:
     items: dict[str, Node] = field(default_factory=dict)
     key_where: dict[str, Where] = field(default_factory=dict)
     elements: list[Node] = field(default_factory=list)
+    odd_keys: dict[str, Where] = field(default_factory=dict)
 
     def describe(self) -> str:
         """A short name for the value's type, for 'expected X, got Y' messages."""
         if self.kind != "scalar":
             return {"map": "a mapping", "seq": "a list"}[self.kind]
         if self.scalar is None:
-            return "nothing"
+            return "nothing (null)"
         return {bool: "a boolean", int: "a number", float: "a number", str: "text"}.get(
             type(self.scalar), type(self.scalar).__name__
         )
@@ -46,65 +59,195 @@ class SourceError(Exception):
 
 def load(path: str) -> Node:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise SourceError(
-            Diagnostic(Where(path, 1, 1), "error", f"cannot read config: {exc.strerror}")
+            Diagnostic(Where(path, 1, 1), "error", f"cannot read config: {exc.strerror or exc}")
         ) from None
-    except UnicodeDecodeError:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise SourceError(
-            Diagnostic(Where(path, 1, 1), "error", "config is not UTF-8 text")
+            Diagnostic(
+                byte_position(path, data, exc.start),
+                "error",
+                f"config is not UTF-8 text (byte {data[exc.start]:#04x})",
+                "save the file as UTF-8",
+            )
         ) from None
     return parse(text, path)
 
 
+def byte_position(path: str, data: bytes, offset: int) -> Where:
+    """The line and column (counted in bytes) of a byte offset, for undecodable input."""
+    line_start = data.rfind(b"\n", 0, offset) + 1
+    return Where(path, data.count(b"\n", 0, offset) + 1, offset - line_start + 1)
+
+
 def parse(text: str, path: str) -> Node:
+    """The document as a `Node` tree; ruamel only composes it, the values are built here."""
     from ruamel.yaml import YAML
     from ruamel.yaml.error import MarkedYAMLError, YAMLError
+    from ruamel.yaml.reader import ReaderError
 
-    yaml = YAML(typ="rt")
+    yaml = YAML(typ="safe", pure=True)
     try:
-        document = yaml.load(text)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. a reused anchor: legal YAML, not worth a warning dump
+            document = yaml.compose(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        problem = exc.problem or exc.context or "invalid YAML"
-        hint = None
-        if "found duplicate key" in str(problem) or type(exc).__name__ == "DuplicateKeyError":
-            problem, hint = "duplicate key", "each key may appear only once in a mapping"
-        raise SourceError(
-            Diagnostic(Where(path, line, col), "error", f"YAML syntax: {problem}", hint)
-        ) from None
+        message, hint = explain_yaml_error(str(exc.problem or exc.context or "invalid YAML"))
+        raise SourceError(Diagnostic(Where(path, line, col), "error", message, hint)) from None
+    except ReaderError as exc:  # a control character: positioned by character offset only
+        before = text[:exc.position]
+        where = Where(path, before.count("\n") + 1, exc.position - (before.rfind("\n") + 1) + 1)
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        message = f"YAML: the control character U+{code:04X} is not allowed"
+        raise SourceError(Diagnostic(where, "error", message, "remove it; YAML files are plain text")) from None
     except YAMLError as exc:
         raise SourceError(Diagnostic(Where(path, 1, 1), "error", f"YAML: {exc}")) from None
     if document is None:
         return Node("map", Where(path, 1, 1))
-    return _convert(document, Where(path, 1, 1), path)
+    return _Builder(path, yaml.constructor).build(document)
 
 
-def _convert(value: Any, where: Where, path: str) -> Node:
-    from ruamel.yaml.comments import CommentedMap, CommentedSeq
+_YAML_PROBLEMS: tuple[tuple[str, str, str | None], ...] = (
+    (r"found duplicate key \"(.*?)\"", "YAML syntax: duplicate key '{0}'",
+     "each key may appear only once in a mapping"),
+    (r"found character '\\t'", "YAML syntax: a tab character",
+     "indent with spaces; YAML does not allow tabs"),
+    (r"found character '([@`%])' that cannot start", "YAML syntax: a value cannot start with '{0}'",
+     "put the value in quotes, e.g. \"@name\""),
+    (r"mapping values are not allowed here", "YAML syntax: unexpected ':'",
+     "check this line's indentation, or quote a value that contains ': '"),
+    (r"expected <block end>", "YAML syntax: this line's indentation does not fit the lines above",
+     "keys of one mapping, and items of one list, must start in the same column"),
+    (r"expected ',' or '([\]}])'", "YAML syntax: unclosed bracket, '{0}' expected",
+     "close every [ and {{ on the line it belongs to"),
+    (r"while scanning a quoted scalar|found unexpected end of stream", "YAML syntax: unclosed quote",
+     "end the quoted value with the same quote character"),
+    (r"found another document", "YAML syntax: more than one YAML document",
+     "markroute reads a single document; remove the '---' line"),
+    (r"found undefined alias '?(\w+)", "YAML syntax: alias '*{0}' refers to no anchor",
+     "define '&{0}' before using '*{0}'"),
+)
 
-    if isinstance(value, CommentedMap):
-        node = Node("map", where)
-        for key, item in value.items():
-            kline, kcol = value.lc.key(key)
-            vline, vcol = value.lc.value(key)
-            name = str(key)
-            node.key_where[name] = Where(path, kline + 1, kcol + 1)
-            node.items[name] = _convert(item, Where(path, vline + 1, vcol + 1), path)
-        return node
-    if isinstance(value, CommentedSeq):
-        node = Node("seq", where)
-        for index, item in enumerate(value):
-            line, col = value.lc.item(index)
-            node.elements.append(_convert(item, Where(path, line + 1, col + 1), path))
-        return node
-    return Node("scalar", where, scalar=_plain(value))
+
+def explain_yaml_error(problem: str) -> tuple[str, str | None]:
+    """ruamel's problem text turned into a message and hint an admin can act on."""
+    for pattern, message, hint in _YAML_PROBLEMS:
+        found = re.search(pattern, problem)
+        if found:
+            groups = found.groups()
+            return message.format(*groups), hint.format(*groups) if hint else None
+    return f"YAML syntax: {problem}", None
+
+
+class _Builder:
+    """Turns composed YAML nodes into `Node`s, with the checks the composer leaves out.
+
+    Duplicate keys and merge keys (`<<:`) are resolved here; aliases are followed, but a
+    recursive anchor or an alias bomb (a few lines expanding to millions of values) is an
+    error instead of a hang.
+    """
+
+    MAX_VALUES = 1_000_000
+
+    def __init__(self, path: str, constructor: Any) -> None:
+        self.path = path
+        self.constructor = constructor
+        self.count = 0
+        self.active: set[int] = set()
+
+    def where(self, node: Any) -> Where:
+        return Where(self.path, node.start_mark.line + 1, node.start_mark.column + 1)
+
+    def fail(self, node: Any, message: str, hint: str | None = None) -> SourceError:
+        return SourceError(Diagnostic(self.where(node), "error", message, hint))
+
+    def build(self, node: Any, where: Where | None = None) -> Node:
+        from ruamel.yaml.nodes import MappingNode, SequenceNode
+
+        self.count += 1
+        if self.count > self.MAX_VALUES:
+            raise self.fail(node, "YAML: the aliases expand to more than a million values", "write the values out")
+        if id(node) in self.active:
+            raise self.fail(node, "YAML: an alias refers to the value that contains it", "remove the recursion")
+        where = where or self.where(node)
+        if isinstance(node, MappingNode):
+            self.active.add(id(node))
+            result = Node("map", where)
+            self.fill(result, node)
+            self.active.discard(id(node))
+            return result
+        if isinstance(node, SequenceNode):
+            self.active.add(id(node))
+            result = Node("seq", where, elements=[self.build(item) for item in node.value])
+            self.active.discard(id(node))
+            return result
+        return Node("scalar", where, scalar=self.scalar(node))
+
+    def fill(self, result: Node, node: Any, merged: bool = False) -> None:
+        """Add a mapping's pairs to `result`; pairs from `<<:` never override the mapping's own."""
+        from ruamel.yaml.nodes import MappingNode, SequenceNode
+
+        merges = []
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                merges += value_node.value if isinstance(value_node, SequenceNode) else [value_node]
+                continue
+            key_where = self.where(key_node)
+            key = self.scalar(key_node) if not isinstance(key_node, (MappingNode, SequenceNode)) else None
+            if not isinstance(key, str):
+                result.odd_keys[_key_text(key_node, key)] = key_where
+                continue
+            if key in result.items:
+                if merged:
+                    continue
+                raise self.fail(key_node, f"YAML syntax: duplicate key '{key}'",
+                                "each key may appear only once in a mapping")
+            # an empty (null) value has no text of its own: point at its key
+            is_null = getattr(value_node, "tag", "") == "tag:yaml.org,2002:null" and not value_node.value
+            result.key_where[key] = key_where
+            result.items[key] = self.build(value_node, key_where if is_null else None)
+        for source in merges:
+            if not isinstance(source, MappingNode):
+                raise self.fail(source, "YAML: '<<' must merge a mapping or a list of mappings")
+            self.fill(result, source, merged=True)
+
+    def scalar(self, node: Any) -> Any:
+        """The value of a scalar as None, bool, int, float or str."""
+        tag = node.tag
+        if tag == "tag:yaml.org,2002:str":
+            return node.value
+        try:
+            value = self.constructor.construct_object(node, deep=True)
+        except Exception as exc:  # ruamel raises plain ValueError & co. for e.g. `!!int x`
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise self.fail(node, f"YAML: cannot read the value '{node.value}' ({text})",
+                            "remove explicit tags like !!int or !foo") from None
+        return _plain(value)
+
+
+def _key_text(node: Any, key: Any) -> str:
+    """How a key that is not text was written, for the message that rejects it."""
+    from ruamel.yaml.nodes import MappingNode, SequenceNode
+
+    if isinstance(node, SequenceNode):
+        return "[" + ", ".join(_key_text(item, getattr(item, "value", None)) for item in node.value) + "]"
+    if isinstance(node, MappingNode):
+        return "{...}"
+    if key is None:
+        return "null"
+    if isinstance(key, bool):
+        return str(key).lower()
+    return str(getattr(node, "value", key))
 
 
 def _plain(value: Any) -> Any:
-    """Strip ruamel's scalar subclasses so later code sees ordinary Python values."""
+    """Strip ruamel's scalar subclasses so later code sees None, bool, int, float or str."""
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, int):

@@ -1,13 +1,16 @@
-"""Parsing of the scalar values a policy can match on: addresses, ports, MACs, DSCP.
+"""Parsing of the scalar values a config holds: addresses, ports, MACs, DSCP, marks, names.
 
-Each parser takes the text a user wrote and returns plain data, or raises `ValueError`
-with a message fit to show that user. Address lists become merged integer intervals per
-family, because that is the shape both nftables interval sets and the simulator want,
-and merging once here keeps the per-packet work independent of how the list was written.
+Each parser takes the value YAML produced (text, a number, a boolean) and returns plain
+data, or raises `ValueError` with a message fit to show the user who wrote it; no input
+makes one raise anything else, so validation can never end in a traceback. Address
+lists become merged integer intervals per family, because that is the shape both
+nftables interval sets and the simulator want, and merging once here keeps the
+per-packet work independent of how the list was written.
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -26,6 +29,9 @@ DSCP_CLASSES = {
     "le": 1,
 }
 
+RESERVED_TABLES = {0: "unspec", 253: "default", 254: "main", 255: "local"}
+
+_INTERFACE = re.compile(r"^[^\s/:'\"]{1,15}$")
 _MAC = re.compile(r"^[0-9a-fA-F]{2}([:-])[0-9a-fA-F]{2}(\1[0-9a-fA-F]{2}){4}$")
 
 
@@ -64,16 +70,25 @@ def _intervals_cover(outer: tuple[Interval, ...], inner: tuple[Interval, ...]) -
     return True
 
 
-def parse_address(text: str) -> tuple[int, Interval]:
+def yaml_text(value: object) -> str:
+    """A scalar as the user wrote it in YAML (true, not True), for messages and text parsing."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value).strip()
+
+
+def parse_address(value: object) -> tuple[int, Interval]:
     """One address, prefix or `a-b` range as (IP version, interval)."""
-    text = text.strip()
+    text = yaml_text(value)
     if "-" in text:
         first_text, _, last_text = text.partition("-")
         try:
             first = ipaddress.ip_address(first_text.strip())
             last = ipaddress.ip_address(last_text.strip())
         except ValueError:
-            raise ValueError(f"'{text}' is not an address range (expected A-B)") from None
+            raise ValueError(f"'{text}' is not an IP address, prefix or range") from None
         if first.version != last.version:
             raise ValueError(f"range '{text}' mixes IPv4 and IPv6")
         if int(first) > int(last):
@@ -129,12 +144,12 @@ def interval_text(version: int, interval: Interval) -> str:
 
 def parse_port(value: object) -> Interval:
     """A port number or `a-b` range."""
-    if isinstance(value, bool):
-        raise ValueError(f"'{value}' is not a port")
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"'{yaml_text(value)}' is not a port or port range (expected N or A-B)")
     if isinstance(value, int):
         first = last = value
     else:
-        text = str(value).strip()
+        text = value.strip()
         match = re.fullmatch(r"(\d+)\s*(?:-\s*(\d+))?", text)
         if not match:
             raise ValueError(f"'{text}' is not a port or port range (expected N or A-B)")
@@ -149,49 +164,168 @@ def parse_port(value: object) -> Interval:
 
 
 def parse_protocol(value: object) -> int:
+    """A protocol name (tcp, udp, icmp, icmpv6, sctp) or number 0-255."""
     if isinstance(value, int) and not isinstance(value, bool):
         if 0 <= value <= 255:
             return value
         raise ValueError(f"protocol number {value} is out of range 0-255")
-    text = str(value).strip().lower()
+    text = yaml_text(value).lower()
     if text in PROTOCOLS:
         return PROTOCOLS[text]
     if text.isdigit() and int(text) <= 255:
         return int(text)
-    raise ValueError(f"unknown protocol '{value}'")
+    close = difflib.get_close_matches(text, list(PROTOCOLS), n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else f" (known: {', '.join(PROTOCOLS)} or a number)"
+    raise ValueError(f"unknown protocol '{yaml_text(value)}'{hint}")
 
 
 def parse_mac(value: object) -> str:
-    text = str(value).strip()
-    if not _MAC.match(text):
+    text = yaml_text(value)
+    if not isinstance(value, str) or not _MAC.match(text):
         raise ValueError(f"'{text}' is not a MAC address (expected six hex pairs like 52:54:00:12:34:56)")
     return text.lower().replace("-", ":")
 
 
 def parse_dscp(value: object) -> int:
+    """A DSCP number 0-63 or class name (ef, af11, cs1, ...)."""
     if isinstance(value, int) and not isinstance(value, bool):
         if 0 <= value <= 63:
             return value
         raise ValueError(f"DSCP {value} is out of range 0-63")
-    text = str(value).strip().lower()
+    text = yaml_text(value).lower()
     if text in DSCP_CLASSES:
         return DSCP_CLASSES[text]
     if text.isdigit() and int(text) <= 63:
         return int(text)
-    raise ValueError(f"unknown DSCP class '{value}'")
+    raise ValueError(f"unknown DSCP class '{yaml_text(value)}' (use 0-63 or a name like ef, af41, cs1)")
 
 
 def parse_mark(value: object) -> int:
     """A mark or mask written as a number or hex text, within 32 bits."""
-    if isinstance(value, bool):
-        raise ValueError(f"'{value}' is not a number")
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"'{yaml_text(value)}' is not a whole number (write 0xff00 or 65280)")
     if isinstance(value, int):
         number = value
     else:
         try:
-            number = int(str(value).strip(), 0)
+            number = int(value.strip(), 0)
         except ValueError:
             raise ValueError(f"'{value}' is not a number (write 0xff00 or 65280)") from None
     if not 0 <= number <= 0xFFFFFFFF:
-        raise ValueError(f"{value} does not fit in 32 bits")
+        raise ValueError(f"{yaml_text(value)} does not fit in 32 bits (0 to 0xffffffff)")
     return number
+
+
+def parse_table(value: object) -> int:
+    """A routing table id; the kernel's own tables (0, 253-255) are not markroute's to take."""
+    number = parse_mark(value)
+    if number in RESERVED_TABLES:
+        raise ValueError(f"table {number} is the kernel's '{RESERVED_TABLES[number]}' table; pick another id")
+    return number
+
+
+def parse_interface(value: object) -> str:
+    """A network interface name as the kernel allows it."""
+    text = yaml_text(value)
+    if not isinstance(value, (str, int)) or isinstance(value, bool) or not _INTERFACE.match(text):
+        raise ValueError(f"'{text}' is not a valid interface name (1-15 characters, no spaces, '/' or ':')")
+    return text
+
+
+def parse_ip(value: object) -> str:
+    """A single IPv4 or IPv6 address, normalised."""
+    try:
+        return str(ipaddress.ip_address(yaml_text(value)))
+    except ValueError:
+        raise ValueError(f"'{yaml_text(value)}' is not an IP address") from None
+
+
+def parse_gateway(value: object, version: int) -> str:
+    """A next hop of the given family; the other family's address names the other key."""
+    address = ipaddress.ip_address(parse_ip(value))
+    if address.version != version:
+        other = "gateway6" if version == 4 else "gateway"
+        raise ValueError(f"{address} is IPv{address.version}; write it as '{other}:'")
+    return str(address)
+
+
+def parse_weight(value: object) -> int:
+    """A balancing weight: a whole number 1-1000 (numgen needs a small integer range)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        raise ValueError(f"'{value}' is text, not a number; remove the quotes")
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"'{yaml_text(value)}' is not a positive whole number")
+    if value > 1000:
+        raise ValueError(f"{value} is too large (at most 1000)")
+    return value
+
+
+def parse_whole(value: object, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected a whole number, got '{yaml_text(value)}'")
+    if not low <= value <= high:
+        raise ValueError(f"{value} is out of range {low}-{high}")
+    return value
+
+
+def parse_bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got '{yaml_text(value)}'")
+    return value
+
+
+def parse_seconds(value: object) -> float:
+    """A duration: seconds as a number, or text with an `s` or `ms` suffix."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        text = yaml_text(value)
+        factor = 0.001 if text.endswith("ms") else 1.0
+        try:
+            value = float(text.removesuffix("ms").removesuffix("s")) * factor
+        except ValueError:
+            raise ValueError(f"'{text}' is not a duration (e.g. 0.2, 200ms, 1s)") from None
+    if not 0 < float(value) <= 3600:
+        raise ValueError(f"{value} is out of range (0-3600 s)")
+    return float(value)
+
+
+def parse_fraction(value: object) -> float:
+    """A share 0-1, written as a number or a percentage."""
+    text = yaml_text(value)
+    if isinstance(value, bool):
+        raise ValueError(f"'{text}' is not a fraction (e.g. 0.2 or 20%)")
+    try:
+        number = float(text.removesuffix("%")) / (100 if text.endswith("%") else 1)
+    except ValueError:
+        raise ValueError(f"'{text}' is not a fraction (e.g. 0.2 or 20%)") from None
+    if not 0 <= number <= 1:
+        raise ValueError(f"{text} is out of range 0-1")
+    return number
+
+
+def parse_probe_target(value: object) -> str:
+    """An address to probe, optionally with a port: 192.0.2.1, 192.0.2.1:443, [2001:db8::1]:443."""
+    text = yaml_text(value)
+    host = text
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"'{text}' is not an address or address:port")
+            parse_port(rest[1:])
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+        parse_port(port)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"'{text}' is not an address or address:port") from None
+    return text
+
+
+def parse_policy_name(value: object) -> str:
+    """A policy name; it ends up in nft comments, so no quotes or backslashes."""
+    text = yaml_text(value)
+    if value is None or isinstance(value, bool) or not text or len(text) > 64 or '"' in text or "\\" in text \
+            or not text.isprintable():
+        raise ValueError(f"'{text}' is not a usable policy name (1-64 printable characters, no quotes)")
+    return text

@@ -1,4 +1,9 @@
-"""`markroute check`: validate a config and list every problem with its position."""
+"""`markroute check`: validate a config and list every problem with its position.
+
+Problems go to stderr, one line each (`FILE:LINE:COL: error: message (hint: ...)`), so
+editors and CI logs can link them; the one-line summary of a valid config goes to
+stdout. `--json` prints a single document on stdout instead, for tools.
+"""
 
 from __future__ import annotations
 
@@ -18,14 +23,23 @@ def command(config: str | None, as_json: bool) -> None:
 
     path = config_path(config)
     model, diagnostics = load_model(path)
+    errors = sum(d.severity == "error" for d in diagnostics)
+    warnings = len(diagnostics) - errors
     if as_json:
-        print_json({"valid": model is not None, "diagnostics": [d.to_json() for d in diagnostics]})
+        print_json({
+            "file": path,
+            "valid": model is not None,
+            "errors": errors,
+            "warnings": warnings,
+            "diagnostics": [d.to_json() for d in diagnostics],
+        })
     else:
         print_diagnostics(diagnostics)
         if model is not None:
+            noted = f" ({warnings} warning{'s' if warnings != 1 else ''})" if warnings else ""
             click.echo(
                 f"{path}: ok: {len(model.uplinks)} uplinks, {len(model.groups)} groups, "
-                f"{len(model.policies)} policies"
+                f"{len(model.policies)} policies{noted}"
             )
     if model is None:
         sys.exit(EXIT_FAILED)

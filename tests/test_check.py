@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kernelhelp import REPO, markroute
 from ruamel.yaml import YAML
 
 from markroute.compiler import compile_plan
@@ -32,7 +33,6 @@ from markroute.config import load_model
 from markroute.diagnostics import Diagnostic
 from markroute.source import Node, SourceError, load
 
-REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "tests" / "broken"
 EXAMPLES = REPO / "examples"
 EXPECT = re.compile(r"^# expect: (?:(?P<file>[^:\s]+):)?(?P<line>\d+):(?P<col>\d+) (?P<severity>error|warning): (?P<text>.+)$")
@@ -159,12 +159,9 @@ def expectations(path: Path) -> list[Expected]:
     return found
 
 
-def run_check(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+def run_check(*args: str) -> subprocess.CompletedProcess[str]:
     """The real command line, as a user runs it."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "NO_COLOR": "1"}
-    env.pop("MARKROUTE_CONFIG", None)
-    return subprocess.run([sys.executable, "-m", "markroute", "check", *args], capture_output=True,
-                          text=True, env=env, cwd=cwd, timeout=60, check=False)
+    return markroute("check", *args)
 
 
 CORPUS_FILES = sorted(CORPUS.glob("*.yaml"))
@@ -308,7 +305,9 @@ def test_set_file_is_found_relative_to_the_config(tmp_path: Path) -> None:
     (tmp_path / "lists" / "cdn.txt").write_text("198.51.100.0/24\n203.0.113.0/24 # second\n")
     path = write(tmp_path, "uplinks:\n  a: {interface: eth0, gateway: 192.0.2.1, nat: masquerade}\n"
                            "sets:\n  cdn: {file: lists/cdn.txt}\npolicies:\n  - {to: '@cdn', via: a}\n")
-    result = run_check("-c", "markroute.yaml", cwd=tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-m", "markroute", "check", "-c", "markroute.yaml"], cwd=tmp_path,
+                            capture_output=True, text=True, env=env, timeout=60, check=False)
 
     assert result.returncode == 0, result.stderr
     model, _ = load_model(str(path))

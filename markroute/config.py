@@ -43,6 +43,7 @@ from markroute.values import (
     address_list,
     merge,
     parse_address,
+    parse_argument,
     parse_bool,
     parse_dscp,
     parse_fraction,
@@ -70,7 +71,7 @@ MATCH_KEYS = ("from", "to", "proto", "sport", "dport", "iif", "mac", "dscp", "lo
 POLICY_KEYS = ("name", "via", *MATCH_KEYS)
 SETTINGS_KEYS = (
     "mark_mask", "rule_priority", "table_base", "rp_filter", "last_resort",
-    "reply_via_ingress", "forwarding",
+    "reply_via_ingress", "forwarding", "on_change",
 )
 CHECK_KEYS = ("targets", "method", "interval", "timeout", "down", "up", "max_loss", "max_rtt")
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,30}$")
@@ -273,7 +274,23 @@ class Validator:
         for key in ("reply_via_ingress", "forwarding"):
             if key in items:
                 values[key] = self.boolean(items[key], key)
+        if "on_change" in items:
+            values["on_change"] = self.command(items["on_change"], "on_change")
         return Settings(**{k: v for k, v in values.items() if v is not None})
+
+    def command(self, node: Node, what: str) -> tuple[str, ...] | None:
+        """A command as its argument list: it is executed directly, so a shell string is refused."""
+        hint = f"the program and its arguments, run without a shell: {what}: [/usr/local/sbin/notify, --uplink]"
+        if node.kind == "scalar" and node.scalar is not None:
+            self.diag.error(node.where, f"{what} must be a list, not the text '{yaml_text(node.scalar)}'", hint)
+            return None
+        if not self.kind(node, "seq", what):
+            return None
+        if not node.elements:
+            self.diag.error(node.where, f"{what} is an empty list", hint)
+            return None
+        words = [self.scalar(element, f"an argument of {what}", parse_argument) for element in node.elements]
+        return None if any(word is None for word in words) else tuple(words)  # type: ignore[arg-type]
 
     # -- sets -------------------------------------------------------------------------
 
@@ -320,7 +337,7 @@ class Validator:
         items: list[tuple[int, Interval]] = []
         bad = 0
         for number, line in enumerate(lines, start=1):
-            text = line.split("#", 1)[0].strip()
+            text = line.partition("#")[0].strip()
             if not text:
                 continue
             try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import re
+import socket
 from dataclasses import dataclass
 
 Interval = tuple[int, int]
@@ -72,6 +73,8 @@ def _intervals_cover(outer: tuple[Interval, ...], inner: tuple[Interval, ...]) -
 
 def yaml_text(value: object) -> str:
     """A scalar as the user wrote it in YAML (true, not True), for messages and text parsing."""
+    if type(value) is str:
+        return value.strip()
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -82,6 +85,9 @@ def yaml_text(value: object) -> str:
 def parse_address(value: object) -> tuple[int, Interval]:
     """One address, prefix or `a-b` range as (IP version, interval)."""
     text = yaml_text(value)
+    quick = _plain_prefix(text)
+    if quick is not None:
+        return quick
     if "-" in text:
         first_text, _, last_text = text.partition("-")
         try:
@@ -108,6 +114,31 @@ def parse_address(value: object) -> tuple[int, Interval]:
             ) from None
         raise ValueError(f"'{text}' is not an IP address, prefix or range") from None
     return network.version, (int(network.network_address), int(network.broadcast_address))
+
+
+def _plain_prefix(text: str) -> tuple[int, Interval] | None:
+    """A canonical address or prefix parsed by the C library: set files hold 100,000 of them.
+
+    Anything unusual (ranges, scopes, host bits set, mistakes) returns None and goes the
+    slow, thorough way through `ipaddress`, which also words the error.
+    """
+    address, slash, length = text.partition("/")
+    version, family, bits = (6, socket.AF_INET6, 128) if ":" in address else (4, socket.AF_INET, 32)
+    try:
+        first = int.from_bytes(socket.inet_pton(family, address), "big")
+    except OSError:
+        return None
+    prefix_length = bits
+    if slash:
+        if not (length.isascii() and length.isdigit()) or (length[0] == "0" and length != "0"):
+            return None
+        prefix_length = int(length)
+        if prefix_length > bits:
+            return None
+    size = 1 << (bits - prefix_length)
+    if first % size:
+        return None
+    return version, (first, first + size - 1)
 
 
 def merge(intervals: list[Interval]) -> tuple[Interval, ...]:
@@ -319,6 +350,14 @@ def parse_probe_target(value: object) -> str:
         ipaddress.ip_address(host)
     except ValueError:
         raise ValueError(f"'{text}' is not an address or address:port") from None
+    return text
+
+
+def parse_argument(value: object) -> str:
+    """One word of a command line: any text but empty or with a NUL (which execve cannot pass)."""
+    text = yaml_text(value)
+    if not text or "\0" in text:
+        raise ValueError(f"'{text}' is not a usable command argument (empty, or with a NUL)")
     return text
 
 

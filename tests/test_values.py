@@ -238,3 +238,29 @@ def test_policy_names() -> None:
 
 def test_yaml_text_spells_values_as_yaml_does() -> None:
     assert [v.yaml_text(x) for x in (None, True, False, 3, " a ")] == ["null", "true", "false", "3", "a"]
+
+
+def test_fast_and_thorough_address_parsing_agree() -> None:
+    """Canonical prefixes take a C-library shortcut; it must give exactly what `ipaddress` gives."""
+    import random
+
+    rng = random.Random(7)
+    texts: list[str] = []
+    for _ in range(3000):
+        version = rng.choice((4, 6))
+        bits = 32 if version == 4 else 128
+        length = rng.randrange(bits + 1)
+        number = rng.getrandbits(bits)
+        if rng.random() < 0.7:  # mostly valid networks, some with host bits set
+            number &= ((1 << bits) - 1) ^ ((1 << (bits - length)) - 1)
+        address = ipaddress.ip_address(number) if version == 4 else ipaddress.IPv6Address(number)
+        texts.append(f"{address}/{length}" if rng.random() < 0.8 else str(address))
+    for text in texts:
+        try:
+            network = ipaddress.ip_network(text, strict=True)
+        except ValueError:
+            with pytest.raises(ValueError):
+                v.parse_address(text)
+            continue
+        expected = (network.version, (int(network.network_address), int(network.broadcast_address)))
+        assert v.parse_address(text) == expected, text

@@ -75,14 +75,25 @@ class Inbound:
 
 @dataclass(frozen=True)
 class HealthCheck:
-    """How the daemon probes an uplink; defaults give sub-second failover."""
+    """How the daemon probes an uplink; the defaults fail over in well under a second.
+
+    A round of probes starts every `interval`; a round fails when no target answers
+    within `timeout`. A dead uplink is declared down `(down - 1) * interval + timeout`
+    after the first round that could not be answered, which comes at most one interval
+    after the failure: 0.5 to 0.6 s with these defaults, then ~20 ms to rewrite the
+    rules (measured flow gaps: BENCHMARKS.md). 0.2/0.2/3 gave 0.6 to 0.8 s, too close to
+    one second on a busy machine. A loss burst shorter than `down * interval` (0.4 s)
+    does not fail over, and a timeout of 0.2 s still fits the RTT of any terrestrial
+    path to a gateway or a nearby target. `up`: 0.5 s of answers before traffic returns.
+    Ten small probes a second per target cost about 1 kB/s.
+    """
 
     targets: tuple[str, ...] = ()
     method: Literal["icmp", "tcp", "arp"] = "icmp"
-    interval: float = 0.2
+    interval: float = 0.1
     timeout: float = 0.2
-    down: int = 3
-    up: int = 3
+    down: int = 4
+    up: int = 5
     max_loss: float | None = None
     max_rtt: float | None = None
 
@@ -134,6 +145,7 @@ class Settings:
     last_resort: LastResort = "main"
     reply_via_ingress: bool = True
     forwarding: bool | None = None
+    on_change: tuple[str, ...] = ()  # argv `markroute run` executes on each uplink state change
 
 
 @dataclass(frozen=True)

@@ -113,6 +113,9 @@ def suggest(word: str, choices: list[str] | tuple[str, ...]) -> str | None:
     near = [d for d in distances if d[0] <= max(1, len(word) // 3)]
     if near:
         return f"did you mean '{choices[min(near)[1]]}'?"
+    started = [choice for choice in choices if len(word) >= 3 and choice.startswith(word)]
+    if len(started) == 1:
+        return f"did you mean '{started[0]}'?"
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f"did you mean '{close[0]}'?" if close else None
 
@@ -551,7 +554,8 @@ class Validator:
             return None
         self.known_keys(node, ("snat",), "nat")
         if "snat" not in node.items:
-            self.diag.error(node.where, "nat must be masquerade, none or {snat: ADDRESS}")
+            if not node.items:  # otherwise the unknown key was reported
+                self.diag.error(node.where, "nat must be masquerade, none or {snat: ADDRESS}")
             return None
         address = self.scalar(node.items["snat"], "snat", parse_ip)
         if address is None:
@@ -610,9 +614,7 @@ class Validator:
         fields: dict[str, Any] = {}
         if "targets" in items:
             targets = self.one_or_many(items["targets"], "targets", parse_probe_target)
-            if targets is None:
-                return None
-            fields["targets"] = tuple(targets)
+            fields["targets"] = tuple(targets) if targets is not None else None
         if "method" in items:
             fields["method"] = self.choice(items["method"], "method", ("icmp", "tcp", "arp"))
         for key in ("interval", "timeout", "max_rtt"):

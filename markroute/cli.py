@@ -23,6 +23,7 @@ COMMANDS = {
     "apply": "Install the config in the kernel, or change nothing if it fails.",
     "down": "Remove everything markroute installed.",
     "status": "Show uplinks, counters, connections and drift.",
+    "trace": "Simulate the path of one packet, step by step, offline or live.",
 }
 
 

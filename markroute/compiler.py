@@ -17,6 +17,10 @@ How packets flow through the generated table (`inet markroute`):
   is down. These two kinds are the only chains that depend on uplink health (`Health`),
   so the daemon rewrites just them when an uplink changes state.
 * `postrouting` (nat) masquerades or SNATs per uplink.
+* `policies_fwd` / `policies_local` hold the policies in order. A run of at least
+  `MERGE_MIN` consecutive policies testing the same fields is one verdict-map lookup
+  whose elements `goto pol_<n>`, the policy's own chain with its counter
+  (`markroute.policymaps`); other policies are one rule each.
 
 The mark then selects the uplink's routing table through an `ip rule fwmark` in
 markroute's own priority band.
@@ -31,12 +35,24 @@ from typing import Any
 
 from markroute import marks
 from markroute import nftjson as nj
+from markroute import policymaps
 from markroute.model import Addresses, Match, Model, Policy, Uplink
-from markroute.plan import IpRule, Plan, Route, Sysctl, UplinkPlan, ordered_rules, ordered_routes
-from markroute.values import PORT_PROTOCOLS, PROTOCOL_NAMES, Interval, interval_text
+from markroute.plan import (
+    SOURCE_RULE_OFFSET,
+    IpRule,
+    Plan,
+    Route,
+    Sysctl,
+    UplinkPlan,
+    ordered_rules,
+    ordered_routes,
+)
+from markroute.policymaps import PolicyKey, address_element
+from markroute.values import PORT_PROTOCOLS, PROTOCOL_NAMES, Interval
 
 Expr = dict[str, Any]
 INLINE_LIMIT = 16
+MERGE_MIN = 4  # shorter runs of same-shape policies stay rules: a few rules cost nothing measurable
 RP_FILTER = {"strict": "1", "loose": "2", "off": "0"}
 NFPROTO = {4: "ipv4", 6: "ipv6"}
 IP_PAYLOAD = {4: "ip", 6: "ip6"}
@@ -55,14 +71,17 @@ class Health:
     weight_factor: Mapping[str, float] = field(default_factory=dict)
 
 
-def compile_plan(model: Model, health: Health = Health()) -> Plan:
-    return Compiler(model, health).plan()
+def compile_plan(model: Model, health: Health = Health(), merge_min: int | None = MERGE_MIN) -> Plan:
+    """The plan for `model`; `merge_min=None` keeps one rule per policy (the naive form benchmarks compare)."""
+    return Compiler(model, health, merge_min).plan()
 
 
 class Compiler:
-    def __init__(self, model: Model, health: Health = Health()) -> None:
+    def __init__(self, model: Model, health: Health = Health(), merge_min: int | None = MERGE_MIN) -> None:
         self.model = model
         self.health = health
+        self.merge_min = merge_min
+        self.numbers = {id(policy): n for n, policy in enumerate(model.policies, 1)}
         self.mask = model.settings.mark_mask
         self.table = "markroute"
         self.sets: dict[str, Expr] = {}
@@ -108,12 +127,16 @@ class Compiler:
         self.chains.setdefault(chain, []).append(nj.rule(self.table, chain, expr, comment))
 
     def restore_rules(self, chain: str) -> None:
-        """Known connections: put the uplink mark back on the packet and stop."""
-        not_new = nj.match(nj.ct("state"), "new", "!=")
+        """Known connections: put the uplink mark back on the packet and stop.
+
+        The restore keys on the connection mark, not on the state: a retransmitted first
+        packet (a lost SYN) is still `new`, and classifying it again could move the
+        connection to another uplink than the one its NAT mapping was made for.
+        """
         if self.model.uplinks:
             entries = [(u.mark, nj.verdict("goto", self.mark_chain(u.name))) for u in self.model.uplinks.values()]
-            self.add(chain, [not_new, nj.vmap(nj.band(nj.ct("mark"), self.mask), entries)], "restore connection mark")
-        self.add(chain, [not_new, nj.verdict("accept")])
+            self.add(chain, [nj.vmap(nj.band(nj.ct("mark"), self.mask), entries)], "restore connection mark")
+        self.add(chain, [nj.match(nj.ct("state"), "new", "!="), nj.verdict("accept")])
 
     def prerouting(self) -> None:
         self.restore_rules("prerouting")
@@ -159,11 +182,71 @@ class Compiler:
         ]
 
     def policy_rules(self, chain: str, local: bool) -> None:
-        """The policies of one direction, in order: first match wins."""
+        """The policies of one direction, in order: first match wins; long same-shape runs share a map."""
+        run: list[tuple[Policy, dict[int, PolicyKey]]] = []
         for policy in self.applicable(local):
-            m = policy.match
-            self.emit(chain, m, [nj.counter(), self.target(policy.via)], f"policy {policy.name}",
-                      versions=m.versions & self.model.target_versions(policy.via))
+            keys = self.policy_keys(policy)
+            if run and (keys is None or _fields(keys) != _fields(run[0][1])):
+                self.policy_run(chain, run)
+                run = []
+            if keys is None:
+                self.policy_rule(chain, policy)
+            else:
+                run.append((policy, keys))
+        self.policy_run(chain, run)
+
+    def policy_versions(self, policy: Policy) -> frozenset[int]:
+        return policy.match.versions & self.model.target_versions(policy.via)
+
+    def policy_rule(self, chain: str, policy: Policy) -> None:
+        self.emit(chain, policy.match, [nj.counter(), self.target(policy.via)], f"policy {policy.name}",
+                  versions=self.policy_versions(policy))
+
+    def policy_keys(self, policy: Policy) -> dict[int, PolicyKey] | None:
+        """The policy's map key per IP family, or None when it stays a rule of its own."""
+        if self.merge_min is None:
+            return None
+        keys: dict[int, PolicyKey] = {}
+        for version in sorted(self.policy_versions(policy)):
+            key = policymaps.policy_key(policy.match, version)
+            if key is None:
+                return None
+            keys[version] = key
+        return keys or None
+
+    def policy_run(self, chain: str, run: list[tuple[Policy, dict[int, PolicyKey]]]) -> None:
+        """Consecutive policies of one shape: one map lookup per family if the run is long enough."""
+        if not run:
+            return
+        if self.merge_min is None or len(run) < self.merge_min:
+            for policy, _ in run:
+                self.policy_rule(chain, policy)
+            return
+        fields = _fields(run[0][1])
+        per_version: dict[int, list[tuple[policymaps.Box, int]]] = {}
+        for version in (4, 6):
+            keyed = [(keys[version].boxes, index) for index, (_, keys) in enumerate(run) if version in keys]
+            if keyed:
+                per_version[version] = policymaps.first_match(keyed, policymaps.joinable(fields))
+        verdicts = [nj.verdict("goto", self.policy_chain(policy)) for policy, _ in run]
+        comment = f"{len(run)} policies from {run[0][0].name}"
+        specific = policymaps.family_specific(fields)
+        if not specific and set(per_version) == {4, 6} and per_version[4] == per_version[6]:
+            per_version = {0: per_version[4]}
+        for version, entries in per_version.items():
+            family = version or None
+            guard = [] if specific or not family else [nj.match(nj.meta("nfproto"), NFPROTO[version])]
+            guard += policymaps.port_guard(fields, entries)
+            elements = [(policymaps.element(fields, family, box), verdicts[owner]) for box, owner in entries]
+            self.add(chain, guard + [nj.vmap(policymaps.key_expression(fields, family), elements)], comment)
+
+    def policy_chain(self, policy: Policy) -> str:
+        """`pol_<n>`: the policy's counter and target, reached from a merged map."""
+        chain = f"pol_{self.numbers[id(policy)]}"
+        if chain not in self.chains:
+            self.chains[chain] = []
+            self.add(chain, [nj.counter(), self.target(policy.via)], f"policy {policy.name}")
+        return chain
 
     def target(self, via: str) -> Expr:
         if via == "main":
@@ -352,30 +435,36 @@ class Compiler:
         """Few addresses inline; `sets:` entries and long lists as one named interval set each."""
         intervals = addresses.addresses.family(version)
         if addresses.set_name is None and len(intervals) <= INLINE_LIMIT:
-            return nj.setvalue([_address_element(version, iv) for iv in intervals])
+            return nj.setvalue([address_element(version, iv) for iv in intervals])
         key = (addresses.set_name or intervals, version)
         if key not in self.set_names:
             name = f"{addresses.set_name or f'list{len(self.sets) + 1}'}_v{version}"
             self.set_names[key] = name
-            elements = [_address_element(version, iv) for iv in intervals]
+            elements = [address_element(version, iv) for iv in intervals]
             self.sets[name] = nj.named_set(self.table, name, SET_TYPE[version], elements)
         return f"@{self.set_names[key]}"
 
     # -- routing ----------------------------------------------------------------------
 
     def ip_rules(self) -> list[IpRule]:
+        """Mark rules first, source-address rules last (`plan.SOURCE_RULE_OFFSET`).
+
+        A router's own new connection is re-routed by its mark while it still carries the
+        source address the main route chose, an uplink's address: were the `from ADDR`
+        rules first, that uplink would win and router traffic would never be balanced.
+        """
         base = self.model.settings.rule_priority
         rules: list[IpRule] = []
         for uplink in self.model.uplinks.values():
             if uplink.nat.kind == "snat" and uplink.nat.address:
                 version = 6 if ":" in uplink.nat.address else 4
-                rules.append(IpRule(version, base, table=uplink.table, src=uplink.nat.address))
+                rules.append(IpRule(version, base + SOURCE_RULE_OFFSET, table=uplink.table, src=uplink.nat.address))
             for version in sorted(uplink.versions):
-                rules.append(IpRule(version, base + 1, table=uplink.table, fwmark=uplink.mark, fwmask=self.mask))
+                rules.append(IpRule(version, base, table=uplink.table, fwmark=uplink.mark, fwmask=self.mask))
         for action in self.reserved_actions():
             value = marks.unreachable_mark(self.mask) if action == "unreachable" else marks.blackhole_mark(self.mask)
             for version in (4, 6):
-                rules.append(IpRule(version, base + 2, action=action, fwmark=value, fwmask=self.mask))  # type: ignore[arg-type]
+                rules.append(IpRule(version, base + 1, action=action, fwmark=value, fwmask=self.mask))  # type: ignore[arg-type]
         return rules
 
     def reserved_actions(self) -> list[str]:
@@ -428,6 +517,10 @@ class Compiler:
         )
 
 
+def _fields(keys: dict[int, PolicyKey]) -> tuple[str, ...]:
+    return next(iter(keys.values())).fields
+
+
 def _family_specific(match: Match) -> bool:
     if match.src or match.dst or match.dscps:
         return True
@@ -454,13 +547,3 @@ def _port(interval: Interval) -> Any:
     first, last = interval
     return first if first == last else nj.span(first, last)
 
-
-def _address_element(version: int, interval: Interval) -> Any:
-    text = interval_text(version, interval)
-    if "/" in text:
-        address, length = text.split("/")
-        return nj.prefix(address, int(length))
-    if "-" in text:
-        first, last = text.split("-")
-        return nj.span(first, last)
-    return text

@@ -103,8 +103,7 @@ def statement(expr: dict[str, Any]) -> str:
     if kind in ("jump", "goto"):
         return f"{kind} {body['target']}"
     if kind == "vmap":
-        hex_keys = _is_mark(body["key"])
-        entries = ", ".join(f"{value(k, hex_keys)} : {statement(v)}" for k, v in body["data"]["set"])
+        entries = ", ".join(f"{_key_value(body['key'], k)} : {statement(v)}" for k, v in body["data"]["set"])
         return f"{expression(body['key'])} vmap {{ {entries} }}"
     if kind == "masquerade":
         return "masquerade"
@@ -168,6 +167,13 @@ def value(item: Any, hex_numbers: bool = False, quoted: bool = False) -> str:
             return expression(item)
         return expression(item)
     return json.dumps(item)
+
+
+def _key_value(key: Any, item: Any) -> str:
+    """A map key as its key expression's type wants it: marks in hex, interface names quoted."""
+    if isinstance(key, dict) and "concat" in key and isinstance(item, dict) and "concat" in item:
+        return " . ".join(_key_value(part, v) for part, v in zip(key["concat"], item["concat"]))
+    return value(item, _is_mark(key), _is_name(key))
 
 
 def _is_mark(expr: Any) -> bool:

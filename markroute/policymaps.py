@@ -1,0 +1,247 @@
+"""Merging runs of consecutive policies into one verdict-map lookup each.
+
+One nft rule per policy costs every new connection one rule evaluation per policy it
+passes, so 1,000 policies cost up to 1,000. Consecutive policies that test the same
+fields (only `from`, only `dport`, `from` + `dport`, ...) are instead compiled into one
+rule, `KEY vmap { ELEMENT : goto pol_N, ... }`, where KEY concatenates those fields: a
+single hash or interval lookup whatever the number of policies. Each `pol_N` chain
+holds the policy's own `counter` and its `comment "policy NAME"`, so status counters and
+the simulator see every policy as before.
+
+First match wins inside a run too: where the keys of several policies overlap, the
+overlap belongs to the earliest of them, and later policies keep only what is left
+(`first_match`), so the map's elements are disjoint, as nftables requires.
+
+Not merged (left as one rule each, see BENCHMARKS.md): policies with a `not:`, a
+policy using a `sets:` entry (its named set stays updatable element by element), a
+catch-all policy, DSCP combined with other fields (nft 1.0.6 lists such a map key in a
+form it cannot load again, which would break rollback), and policies whose key would
+take more than `MAX_ELEMENTS` elements.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from markroute import nftjson as nj
+from markroute.model import Match
+from markroute.values import PORT_PROTOCOLS, PROTOCOL_NAMES, Interval
+
+Expr = dict[str, Any]
+Box = tuple[Interval, ...]
+MAX_ELEMENTS = 4096
+IP_PAYLOAD = {4: "ip", 6: "ip6"}
+FIELDS = ("saddr", "daddr", "l4proto", "sport", "dport", "iif", "mac", "dscp")
+FAMILY_FIELDS = frozenset({"saddr", "daddr", "dscp"})
+
+
+@dataclass(frozen=True)
+class PolicyKey:
+    """What one policy contributes to a map for one IP family: its fields and key boxes."""
+
+    fields: tuple[str, ...]
+    boxes: tuple[Box, ...]
+
+
+def policy_key(match: Match, version: int) -> PolicyKey | None:
+    """The lookup key of `match` for IP `version`, or None when the policy must stay a rule."""
+    if match.negated is not None or match.is_empty:
+        return None
+    values: dict[str, list[Interval]] = {}
+    for addresses, name in ((match.src, "saddr"), (match.dst, "daddr")):
+        if addresses is not None:
+            if addresses.set_name is not None:
+                return None
+            values[name] = list(addresses.addresses.family(version))
+    protocols = match.protocols
+    if match.sports or match.dports:
+        protocols = (6, 17) if protocols is None else tuple(p for p in protocols if p in PORT_PROTOCOLS)
+    if protocols is not None:
+        values["l4proto"] = [(p, p) for p in protocols]
+    for intervals, name in ((match.sports, "sport"), (match.dports, "dport")):
+        if intervals:
+            values[name] = list(intervals)
+    if match.iifs:
+        values["iif"] = [(_name_number(i), _name_number(i)) for i in match.iifs]
+    if match.macs:
+        values["mac"] = [(_mac_number(m), _mac_number(m)) for m in match.macs]
+    if match.dscps:
+        values["dscp"] = [(d, d) for d in match.dscps]
+    fields = tuple(f for f in FIELDS if f in values)
+    if "dscp" in values and len(fields) > 1:
+        return None
+    lists = [values[f] for f in fields]
+    if any(not items for items in lists) or _product(len(items) for items in lists) > MAX_ELEMENTS:
+        return None
+    return PolicyKey(fields, tuple(itertools.product(*lists)))
+
+
+def first_match(keyed: Sequence[tuple[tuple[Box, ...], int]], join: bool) -> list[tuple[Box, int]]:
+    """Disjoint boxes, each with the first owner (in `keyed` order) whose boxes cover it.
+
+    With `join`, adjacent single-field pieces of one owner become one interval (addresses,
+    ports); names and other exact values must stay apart.
+    """
+    if keyed and keyed[0][0] and len(keyed[0][0][0]) == 1:
+        return [((interval,), owner) for interval, owner in _first_match_1d(keyed, join)]
+    taken: list[Box] = []
+    result: list[tuple[Box, int]] = []
+    for boxes, owner in keyed:
+        for box in boxes:
+            pieces = [box]
+            for earlier in taken:
+                if _overlaps(box, earlier):
+                    pieces = [part for piece in pieces for part in _subtract(piece, earlier)]
+                    if not pieces:
+                        break
+            result += [(piece, owner) for piece in pieces]
+        taken.extend(boxes)
+    return sorted(result)
+
+
+def _first_match_1d(keyed: Sequence[tuple[tuple[Box, ...], int]], join: bool) -> list[tuple[Interval, int]]:
+    """A sweep over all interval ends: at each point the live interval with the lowest rank wins."""
+    items = sorted((box[0][0], box[0][1], rank, owner) for rank, (boxes, owner) in enumerate(keyed) for box in boxes)
+    points = sorted({lo for lo, _, _, _ in items} | {hi + 1 for _, hi, _, _ in items})
+    live: list[tuple[int, int, int]] = []
+    result: list[tuple[Interval, int]] = []
+    index = 0
+    for point, following in zip(points, points[1:]):
+        while index < len(items) and items[index][0] <= point:
+            lo, hi, rank, owner = items[index]
+            heapq.heappush(live, (rank, hi, owner))
+            index += 1
+        while live and live[0][1] < point:
+            heapq.heappop(live)
+        if not live:
+            continue
+        owner = live[0][2]
+        if join and result and result[-1][1] == owner and result[-1][0][1] == point - 1:
+            result[-1] = ((result[-1][0][0], following - 1), owner)
+        else:
+            result.append(((point, following - 1), owner))
+    return result
+
+
+def _overlaps(a: Box, b: Box) -> bool:
+    return all(lo <= other_hi and other_lo <= hi for (lo, hi), (other_lo, other_hi) in zip(a, b))
+
+
+def _subtract(box: Box, other: Box) -> list[Box]:
+    """`box` minus `other` as disjoint boxes: per field, the parts of `box` outside `other`."""
+    if not _overlaps(box, other):
+        return [box]
+    pieces: list[Box] = []
+    current = list(box)
+    for axis, ((lo, hi), (other_lo, other_hi)) in enumerate(zip(box, other)):
+        if lo < other_lo:
+            pieces.append(tuple(current[:axis]) + ((lo, other_lo - 1),) + tuple(current[axis + 1:]))
+        if hi > other_hi:
+            pieces.append(tuple(current[:axis]) + ((other_hi + 1, hi),) + tuple(current[axis + 1:]))
+        current[axis] = (max(lo, other_lo), min(hi, other_hi))
+    return pieces
+
+
+def key_expression(fields: tuple[str, ...], version: int | None) -> Expr:
+    """The packet fields a map is keyed by, concatenated when there are several."""
+    parts = [_field_expression(f, version) for f in fields]
+    return parts[0] if len(parts) == 1 else {"concat": parts}
+
+
+def element(fields: tuple[str, ...], version: int | None, box: Box) -> Any:
+    """A map key in libnftables JSON for one disjoint box."""
+    parts = [_field_value(f, version, interval) for f, interval in zip(fields, box)]
+    return parts[0] if len(parts) == 1 else {"concat": parts}
+
+
+def port_guard(fields: tuple[str, ...], entries: Sequence[tuple[Box, int]]) -> list[Expr]:
+    """`meta l4proto { tcp, udp }` before a key with ports: `th dport` of other protocols is no port.
+
+    The map would miss such packets anyway (their protocol is part of the key); the guard
+    says so explicitly, so no reader (nor the simulator) has to reason about it.
+    """
+    if "sport" not in fields and "dport" not in fields:
+        return []
+    axis = fields.index("l4proto")
+    protocols = sorted({box[axis][0] for box, _ in entries})
+    return [nj.match(nj.meta("l4proto"), nj.setvalue([PROTOCOL_NAMES.get(p, p) for p in protocols]))]
+
+
+def family_specific(fields: tuple[str, ...]) -> bool:
+    return bool(FAMILY_FIELDS & set(fields))
+
+
+def joinable(fields: tuple[str, ...]) -> bool:
+    """Whether neighbouring values of the (single) field may be written as one range."""
+    return len(fields) == 1 and fields[0] in ("saddr", "daddr", "sport", "dport")
+
+
+def _field_expression(name: str, version: int | None) -> Expr:
+    if name in FAMILY_FIELDS:
+        assert version is not None
+        return nj.payload(IP_PAYLOAD[version], name)
+    return {
+        "l4proto": nj.meta("l4proto"),
+        "sport": nj.payload("th", "sport"),
+        "dport": nj.payload("th", "dport"),
+        "iif": nj.meta("iifname"),
+        "mac": nj.payload("ether", "saddr"),
+    }[name]
+
+
+def _field_value(name: str, version: int | None, interval: Interval) -> Any:
+    first, last = interval
+    if name in ("saddr", "daddr"):
+        assert version is not None
+        return address_element(version, interval)
+    if name == "l4proto":
+        return PROTOCOL_NAMES.get(first, first)
+    if name == "iif":
+        return _number_name(first)
+    if name == "mac":
+        return ":".join(f"{byte:02x}" for byte in first.to_bytes(6, "big"))
+    return first if first == last else nj.span(first, last)
+
+
+def address_element(version: int, interval: Interval) -> Any:
+    """An address interval as nft JSON: an address, a prefix, or a range (fast: no `ipaddress`)."""
+    first, last = interval
+    text = _ADDRESS_TEXT[version]
+    if first == last:
+        return text(first)
+    size = last - first + 1
+    if size & (size - 1) == 0 and first % size == 0:
+        return nj.prefix(text(first), (32 if version == 4 else 128) - size.bit_length() + 1)
+    return nj.span(text(first), text(last))
+
+
+_ADDRESS_TEXT: dict[int, Callable[[int], str]] = {
+    4: lambda n: socket.inet_ntop(socket.AF_INET, n.to_bytes(4, "big")),
+    6: lambda n: socket.inet_ntop(socket.AF_INET6, n.to_bytes(16, "big")),
+}
+IFNAME_BYTES = 16
+
+
+def _name_number(name: str) -> int:
+    """An interface name as a number (its bytes), so it takes part in `first_match` like any field."""
+    return int.from_bytes(name.encode().ljust(IFNAME_BYTES, b"\0"), "big")
+
+
+def _number_name(number: int) -> str:
+    return number.to_bytes(IFNAME_BYTES, "big").rstrip(b"\0").decode()
+
+
+def _mac_number(mac: str) -> int:
+    return int(mac.replace(":", ""), 16)
+
+
+def _product(counts: Any) -> int:
+    total = 1
+    for count in counts:
+        total *= count
+    return total

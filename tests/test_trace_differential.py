@@ -306,7 +306,7 @@ def pick(rng: random.Random, pool: tuple[str, ...]) -> str:
     """An address of the pool: a listed address, or a random one of a listed prefix."""
     choice = rng.choice(pool)
     if "/" not in choice:
-        return choice
+        return _norm(choice)
     network = ipaddress.ip_network(choice)
     return str(network[rng.randint(1, network.num_addresses - 2)])
 
@@ -559,25 +559,56 @@ SEED_004_RPDB = (
     ("rule", "add", "from", "10.0.0.2", "table", "101"),
 )
 
+DUAL_STACK = """
+uplinks:
+  isp_a: {interface: wan0, gateway: 10.0.0.1, gateway6: "2001:db8:0::1", nat: masquerade}
+  isp_b: {interface: wan1, gateway: 10.0.1.1, gateway6: "2001:db8:1::1", nat: masquerade}
+sets:
+  streaming: [198.18.0.0/16, "2001:db8:100:5::/64", 203.0.113.128/25]
+groups:
+  both:
+    balance: {isp_a: 1, isp_b: 3}
+  primary:
+    failover: [isp_a, isp_b]
+policies:
+  - {name: lan-to-lan, to: [192.168.0.0/16, "fd00::/8"], via: main}
+  - {name: streaming, to: "@streaming", via: isp_b}
+  - {name: voip, dscp: ef, via: primary}
+  - {name: ssh, from: [192.168.1.0/24, "fd00:1::/64"], proto: tcp, dport: 22, via: isp_a}
+  - {name: dns, from: [192.168.1.0/24, "fd00:1::/64"], proto: udp, dport: 53, via: isp_b}
+  - {name: mail, from: [192.168.1.0/24, "fd00:1::/64"], proto: tcp, dport: [25, 465, 587], via: isp_a}
+  - {name: v6-docs-net, to: "2001:db8:100::/48", via: isp_a}
+  - {name: not-web, from: 192.168.1.0/25, not: {proto: tcp, dport: [80, 443]}, via: isp_b}
+  - {name: rest, via: both}
+"""
+
 PUBLIC = ("203.0.113.10", "203.0.113.20", "203.0.113.0/24", "198.18.0.10", "198.18.0.0/15", "198.51.100.128/25",
           "192.0.2.0/24")
+PUBLIC6 = ("2001:db8:100::10", "2001:db8:100::/48", "2001:db8:100:5::/64", "2001:db8:77::/48")
 
 
 def router_scenario(lab: Lab, name: str, **kwargs: Any) -> tuple[Any, Scenario]:
     r = router_lab(lab, isps=2, **kwargs)
     lan_sources = (r.client_v4, *r.client_v4_extra[:4], "192.168.1.0/24", "192.168.1.12", "10.99.0.0/16")
-    entries = [Entry(r.rtr_lan_if, r.lan, "eth0", lan_sources + PUBLIC[:2])]
+    public = PUBLIC + (PUBLIC6 if r.ipv6 else ())
+    if r.ipv6:
+        lan_sources += (r.client_v6, "fd00:1::/64", "fd00:1::/64")
+    entries = [Entry(r.rtr_lan_if, r.lan, "eth0", lan_sources + public[:2])]
     for i, isp in enumerate(r.isps):
-        entries.append(Entry(r.rtr_wan_ifs[i], isp, "down0", PUBLIC + (f"10.0.{i}.1", "192.168.1.50")))
+        own = (f"10.0.{i}.1", "192.168.1.50") + ((f"2001:db8:{i}::1", "fd00:1::50") if r.ipv6 else ())
+        entries.append(Entry(r.rtr_wan_ifs[i], isp, "down0", public + own))
     if r.site is not None:
         entries.append(Entry("site0", r.site, "eth0", ("172.17.0.10", "172.17.0.0/16", "10.255.0.2")))
-    destinations = PUBLIC + (r.client_v4, "192.168.1.0/24", r.rtr_lan_v4, *r.rtr_wan_v4, r.isp_gw_v4[1],
+    destinations = public + (r.client_v4, "192.168.1.0/24", r.rtr_lan_v4, *r.rtr_wan_v4, r.isp_gw_v4[1],
                              "172.17.0.10", "172.17.0.0/16", "10.200.0.0/16")
-    scenario = Scenario(
-        name, r.rtr, tuple(entries), destinations,
-        local_sources=(r.rtr_lan_v4, *r.rtr_wan_v4) + ((r.rtr_site_v4,) if r.rtr_site_v4 else ()),
-        local_destinations=PUBLIC + (r.client_v4, "172.17.0.10", r.isp_gw_v4[0]),
-    )
+    local_sources = (r.rtr_lan_v4, *r.rtr_wan_v4) + ((r.rtr_site_v4,) if r.rtr_site_v4 else ())
+    local_destinations = PUBLIC + (r.client_v4, "172.17.0.10", r.isp_gw_v4[0])
+    if r.ipv6:
+        destinations += (*PUBLIC6, r.client_v6, "fd00:1::/64", r.rtr_lan_v6, *r.rtr_wan_v6)
+        local_sources += (r.rtr_lan_v6, *r.rtr_wan_v6)
+        local_destinations += (*PUBLIC6, r.client_v6)
+    scenario = Scenario(name, r.rtr, tuple(entries), destinations, local_sources=local_sources,
+                        local_destinations=local_destinations, ports=(22, 25, 53, 80, 443, 465, 587))
     return r, scenario
 
 
@@ -626,6 +657,13 @@ def test_seed_004_hand_written_ruleset(lab: Lab, run_scenario: Callable[..., dic
         lab.ip(r.rtr, *command)
     stats = run_scenario(scenario, None, seed=40, local=200)
     assert stats["balanced"] >= 300
+
+
+def test_dual_stack_groups_sets_and_merged_policies(lab: Lab, run_scenario: Callable[..., dict[str, int]]) -> None:
+    """Not a seed: IPv6 next to IPv4, a named set, DSCP, failover and balance groups, merged policy maps."""
+    _, scenario = router_scenario(lab, "dual stack", ipv6=True)
+    stats = run_scenario(scenario, DUAL_STACK, seed=6, local=200)
+    assert stats["balanced"] >= 100 and stats["replies"] > 100
 
 
 def test_seed_002_reply_via_second_router(lab: Lab, run_scenario: Callable[..., dict[str, int]]) -> None:

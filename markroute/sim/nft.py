@@ -47,6 +47,23 @@ class _Marker:
 
 BREAK = _Marker("BREAK")
 MISSING = _Marker("MISSING")
+UNKNOWN = _Marker("UNKNOWN")
+
+
+class Partial:
+    """A concatenation some of whose parts are not known; a set lookup may still decide it."""
+
+    __slots__ = ("parts", "reason")
+
+    def __init__(self, parts: tuple[Any, ...], reason: Indeterminate) -> None:
+        self.parts = parts
+        self.reason = reason
+
+    def decide(self, lookup: Lookup) -> bool:
+        """False when no element can match whatever the unknown parts are; else re-raise."""
+        if lookup.could_match(self.parts, UNKNOWN):
+            raise self.reason
+        return False
 
 
 class Verdict:
@@ -87,7 +104,7 @@ class Rule:
 
     @property
     def text(self) -> str:
-        return nfttext.rule_text({"expr": self.body.get("expr", [])})
+        return " ".join(_statement_text(expr) for expr in self.body.get("expr", []))
 
 
 @dataclass
@@ -275,10 +292,22 @@ def _rule_step(p: Packet, rule: Rule, verdict: Verdict | None, indeterminate: In
 
 
 def _text(expr: Any) -> str:
+    """An expression as nft text; its JSON where the renderer does not know its shape."""
     try:
         return nfttext.expression(expr) if isinstance(expr, dict) else nfttext.value(expr)
-    except (KeyError, TypeError, ValueError, StopIteration):
+    except (KeyError, TypeError, ValueError, StopIteration, AttributeError):
         return json.dumps(expr, sort_keys=True)
+
+
+def _statement_text(expr: Any) -> str:
+    try:
+        return nfttext.statement(expr)
+    except (KeyError, TypeError, ValueError, StopIteration, AttributeError):
+        return json.dumps(expr, sort_keys=True)
+
+
+def _is_set(right: Any) -> bool:
+    return isinstance(right, str) and right.startswith("@") or isinstance(right, dict) and "set" in right
 
 
 def _unknown(what: str, why: str) -> Getter:
@@ -304,7 +333,7 @@ class Compiler:
             try:
                 op = self.statement(expr)
             except (UnsupportedValue, KeyError, TypeError, ValueError, StopIteration) as exc:
-                op = _unknown(nfttext.statement(expr) if isinstance(expr, dict) else str(expr), f"not modelled ({exc})")
+                op = _unknown(_statement_text(expr), f"not modelled ({exc})")
             if op is not None:
                 ops.append(op)
         return tuple(ops)
@@ -335,8 +364,7 @@ class Compiler:
             def notrack(p: Packet) -> None:
                 p.untracked = True
             return notrack
-        text = nfttext.statement(expr)
-        return _unknown(text, f"the '{kind}' statement is not modelled")
+        return _unknown(_statement_text(expr), f"the '{kind}' statement is not modelled")
 
     def target(self, name: str) -> Chain:
         chain = self.ruleset.chains.get((self.chain.family, self.chain.table, name))
@@ -358,11 +386,19 @@ class Compiler:
         right = body["right"]
         text = f"{left.text} {op} {_text(right)}"
         test = self.test(left, op, right)
+        lookup = self.set_lookup(left.dtype, right) if _is_set(right) else None
         get = left.get
 
         def match(p: Packet) -> Any:
             value = get(p)
-            if value is MISSING or not test(value):
+            if value is MISSING:
+                return BREAK
+            if type(value) is Partial:
+                if lookup is None:
+                    raise value.reason
+                found = value.decide(lookup)
+                return None if found == (op != "!=") else BREAK
+            if not test(value):
                 return BREAK
             return None
 
@@ -373,7 +409,7 @@ class Compiler:
         """The comparison of a match, as a predicate on the left value."""
         if isinstance(right, bool):
             return lambda v: bool(v) == right
-        if isinstance(right, str) and right.startswith("@") or isinstance(right, dict) and "set" in right:
+        if _is_set(right):
             lookup = self.set_lookup(left.dtype, right)
             if op == "!=":
                 return lambda v: lookup.find(v) < 0
@@ -436,7 +472,7 @@ class Compiler:
 
         def vmap(p: Packet) -> Any:
             value = get(p)
-            if value is MISSING:
+            if value is MISSING or type(value) is Partial and not value.decide(lookup):
                 return BREAK
             index = lookup.find(value)
             if index < 0:
@@ -503,7 +539,7 @@ class Compiler:
             else:
                 address = self.constant_address(addr, version)
         port = self.nat_port(body.get("port"))
-        text = nfttext.statement({kind: body or None})
+        text = _statement_text({kind: body or None})
         get = address.get if address is not None else None
 
         def nat(p: Packet) -> Any:
@@ -562,8 +598,17 @@ class Compiler:
             getters = [part.get for part in parts]
 
             def concat(p: Packet) -> Any:
-                values = tuple(g(p) for g in getters)
-                return MISSING if MISSING in values else values
+                values: list[Any] = []
+                unknown: Indeterminate | None = None
+                for g in getters:
+                    try:
+                        value = g(p)
+                    except Indeterminate as exc:
+                        unknown, value = exc, UNKNOWN
+                    if value is MISSING:
+                        return MISSING
+                    values.append(value)
+                return tuple(values) if unknown is None else Partial(tuple(values), unknown)
 
             return Value(concat, tuple(part.dtype for part in parts), text)
         if kind == "map":
@@ -587,7 +632,7 @@ class Compiler:
 
         def mapped(p: Packet) -> Any:
             value = get(p)
-            if value is MISSING:
+            if value is MISSING or type(value) is Partial and not value.decide(lookup):
                 return MISSING
             index = lookup.find(value)
             return values[index] if index >= 0 else MISSING

@@ -65,6 +65,13 @@ class Lookup:
                     return index
         return -1
 
+    def could_match(self, parts: tuple[Any, ...], unknown: object) -> bool:
+        """Whether some element matches a concatenation whose `unknown` parts could be anything."""
+        keys = [key for key in self.exact if isinstance(key, tuple)] + [key for key, _ in self.tuples]
+        return any(
+            all(v is unknown or _part_matches(part, v) for part, v in zip(key, parts)) for key in keys
+        )
+
     def partition(self, first: int, last: int) -> list[tuple[int, int]]:
         """[first, last] grouped by the element `find` gives: (how many values, element index or -1)."""
         cuts = {first, last + 1}

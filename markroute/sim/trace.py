@@ -150,7 +150,7 @@ class Simulator:
 
     # -- exploring every outcome ----------------------------------------------------------
 
-    def explore(self, flow: Flow, record: bool = True) -> list[Leaf]:
+    def explore(self, flow: Flow, record: bool = True, with_reply: bool = True) -> list[Leaf]:
         """Every distinct walk of `flow`, one per combination of numgen/multipath choices."""
         leaves: list[Leaf] = []
         pending: list[tuple[int, ...]] = [()]
@@ -158,7 +158,7 @@ class Simulator:
             prefix = pending.pop()
             script = _Script(prefix)
             steps: list[dict[str, Any]] | None = [] if record else None
-            outcome = self.walk(flow, script, steps)
+            outcome = self.walk(flow, script, steps, with_reply)
             for position in range(len(prefix), len(script.taken)):
                 weights = script.points[position][0]
                 for alternative in range(len(weights) - 1, 0, -1):
@@ -188,12 +188,16 @@ class Simulator:
 
     # -- one walk -----------------------------------------------------------------------
 
-    def walk(self, flow: Flow, choose: Choose, record: Record = None) -> Outcome:
-        """One walk of the flow's first packet (and, with `flow.reply`, of its reply)."""
+    def walk(self, flow: Flow, choose: Choose, record: Record = None, with_reply: bool = True) -> Outcome:
+        """One walk of the flow's first packet (and, with `flow.reply`, of its reply).
+
+        For a first packet the reply is walked too (unless `with_reply` is False), to
+        tell where it would go and whether rp_filter would drop it.
+        """
         conn = Conntrack(flow.src, flow.dst, flow.sport, flow.dport)
         p = Packet.first(flow, choose)
         original = self._run(p, conn, record, "original" if flow.reply else None)
-        if original.verdict not in ("forward", "local"):
+        if original.verdict not in ("forward", "local") or not (with_reply or flow.reply):
             if flow.reply:
                 original.reason = f"the original packet never got through: {original.reason}"
             return original

@@ -1,0 +1,239 @@
+"""Which policies no packet reaches and which uplinks no new connection uses, by simulation.
+
+`markroute check` asks this of a compiled plan. The answer comes from the same
+interpreter `trace` uses, run on witness packets: every field a rule compares (source,
+destination, protocol, ports, ingress interface, MAC, DSCP, family) takes values from
+the ruleset's own constants (each interval's ends and the values just outside them)
+plus one value no rule mentions. Two packets whose fields fall in the same pieces of
+that partition are treated alike by every plain comparison, so these witnesses stand
+for all packets; each policy also gets witnesses built from its own constants first.
+
+It is a search, not a proof: a policy is reported when none of the witnesses (at most
+`BUDGET` per policy) reaches it. Routing is not consulted (policies decide before
+routing), so the host is modelled as owning none of the witnesses' addresses.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from markroute.plan import FAMILY_NAMES, Plan
+from markroute.sim.datatypes import Span, UnsupportedValue, parse
+from markroute.sim.nft import Ruleset
+from markroute.sim.packet import Flow
+from markroute.sim.rpdb import Rpdb
+from markroute.sim.system import KERNEL_RULES, Host, System
+from markroute.sim.trace import Simulator
+
+BUDGET = 3000
+WITNESS_MAC = "02:00:5e:00:53:99"
+WITNESS_IIF = "witness0"
+FIELDS = {
+    ("ip", "saddr"): "src4", ("ip", "daddr"): "dst4", ("ip6", "saddr"): "src6", ("ip6", "daddr"): "dst6",
+    ("ip", "dscp"): "dscp", ("ip6", "dscp"): "dscp", ("ip", "protocol"): "proto", ("ip6", "nexthdr"): "proto",
+    ("ether", "saddr"): "mac",
+}
+DTYPES = {"src4": "ipv4_addr", "dst4": "ipv4_addr", "src6": "ipv6_addr", "dst6": "ipv6_addr", "dscp": "dscp",
+          "proto": "inet_proto", "sport": "inet_service", "dport": "inet_service", "iif": "ifname",
+          "mac": "ether_addr", "version": "nf_proto"}
+DEFAULTS: dict[str, list[Any]] = {
+    "src4": [int(ipaddress.ip_address("192.0.2.1"))], "dst4": [int(ipaddress.ip_address("198.51.100.1"))],
+    "src6": [int(ipaddress.ip_address("2001:db8::1"))], "dst6": [int(ipaddress.ip_address("2001:db8:ffff::1"))],
+    "dscp": [0], "proto": [6, 17, 1, 58], "sport": [40000], "dport": [443], "iif": [WITNESS_IIF],
+    "mac": [WITNESS_MAC], "version": [4, 6],
+}
+LIMITS = {"src4": 2**32 - 1, "dst4": 2**32 - 1, "src6": 2**128 - 1, "dst6": 2**128 - 1, "dscp": 63,
+          "sport": 65535, "dport": 65535, "proto": 255}
+
+
+@dataclass
+class Candidates:
+    """Witness values per field: all the ruleset's, and those of each commented rule (policy, ingress)."""
+
+    common: dict[str, set[Any]] = field(default_factory=lambda: {k: set(v) for k, v in DEFAULTS.items()})
+    own: dict[str, dict[str, set[Any]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Reach:
+    """What the witness search found: policies nothing reaches, uplinks nothing is marked for."""
+
+    unreachable_policies: list[str]
+    unused_uplinks: list[str]
+
+
+def reachability(plan: Plan) -> Reach:
+    """Both answers from one search; `unreachable_policies` and `unused_uplinks` each run one.
+
+    An uplink counts as used when some new connection gets its mark: chosen by a
+    policy, a balance group, or its own ingress rule (replies to connections it brought
+    in). A failover member behind an active one is listed as unused, as it is until a
+    failover; the caller, which knows the groups, may say so.
+    """
+    reached, marks = _search(plan)
+    return Reach(
+        unreachable_policies=[name for name in dict.fromkeys(plan.policies) if name not in reached],
+        unused_uplinks=[u.name for u in plan.uplinks if u.mark not in marks],
+    )
+
+
+def unreachable_policies(plan: Plan) -> list[str]:
+    """Names of the plan's policies that no witness packet reaches, in config order."""
+    return reachability(plan).unreachable_policies
+
+
+def unused_uplinks(plan: Plan) -> list[str]:
+    """Names of uplinks no witness's new connection is marked for (see `reachability`)."""
+    return reachability(plan).unused_uplinks
+
+
+def _search(plan: Plan) -> tuple[set[str], set[int]]:
+    """Run witnesses until every policy and uplink mark is seen, or the budgets are spent."""
+    system = _system(plan)
+    simulator = Simulator(Ruleset(plan.nft_document(), system), system)
+    candidates = _candidates(plan.nft_document())
+    reached: set[str] = set()
+    marks: set[int] = set()
+    wanted_marks = {u.mark for u in plan.uplinks}
+    rng = random.Random(0)
+    targets = [None] + [f"policy {p}" for p in plan.policies] + [f"ingress {u.name}" for u in plan.uplinks]
+    for target in targets:
+        for flow in itertools.islice(_witnesses(candidates, target, rng), BUDGET):
+            for leaf in simulator.explore(flow, record=False, with_reply=False):
+                outcome = leaf.path.outcome
+                if outcome.policy is not None:
+                    reached.add(outcome.policy)
+                marks.add(outcome.mark & plan.mask)
+            if set(plan.policies) <= reached and wanted_marks <= marks:
+                return reached, marks
+            if target is not None and target.startswith("policy ") and target[len("policy "):] in reached:
+                break
+    return reached, marks
+
+
+def _system(plan: Plan) -> System:
+    """A host that owns none of the witnesses' addresses and routes everything by main."""
+    rules = [dict(r.to_json(), family=FAMILY_NAMES[r.version]) for r in plan.rules]
+    rules += [dict(r, family=f) for r in KERNEL_RULES for f in ("inet", "inet6")]
+    routes: list[dict[str, Any]] = [dict(r.to_json(), family=FAMILY_NAMES[r.version]) for r in plan.routes]
+    routes += [{"family": f, "dst": "default", "dev": WITNESS_IIF} for f in ("inet", "inet6")]
+    routes += [{"family": "inet", "type": "local", "dst": "127.0.0.0/8", "dev": "lo", "table": "local"},
+               {"family": "inet6", "type": "local", "dst": "::1", "dev": "lo", "table": "local"}]
+    host = Host(links={}, sysctls={s.path: s.value for s in plan.sysctls}, source="config")
+    return System(Rpdb(rules, routes), host)
+
+
+def _candidates(document: dict[str, Any]) -> Candidates:
+    """Every constant the rules compare a field with, also filed under the rule's comment.
+
+    A policy merged into a verdict map (`KEY vmap { ELEMENT : goto pol_N }`) owns the
+    elements that lead to its chain, whose rule carries its comment.
+    """
+    found = Candidates()
+    objects = document["nftables"]
+    sets = {(o["set"]["table"], o["set"]["name"]): o["set"].get("elem", []) for o in objects if "set" in o}
+    owner = {o["rule"]["chain"]: str(o["rule"]["comment"]) for o in objects
+             if "rule" in o and str(o["rule"].get("comment", "")).startswith("policy ")}
+
+    def add(name: str | None, right: Any, label: str) -> None:
+        if name is None:
+            return
+        if isinstance(right, str) and right.startswith("@"):
+            right = {"set": sets.get((body["table"], right[1:]), [])}
+        for value in _values(name, right):
+            found.common[name].add(value)
+            if label:
+                found.own.setdefault(label, {}).setdefault(name, set()).add(value)
+
+    for obj in objects:
+        body = obj.get("rule")
+        if body is None:
+            continue
+        label = str(body.get("comment", ""))
+        for expr in body.get("expr", []):
+            if "match" in expr:
+                add(_field(expr["match"]["left"]), expr["match"]["right"], label)
+            elif "vmap" in expr and isinstance(expr["vmap"]["data"], dict):
+                key = expr["vmap"]["key"]
+                names = [_field(part) for part in key["concat"]] if "concat" in key else [_field(key)]
+                for element, verdict in expr["vmap"]["data"]["set"]:
+                    target = next(iter(verdict.values()), None)
+                    element_label = owner.get(target["target"], label) if isinstance(target, dict) else label
+                    parts = element["concat"] if isinstance(element, dict) and "concat" in element else [element]
+                    for name, part in zip(names, parts):
+                        add(name, part, element_label)
+    return found
+
+
+def _field(left: Any) -> str | None:
+    if not isinstance(left, dict):
+        return None
+    if "payload" in left:
+        body = left["payload"]
+        key = (body.get("protocol"), body.get("field"))
+        if key[1] in ("sport", "dport") and key[0] in ("tcp", "udp", "sctp", "th", "udplite", "dccp"):
+            return str(key[1])
+        return FIELDS.get(key)  # type: ignore[arg-type]
+    if "meta" in left:
+        return {"l4proto": "proto", "iifname": "iif", "iif": "iif", "nfproto": "version"}.get(left["meta"]["key"])
+    return None
+
+
+def _values(name: str, right: Any) -> Iterator[Any]:
+    """Each constant's own value(s) and, for numbers, the values just outside its interval."""
+    elements = right["set"] if isinstance(right, dict) and "set" in right else [right]
+    for element in elements if isinstance(elements, list) else [elements]:
+        try:
+            value = parse(DTYPES[name], element)
+        except (UnsupportedValue, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(value, Span):
+            limit = LIMITS.get(name)
+            for point in (value.lo, value.hi, (value.lo + value.hi) // 2, value.lo - 1, value.hi + 1):
+                if limit is None or 0 <= point <= limit:
+                    yield point
+        elif isinstance(value, int) and name in LIMITS:
+            yield from (v for v in (value, value - 1, value + 1) if 0 <= v <= LIMITS[name])
+        elif isinstance(value, str) and name == "iif" and value.endswith("*"):
+            yield value[:-1] + "0"
+        else:
+            yield value
+
+
+def _witnesses(candidates: Candidates, label: str | None, rng: random.Random) -> Iterator[Flow]:
+    """Witness flows: first from the rule's own constants (by its comment), then from all of the ruleset's."""
+    own = candidates.own.get(label or "", {})
+    pools = [{k: sorted(own.get(k) or v, key=str) for k, v in candidates.common.items()}] if own else []
+    pools.append({k: sorted(v, key=str) for k, v in candidates.common.items()})
+    for pool in pools:
+        yield from _corners(pool)
+    pool = pools[-1]
+    while True:
+        yield from _flows({k: rng.choice(v) for k, v in pool.items()})
+
+
+def _corners(pool: dict[str, list[Any]]) -> Iterator[Flow]:
+    """For each field in turn, each of its values, all other fields at their first value."""
+    base = {k: v[0] for k, v in pool.items()}
+    yield from _flows(base)
+    for name, values in pool.items():
+        for value in values[1:]:
+            yield from _flows(dict(base, **{name: value}))
+
+
+def _flows(values: dict[str, Any]) -> Iterator[Flow]:
+    version = values["version"]
+    proto = values["proto"]
+    if proto == 1 and version == 6 or proto == 58 and version == 4:
+        proto = 58 if version == 6 else 1
+    ports = proto in (6, 17, 132)
+    common = dict(version=version, src=values[f"src{version}"], dst=values[f"dst{version}"], proto=proto,
+                  sport=values["sport"] if ports else None, dport=values["dport"] if ports else None,
+                  dscp=values["dscp"])
+    yield Flow(iif=values["iif"], mac=values["mac"], **common)
+    yield Flow(local=True, **common)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from markroute import nfttext
-from markroute.plan import FAMILY_NAMES, Plan
+from markroute.plan import FAMILY_NAMES, SOURCE_RULE_OFFSET, Plan
 
 
 def plan_text(plan: Plan) -> str:
@@ -15,7 +15,7 @@ def plan_text(plan: Plan) -> str:
         if uplink.source_rules:
             for version in uplink.versions:
                 lines.append(
-                    f"{FAMILY_NAMES[version]:6} {plan.rule_priority}: from <each {FAMILY_NAMES[version]} address of "
+                    f"{FAMILY_NAMES[version]:6} {plan.rule_priority + SOURCE_RULE_OFFSET}: from <each {FAMILY_NAMES[version]} address of "
                     f"{uplink.interface}, at apply> lookup {uplink.table}"
                 )
     lines += ["", "# routes"]

@@ -16,8 +16,10 @@ import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from ruamel.yaml import YAML
 
 from markroute.lab import (
     AddressGuardError,
@@ -154,6 +156,8 @@ def test_point_to_point_isp_needs_no_gateway(lab: Lab) -> None:
     assert r.p2p == (1,)
     flags = json.loads(lab.ip(r.rtr, "-j", "link", "show", r.rtr_wan_ifs[1]).stdout)[0]["flags"]
     assert "NOARP" in flags
+    uplinks = YAML(typ="safe").load(r.uplinks_yaml(["a", "b"]))["uplinks"]
+    assert uplinks["a"]["gateway"] == r.isp_gw_v4[0] and "gateway" not in uplinks["b"]
     lab.serve_echo(r.net, PORT)
     lab.route(r.rtr, "default", "dev", r.rtr_wan_ifs[1], "table", "200")
     lab.ip(r.rtr, "rule", "add", "to", r.server_alt, "lookup", "200", "priority", "100")
@@ -292,24 +296,15 @@ def test_two_routers_host_goes_out_through_r1(lab: Lab) -> None:
 
 # -- multihomed_lab -----------------------------------------------------------------
 
-_OBSERVE_REPLIES = """
-table inet observe {
-    counter via_eth0 {}
-    counter via_eth1 {}
-    chain output {
-        type filter hook output priority 0; policy accept;
-        ip daddr 203.0.113.7 oifname "eth0" counter name "via_eth0"
-        ip daddr 203.0.113.7 oifname "eth1" counter name "via_eth1"
-    }
-}
-"""
-
-
 @pytest.mark.kernel
-def test_multihomed_reproduces_seed_003(lab: Lab) -> None:
+def test_multihomed_reproduces_seed_003(lab: Lab, packet_counters: Callable[..., Any]) -> None:
     m = multihomed_lab(lab)
     lab.serve_echo(m.host, PORT)
-    lab.nft(m.host, _OBSERVE_REPLIES)
+    replies = packet_counters(
+        m.host,
+        "output",
+        {f"via_{ifname}": f'ip daddr {m.monitoring} oifname "{ifname}"' for ifname in ("eth0", "eth1")},
+    )
 
     def reach(address: str) -> int:
         result = lab.probe(m.net, "tcp", address, PORT, bind=m.monitoring, count=3, timeout=1)
@@ -319,8 +314,8 @@ def test_multihomed_reproduces_seed_003(lab: Lab) -> None:
     # rp_filter off: the FTP address answers, but every reply leaves by eth0
     # (static route for the monitoring subnet), never by eth1 where it came in.
     reach(m.host_ftp)
-    assert lab.nft_counter(m.host, "inet", "observe", "via_eth1") == 0
-    assert lab.nft_counter(m.host, "inet", "observe", "via_eth0") > 0
+    assert replies["via_eth1"] == 0
+    assert replies["via_eth0"] > 0
     route = lab.ip(m.host, "route", "get", m.monitoring, "from", m.host_ftp).stdout
     assert f"dev {m.host_mgmt_if}" in route
     # Strict rp_filter drops monitoring traffic that arrives on eth1.

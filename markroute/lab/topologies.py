@@ -212,6 +212,20 @@ class RouterLab:
                 return addresses.index(seen)
         return None
 
+    def uplinks_yaml(self, names: Sequence[str]) -> str:
+        """markroute's ``uplinks:`` section for ISPs 0.. named *names*, all masquerading.
+
+        Gateways of both families when the lab has IPv6; none on point-to-point links.
+        """
+        lines = ["uplinks:"]
+        for i, name in enumerate(names):
+            lines += [f"  {name}:", f"    interface: {self.rtr_wan_ifs[i]}"]
+            if i not in self.p2p:
+                lines.append(f"    gateway: {self.isp_gw_v4[i]}")
+                lines += [f"    gateway6: {self.isp_gw_v6[i]}"] if self.ipv6 else []
+            lines.append("    nat: masquerade")
+        return "\n".join(lines) + "\n"
+
     def isp_counts(self, seen: Mapping[str, int]) -> dict[int | None, int]:
         """Flows per ISP index (None: not NATed by any ISP) from a probe's ``seen``."""
         counts: dict[int | None, int] = {}

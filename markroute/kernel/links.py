@@ -17,6 +17,7 @@ from markroute.plan import LinkState, Route
 
 IFF_UP = 0x1
 IFF_LOWER_UP = 0x10000
+COUNTER_KEYS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes")
 
 
 @dataclass(frozen=True)
@@ -79,3 +80,13 @@ def link_state(rpdb: Rpdb, known: dict[str, Link] | None = None) -> LinkState:
         addresses={name: tuple((v, a) for v, a, _ in link.addresses) for name, link in interfaces.items()},
         connected=tuple(connected),
     )
+
+
+def interface_counters(rpdb: Rpdb) -> dict[str, dict[str, int]]:
+    """Packets and bytes received and sent by every interface (the kernel's 64-bit counters)."""
+    found: dict[str, dict[str, int]] = {}
+    for msg in rpdb.ipr.get_links():
+        stats = msg.get_attr("IFLA_STATS64")
+        if stats is not None:
+            found[msg.get_attr("IFLA_IFNAME")] = {key: int(stats[key]) for key in COUNTER_KEYS}
+    return found

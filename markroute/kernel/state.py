@@ -24,6 +24,8 @@ from markroute.plan import IpRule, Route, UplinkPlan
 
 RUN_DIR = Path("/run/markroute")
 FORMAT = 1
+STATE_RECORD = "state.json"
+DAEMON_RECORD = "daemon.json"  # written by `markroute run` (markroute.daemon.record)
 
 
 @dataclass
@@ -62,7 +64,7 @@ def directory(netns: str | None) -> Path:
 
 
 def load(netns: str | None) -> State | None:
-    path = directory(netns) / "state.json"
+    path = directory(netns) / STATE_RECORD
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -78,22 +80,29 @@ def load(netns: str | None) -> State | None:
 
 
 def save(netns: str | None, state: State) -> None:
+    write(netns, STATE_RECORD, state.to_json())
+
+
+def write(netns: str | None, name: str, data: dict[str, Any]) -> None:
+    """Write one JSON record of the namespace atomically: a temporary file, then rename."""
     target = directory(netns)
     target.mkdir(parents=True, exist_ok=True)
-    temporary = target / f".state.json.{os.getpid()}"
+    temporary = target / f".{name}.{os.getpid()}"
     try:
         with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(state.to_json(), handle, indent=1)
+            json.dump(data, handle, indent=1)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temporary, target / "state.json")
+        os.replace(temporary, target / name)
     except OSError as exc:
         temporary.unlink(missing_ok=True)
         raise KernelError(f"cannot record state in {target}: {exc.strerror}") from exc
 
 
 def remove(netns: str | None) -> None:
-    (directory(netns) / "state.json").unlink(missing_ok=True)
+    """Forget what was installed, and the daemon's view of the uplinks it installed (`DAEMON_RECORD`)."""
+    for name in (STATE_RECORD, DAEMON_RECORD):
+        (directory(netns) / name).unlink(missing_ok=True)
 
 
 @contextmanager
@@ -110,7 +119,7 @@ def locked(netns: str | None) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_EX)
             yield
     finally:
-        if netns and not (target / "state.json").exists():
+        if netns and not (target / STATE_RECORD).exists():
             (target / "lock").unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 target.rmdir()

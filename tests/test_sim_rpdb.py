@@ -170,7 +170,7 @@ def test_suppress_prefixlength_rejects_routes_no_more_specific_than_it() -> None
 
 
 def test_longest_prefix_then_lowest_metric() -> None:
-    routes = [
+    routes: list[dict[str, Any]] = [
         {"dst": "10.0.0.0/8", "dev": "a0"},
         {"dst": "10.1.0.0/16", "dev": "b0", "metric": 20},
         {"dst": "10.1.0.0/16", "dev": "c0", "metric": 10},

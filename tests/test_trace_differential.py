@@ -389,7 +389,7 @@ def compare(scenario: Scenario, simulator: Simulator, flows: list[Flow], seen: M
                              flow.mac, flow.dscp)
         record = seen.get(flow.key)
         kernel = kernel_outcome(record, "original")
-        paths = {}
+        paths: dict[tuple[Any, ...], Fraction] = {}
         for leaf in simulator.explore(question, record=False):
             outcome = leaf.path.outcome
             assert outcome.verdict != "indeterminate", f"{scenario.name} flow {flow}: {outcome.reason}"
@@ -497,8 +497,11 @@ policies:
     via: wans
 """
 
-# Seed 004's own nftables ruleset, made valid (`ct mark set meta mark` once per rule,
-# the map's 4-10 kept as written) and loaded as the seed wrote it: table ip my_nat.
+# Seed 004's own nftables ruleset and ip rules/routes, made valid (`ct mark set meta mark`
+# once per rule, the map's 4-10 kept as written) and renamed for the lab: eth0 -> lan0,
+# eth1 (192.168.0.109, gw .1) -> wan0 (10.0.0.2, gw .1), eth2 (192.168.29.2) -> wan1
+# (10.0.1.2). Kept as written, too: table 100 routes via eth1/wan0 while mark 100 is
+# SNATed to eth2's/wan1's address.
 SEED_004_NFT = """
 table ip my_nat {
     chain my_filter {
@@ -551,8 +554,8 @@ table ip my_nat {
 }
 """
 SEED_004_RPDB = (
-    ("route", "add", "table", "100", "default", "dev", "wan1", "via", "10.0.1.1"),
-    ("route", "add", "table", "101", "default", "dev", "wan0", "via", "10.0.0.1"),
+    ("route", "add", "table", "100", "default", "dev", "wan0", "via", "10.0.0.1"),
+    ("route", "add", "table", "101", "default", "dev", "wan1", "via", "10.0.1.1"),
     ("rule", "add", "fwmark", "100", "table", "100"),
     ("rule", "add", "fwmark", "101", "table", "101"),
     ("rule", "add", "from", "10.0.1.2", "table", "100"),
@@ -589,9 +592,11 @@ PUBLIC6 = ("2001:db8:100::10", "2001:db8:100::/48", "2001:db8:100:5::/64", "2001
 
 def router_scenario(lab: Lab, name: str, **kwargs: Any) -> tuple[Any, Scenario]:
     r = router_lab(lab, isps=2, **kwargs)
-    lan_sources = (r.client_v4, *r.client_v4_extra[:4], "192.168.1.0/24", "192.168.1.12", "10.99.0.0/16")
+    lan_sources: tuple[str, ...] = (r.client_v4, *r.client_v4_extra[:4], "192.168.1.0/24", "192.168.1.12",
+                                    "10.99.0.0/16")
     public = PUBLIC + (PUBLIC6 if r.ipv6 else ())
     if r.ipv6:
+        assert r.client_v6 is not None and r.rtr_lan_v6 is not None
         lan_sources += (r.client_v6, "fd00:1::/64", "fd00:1::/64")
     entries = [Entry(r.rtr_lan_if, r.lan, "eth0", lan_sources + public[:2])]
     for i, isp in enumerate(r.isps):
@@ -599,11 +604,11 @@ def router_scenario(lab: Lab, name: str, **kwargs: Any) -> tuple[Any, Scenario]:
         entries.append(Entry(r.rtr_wan_ifs[i], isp, "down0", public + own))
     if r.site is not None:
         entries.append(Entry("site0", r.site, "eth0", ("172.17.0.10", "172.17.0.0/16", "10.255.0.2")))
-    destinations = public + (r.client_v4, "192.168.1.0/24", r.rtr_lan_v4, *r.rtr_wan_v4, r.isp_gw_v4[1],
-                             "172.17.0.10", "172.17.0.0/16", "10.200.0.0/16")
-    local_sources = (r.rtr_lan_v4, *r.rtr_wan_v4) + ((r.rtr_site_v4,) if r.rtr_site_v4 else ())
-    local_destinations = PUBLIC + (r.client_v4, "172.17.0.10", r.isp_gw_v4[0])
-    if r.ipv6:
+    destinations: tuple[str, ...] = public + (r.client_v4, "192.168.1.0/24", r.rtr_lan_v4, *r.rtr_wan_v4,
+                                              r.isp_gw_v4[1], "172.17.0.10", "172.17.0.0/16", "10.200.0.0/16")
+    local_sources: tuple[str, ...] = (r.rtr_lan_v4, *r.rtr_wan_v4) + ((r.rtr_site_v4,) if r.rtr_site_v4 else ())
+    local_destinations: tuple[str, ...] = PUBLIC + (r.client_v4, "172.17.0.10", r.isp_gw_v4[0])
+    if r.client_v6 is not None and r.rtr_lan_v6 is not None:
         destinations += (*PUBLIC6, r.client_v6, "fd00:1::/64", r.rtr_lan_v6, *r.rtr_wan_v6)
         local_sources += (r.rtr_lan_v6, *r.rtr_wan_v6)
         local_destinations += (*PUBLIC6, r.client_v6)

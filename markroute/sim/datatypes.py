@@ -9,7 +9,6 @@ matched with a comparison or a bisect instead of re-parsing text per packet.
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from typing import Any, NamedTuple
 
@@ -112,8 +111,21 @@ def _prefix(dtype: str, body: dict[str, Any]) -> Span:
     bits = ADDRESS_BITS.get(dtype)
     if bits is None:
         raise UnsupportedValue(f"prefix of a {dtype} value")
-    network = ipaddress.ip_network(f"{body['addr']}/{body['len']}", strict=False)
-    return Span(int(network.network_address), int(network.broadcast_address))
+    length = int(body["len"])
+    if not 0 <= length <= bits:
+        raise UnsupportedValue(f"prefix length {length} of a {dtype} value")
+    host = (1 << (bits - length)) - 1
+    first = _address(dtype, body["addr"]) & ~host
+    return Span(first, first | host)
+
+
+def _address(dtype: str, text: Any) -> int:
+    """An address as an integer; inet_pton, because sets of 100,000 prefixes parse every one."""
+    family = socket.AF_INET if dtype == "ipv4_addr" else socket.AF_INET6
+    try:
+        return int.from_bytes(socket.inet_pton(family, str(text)), "big")
+    except (OSError, ValueError):
+        raise UnsupportedValue(f"'{text}' is not an {dtype}") from None
 
 
 def _scalar(dtype: str, item: Any) -> Any:
@@ -122,13 +134,7 @@ def _scalar(dtype: str, item: Any) -> Any:
             return item
         return int(item)
     if dtype in ADDRESS_BITS:
-        try:
-            address = ipaddress.ip_address(str(item))
-        except ValueError:
-            raise UnsupportedValue(f"'{item}' is not an address") from None
-        if address.max_prefixlen != ADDRESS_BITS[dtype]:
-            raise UnsupportedValue(f"'{item}' is not an {dtype}")
-        return int(address)
+        return _address(dtype, item)
     if dtype in STRING_TYPES:
         if not isinstance(item, str):
             raise UnsupportedValue(f"{item!r} as {dtype}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from markroute import nfttext
@@ -102,7 +103,7 @@ class Rule:
         comment = self.body.get("comment")
         return str(comment) if comment is not None else None
 
-    @property
+    @cached_property
     def text(self) -> str:
         return " ".join(_statement_text(expr) for expr in self.body.get("expr", []))
 
@@ -240,7 +241,7 @@ class Ruleset:
                 return ACCEPT if base.policy == "accept" else Verdict("drop", reason=f"policy drop of {base.label}")
             rule = rules[index]
             index += 1
-            verdict = None
+            verdict: Any = None
             try:
                 for op in rule.ops:
                     verdict = op(p)
@@ -260,7 +261,8 @@ class Ruleset:
                 continue
             kind = verdict.kind
             if kind == "accept" or kind == "drop":
-                return verdict
+                decided: Verdict = verdict
+                return decided
             if kind == "return":
                 if not stack:
                     return ACCEPT if base.policy == "accept" else Verdict("drop", reason=f"policy drop of {base.label}")
@@ -718,7 +720,7 @@ class Compiler:
 
     def payload(self, body: dict[str, Any], text: str) -> Value:
         protocol = body.get("protocol")
-        name = body.get("field")
+        name = str(body.get("field"))
         if protocol is None:
             return Value(_unknown(text, "raw payload reads are not modelled"), "integer", text)
         if protocol in ("ip", "ip6"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Callable
 
 from markroute.values import PORT_PROTOCOLS, PROTOCOL_NAMES, parse_dscp, parse_mac, parse_port, parse_protocol
@@ -31,10 +32,11 @@ CT_INVALID, CT_ESTABLISHED, CT_RELATED, CT_NEW, CT_UNTRACKED = 1, 2, 4, 8, 64
 class Indeterminate(Exception):
     """The answer depends on something the simulator does not know or does not model."""
 
-    def __init__(self, what: str, why: str) -> None:
+    def __init__(self, what: str, why: str, table: str | None = None) -> None:
         super().__init__(f"{what}: {why}")
         self.what = what
         self.why = why
+        self.table = table  # the routing table whose unknown part decides, if that is the reason
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,9 @@ def _address(text: str, option: str) -> ipaddress.IPv4Address | ipaddress.IPv6Ad
         raise ValueError(f"{option} '{text}' is not an IP address") from None
 
 
+@lru_cache(maxsize=65536)
 def address_text(version: int, value: int | None) -> str:
+    """An address as text; cached, as traces print the same few addresses again and again."""
     if value is None:
         return "(unknown)"
     return str(ipaddress.IPv4Address(value) if version == 4 else ipaddress.IPv6Address(value))
@@ -145,18 +149,18 @@ class Conntrack:
     orig_sport: int | None
     orig_dport: int | None
     mark: int = 0
-    # NAT bindings, set once by the first packet: (address, port or None)
-    snat: tuple[int, int | None] | None = None
-    dnat: tuple[int, int | None] | None = None
+    # NAT bindings, set once by the first packet: (address or None if not known offline, port or None)
+    snat: tuple[int | None, int | None] | None = None
+    dnat: tuple[int | None, int | None] | None = None
     snat_done: bool = False
     dnat_done: bool = False
 
     @property
-    def reply_src(self) -> int:
+    def reply_src(self) -> int | None:
         return self.dnat[0] if self.dnat else self.orig_dst
 
     @property
-    def reply_dst(self) -> int:
+    def reply_dst(self) -> int | None:
         return self.snat[0] if self.snat else self.orig_src
 
 

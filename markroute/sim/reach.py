@@ -101,18 +101,28 @@ def _search(plan: Plan) -> tuple[set[str], set[int]]:
     marks: set[int] = set()
     wanted_marks = {u.mark for u in plan.uplinks}
     rng = random.Random(0)
+    mark_of = {u.name: u.mark for u in plan.uplinks}
     targets = [None] + [f"policy {p}" for p in plan.policies] + [f"ingress {u.name}" for u in plan.uplinks]
+
+    def done(target: str | None) -> bool:
+        if target is None:
+            return set(plan.policies) <= reached and wanted_marks <= marks
+        kind, _, name = target.partition(" ")
+        return name in reached if kind == "policy" else mark_of[name] in marks
+
     for target in targets:
+        if done(target):
+            continue
         for flow in itertools.islice(_witnesses(candidates, target, rng), BUDGET):
             for leaf in simulator.explore(flow, record=False, with_reply=False):
                 outcome = leaf.path.outcome
                 if outcome.policy is not None:
                     reached.add(outcome.policy)
                 marks.add(outcome.mark & plan.mask)
-            if set(plan.policies) <= reached and wanted_marks <= marks:
-                return reached, marks
-            if target is not None and target.startswith("policy ") and target[len("policy "):] in reached:
+            if done(target):
                 break
+        if done(None):
+            break
     return reached, marks
 
 
@@ -178,7 +188,7 @@ def _field(left: Any) -> str | None:
         key = (body.get("protocol"), body.get("field"))
         if key[1] in ("sport", "dport") and key[0] in ("tcp", "udp", "sctp", "th", "udplite", "dccp"):
             return str(key[1])
-        return FIELDS.get(key)  # type: ignore[arg-type]
+        return FIELDS.get(key)
     if "meta" in left:
         return {"l4proto": "proto", "iifname": "iif", "iif": "iif", "nfproto": "version"}.get(left["meta"]["key"])
     return None

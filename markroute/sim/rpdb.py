@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from markroute.sim.datatypes import L4_PROTOCOLS
 from markroute.sim.packet import Indeterminate, address_text
@@ -128,8 +128,10 @@ class IpRuleSpec:
             fields["tos"] = _number(obj.get("tos", obj.get("dsfield")))
         if "ipproto" in obj:
             proto = obj["ipproto"]
-            fields["ipproto"] = proto if isinstance(proto, int) else L4_PROTOCOLS.get(str(proto), None) or int(
-                str(proto).removeprefix("ipproto-"))
+            if isinstance(proto, int):
+                fields["ipproto"] = proto
+            else:
+                fields["ipproto"] = L4_PROTOCOLS.get(str(proto)) or int(str(proto).removeprefix("ipproto-"))
         fields["sport"] = _port_range(obj, "sport")
         fields["dport"] = _port_range(obj, "dport")
         if "uid_start" in obj:
@@ -310,8 +312,7 @@ class Lookup:
         return self.kind in ERROR_ROUTES or self.kind == "noroute"
 
 
-@dataclass(frozen=True)
-class Query:
+class Query(NamedTuple):
     """The routing key (a `flowi`): what the kernel looks up for one packet."""
 
     version: int
@@ -362,11 +363,11 @@ class Rpdb:
     def table_lookup(self, version: int, table: str, dst: int, tos: int = 0) -> RouteSpec | None:
         """One table's answer; raises `Indeterminate` where the unknown part of it would decide."""
         if table in self.unknown:
-            raise Indeterminate(f"lookup {table} for {address_text(version, dst)}", self.unknown[table])
+            raise Indeterminate(f"lookup {table} for {address_text(version, dst)}", self.unknown[table], table)
         found = self.tables.get((version, table))
         route = found.lookup(dst, tos) if found else None
         if route is None and table in self.partial:
-            raise Indeterminate(f"lookup {table} for {address_text(version, dst)}", self.partial[table])
+            raise Indeterminate(f"lookup {table} for {address_text(version, dst)}", self.partial[table], table)
         return route
 
     def lookup(self, q: Query, choose: Choose, record: Record = None) -> Lookup:

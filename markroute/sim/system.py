@@ -62,6 +62,7 @@ class Host:
     links: dict[str, Link] | None
     sysctls: dict[str, str]
     source: str  # "live" or "config"
+    cache: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False)
 
     def sysctl(self, path: str, default: int = 0) -> int:
         """A sysctl's value; the kernel default when it was not read or set by the plan."""
@@ -77,11 +78,17 @@ class Host:
 
     def rp_filter(self, dev: str) -> int:
         """The kernel uses the larger of `all` and the interface's value."""
-        return max(self.sysctl("net/ipv4/conf/all/rp_filter"), self.conf(4, dev, "rp_filter"))
+        key = ("rp_filter", dev)
+        if key not in self.cache:
+            self.cache[key] = max(self.sysctl("net/ipv4/conf/all/rp_filter"), self.conf(4, dev, "rp_filter"))
+        return int(self.cache[key])
 
     def either(self, dev: str, key: str) -> bool:
         """Flags the kernel ORs between `all` and the interface (src_valid_mark, accept_local)."""
-        return bool(self.sysctl(f"net/ipv4/conf/all/{key}") or self.conf(4, dev, key))
+        cached = (key, dev)
+        if cached not in self.cache:
+            self.cache[cached] = bool(self.sysctl(f"net/ipv4/conf/all/{key}") or self.conf(4, dev, key))
+        return bool(self.cache[cached])
 
     def forwarding(self, version: int, dev: str) -> bool:
         if version == 6:

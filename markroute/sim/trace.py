@@ -242,7 +242,7 @@ class Simulator:
         except Indeterminate as exc:
             if record is not None and not (record and "indeterminate" in record[-1]):
                 record.append({"stage": "indeterminate", "hook": p.hook, "expression": exc.what, "reason": exc.why})
-            outcome = self._outcome(p, conn, "indeterminate", reason=f"{exc.what}: {exc.why}")
+            outcome = self._outcome(p, conn, "indeterminate", reason=f"{exc.what}: {exc.why}", table=exc.table)
             outcome.indeterminate = {"hook": p.hook, "expression": exc.what, "reason": exc.why}
         return outcome
 

@@ -1,0 +1,59 @@
+"""Policies no packet reaches and uplinks no new connection uses, found by the interpreter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from test_compile import plan_of
+
+from markroute.sim import reachability
+
+UPLINKS = """
+uplinks:
+  a: {interface: eth1, gateway: 192.0.2.1, nat: masquerade}
+  b: {interface: eth2, gateway: 198.51.100.1, gateway6: "2001:db8:1::1", nat: masquerade}
+"""
+
+
+def test_a_policy_behind_a_broader_one_is_unreachable(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, UPLINKS + """
+policies:
+  - {name: web, from: 10.1.0.0/16, proto: tcp, dport: [80, 443], via: a}
+  - {name: lan, from: [10.1.0.0/17, 10.1.128.0/17], via: b}
+  - {name: late-web, from: 10.1.5.0/24, proto: tcp, dport: 443, via: b}
+  - {name: v6, to: "2001:db8:5::/48", via: b}
+""")
+    assert reachability(plan).unreachable_policies == ["late-web"]
+
+
+def test_policies_merged_into_one_map_are_each_reachable(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, UPLINKS + """
+policies:
+  - {name: p1, from: 10.1.0.0/16, proto: tcp, dport: 443, via: a}
+  - {name: p2, from: 10.2.0.0/16, proto: tcp, dport: 80, via: b}
+  - {name: p3, from: 10.1.0.0/16, proto: tcp, dport: 443, via: b}
+  - {name: p4, from: 10.3.0.0/16, proto: udp, dport: 53, via: a}
+""")
+    assert any("vmap" in rule for obj in plan.nft if "rule" in obj for rule in obj["rule"]["expr"])
+    assert reachability(plan).unreachable_policies == ["p3"]
+
+
+def test_a_partly_shadowed_policy_is_reachable_through_the_gap(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, UPLINKS + """
+policies:
+  - {name: most, from: 10.0.0.0/9, via: a}
+  - {name: all, from: 10.0.0.0/8, via: b}
+  - {name: ssh-rest, proto: tcp, dport: 22, via: a}
+""")
+    assert reachability(plan).unreachable_policies == []
+
+
+def test_an_uplink_no_policy_uses_and_whose_inbound_is_dropped_is_unused(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, """
+uplinks:
+  a: {interface: eth1, gateway: 192.0.2.1, nat: masquerade}
+  spare: {interface: eth2, gateway: 198.51.100.1, nat: masquerade, inbound: {policy: drop}}
+policies:
+  - {name: all, via: a}
+""")
+    assert reachability(plan).unused_uplinks == ["spare"]

@@ -115,6 +115,9 @@ def test_live_in_a_namespace_reads_a_foreign_ruleset(lab: Lab) -> None:
     data = json.loads(proc.stdout)
     assert (data["verdict"], data["mark"], data["table"]) == ("drop", "0x1", "100")
     assert "blackhole" in data["reason"]
+    wrong = markroute("trace", "--live", "--netns", ns, "--from", "192.168.1.10", "--to", "203.0.113.5",
+                      "--iif", "nope0")
+    assert wrong.returncode == 2 and "no such interface" in wrong.stderr
 
 
 def test_live_with_a_missing_namespace_is_an_environment_error() -> None:

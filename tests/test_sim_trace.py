@@ -157,6 +157,8 @@ def test_seed_004_local_networks_inbound_drops_and_router_traffic(tmp_path: Path
     assert ssh.verdict == "local"
     local = paths(simulator, "10.0.0.2", "203.0.113.9", local=True)
     assert {p.outcome.oif for p in local} == {"wan0", "wan1"}, "a route chain re-routes the router's own traffic"
+    foreign = one(simulator, "192.168.1.77", "203.0.113.9", local=True)
+    assert foreign.verdict == "drop" and "not an address of this host" in str(foreign.reason)
 
 
 def test_a_reply_shows_its_own_steps_after_the_original_direction(tmp_path: Path) -> None:

@@ -64,6 +64,9 @@ def command(config: str | None, live: bool, netns: str | None, src: str, dst: st
         fail(str(exc), EXIT_USAGE)
     if live:
         simulator, source, assumptions = _live(netns)
+        links = simulator.system.host.links or {}
+        if iif is not None and iif not in links:
+            fail(f"--iif {iif}: no such interface here (known: {', '.join(sorted(links))})", EXIT_USAGE)
     else:
         simulator, source, assumptions = _offline(config, list(addresses), list(routes))
     _report(simulator, flow, source, assumptions, flows, seed, as_json)

@@ -150,7 +150,7 @@ def _step(step: dict[str, Any]) -> list[str]:
         if "indeterminate" in step:
             return [f"    rule{comment}: {step['rule']}", "      ^ INDETERMINATE HERE: "
                     f"{step['indeterminate']['expression']}: {step['indeterminate']['reason']}"]
-        verdict = f" -> {step['verdict']}" if step.get("verdict") else ""
+        verdict = f" -> {step['verdict']}" if step.get("verdict") and step["verdict"] != step["rule"] else ""
         return [f"    rule{comment}: {step['rule']}{verdict}  (mark {step['mark']}, ct mark {step['ct_mark']})"]
     if stage == "conntrack":
         mark = f", ct mark {step['ct_mark']}" if step.get("ct_mark") else ""

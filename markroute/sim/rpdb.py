@@ -108,6 +108,7 @@ class IpRuleSpec:
     text: str = ""
     src_mask: int = 0
     dst_mask: int = 0
+    simple: bool = False  # only fwmark and from: checked inline, the common case
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> IpRuleSpec:
@@ -152,8 +153,10 @@ class IpRuleSpec:
         if "suppress_prefixlen" in obj:
             fields["suppress_prefixlen"] = int(obj["suppress_prefixlen"])
         spec = cls(**fields)
+        simple = not (spec.iif or spec.oif or spec.uid or spec.unsupported or spec.tos or spec.ipproto
+                      or spec.sport or spec.dport or spec.dst[1])
         return cls(**{**fields, "text": spec.describe(), "src_mask": _mask(version, spec.src[1]),
-                      "dst_mask": _mask(version, spec.dst[1])})
+                      "dst_mask": _mask(version, spec.dst[1]), "simple": simple})
 
     def describe(self) -> str:
         """The rule as `ip rule` shows it."""
@@ -373,11 +376,16 @@ class Rpdb:
     def lookup(self, q: Query, choose: Choose, record: Record = None) -> Lookup:
         """The kernel's `fib_lookup`: the RPDB walk, then the winning table's route."""
         rules = self.rules[q.version]
+        mark, src = q.mark, q.src
         index = 0
         while index < len(rules):
             rule = rules[index]
             index += 1
-            matched = self._matches(rule, q)
+            if rule.simple:
+                matched = not ((rule.fwmark ^ mark) & rule.fwmask or (src ^ rule.src[0]) & rule.src_mask)
+                matched = matched != rule.invert
+            else:
+                matched = self._matches(rule, q)
             if not matched:
                 if record is not None:
                     record.append({"stage": "rule", "rule": rule.text, "matched": False})

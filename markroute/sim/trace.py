@@ -296,6 +296,9 @@ class Simulator:
 
     def _local_out(self, p: Packet, conn: Conntrack, record: Record) -> Outcome:
         p.hook = "routing"
+        if not p.ct_reply and self.rpdb.address_type(p.version, _known(p.src)) != "local":
+            self._stop(p, conn, record, f"{p.src_text} is not an address of this host: a local socket cannot "
+                                        "send from it (for a packet passing through, give --iif)", "source address")
         result = self._route(p, self._output_query(p, mark=p.mark), "socket route", record)
         self._take_route(p, result)
         self._hook("output", p, conn, record, out_dev=p.oif)

@@ -6,6 +6,7 @@ import hashlib
 import json
 from typing import Any
 
+from markroute.kernel import nft
 from markroute.plan import Plan
 
 
@@ -18,4 +19,10 @@ def plan_digest(plan: Plan) -> str:
 
 
 def nft_digest(plan: Plan) -> str:
-    return of(plan.nft_document())
+    """`STRUCTURE.WHOLE`: STRUCTURE leaves set elements out, so apply can tell when only set contents changed."""
+    return f"{of(nft.without_elements(plan.nft))}.{of(plan.nft_document())}"
+
+
+def same_structure(recorded: str, wanted: str) -> bool:
+    """Whether two `nft_digest`s differ at most in set elements."""
+    return recorded.partition(".")[0] == wanted.partition(".")[0]

@@ -7,7 +7,11 @@ Conntrack entries are not touched, so connections keep their ct marks across a s
 
 nft normalises expressions when it lists them (`and 0xffff00ff or 0x100` may come back
 as one constant), so a listing is never compared with the JSON that produced it, only
-with an earlier *listing* (`normalise` strips handles and counter values).
+with an earlier *listing* (`normalise` strips handles and counter values). Set
+elements are the exception: the compiler writes address intervals exactly as nft lists
+them, which lets a change of set contents alone go in as `update_elements` (a few
+`add`/`delete element` commands in one transaction) with no listing of 100,000
+elements before or after (`table_structure` lists a table without its elements).
 """
 
 from __future__ import annotations
@@ -61,6 +65,32 @@ def _in_table(item: Obj, name: str) -> bool:
     return False
 
 
+def table_structure(name: str) -> list[Obj] | None:
+    """Table `inet NAME` without set elements (`nft -t`): milliseconds even for huge sets."""
+    document = json.loads(_run(["-t", "-j", "list", "ruleset"]) or '{"nftables": []}')
+    return list_table(name, document)
+
+
+def without_elements(objects: Iterable[Obj]) -> list[Obj]:
+    """Objects of a table or plan with set elements left out: what `table_structure` lists."""
+    return [{"set": {k: v for k, v in obj["set"].items() if k != "elem"}} if "set" in obj else obj for obj in objects]
+
+
+def update_elements(name: str, changes: Iterable[tuple[str, list[Any], list[Any]]]) -> None:
+    """In one transaction, per (set, removed, added): delete then add those elements of table `inet NAME`.
+
+    A removed element that is not there fails the whole batch, and nothing changes.
+    """
+    commands: list[Obj] = []
+    for set_name, removed, added in changes:
+        for verb, elements in (("delete", removed), ("add", added)):
+            if elements:
+                target = {"family": FAMILY, "table": name, "name": set_name, "elem": elements}
+                commands.append({verb: {"element": target}})
+    if commands:
+        run_batch(commands)
+
+
 def replace_table(name: str, objects: Iterable[Obj]) -> None:
     """Swap table `inet NAME` for OBJECTS (which include the table itself) in one transaction."""
     table = {"table": {"family": FAMILY, "name": name}}
@@ -79,8 +109,12 @@ def loadable(listing: Iterable[Obj]) -> list[Obj]:
 
 
 def normalise(listing: Iterable[Obj]) -> list[Obj]:
-    """A listing with everything the kernel changes on its own removed: handles, counter values."""
-    return [_zero_counters(_without(obj, ("handle",))) for obj in listing]
+    """A listing with everything the kernel changes on its own removed: handles, counter values.
+
+    Only rules hold counters, so sets (their elements can be 100,000) are not walked.
+    """
+    return [_zero_counters(_without(obj, ("handle",))) if "rule" in obj else _without(obj, ("handle",))
+            for obj in listing]
 
 
 def _without(obj: Obj, keys: tuple[str, ...]) -> Obj:
@@ -98,10 +132,8 @@ def _zero_counters(value: Any) -> Any:
 
 
 def table_counters(name: str) -> list[tuple[str, int, int]]:
-    """`rule_counters` of table `inet NAME`; -t leaves set elements (maybe 100,000 prefixes) out
-    of the listing, which only needs the rules."""
-    document = json.loads(_run(["-t", "-j", "list", "table", FAMILY, name]) or '{"nftables": []}')
-    return rule_counters(document["nftables"])
+    """`rule_counters` of table `inet NAME`, listed without set elements (maybe 100,000 prefixes)."""
+    return rule_counters(table_structure(name) or [])
 
 
 def rule_counters(listing: Iterable[Obj]) -> list[tuple[str, int, int]]:

@@ -15,7 +15,7 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,8 @@ class State:
     warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = asdict(replace(self, nft_listing=[]))  # the listing is JSON already: no deep copy of its 100,000 elements
+        data["nft_listing"] = self.nft_listing
         data["format"] = FORMAT
         return data
 
@@ -90,7 +91,7 @@ def write(netns: str | None, name: str, data: dict[str, Any]) -> None:
     temporary = target / f".{name}.{os.getpid()}"
     try:
         with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=1)
+            handle.write(json.dumps(data))  # compact and via dumps: only that path has json's C encoder
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, target / name)

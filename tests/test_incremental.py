@@ -1,0 +1,130 @@
+"""A change of set contents alone reaches the kernel as element updates, nothing else.
+
+The router gets a config whose policy sends a `sets:` file's prefixes (and the lab's
+server) through ISP 1. Editing only that file must add and remove exactly the changed
+elements in place: the table, its chains, rules and the set keep their kernel handles,
+rule counters keep counting, and a TCP connection opened before the update carries on
+through the same ISP.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+from kernelhelp import KERNEL, markroute, router, write_config  # noqa: F401
+
+from markroute.kernel.netns import inside
+from markroute.lab import RouterLab
+
+pytestmark = KERNEL
+PORT = 7300
+CONFIG = """
+uplinks:
+  isp0: {interface: wan0, gateway: 10.0.0.1, nat: masquerade}
+  isp1: {interface: wan1, gateway: 10.0.1.1, nat: masquerade}
+sets:
+  chosen: {file: chosen.txt}
+policies:
+  - {name: chosen-via-isp1, to: "@chosen", via: isp1}
+"""
+
+
+def prefixes(start: int, count: int) -> list[str]:
+    """/24s two apart, so neighbours never merge into one interval."""
+    return [f"10.{200 + (start + i) // 128}.{2 * ((start + i) % 128)}.0/24" for i in range(count)]
+
+
+def listing(r: RouterLab) -> list[dict[str, Any]]:
+    output = r.lab.run(r.rtr, ["nft", "-j", "list", "table", "inet", "markroute"]).stdout
+    return [item for item in json.loads(output)["nftables"] if "metainfo" not in item]
+
+
+def handles(items: list[dict[str, Any]]) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for item in items:
+        kind, body = next(iter(item.items()))
+        if kind != "rule":
+            found[f"{kind} {body['name']}"] = body["handle"]
+        else:
+            found[f"rule {body['chain']} {body.get('comment', '')} {len(found)}"] = body["handle"]
+    return found
+
+
+def elements(items: list[dict[str, Any]]) -> set[str]:
+    chosen = next(item["set"] for item in items if "set" in item and item["set"]["name"] == "chosen_v4")
+    return {e if isinstance(e, str) else f"{e['prefix']['addr']}/{e['prefix']['len']}" for e in chosen["elem"]}
+
+
+def policy_packets(items: list[dict[str, Any]]) -> int:
+    return sum(
+        expr["counter"]["packets"]
+        for item in items
+        if "rule" in item and item["rule"].get("comment") == "policy chosen-via-isp1"
+        for expr in item["rule"]["expr"]
+        if "counter" in expr
+    )
+
+
+def test_only_changed_elements_change_and_connections_keep_flowing(router: RouterLab, tmp_path: Path) -> None:  # noqa: F811
+    r = router
+    config = write_config(tmp_path, CONFIG)
+    old = prefixes(0, 200)
+    (tmp_path / "chosen.txt").write_text("\n".join([r.server, *old]) + "\n")
+    r.lab.serve_echo(r.net, PORT, udp=False)
+    assert markroute("apply", "-c", config, "--netns", r.rtr).returncode == 0
+
+    with inside(r.lan):
+        connection = socket.create_connection((r.server, PORT), timeout=5)
+    try:
+        connection.sendall(b"before\n")
+        first = json.loads(connection.makefile().readline())
+        assert r.which_isp(first["src"]) == 1
+        before = listing(r)
+        assert policy_packets(before) == 1
+
+        removed, added = old[:50], prefixes(200, 60)
+        (tmp_path / "chosen.txt").write_text("\n".join([r.server, *old[50:], *added]) + "\n")
+        result = markroute("apply", "-c", config, "--netns", r.rtr)
+        assert result.returncode == 0, result.stderr
+        assert "chosen_v4 +60 -50 elements" in result.stdout
+        assert "replaced" not in result.stdout
+
+        after = listing(r)
+        assert handles(after) == handles(before), "table, chains, rules and set kept their handles"
+        assert elements(before) - elements(after) == set(removed)
+        assert elements(after) - elements(before) == set(added)
+
+        connection.sendall(b"after\n")
+        second = json.loads(connection.makefile().readline())
+        assert second["src"] == first["src"] and second["sport"] == first["sport"]
+    finally:
+        connection.close()
+    with inside(r.lan):
+        fresh = socket.create_connection((r.server, PORT), timeout=5)
+    with fresh:
+        fresh.sendall(b"new\n")
+        assert r.which_isp(json.loads(fresh.makefile().readline())["src"]) == 1
+    assert policy_packets(listing(r)) == 2, "the policy counter kept its count and counted the new connection"
+    status = markroute("status", "--netns", r.rtr, "--json", "-c", config)
+    assert status.returncode == 0 and json.loads(status.stdout)["drift"] == []
+
+
+def test_set_update_refused_by_the_kernel_falls_back_to_a_new_table(router: RouterLab, tmp_path: Path) -> None:  # noqa: F811
+    """An element removed by hand makes the recorded contents wrong: the update fails whole, the table is replaced."""
+    r = router
+    config = write_config(tmp_path, CONFIG)
+    old = prefixes(0, 20)
+    (tmp_path / "chosen.txt").write_text("\n".join([r.server, *old]) + "\n")
+    assert markroute("apply", "-c", config, "--netns", r.rtr).returncode == 0
+    r.lab.run(r.rtr, ["nft", "delete", "element", "inet", "markroute", "chosen_v4", "{", old[0], "}"])
+
+    (tmp_path / "chosen.txt").write_text("\n".join([r.server, *old[1:], *prefixes(20, 5)]) + "\n")
+    result = markroute("apply", "-c", config, "--netns", r.rtr)
+    assert result.returncode == 0, result.stderr
+    assert "nftables table inet markroute replaced" in result.stdout
+    assert elements(listing(r)) == {f"{r.server}", *old[1:], *prefixes(20, 5)}
+    status = markroute("status", "--netns", r.rtr, "--json", "-c", config)
+    assert json.loads(status.stdout)["drift"] == []

@@ -24,6 +24,7 @@ COMMANDS = {
     "down": "Remove everything markroute installed.",
     "status": "Show uplinks, counters, connections and drift.",
     "trace": "Simulate the path of one packet, step by step, offline or live.",
+    "run": "Apply the config and keep it true: probe uplinks, fail over, expose state.",
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 import click
@@ -47,6 +48,7 @@ def render(report: dict[str, Any]) -> str:
         lines = [f"markroute is not applied in {where}"]
     else:
         lines = [f"markroute applied in {where} at {report['applied_at']}"]
+    lines += daemon_lines(report)
     if report["uplinks"]:
         lines += ["", "uplinks:"]
         for u in report["uplinks"]:
@@ -57,6 +59,8 @@ def render(report: dict[str, Any]) -> str:
                 f"connections {u['connections']}"
             )
             lines.append(f"  {'':<12} addresses {', '.join(u['addresses']) or 'none'}; via {gateways}")
+            if u.get("health"):
+                lines.append(f"  {'':<12} {health_text(u['health'])}")
     if report["policies"]:
         lines += ["", "policies:"]
         lines += [f"  {p['name']:<24} {p['packets']:>10} packets {p['bytes']:>12} bytes" for p in report["policies"]]
@@ -67,3 +71,31 @@ def render(report: dict[str, Any]) -> str:
     else:
         lines += ["", "drift: none"]
     return "\n".join(lines) + "\n"
+
+
+# -- what `markroute run` reports ------------------------------------------------------
+
+
+def daemon_lines(report: dict[str, Any]) -> list[str]:
+    daemon = report.get("daemon")
+    if not daemon:
+        return []
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(daemon["started"]))
+    if not daemon["running"]:
+        return [f"markroute run (pid {daemon['pid']}) is not running; uplink states are as it last saw them"]
+    changes = daemon["rule_changes"]
+    return [f"markroute run: pid {daemon['pid']} since {started}, {changes} rule changes for uplink states"]
+
+
+def health_text(health: dict[str, Any]) -> str:
+    since = time.strftime("%H:%M:%S", time.localtime(health["since"]))
+    parts = [f"health {health['state']} since {since} ({health['transitions']} changes)"]
+    if health["suppressed"]:
+        parts.append("held down: flapping")
+    if not health["probed"]:
+        parts.append("link state only")
+    if health["rtt"] is not None:
+        parts.append(f"rtt {health['rtt'] * 1000:.1f} ms")
+    if health["loss"] is not None:
+        parts.append(f"loss {health['loss']:.0%}")
+    return "; ".join(parts)

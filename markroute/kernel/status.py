@@ -6,8 +6,10 @@ given, in which case a config that differs from the applied one is reported as d
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
+from markroute.daemon import record
 from markroute.kernel import digest, nft, state
 from markroute.kernel.conntrack import count_by_mark
 from markroute.kernel.drift import differences
@@ -21,9 +23,12 @@ def collect(netns: str | None, plan: Plan | None) -> dict[str, Any]:
 
     Keys: ``namespace``, ``applied`` (bool), ``applied_at``; ``uplinks``: a list of
     ``{name, interface, exists, up, addresses, gateway, gateway6, default_routes, table,
-    mark, connections}``; ``policies``: ``[{name, packets, bytes}]`` summed over every
-    rule commented ``policy NAME``; ``connections``: ``{total, other}`` (other: no
-    uplink mark); ``drift``: one sentence per difference, empty when none.
+    mark, connections, health}`` (health: what `markroute run` last saw, ``{state,
+    since, rtt, loss, transitions, suppressed, probed}``, or null); ``policies``:
+    ``[{name, packets, bytes}]`` summed over every rule commented ``policy NAME``;
+    ``connections``: ``{total, other}`` (other: no uplink mark); ``drift``: one sentence
+    per difference, empty when none; ``daemon``: ``{pid, running, started,
+    rule_changes}`` of `markroute run`, or null.
     """
     recorded = state.load(netns)
     with Rpdb() as rpdb:
@@ -47,12 +52,8 @@ def collect(netns: str | None, plan: Plan | None) -> dict[str, Any]:
         if plan is not None and digest.plan_digest(plan) != recorded.plan_digest:
             drift.insert(0, "the config differs from the applied one (run markroute apply)")
 
-    counters: dict[str, list[int]] = {name: [0, 0] for name in policies}
-    for comment, packets, octets in nft.rule_counters(live_table or []):
-        name = comment.removeprefix("policy ")
-        if comment.startswith("policy ") and name in counters:
-            counters[name][0] += packets
-            counters[name][1] += octets
+    counters = policy_counters(policies, nft.rule_counters(live_table or []))
+    daemon = record.load(netns)
 
     def uplink(u: UplinkPlan) -> dict[str, Any]:
         link = interfaces.get(u.interface)
@@ -70,6 +71,7 @@ def collect(netns: str | None, plan: Plan | None) -> dict[str, Any]:
             "table": u.table,
             "mark": hex(u.mark),
             "connections": connections[u.mark] if connections is not None else 0,
+            "health": health_json(daemon, u.name),
         }
 
     return {
@@ -83,4 +85,32 @@ def collect(netns: str | None, plan: Plan | None) -> dict[str, Any]:
             "other": connections[0] if connections is not None else 0,
         },
         "drift": drift,
+        "daemon": daemon_json(daemon),
     }
+
+
+def policy_counters(policies: list[str], rules: list[tuple[str, int, int]]) -> dict[str, list[int]]:
+    """[packets, bytes] per policy, summed over its rules (`nft.rule_counters`, comment `policy NAME`)."""
+    counters: dict[str, list[int]] = {name: [0, 0] for name in policies}
+    for comment, packets, octets in rules:
+        name = comment.removeprefix("policy ")
+        if comment.startswith("policy ") and name in counters:
+            counters[name][0] += packets
+            counters[name][1] += octets
+    return counters
+
+
+# -- what `markroute run` reports (markroute.daemon.record) ----------------------------
+
+
+def daemon_json(daemon: record.DaemonRecord | None) -> dict[str, Any] | None:
+    if daemon is None:
+        return None
+    return {
+        "pid": daemon.pid, "running": daemon.running, "started": daemon.started, "rule_changes": daemon.rule_changes,
+    }
+
+
+def health_json(daemon: record.DaemonRecord | None, uplink: str) -> dict[str, Any] | None:
+    seen = daemon.uplinks.get(uplink) if daemon else None
+    return asdict(seen) if seen else None

@@ -1,0 +1,184 @@
+"""Prometheus metrics on `--metrics HOST:PORT` (off unless asked for).
+
+Served by a small HTTP server on its own thread, so a scrape (which lists nftables
+counters, interface counters and the conntrack table) never delays a probe or a
+failover; the daemon's side is `Exposed`, a snapshot it replaces whole after each
+change, which the server thread only reads.
+
+Per uplink: state (one series per possible state, 1 for the current one), RTT, loss,
+since when, state changes, tracked connections, and the packets and bytes its
+interface received and sent. Per policy: the packets and bytes its rules counted,
+which are the first packets of the connections it routed (markroute decides once
+per connection). `markroute_rule_changes_total`: nftables transactions made for
+health changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from markroute.daemon.health import STATES
+from markroute.daemon.record import DaemonRecord
+from markroute.kernel import KernelError, nft
+from markroute.kernel.conntrack import count_by_mark
+from markroute.kernel.links import interface_counters
+from markroute.kernel.rpdb import Rpdb
+from markroute.kernel.status import policy_counters
+from markroute.plan import Plan
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+INTERFACE_COUNTERS = (
+    ("receive_packets", "rx_packets", "Packets received by the uplink's interface."),
+    ("receive_bytes", "rx_bytes", "Bytes received by the uplink's interface."),
+    ("transmit_packets", "tx_packets", "Packets sent by the uplink's interface."),
+    ("transmit_bytes", "tx_bytes", "Bytes sent by the uplink's interface."),
+)
+
+
+@dataclass(frozen=True)
+class Exposed:
+    """What the daemon shows: its record and the plan installed (uplinks, policies, mask)."""
+
+    record: DaemonRecord
+    plan: Plan
+
+
+@dataclass
+class Families:
+    """Metric families in the text exposition format, in the order they were first used."""
+
+    lines: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, name: str, kind: str, help_text: str, labels: dict[str, str], value: float) -> None:
+        family = self.lines.setdefault(name, [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"])
+        label_text = ",".join(f'{key}="{_escape(text)}"' for key, text in labels.items())
+        family.append(f"{name}{{{label_text}}} {_number(value)}" if label_text else f"{name} {_number(value)}")
+
+    def text(self) -> str:
+        return "".join(line + "\n" for lines in self.lines.values() for line in lines)
+
+
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+@dataclass(frozen=True)
+class KernelCounters:
+    """What a scrape reads from the kernel: connections per mark, interface and rule counters."""
+
+    connections: Counter[int]
+    interfaces: dict[str, dict[str, int]]
+    rules: list[tuple[str, int, int]]
+
+
+def read_kernel(plan: Plan, log: logging.Logger) -> KernelCounters | None:
+    """The kernel's counters now, or None (and a debug line) if they cannot be read."""
+    try:
+        connections = count_by_mark(plan.mask)
+        with Rpdb() as rpdb:
+            interfaces = interface_counters(rpdb)
+        return KernelCounters(connections, interfaces, nft.table_counters(plan.table_name))
+    except (KernelError, OSError) as exc:
+        log.debug("metrics: %s", exc)
+        return None
+
+
+def exposition(exposed: Exposed, kernel: KernelCounters | None) -> str:
+    """The whole scrape: the daemon's view of the uplinks plus the kernel's counters."""
+    families = Families()
+    record, plan = exposed.record, exposed.plan
+    for uplink in plan.uplinks:
+        seen = record.uplinks.get(uplink.name)
+        if seen is None:
+            continue
+        labels = {"uplink": uplink.name}
+        for name in STATES:
+            families.add("markroute_uplink_state", "gauge", "1 for the uplink's current state (up, degraded, down).",
+                         {**labels, "state": name}, 1 if seen.state == name else 0)
+        if seen.rtt is not None:
+            families.add("markroute_uplink_rtt_seconds", "gauge", "Mean round-trip time of the recent probes.",
+                         labels, seen.rtt)
+        if seen.loss is not None:
+            families.add("markroute_uplink_loss_ratio", "gauge", "Fraction of the recent probes not answered in time.",
+                         labels, seen.loss)
+        families.add("markroute_uplink_state_since_seconds", "gauge", "Unix time of the uplink's last state change.",
+                     labels, seen.since)
+        families.add("markroute_uplink_transitions_total", "counter", "State changes since the daemon first started.",
+                     labels, seen.transitions)
+    if kernel is not None:
+        _kernel_metrics(families, plan, kernel)
+    families.add("markroute_rule_changes_total", "counter",
+                 "nftables transactions the daemon made for uplink state changes.", {}, record.rule_changes)
+    return families.text()
+
+
+def _kernel_metrics(families: Families, plan: Plan, kernel: KernelCounters) -> None:
+    for uplink in plan.uplinks:
+        families.add("markroute_uplink_connections", "gauge", "Tracked connections carrying the uplink's mark.",
+                     {"uplink": uplink.name}, kernel.connections[uplink.mark])
+        counters = kernel.interfaces.get(uplink.interface)
+        for suffix, key, help_text in INTERFACE_COUNTERS if counters else ():
+            families.add(f"markroute_uplink_{suffix}_total", "counter", help_text,
+                         {"uplink": uplink.name, "interface": uplink.interface}, counters[key])  # type: ignore[index]
+    for name, (packets, octets) in policy_counters(list(plan.policies), kernel.rules).items():
+        families.add("markroute_policy_packets_total", "counter",
+                     "Packets counted by the policy's rules: the first packet of each connection it routed.",
+                     {"policy": name}, packets)
+        families.add("markroute_policy_bytes_total", "counter", "Bytes of the packets the policy's rules counted.",
+                     {"policy": name}, octets)
+
+
+class MetricsServer:
+    """GET /metrics (any path, really) on HOST:PORT, from a daemon thread."""
+
+    def __init__(self, host: str, port: int, current: Callable[[], Exposed], log: logging.Logger) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (the name http.server calls)
+                exposed = current()
+                body = exposition(exposed, read_kernel(exposed.plan, log)).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the base's name)
+                return  # one line per scrape would drown the events in the journal
+
+        class Server(ThreadingHTTPServer):
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            daemon_threads = True
+
+        self.server = Server((host, port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, name="metrics", daemon=True)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.server.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """HOST:PORT or [V6]:PORT; ValueError with a readable message otherwise."""
+    host, separator, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not separator or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"'{text}' is not HOST:PORT (for example 127.0.0.1:9586 or [::1]:9586)")
+    return host or "0.0.0.0", int(port)

@@ -1,0 +1,179 @@
+"""Probing one uplink on a fixed schedule and feeding the results to its `UplinkHealth`.
+
+Every `check.interval` a round starts: one probe to each target, all with the same
+token. The first answer settles the round as a success with that RTT; if none comes
+within `check.timeout` (or no probe could even be sent) it is a failure. Rounds
+overlap when the timeout is longer than the interval, so a dead uplink is noticed
+`(down - 1) * interval + timeout` after its first lost probe, whatever the RTT was.
+
+What is probed when the config says nothing (`targets`):
+
+* `icmp` (default): the uplink's gateway(s);
+* `arp`: its IPv4 gateway;
+* an uplink with no gateway and no targets (a point-to-point link, say) is not probed
+  at all: its link state, followed through netlink, is its health.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+
+from markroute.daemon.health import Transition, UplinkHealth
+from markroute.daemon.probes import ArpProber, Egress, IcmpProber, Prober, TcpProber, split_target, version_of
+from markroute.daemon.reactor import Reactor, Timer
+from markroute.model import HealthCheck, Uplink
+
+OnTransition = Callable[[Transition], None]
+
+
+def probe_targets(uplink: Uplink) -> tuple[HealthCheck, tuple[str, ...]]:
+    """The check an uplink gets (its own or the defaults) and what it probes; () means link state only."""
+    check = uplink.check or HealthCheck()
+    if check.targets:
+        targets = check.targets
+    elif check.method == "arp":
+        targets = (uplink.gateway,) if uplink.gateway else ()
+    elif check.method == "icmp":
+        targets = tuple(gateway for gateway in (uplink.gateway, uplink.gateway6) if gateway)
+    else:
+        targets = ()
+    return check, tuple(_canonical(target, check.method) for target in targets)
+
+
+def _canonical(target: str, method: str) -> str:
+    """Targets as the kernel reports answer sources, so answers can be matched by plain equality."""
+    if method == "tcp":
+        host, port = split_target(target)
+        host = str(ipaddress.ip_address(host))
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return str(ipaddress.ip_address(target))
+
+
+class UplinkMonitor:
+    def __init__(self, reactor: Reactor, uplink: Uplink, health: UplinkHealth, on_transition: OnTransition) -> None:
+        self.reactor = reactor
+        self.uplink = uplink
+        self.health = health
+        self.on_transition = on_transition
+        self.check, self.targets = probe_targets(uplink)
+        self.probers: dict[str, Prober] = {}
+        self.egress: Egress | None = None
+        self.rounds: set[int] = set()
+        self.token = 0
+        self.next_round = 0.0
+        self.ticker: Timer | None = None
+        self.review: Timer | None = None
+
+    @property
+    def probed(self) -> bool:
+        return bool(self.targets)
+
+    def start(self, egress: Egress | None) -> None:
+        """Begin probing through EGRESS (None: the interface does not exist right now)."""
+        self.rebind(egress)
+        if self.probed:
+            self.next_round = self.reactor.now()
+            self.ticker = self.reactor.call_at(self.next_round, self.tick)
+
+    def stop(self) -> None:
+        for timer in (self.ticker, self.review):
+            if timer is not None:
+                timer.cancel()
+        self.close_probers()
+
+    def rebind(self, egress: Egress | None) -> None:
+        """New probe sockets when the interface, its index or its addresses changed."""
+        if egress == self.egress and (self.probers or not self.probed):
+            return
+        self.close_probers()
+        self.egress = egress
+        if egress is None or not self.probed:
+            return
+        for target in self.targets:
+            key = self.prober_key(target)
+            if key not in self.probers:
+                try:
+                    self.probers[key] = self.make_prober(egress, key)
+                except OSError:
+                    continue  # no address of that family yet: those targets fail until one appears
+
+    def prober_key(self, target: str) -> str:
+        if self.check.method == "icmp":
+            return f"icmp{version_of(target)}"
+        return self.check.method
+
+    def make_prober(self, egress: Egress, key: str) -> Prober:
+        if key.startswith("icmp"):
+            return IcmpProber(self.reactor, egress, int(key[4:]), self.answered)
+        if key == "tcp":
+            return TcpProber(self.reactor, egress, self.answered)
+        return ArpProber(self.reactor, egress, self.answered)
+
+    def close_probers(self) -> None:
+        for prober in self.probers.values():
+            prober.close()
+        self.probers.clear()
+        self.rounds.clear()
+
+    # -- rounds ------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        now = self.reactor.now()
+        self.next_round += self.check.interval
+        if self.next_round <= now:  # the loop was held up: skip the missed rounds, keep the rhythm
+            self.next_round = now + self.check.interval
+        self.ticker = self.reactor.call_at(self.next_round, self.tick)
+        self.token = (self.token + 1) & 0xFFFF
+        token = self.token
+        sent = False
+        for target in self.targets:
+            prober = self.probers.get(self.prober_key(target))
+            if prober is None:
+                continue
+            try:
+                prober.send(target, token)
+                sent = True
+            except OSError:
+                continue
+        if not sent:
+            self.report(self.health.probe(False, None, now))
+            return
+        self.rounds.add(token)
+        self.reactor.call_at(now + self.check.timeout, lambda: self.expired(token))
+
+    def answered(self, target: str, token: int, rtt: float) -> None:
+        self.settle(token, rtt)
+
+    def expired(self, token: int) -> None:
+        self.settle(token, None)
+
+    def settle(self, token: int, rtt: float | None) -> None:
+        """A round's first answer (RTT) or its timeout (None); later news of it is ignored."""
+        if token not in self.rounds:
+            return
+        self.rounds.discard(token)
+        self.forget(token)
+        self.report(self.health.probe(rtt is not None, rtt, self.reactor.now()))
+
+    def forget(self, token: int) -> None:
+        for target in self.targets:
+            prober = self.probers.get(self.prober_key(target))
+            if prober is not None:
+                prober.forget(target, token)
+
+    # -- link state --------------------------------------------------------------------
+
+    def link(self, usable: bool) -> None:
+        self.report(self.health.link(usable, self.reactor.now()))
+
+    def report(self, transition: Transition | None) -> None:
+        if transition is not None:
+            self.on_transition(transition)
+        wait = self.health.reuse_in(self.reactor.now())
+        if wait is not None and self.review is None:
+            self.review = self.reactor.call_later(wait + 0.01, self.reviewed)
+
+    def reviewed(self) -> None:
+        self.review = None
+        self.report(self.health.review(self.reactor.now()))

@@ -1,0 +1,441 @@
+"""The daemon: apply the config, then keep it true until stopped.
+
+Start-up: the uplinks' states are taken from the daemon's record when there is one
+(a restart, even after SIGKILL, then installs exactly what is already there and
+disturbs nothing), interfaces that are missing or down make their uplinks down at
+once, and the plan for that health is applied like `markroute apply` would. Then one
+thread serves everything in a `Reactor`: probe sockets, the netlink listener, timers
+and signals.
+
+A health change (`Transition`) is acted on in the same loop turn: the chains that
+depend on health are rewritten in one nftables transaction and the flows of uplinks
+that went down are deleted from conntrack (`failover`). Transitions of one turn share
+one transaction. A change of the system (a link back, a new address) is followed by a
+resync: `apply` of the installed plan, which puts back routes the kernel removed with
+a link and follows addresses, and leaves the table alone.
+
+Signals: SIGTERM and SIGINT stop the daemon and leave the rules in place (so a
+restart or an upgrade does not interrupt traffic) unless `--down-on-exit`; SIGHUP
+reloads the config and applies the difference, keeping the state of every uplink
+whose definition did not change. An invalid config on reload is logged and ignored.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import selectors
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from types import FrameType
+
+from markroute.compiler import Health, compile_plan
+from markroute.daemon import record
+from markroute.daemon.failover import TableRecorder, chain_batch, changed_chains, health_of, move_flows
+from markroute.daemon.health import State, Transition, UplinkHealth
+from markroute.daemon.hooks import Hooks
+from markroute.daemon.metrics import Exposed, MetricsServer
+from markroute.daemon.monitor import UplinkMonitor, probe_targets
+from markroute.daemon.netlink import LinkWatcher
+from markroute.daemon.probes import Egress
+from markroute.daemon.reactor import Reactor, Timer
+from markroute.daemon.record import DaemonRecord, UplinkRecord
+from markroute.kernel import EnvironmentProblem, KernelError, digest, nft, state
+from markroute.kernel.apply import apply
+from markroute.kernel.down import down
+from markroute.kernel.links import Link, links
+from markroute.kernel.rpdb import Rpdb
+from markroute.model import Model, Uplink
+from markroute.plan import Plan
+
+HOUSEKEEPING = 1.0  # seconds between record updates and hook reaping
+RESYNC_DELAY = 0.1  # netlink events come in bursts: one resync per burst
+RETRY = 1.0
+EXIT_WAIT = 5.0  # how long an exit waits for the table record to be written
+
+
+@dataclass(frozen=True)
+class Options:
+    config: str
+    netns: str | None
+    metrics: tuple[str, int] | None = None
+    down_on_exit: bool = False
+
+
+def _identity(uplink: Uplink) -> tuple[object, ...]:
+    """What must stay the same on reload for an uplink to keep its health."""
+    return (uplink.interface, uplink.mark, uplink.gateway, uplink.gateway6, uplink.check)
+
+
+class Daemon:
+    def __init__(self, options: Options, model: Model, log: logging.Logger) -> None:
+        self.options = options
+        self.netns = options.netns
+        self.model = model
+        self.log = log
+        self.reactor = Reactor()
+        self.monitors: dict[str, UplinkMonitor] = {}
+        self.recorder = TableRecorder(self.reactor, self.netns, self.log.error, self.note_state)
+        self.hooks = Hooks(model.settings.on_change, self.netns, log)
+        self.installed: Plan | None = None
+        self.installed_health = Health()
+        self.unmoved: frozenset[str] = frozenset()  # uplinks down whose flows are still to be deleted
+        self.nominal = ""
+        self.pending: list[Transition] = []
+        self.act_timer: Timer | None = None
+        self.resync_timer: Timer | None = None
+        self.link_usable: dict[str, bool | None] = {}  # None: the interface does not exist
+        self.rule_changes = 0
+        self.started = time.time()
+        self.saved: DaemonRecord | None = None
+        self.state_seen: int | None = None
+        self.exposed: Exposed | None = None
+        self.signals: list[int] = []
+        self.wakeup: tuple[socket.socket, socket.socket] | None = None
+        self.watcher: LinkWatcher | None = None
+        self.metrics: MetricsServer | None = None
+
+    # -- life cycle --------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; the exit code. Start-up failures raise KernelError."""
+        if self.options.metrics:
+            host, port = self.options.metrics
+            try:
+                self.metrics = MetricsServer(host, port, self.current, self.log)
+            except OSError as exc:
+                raise EnvironmentProblem(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from exc
+        self.catch_signals()  # a stop request during start-up waits for the loop, never cuts an apply short
+        previous = record.load(self.netns)
+        interfaces = self.read_links()
+        self.build_monitors(previous.uplinks if previous else {}, interfaces)
+        self.install()
+        self.log.info("markroute run: %d uplinks, %s", len(self.monitors), self.describe())
+        self.watcher = LinkWatcher(self.reactor, self.on_link, self.on_change, self.on_lost)
+        self.relink()  # what changed between the first look and the watcher's first event
+        self.refresh_egress(start=True)
+        if self.metrics:
+            self.metrics.start()
+            self.log.info("metrics on http://%s:%d/metrics", *self.metrics.address)
+        self.reactor.call_later(HOUSEKEEPING, self.housekeeping)
+        self.save_record()
+        try:
+            self.reactor.run()
+        finally:
+            self.shutdown()
+        return 0
+
+    def describe(self) -> str:
+        parts = []
+        for name, monitor in self.monitors.items():
+            how = (f"{monitor.check.method} {', '.join(monitor.targets)} every {monitor.check.interval:g} s"
+                   if monitor.probed else "link state only")
+            parts.append(f"{name} {monitor.health.state} ({how})")
+        return "; ".join(parts)
+
+    def shutdown(self) -> None:
+        for monitor in self.monitors.values():
+            monitor.stop()
+        if self.watcher is not None:
+            self.watcher.close()
+        if self.metrics is not None:
+            self.metrics.close()
+        deadline = time.monotonic() + EXIT_WAIT
+        self.reactor.running = True
+        while not self.recorder.idle and time.monotonic() < deadline:
+            self.reactor.turn()
+        self.recorder.close()
+        if self.options.down_on_exit:
+            report = down(self.netns)
+            for line in report.changes:
+                self.log.info("down: %s", line)
+            for line in report.warnings + report.errors:
+                self.log.warning("down: %s", line)
+            self.log.info("stopped; markroute removed")
+        else:
+            self.save_record()
+            self.log.info("stopped; the rules stay in place (markroute down removes them)")
+
+    def catch_signals(self) -> None:
+        reader, writer = socket.socketpair()
+        reader.setblocking(False)
+        writer.setblocking(False)
+        self.wakeup = (reader, writer)
+        signal.set_wakeup_fd(writer.fileno())
+        for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(number, self.on_signal)
+        self.reactor.watch(reader, selectors.EVENT_READ, self.handle_signals)
+
+    def on_signal(self, number: int, frame: FrameType | None) -> None:
+        self.signals.append(number)
+
+    def handle_signals(self) -> None:
+        assert self.wakeup is not None
+        try:
+            while self.wakeup[0].recv(64):
+                pass
+        except BlockingIOError:
+            pass
+        numbers, self.signals = self.signals, []
+        for number in numbers:
+            if number == signal.SIGHUP:
+                self.reload()
+            else:
+                self.log.info("%s received: stopping", signal.Signals(number).name)
+                self.reactor.stop()
+
+    # -- uplinks -----------------------------------------------------------------------
+
+    def read_links(self) -> dict[str, Link]:
+        with Rpdb() as rpdb:
+            return links(rpdb)
+
+    def build_monitors(self, seen: dict[str, UplinkRecord], interfaces: dict[str, Link],
+                       keep: dict[str, UplinkMonitor] | None = None) -> None:
+        """A monitor per uplink: kept ones as they are, others from the record or fresh."""
+        self.monitors = {}
+        for name, uplink in self.model.uplinks.items():
+            if keep and name in keep:
+                keep[name].uplink = uplink
+                self.monitors[name] = keep[name]
+                continue
+            check, targets = probe_targets(uplink)
+            last = seen.get(name)
+            health = UplinkHealth(
+                name, check if targets else None,
+                state=last.state if last else "up",
+                since=last.since if last else None,
+                transitions=last.transitions if last else 0,
+            )
+            monitor = UplinkMonitor(self.reactor, uplink, health, self.on_transition)
+            self.monitors[name] = monitor
+            link = interfaces.get(uplink.interface)
+            self.link_usable[uplink.interface] = link.usable if link else None
+            transition = health.link(bool(link and link.usable), self.reactor.now())
+            if transition is not None:
+                self.log_transition(transition)
+
+    def refresh_egress(self, start: bool = False) -> None:
+        """Point every monitor's probes at its interface as it is now (index, addresses)."""
+        with Rpdb() as rpdb:
+            interfaces = links(rpdb)
+            for monitor in self.monitors.values():
+                egress = self.egress(monitor.uplink, interfaces.get(monitor.uplink.interface), rpdb)
+                if start:
+                    monitor.start(egress)
+                else:
+                    monitor.rebind(egress)
+
+    @staticmethod
+    def egress(uplink: Uplink, link: Link | None, rpdb: Rpdb) -> Egress | None:
+        index = rpdb.ifindex(uplink.interface)
+        if link is None or index is None:
+            return None
+        sources: dict[int, str] = {}
+        for version, address, _ in sorted(link.addresses, key=lambda a: ipaddress.ip_address(a[1]).is_link_local):
+            sources.setdefault(version, address)
+        return Egress(uplink.interface, index, uplink.mark, link.mac, sources)
+
+    # -- health changes ----------------------------------------------------------------
+
+    def on_transition(self, transition: Transition) -> None:
+        self.log_transition(transition)
+        self.pending.append(transition)
+        if self.act_timer is None:
+            self.act_timer = self.reactor.call_at(self.reactor.now(), self.act)
+
+    def log_transition(self, transition: Transition) -> None:
+        level = logging.INFO if transition.new == "up" else logging.WARNING
+        reason = f" ({transition.reason})" if transition.reason else ""
+        self.log.log(level, "uplink %s: %s -> %s%s", transition.uplink, transition.old, transition.new, reason)
+
+    def health(self) -> dict[str, State]:
+        return {name: monitor.health.state for name, monitor in self.monitors.items()}
+
+    def act(self) -> None:
+        """Make the rules follow the uplinks' states: one nft transaction, then the flows."""
+        self.act_timer = None
+        assert self.installed is not None
+        transitions, self.pending = self.pending, []
+        health = health_of(self.health())
+        wanted = compile_plan(self.model, health)
+        self.unmoved = (self.unmoved | (health.down - self.installed_health.down)) & health.down
+        moved = f"; flows of {', '.join(sorted(self.unmoved))} moved" if self.unmoved else ""
+        try:
+            try:
+                commands = chain_batch(self.installed, wanted)
+            except ValueError:  # a reload is being applied: the new config's plan goes in whole
+                self.install()
+                self.log.info("rules: applied the new config for the uplinks' states%s", moved)
+            else:
+                if commands:
+                    nft.run_batch(commands)
+                    self.rule_changes += 1
+                    self.log.info("rules: rewrote %s in one transaction%s", ", ".join(changed_chains(commands)), moved)
+                    self.recorder.refresh(wanted, self.nominal)
+                self.installed, self.installed_health = wanted, health
+            move_flows((self.model.uplinks[name].mark for name in sorted(self.unmoved)), self.model.settings.mark_mask)
+            self.unmoved = frozenset()
+        except KernelError as exc:
+            self.log.error("cannot act on the uplinks' states: %s; trying again in %g s", exc, RETRY)
+            self.pending = transitions + self.pending
+            self.act_timer = self.reactor.call_later(RETRY, self.act)
+            return
+        self.save_record()
+        for transition in transitions:
+            self.hooks.run(transition)
+
+    def install(self) -> None:
+        """Apply the config's plan for the current health, like `markroute apply`."""
+        health = health_of(self.health())
+        plan = compile_plan(self.model, health)
+        report = apply(plan, self.netns)
+        for change in report.changes:
+            self.log.info("apply: %s", change)
+        for warning in report.warnings:
+            self.log.debug("apply: %s", warning)
+        self.installed, self.installed_health = plan, health
+        self.nominal = digest.plan_digest(compile_plan(self.model))
+        self.recorder.stamp(self.nominal)
+        self.note_state()
+
+    # -- following the system ----------------------------------------------------------
+
+    def on_link(self, interface: str, usable: bool | None) -> None:
+        """An uplink interface changed: usable (up with carrier), not usable, or gone (None)."""
+        if interface not in self.link_usable or self.link_usable[interface] == usable:
+            return
+        self.link_usable[interface] = usable
+        self.log.info("link %s %s", interface, "is up" if usable else "is gone" if usable is None else "is down")
+        for monitor in self.monitors.values():
+            if monitor.uplink.interface == interface:
+                monitor.link(bool(usable))
+        self.schedule_resync()
+
+    def on_change(self) -> None:
+        self.schedule_resync()
+
+    def on_lost(self) -> None:
+        self.log.warning("netlink events were lost: reading the links again")
+        self.relink()
+        self.schedule_resync()
+
+    def relink(self) -> None:
+        """Compare every uplink interface with the kernel, as if each had sent an event."""
+        interfaces = self.read_links()
+        for interface in list(self.link_usable):
+            link = interfaces.get(interface)
+            self.on_link(interface, link.usable if link else None)
+
+    def schedule_resync(self, delay: float = RESYNC_DELAY) -> None:
+        if self.resync_timer is None:
+            self.resync_timer = self.reactor.call_later(delay, self.resync)
+
+    def resync(self) -> None:
+        """Converge routes, rules and sysctls to the installed plan once the table record is current."""
+        self.resync_timer = None
+        self.recorder.when_idle(self.converge)
+
+    def converge(self) -> None:
+        assert self.installed is not None
+        try:
+            report = apply(self.installed, self.netns)
+            self.recorder.stamp(self.nominal)
+            self.note_state()
+        except KernelError as exc:
+            self.log.warning("resync failed: %s; trying again in %g s", exc, RETRY)
+            self.schedule_resync(RETRY)
+            return
+        for change in report.changes:
+            self.log.info("resync: %s", change)
+        self.refresh_egress()
+
+    def reload(self) -> None:
+        from markroute.config import load_model
+
+        model, diagnostics = load_model(self.options.config)
+        if model is None:
+            for diagnostic in diagnostics:
+                self.log.error("reload: %s", diagnostic.render())
+            self.log.error("reload: the config is invalid; still running the previous one")
+            return
+        old = self.monitors
+        keep = {
+            name: monitor for name, monitor in old.items()
+            if name in model.uplinks and _identity(model.uplinks[name]) == _identity(monitor.uplink)
+        }
+        for name, monitor in old.items():
+            if name not in keep:
+                monitor.stop()
+        self.model = model
+        self.hooks.argv = model.settings.on_change
+        self.build_monitors({}, self.read_links(), keep)
+        self.recorder.when_idle(self.reinstall)
+
+    def reinstall(self) -> None:
+        try:
+            self.install()
+        except KernelError as exc:
+            self.log.error("reload: %s", exc)
+            return
+        self.refresh_egress(start=False)
+        for monitor in self.monitors.values():
+            if monitor.ticker is None and monitor.probed:
+                monitor.start(monitor.egress)
+        self.log.info("reloaded: %s", self.describe())
+        self.save_record()
+
+    # -- records -----------------------------------------------------------------------
+
+    def housekeeping(self) -> None:
+        self.reactor.call_later(HOUSEKEEPING, self.housekeeping)
+        self.hooks.reap()
+        self.save_record()
+        if self.recorder.idle and self.resync_timer is None and self.state_mtime() != self.state_seen:
+            self.log.warning("another markroute command changed what is applied: applying the running config "
+                             "again for the uplinks' current states (change the config with SIGHUP instead)")
+            self.reassert()
+
+    def reassert(self) -> None:
+        try:
+            self.install()
+        except KernelError as exc:
+            self.log.error("cannot apply: %s", exc)
+            self.note_state()  # tried: do not retry every second; the next change of the file will
+            return
+        self.refresh_egress()
+
+    def state_mtime(self) -> int | None:
+        """When the apply state was last written: a change we did not make means someone else applied."""
+        try:
+            return (state.directory(self.netns) / state.STATE_RECORD).stat().st_mtime_ns
+        except FileNotFoundError:
+            return None
+
+    def note_state(self) -> None:
+        self.state_seen = self.state_mtime()
+
+    def save_record(self) -> None:
+        current = DaemonRecord(
+            pid=os.getpid(),
+            started=self.started,
+            rule_changes=self.rule_changes,
+            uplinks={name: UplinkRecord.of(m.health.snapshot(), m.probed) for name, m in self.monitors.items()},
+        )
+        if self.installed is not None:
+            self.exposed = Exposed(current, self.installed)
+        if current == self.saved:
+            return
+        try:
+            record.save(self.netns, current)
+            self.saved = current
+        except KernelError as exc:
+            self.log.error("%s", exc)
+
+    def current(self) -> Exposed:
+        """For the metrics thread: the last snapshot (replaced whole, never changed in place)."""
+        assert self.exposed is not None
+        return self.exposed

@@ -123,3 +123,4 @@ def test_live_in_a_namespace_reads_a_foreign_ruleset(lab: Lab) -> None:
 def test_live_with_a_missing_namespace_is_an_environment_error() -> None:
     proc = markroute("trace", "--live", "--netns", "mr-absent-ns", *FLOW)
     assert proc.returncode == 4 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+

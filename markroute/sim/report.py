@@ -169,7 +169,8 @@ def _step(step: dict[str, Any]) -> list[str]:
         if step.get("result"):
             target = f" by {step['oif']}" if step.get("oif") else ""
             gateway = f" via {step['gateway']}" if step.get("gateway") else ""
-            lines.append(f"    => {step['result']}{target}{gateway} (table {step.get('table')})")
+            table = f" (table {step['table']})" if step.get("table") else ""
+            lines.append(f"    => {step['result']}{target}{gateway}{table}")
         return lines
     if stage == "check":
         mode = f" (rp_filter {step['rp_filter']})" if step.get("rp_filter") else ""

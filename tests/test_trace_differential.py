@@ -32,6 +32,7 @@ from fractions import Fraction
 from typing import Any
 
 import pytest
+from test_check import SEED_002_SNIPPET as SEED_002
 
 from markroute import sim
 from markroute.kernel import netns, sysctl
@@ -452,15 +453,6 @@ policies:
     proto: tcp
     dport: 25
     via: cheap
-"""
-
-SEED_002 = """
-uplinks:
-  router1: {interface: eth0, gateway: 192.168.10.1}
-  router2:
-    interface: eth0
-    gateway: 192.168.10.2
-    ingress: {mac: "52:54:00:c2:a5:43", proto: tcp, dport: 80, not: {from: 192.168.10.0/24}}
 """
 
 SEED_003 = """

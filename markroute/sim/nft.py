@@ -308,6 +308,13 @@ def _statement_text(expr: Any) -> str:
         return json.dumps(expr, sort_keys=True)
 
 
+def _find(lookup: Lookup, value: Any) -> int:
+    """The element a key falls in, or -1: also when the key is missing or cannot match."""
+    if value is MISSING or type(value) is Partial and not value.decide(lookup):
+        return -1
+    return lookup.find(value)
+
+
 def _is_set(right: Any) -> bool:
     return isinstance(right, str) and right.startswith("@") or isinstance(right, dict) and "set" in right
 
@@ -473,13 +480,8 @@ class Compiler:
         get = key.get
 
         def vmap(p: Packet) -> Any:
-            value = get(p)
-            if value is MISSING or type(value) is Partial and not value.decide(lookup):
-                return BREAK
-            index = lookup.find(value)
-            if index < 0:
-                return BREAK
-            return verdicts[index]
+            index = _find(lookup, get(p))
+            return BREAK if index < 0 else verdicts[index]
 
         return vmap
 
@@ -633,10 +635,7 @@ class Compiler:
         get = key.get
 
         def mapped(p: Packet) -> Any:
-            value = get(p)
-            if value is MISSING or type(value) is Partial and not value.decide(lookup):
-                return MISSING
-            index = lookup.find(value)
+            index = _find(lookup, get(p))
             return values[index] if index >= 0 else MISSING
 
         return Value(mapped, data_type, text)

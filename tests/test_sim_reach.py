@@ -57,3 +57,15 @@ policies:
   - {name: all, via: a}
 """)
     assert reachability(plan).unused_uplinks == ["spare"]
+
+
+def test_a_policy_on_a_large_set_is_reachable(tmp_path: Path) -> None:
+    prefixes = "\n".join(f"10.{i // 256}.{i % 256}.0/24" for i in range(0, 10000, 2))
+    plan = plan_of(tmp_path, UPLINKS + """
+sets:
+  many: {file: many.txt}
+policies:
+  - {name: many, to: "@many", via: b}
+  - {name: rest, via: a}
+""", {"many.txt": prefixes})
+    assert reachability(plan).unreachable_policies == []

@@ -31,6 +31,7 @@ from markroute.sim.system import KERNEL_RULES, Host, System
 from markroute.sim.trace import Simulator
 
 BUDGET = 3000
+PER_FIELD = 256  # witness values kept per field: big sets are sampled, not enumerated
 WITNESS_MAC = "02:00:5e:00:53:99"
 WITNESS_IIF = "witness0"
 FIELDS = {
@@ -53,10 +54,15 @@ LIMITS = {"src4": 2**32 - 1, "dst4": 2**32 - 1, "src6": 2**128 - 1, "dst6": 2**1
 
 @dataclass
 class Candidates:
-    """Witness values per field: all the ruleset's, and those of each commented rule (policy, ingress)."""
+    """Witness values per field: all the ruleset's, and those of each commented rule (policy, ingress).
 
-    common: dict[str, set[Any]] = field(default_factory=lambda: {k: set(v) for k, v in DEFAULTS.items()})
-    own: dict[str, dict[str, set[Any]]] = field(default_factory=dict)
+    Values keep the order they were found in (dicts as ordered sets): a rule's first
+    value lies inside its own constant, the defaults come first among the common ones.
+    """
+
+    common: dict[str, dict[Any, None]] = field(
+        default_factory=lambda: {k: dict.fromkeys(v) for k, v in DEFAULTS.items()})
+    own: dict[str, dict[str, dict[Any, None]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -156,9 +162,9 @@ def _candidates(document: dict[str, Any]) -> Candidates:
         if isinstance(right, str) and right.startswith("@"):
             right = {"set": sets.get((body["table"], right[1:]), [])}
         for value in _values(name, right):
-            found.common[name].add(value)
+            found.common[name][value] = None
             if label:
-                found.own.setdefault(label, {}).setdefault(name, set()).add(value)
+                found.own.setdefault(label, {}).setdefault(name, {})[value] = None
 
     for obj in objects:
         body = obj.get("rule")
@@ -195,9 +201,14 @@ def _field(left: Any) -> str | None:
 
 
 def _values(name: str, right: Any) -> Iterator[Any]:
-    """Each constant's own value(s) and, for numbers, the values just outside its interval."""
+    """Each constant's own value(s) and, for numbers, the values just outside its interval.
+
+    Of a large set only an evenly spread PER_FIELD of its elements are taken: witnesses
+    need representatives of it, not all of it.
+    """
     elements = right["set"] if isinstance(right, dict) and "set" in right else [right]
-    for element in elements if isinstance(elements, list) else [elements]:
+    elements = elements if isinstance(elements, list) else [elements]
+    for element in elements[:: max(1, len(elements) // PER_FIELD)]:
         try:
             value = parse(DTYPES[name], element)
         except (UnsupportedValue, ValueError, KeyError, TypeError):
@@ -216,15 +227,21 @@ def _values(name: str, right: Any) -> Iterator[Any]:
 
 
 def _witnesses(candidates: Candidates, label: str | None, rng: random.Random) -> Iterator[Flow]:
-    """Witness flows: first from the rule's own constants (by its comment), then from all of the ruleset's."""
+    """Witness flows: the rule's own constants (by its comment) first, then all of the ruleset's."""
     own = candidates.own.get(label or "", {})
-    pools = [{k: sorted(own.get(k) or v, key=str) for k, v in candidates.common.items()}] if own else []
-    pools.append({k: sorted(v, key=str) for k, v in candidates.common.items()})
-    for pool in pools:
-        yield from _corners(pool)
-    pool = pools[-1]
+    pool = {name: _sample(list(own.get(name, {})) + [v for v in values if v not in own.get(name, {})], rng)
+            for name, values in candidates.common.items()}
+    yield from _corners(pool)
     while True:
         yield from _flows({k: rng.choice(v) for k, v in pool.items()})
+
+
+def _sample(values: list[Any], rng: random.Random) -> list[Any]:
+    """At most PER_FIELD values: the first ones kept in order, a random sample of the rest."""
+    if len(values) <= PER_FIELD:
+        return values
+    head = values[: PER_FIELD // 2]
+    return head + rng.sample(values[PER_FIELD // 2:], PER_FIELD - len(head))
 
 
 def _corners(pool: dict[str, list[Any]]) -> Iterator[Flow]:

@@ -366,18 +366,27 @@ class Lab:
         return proc
 
     def serve_echo(
-        self, ns: str, port: int, *, udp: bool = True, bind: str = "::", timeout: float = 10.0
+        self,
+        ns: str,
+        port: int,
+        *,
+        udp: bool = True,
+        bind: str = "::",
+        timeout: float = 10.0,
+        stderr: int | IO[Any] | None = None,
     ) -> subprocess.Popen[bytes]:
         """Start :mod:`markroute.lab.echo` in *ns* and return once it listens.
 
         TCP and (unless ``udp=False``) UDP are served on the same *port*.
         Waiting for the server's READY line avoids racing the first probe
-        against the server's ``bind()``.
+        against the server's ``bind()``.  *stderr* defaults to this
+        process's; a server meant to outlive it (:meth:`release`) must not
+        hold a pipe its reader waits on.
         """
         argv = [sys.executable, "-m", "markroute.lab.echo", "--tcp", str(port), "--bind", bind]
         if udp:
             argv += ["--udp", str(port)]
-        proc = self.spawn(ns, argv, stdout=subprocess.PIPE, env=_python_env())
+        proc = self.spawn(ns, argv, stdout=subprocess.PIPE, stderr=stderr, env=_python_env())
         assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], timeout)
         line = proc.stdout.readline() if ready else b""
@@ -434,6 +443,16 @@ class Lab:
         raise LabError(f"counter {family} {table} {name} not found in {ns}")
 
     # -- teardown ---------------------------------------------------------
+
+    def release(self) -> tuple[str, ...]:
+        """Give up ownership: namespaces and processes outlive this process.
+
+        For ``markroute demo --keep``, whose user explores the lab after the
+        demo exits; :func:`cleanup` with the returned names removes it later.
+        """
+        self._closed = True
+        _REGISTRY.discard(self)
+        return self.namespaces
 
     def close(self) -> None:
         """Kill spawned processes and delete every namespace; safe to repeat."""

@@ -95,6 +95,14 @@ def rule_json(msg: Message) -> dict[str, Any]:
             data[key] = name
             if msg["flags"] & detached:
                 data[f"{key}_detached"] = None
+    if msg.get_attr("FRA_IP_PROTO"):
+        data["ipproto"] = msg.get_attr("FRA_IP_PROTO")
+    for attr, key in (("FRA_SPORT_RANGE", "sport"), ("FRA_DPORT_RANGE", "dport"), ("FRA_UID_RANGE", "uid")):
+        if msg.get_attr(attr) is not None:
+            start, _, end = str(msg.get_attr(attr)).partition(":")
+            data[f"{key}_start"], data[f"{key}_end"] = int(start), int(end or start)
+    if msg.get_attr("FRA_TUN_ID"):
+        data["tun_id"] = msg.get_attr("FRA_TUN_ID")
     if msg.get_attr("FRA_L3MDEV"):
         data["l3mdev"] = None
     table = table_of(msg, "FRA_TABLE")

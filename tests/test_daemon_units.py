@@ -7,7 +7,10 @@ batch is computed from plans the real compiler made for different `Health` value
 from __future__ import annotations
 
 import logging
+import selectors
+import socket
 import sys
+import time
 from collections import Counter
 
 import pytest
@@ -22,6 +25,7 @@ from markroute.daemon.logs import setup
 from markroute.daemon.metrics import Exposed, Families, KernelCounters, exposition, parse_address
 from markroute.daemon.monitor import probe_targets
 from markroute.daemon.probes import checksum, split_target
+from markroute.daemon.reactor import Reactor
 from markroute.daemon.record import DaemonRecord, UplinkRecord
 from markroute.kernel.links import COUNTER_KEYS
 from markroute.model import HealthCheck, Model
@@ -303,3 +307,23 @@ def test_on_change_failures_are_logged_not_raised(caplog: pytest.LogCaptureFixtu
     assert "could not start /nonexistent/notify" in caplog.text
     assert "on_change for isp_a (up -> down) exited with status 1" in caplog.text
     assert failing.running == []
+
+
+def test_reactor_reads_sockets_before_due_timers_and_survives_a_failing_callback() -> None:
+    errors: list[Exception] = []
+    reactor = Reactor(errors.append)
+    order: list[str] = []
+    reader, writer = socket.socketpair()
+    with reader, writer:
+        reactor.watch(reader, selectors.EVENT_READ, lambda: order.append(f"read {reader.recv(10).decode()}"))
+        now = reactor.now()
+        reactor.call_at(now, lambda: order.append("timer"))
+        reactor.call_at(now, lambda: 1 / 0)
+        cancelled = reactor.call_at(now, lambda: order.append("cancelled"))
+        cancelled.cancel()
+        writer.send(b"x")
+        time.sleep(0.01)
+        reactor.turn()
+        reactor.unwatch(reader)
+    assert order == ["read x", "timer"]
+    assert len(errors) == 1 and isinstance(errors[0], ZeroDivisionError)

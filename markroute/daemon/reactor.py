@@ -8,6 +8,9 @@ own event loop and refuses to run inside a running one.
 Readable sockets are always handled before due timers in the same turn: a probe answer
 that arrived while the loop was busy (an `nft` run, an apply) is counted before that
 probe's timeout fires, and the kernel receive timestamp keeps its RTT right.
+
+An exception escaping a callback goes to `on_error` and the loop goes on: one failed
+step must not stop the probing of every uplink.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ class Timer:
 
 
 class Reactor:
-    def __init__(self) -> None:
+    def __init__(self, on_error: Callable[[Exception], None]) -> None:
+        self.on_error = on_error
         self.selector = selectors.DefaultSelector()
         self.timers: list[tuple[float, int, Timer]] = []
         self.order = itertools.count()
@@ -83,9 +87,15 @@ class Reactor:
             timeout = max(0.0, self.timers[0][0] - self.now())
         for key, _ in self.selector.select(timeout):
             if self.selector.get_map().get(key.fd) is key:  # not unwatched by an earlier callback
-                key.data()
+                self.call(key.data)
         now = self.now()
-        while self.running and self.timers and self.timers[0][0] <= now:
+        while self.timers and self.timers[0][0] <= now:
             _, _, timer = heapq.heappop(self.timers)
             if not timer.cancelled:
-                timer.callback()
+                self.call(timer.callback)
+
+    def call(self, callback: Callback) -> None:
+        try:
+            callback()
+        except Exception as exc:  # noqa: BLE001 (reported, and the loop must go on)
+            self.on_error(exc)

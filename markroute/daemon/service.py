@@ -76,7 +76,7 @@ class Daemon:
         self.netns = options.netns
         self.model = model
         self.log = log
-        self.reactor = Reactor()
+        self.reactor = Reactor(self.internal_error)
         self.monitors: dict[str, UplinkMonitor] = {}
         self.recorder = TableRecorder(self.reactor, self.netns, self.log.error, self.note_state)
         self.hooks = Hooks(model.settings.on_change, self.netns, log)
@@ -94,6 +94,7 @@ class Daemon:
         self.state_seen: int | None = None
         self.exposed: Exposed | None = None
         self.signals: list[int] = []
+        self.stopping = False
         self.wakeup: tuple[socket.socket, socket.socket] | None = None
         self.watcher: LinkWatcher | None = None
         self.metrics: MetricsServer | None = None
@@ -128,6 +129,10 @@ class Daemon:
             self.shutdown()
         return 0
 
+    def internal_error(self, exc: Exception) -> None:
+        """A step failed in a way nothing expected: say so (with the traceback) and go on."""
+        self.log.error("internal error, continuing: %r", exc, exc_info=exc)
+
     def describe(self) -> str:
         parts = []
         for name, monitor in self.monitors.items():
@@ -137,14 +142,14 @@ class Daemon:
         return "; ".join(parts)
 
     def shutdown(self) -> None:
+        self.stopping = True
         for monitor in self.monitors.values():
             monitor.stop()
         if self.watcher is not None:
             self.watcher.close()
         if self.metrics is not None:
             self.metrics.close()
-        deadline = time.monotonic() + EXIT_WAIT
-        self.reactor.running = True
+        deadline = time.monotonic() + EXIT_WAIT  # the loop now only finishes the table record
         while not self.recorder.idle and time.monotonic() < deadline:
             self.reactor.turn()
         self.recorder.close()
@@ -337,7 +342,8 @@ class Daemon:
     def resync(self) -> None:
         """Converge routes, rules and sysctls to the installed plan once the table record is current."""
         self.resync_timer = None
-        self.recorder.when_idle(self.converge)
+        if not self.stopping:
+            self.recorder.when_idle(self.converge)
 
     def converge(self) -> None:
         assert self.installed is not None
@@ -391,6 +397,8 @@ class Daemon:
     # -- records -----------------------------------------------------------------------
 
     def housekeeping(self) -> None:
+        if self.stopping:
+            return
         self.reactor.call_later(HOUSEKEEPING, self.housekeeping)
         self.hooks.reap()
         self.save_record()

@@ -14,24 +14,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import BIG_SET_CONFIG as CONFIG  # noqa: E402
 from common import publish, random_prefixes, summary  # noqa: E402
 
 PREFIXES = 100_000
 RUNS = 5
 
-CONFIG = """\
-uplinks:
-  isp_a: {interface: wan0, gateway: 10.0.0.1, nat: masquerade}
-  isp_b: {interface: wan1, gateway: 10.0.1.1, nat: masquerade}
-sets:
-  big: {file: big.txt}
-groups:
-  both:
-    balance: {isp_a: 1, isp_b: 1}
-policies:
-  - {name: big-set, to: "@big", via: isp_b}
-  - {name: rest, via: both}
-"""
 
 
 def timed(func) -> list[float]:

@@ -6,6 +6,7 @@ BENCHMARKS.md, so every figure there comes with the command and machine that mad
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import platform
 import random
@@ -18,14 +19,32 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "BENCHMARKS.md"
 
+# Two uplinks, one policy sending a `sets:` file (big.txt beside the config) through one, a balance group.
+BIG_SET_CONFIG = """\
+uplinks:
+  isp_a: {interface: wan0, gateway: 10.0.0.1, nat: masquerade}
+  isp_b: {interface: wan1, gateway: 10.0.1.1, nat: masquerade}
+sets:
+  big: {file: big.txt}
+groups:
+  both:
+    balance: {isp_a: 1, isp_b: 1}
+policies:
+  - {name: big-set, to: "@big", via: isp_b}
+  - {name: rest, via: both}
+"""
 
-def random_prefixes(count: int, seed: int = 1) -> list[str]:
-    """Distinct IPv4 prefixes (/16 to /28) drawn from everywhere, like a real route feed."""
+
+def random_prefixes(
+    count: int, seed: int = 1, network: str = "0.0.0.0/0", lengths: tuple[int, int] = (16, 28)
+) -> list[str]:
+    """Distinct IPv4 prefixes (LENGTHS, at most as wide as NETWORK) drawn from NETWORK, like a route feed."""
     rng = random.Random(seed)
+    base, width = ipaddress.ip_network(network).network_address, ipaddress.ip_network(network).prefixlen
     seen: set[str] = set()
     while len(seen) < count:
-        length = rng.randint(16, 28)
-        value = rng.getrandbits(32) & ~((1 << (32 - length)) - 1) & 0xFFFFFFFF
+        length = rng.randint(max(lengths[0], width), lengths[1])
+        value = (int(base) | rng.getrandbits(32 - width)) & ~((1 << (32 - length)) - 1) & 0xFFFFFFFF
         seen.add(f"{value >> 24}.{(value >> 16) & 255}.{(value >> 8) & 255}.{value & 255}/{length}")
     return sorted(seen)
 

@@ -89,19 +89,41 @@ def first_match(keyed: Sequence[tuple[tuple[Box, ...], int]], join: bool) -> lis
     """
     if keyed and keyed[0][0] and len(keyed[0][0][0]) == 1:
         return [((interval,), owner) for interval, owner in _first_match_1d(keyed, join)]
-    taken: list[Box] = []
+    boxes = [(box, owner) for boxes_of_owner, owner in keyed for box in boxes_of_owner]
+    earlier = _overlapping_earlier(boxes)
     result: list[tuple[Box, int]] = []
-    for boxes, owner in keyed:
-        for box in boxes:
-            pieces = [box]
-            for earlier in taken:
-                if _overlaps(box, earlier):
-                    pieces = [part for piece in pieces for part in _subtract(piece, earlier)]
-                    if not pieces:
-                        break
-            result += [(piece, owner) for piece in pieces]
-        taken.extend(boxes)
+    for index, (box, owner) in enumerate(boxes):
+        pieces = [box]
+        for other in earlier.get(index, ()):
+            pieces = [part for piece in pieces for part in _subtract(piece, boxes[other][0])]
+            if not pieces:
+                break
+        result += [(piece, owner) for piece in pieces]
     return sorted(result)
+
+
+def _overlapping_earlier(boxes: Sequence[tuple[Box, int]]) -> dict[int, list[int]]:
+    """For each box, the earlier boxes it overlaps, in order.
+
+    A sweep along the field with the most distinct intervals (usually the addresses or
+    the ports) finds the candidates, so disjoint policies cost n log n, not n squared.
+    """
+    axis = max(range(len(boxes[0][0])), key=lambda a: len({box[a] for box, _ in boxes}))
+    order = sorted(range(len(boxes)), key=lambda i: boxes[i][0][axis][0])
+    live: list[tuple[int, int]] = []
+    found: dict[int, list[int]] = {}
+    for index in order:
+        box = boxes[index][0]
+        while live and live[0][0] < box[axis][0]:
+            heapq.heappop(live)
+        for _, other in live:
+            if _overlaps(box, boxes[other][0]):
+                first, later = min(index, other), max(index, other)
+                found.setdefault(later, []).append(first)
+        heapq.heappush(live, (box[axis][1], index))
+    for partners in found.values():
+        partners.sort()
+    return found
 
 
 def _first_match_1d(keyed: Sequence[tuple[tuple[Box, ...], int]], join: bool) -> list[tuple[Interval, int]]:

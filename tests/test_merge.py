@@ -249,3 +249,31 @@ def test_short_runs_and_unmergeable_shapes_stay_rules(tmp_path: Path) -> None:
     merged = compile_plan(model, merge_min=2)
     assert len(chain_rules(merged, "policies_fwd")) == 1 + 2 + 2
     assert merged_maps(merged) == 2  # the first run, in policies_fwd and policies_local
+
+
+@pytest.mark.parametrize("dimensions", [1, 2, 3])
+def test_first_match_gives_every_point_its_first_owner_with_disjoint_boxes(dimensions: int) -> None:
+    """`first_match` against brute force over a small space: right owner everywhere, no overlaps."""
+    from itertools import product
+
+    from markroute.policymaps import first_match
+
+    rng = random.Random(dimensions)
+    size = 12 if dimensions < 3 else 7
+    for _ in range(30):
+        keyed = []
+        for owner in range(rng.randint(1, 8)):
+            boxes = []
+            for _ in range(rng.randint(1, 3)):
+                box = []
+                for _ in range(dimensions):
+                    lo = rng.randrange(size)
+                    box.append((lo, rng.randint(lo, size - 1)))
+                boxes.append(tuple(box))
+            keyed.append((tuple(boxes), owner))
+        result = first_match(keyed, join=True)
+        for point in product(range(size), repeat=dimensions):
+            expected = next((owner for boxes, owner in keyed
+                             if any(all(lo <= v <= hi for v, (lo, hi) in zip(point, box)) for box in boxes)), None)
+            holders = [owner for box, owner in result if all(lo <= v <= hi for v, (lo, hi) in zip(point, box))]
+            assert holders == ([] if expected is None else [expected]), (point, keyed)

@@ -108,6 +108,9 @@ def parse(text: str, path: str) -> Node:
         raise SourceError(Diagnostic(where, "error", message, "remove it; YAML files are plain text")) from None
     except YAMLError as exc:
         raise SourceError(Diagnostic(Where(path, 1, 1), "error", f"YAML: {exc}")) from None
+    except RecursionError:  # ruamel's parser recurses once per level of [ or {
+        raise SourceError(Diagnostic(Where(path, 1, 1), "error", "YAML: the document is nested too deeply",
+                                     f"no config needs more than {_Builder.MAX_DEPTH} levels")) from None
     if document is None:
         return Node("map", Where(path, 1, 1))
     return _Builder(path, yaml.constructor).build(document)
@@ -149,16 +152,18 @@ class _Builder:
     """Turns composed YAML nodes into `Node`s, with the checks the composer leaves out.
 
     Duplicate keys and merge keys (`<<:`) are resolved here; aliases are followed, but a
-    recursive anchor or an alias bomb (a few lines expanding to millions of values) is an
-    error instead of a hang.
+    recursive anchor, an alias bomb (a few lines expanding to millions of values) or
+    nesting deeper than Python's stack is an error instead of a hang or a crash.
     """
 
-    MAX_VALUES = 1_000_000
+    MAX_REPEATS = 100_000
+    MAX_DEPTH = 64
 
     def __init__(self, path: str, constructor: Any) -> None:
         self.path = path
         self.constructor = constructor
-        self.count = 0
+        self.built: set[int] = set()
+        self.repeats = 0
         self.active: set[int] = set()
 
     def where(self, node: Any) -> Where:
@@ -170,11 +175,17 @@ class _Builder:
     def build(self, node: Any, where: Where | None = None) -> Node:
         from ruamel.yaml.nodes import MappingNode, SequenceNode
 
-        self.count += 1
-        if self.count > self.MAX_VALUES:
-            raise self.fail(node, "YAML: the aliases expand to more than a million values", "write the values out")
+        if id(node) in self.built:  # reached again through an alias
+            self.repeats += 1
+            if self.repeats > self.MAX_REPEATS:
+                raise self.fail(node, f"YAML: aliases repeat more than {self.MAX_REPEATS} values",
+                                "write the values out")
+        self.built.add(id(node))
         if id(node) in self.active:
             raise self.fail(node, "YAML: an alias refers to the value that contains it", "remove the recursion")
+        if len(self.active) >= self.MAX_DEPTH:
+            raise self.fail(node, "YAML: the document is nested too deeply",
+                            f"no config needs more than {self.MAX_DEPTH} levels")
         where = where or self.where(node)
         if isinstance(node, MappingNode):
             self.active.add(id(node))

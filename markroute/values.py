@@ -260,6 +260,8 @@ def parse_interface(value: object) -> str:
     text = yaml_text(value)
     if not isinstance(value, (str, int)) or isinstance(value, bool) or not _INTERFACE.match(text):
         raise ValueError(f"'{text}' is not a valid interface name (1-15 characters, no spaces, '/' or ':')")
+    if text.startswith("@"):
+        raise ValueError(f"'{text}' starts with '@', which nftables reads as a set name")
     return text
 
 

@@ -359,8 +359,10 @@ def test_undecodable_byte_is_located(tmp_path: Path) -> None:
     ("a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
      "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
      "e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]\n",
-     None, "YAML: the aliases expand to more than a million values"),
-], ids=["bad-int-tag", "unknown-tag", "recursive-alias", "alias-bomb"])
+     None, "YAML: aliases repeat more than 100000 values"),
+    ("uplinks: " + "[" * 100 + "]" * 100 + "\n", (1, 73), "YAML: the document is nested too deeply"),
+    ("uplinks: " + "[" * 5000 + "]" * 5000 + "\n", (1, 1), "YAML: the document is nested too deeply"),
+], ids=["bad-int-tag", "unknown-tag", "recursive-alias", "alias-bomb", "deep", "deeper-than-the-parser"])
 def test_hostile_yaml_is_an_error_not_a_crash(
     tmp_path: Path, text: str, position: tuple[int, int] | None, message: str,
 ) -> None:
@@ -406,7 +408,7 @@ def _paths(data: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]
             yield from _paths(value, prefix + (index,))
 
 
-def _mutants(data: Any, replacements: int = len(REPLACEMENTS)) -> Iterator[Any]:
+def mutants(data: Any, replacements: int = len(REPLACEMENTS)) -> Iterator[Any]:
     """Copies of `data` with one key dropped, renamed, or its value replaced by another type.
 
     With fewer `replacements` than there are, each path gets the next few in turn, so
@@ -470,7 +472,7 @@ def test_fuzz_every_type_at_every_key(name: str) -> None:
 
     data = YAML(typ="safe", pure=True).load(FUZZ_SEEDS[name])
     count = 0
-    for mutant in _mutants(data):
+    for mutant in mutants(data):
         try:
             _check_answer(*Validator("mutant.yaml").run(_as_node(mutant, [0])))
         except Exception as exc:
@@ -484,7 +486,7 @@ def test_fuzz_load_model_on_mutated_files(tmp_path: Path, name: str) -> None:
     """The whole path through YAML: each key dropped, renamed and given two other types."""
     data = YAML(typ="safe", pure=True).load(FUZZ_SEEDS[name])
     path = tmp_path / "mutant.yaml"
-    for mutant in _mutants(data, replacements=2):
+    for mutant in mutants(data, replacements=2):
         path.write_text(json.dumps(mutant, indent=1))  # JSON is YAML, and dumps fast
         try:
             _check_answer(*load_model(str(path)))

@@ -157,3 +157,31 @@ def test_inline_configs_use_every_feature(tmp_path: Path) -> None:
         load_model(str(config_path("merged-runs", tmp_path)))[0]).nft)  # type: ignore[arg-type]
     assert {s["set"]["name"] for s in plan.nft if "set" in s} >= {"cdn_v4", "cdn_v6", "dense_v4"}
     assert len(model.sets["dense"]) == 5000
+
+
+def test_mutated_configs_load_the_same_both_ways(tmp_path: Path, namespace: NftNamespace) -> None:
+    """Valid variations of the every-match config (keys dropped, values of other types that
+    still validate), a sample of them each loaded both ways. Run over every variation, this
+    found interface names starting with '@', which nftables' JSON reads as set references."""
+    import itertools
+    import json
+
+    from ruamel.yaml import YAML
+    from test_check import mutants
+
+    (tmp_path / "dense.txt").write_text("\n".join(DENSE.splitlines()[:20]))  # few prefixes: quick mutants
+    path = tmp_path / "mutant.yaml"
+    seen: set[str] = set()
+    for mutant in itertools.islice(mutants(YAML(typ="safe", pure=True).load(EVERY_MATCH), replacements=2), 0, None, 3):
+        path.write_text(json.dumps(mutant))
+        model, _ = load_model(str(path))
+        if model is None:
+            continue
+        document = compile_plan(model).nft_document()
+        key = json.dumps(document, sort_keys=True)
+        if key in seen or len(seen) % 4:
+            seen.add(key)
+            continue
+        seen.add(key)
+        assert namespace.load_json(document) == namespace.load_text(nfttext.render(document)), path.read_text()
+    assert len(seen) > 40

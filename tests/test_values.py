@@ -174,6 +174,8 @@ def test_parse_interface() -> None:
     for bad in ("", "a" * 16, "eth 0", "eth0:1", "a/b", True):
         with pytest.raises(ValueError, match="is not a valid interface name"):
             v.parse_interface(bad)
+    with pytest.raises(ValueError, match="nftables reads as a set name"):
+        v.parse_interface("@set")
 
 
 def test_parse_gateway_names_the_other_key() -> None:

@@ -162,7 +162,7 @@ def shadowed_ingress(model: Model) -> Iterator[Warning]:
         for earlier in uplinks[:index]:
             if earlier.interface != later.interface or not later.versions <= earlier.versions:
                 continue
-            if earlier.ingress is not None and later.ingress is not None and match_covers(earlier.ingress, later.ingress):
+            if earlier.ingress and later.ingress and match_covers(earlier.ingress, later.ingress):
                 yield (
                     later.where,
                     f"ingress of '{later.name}' never matches: the ingress of '{earlier.name}' "

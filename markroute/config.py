@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from markroute import marks
 from markroute.analysis import mask_overlaps, model_warnings
-from markroute.diagnostics import ConfigError, Diagnostic, Diagnostics, Where
+from markroute.diagnostics import Diagnostic, Diagnostics, Where
 from markroute.model import (
     SPECIAL_TARGETS,
     Addresses,
@@ -94,14 +94,6 @@ def load_model(path: str) -> tuple[Model | None, list[Diagnostic]]:
     return Validator(path).run(root)
 
 
-def require_model(path: str) -> tuple[Model, list[Diagnostic]]:
-    """Like `load_model`, but raise `ConfigError` carrying the diagnostics on error."""
-    model, diagnostics = load_model(path)
-    if model is None:
-        raise ConfigError(diagnostics)
-    return model, diagnostics
-
-
 def suggest(word: str, choices: list[str] | tuple[str, ...]) -> str | None:
     """A did-you-mean hint for a misspelt key or name, or None when nothing is close.
 
@@ -149,7 +141,8 @@ class Validator:
 
     def run(self, root: Node) -> tuple[Model | None, list[Diagnostic]]:
         if root.kind == "map" and not root.items and not root.odd_keys:
-            self.diag.error(root.where, "the config is empty", "start with 'uplinks:' and describe at least one way out: interface and gateway")
+            self.diag.error(root.where, "the config is empty",
+                            "start with 'uplinks:' and describe at least one way out: interface and gateway")
             return None, self.diag.sorted()
         if not self.kind(root, "map", "the config"):
             return None, self.diag.sorted()
@@ -261,7 +254,8 @@ class Validator:
                     "for example 0xff00 or 0x3f00",
                 )
             elif mask is not None and marks.capacity(mask) < 3:
-                self.diag.error(items["mark_mask"].where, f"mark_mask {mask:#x} is too small", "give it at least two bits")
+                self.diag.error(items["mark_mask"].where, f"mark_mask {mask:#x} is too small",
+                                "give it at least two bits")
             elif mask is not None:
                 values["mark_mask"] = mask
                 for message, hint in mask_overlaps(mask):
@@ -435,7 +429,8 @@ class Validator:
         if (match.sports or match.dports) and match.protocols is not None:
             if not set(match.protocols) & PORT_PROTOCOLS:
                 key = "sport" if match.sports else "dport"
-                self.diag.error(items[key].where, "ports need proto tcp, udp or sctp", "add proto: tcp or drop the port")
+                self.diag.error(items[key].where, "ports need proto tcp, udp or sctp",
+                                "add proto: tcp or drop the port")
                 return False
         if not match.versions:
             self.diag.error(
@@ -519,7 +514,8 @@ class Validator:
         fields: dict[str, Any] = {"where": where}
         ok = True
         if "interface" not in items:
-            self.diag.error(node.where, f"uplink '{name}' has no 'interface'", "add interface: eth0 (the device it leaves by)")
+            self.diag.error(node.where, f"uplink '{name}' has no 'interface'",
+                            "add interface: eth0 (the device it leaves by)")
             ok = False
         else:
             fields["interface"] = self.scalar(items["interface"], "interface", parse_interface)
@@ -688,7 +684,8 @@ class Validator:
             if mark is None:
                 mark = next(free_marks, None)
                 if mark is None:
-                    self.diag.error(fields["where"], f"no mark left in mark_mask {mask:#x} for '{name}'", "widen mark_mask")
+                    self.diag.error(fields["where"], f"no mark left in mark_mask {mask:#x} for '{name}'",
+                                    "widen mark_mask")
                     self.broken.add(name)
                     continue
             if table is None:
@@ -875,7 +872,8 @@ class Validator:
         if policy.match.versions & model.target_versions(policy.via):
             return True
         family = "IPv6" if policy.match.versions == {6} else "IPv4"
-        self.diag.error(via.where, f"policy '{policy.name}' matches only {family} but '{policy.via}' has no {family} gateway",
+        self.diag.error(via.where,
+                        f"policy '{policy.name}' matches only {family} but '{policy.via}' has no {family} gateway",
                         f"add gateway{'6' if family == 'IPv6' else ''}: to the uplink or pick another via")
         return False
 
@@ -886,4 +884,4 @@ class Validator:
             self.diag.warning(where, message, hint)
 
 
-__all__ = ["DEFAULT_PATH", "config_path", "load_model", "require_model", "ConfigError"]
+__all__ = ["DEFAULT_PATH", "config_path", "load_model", "suggest", "Validator"]

@@ -27,6 +27,8 @@ class Where:
 
 @dataclass(frozen=True)
 class Diagnostic:
+    """One problem: where, how bad, what is wrong, and (when it helps) what to do about it."""
+
     where: Where
     severity: Severity
     message: str
@@ -63,17 +65,5 @@ class Diagnostics:
     def errors(self) -> list[Diagnostic]:
         return [d for d in self.items if d.severity == "error"]
 
-    @property
-    def warnings(self) -> list[Diagnostic]:
-        return [d for d in self.items if d.severity == "warning"]
-
     def sorted(self) -> list[Diagnostic]:
         return sorted(self.items, key=lambda d: (d.where.file, d.where.line, d.where.col))
-
-
-class ConfigError(Exception):
-    """Raised when a configuration cannot be turned into a model; carries every problem."""
-
-    def __init__(self, diagnostics: list[Diagnostic]) -> None:
-        super().__init__("\n".join(d.render() for d in diagnostics))
-        self.diagnostics = diagnostics

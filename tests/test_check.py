@@ -35,7 +35,9 @@ from markroute.source import Node, SourceError, load
 
 CORPUS = REPO / "tests" / "broken"
 EXAMPLES = REPO / "examples"
-EXPECT = re.compile(r"^# expect: (?:(?P<file>[^:\s]+):)?(?P<line>\d+):(?P<col>\d+) (?P<severity>error|warning): (?P<text>.+)$")
+EXPECT = re.compile(
+    r"^# expect: (?:(?P<file>[^:\s]+):)?(?P<line>\d+):(?P<col>\d+) (?P<severity>error|warning): (?P<text>.+)$"
+)
 REPORTED = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?P<col>\d+): (?P<severity>error|warning): (?P<text>.+)$")
 
 ISSUE_EXAMPLE = """\
@@ -327,7 +329,8 @@ def test_positions_of_keys_and_values(tmp_path: Path) -> None:
 
 
 def test_merged_keys_point_at_the_anchor(tmp_path: Path) -> None:
-    root = load(str(write(tmp_path, "base: &b {interface: eth0}\nuplinks:\n  a:\n    <<: *b\n    gateway: 192.0.2.1\n")))
+    text = "base: &b {interface: eth0}\nuplinks:\n  a:\n    <<: *b\n    gateway: 192.0.2.1\n"
+    root = load(str(write(tmp_path, text)))
 
     uplink = root.items["uplinks"].items["a"]
     assert uplink.items["interface"].scalar == "eth0"

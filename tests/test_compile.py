@@ -188,7 +188,9 @@ def test_family_follows_the_addresses(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("weights", [(1, 1), (4, 6), (1, 3, 6), (7, 1, 1, 2), (1000, 1)])
-def test_balance_weights_become_numgen_ranges_covering_each_value_once(tmp_path: Path, weights: tuple[int, ...]) -> None:
+def test_balance_weights_become_numgen_ranges_covering_each_value_once(
+    tmp_path: Path, weights: tuple[int, ...],
+) -> None:
     names = [f"u{i}" for i in range(len(weights))]
     text = "uplinks:\n" + "".join(f"  {n}: {{interface: eth{i}, gateway: 192.0.2.{i + 1}, nat: masquerade}}\n"
                                   for i, n in enumerate(names))
@@ -217,7 +219,8 @@ def destination_chain(plan: Plan, policy: str) -> str:
 
 
 def test_failover_takes_the_first_member_that_carries_the_family(tmp_path: Path) -> None:
-    plan = plan_of(tmp_path, DUAL + "groups:\n  primary: {failover: [a, b]}\npolicies:\n  - {name: all, via: primary}\n")
+    plan = plan_of(tmp_path, DUAL + "groups:\n  primary: {failover: [a, b]}\n"
+                             "policies:\n  - {name: all, via: primary}\n")
 
     target = verdict(policy_rules(plan, "all")[0])
     assert destination(plan, target, 4) == "a"
@@ -237,7 +240,8 @@ def test_nested_groups_reach_the_uplinks(tmp_path: Path) -> None:
 
 def test_special_targets(tmp_path: Path) -> None:
     text = DUAL + "policies:\n  - {name: lan, to: 10.0.0.0/8, via: main}\n" \
-                  "  - {name: bad, to: 203.0.113.0/24, via: blackhole}\n  - {name: gone, to: 198.18.0.0/15, via: unreachable}\n"
+                  "  - {name: bad, to: 203.0.113.0/24, via: blackhole}\n" \
+                  "  - {name: gone, to: 198.18.0.0/15, via: unreachable}\n"
     plan = plan_of(tmp_path, text)
 
     assert {destination(plan, verdict(r), 4) for r in policy_rules(plan, "lan")} == {"main"}
@@ -267,7 +271,8 @@ def test_not_of_one_condition_is_inline(tmp_path: Path) -> None:
 
 
 def test_not_of_several_conditions_is_a_chain_that_returns(tmp_path: Path) -> None:
-    plan = plan_of(tmp_path, DUAL + "policies:\n  - {name: no-dns, from: 192.168.1.0/24, not: {proto: udp, dport: 53}, via: a}\n")
+    plan = plan_of(tmp_path, DUAL + "policies:\n"
+                             "  - {name: no-dns, from: 192.168.1.0/24, not: {proto: udp, dport: 53}, via: a}\n")
 
     jumps = [r for r in rules(plan, "policies_fwd") if "jump" in verdict(r)]
     assert len(jumps) == 1
@@ -352,7 +357,11 @@ uplinks:
     gateway: 192.168.10.2
     nat: masquerade
     ingress: {mac: "52:54:00:c2:a5:43"}
-  wan: {interface: eth1, gateway: 198.51.100.1, nat: {snat: 198.51.100.2}, inbound: {policy: drop, allow: [{proto: tcp, dport: 22}]}}
+  wan:
+    interface: eth1
+    gateway: 198.51.100.1
+    nat: {snat: 198.51.100.2}
+    inbound: {policy: drop, allow: [{proto: tcp, dport: 22}]}
 """
     plan = plan_of(tmp_path, text)
 
@@ -421,7 +430,11 @@ def test_a_host_without_forwarded_policies_does_not_turn_on_forwarding(tmp_path:
 # -- determinism ----------------------------------------------------------------------
 
 EVERY_FEATURE = DUAL + """
-  c: {interface: eth2, gateway: 203.0.113.1, nat: {snat: 203.0.113.9}, inbound: {policy: drop, allow: [{proto: tcp, dport: 22}]}}
+  c:
+    interface: eth2
+    gateway: 203.0.113.1
+    nat: {snat: 203.0.113.9}
+    inbound: {policy: drop, allow: [{proto: tcp, dport: 22}]}
   r2: {interface: eth0, gateway: 192.0.2.2, ingress: {mac: "52:54:00:c2:a5:43", not: {from: 192.168.10.0/24}}}
 sets:
   cdn: [192.0.2.128/25, "2001:db8:cd::/48"]

@@ -85,7 +85,8 @@ policies:
 """ + "".join(f"  - {{name: src{i}, from: 10.{i}.0.0/16, via: {'ab'[i % 2]}}}\n" for i in range(6)) \
     + "".join(f"  - {{name: port{i}, proto: tcp, dport: {2000 + 10 * i}-{2005 + 10 * i}, via: {'ab'[i % 2]}}}\n"
               for i in range(5)) \
-    + "".join(f"  - {{name: both{i}, from: 172.16.{i}.0/24, dport: [{3000 + i}, {4000 + i}], via: a}}\n" for i in range(4)) \
+    + "".join(f"  - {{name: both{i}, from: 172.16.{i}.0/24, dport: [{3000 + i}, {4000 + i}], via: a}}\n"
+              for i in range(4)) \
     + "".join(f"  - {{name: iif{i}, iif: lan{i}, via: b}}\n" for i in range(4)) \
     + "".join(f"  - {{name: mac{i}, mac: '52:54:00:00:01:0{i}', via: a}}\n" for i in range(4)) \
     + "".join(f"  - {{name: six{i}, to: '2001:db8:{i}::/48', via: b}}\n" for i in range(4)) \

@@ -117,8 +117,6 @@ def parse(text: str, path: str) -> Node:
 
 
 _YAML_PROBLEMS: tuple[tuple[str, str, str | None], ...] = (
-    (r"found duplicate key \"(.*?)\"", "YAML syntax: duplicate key '{0}'",
-     "each key may appear only once in a mapping"),
     (r"found character '\\t'", "YAML syntax: a tab character",
      "indent with spaces; YAML does not allow tabs"),
     (r"found character '([@`%])' that cannot start", "YAML syntax: a value cannot start with '{0}'",

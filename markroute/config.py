@@ -37,6 +37,7 @@ from markroute.model import (
 from markroute.source import Node, SourceError, byte_position, load
 from markroute.values import (
     PORT_PROTOCOLS,
+    FOREIGN_TABLES,
     RESERVED_TABLES,
     AddressList,
     Interval,
@@ -673,6 +674,10 @@ class Validator:
                     self.diag.error(where, f"table {table} of '{name}' is already used by '{used_tables[table]}'")
                 else:
                     used_tables[table] = name
+                if table in FOREIGN_TABLES:
+                    self.diag.warning(where,
+                                      f"table {table} is the one {FOREIGN_TABLES[table]} fills with its own routes",
+                                      "if it runs here, pick another table id")
         free_marks = (
             m for m in (marks.value(mask, i) for i in indices) if m not in used_marks and m not in foreign
         )
@@ -689,7 +694,7 @@ class Validator:
                     self.broken.add(name)
                     continue
             if table is None:
-                while next_table in used_tables or next_table in RESERVED_TABLES:
+                while next_table in used_tables or next_table in RESERVED_TABLES or next_table in FOREIGN_TABLES:
                     next_table += 1
                 table = next_table
                 used_tables[table] = name

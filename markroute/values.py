@@ -31,6 +31,7 @@ DSCP_CLASSES = {
 }
 
 RESERVED_TABLES = {0: "unspec", 253: "default", 254: "main", 255: "local"}
+FOREIGN_TABLES = {52: "Tailscale", 51820: "wg-quick"}  # routing tables other software fills on its own
 
 _INTERFACE = re.compile(r"^[^\s/:'\"]{1,15}$")
 _MAC = re.compile(r"^[0-9a-fA-F]{2}([:-])[0-9a-fA-F]{2}(\1[0-9a-fA-F]{2}){4}$")

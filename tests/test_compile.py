@@ -459,3 +459,9 @@ def test_two_compiles_are_byte_identical(tmp_path: Path) -> None:
     assert nfttext.render(first.nft_document()) == nfttext.render(second.nft_document())
     assert plan_text(first) == plan_text(second)
     assert first == second
+
+
+def test_table_allocation_skips_tables_other_software_fills(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, "uplinks:\n  a: {interface: eth0}\n  b: {interface: eth1}\nsettings: {table_base: 51}\n")
+
+    assert [u.table for u in plan.uplinks] == [51, 53], "52 is Tailscale's"

@@ -47,15 +47,14 @@ from markroute.plan import (
     ordered_rules,
     ordered_routes,
 )
-from markroute.policymaps import PolicyKey, address_element
-from markroute.values import PORT_PROTOCOLS, PROTOCOL_NAMES, Interval
+from markroute.policymaps import IP_PAYLOAD, PolicyKey, address_element, port_value, protocol_value
+from markroute.values import PORT_PROTOCOLS, PROTOCOL_NAMES
 
 Expr = dict[str, Any]
 INLINE_LIMIT = 16
 MERGE_MIN = 4  # shorter runs of same-shape policies stay rules: a few rules cost nothing measurable
 RP_FILTER = {"strict": "1", "loose": "2", "off": "0"}
 NFPROTO = {4: "ipv4", 6: "ipv6"}
-IP_PAYLOAD = {4: "ip", 6: "ip6"}
 SET_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
 
 
@@ -418,11 +417,11 @@ class Compiler:
         elif ports and protocols is not None:
             protocols = tuple(p for p in protocols if p in PORT_PROTOCOLS)
         if protocols is not None:
-            exprs.append(nj.match(nj.meta("l4proto"), nj.setvalue([_protocol(p) for p in protocols])))
+            exprs.append(nj.match(nj.meta("l4proto"), nj.setvalue([protocol_value(p) for p in protocols])))
         port_layer = PROTOCOL_NAMES[protocols[0]] if protocols and len(protocols) == 1 and ports else "th"
         for intervals, field in ((match.sports, "sport"), (match.dports, "dport")):
             if intervals:
-                exprs.append(nj.match(nj.payload(port_layer, field), nj.setvalue([_port(iv) for iv in intervals])))
+                exprs.append(nj.match(nj.payload(port_layer, field), nj.setvalue([port_value(iv) for iv in intervals])))
         if match.iifs:
             exprs.append(nj.match(nj.meta("iifname"), nj.setvalue(list(match.iifs))))
         if match.macs:
@@ -537,13 +536,3 @@ def _invert(expr: Expr) -> Expr:
     body = dict(expr["match"])
     body["op"] = "!=" if body["op"] == "==" else "=="
     return {"match": body}
-
-
-def _protocol(number: int) -> Any:
-    return PROTOCOL_NAMES.get(number, number)
-
-
-def _port(interval: Interval) -> Any:
-    first, last = interval
-    return first if first == last else nj.span(first, last)
-

@@ -191,7 +191,7 @@ def port_guard(fields: tuple[str, ...], entries: Sequence[tuple[Box, int]]) -> l
         return []
     axis = fields.index("l4proto")
     protocols = sorted({box[axis][0] for box, _ in entries})
-    return [nj.match(nj.meta("l4proto"), nj.setvalue([PROTOCOL_NAMES.get(p, p) for p in protocols]))]
+    return [nj.match(nj.meta("l4proto"), nj.setvalue([protocol_value(p) for p in protocols]))]
 
 
 def family_specific(fields: tuple[str, ...]) -> bool:
@@ -222,11 +222,22 @@ def _field_value(name: str, version: int | None, interval: Interval) -> Any:
         assert version is not None
         return address_element(version, interval)
     if name == "l4proto":
-        return PROTOCOL_NAMES.get(first, first)
+        return protocol_value(first)
     if name == "iif":
         return _number_name(first)
     if name == "mac":
         return ":".join(f"{byte:02x}" for byte in first.to_bytes(6, "big"))
+    return port_value(interval)
+
+
+def protocol_value(number: int) -> Any:
+    """A protocol as nft JSON: its name where nft knows one, else the number."""
+    return PROTOCOL_NAMES.get(number, number)
+
+
+def port_value(interval: Interval) -> Any:
+    """A port (or DSCP) interval as nft JSON: the number, or a range."""
+    first, last = interval
     return first if first == last else nj.span(first, last)
 
 

@@ -253,6 +253,8 @@ class _Apply:
                 if removed or added:
                     changes.append((set_name, removed, added))
         name = self.plan.table_name
+        if not changes:  # the same elements, written in another order
+            return self.with_plan_elements(nft.without_elements(previous.nft_listing))
         try:
             self.step(
                 partial(nft.update_elements, name, changes),

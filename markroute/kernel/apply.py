@@ -283,7 +283,7 @@ class _Apply:
         listing: list[dict[str, object]],
     ) -> None:
         new = State(
-            plan_digest=digest.plan_digest(self.plan),
+            plan_digest=digest.plan_digest(self.plan, self.nft_digest),
             nft_digest=self.nft_digest,
             table_name=self.plan.table_name,
             mask=self.plan.mask,

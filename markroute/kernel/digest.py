@@ -14,9 +14,10 @@ def of(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
-def plan_digest(plan: Plan) -> str:
-    """The whole plan; its nftables part by `nft_digest`, so 100,000 set elements are hashed once, not twice."""
-    return of({**plan.to_json(), "nftables": nft_digest(plan)})
+def plan_digest(plan: Plan, nft_part: str | None = None) -> str:
+    """The whole plan; its nftables part by `nft_digest` (NFT_PART when the caller has it already),
+    so 100,000 set elements are not serialised again."""
+    return of({**plan.to_json(), "nftables": nft_part or nft_digest(plan)})
 
 
 def nft_digest(plan: Plan) -> str:

@@ -437,7 +437,8 @@ class Compiler:
             return nj.setvalue([address_element(version, iv) for iv in intervals])
         key = (addresses.set_name or intervals, version)
         if key not in self.set_names:
-            name = f"{addresses.set_name or f'list{len(self.sets) + 1}'}_v{version}"
+            # user set names start with a letter, so generated ones start with '_'
+            name = f"{addresses.set_name or f'_list{len(self.sets) + 1}'}_v{version}"
             self.set_names[key] = name
             elements = [address_element(version, iv) for iv in intervals]
             self.sets[name] = nj.named_set(self.table, name, SET_TYPE[version], elements)

@@ -306,8 +306,6 @@ def test_named_sets_for_set_references_and_long_lists(tmp_path: Path) -> None:
     assert len(sets) == 3
 
 
-@pytest.mark.xfail(strict=True, reason="compiler bug: a user set named 'list1' and the first long inline list "
-                   "both become named set 'list1_v4'; the second overwrites the first")
 def test_user_set_names_do_not_collide_with_generated_ones(tmp_path: Path) -> None:
     many = ", ".join(f"203.0.113.{2 * i}" for i in range(INLINE_LIMIT + 1))
     text = DUAL + f"sets:\n  list1: [198.51.100.0/24]\npolicies:\n  - {{name: many, to: [{many}], via: a}}\n" \

@@ -15,6 +15,7 @@ PRIORITY_NAMES = {-300: "raw", -150: "mangle", -100: "dstnat", 0: "filter", 50: 
 HEX_KEYS = {"mark"}
 QUOTED_KEYS = {"iifname", "oifname"}
 BARE_META = {"iifname", "oifname", "iif", "oif"}
+VERDICTS = {"accept", "drop", "return", "continue", "jump", "goto"}
 
 
 def render(document: dict[str, Any]) -> str:
@@ -34,8 +35,8 @@ def render(document: dict[str, Any]) -> str:
             ckey = (body["family"], body["table"], body["name"])
             chains[ckey] = []
             headers[ckey] = _chain_header(body)
-        elif kind == "set":
-            sets.setdefault((body["family"], body["table"]), []).append(_set_text(body))
+        elif kind in ("set", "map"):
+            sets.setdefault((body["family"], body["table"]), []).append(_set_text(kind, body))
         elif kind == "rule":
             chains.setdefault((body["family"], body["table"], body["chain"]), []).append(rule_text(body))
     out: list[str] = []
@@ -64,16 +65,27 @@ def _chain_header(body: dict[str, Any]) -> str:
     return f"type {body['type']} hook {body['hook']} priority {priority}; policy {body.get('policy', 'accept')};"
 
 
-def _set_text(body: dict[str, Any]) -> str:
-    lines = [f"\tset {body['name']} {{", f"\t\ttype {body['type']}"]
+def _set_text(kind: str, body: dict[str, Any]) -> str:
+    """A set, or a map (`type KEY : DATA`, elements `key : value`)."""
+    key_type = body["type"] if isinstance(body["type"], str) else " . ".join(body["type"])
+    data = f" : {body['map']}" if kind == "map" else ""
+    lines = [f"\t{kind} {body['name']} {{", f"\t\ttype {key_type}{data}"]
     if body.get("flags"):
         flags = body["flags"]
         lines.append(f"\t\tflags {', '.join(flags if isinstance(flags, list) else [flags])}")
     elements = body.get("elem", [])
     if elements:
-        lines.append("\t\telements = { " + ",\n\t\t\t     ".join(value(e) for e in elements) + " }")
+        lines.append("\t\telements = { " + ",\n\t\t\t     ".join(_element(kind, e) for e in elements) + " }")
     lines.append("\t}")
     return "\n".join(lines)
+
+
+def _element(kind: str, element: Any) -> str:
+    if kind == "map" and isinstance(element, list) and len(element) == 2:
+        key, data = element
+        shown = statement(data) if isinstance(data, dict) and len(data) == 1 and next(iter(data)) in VERDICTS else value(data)
+        return f"{value(key)} : {shown}"
+    return value(element)
 
 
 def rule_text(body: dict[str, Any]) -> str:
@@ -103,6 +115,8 @@ def statement(expr: dict[str, Any]) -> str:
     if kind in ("jump", "goto"):
         return f"{kind} {body['target']}"
     if kind == "vmap":
+        if isinstance(body["data"], str):  # a named map: `vmap @name`
+            return f"{expression(body['key'])} vmap {body['data']}"
         entries = ", ".join(f"{_key_value(body['key'], k)} : {statement(v)}" for k, v in body["data"]["set"])
         return f"{expression(body['key'])} vmap {{ {entries} }}"
     if kind == "masquerade":

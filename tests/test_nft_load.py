@@ -186,3 +186,29 @@ def test_mutated_configs_load_the_same_both_ways(tmp_path: Path, namespace: NftN
         seen.add(key)
         assert namespace.load_json(document) == namespace.load_text(nfttext.render(document)), path.read_text()
     assert len(seen) > 40
+
+
+FOREIGN = """\
+table inet other {
+	map by_source {
+		type ipv4_addr : verdict
+		flags interval
+		elements = { 10.1.0.0/16 : accept, 10.2.0.0/16 : drop }
+	}
+
+	chain pre {
+		type filter hook prerouting priority -150; policy accept;
+		ip saddr vmap @by_source
+		meta mark and 0xff0000 == 0x40000 counter return
+		iifname { "eth0", "eth1" } ct state new meta mark set meta mark and 0xff00ffff or 0x80000
+	}
+}
+"""
+
+
+def test_listings_of_hand_written_rulesets_render_back_to_the_same_ruleset(namespace: NftNamespace) -> None:
+    """`trace --live` shows foreign rules through the renderer: named maps included."""
+    listing = namespace.load_text(FOREIGN)
+    again = namespace.load_text(nfttext.render({"nftables": listing}))
+    assert again == listing
+    assert "vmap @by_source" in nfttext.render({"nftables": listing})

@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import random
 import socket
-import struct
-import ipaddress
 from pathlib import Path
 from typing import Any
 
@@ -25,48 +23,11 @@ from markroute.compiler import compile_plan
 from markroute.kernel import netns
 from markroute.kernel.nft import rule_counters
 from markroute.lab import Lab
+from markroute.lab.frames import frame
 from markroute.plan import Plan
+from markroute.sim.datatypes import L4_PROTOCOLS
 
 pytestmark = KERNEL
-PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}
-
-
-def checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def frame(dst_mac: bytes, packet: dict[str, Any]) -> bytes:
-    """An Ethernet frame with a valid IPv4/IPv6 packet: UDP, TCP SYN or an echo request."""
-    src = ipaddress.ip_address(packet["src"])
-    dst = ipaddress.ip_address(packet["dst"])
-    proto = PROTOCOLS[packet["proto"]]
-    if proto == 6:
-        l4 = struct.pack("!HHIIBBHHH", packet["sport"], packet["dport"], 1, 0, 5 << 4, 0x02, 8192, 0, 0)
-    elif proto == 17:
-        l4 = struct.pack("!HHHH", packet["sport"], packet["dport"], 8, 0)
-    else:
-        l4 = struct.pack("!BBHHH", 8 if proto == 1 else 128, 0, 0, 1, 1)
-    if src.version == 4:
-        pseudo = src.packed + dst.packed + struct.pack("!BBH", 0, proto, len(l4))
-    else:
-        pseudo = src.packed + dst.packed + struct.pack("!IxxxB", len(l4), proto)
-    offset = {6: 16, 17: 6, 1: 2, 58: 2}[proto]
-    l4 = l4[:offset] + struct.pack("!H", checksum((b"" if proto == 1 else pseudo) + l4)) + l4[offset + 2:]
-    tos = packet["dscp"] << 2
-    if src.version == 4:
-        header = struct.pack("!BBHHHBBH4s4s", 0x45, tos, 20 + len(l4), 1, 0, 64, proto, 0, src.packed, dst.packed)
-        header = header[:10] + struct.pack("!H", checksum(header)) + header[12:]
-        ethertype = 0x0800
-    else:
-        header = struct.pack("!IHBB16s16s", (6 << 28) | (tos << 20), len(l4), proto, 64, src.packed, dst.packed)
-        ethertype = 0x86DD
-    source_mac = bytes.fromhex(packet["mac"].replace(":", ""))
-    return dst_mac + source_mac + struct.pack("!H", ethertype) + header + l4
 
 
 def deciding_policies(lab: Lab, sender: str, router: str, plan: Plan, packets: list[dict[str, Any]]) -> list[str | None]:
@@ -74,11 +35,7 @@ def deciding_policies(lab: Lab, sender: str, router: str, plan: Plan, packets: l
     document = {"nftables": [{"add": obj} for obj in plan.nft]}
     lab.run(router, ["nft", "delete", "table", "inet", plan.table_name], check=False)
     lab.run(router, ["nft", "-j", "-f", "-"], input=json.dumps(document))
-    macs = {
-        name: bytes.fromhex(json.loads(lab.run(router, ["ip", "-j", "link", "show", name]).stdout)[0]["address"]
-                            .replace(":", ""))
-        for name in IIFS
-    }
+    macs = {name: json.loads(lab.run(router, ["ip", "-j", "link", "show", name]).stdout)[0]["address"] for name in IIFS}
     sockets: dict[str, socket.socket] = {}
     with netns.inside(sender):
         for number, name in enumerate(IIFS):
@@ -88,7 +45,8 @@ def deciding_policies(lab: Lab, sender: str, router: str, plan: Plan, packets: l
     before = counts(lab, router, plan)
     try:
         for packet in packets:
-            sockets[packet["iif"]].send(frame(macs[packet["iif"]], packet))
+            sockets[packet["iif"]].send(frame({**packet, "proto": L4_PROTOCOLS[packet["proto"]], "src_mac": packet["mac"],
+                                               "dst_mac": macs[packet["iif"]]}))
             after = counts(lab, router, plan)
             moved = [name for name in after if after[name] != before.get(name, 0)]
             assert len(moved) <= 1, moved

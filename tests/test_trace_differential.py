@@ -46,63 +46,6 @@ from markroute.sim.trace import Outcome, Simulator
 pytestmark = pytest.mark.kernel
 
 FLOWS = 1000
-PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}
-
-INJECT = r"""
-import ipaddress, json, socket, struct, sys, time
-
-def checksum(data):
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-def transport(f, src, dst, pseudo):
-    proto = f["proto"]
-    if proto == 6:
-        header = struct.pack("!HHIIBBHHH", f["sport"], f["dport"], f["seq"], 0, 5 << 4, 0x02, 64240, 0, 0)
-    elif proto == 17:
-        header = struct.pack("!HHHH", f["sport"], f["dport"], 9, 0) + b"x"
-    else:
-        kind = 8 if proto == 1 else 128
-        header = struct.pack("!BBHHH", kind, 0, 0, f["seq"] & 0xFFFF, 1) + b"probe"
-    if proto == 1:
-        value = checksum(header)
-    else:
-        value = checksum(pseudo(len(header)) + header)
-        if proto == 17 and value == 0:
-            value = 0xFFFF
-    offset = {6: 16, 17: 6, 1: 2, 58: 2}[proto]
-    return header[:offset] + struct.pack("!H", value) + header[offset + 2:]
-
-def frame(f):
-    src = ipaddress.ip_address(f["src"]).packed
-    dst = ipaddress.ip_address(f["dst"]).packed
-    proto = f["proto"]
-    if f["version"] == 4:
-        body = transport(f, src, dst, lambda n: src + dst + struct.pack("!BBH", 0, proto, n))
-        header = struct.pack("!BBHHHBBH4s4s", 0x45, f["dscp"] << 2, 20 + len(body), f["seq"] & 0xFFFF,
-                             0x4000, 64, proto, 0, src, dst)
-        header = header[:10] + struct.pack("!H", checksum(header)) + header[12:]
-        ethertype = 0x0800
-    else:
-        body = transport(f, src, dst, lambda n: src + dst + struct.pack("!IxxxB", n, proto))
-        header = struct.pack("!IHBB16s16s", (6 << 28) | (f["dscp"] << 22), len(body), proto, 64, src, dst)
-        ethertype = 0x86DD
-    mac = lambda text: bytes.fromhex(text.replace(":", ""))
-    return mac(f["dst_mac"]) + mac(f["src_mac"]) + struct.pack("!H", ethertype) + header + body
-
-sockets = {}
-for f in json.load(sys.stdin):
-    sock = sockets.get(f["ifname"])
-    if sock is None:
-        sock = sockets[f["ifname"]] = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-        sock.bind((f["ifname"], 0))
-    sock.send(frame(f))
-    time.sleep(0.0003)
-"""
 
 # Closed at once (linger 0) so no SYN is retransmitted: a retransmitted SYN is still
 # `ct state new` and would be classified, and possibly balanced, all over again.
@@ -342,7 +285,7 @@ def run_traffic(lab: Lab, scenario: Scenario, flows: list[Flow]) -> None:
         if flow.iif is not None:
             by_sender.setdefault(flow.inject["ns"], []).append(flow.inject)
     for ns, frames in by_sender.items():
-        lab.run(ns, [sys.executable, "-c", INJECT], input=json.dumps(frames), timeout=120)
+        lab.run(ns, [sys.executable, "-m", "markroute.lab.frames"], input=json.dumps(frames), timeout=120)
     local = [flow.inject for flow in flows if flow.iif is None]
     if local:
         lab.run(scenario.router, [sys.executable, "-c", CONNECT], input=json.dumps(local), timeout=120)

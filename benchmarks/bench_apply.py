@@ -152,6 +152,7 @@ def main() -> None:
             add_500 = timed(lambda: nft.update_elements("markroute", [("big_v4", [], extra)]))
             delete_20 = timed(lambda: nft.update_elements("markroute", [("big_v4", elements[1000:1020], [])]))
             full_load = timed(lambda: nft.replace_table("markroute", nft.loadable(nft.list_table("markroute") or [])))
+            down(ns)  # leaves no record under /run/markroute for the namespace the lab deletes
 
     rows = [
         ("full apply, 100,000 prefixes, onto a router without markroute (CLI)", ms(walls["fresh"]),

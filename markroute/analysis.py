@@ -241,3 +241,33 @@ def _may_be_private(match: Match, version: int) -> bool:
         for first, last in match.src.addresses.family(version)
         for p_first, p_last in private
     )
+
+
+def simulated_warnings(model: Model) -> Iterator[Warning]:
+    """What the trace interpreter finds on the compiled plan that the match comparisons above miss.
+
+    Policies hidden by several earlier ones together, or by ingress rules, and uplinks
+    no new connection can be marked for. What `shadowed_policies`/`shadowed_ingress`
+    already explain is not reported twice; a failover standby is unused by design.
+    """
+    from markroute.compiler import compile_plan
+    from markroute.sim import reachability
+
+    found = reachability(compile_plan(model))
+    explained = {where for where, _, _ in (*shadowed_policies(model), *shadowed_ingress(model))}
+    by_name = {p.name: p for p in model.policies}
+    for name in found.unreachable_policies:
+        if by_name[name].where not in explained:
+            yield (
+                by_name[name].where,
+                f"policy '{name}' can never match: no packet reaches it past the rules before it",
+                "try `markroute trace` with a packet it should match to see which rule takes it",
+            )
+    standby = {m for g in model.groups.values() if g.kind == "failover" for m, _ in g.members[1:]}
+    for name in found.unused_uplinks:
+        if name not in standby and model.uplinks[name].where not in explained:
+            yield (
+                model.uplinks[name].where,
+                f"uplink '{name}' carries no new connection: no policy, group or ingress rule leads to it",
+                "point a policy at it (via:) or remove it",
+            )

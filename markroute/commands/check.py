@@ -12,6 +12,16 @@ import sys
 import click
 
 from markroute.cliutil import EXIT_FAILED, config_option, json_option, print_diagnostics, print_json
+from markroute.diagnostics import Diagnostic
+from markroute.model import Model
+
+
+def simulated(model: Model, diagnostics: list[Diagnostic]) -> list[Diagnostic]:
+    """Add the trace interpreter's findings; only `check` pays for compiling and searching."""
+    from markroute.analysis import simulated_warnings
+
+    found = [Diagnostic(where, "warning", message, hint) for where, message, hint in simulated_warnings(model)]
+    return sorted(diagnostics + found, key=lambda d: (d.where.file, d.where.line, d.where.col))
 
 
 @click.command("check")
@@ -23,6 +33,8 @@ def command(config: str | None, as_json: bool) -> None:
 
     path = config_path(config)
     model, diagnostics = load_model(path)
+    if model is not None:
+        diagnostics = simulated(model, diagnostics)
     errors = sum(d.severity == "error" for d in diagnostics)
     warnings = len(diagnostics) - errors
     if as_json:

@@ -100,7 +100,7 @@ class Compiler:
         nft += list(self.sets.values())
         for name in self.chains:
             nft.append(self.base.get(name) or nj.chain(self.table, name))
-        for name, rules in self.chains.items():
+        for rules in self.chains.values():
             nft += rules
         return Plan(
             mask=self.mask,
@@ -376,10 +376,9 @@ class Compiler:
         a small chain that returns when the negated part matches.
         """
         versions = match.versions if versions is None else versions
-        if versions == {4, 6} and not _family_specific(match):
-            per_family: list[int | None] = [None]
-        else:
-            per_family = sorted(versions)
+        per_family: list[int | None] = [None]
+        if versions != {4, 6} or _family_specific(match):
+            per_family = [version for version in sorted(versions)]
         for version in per_family:
             exprs = list(head or []) + self.conditions(match, version)
             if version is not None and not _has_ip_payload(exprs):
@@ -407,9 +406,9 @@ class Compiler:
 
     def conditions(self, match: Match, version: int | None) -> list[Expr]:
         exprs: list[Expr] = []
-        for addresses, field in ((match.src, "saddr"), (match.dst, "daddr")):
+        for addresses, direction in ((match.src, "saddr"), (match.dst, "daddr")):
             if addresses is not None and version is not None:
-                exprs.append(nj.match(nj.payload(IP_PAYLOAD[version], field), self.addresses(addresses, version)))
+                exprs.append(nj.match(nj.payload(IP_PAYLOAD[version], direction), self.addresses(addresses, version)))
         ports = match.sports or match.dports
         protocols = match.protocols
         if ports and protocols is None:
@@ -419,9 +418,9 @@ class Compiler:
         if protocols is not None:
             exprs.append(nj.match(nj.meta("l4proto"), nj.setvalue([protocol_value(p) for p in protocols])))
         port_layer = PROTOCOL_NAMES[protocols[0]] if protocols and len(protocols) == 1 and ports else "th"
-        for intervals, field in ((match.sports, "sport"), (match.dports, "dport")):
+        for intervals, port in ((match.sports, "sport"), (match.dports, "dport")):
             if intervals:
-                exprs.append(nj.match(nj.payload(port_layer, field), nj.setvalue([port_value(iv) for iv in intervals])))
+                exprs.append(nj.match(nj.payload(port_layer, port), nj.setvalue([port_value(iv) for iv in intervals])))
         if match.iifs:
             exprs.append(nj.match(nj.meta("iifname"), nj.setvalue(list(match.iifs))))
         if match.macs:

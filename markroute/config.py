@@ -12,6 +12,7 @@ instead of being called "unknown".
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import re
 from collections.abc import Callable
@@ -207,7 +208,8 @@ class Validator:
             self.diag.error(node.where, f"{what} must be a value or a list, not a mapping")
             return None
         values = [self.scalar(e, what, parse) for e in elements]
-        return None if any(v is None for v in values) else values  # type: ignore[misc]
+        present = [v for v in values if v is not None]
+        return present if len(present) == len(values) else None
 
     def integer(self, node: Node, what: str, low: int, high: int) -> int | None:
         return self.scalar(node, what, lambda value: parse_whole(value, low, high))
@@ -523,7 +525,7 @@ class Validator:
             ok &= fields["interface"] is not None
         for key, version in (("gateway", 4), ("gateway6", 6)):
             if key in items:
-                fields[key] = self.scalar(items[key], key, lambda v, ver=version: parse_gateway(v, ver))
+                fields[key] = self.scalar(items[key], key, functools.partial(parse_gateway, version=version))
                 ok &= fields[key] is not None
         if "nat" in items:
             fields["nat"] = self.nat(items["nat"], name, fields)
@@ -683,7 +685,7 @@ class Validator:
         )
         next_table = settings.table_base
         uplinks: dict[str, Uplink] = {}
-        for name, fields, node in drafts:
+        for name, fields, _ in drafts:
             mark = fields.pop("pinned_mark", (None, None))[0]
             table = fields.pop("pinned_table", (None, None))[0]
             if mark is None:

@@ -202,7 +202,7 @@ class _Builder:
         """Add a mapping's pairs to `result`; pairs from `<<:` never override the mapping's own."""
         from ruamel.yaml.nodes import MappingNode, SequenceNode
 
-        merges = []
+        merges: list[Any] = []
         for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
                 merges += value_node.value if isinstance(value_node, SequenceNode) else [value_node]

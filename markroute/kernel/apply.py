@@ -86,8 +86,8 @@ class _Apply:
 
     def run(self) -> ApplyReport:
         interfaces = links(self.rpdb)
-        rules, routes = resolve(self.plan, link_state(self.rpdb, interfaces))
-        routes = self.usable_routes(routes, interfaces)
+        rules, resolved = resolve(self.plan, link_state(self.rpdb, interfaces))
+        routes = self.usable_routes(resolved, interfaces)
         sysctls = self.usable_sysctls(interfaces)
         try:
             originals = self.set_sysctls(sysctls)

@@ -60,7 +60,7 @@ def prefix_text(address: str | None, length: int, family: int, empty: str) -> st
     """`default`/`all` for /0, a bare address for a host, otherwise ADDRESS/LENGTH."""
     if address is None:
         return f"0/{length}" if length else empty
-    return address if length == MAX_PREFIX.get(family, length) else f"{address}/{length}"
+    return address if length == MAX_PREFIX.get(socket.AddressFamily(family), length) else f"{address}/{length}"
 
 
 def rule_json(msg: Message) -> dict[str, Any]:

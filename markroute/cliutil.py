@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
 from markroute.diagnostics import Diagnostic
+
+if TYPE_CHECKING:
+    from markroute.model import Model
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -47,7 +50,7 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     sys.exit(code)
 
 
-def load_model_or_exit(path: str, quiet_warnings: bool = False) -> Any:
+def load_model_or_exit(path: str, quiet_warnings: bool = False) -> Model:
     """The validated model, or the diagnostics on stderr and exit 1."""
     from markroute.config import load_model
 

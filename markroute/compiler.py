@@ -28,6 +28,7 @@ markroute's own priority band.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from markroute import nftjson as nj
 from markroute import policymaps
 from markroute.model import Addresses, Match, Model, Policy, Uplink
 from markroute.plan import (
+    RESERVED_RULE_OFFSET,
     SOURCE_RULE_OFFSET,
     IpRule,
     Plan,
@@ -48,7 +50,7 @@ from markroute.plan import (
     ordered_routes,
 )
 from markroute.policymaps import IP_PAYLOAD, PolicyKey, address_element, port_value, protocol_value
-from markroute.values import PORT_PROTOCOLS, PROTOCOL_NAMES
+from markroute.values import PORT_PROTOCOLS, PROTOCOL_NAMES, Interval
 
 Expr = dict[str, Any]
 INLINE_LIMIT = 16
@@ -439,8 +441,7 @@ class Compiler:
             # user set names start with a letter, so generated ones start with '_'
             name = f"{addresses.set_name or f'_list{len(self.sets) + 1}'}_v{version}"
             self.set_names[key] = name
-            elements = [address_element(version, iv) for iv in intervals]
-            self.sets[name] = nj.named_set(self.table, name, SET_TYPE[version], elements)
+            self.sets[name] = nj.named_set(self.table, name, SET_TYPE[version], _set_elements(version, intervals))
         return f"@{self.set_names[key]}"
 
     # -- routing ----------------------------------------------------------------------
@@ -463,7 +464,7 @@ class Compiler:
         for action in self.reserved_actions():
             value = marks.unreachable_mark(self.mask) if action == "unreachable" else marks.blackhole_mark(self.mask)
             for version in (4, 6):
-                rules.append(IpRule(version, base + 1, action=action, fwmark=value, fwmask=self.mask))  # type: ignore[arg-type]
+                rules.append(IpRule(version, base + RESERVED_RULE_OFFSET, action=action, fwmark=value, fwmask=self.mask))  # type: ignore[arg-type]
         return rules
 
     def reserved_actions(self) -> list[str]:
@@ -518,6 +519,13 @@ class Compiler:
 
 def _fields(keys: dict[int, PolicyKey]) -> tuple[str, ...]:
     return next(iter(keys.values())).fields
+
+
+@functools.lru_cache(maxsize=64)
+def _set_elements(version: int, intervals: tuple[Interval, ...]) -> list[Any]:
+    """A named set's elements, built once per address list: the daemon recompiles on every
+    uplink state change, and formatting 100,000 prefixes again would delay the failover."""
+    return [address_element(version, iv) for iv in intervals]
 
 
 def _family_specific(match: Match) -> bool:

@@ -20,7 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 RULE_PROTOCOL = 77  # tags every ip rule and route markroute installs, so it only ever removes its own
-SOURCE_RULE_OFFSET = 2  # `from ADDR` rules come after every fwmark rule of the band: a mark decides first
+# markroute's band of ip rules, from settings.rule_priority on: uplink fwmark rules, then
+# the unreachable/blackhole marks, then `from ADDR` rules (after every fwmark rule: a mark decides first)
+RESERVED_RULE_OFFSET = 1
+SOURCE_RULE_OFFSET = 2
+BAND_WIDTH = 3
 TABLE_NAME = "markroute"
 FAMILY_NAMES = {4: "inet", 6: "inet6"}
 

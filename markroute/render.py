@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from markroute import nfttext
-from markroute.plan import FAMILY_NAMES, SOURCE_RULE_OFFSET, Plan
+from markroute.plan import BAND_WIDTH, FAMILY_NAMES, RULE_PROTOCOL, SOURCE_RULE_OFFSET, Plan
 
 
 def plan_text(plan: Plan) -> str:
     lines = [f"# nftables: table inet {plan.table_name} (replaced atomically)", nfttext.render(plan.nft_document()).rstrip()]
-    lines += ["", f"# ip rules (priority band {plan.rule_priority}-{plan.rule_priority + 2}, protocol 77)"]
+    lines += ["", f"# ip rules (priority band {plan.rule_priority}-{plan.rule_priority + BAND_WIDTH - 1}, protocol {RULE_PROTOCOL})"]
     for rule in plan.rules:
         lines.append(f"{FAMILY_NAMES[rule.version]:6} {rule.text()}")
     for uplink in plan.uplinks:

@@ -22,6 +22,7 @@ from test_merge import IIFS, random_flow_args, random_model
 from markroute.compiler import compile_plan
 from markroute.kernel import netns
 from markroute.kernel.nft import rule_counters
+from markroute.kernel.status import policy_counters
 from markroute.lab import Lab
 from markroute.lab.frames import frame
 from markroute.plan import Plan
@@ -60,11 +61,7 @@ def deciding_policies(lab: Lab, sender: str, router: str, plan: Plan, packets: l
 
 def counts(lab: Lab, router: str, plan: Plan) -> dict[str, int]:
     listing = json.loads(lab.run(router, ["nft", "-j", "list", "table", "inet", plan.table_name]).stdout)["nftables"]
-    totals: dict[str, int] = {}
-    for comment, packets, _ in rule_counters(listing):
-        if comment.startswith("policy "):
-            totals[comment] = totals.get(comment, 0) + packets
-    return totals
+    return {name: packets for name, (packets, _) in policy_counters(list(plan.policies), rule_counters(listing)).items()}
 
 
 @pytest.mark.parametrize("seed", range(3))

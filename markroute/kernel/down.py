@@ -19,9 +19,8 @@ from markroute.kernel import KernelError, nft, state, sysctl
 from markroute.kernel.apply import route_text, rule_text
 from markroute.kernel.rpdb import Rpdb, route_key
 from markroute.model import Settings
-from markroute.plan import TABLE_NAME, IpRule, Route, Sysctl
+from markroute.plan import BAND_WIDTH, TABLE_NAME, IpRule, Route, Sysctl
 
-BAND_WIDTH = 3  # markroute's rules use rule_priority .. rule_priority + 2
 
 
 @dataclass

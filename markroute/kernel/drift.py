@@ -11,10 +11,9 @@ from typing import Any
 
 from markroute.kernel import nft, sysctl
 from markroute.kernel.apply import route_text, rule_text
-from markroute.kernel.down import BAND_WIDTH
 from markroute.kernel.rpdb import route_key
 from markroute.kernel.state import State
-from markroute.plan import IpRule, Route, Sysctl
+from markroute.plan import BAND_WIDTH, IpRule, Route, Sysctl
 
 
 def differences(

@@ -33,7 +33,7 @@ from markroute.lab import (
 )
 from markroute.lab.addresses import check_tokens, is_lab_network
 from markroute.lab.echo import plain_address
-from markroute.lab.probe import summarise
+from markroute.lab.probe import FlowSpec, PortLedger, summarise
 
 _REPO = Path(__file__).resolve().parents[1]
 PORT = 7000
@@ -322,3 +322,18 @@ def test_multihomed_reproduces_seed_003(lab: Lab, packet_counters: Callable[...,
     lab.sysctl(m.host, "net.ipv4.conf.all.rp_filter", 1)
     assert reach(m.host_ftp) == 0
     assert reach(m.host_mgmt) == 3
+
+
+def test_every_flow_of_a_probe_run_gets_a_port_no_earlier_flow_had() -> None:
+    """A reused port to the same server is an old conntrack entry, not a new connection.
+
+    Connecting a UDP socket sends nothing, so this runs on loopback without traffic.
+    """
+    spec = FlowSpec("udp", "127.0.0.1", 9, None, None, 1, 1.0)
+    ledger = PortLedger()
+    ports = []
+    for _ in range(3000):  # far past the birthday bound of the ~28,000 ephemeral ports
+        sock = ledger.open(spec)
+        ports.append(sock.getsockname()[1])
+        sock.close()
+    assert len(set(ports)) == len(ports)

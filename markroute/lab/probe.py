@@ -31,6 +31,7 @@ import json
 import socket
 import struct
 import sys
+import threading
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -90,10 +91,40 @@ def _close(sock: socket.socket, spec: FlowSpec) -> None:
     sock.close()
 
 
-def run_flow(spec: FlowSpec, index: int) -> list[str]:
+class PortLedger:
+    """Source ports this run has used, so that each flow really is a new connection.
+
+    The kernel may hand a closed flow's ephemeral port to a later flow; to the same
+    server that is the same 5-tuple, which conntrack still holds (UDP entries live 30 s),
+    so the router would see an old connection instead of a new one.
+    """
+
+    def __init__(self) -> None:
+        self.used: set[int] = set()
+        self.lock = threading.Lock()
+
+    def open(self, spec: FlowSpec) -> socket.socket:
+        if spec.sport is not None:
+            return _open(spec)
+        rejected: list[socket.socket] = []
+        try:
+            while True:
+                sock = _open(spec)
+                with self.lock:
+                    port = sock.getsockname()[1]
+                    if port not in self.used:
+                        self.used.add(port)
+                        return sock
+                rejected.append(sock)  # held open so the kernel picks another port
+        finally:
+            for sock in rejected:
+                sock.close()
+
+
+def run_flow(spec: FlowSpec, index: int, ports: PortLedger) -> list[str]:
     """Send ``spec.packets`` lines on one new flow; return the source each answer saw."""
     sources: list[str] = []
-    sock = _open(spec)
+    sock = ports.open(spec)
     reader = sock.makefile("rb") if spec.proto == "tcp" else None
     try:
         for packet in range(spec.packets):
@@ -109,10 +140,10 @@ def run_flow(spec: FlowSpec, index: int) -> list[str]:
     return sources
 
 
-def _safe_flow(spec: FlowSpec, index: int) -> list[str] | BaseException:
+def _safe_flow(spec: FlowSpec, index: int, ports: PortLedger) -> list[str] | BaseException:
     """run_flow, with failure returned as a value so one flow cannot abort the run."""
     try:
-        return run_flow(spec, index)
+        return run_flow(spec, index, ports)
     except (OSError, ValueError, KeyError) as exc:
         return exc
 
@@ -141,8 +172,9 @@ def summarise(results: Sequence[list[str] | BaseException]) -> dict[str, object]
 def probe(spec: FlowSpec, count: int, parallel: int) -> dict[str, object]:
     """Run *count* flows, *parallel* at a time (one at a time with a pinned port)."""
     workers = 1 if spec.sport is not None else max(1, min(parallel, count))
+    ports = PortLedger()
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(lambda i: _safe_flow(spec, i), range(count)))
+        results = list(pool.map(lambda i: _safe_flow(spec, i, ports), range(count)))
     return summarise(results)
 
 

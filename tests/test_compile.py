@@ -376,6 +376,16 @@ uplinks:
     assert {"snat": {"family": "ip", "addr": "198.51.100.2"}} in nat["nat wan"]["expr"]
 
 
+def test_nat_chain_only_when_an_uplink_nats(tmp_path: Path) -> None:
+    """Even an empty nat chain puts every forwarded packet through conntrack's NAT hooks."""
+    routed = DUAL.replace(", nat: masquerade", "") + "policies:\n  - {name: all, via: a}\n"
+    nat_chains = [c for c in objects(plan_of(tmp_path, routed), "chain") if c.get("type") == "nat"]
+    assert nat_chains == []
+    nat_chains = [c for c in objects(plan_of(tmp_path, DUAL + "policies:\n  - {name: all, via: a}\n"), "chain")
+                  if c.get("type") == "nat"]
+    assert [c["name"] for c in nat_chains] == ["postrouting"]
+
+
 # -- routing --------------------------------------------------------------------------
 
 

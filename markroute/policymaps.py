@@ -253,6 +253,23 @@ def address_element(version: int, interval: Interval) -> Any:
     return nj.span(text(first), text(last))
 
 
+def element_interval(version: int, element: Any) -> Interval:
+    """The interval an `address_element` (or nft's listing of one) stands for.
+
+    Read straight with the C library: apply turns 100,000 elements back into intervals.
+    """
+    family, bits = (socket.AF_INET, 32) if version == 4 else (socket.AF_INET6, 128)
+    if isinstance(element, str):
+        first = int.from_bytes(socket.inet_pton(family, element), "big")
+        return first, first
+    if "range" in element:
+        first_text, last_text = element["range"]
+        return (int.from_bytes(socket.inet_pton(family, first_text), "big"),
+                int.from_bytes(socket.inet_pton(family, last_text), "big"))
+    first = int.from_bytes(socket.inet_pton(family, element["prefix"]["addr"]), "big")
+    return first, first + (1 << (bits - element["prefix"]["len"])) - 1
+
+
 _ADDRESS_TEXT: dict[int, Callable[[int], str]] = {
     4: lambda n: socket.inet_ntop(socket.AF_INET, n.to_bytes(4, "big")),
     6: lambda n: socket.inet_ntop(socket.AF_INET6, n.to_bytes(16, "big")),

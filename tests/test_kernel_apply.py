@@ -179,6 +179,39 @@ def test_failure_in_the_last_step_is_rolled_back(
     assert (state.directory(r.rtr) / "state.json").read_bytes() == recorded
 
 
+@pytest.mark.parametrize("stage", ["elements", "chains"])
+def test_failure_while_building_a_new_table_leaves_nothing(
+    router: RouterLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: str  # noqa: F811
+) -> None:
+    """A new table goes in as empty sets, then their elements, then chains: a failure in
+    either later step must take the table (and the rules and routes before it) away."""
+    r = router
+    (tmp_path / "servers.txt").write_text(f"{r.server}\n192.0.2.0/24\n")
+    config = write_config(tmp_path, TWO_UPLINKS.format(server="'@servers'") + "sets:\n  servers: {file: servers.txt}\n")
+    fresh = view(r.lab, r.rtr)
+
+    def refuse(*args: object) -> None:
+        raise KernelError(f"injected failure loading the {stage}")
+
+    if stage == "elements":
+        monkeypatch.setattr("markroute.kernel.nftelements.update", refuse)
+    else:
+        real = nft.run_batch
+
+        def refuse_chains(commands: Any) -> None:
+            commands = list(commands)
+            if any("chain" in command.get("add", {}) for command in commands):
+                refuse()
+            real(commands)
+
+        monkeypatch.setattr(nft, "run_batch", refuse_chains)
+    with inside(r.rtr), pytest.raises(ApplyFailed) as failure:
+        apply(plan_of(config), r.rtr)
+    assert f"injected failure loading the {stage}" in str(failure.value) and failure.value.undo_problems == []
+    assert view(r.lab, r.rtr) == fresh
+    assert not state.directory(r.rtr).exists()
+
+
 def test_status_reports_drift(router: RouterLab, tmp_path: Path) -> None:  # noqa: F811
     r = router
     config = write_config(tmp_path, TWO_UPLINKS.format(server=r.server))

@@ -69,7 +69,7 @@ def _leftovers(rules: list[IpRule], routes: list[Route], priority: int) -> tuple
 
 
 def _drop_table(name: str, report: DownReport) -> None:
-    if nft.list_table(name) is not None:
+    if nft.table_structure(name) is not None:
         nft.delete_table(name)
         report.changes.append(f"nftables table inet {name} deleted")
 

@@ -9,9 +9,9 @@ nft normalises expressions when it lists them (`and 0xffff00ff or 0x100` may com
 as one constant), so a listing is never compared with the JSON that produced it, only
 with an earlier *listing* (`normalise` strips handles and counter values). Set
 elements are the exception: the compiler writes address intervals exactly as nft lists
-them, which lets a change of set contents alone go in as `update_elements` (a few
-`add`/`delete element` commands in one transaction) with no listing of 100,000
-elements before or after (`table_structure` lists a table without its elements).
+them, which lets a change of set contents alone go in as element updates
+(`nftelements`, over netlink: nft 1.0.6 is far too slow there) with no listing of
+100,000 elements before or after (`table_structure` lists a table without its elements).
 """
 
 from __future__ import annotations
@@ -74,21 +74,6 @@ def table_structure(name: str) -> list[Obj] | None:
 def without_elements(objects: Iterable[Obj]) -> list[Obj]:
     """Objects of a table or plan with set elements left out: what `table_structure` lists."""
     return [{"set": {k: v for k, v in obj["set"].items() if k != "elem"}} if "set" in obj else obj for obj in objects]
-
-
-def update_elements(name: str, changes: Iterable[tuple[str, list[Any], list[Any]]]) -> None:
-    """In one transaction, per (set, removed, added): delete then add those elements of table `inet NAME`.
-
-    A removed element that is not there fails the whole batch, and nothing changes.
-    """
-    commands: list[Obj] = []
-    for set_name, removed, added in changes:
-        for verb, elements in (("delete", removed), ("add", added)):
-            if elements:
-                target = {"family": FAMILY, "table": name, "name": set_name, "elem": elements}
-                commands.append({verb: {"element": target}})
-    if commands:
-        run_batch(commands)
 
 
 def replace_table(name: str, objects: Iterable[Obj]) -> None:

@@ -14,8 +14,13 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import pytest
 from kernelhelp import KERNEL, markroute, router, write_config  # noqa: F401
 
+from markroute.compiler import compile_plan
+from markroute.config import load_model
+from markroute.kernel import nft
+from markroute.kernel.apply import apply
 from markroute.kernel.netns import inside
 from markroute.lab import RouterLab
 
@@ -128,3 +133,34 @@ def test_set_update_refused_by_the_kernel_falls_back_to_a_new_table(router: Rout
     assert elements(listing(r)) == {f"{r.server}", *old[1:], *prefixes(20, 5)}
     status = markroute("status", "--netns", r.rtr, "--json", "-c", config)
     assert json.loads(status.stdout)["drift"] == []
+
+
+def test_unchanged_config_is_checked_by_generation_then_by_listing(
+    router: RouterLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """With no nf_tables transaction since the last apply, applying the same config lists
+    nothing (100,000 elements take nft seconds); after anyone's transaction it lists the
+    table, and an element removed by hand comes back."""
+    r = router
+    config = write_config(tmp_path, CONFIG)
+    old = prefixes(0, 20)
+    (tmp_path / "chosen.txt").write_text("\n".join([r.server, *old]) + "\n")
+    assert markroute("apply", "-c", config, "--netns", r.rtr).returncode == 0
+    model, _ = load_model(config)
+    assert model is not None
+
+    def no_listing(*args: object) -> None:
+        raise AssertionError("the table was listed")
+
+    with monkeypatch.context() as patch, inside(r.rtr):
+        patch.setattr(nft, "list_table", no_listing)
+        assert apply(compile_plan(model), r.rtr).changes == []
+
+    r.lab.run(r.rtr, ["nft", "add", "table", "ip", "someone-else"])  # a transaction, not in our table
+    result = markroute("apply", "-c", config, "--netns", r.rtr)
+    assert result.returncode == 0 and "nothing changed" in result.stdout, result.stdout
+
+    r.lab.run(r.rtr, ["nft", "delete", "element", "inet", "markroute", "chosen_v4", "{", old[0], "}"])
+    result = markroute("apply", "-c", config, "--netns", r.rtr)
+    assert result.returncode == 0, result.stderr
+    assert elements(listing(r)) == {r.server, *old}

@@ -194,7 +194,7 @@ def test_failure_while_building_a_new_table_leaves_nothing(
         raise KernelError(f"injected failure loading the {stage}")
 
     if stage == "elements":
-        monkeypatch.setattr("markroute.kernel.nftelements.update", refuse)
+        monkeypatch.setattr("markroute.kernel.nftnetlink.update", refuse)
     else:
         real = nft.run_batch
 

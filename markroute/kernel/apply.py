@@ -10,7 +10,7 @@ The order never leaves traffic without a path:
    connections whose uplink mark did not change keep flowing); when only the
    contents of sets changed, just the added and removed elements, in one transaction
    and without re-creating anything. A new table is built in three transactions:
-   the table and its empty sets, the sets' elements (`nftelements`, much faster than
+   the table and its empty sets, the sets' elements (`nftnetlink`, much faster than
    nft for 100,000 prefixes), then chains and rules: no packet sees the table before
    the last one hooks it in, complete;
 5. stale ip rules, then stale routes, then sysctls no longer wanted go back.
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
-from markroute.kernel import KernelError, digest, nft, nftelements, state, sysctl
+from markroute.kernel import KernelError, digest, nft, nftnetlink, state, sysctl
 from markroute.kernel.journal import Journal
 from markroute.kernel.links import Link, link_state, links
 from markroute.kernel.rpdb import Rpdb, route_key
@@ -205,8 +205,9 @@ class _Apply:
     def swap_table(self) -> list[dict[str, object]]:
         """Bring the table to the plan; return its listing as `nft.normalise` gives it.
 
-        Unchanged plan: the live table, elements included, is checked against the record
-        and left alone if it matches. Only set contents changed: `update_sets`. Anything
+        Unchanged plan: if nobody committed an nf_tables transaction since the last apply
+        (the generation it recorded), the table is as recorded; otherwise the live table,
+        elements included, is checked against the record and left alone if it matches. Only set contents changed: `update_sets`. Anything
         else replaces the whole table. Set elements are listed only for the unchanged
         check or when the live table is not what the last apply left (the listing of
         100,000 elements takes nft seconds): otherwise the record says what to roll back to.
@@ -214,6 +215,8 @@ class _Apply:
         name = self.plan.table_name
         previous = self.previous
         if previous is not None and previous.nft_digest == self.nft_digest:
+            if previous.nft_generation == nftnetlink.generation():
+                return previous.nft_listing  # no nf_tables transaction since the last apply: nothing to check
             before = nft.list_table(name)
             if before is not None and nft.normalise(before) == previous.nft_listing:
                 return previous.nft_listing
@@ -255,37 +258,37 @@ class _Apply:
             partial(nft.delete_table, name),
             f"nftables table inet {name} created",
         )
-        nftelements.update(name, [
-            nftelements.SetChange(body["name"], version, added=tuple(element_interval(version, e) for e in body["elem"]))
+        nftnetlink.update(name, [
+            nftnetlink.SetChange(body["name"], version, added=tuple(element_interval(version, e) for e in body["elem"]))
             for body in sets if body.get("elem") for version in (SET_VERSIONS[body["type"]],)
         ])
         nft.run_batch({"add": obj} for obj in self.plan.nft if "table" not in obj and "set" not in obj)
 
     def update_sets(self, previous: State) -> list[dict[str, object]] | None:
-        """Add and remove just the elements that changed, in one transaction (`nftelements`).
+        """Add and remove just the elements that changed, in one transaction (`nftnetlink`).
 
         The live table's structure was found as recorded, so its elements are taken to be
         the recorded ones. A refused update (someone changed the set behind our back)
         changes nothing and leads to replacing the table instead (None).
         """
         recorded = {_set_name(obj): obj["set"].get("elem", []) for obj in previous.nft_listing if "set" in obj}
-        changes: list[nftelements.SetChange] = []
+        changes: list[nftnetlink.SetChange] = []
         for obj in self.plan.nft:
             if "set" in obj:
                 body = obj["set"]
                 version = SET_VERSIONS[body["type"]]
-                old, new = _keyed(recorded.get(body["name"], [])), _keyed(body.get("elem", []))
-                removed = tuple(element_interval(version, value) for key, value in old.items() if key not in new)
-                added = tuple(element_interval(version, value) for key, value in new.items() if key not in old)
+                old = {element_interval(version, e) for e in recorded.get(body["name"], [])}
+                new = {element_interval(version, e) for e in body.get("elem", [])}
+                removed, added = tuple(sorted(old - new)), tuple(sorted(new - old))
                 if removed or added:
-                    changes.append(nftelements.SetChange(body["name"], version, removed, added))
+                    changes.append(nftnetlink.SetChange(body["name"], version, removed, added))
         name = self.plan.table_name
         if not changes:  # the same elements, written in another order
             return self.with_plan_elements(nft.without_elements(previous.nft_listing))
         try:
             self.step(
-                partial(nftelements.update, name, changes),
-                partial(nftelements.update, name, [change.inverse() for change in changes]),
+                partial(nftnetlink.update, name, changes),
+                partial(nftnetlink.update, name, [change.inverse() for change in changes]),
                 "nftables sets of inet {}: {}".format(name, ", ".join(
                     f"{c.name} +{len(c.added)} -{len(c.removed)} elements" for c in changes)),
             )
@@ -324,6 +327,7 @@ class _Apply:
             policies=list(self.plan.policies),
             applied_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             warnings=self.report.warnings,
+            nft_generation=nftnetlink.generation(),
         )
         if self.report.changed or self.previous is None or replace(new, applied_at=self.previous.applied_at) != self.previous:
             state.save(self.netns, new)
@@ -331,8 +335,3 @@ class _Apply:
 
 def _set_name(obj: dict[str, Any]) -> str | None:
     return obj["set"]["name"] if "set" in obj else None
-
-
-def _keyed(elements: list[Any]) -> dict[str, Any]:
-    """Elements by a hashable key, in order: their repr (the compiler and nft write them alike, see `nft`)."""
-    return {repr(element): element for element in elements}

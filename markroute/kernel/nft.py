@@ -10,7 +10,7 @@ as one constant), so a listing is never compared with the JSON that produced it,
 with an earlier *listing* (`normalise` strips handles and counter values). Set
 elements are the exception: the compiler writes address intervals exactly as nft lists
 them, which lets a change of set contents alone go in as element updates
-(`nftelements`, over netlink: nft 1.0.6 is far too slow there) with no listing of
+(`nftnetlink`, over netlink: nft 1.0.6 is far too slow there) with no listing of
 100,000 elements before or after (`table_structure` lists a table without its elements).
 """
 

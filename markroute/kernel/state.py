@@ -44,6 +44,7 @@ class State:
     policies: list[str]
     applied_at: str
     warnings: list[str] = field(default_factory=list)
+    nft_generation: int | None = None  # nf_tables' transaction count after the apply (`nftnetlink.generation`)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(replace(self, nft_listing=[]))  # the listing is JSON already: no deep copy of its 100,000 elements

@@ -1,5 +1,9 @@
-"""Address-set elements straight to nf_tables over netlink: the one job nft is too slow for.
+"""What markroute tells and asks nf_tables over netlink itself: set elements, the generation.
 
+Everything else goes through nft (`markroute.kernel.nft`); these two jobs it does too
+slowly.
+
+**Set elements.**
 nft 1.0.6 reads every element of a set before it runs an element command, and deletes
 an interval element in time proportional to the set: 20 deletions in a 100,000-prefix
 set took 4.4 s, and loading that set takes nft ~1 s, half of it nft's own work. The
@@ -15,6 +19,11 @@ them, so `nft list` shows them as if nft had loaded them: an interval is a start
 element plus an end element one past its last address, flagged INTERVAL_END; an
 interval that reaches the top of the address space has no end element, and its start
 carries nft's "open interval" user data instead.
+
+**The ruleset generation.** The kernel counts committed nf_tables transactions, anyone's,
+in every table. apply records the count after its own; while it is unchanged nothing in
+nftables has changed since, so checking an unchanged config needs no listing of 100,000
+elements (which takes nft seconds).
 """
 
 from __future__ import annotations
@@ -40,6 +49,8 @@ NLA_F_NESTED = 0x8000
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 16, 17
 NFT_MSG_NEWSETELEM, NFT_MSG_DELSETELEM = 12, 14
+NFT_MSG_NEWGEN, NFT_MSG_GETGEN = 15, 16
+NFTA_GEN_ID = 1
 NFPROTO_INET = 1
 NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
 NFTA_LIST_ELEM = 1
@@ -82,6 +93,41 @@ def update(table: str, changes: Iterable[SetChange]) -> None:
                 messages.append((kind, _list_message(table, change.name, body), change.name))
     if messages:
         _commit(messages)
+
+
+def generation() -> int:
+    """The ruleset generation of the current network namespace (NFT_MSG_GETGEN)."""
+    request = _message((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN, NLM_F_REQUEST, 1, socket.AF_UNSPEC, b"")
+    with _socket() as sock:
+        try:
+            sock.sendall(request)
+            while True:
+                data = sock.recv(65536)
+                _length, kind, _flags, _seq, _pid = NLMSG_HEADER.unpack_from(data)
+                if kind == NLMSG_ERROR:
+                    code = -struct.unpack_from("=i", data, NLMSG_HEADER.size)[0]
+                    raise KernelError(f"nf_tables: reading the ruleset generation failed: {os.strerror(code)}")
+                if kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN:
+                    return _gen_id(data[NLMSG_HEADER.size + NFGEN_HEADER.size:])
+        except OSError as exc:
+            raise KernelError(f"nf_tables: reading the ruleset generation failed: {exc.strerror or exc}") from exc
+
+
+def _gen_id(attributes: bytes) -> int:
+    offset = 0
+    while offset + ATTR_HEADER.size <= len(attributes):
+        length, kind = ATTR_HEADER.unpack_from(attributes, offset)
+        if kind & ~NLA_F_NESTED == NFTA_GEN_ID:
+            return int(struct.unpack_from("!I", attributes, offset + ATTR_HEADER.size)[0])
+        offset += max((length + 3) & ~3, ATTR_HEADER.size)
+    raise KernelError("nf_tables: the generation reply holds no generation")
+
+
+def _socket() -> socket.socket:
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+    sock.settimeout(60)
+    sock.bind((0, 0))
+    return sock
 
 
 def _element_lists(version: int, intervals: Iterable[Interval]) -> Iterator[bytes]:
@@ -142,13 +188,11 @@ def _commit(messages: list[tuple[int, bytes, str]]) -> None:
     parts.append(_message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, len(messages) + 1, socket.AF_UNSPEC, b"",
                           NFNL_SUBSYS_NFTABLES))
     batch = b"".join(parts)
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, len(batch) + 65536)  # a batch must be one datagram
-        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 1 << 20)
-        sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)  # errors without a copy of our 64 KiB message
-        sock.settimeout(60)
-        sock.bind((0, 0))
+    with _socket() as sock:
         try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, len(batch) + 65536)  # a batch must be one datagram
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 1 << 20)
+            sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)  # errors without a copy of our 64 KiB message
             sock.sendall(batch)
             failures = _acknowledgements(sock, len(messages))
         except OSError as exc:

@@ -1,7 +1,8 @@
-"""Set elements sent over netlink read back from `nft` exactly as the compiler writes them.
+"""Set elements sent over netlink read back from `nft` exactly as the compiler writes them,
+and the ruleset generation moves on with every transaction.
 
 apply keeps a record of the elements it loaded and compares later listings with it, so
-the elements `nftelements` packs must come back from nft 1.0.6 in the very form
+the elements `nftnetlink` packs must come back from nft 1.0.6 in the very form
 `policymaps.address_element` writes: prefixes, ranges, single addresses, neighbours,
 and the intervals at both ends of the address space (open intervals have no end
 element). A refused batch must change nothing.
@@ -17,7 +18,7 @@ from kernelhelp import KERNEL
 
 from markroute.kernel import KernelError
 from markroute.kernel.netns import inside
-from markroute.kernel.nftelements import SetChange, update
+from markroute.kernel.nftnetlink import SetChange, generation, update
 from markroute.lab import Lab
 from markroute.policymaps import address_element
 from markroute.values import Interval
@@ -105,3 +106,17 @@ def test_many_elements_span_several_messages(sets: tuple[Lab, str]) -> None:
     with inside(ns):
         update("t", [SetChange("a", 4, added=intervals)])
     assert listed(lab, ns, "a") == written(4, intervals)
+
+
+def test_generation_counts_every_transaction(sets: tuple[Lab, str]) -> None:
+    """Anyone's transaction, in any table, moves the generation on; reading it changes nothing."""
+    lab, ns = sets
+    with inside(ns):
+        first = generation()
+        assert generation() == first
+        update("t", [SetChange("a", 4, added=EDGES4[:1])])
+        second = generation()
+    lab.run(ns, ["nft", "add", "table", "ip", "other"])
+    with inside(ns):
+        third = generation()
+    assert first < second < third

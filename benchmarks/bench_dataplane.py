@@ -218,6 +218,21 @@ def cases(lab: Lab, rtr: str, tmp: Path, prefixes: list[str]) -> list[Case]:
         case = markroute(text, merge)
         case.name = name
         found.append(case)
+    stateless = tmp / "stateless.nft"
+    stateless.write_text(
+        "table inet stateless {\n"
+        f"  set big {{ type ipv4_addr; flags interval; auto-merge; elements = {{ {', '.join(prefixes)} }} }}\n"
+        "  chain p {\n    type filter hook prerouting priority mangle;\n    ip daddr @big meta mark set 0x300\n  }\n}\n"
+    )
+    found.append(Case(
+        "naive: a stateless mark from the 100,000-prefix set, no conntrack (+ one fwmark ip rule)",
+        lambda: (lab.run(rtr, ["nft", "-f", str(stateless)]),
+                 lab.run(rtr, ["ip", "rule", "add", "fwmark", "0x300/0xff00", "lookup", "101", "pref", "100"]),
+                 lab.run(rtr, ["ip", "route", "add", "default", "via", "10.0.1.1", "table", "101"])),
+        lambda: (lab.run(rtr, ["nft", "delete", "table", "inet", "stateless"]),
+                 lab.run(rtr, ["ip", "rule", "del", "pref", "100"]),
+                 lab.run(rtr, ["ip", "route", "flush", "table", "101"])),
+    ))
     found.append(Case(
         f"naive: one ip rule per prefix ({NAIVE_RULES:,} rules)",
         lambda: lab.run(rtr, ["ip", "-batch", str(ip_rules)], timeout=600),

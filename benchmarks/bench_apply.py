@@ -38,7 +38,7 @@ from markroute.kernel import nft, nftnetlink  # noqa: E402
 from markroute.kernel.down import down  # noqa: E402
 from markroute.kernel.netns import inside  # noqa: E402
 from markroute.lab import Lab  # noqa: E402
-from markroute.policymaps import address_element  # noqa: E402
+from markroute.nftjson import address_element  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIXES = 100_000

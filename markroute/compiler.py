@@ -50,7 +50,7 @@ from markroute.plan import (
     ordered_rules,
     ordered_routes,
 )
-from markroute.policymaps import IP_PAYLOAD, PolicyKey, address_element, port_value, protocol_value
+from markroute.policymaps import IP_PAYLOAD, PolicyKey, port_value, protocol_value
 from markroute.values import PORT_PROTOCOLS, PROTOCOL_NAMES, Interval
 
 Expr = dict[str, Any]
@@ -58,7 +58,6 @@ INLINE_LIMIT = 16
 MERGE_MIN = 4  # shorter runs of same-shape policies stay rules: a few rules cost nothing measurable
 RP_FILTER = {"strict": "1", "loose": "2", "off": "0"}
 NFPROTO = {4: "ipv4", 6: "ipv6"}
-SET_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
 
 
 @dataclass(frozen=True)
@@ -438,13 +437,13 @@ class Compiler:
         """Few addresses inline; `sets:` entries and long lists as one named interval set each."""
         intervals = addresses.addresses.family(version)
         if addresses.set_name is None and len(intervals) <= INLINE_LIMIT:
-            return nj.setvalue([address_element(version, iv) for iv in intervals])
+            return nj.setvalue([nj.address_element(version, iv) for iv in intervals])
         key = (addresses.set_name or intervals, version)
         if key not in self.set_names:
             # user set names start with a letter, so generated ones start with '_'
             name = f"{addresses.set_name or f'_list{len(self.sets) + 1}'}_v{version}"
             self.set_names[key] = name
-            self.sets[name] = nj.named_set(self.table, name, SET_TYPE[version], _set_elements(version, intervals))
+            self.sets[name] = nj.named_set(self.table, name, nj.ADDRESS_SET_TYPES[version], _set_elements(version, intervals))
         return f"@{self.set_names[key]}"
 
     # -- routing ----------------------------------------------------------------------
@@ -528,7 +527,7 @@ def _fields(keys: dict[int, PolicyKey]) -> tuple[str, ...]:
 def _set_elements(version: int, intervals: tuple[Interval, ...]) -> list[Any]:
     """A named set's elements, built once per address list: the daemon recompiles on every
     uplink state change, and formatting 100,000 prefixes again would delay the failover."""
-    return [address_element(version, iv) for iv in intervals]
+    return [nj.address_element(version, iv) for iv in intervals]
 
 
 def _family_specific(match: Match) -> bool:

@@ -2,14 +2,21 @@
 
 The compiler builds rules out of these instead of text so that the ruleset has one
 machine-readable form; `nfttext` renders it for people and `nft -j -f` loads it.
+Address-set elements are written the way nft lists them (`address_element`) and read
+back into intervals (`element_interval`) when apply sends them over netlink.
 """
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Callable
 from typing import Any
+
+from markroute.values import Interval
 
 Expr = dict[str, Any]
 FAMILY = "inet"
+ADDRESS_SET_TYPES = {4: "ipv4_addr", 6: "ipv6_addr"}
 HOOK_PRIORITIES = {"raw": -300, "mangle": -150, "dstnat": -100, "filter": 0, "security": 50, "srcnat": 100}
 
 
@@ -108,3 +115,38 @@ def named_set(table_name: str, name: str, kind: str, elements: list[Any]) -> Exp
             "elem": elements,
         }
     }
+
+
+def address_element(version: int, interval: Interval) -> Any:
+    """An address interval as nft JSON: an address, a prefix, or a range (fast: no `ipaddress`)."""
+    first, last = interval
+    text = _ADDRESS_TEXT[version]
+    if first == last:
+        return text(first)
+    size = last - first + 1
+    if size & (size - 1) == 0 and first % size == 0:
+        return prefix(text(first), (32 if version == 4 else 128) - size.bit_length() + 1)
+    return span(text(first), text(last))
+
+
+def element_interval(version: int, element: Any) -> Interval:
+    """The interval an `address_element` (or nft's listing of one) stands for.
+
+    Read straight with the C library: apply turns 100,000 elements back into intervals.
+    """
+    family, bits = (socket.AF_INET, 32) if version == 4 else (socket.AF_INET6, 128)
+    if isinstance(element, str):
+        first = int.from_bytes(socket.inet_pton(family, element), "big")
+        return first, first
+    if "range" in element:
+        first_text, last_text = element["range"]
+        return (int.from_bytes(socket.inet_pton(family, first_text), "big"),
+                int.from_bytes(socket.inet_pton(family, last_text), "big"))
+    first = int.from_bytes(socket.inet_pton(family, element["prefix"]["addr"]), "big")
+    return first, first + (1 << (bits - element["prefix"]["len"])) - 1
+
+
+_ADDRESS_TEXT: dict[int, Callable[[int], str]] = {
+    4: lambda n: socket.inet_ntop(socket.AF_INET, n.to_bytes(4, "big")),
+    6: lambda n: socket.inet_ntop(socket.AF_INET6, n.to_bytes(16, "big")),
+}

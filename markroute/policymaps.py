@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -220,7 +219,7 @@ def _field_value(name: str, version: int | None, interval: Interval) -> Any:
     first, last = interval
     if name in ("saddr", "daddr"):
         assert version is not None
-        return address_element(version, interval)
+        return nj.address_element(version, interval)
     if name == "l4proto":
         return protocol_value(first)
     if name == "iif":
@@ -241,39 +240,6 @@ def port_value(interval: Interval) -> Any:
     return first if first == last else nj.span(first, last)
 
 
-def address_element(version: int, interval: Interval) -> Any:
-    """An address interval as nft JSON: an address, a prefix, or a range (fast: no `ipaddress`)."""
-    first, last = interval
-    text = _ADDRESS_TEXT[version]
-    if first == last:
-        return text(first)
-    size = last - first + 1
-    if size & (size - 1) == 0 and first % size == 0:
-        return nj.prefix(text(first), (32 if version == 4 else 128) - size.bit_length() + 1)
-    return nj.span(text(first), text(last))
-
-
-def element_interval(version: int, element: Any) -> Interval:
-    """The interval an `address_element` (or nft's listing of one) stands for.
-
-    Read straight with the C library: apply turns 100,000 elements back into intervals.
-    """
-    family, bits = (socket.AF_INET, 32) if version == 4 else (socket.AF_INET6, 128)
-    if isinstance(element, str):
-        first = int.from_bytes(socket.inet_pton(family, element), "big")
-        return first, first
-    if "range" in element:
-        first_text, last_text = element["range"]
-        return (int.from_bytes(socket.inet_pton(family, first_text), "big"),
-                int.from_bytes(socket.inet_pton(family, last_text), "big"))
-    first = int.from_bytes(socket.inet_pton(family, element["prefix"]["addr"]), "big")
-    return first, first + (1 << (bits - element["prefix"]["len"])) - 1
-
-
-_ADDRESS_TEXT: dict[int, Callable[[int], str]] = {
-    4: lambda n: socket.inet_ntop(socket.AF_INET, n.to_bytes(4, "big")),
-    6: lambda n: socket.inet_ntop(socket.AF_INET6, n.to_bytes(16, "big")),
-}
 IFNAME_BYTES = 16
 
 

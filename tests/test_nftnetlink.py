@@ -3,7 +3,7 @@ and the ruleset generation moves on with every transaction.
 
 apply keeps a record of the elements it loaded and compares later listings with it, so
 the elements `nftnetlink` packs must come back from nft 1.0.6 in the very form
-`policymaps.address_element` writes: prefixes, ranges, single addresses, neighbours,
+`nftjson.address_element` writes: prefixes, ranges, single addresses, neighbours,
 and the intervals at both ends of the address space (open intervals have no end
 element). A refused batch must change nothing.
 """
@@ -20,7 +20,7 @@ from markroute.kernel import KernelError
 from markroute.kernel.netns import inside
 from markroute.kernel.nftnetlink import SetChange, generation, update
 from markroute.lab import Lab
-from markroute.policymaps import address_element
+from markroute.nftjson import address_element
 from markroute.values import Interval
 
 pytestmark = KERNEL

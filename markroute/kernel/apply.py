@@ -34,10 +34,10 @@ from markroute.kernel.journal import Journal
 from markroute.kernel.links import Link, link_state, links
 from markroute.kernel.rpdb import Rpdb, route_key
 from markroute.kernel.state import State
+from markroute.nftjson import ADDRESS_SET_TYPES, element_interval
 from markroute.plan import FAMILY_NAMES, IpRule, Plan, Route, Sysctl, resolve
-from markroute.policymaps import element_interval
 
-SET_VERSIONS = {"ipv4_addr": 4, "ipv6_addr": 6}
+SET_VERSIONS = {kind: version for version, kind in ADDRESS_SET_TYPES.items()}
 
 
 @dataclass
@@ -207,7 +207,8 @@ class _Apply:
 
         Unchanged plan: if nobody committed an nf_tables transaction since the last apply
         (the generation it recorded), the table is as recorded; otherwise the live table,
-        elements included, is checked against the record and left alone if it matches. Only set contents changed: `update_sets`. Anything
+        elements included, is checked against the record and left alone if it matches.
+        Only set contents changed: `update_sets`. No table yet: `create_table`. Anything
         else replaces the whole table. Set elements are listed only for the unchanged
         check or when the live table is not what the last apply left (the listing of
         100,000 elements takes nft seconds): otherwise the record says what to roll back to.
@@ -258,10 +259,13 @@ class _Apply:
             partial(nft.delete_table, name),
             f"nftables table inet {name} created",
         )
-        nftnetlink.update(name, [
-            nftnetlink.SetChange(body["name"], version, added=tuple(element_interval(version, e) for e in body["elem"]))
-            for body in sets if body.get("elem") for version in (SET_VERSIONS[body["type"]],)
-        ])
+        loads: list[nftnetlink.SetChange] = []
+        for body in sets:
+            version = SET_VERSIONS[body["type"]]
+            added = tuple(element_interval(version, element) for element in body.get("elem", []))
+            if added:
+                loads.append(nftnetlink.SetChange(body["name"], version, added=added))
+        nftnetlink.update(name, loads)
         nft.run_batch({"add": obj} for obj in self.plan.nft if "table" not in obj and "set" not in obj)
 
     def update_sets(self, previous: State) -> list[dict[str, object]] | None:

@@ -105,7 +105,7 @@ def generation() -> int:
                 data = sock.recv(65536)
                 _length, kind, _flags, _seq, _pid = NLMSG_HEADER.unpack_from(data)
                 if kind == NLMSG_ERROR:
-                    code = -struct.unpack_from("=i", data, NLMSG_HEADER.size)[0]
+                    code = _error_code(data, 0)
                     raise KernelError(f"nf_tables: reading the ruleset generation failed: {os.strerror(code)}")
                 if kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN:
                     return _gen_id(data[NLMSG_HEADER.size + NFGEN_HEADER.size:])
@@ -118,7 +118,8 @@ def _gen_id(attributes: bytes) -> int:
     while offset + ATTR_HEADER.size <= len(attributes):
         length, kind = ATTR_HEADER.unpack_from(attributes, offset)
         if kind & ~NLA_F_NESTED == NFTA_GEN_ID:
-            return int(struct.unpack_from("!I", attributes, offset + ATTR_HEADER.size)[0])
+            gen_id: int = struct.unpack_from("!I", attributes, offset + ATTR_HEADER.size)[0]
+            return gen_id
         offset += max((length + 3) & ~3, ATTR_HEADER.size)
     raise KernelError("nf_tables: the generation reply holds no generation")
 
@@ -213,11 +214,16 @@ def _acknowledgements(sock: socket.socket, expected: int) -> list[tuple[int, int
             length, kind, _flags, seq, _pid = NLMSG_HEADER.unpack_from(data, offset)
             if kind == NLMSG_ERROR:
                 seen += 1
-                code = -struct.unpack_from("=i", data, offset + NLMSG_HEADER.size)[0]
+                code = _error_code(data, offset)
                 if code:
                     failures.append((seq, code))
             offset += max((length + 3) & ~3, NLMSG_HEADER.size)
     return failures
+
+
+def _error_code(data: bytes, offset: int) -> int:
+    """The errno of the NLMSG_ERROR message at OFFSET (0 for an acknowledgement)."""
+    return -int(struct.unpack_from("=i", data, offset + NLMSG_HEADER.size)[0])
 
 
 def _reason(code: int) -> str:

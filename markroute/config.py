@@ -43,6 +43,7 @@ from markroute.values import (
     AddressList,
     Interval,
     address_list,
+    ipv4_lines,
     merge,
     parse_address,
     parse_argument,
@@ -334,27 +335,26 @@ class Validator:
             self.diag.error(byte_position(str(path), data, exc.start),
                             f"set file is not UTF-8 text (byte {data[exc.start]:#04x})", "save it as UTF-8")
             return None
+        v4, others = ipv4_lines(lines)
         items: list[tuple[int, Interval]] = []
         bad = 0
-        for number, line in enumerate(lines, start=1):
-            text = line.partition("#")[0].strip()
-            if not text:
-                continue
+        for number, text in others:
             try:
                 items.append(parse_address(text))
             except ValueError as exc:
                 bad += 1
                 if bad <= MAX_BAD_SET_LINES:
+                    line = lines[number - 1]
                     self.diag.error(Where(str(path), number, len(line) - len(line.lstrip()) + 1), str(exc))
         if bad > MAX_BAD_SET_LINES:
             self.diag.error(node.where, f"{bad} bad lines in set file {path} (first {MAX_BAD_SET_LINES} shown)")
         if bad:
             return None
-        if not items:
+        if not items and not v4:
             self.diag.error(node.where, f"set file {path} holds no addresses",
                             f"a policy using '@{name}' would never match; add one prefix a line")
             return None
-        return address_list(items)
+        return address_list(items, v4)
 
     def warn_unused_sets(self) -> None:
         for name, where in self.set_where.items():

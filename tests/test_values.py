@@ -266,3 +266,32 @@ def test_fast_and_thorough_address_parsing_agree() -> None:
             continue
         expected = (network.version, (int(network.network_address), int(network.broadcast_address)))
         assert v.parse_address(text) == expected, text
+
+
+ODD_LINES = [
+    "10.0.0.0/8", "10.1.2.3", "10.1.2.3/32", "0.0.0.0/0", "255.255.255.255", "  192.0.2.0/24  # docs",
+    "# only a comment", "", "   ", "10.0.0.1/8", "010.0.0.0/8", "10.0.0.0/08", "10.0.0.0/33", "10.0.0.0/-1",
+    "10.0.0.0/+8", "10.0.0.0/ 8", "10.0.0.0 /8", "10.0.0.0/8/8", "10.0.0.0/\u0668", "10.0.0.0/2_4", "10.0.0",
+    "1.2.3.4-1.2.3.9", "2001:db8::/32", "::ffff:10.0.0.0/104", "::10.0.0.1", "fe80::1%eth0", "10.0.0.256",
+    "10.0.0.0/24#no space", "\t198.51.100.7\t", "1.2.3.4.5", "0x0a.0.0.0/8", "10.0.0.0/",
+]
+
+
+def test_bulk_ipv4_lines_agree_with_parse_address() -> None:
+    """`ipv4_lines` reads the common set-file line in bulk: what it takes must be exactly what
+    `parse_address` gives, and every line it does not take must reach `parse_address`."""
+    taken, others = v.ipv4_lines(ODD_LINES)
+    assert len(taken) + len(others) == sum(1 for line in ODD_LINES if line.partition("#")[0].strip())
+    other_numbers = {number for number, _ in others}
+    bulk = iter(taken)
+    for number, line in enumerate(ODD_LINES, start=1):
+        text = line.partition("#")[0].strip()
+        if not text:
+            continue
+        if number in other_numbers:
+            assert dict(others)[number] == text
+            continue
+        assert v.parse_address(text) == (4, next(bulk)), line
+    assert {text for _, text in others} >= {"10.0.0.1/8", "010.0.0.0/8", "10.0.0.0/08", "10.0.0.0/2_4", "2001:db8::/32",
+                                           "1.2.3.4-1.2.3.9", "10.0.0.0/\u0668", "::10.0.0.1"}
+    assert len(taken) == 8

@@ -76,3 +76,17 @@ def test_kernel_commands_need_nft(monkeypatch: pytest.MonkeyPatch) -> None:
     result = CliRunner().invoke(main, ["down"])
     assert result.exit_code == 4
     assert "nft command is missing" in result.output
+
+
+def test_entering_something_that_is_not_a_namespace_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """setns(2) is called through ctypes: its refusal must come back as a message, and leave us where we were."""
+    from markroute.kernel import EnvironmentProblem, netns
+
+    monkeypatch.setattr(netns, "NETNS_DIR", tmp_path)
+    (tmp_path / "plain-file").write_text("")
+    before = Path("/proc/self/ns/net").stat().st_ino
+    with pytest.raises(EnvironmentProblem, match="cannot enter network namespace 'plain-file': Invalid argument"):
+        netns.enter("plain-file")
+    with pytest.raises(EnvironmentProblem, match="does not exist"):
+        netns.enter("absent")
+    assert Path("/proc/self/ns/net").stat().st_ino == before

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 from markroute.diagnostics import Diagnostic
+from markroute.nftjson import json_default
 
 if TYPE_CHECKING:
     from markroute.model import Model
@@ -37,7 +38,7 @@ def json_option(func: F) -> F:
 
 
 def print_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=False))
+    click.echo(json.dumps(data, indent=2, sort_keys=False, default=json_default))
 
 
 def print_diagnostics(diagnostics: list[Diagnostic]) -> None:

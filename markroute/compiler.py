@@ -29,7 +29,6 @@ markroute's own priority band.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -51,7 +50,7 @@ from markroute.plan import (
     ordered_routes,
 )
 from markroute.policymaps import IP_PAYLOAD, PolicyKey, port_value, protocol_value
-from markroute.values import PORT_PROTOCOLS, PROTOCOL_NAMES, Interval
+from markroute.values import PORT_PROTOCOLS, PROTOCOL_NAMES
 
 Expr = dict[str, Any]
 INLINE_LIMIT = 16
@@ -443,7 +442,8 @@ class Compiler:
             # user set names start with a letter, so generated ones start with '_'
             name = f"{addresses.set_name or f'_list{len(self.sets) + 1}'}_v{version}"
             self.set_names[key] = name
-            self.sets[name] = nj.named_set(self.table, name, nj.ADDRESS_SET_TYPES[version], _set_elements(version, intervals))
+            elements = nj.AddressElements(version, intervals)
+            self.sets[name] = nj.named_set(self.table, name, nj.ADDRESS_SET_TYPES[version], elements)
         return f"@{self.set_names[key]}"
 
     # -- routing ----------------------------------------------------------------------
@@ -521,13 +521,6 @@ class Compiler:
 
 def _fields(keys: dict[int, PolicyKey]) -> tuple[str, ...]:
     return next(iter(keys.values())).fields
-
-
-@functools.lru_cache(maxsize=64)
-def _set_elements(version: int, intervals: tuple[Interval, ...]) -> list[Any]:
-    """A named set's elements, built once per address list: the daemon recompiles on every
-    uplink state change, and formatting 100,000 prefixes again would delay the failover."""
-    return [nj.address_element(version, iv) for iv in intervals]
 
 
 def _family_specific(match: Match) -> bool:

@@ -2,21 +2,29 @@
 
 The compiler builds rules out of these instead of text so that the ruleset has one
 machine-readable form; `nfttext` renders it for people and `nft -j -f` loads it.
-Address-set elements are written the way nft lists them (`address_element`) and read
-back into intervals (`element_interval`) when apply sends them over netlink.
+A named address set holds `AddressElements`: its intervals, read as the list of nft
+JSON elements nft itself would list (`address_element`). Apply, the state record, the
+fingerprint and the simulator use the intervals; only output meant for nft or people
+formats them, so 100,000 prefixes are not turned into text and back on every apply.
+`json_default` lets `json.dumps` write them.
 """
 
 from __future__ import annotations
 
+import array
+import base64
 import socket
-from collections.abc import Callable
-from typing import Any
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from itertools import chain as chained
+from typing import Any, overload
 
 from markroute.values import Interval
 
 Expr = dict[str, Any]
 FAMILY = "inet"
 ADDRESS_SET_TYPES = {4: "ipv4_addr", 6: "ipv6_addr"}
+SET_VERSIONS = {kind: version for version, kind in ADDRESS_SET_TYPES.items()}
 HOOK_PRIORITIES = {"raw": -300, "mangle": -150, "dstnat": -100, "filter": 0, "security": 50, "srcnat": 100}
 
 
@@ -104,7 +112,7 @@ def rule(table_name: str, chain_name: str, expr: list[Expr], comment: str | None
     return {"rule": body}
 
 
-def named_set(table_name: str, name: str, kind: str, elements: list[Any]) -> Expr:
+def named_set(table_name: str, name: str, kind: str, elements: AddressElements) -> Expr:
     return {
         "set": {
             "family": FAMILY,
@@ -150,3 +158,108 @@ _ADDRESS_TEXT: dict[int, Callable[[int], str]] = {
     4: lambda n: socket.inet_ntop(socket.AF_INET, n.to_bytes(4, "big")),
     6: lambda n: socket.inet_ntop(socket.AF_INET6, n.to_bytes(16, "big")),
 }
+
+
+class AddressElements(Sequence[Any]):
+    """The elements of a named address set: sorted, disjoint intervals of one IP version.
+
+    As a sequence it is the list of nft JSON elements (`address_element`), formatted on
+    first use; it compares equal to that list, so a recorded set still matches nft's
+    listing of it. `pack`/`unpack` give the compact form the state record keeps.
+    """
+
+    __slots__ = ("version", "intervals", "_listed", "_packed")
+
+    def __init__(self, version: int, intervals: tuple[Interval, ...]) -> None:
+        self.version = version
+        self.intervals = intervals
+        self._listed: list[Any] | None = None
+        self._packed: bytes | None = None
+
+    def listed(self) -> list[Any]:
+        if self._listed is None:
+            self._listed = [address_element(self.version, interval) for interval in self.intervals]
+        return self._listed
+
+    def __len__(self) -> int:
+        return len(self.intervals)
+
+    @overload
+    def __getitem__(self, index: int) -> Any: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Any]: ...
+
+    def __getitem__(self, index: int | slice) -> Any:
+        return self.listed()[index]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.listed())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, AddressElements):
+            return self.version == other.version and self.intervals == other.intervals
+        if isinstance(other, list):
+            return self.listed() == other
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"AddressElements(ipv{self.version}, {len(self.intervals)} intervals)"
+
+    def pack(self) -> bytes:
+        """The intervals as big-endian (first, last) pairs of fixed width: 8 bytes for IPv4, 32 for IPv6."""
+        if self._packed is None:
+            numbers = chained.from_iterable(self.intervals)
+            if self.version == 4:  # 32-bit words ("I" is 4 bytes on Linux) in C: the common case, 100,000 of them
+                words = array.array("I", numbers)
+                if sys.byteorder == "little":
+                    words.byteswap()
+                self._packed = words.tobytes()
+            else:
+                self._packed = b"".join(n.to_bytes(16, "big") for n in numbers)
+        return self._packed
+
+    def packed_text(self) -> str:
+        return base64.b64encode(self.pack()).decode("ascii")
+
+    @classmethod
+    def unpack(cls, version: int, data: bytes) -> AddressElements:
+        width = 4 if version == 4 else 16
+        if len(data) % (2 * width):
+            raise ValueError(f"packed IPv{version} intervals must be a multiple of {2 * width} bytes")
+        if version == 4:
+            words = array.array("I", data)
+            if sys.byteorder == "little":
+                words.byteswap()
+            numbers = words.tolist()
+        else:
+            numbers = [int.from_bytes(data[i:i + width], "big") for i in range(0, len(data), width)]
+        return cls(version, tuple(zip(numbers[::2], numbers[1::2])))
+
+    @classmethod
+    def from_packed_text(cls, version: int, text: str) -> AddressElements:
+        return cls.unpack(version, base64.b64decode(text, validate=True))
+
+    @classmethod
+    def from_listing(cls, version: int, elements: Sequence[Any]) -> AddressElements:
+        """The intervals of elements as nft lists them (or as `address_element` writes them)."""
+        if isinstance(elements, AddressElements):
+            return elements
+        return cls(version, tuple(element_interval(version, element) for element in elements))
+
+
+def plain(obj: Expr) -> Expr:
+    """OBJ with `AddressElements` written out as the nft JSON list: for documents handed to others."""
+    body = obj.get("set")
+    if body is not None and isinstance(body.get("elem"), AddressElements):
+        return {"set": {**body, "elem": body["elem"].listed()}}
+    return obj
+
+
+def json_default(value: object) -> Any:
+    """`json.dumps(..., default=json_default)`: set elements are written as the nft JSON list."""
+    if isinstance(value, AddressElements):
+        return value.listed()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

@@ -19,6 +19,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from markroute.nftjson import plain
+
 RULE_PROTOCOL = 77  # tags every ip rule and route markroute installs, so it only ever removes its own
 # markroute's band of ip rules, from settings.rule_priority on: uplink fwmark rules, then
 # the unreachable/blackhole marks, then `from ADDR` rules (after every fwmark rule: a mark decides first)
@@ -136,13 +138,14 @@ class Plan:
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     def nft_document(self) -> dict[str, Any]:
-        """The ruleset in `nft -j list` form."""
+        """The ruleset in `nft -j list` form; set elements stay `AddressElements` (`json_default` writes them)."""
         return {"nftables": [dict(obj) for obj in self.nft]}
 
     def to_json(self) -> dict[str, Any]:
+        """The whole plan as plain JSON data, set elements written out."""
         return {
             "mark_mask": hex(self.mask),
-            "nftables": self.nft_document()["nftables"],
+            "nftables": [plain(obj) for obj in self.nft],
             "rules": [rule.to_json() for rule in self.rules],
             "routes": [route.to_json() for route in self.routes],
             "sysctls": {s.name: s.value for s in self.sysctls},

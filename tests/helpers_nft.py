@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from markroute.kernel.nft import normalise
+from markroute.nftjson import json_default
 
 
 class NftNamespace:
@@ -38,7 +39,7 @@ class NftNamespace:
     def load_json(self, document: dict[str, Any]) -> list[dict[str, Any]]:
         """An empty ruleset, DOCUMENT loaded with `nft -j -f -`, and what the kernel then lists."""
         self.nft("flush", "ruleset")
-        self.nft("-j", "-f", "-", stdin=json.dumps(document))
+        self.nft("-j", "-f", "-", stdin=json.dumps(document, default=json_default))
         return self.listing()
 
     def load_text(self, text: str) -> list[dict[str, Any]]:

@@ -19,10 +19,11 @@ from kernelhelp import KERNEL, markroute, router, write_config  # noqa: F401
 
 from markroute.compiler import compile_plan
 from markroute.config import load_model
-from markroute.kernel import nft
+from markroute.kernel import nft, state
 from markroute.kernel.apply import apply
 from markroute.kernel.netns import inside
 from markroute.lab import RouterLab
+from markroute.nftjson import json_default
 
 pytestmark = KERNEL
 PORT = 7300
@@ -164,3 +165,30 @@ def test_unchanged_config_is_checked_by_generation_then_by_listing(
     result = markroute("apply", "-c", config, "--netns", r.rtr)
     assert result.returncode == 0, result.stderr
     assert elements(listing(r)) == {r.server, *old}
+
+
+def test_a_record_of_the_previous_format_still_leads_to_element_updates(router: RouterLab, tmp_path: Path) -> None:  # noqa: F811
+    """A router applied by the version that listed set elements as nft JSON in its record
+    (format 1) gets just the changed elements from this one, and then a packed record."""
+    r = router
+    config = write_config(tmp_path, CONFIG)
+    old = prefixes(0, 40)
+    (tmp_path / "chosen.txt").write_text("\n".join([r.server, *old]) + "\n")
+    assert markroute("apply", "-c", config, "--netns", r.rtr).returncode == 0
+    record = state.load(r.rtr)
+    assert record is not None
+    data = record.to_json()
+    data.pop("nft_elements")
+    data["format"] = 1
+    data["nft_listing"] = json.loads(json.dumps(record.nft_listing, default=json_default))
+    state.write(r.rtr, state.STATE_RECORD, data)
+    before = listing(r)
+
+    (tmp_path / "chosen.txt").write_text("\n".join([r.server, *old[5:], *prefixes(40, 3)]) + "\n")
+    result = markroute("apply", "-c", config, "--netns", r.rtr)
+    assert result.returncode == 0, result.stderr
+    assert "chosen_v4 +3 -5 elements" in result.stdout and "replaced" not in result.stdout
+    assert handles(listing(r)) == handles(before)
+    assert elements(listing(r)) == {r.server, *old[5:], *prefixes(40, 3)}
+    written = json.loads((state.directory(r.rtr) / state.STATE_RECORD).read_text())
+    assert written["format"] == state.FORMAT and "chosen_v4" in written["nft_elements"]

@@ -180,14 +180,21 @@ def test_failure_in_the_last_step_is_rolled_back(
 
 
 @pytest.mark.parametrize("stage", ["elements", "chains"])
+@pytest.mark.parametrize("first", [True, False], ids=["first-apply", "table-deleted-by-hand"])
 def test_failure_while_building_a_new_table_leaves_nothing(
-    router: RouterLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: str  # noqa: F811
+    router: RouterLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: str, first: bool  # noqa: F811
 ) -> None:
     """A new table goes in as empty sets, then their elements, then chains: a failure in
-    either later step must take the table (and the rules and routes before it) away."""
+    either later step must take the table (and the rules and routes before it) away.
+    On a first apply the sets fill in a background thread; when a recorded table was
+    deleted by hand they fill in line."""
     r = router
     (tmp_path / "servers.txt").write_text(f"{r.server}\n192.0.2.0/24\n")
     config = write_config(tmp_path, TWO_UPLINKS.format(server="'@servers'") + "sets:\n  servers: {file: servers.txt}\n")
+    if not first:
+        assert markroute("apply", "-c", config, "--netns", r.rtr).returncode == 0
+        r.lab.run(r.rtr, ["nft", "delete", "table", "inet", "markroute"])
+        recorded = (state.directory(r.rtr) / "state.json").read_bytes()
     fresh = view(r.lab, r.rtr)
 
     def refuse(*args: object) -> None:
@@ -209,7 +216,29 @@ def test_failure_while_building_a_new_table_leaves_nothing(
         apply(plan_of(config), r.rtr)
     assert f"injected failure loading the {stage}" in str(failure.value) and failure.value.undo_problems == []
     assert view(r.lab, r.rtr) == fresh
-    assert not state.directory(r.rtr).exists()
+    if first:
+        assert not state.directory(r.rtr).exists()
+    else:
+        assert (state.directory(r.rtr) / "state.json").read_bytes() == recorded
+
+
+def test_no_routing_socket_means_no_table_left_filling(
+    router: RouterLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """The first apply starts filling the new table's sets before it opens its routing socket;
+    if that socket cannot be had, the half-made table goes again."""
+    r = router
+    (tmp_path / "servers.txt").write_text(f"{r.server}\n")
+    config = write_config(tmp_path, TWO_UPLINKS.format(server="'@servers'") + "sets:\n  servers: {file: servers.txt}\n")
+    fresh = view(r.lab, r.rtr)
+
+    def no_socket(self: Rpdb) -> None:
+        raise KernelError("injected: no netlink socket")
+
+    monkeypatch.setattr(Rpdb, "__init__", no_socket)
+    with inside(r.rtr), pytest.raises(KernelError, match="injected: no netlink socket"):
+        apply(plan_of(config), r.rtr)
+    assert view(r.lab, r.rtr) == fresh
 
 
 def test_status_reports_drift(router: RouterLab, tmp_path: Path) -> None:  # noqa: F811

@@ -25,6 +25,7 @@ from markroute.kernel.nft import rule_counters
 from markroute.kernel.status import policy_counters
 from markroute.lab import Lab
 from markroute.lab.frames import frame
+from markroute.nftjson import json_default
 from markroute.plan import Plan
 from markroute.sim.datatypes import L4_PROTOCOLS
 
@@ -35,7 +36,7 @@ def deciding_policies(lab: Lab, sender: str, router: str, plan: Plan, packets: l
     """Load PLAN's table into ROUTER, send each packet, and read which policy counted it."""
     document = {"nftables": [{"add": obj} for obj in plan.nft]}
     lab.run(router, ["nft", "delete", "table", "inet", plan.table_name], check=False)
-    lab.run(router, ["nft", "-j", "-f", "-"], input=json.dumps(document))
+    lab.run(router, ["nft", "-j", "-f", "-"], input=json.dumps(document, default=json_default))
     macs = {name: json.loads(lab.run(router, ["ip", "-j", "link", "show", name]).stdout)[0]["address"] for name in IIFS}
     sockets: dict[str, socket.socket] = {}
     with netns.inside(sender):
@@ -96,7 +97,7 @@ def test_text_rendering_of_merged_maps_loads_as_the_json_does(tmp_path: Path) ->
         router = lab.add_ns("rtr")
         for load in (["nft", "-f", "-"], ["nft", "-j", "-f", "-"]):
             text = nfttext.render(plan.nft_document()) if "-j" not in load else json.dumps(
-                {"nftables": [{"add": obj} for obj in plan.nft]})
+                {"nftables": [{"add": obj} for obj in plan.nft]}, default=json_default)
             lab.run(router, load, input=text)
             listing = json.loads(lab.run(router, ["nft", "-j", "list", "table", "inet", plan.table_name]).stdout)
             listings.append(normalise(listing["nftables"][1:]))

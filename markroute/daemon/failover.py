@@ -14,9 +14,10 @@ new connection and takes whatever the rewritten chains now say. Connections of e
 other uplink, and unmarked ones, are not touched. The order matters: chains first, so
 a deleted flow can never be re-marked for the dead uplink.
 
-`TableRecorder` keeps the record `markroute status` compares against in step. Listing
-a table with a 100,000-prefix set takes nft more than a second, so the listing runs as
-a child process watched by the reactor instead of holding up probes and failovers.
+`TableRecorder` keeps the record `markroute status` compares against in step. The
+listing runs as a child process watched by the reactor instead of holding up probes
+and failovers; it leaves set elements out (`nft -t`: a failover never changes them, and
+listing 100,000 of them takes nft seconds), and the plan's elements complete it.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 from markroute.compiler import Health
 from markroute.daemon.health import DEGRADED_WEIGHT, State
 from markroute.daemon.reactor import Reactor
-from markroute.kernel import KernelError, conntrack, digest, nft, state
+from markroute.kernel import KernelError, conntrack, digest, nft, nftnetlink, state
 from markroute.nftjson import FAMILY
 from markroute.plan import Plan
 
@@ -109,8 +110,9 @@ def move_flows(marks: Iterable[int], mask: int) -> None:
 class TableRecorder:
     """Records the live table in the state file after the daemon rewrote chains.
 
-    `refresh` (after every rewrite) starts `nft -j list table` as a child process; its
-    output is read as it comes, and recorded with the new plan's digest. A listing
+    `refresh` (after every rewrite) starts `nft -t -j list table` as a child process; its
+    output is read as it comes, and recorded with the new plan's digest and the nf_tables
+    generation read before the listing (so the next unchanged apply need not list). A listing
     started before the latest rewrite is thrown away and taken again. `plan_digest`
     is set to the digest of the config's plan with every uplink up (`nominal`), so
     `markroute status -c FILE` keeps comparing against the config, not the health.
@@ -126,6 +128,7 @@ class TableRecorder:
         self.nominal = ""
         self.generation = 0
         self.running: tuple[subprocess.Popen[bytes], int] | None = None
+        self.kernel_generation: int | None = None  # nf_tables' generation read just before the listing started
         self.output: list[bytes] = []
         self.waiting: list[Callable[[], None]] = []
 
@@ -149,7 +152,11 @@ class TableRecorder:
 
     def start(self) -> None:
         assert self.plan is not None
-        argv = [nft.NFT, "-j", "list", "table", FAMILY, self.plan.table_name]
+        argv = [nft.NFT, "-t", "-j", "list", "table", FAMILY, self.plan.table_name]
+        try:
+            self.kernel_generation = nftnetlink.generation()
+        except KernelError:
+            self.kernel_generation = None  # the next apply then lists the table to check it
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert process.stdout is not None
         os.set_blocking(process.stdout.fileno(), False)
@@ -196,7 +203,8 @@ class TableRecorder:
             recorded = state.load(self.netns)
             if recorded is None:
                 return
-            recorded.nft_listing = nft.normalise(listing)
+            recorded.nft_listing = nft.with_elements(nft.normalise(listing), plan.nft)
+            recorded.nft_generation = self.kernel_generation
             recorded.nft_digest = digest.nft_digest(plan)
             recorded.plan_digest = self.nominal
             state.save(self.netns, recorded)

@@ -12,7 +12,8 @@ The order never leaves traffic without a path:
    and without re-creating anything. A new table is built in three transactions:
    the table and its empty sets, the sets' elements (`nftnetlink`, much faster than
    nft for 100,000 prefixes), then chains and rules: no packet sees the table before
-   the last one hooks it in, complete;
+   the last one hooks it in, complete. On a first apply the first two start before
+   step 1, in a thread (`NewTable`): the kernel inserts elements while Python works;
 5. stale ip rules, then stale routes, then sysctls no longer wanted go back.
 
 Only what differs is touched, so applying the same config twice changes nothing. Any
@@ -23,6 +24,7 @@ through to later rules and main) and a warning instead of a failure.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -34,10 +36,8 @@ from markroute.kernel.journal import Journal
 from markroute.kernel.links import Link, link_state, links
 from markroute.kernel.rpdb import Rpdb, route_key
 from markroute.kernel.state import State
-from markroute.nftjson import ADDRESS_SET_TYPES, element_interval
+from markroute.nftjson import SET_VERSIONS, AddressElements
 from markroute.plan import FAMILY_NAMES, IpRule, Plan, Route, Sysctl, resolve
-
-SET_VERSIONS = {kind: version for version, kind in ADDRESS_SET_TYPES.items()}
 
 
 @dataclass
@@ -64,10 +64,26 @@ class ApplyFailed(KernelError):
 
 
 def apply(plan: Plan, netns: str | None = None) -> ApplyReport:
-    """Converge the kernel of the current namespace to PLAN; NETNS only names the state file."""
+    """Converge the kernel of the current namespace to PLAN; NETNS only names the state file.
+
+    On a first apply (no record, no table) the new table's sets start filling in the
+    background at once (`NewTable.start`), while pyroute2 is imported and sysctls,
+    routes and rules go in.
+    """
     with state.locked(netns):
-        with Rpdb() as rpdb:
-            return _Apply(plan, netns, state.load(netns), rpdb).run()
+        previous = state.load(netns)
+        new_table = None
+        if previous is None and any("set" in obj for obj in plan.nft) and nft.table_structure(plan.table_name) is None:
+            new_table = NewTable(plan)
+            new_table.start()
+        try:
+            rpdb = Rpdb()
+        except BaseException:
+            if new_table is not None:
+                new_table.discard()
+            raise
+        with rpdb:
+            return _Apply(plan, netns, previous, rpdb, new_table).run()
 
 
 def rule_text(rule: IpRule) -> str:
@@ -78,22 +94,77 @@ def route_text(route: Route) -> str:
     return f"{FAMILY_NAMES[route.version]} {route.text()}"
 
 
+class NewTable:
+    """A new table made ready before anything hooks it in: the table and its empty sets, then their elements.
+
+    Loading 100,000 prefixes keeps the kernel busy for ~0.3 s, with Python's lock
+    released, so a first apply does it in a thread (`start`) while it imports pyroute2
+    and sets sysctls, routes and rules, none of which touches nf_tables. The table has
+    no chains until `_Apply.create_table` adds them, so no packet sees it half filled.
+    """
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    def fill(self) -> None:
+        name = self.plan.table_name
+        sets = [obj["set"] for obj in self.plan.nft if "set" in obj]
+        skeleton = [obj for obj in self.plan.nft if "table" in obj] + nft.without_elements({"set": body} for body in sets)
+        nft.run_batch({"add": obj} for obj in skeleton)
+        loads: list[nftnetlink.SetChange] = []
+        for body in sets:
+            elements = _elements(body)
+            if elements.intervals:
+                loads.append(nftnetlink.SetChange(body["name"], elements.version, added=elements.intervals))
+        nftnetlink.update(name, loads)
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._fill_in_background, name="markroute-sets", daemon=True)
+        self.thread.start()
+
+    def _fill_in_background(self) -> None:
+        try:
+            self.fill()
+        except BaseException as exc:  # handed to the main thread by `wait`
+            self.error = exc
+
+    def wait(self) -> None:
+        """Until a started fill is done; its failure is raised here."""
+        if self.thread is not None:
+            self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def discard(self) -> None:
+        """Remove the table again, whatever part of it was made."""
+        if self.thread is not None:
+            self.thread.join()
+        nft.delete_table(self.plan.table_name)
+
+
 class _Apply:
-    def __init__(self, plan: Plan, netns: str | None, previous: State | None, rpdb: Rpdb) -> None:
+    def __init__(
+        self, plan: Plan, netns: str | None, previous: State | None, rpdb: Rpdb, new_table: NewTable | None = None
+    ) -> None:
         self.plan = plan
         self.netns = netns
         self.previous = previous
         self.rpdb = rpdb
+        self.new_table = new_table
         self.report = ApplyReport(warnings=list(plan.warnings))
         self.journal = Journal()
+        if new_table is not None:
+            self.journal.done(f"undo 'nftables table inet {plan.table_name} created'", new_table.discard)
         self.nft_digest = digest.nft_digest(plan)
 
     def run(self) -> ApplyReport:
-        interfaces = links(self.rpdb)
-        rules, resolved = resolve(self.plan, link_state(self.rpdb, interfaces))
-        routes = self.usable_routes(resolved, interfaces)
-        sysctls = self.usable_sysctls(interfaces)
         try:
+            interfaces = links(self.rpdb)
+            rules, resolved = resolve(self.plan, link_state(self.rpdb, interfaces))
+            routes = self.usable_routes(resolved, interfaces)
+            sysctls = self.usable_sysctls(interfaces)
             originals = self.set_sysctls(sysctls)
             live_rules = set(self.rpdb.own_rules())
             live_routes = {route_key(r): r for r in self.rpdb.own_routes()}
@@ -215,6 +286,9 @@ class _Apply:
         """
         name = self.plan.table_name
         previous = self.previous
+        if self.new_table is not None:
+            self.create_table()
+            return nft.with_elements(nft.normalise(nft.table_structure(name) or []), self.plan.nft)
         if previous is not None and previous.nft_digest == self.nft_digest:
             if previous.nft_generation == nftnetlink.generation():
                 return previous.nft_listing  # no nf_tables transaction since the last apply: nothing to check
@@ -242,31 +316,22 @@ class _Apply:
                 partial(nft.delete_table, name) if before is None else partial(nft.replace_table, name, nft.loadable(before)),
                 f"nftables table inet {name} replaced",
             )
-        return self.with_plan_elements(nft.normalise(nft.table_structure(name) or []))
+        return nft.with_elements(nft.normalise(nft.table_structure(name) or []), self.plan.nft)
 
     def create_table(self) -> None:
-        """A new table: empty sets, then their elements, then the chains that hook it in.
+        """A new table (`NewTable`, maybe filled already), then the chains that hook it in.
 
         Until the last transaction no chain is hooked, so packets never see a set half
-        filled; a failure in any of the three removes the table again (the journal).
+        filled; a failure in any step removes the table again (the journal).
         """
         name = self.plan.table_name
-        sets = [obj["set"] for obj in self.plan.nft if "set" in obj]
-        skeleton = [obj for obj in self.plan.nft if "table" in obj] + nft.without_elements(
-            {"set": body} for body in sets)
-        self.step(
-            partial(nft.run_batch, ({"add": obj} for obj in skeleton)),
-            partial(nft.delete_table, name),
-            f"nftables table inet {name} created",
-        )
-        loads: list[nftnetlink.SetChange] = []
-        for body in sets:
-            version = SET_VERSIONS[body["type"]]
-            added = tuple(element_interval(version, element) for element in body.get("elem", []))
-            if added:
-                loads.append(nftnetlink.SetChange(body["name"], version, added=added))
-        nftnetlink.update(name, loads)
+        if self.new_table is None:
+            self.new_table = NewTable(self.plan)
+            self.journal.done(f"undo 'nftables table inet {name} created'", self.new_table.discard)
+            self.new_table.fill()
+        self.new_table.wait()
         nft.run_batch({"add": obj} for obj in self.plan.nft if "table" not in obj and "set" not in obj)
+        self.report.changes.append(f"nftables table inet {name} created")
 
     def update_sets(self, previous: State) -> list[dict[str, object]] | None:
         """Add and remove just the elements that changed, in one transaction (`nftnetlink`).
@@ -275,20 +340,20 @@ class _Apply:
         the recorded ones. A refused update (someone changed the set behind our back)
         changes nothing and leads to replacing the table instead (None).
         """
-        recorded = {_set_name(obj): obj["set"].get("elem", []) for obj in previous.nft_listing if "set" in obj}
+        recorded = {obj["set"]["name"]: _elements(obj["set"]) for obj in previous.nft_listing if "set" in obj}
         changes: list[nftnetlink.SetChange] = []
         for obj in self.plan.nft:
             if "set" in obj:
-                body = obj["set"]
-                version = SET_VERSIONS[body["type"]]
-                old = {element_interval(version, e) for e in recorded.get(body["name"], [])}
-                new = {element_interval(version, e) for e in body.get("elem", [])}
-                removed, added = tuple(sorted(old - new)), tuple(sorted(new - old))
+                new = _elements(obj["set"])
+                before = recorded.get(obj["set"]["name"])
+                old = set(before.intervals) if before is not None else set()
+                removed, added = tuple(sorted(old.difference(new.intervals))), tuple(sorted(set(new.intervals) - old))
                 if removed or added:
-                    changes.append(nftnetlink.SetChange(body["name"], version, removed, added))
+                    changes.append(nftnetlink.SetChange(obj["set"]["name"], new.version, removed, added))
         name = self.plan.table_name
-        if not changes:  # the same elements, written in another order
-            return self.with_plan_elements(nft.without_elements(previous.nft_listing))
+        structure = nft.without_elements(previous.nft_listing)
+        if not changes:
+            return nft.with_elements(structure, self.plan.nft)
         try:
             self.step(
                 partial(nftnetlink.update, name, changes),
@@ -298,15 +363,7 @@ class _Apply:
             )
         except KernelError:
             return None
-        return self.with_plan_elements(nft.without_elements(previous.nft_listing))
-
-    def with_plan_elements(self, structure: list[dict[str, Any]]) -> list[dict[str, object]]:
-        """A listing without elements completed with the plan's, written as nft lists them (see `nft`)."""
-        elements = {obj["set"]["name"]: obj["set"]["elem"] for obj in self.plan.nft if obj.get("set", {}).get("elem")}
-        return [
-            {"set": {**obj["set"], "elem": elements[_set_name(obj)]}} if _set_name(obj) in elements else obj
-            for obj in structure
-        ]
+        return nft.with_elements(structure, self.plan.nft)
 
     def record(
         self,
@@ -337,5 +394,6 @@ class _Apply:
             state.save(self.netns, new)
 
 
-def _set_name(obj: dict[str, Any]) -> str | None:
-    return obj["set"]["name"] if "set" in obj else None
+def _elements(body: dict[str, Any]) -> AddressElements:
+    """A set's elements as intervals: the plan's are already; a record may hold nft's listing of them."""
+    return AddressElements.from_listing(SET_VERSIONS[body["type"]], body.get("elem", []))

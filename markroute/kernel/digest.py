@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from typing import Any
 
 from markroute.kernel import nft
+from markroute.nftjson import SET_VERSIONS, AddressElements
 from markroute.plan import Plan
 
 
@@ -17,13 +19,22 @@ def of(data: Any) -> str:
 def plan_digest(plan: Plan, nft_part: str | None = None) -> str:
     """The whole plan; its nftables part by `nft_digest` (NFT_PART when the caller has it already),
     so 100,000 set elements are not serialised again."""
-    return of({**plan.to_json(), "nftables": nft_part or nft_digest(plan)})
+    return of({**replace(plan, nft=()).to_json(), "nftables": nft_part or nft_digest(plan)})
 
 
 def nft_digest(plan: Plan) -> str:
-    """`STRUCTURE.ELEMENTS`: STRUCTURE leaves set elements out, so apply can tell when only set contents changed."""
-    elements = [obj["set"].get("elem", []) for obj in plan.nft if "set" in obj]
-    return f"{of(nft.without_elements(plan.nft))}.{of(elements)}"
+    """`STRUCTURE.ELEMENTS`: STRUCTURE leaves set elements out, so apply can tell when only set contents changed.
+
+    ELEMENTS hashes each set's packed intervals (the compiler's sets are `AddressElements`).
+    """
+    elements = hashlib.sha256()
+    for obj in plan.nft:
+        if "set" in obj:
+            body = obj["set"]
+            packed = AddressElements.from_listing(SET_VERSIONS[body["type"]], body.get("elem", [])).pack()
+            elements.update(f"{body['name']} {len(packed)}\n".encode())
+            elements.update(packed)
+    return f"{of(nft.without_elements(plan.nft))}.{elements.hexdigest()}"
 
 
 def same_structure(recorded: str, wanted: str) -> bool:

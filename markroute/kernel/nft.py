@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from markroute.kernel import KernelError
-from markroute.nftjson import FAMILY
+from markroute.nftjson import FAMILY, json_default
 
 Obj = dict[str, Any]
 NFT = "nft"
@@ -41,7 +41,7 @@ def _run(argv: list[str], stdin: str | None = None) -> str:
 
 def run_batch(commands: Iterable[Obj]) -> None:
     """Load one JSON batch (`nft -j -f -`): one kernel transaction, all or nothing."""
-    _run(["-j", "-f", "-"], json.dumps({"nftables": list(commands)}))
+    _run(["-j", "-f", "-"], json.dumps({"nftables": list(commands)}, default=json_default))
 
 
 def list_ruleset() -> dict[str, Any]:
@@ -74,6 +74,16 @@ def table_structure(name: str) -> list[Obj] | None:
 def without_elements(objects: Iterable[Obj]) -> list[Obj]:
     """Objects of a table or plan with set elements left out: what `table_structure` lists."""
     return [{"set": {k: v for k, v in obj["set"].items() if k != "elem"}} if "set" in obj else obj for obj in objects]
+
+
+def with_elements(structure: Iterable[Obj], source: Iterable[Obj]) -> list[Obj]:
+    """STRUCTURE (a listing without set elements) completed with the set elements of SOURCE, a plan's objects."""
+    elements = {obj["set"]["name"]: obj["set"]["elem"] for obj in source if obj.get("set", {}).get("elem")}
+    return [
+        {"set": {**obj["set"], "elem": elements[obj["set"]["name"]]}}
+        if "set" in obj and obj["set"]["name"] in elements else obj
+        for obj in structure
+    ]
 
 
 def replace_table(name: str, objects: Iterable[Obj]) -> None:

@@ -5,6 +5,9 @@ One JSON file per network namespace (`/run/markroute/state.json`, or
 everything the file describes). It is written atomically (temporary file, then
 rename), so a crash leaves either the old record or the new one. The sysctl values it
 holds are the ones found before markroute first changed them: `down` puts those back.
+The elements of address sets (maybe 100,000 intervals) are kept packed, base64 of
+fixed-width (first, last) pairs per set (`nft_elements`), not as nft JSON: writing,
+reading and comparing them then costs milliseconds.
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from markroute.kernel import KernelError
+from markroute.nftjson import SET_VERSIONS, AddressElements, json_default
 from markroute.plan import IpRule, Route, UplinkPlan
 
 RUN_DIR = Path("/run/markroute")
-FORMAT = 1
+FORMAT = 2
+READABLE_FORMATS = (1, FORMAT)  # format 1 kept set elements as nft JSON in the listing: still read as they are
 STATE_RECORD = "state.json"
 DAEMON_RECORD = "daemon.json"  # written by `markroute run` (markroute.daemon.record)
 
@@ -48,13 +53,29 @@ class State:
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(replace(self, nft_listing=[]))  # the listing is JSON already: no deep copy of its 100,000 elements
-        data["nft_listing"] = self.nft_listing
+        listing: list[dict[str, Any]] = []
+        packed: dict[str, str] = {}
+        for obj in self.nft_listing:
+            elements = obj.get("set", {}).get("elem")
+            if isinstance(elements, AddressElements):
+                packed[obj["set"]["name"]] = elements.packed_text()
+                obj = {"set": {k: v for k, v in obj["set"].items() if k != "elem"}}
+            listing.append(obj)
+        data["nft_listing"] = listing
+        data["nft_elements"] = packed
         data["format"] = FORMAT
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> State:
-        fields = {k: v for k, v in data.items() if k != "format"}
+        fields = {k: v for k, v in data.items() if k not in ("format", "nft_elements")}
+        packed = data.get("nft_elements", {})
+        fields["nft_listing"] = [
+            {"set": {**obj["set"], "elem": AddressElements.from_packed_text(
+                SET_VERSIONS[obj["set"]["type"]], packed[obj["set"]["name"]])}}
+            if "set" in obj and obj["set"]["name"] in packed else obj
+            for obj in data["nft_listing"]
+        ]
         fields["rules"] = [IpRule(**r) for r in data["rules"]]
         fields["routes"] = [Route(**r) for r in data["routes"]]
         fields["uplinks"] = [UplinkPlan(**{**u, "versions": tuple(u["versions"])}) for u in data["uplinks"]]
@@ -73,11 +94,11 @@ def load(netns: str | None) -> State | None:
         return None
     except (OSError, ValueError) as exc:
         raise KernelError(f"cannot read {path}: {exc}") from exc
-    if data.get("format") != FORMAT:
+    if data.get("format") not in READABLE_FORMATS:
         raise KernelError(f"{path} was written by another markroute version (format {data.get('format')})")
     try:
         return State.from_json(data)
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise KernelError(f"{path} is damaged: {exc}") from exc
 
 
@@ -92,7 +113,7 @@ def write(netns: str | None, name: str, data: dict[str, Any]) -> None:
     temporary = target / f".{name}.{os.getpid()}"
     try:
         with open(temporary, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(data))  # compact and via dumps: only that path has json's C encoder
+            handle.write(json.dumps(data, default=json_default))  # compact and via dumps: only that path has json's C encoder
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, target / name)

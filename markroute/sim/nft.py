@@ -21,6 +21,7 @@ from functools import cached_property
 from typing import Any
 
 from markroute import nfttext
+from markroute.nftjson import AddressElements
 from markroute.sim.datatypes import BITMASK_TYPES, CT_STATUS, FIB_TYPES, Span, UnsupportedValue, parse
 from markroute.sim.packet import CT_INVALID, CT_UNTRACKED, Indeterminate, Packet
 from markroute.sim.rpdb import Query
@@ -215,15 +216,7 @@ class Ruleset:
             key_type: Any = tuple(dtype) if isinstance(dtype, list) else dtype
             data_type = body.get("map")
             data_type = tuple(data_type) if isinstance(data_type, list) else data_type
-            keys: list[Any] = []
-            data: list[Any] = []
-            for element in body.get("elem", []):
-                if data_type is not None and isinstance(element, list):
-                    keys.append(parse(key_type, element[0]))
-                    data.append(element[1])
-                else:
-                    keys.append(parse(key_type, element))
-                    data.append(None)
+            keys, data = _keys_and_data(body.get("elem", []), key_type, data_type)
             self.lookups[key] = (Lookup(keys), data, (key_type, data_type))
         return self.lookups[key]
 
@@ -909,3 +902,19 @@ def _ct_tuple(direction: str, field_name: str, text: str) -> Getter:
             raise Indeterminate(text, "not known for this flow")
         return value
     return get
+
+
+def _keys_and_data(elements: Any, key_type: Any, data_type: Any) -> tuple[list[Any], list[Any]]:
+    """A named set's or map's keys in comparable form, and each element's data (None in a set)."""
+    if isinstance(elements, AddressElements):  # a compiled plan's set: intervals already, no text to parse
+        return [first if first == last else Span(first, last) for first, last in elements.intervals], [None] * len(elements)
+    keys: list[Any] = []
+    data: list[Any] = []
+    for element in elements:
+        if data_type is not None and isinstance(element, list):
+            keys.append(parse(key_type, element[0]))
+            data.append(element[1])
+        else:
+            keys.append(parse(key_type, element))
+            data.append(None)
+    return keys, data

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from markroute.nftjson import AddressElements
 from markroute.plan import FAMILY_NAMES, Plan
 from markroute.sim.datatypes import Span, UnsupportedValue, parse
 from markroute.sim.nft import Ruleset
@@ -207,12 +208,8 @@ def _values(name: str, right: Any) -> Iterator[Any]:
     need representatives of it, not all of it.
     """
     elements = right["set"] if isinstance(right, dict) and "set" in right else [right]
-    elements = elements if isinstance(elements, list) else [elements]
-    for element in elements[:: max(1, len(elements) // PER_FIELD)]:
-        try:
-            value = parse(DTYPES[name], element)
-        except (UnsupportedValue, ValueError, KeyError, TypeError):
-            continue
+    elements = elements if isinstance(elements, (list, AddressElements)) else [elements]
+    for value in _sampled(name, elements):
         if isinstance(value, Span):
             limit = LIMITS.get(name)
             for point in (value.lo, value.hi, (value.lo + value.hi) // 2, value.lo - 1, value.hi + 1):
@@ -224,6 +221,19 @@ def _values(name: str, right: Any) -> Iterator[Any]:
             yield value[:-1] + "0"
         else:
             yield value
+
+
+def _sampled(name: str, elements: list[Any] | AddressElements) -> Iterator[Any]:
+    """Evenly spread PER_FIELD of ELEMENTS in comparable form; those the simulator cannot read are left out."""
+    step = max(1, len(elements) // PER_FIELD)
+    if isinstance(elements, AddressElements):  # a compiled set: intervals already
+        yield from (first if first == last else Span(first, last) for first, last in elements.intervals[::step])
+        return
+    for element in elements[::step]:
+        try:
+            yield parse(DTYPES[name], element)
+        except (UnsupportedValue, ValueError, KeyError, TypeError):
+            continue
 
 
 def _witnesses(candidates: Candidates, label: str | None, rng: random.Random) -> Iterator[Flow]:

@@ -198,11 +198,26 @@ def cases(lab: Lab, rtr: str, tmp: Path, prefixes: list[str]) -> list[Case]:
     ip_rules.write_text("".join(f"rule add to {p} lookup 101 pref 20000\n" for p in prefixes[:NAIVE_RULES]))
     ip_rules_gone = tmp / "rules-gone.batch"
     ip_rules_gone.write_text(ip_rules.read_text().replace("rule add", "rule del"))
+    conntrack_only = "table inet ctonly { chain p { type filter hook prerouting priority -150; ct mark 1 accept; }; }"
+
+    def fwmark_rule() -> None:
+        lab.run(rtr, ["ip", "rule", "add", "fwmark", "0x300/0xff00", "lookup", "101", "pref", "100"])
+        lab.run(rtr, ["ip", "route", "add", "default", "via", "10.0.1.1", "table", "101"])
+
+    def no_fwmark_rule() -> None:
+        lab.run(rtr, ["ip", "rule", "del", "pref", "100"])
+        lab.run(rtr, ["ip", "route", "flush", "table", "101"])
+
     found: list[Case] = [
         Case("no ruleset (baseline)", lambda: None, lambda: None),
-        Case("conntrack only (one `ct mark` rule)",
-             lambda: lab.nft(rtr, "table inet ctonly { chain p { type filter hook prerouting priority -150; ct mark 1 accept; }; }"),
+        Case("conntrack only (one `ct mark` rule)", lambda: lab.nft(rtr, conntrack_only),
              lambda: lab.run(rtr, ["nft", "delete", "table", "inet", "ctonly"])),
+        # what having policy routing at all costs, whatever the packets carry: with an ip rule
+        # of one's own, every route lookup of a forwarded packet walks the rule list
+        Case("one fwmark ip rule that no packet matches, no nftables", fwmark_rule, no_fwmark_rule),
+        Case("conntrack + one fwmark ip rule (the floor of mark-based policy routing)",
+             lambda: (lab.nft(rtr, conntrack_only), fwmark_rule()),
+             lambda: (lab.run(rtr, ["nft", "delete", "table", "inet", "ctonly"]), no_fwmark_rule())),
     ]
     markroute_cases = [
         ("markroute: 1 policy", "policies:\n  - {name: one, to: 10.128.0.0/11, via: isp1}\n", True),
@@ -226,12 +241,8 @@ def cases(lab: Lab, rtr: str, tmp: Path, prefixes: list[str]) -> list[Case]:
     )
     found.append(Case(
         "naive: a stateless mark from the 100,000-prefix set, no conntrack (+ one fwmark ip rule)",
-        lambda: (lab.run(rtr, ["nft", "-f", str(stateless)]),
-                 lab.run(rtr, ["ip", "rule", "add", "fwmark", "0x300/0xff00", "lookup", "101", "pref", "100"]),
-                 lab.run(rtr, ["ip", "route", "add", "default", "via", "10.0.1.1", "table", "101"])),
-        lambda: (lab.run(rtr, ["nft", "delete", "table", "inet", "stateless"]),
-                 lab.run(rtr, ["ip", "rule", "del", "pref", "100"]),
-                 lab.run(rtr, ["ip", "route", "flush", "table", "101"])),
+        lambda: (lab.run(rtr, ["nft", "-f", str(stateless)]), fwmark_rule()),
+        lambda: (lab.run(rtr, ["nft", "delete", "table", "inet", "stateless"]), no_fwmark_rule()),
     ))
     found.append(Case(
         f"naive: one ip rule per prefix ({NAIVE_RULES:,} rules)",

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import publish  # noqa: E402
+from common import compile_bytecode, publish  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = {
@@ -57,8 +57,9 @@ def heaviest_imports(count: int = 6) -> list[tuple[str, float]]:
 
 def main() -> None:
     runs = int(sys.argv[sys.argv.index("--runs") + 1]) if "--runs" in sys.argv else 20
+    compile_bytecode()
     for args in COMMANDS.values():
-        run(args)  # bytecode caches written, files in the page cache
+        run(args)  # files in the page cache
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in COMMANDS}
     for _ in range(runs):
         for name, args in COMMANDS.items():

@@ -12,6 +12,7 @@ import platform
 import random
 import re
 import statistics
+import subprocess
 import sys
 from datetime import date
 from pathlib import Path
@@ -47,6 +48,14 @@ def random_prefixes(
         value = (int(base) | rng.getrandbits(32 - width)) & ~((1 << (32 - length)) - 1) & 0xFFFFFFFF
         seen.add(f"{value >> 24}.{(value >> 16) & 255}.{(value >> 8) & 255}.{value & 255}/{length}")
     return sorted(seen)
+
+
+def compile_bytecode() -> None:
+    """markroute's bytecode compiled, as `pip install` leaves it: commands timed in a child
+    process must not compile their modules on every run (which they would whenever
+    PYTHONDONTWRITEBYTECODE is set)."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "markroute")], check=True,
+                   stdout=subprocess.DEVNULL)
 
 
 def machine() -> str:

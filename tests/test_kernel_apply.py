@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -365,3 +366,19 @@ def test_commands_inside_ip_netns_exec_find_the_state(router: RouterLab, tmp_pat
     assert report["applied"] and report["namespace"] == r.rtr and report["drift"] == []
     r.lab.run(r.rtr, [sys.executable, "-m", "markroute", "down"], env=env)
     assert own_rules(r.lab, r.rtr) == [] and not state.directory(r.rtr).exists()
+
+
+def test_down_forgets_the_record_of_a_deleted_namespace(tmp_path: Path) -> None:
+    """A namespace deleted without `down` leaves its record under /run/markroute; `down --netns`
+    then forgets it (nothing else is left: the namespace took table, rules and routes with it)."""
+    config = write_config(tmp_path, "uplinks:\n  a: {interface: wan0, gateway: 192.0.2.1}\npolicies:\n  - {name: all, via: a}\n")
+    with Lab() as lab:
+        ns = lab.add_ns("gone")
+        assert markroute("apply", "-c", config, "--netns", ns).returncode == 0
+        assert (state.directory(ns) / state.STATE_RECORD).exists()
+        subprocess.run(["ip", "netns", "del", ns], check=True)
+        result = markroute("down", "--netns", ns)
+        assert result.returncode == 0 and "is gone: forgot what markroute had recorded" in result.stdout, result.stderr
+        assert not state.directory(ns).exists()
+        again = markroute("down", "--netns", ns)
+        assert again.returncode == 4 and "does not exist" in again.stderr

@@ -17,16 +17,21 @@ def command(netns: str | None, rule_priority: int | None) -> None:
     """Remove markroute's nftables table, ip rules and routes; put back the sysctls.
 
     Needs no config: the record apply left under /run/markroute says what to remove.
-    Running it again is harmless.
+    Running it again is harmless. For a namespace deleted without `down`, it forgets
+    the record markroute kept for it.
 
     Exit codes: 0 removed (or nothing to remove); 1 something could not be removed
     (the record is kept, so running down again retries); 4 not root, nft missing or no
-    such namespace.
+    such namespace (and no record of one).
     """
-    from markroute.kernel.down import down
-    from markroute.kernel.environment import exit_codes, prepare
+    from markroute.kernel.down import down, forget_vanished
+    from markroute.kernel.environment import exit_codes, prepare, require_root
 
     with exit_codes():
+        require_root()
+        if netns and forget_vanished(netns):
+            click.echo(f"network namespace '{netns}' is gone: forgot what markroute had recorded for it")
+            return
         netns = prepare(netns)
         report = down(netns, rule_priority)
     for warning in report.warnings:

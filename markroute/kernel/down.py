@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from markroute.kernel import KernelError, nft, state, sysctl
+from markroute.kernel import netns as namespaces
 from markroute.kernel.apply import route_text, rule_text
 from markroute.kernel.rpdb import Rpdb, route_key
 from markroute.model import Settings
@@ -59,6 +60,20 @@ def down(netns: str | None = None, rule_priority: int | None = None) -> DownRepo
         if not report.errors:
             state.remove(netns)
     return report
+
+
+def forget_vanished(netns: str) -> bool:
+    """Forget the record of namespace NETNS if the namespace itself is gone; whether there was one.
+
+    A namespace deleted without `down` took markroute's table, rules, routes and
+    sysctls with it, so nothing is left to remove but its record under /run/markroute
+    (which would otherwise stay until the next boot).
+    """
+    if namespaces.path(netns).exists() or not (state.directory(netns) / state.STATE_RECORD).exists():
+        return False
+    with state.locked(netns):
+        state.remove(netns)
+    return True
 
 
 def _leftovers(rules: list[IpRule], routes: list[Route], priority: int) -> tuple[list[IpRule], list[Route]]:

@@ -19,8 +19,9 @@ from kernelhelp import KERNEL, markroute, router, write_config  # noqa: F401
 
 from markroute.compiler import compile_plan
 from markroute.config import load_model
-from markroute.kernel import nft, state
-from markroute.kernel.apply import apply
+from markroute.kernel import KernelError, nft, state
+from markroute.kernel import apply as apply_module
+from markroute.kernel.apply import ApplyFailed, apply
 from markroute.kernel.netns import inside
 from markroute.lab import RouterLab
 from markroute.nftjson import json_default
@@ -192,3 +193,52 @@ def test_a_record_of_the_previous_format_still_leads_to_element_updates(router: 
     assert elements(listing(r)) == {r.server, *old[5:], *prefixes(40, 3)}
     written = json.loads((state.directory(r.rtr) / state.STATE_RECORD).read_text())
     assert written["format"] == state.FORMAT and "chosen_v4" in written["nft_elements"]
+
+
+CHANGED_POLICY = CONFIG.replace('via: isp1}', 'via: isp0}\n  - {name: web-via-isp1, proto: tcp, dport: 8443, via: isp1}')
+
+
+def test_a_policy_change_rewrites_the_chains_and_leaves_the_sets(router: RouterLab, tmp_path: Path) -> None:  # noqa: F811
+    """A policy edited while the set file stays: the chains are rewritten in one transaction,
+    the set keeps its handle and elements (nft does not load them again), traffic follows
+    the new policy, and a failure later in the apply brings the old chains back."""
+    r = router
+    config = write_config(tmp_path, CONFIG)
+    (tmp_path / "chosen.txt").write_text("\n".join([r.server, *prefixes(0, 300)]) + "\n")
+    r.lab.serve_echo(r.net, PORT, udp=False)
+    assert markroute("apply", "-c", config, "--netns", r.rtr).returncode == 0
+    before = listing(r)
+
+    def isp_of_a_new_connection() -> int:
+        with inside(r.lan), socket.create_connection((r.server, PORT), timeout=5) as connection:
+            connection.sendall(b"which\n")
+            return r.which_isp(json.loads(connection.makefile().readline())["src"])
+
+    assert isp_of_a_new_connection() == 1
+    write_config(tmp_path, CHANGED_POLICY)
+    model, _ = load_model(config)
+    assert model is not None
+
+    def refuse(*args: object) -> None:
+        raise KernelError("injected failure after the chains")
+
+    with pytest.MonkeyPatch.context() as patch, inside(r.rtr), pytest.raises(ApplyFailed) as failure:
+        patch.setattr(apply_module._Apply, "restore_unwanted_sysctls", lambda *args: refuse())
+        apply(compile_plan(model), r.rtr)
+    assert failure.value.undo_problems == []
+    assert normalised(listing(r)) == normalised(before), "the old chains and rules came back"
+
+    result = markroute("apply", "-c", config, "--netns", r.rtr)
+    assert result.returncode == 0, result.stderr
+    assert "nftables chains of inet markroute rewritten" in result.stdout and "replaced" not in result.stdout
+    after = listing(r)
+    sets = {k: v for k, v in handles(after).items() if k.startswith("set ")}
+    assert sets == {k: v for k, v in handles(before).items() if k.startswith("set ")}, "the set was not re-created"
+    assert elements(after) == elements(before)
+    assert isp_of_a_new_connection() == 0
+    status = markroute("status", "--netns", r.rtr, "--json", "-c", config)
+    assert status.returncode == 0 and json.loads(status.stdout)["drift"] == []
+
+
+def normalised(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return nft.normalise(items)

@@ -90,3 +90,25 @@ def test_entering_something_that_is_not_a_namespace_is_a_clear_error(tmp_path: P
     with pytest.raises(EnvironmentProblem, match="does not exist"):
         netns.enter("absent")
     assert Path("/proc/self/ns/net").stat().st_ino == before
+
+
+def test_chain_rewrite_leaves_sets_alone_and_refuses_what_it_cannot_rewrite() -> None:
+    table = {"table": {"family": "inet", "name": "markroute"}}
+    big = {"set": {"family": "inet", "table": "markroute", "name": "big_v4", "type": "ipv4_addr", "flags": ["interval"]}}
+    base = {"chain": {"family": "inet", "table": "markroute", "name": "prerouting", "type": "filter",
+                      "hook": "prerouting", "prio": -150, "policy": "accept"}}
+    old_only = {"chain": {"family": "inet", "table": "markroute", "name": "via_a"}}
+    new_only = {"chain": {"family": "inet", "table": "markroute", "name": "via_b"}}
+    rule = {"rule": {"family": "inet", "table": "markroute", "chain": "prerouting", "expr": [{"goto": {"target": "via_b"}}]}}
+    current = [table, {"set": {**big["set"], "elem": ["10.0.0.1"]}}, base, old_only]
+    wanted = [table, {"set": {**big["set"], "elem": ["10.0.0.2"]}}, base, new_only, rule]
+
+    commands = nft.chain_rewrite("markroute", current, wanted)
+    assert commands is not None and not any("set" in body or "table" in body for c in commands for body in c.values())
+    assert [next(iter(c)) for c in commands] == ["flush", "flush", "delete", "add", "add"]
+    assert commands[2]["delete"]["chain"]["name"] == "via_a" and commands[3]["add"] == new_only and commands[4]["add"] == rule
+
+    other_set = {"set": {**big["set"], "name": "other_v4"}}
+    assert nft.chain_rewrite("markroute", current, [table, other_set, base, new_only, rule]) is None
+    moved = {"chain": {**base["chain"], "prio": 0}}
+    assert nft.chain_rewrite("markroute", current, [table, big, moved, new_only, rule]) is None

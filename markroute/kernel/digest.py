@@ -40,3 +40,8 @@ def nft_digest(plan: Plan) -> str:
 def same_structure(recorded: str, wanted: str) -> bool:
     """Whether two `nft_digest`s differ at most in set elements."""
     return recorded.partition(".")[0] == wanted.partition(".")[0]
+
+
+def same_elements(recorded: str, wanted: str) -> bool:
+    """Whether two `nft_digest`s have the same set elements."""
+    return recorded.partition(".")[2] == wanted.partition(".")[2]

@@ -86,6 +86,40 @@ def with_elements(structure: Iterable[Obj], source: Iterable[Obj]) -> list[Obj]:
     ]
 
 
+def chain_rewrite(name: str, current: list[Obj], wanted: list[Obj]) -> list[Obj] | None:
+    """Commands that turn table NAME's chains and rules from CURRENT's into WANTED's, sets untouched.
+
+    Every chain is flushed and WANTED's rules added again (a listing's rules cannot be
+    compared with a plan's), chains only one side has are deleted or added. None when
+    the table's sets differ (elements aside) or a chain both have changes its definition
+    (hook, priority, policy): that needs `replace_table`. CURRENT and WANTED are
+    `normalise`d listings or a plan's objects.
+    """
+    def parts(objects: list[Obj]) -> tuple[dict[str, Obj], list[Obj], list[Obj]]:
+        chains = {obj["chain"]["name"]: obj["chain"] for obj in objects if "chain" in obj}
+        others = [obj for obj in without_elements(objects) if "chain" not in obj and "rule" not in obj]
+        return chains, others, [obj for obj in objects if "rule" in obj]
+
+    current_chains, current_others, _ = parts(current)
+    wanted_chains, wanted_others, wanted_rules = parts(wanted)
+    if _sorted(current_others) != _sorted(wanted_others) or any(
+        current_chains[chain] != wanted_chains[chain] for chain in current_chains.keys() & wanted_chains.keys()
+    ):
+        return None
+
+    def reference(chain: str) -> Obj:
+        return {"chain": {"family": FAMILY, "table": name, "name": chain}}
+
+    commands = [{"flush": reference(chain)} for chain in current_chains]
+    commands += [{"delete": reference(chain)} for chain in current_chains if chain not in wanted_chains]
+    commands += [{"add": {"chain": body}} for chain, body in wanted_chains.items() if chain not in current_chains]
+    return commands + [{"add": rule} for rule in wanted_rules]
+
+
+def _sorted(objects: list[Obj]) -> list[str]:
+    return sorted(json.dumps(obj, sort_keys=True) for obj in objects)
+
+
 def replace_table(name: str, objects: Iterable[Obj]) -> None:
     """Swap table `inet NAME` for OBJECTS (which include the table itself) in one transaction."""
     table = {"table": {"family": FAMILY, "name": name}}

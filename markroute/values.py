@@ -145,34 +145,32 @@ def _plain_prefix(text: str) -> tuple[int, Interval] | None:
 def ipv4_lines(lines: list[str]) -> tuple[list[Interval], list[tuple[int, str]]]:
     """The IPv4 addresses and prefixes of a set file's lines, read in bulk, and every other line.
 
-    Set files hold 100,000 prefixes, so the common line (`a.b.c.d` or `a.b.c.d/len`,
-    written canonically, maybe with a comment) costs one C call and a dict lookup here.
-    Everything else, IPv6 and ranges and mistakes, comes back as (line number, text
-    without comment) for `parse_address`, which reads it thoroughly and words errors.
+    Set files hold 100,000 prefixes, so the common line, `a.b.c.d` or `a.b.c.d/len`
+    written canonically with nothing around it, costs one C call and a dict lookup here.
+    Everything else, comments, blanks, IPv6, ranges and mistakes, comes back as (line
+    number, text without comment) for `parse_address`, which reads it thoroughly and
+    words errors; blank and comment-only lines are dropped there.
     """
     found: list[Interval] = []
     others: list[tuple[int, str]] = []
-    keep, put_aside = found.append, others.append
+    keep = found.append
     pton, family, to_int = socket.inet_pton, socket.AF_INET, int.from_bytes
     sizes = _IPV4_SIZES
     for number, line in enumerate(lines, start=1):
-        if "#" in line:
-            line = line.partition("#")[0]
-        text = line.strip()
-        if not text:
-            continue
-        address, slash, length = text.partition("/")
+        address, slash, length = line.partition("/")
         size = sizes.get(length) if slash else 1
-        if size is not None and ":" not in address:
+        if size is not None:
             try:
                 first = to_int(pton(family, address), "big")
             except OSError:
-                put_aside((number, text))
-                continue
-            if first % size == 0:
-                keep((first, first + size - 1))
-                continue
-        put_aside((number, text))
+                pass
+            else:
+                if first % size == 0:
+                    keep((first, first + size - 1))
+                    continue
+        text = line.partition("#")[0].strip()
+        if text:
+            others.append((number, text))
     return found, others
 
 

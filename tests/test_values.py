@@ -294,4 +294,4 @@ def test_bulk_ipv4_lines_agree_with_parse_address() -> None:
         assert v.parse_address(text) == (4, next(bulk)), line
     assert {text for _, text in others} >= {"10.0.0.1/8", "010.0.0.0/8", "10.0.0.0/08", "10.0.0.0/2_4", "2001:db8::/32",
                                            "1.2.3.4-1.2.3.9", "10.0.0.0/\u0668", "::10.0.0.1"}
-    assert len(taken) == 8
+    assert len(taken) == 5  # lines with a comment or blanks around go the thorough way

@@ -112,3 +112,15 @@ def test_chain_rewrite_leaves_sets_alone_and_refuses_what_it_cannot_rewrite() ->
     assert nft.chain_rewrite("markroute", current, [table, other_set, base, new_only, rule]) is None
     moved = {"chain": {**base["chain"], "prio": 0}}
     assert nft.chain_rewrite("markroute", current, [table, big, moved, new_only, rule]) is None
+
+
+def test_normalise_orders_chains_by_name_and_keeps_rule_order() -> None:
+    """A rollback that rewrites chains back re-creates some, and nft lists chains as created:
+    two listings of the same table must still compare equal, rule order within a chain kept."""
+    table = {"table": {"family": "inet", "name": "markroute", "handle": 1}}
+    a = {"chain": {"family": "inet", "table": "markroute", "name": "a", "handle": 2}}
+    b = {"chain": {"family": "inet", "table": "markroute", "name": "b", "handle": 9}}
+    first = {"rule": {"family": "inet", "table": "markroute", "chain": "a", "handle": 4, "expr": [{"accept": None}]}}
+    second = {"rule": {"family": "inet", "table": "markroute", "chain": "a", "handle": 5, "expr": [{"drop": None}]}}
+    assert nft.normalise([table, a, b, first, second]) == nft.normalise([table, b, a, first, second])
+    assert nft.normalise([table, a, first, second]) != nft.normalise([table, a, second, first])

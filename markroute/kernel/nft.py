@@ -138,12 +138,24 @@ def loadable(listing: Iterable[Obj]) -> list[Obj]:
 
 
 def normalise(listing: Iterable[Obj]) -> list[Obj]:
-    """A listing with everything the kernel changes on its own removed: handles, counter values.
+    """A listing with everything the kernel changes on its own removed: handles, counter values,
+    and the order of chains and sets (nft lists them as they were created; a chain rewritten
+    back by a rollback comes last). Tables, then sets, chains and their rules by name; the
+    order of rules within a chain is kept, it is what they mean.
 
     Only rules hold counters, so sets (their elements can be 100,000) are not walked.
     """
-    return [_zero_counters(_without(obj, ("handle",))) if "rule" in obj else _without(obj, ("handle",))
-            for obj in listing]
+    objects = [_zero_counters(_without(obj, ("handle",))) if "rule" in obj else _without(obj, ("handle",))
+               for obj in listing]
+    return sorted(objects, key=_listing_order)  # stable: rules of a chain keep their order
+
+
+_KIND_ORDER = {"table": 0, "set": 1, "map": 1, "chain": 2, "rule": 3}
+
+
+def _listing_order(obj: Obj) -> tuple[int, str]:
+    kind, body = next(iter(obj.items()))
+    return _KIND_ORDER.get(kind, 4), str(body.get("chain" if kind == "rule" else "name", ""))
 
 
 def _without(obj: Obj, keys: tuple[str, ...]) -> Obj:

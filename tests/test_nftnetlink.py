@@ -18,7 +18,7 @@ from kernelhelp import KERNEL
 
 from markroute.kernel import KernelError
 from markroute.kernel.netns import inside
-from markroute.kernel.nftnetlink import SetChange, generation, update
+from markroute.kernel.nftnetlink import SetChange, generation, table_exists, update
 from markroute.lab import Lab
 from markroute.nftjson import address_element
 from markroute.values import Interval
@@ -120,3 +120,15 @@ def test_generation_counts_every_transaction(sets: tuple[Lab, str]) -> None:
     with inside(ns):
         third = generation()
     assert first < second < third
+
+
+def test_table_exists_answers_for_our_family_and_name_only(sets: tuple[Lab, str]) -> None:
+    lab, ns = sets
+    with inside(ns):
+        assert table_exists("t") and not table_exists("markroute")
+    lab.run(ns, ["nft", "add", "table", "ip", "markroute"])  # the name, in another family
+    with inside(ns):
+        assert not table_exists("markroute")
+    lab.run(ns, ["nft", "add", "table", "inet", "markroute"])
+    with inside(ns):
+        assert table_exists("markroute") and not table_exists("markroute2")

@@ -74,7 +74,7 @@ def apply(plan: Plan, netns: str | None = None) -> ApplyReport:
     with state.locked(netns):
         previous = state.load(netns)
         new_table = None
-        if previous is None and any("set" in obj for obj in plan.nft) and nft.table_structure(plan.table_name) is None:
+        if previous is None and any("set" in obj for obj in plan.nft) and not nftnetlink.table_exists(plan.table_name):
             new_table = NewTable(plan)
             new_table.start()
         try:

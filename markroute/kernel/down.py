@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
-from markroute.kernel import KernelError, nft, state, sysctl
+from markroute.kernel import KernelError, nft, nftnetlink, state, sysctl
 from markroute.kernel import netns as namespaces
 from markroute.kernel.apply import route_text, rule_text
 from markroute.kernel.rpdb import Rpdb, route_key
@@ -84,7 +84,7 @@ def _leftovers(rules: list[IpRule], routes: list[Route], priority: int) -> tuple
 
 
 def _drop_table(name: str, report: DownReport) -> None:
-    if nft.table_structure(name) is not None:
+    if nftnetlink.table_exists(name):
         nft.delete_table(name)
         report.changes.append(f"nftables table inet {name} deleted")
 

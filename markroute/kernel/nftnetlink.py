@@ -1,7 +1,8 @@
-"""What markroute tells and asks nf_tables over netlink itself: set elements, the generation.
+"""What markroute tells and asks nf_tables over netlink itself: set elements, the generation,
+whether a table exists.
 
-Everything else goes through nft (`markroute.kernel.nft`); these two jobs it does too
-slowly.
+Everything else goes through nft (`markroute.kernel.nft`); these jobs it does too
+slowly (a process per question, or worse: see below).
 
 **Set elements.**
 nft 1.0.6 reads every element of a set before it runs an element command, and deletes
@@ -49,8 +50,10 @@ NLA_F_NESTED = 0x8000
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 16, 17
 NFT_MSG_NEWSETELEM, NFT_MSG_DELSETELEM = 12, 14
-NFT_MSG_NEWGEN, NFT_MSG_GETGEN = 15, 16
+NFT_MSG_GETGEN = 16
+NFT_MSG_GETTABLE = 1
 NFTA_GEN_ID = 1
+NFTA_TABLE_NAME = 1
 NFPROTO_INET = 1
 NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
 NFTA_LIST_ELEM = 1
@@ -97,20 +100,33 @@ def update(table: str, changes: Iterable[SetChange]) -> None:
 
 def generation() -> int:
     """The ruleset generation of the current network namespace (NFT_MSG_GETGEN)."""
-    request = _message((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN, NLM_F_REQUEST, 1, socket.AF_UNSPEC, b"")
+    reply = _ask(NFT_MSG_GETGEN, socket.AF_UNSPEC, b"", "reading the ruleset generation")
+    if reply is None:
+        raise KernelError("nf_tables: reading the ruleset generation failed: no reply")
+    return _gen_id(reply)
+
+
+def table_exists(name: str) -> bool:
+    """Whether table `inet NAME` exists (NFT_MSG_GETTABLE): one round trip, where nft takes a process."""
+    return _ask(NFT_MSG_GETTABLE, NFPROTO_INET, _attr(NFTA_TABLE_NAME, name.encode() + b"\0"), "looking up a table") is not None
+
+
+def _ask(kind: int, family: int, body: bytes, what: str) -> bytes | None:
+    """Send one nf_tables request; the attributes of its reply, or None when the kernel says ENOENT."""
+    request = _message((NFNL_SUBSYS_NFTABLES << 8) | kind, NLM_F_REQUEST, 1, family, body)
     with _socket() as sock:
         try:
             sock.sendall(request)
-            while True:
-                data = sock.recv(65536)
-                _length, kind, _flags, _seq, _pid = NLMSG_HEADER.unpack_from(data)
-                if kind == NLMSG_ERROR:
-                    code = _error_code(data, 0)
-                    raise KernelError(f"nf_tables: reading the ruleset generation failed: {os.strerror(code)}")
-                if kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN:
-                    return _gen_id(data[NLMSG_HEADER.size + NFGEN_HEADER.size:])
+            data = sock.recv(65536)
         except OSError as exc:
-            raise KernelError(f"nf_tables: reading the ruleset generation failed: {exc.strerror or exc}") from exc
+            raise KernelError(f"nf_tables: {what} failed: {exc.strerror or exc}") from exc
+    _length, reply_kind, _flags, _seq, _pid = NLMSG_HEADER.unpack_from(data)
+    if reply_kind == NLMSG_ERROR:
+        code = _error_code(data, 0)
+        if code == errno.ENOENT:
+            return None
+        raise KernelError(f"nf_tables: {what} failed: {os.strerror(code)}")
+    return data[NLMSG_HEADER.size + NFGEN_HEADER.size:]
 
 
 def _gen_id(attributes: bytes) -> int:

@@ -250,6 +250,12 @@ class AddressElements(Sequence[Any]):
         return cls(version, tuple(element_interval(version, element) for element in elements))
 
 
+def set_elements(body: Expr) -> AddressElements:
+    """A named address set's elements as intervals: a plan's are already; a listing (or an old
+    record) holds them as nft JSON."""
+    return AddressElements.from_listing(SET_VERSIONS[body["type"]], body.get("elem", []))
+
+
 def plain(obj: Expr) -> Expr:
     """OBJ with `AddressElements` written out as the nft JSON list: for documents handed to others."""
     body = obj.get("set")

@@ -10,11 +10,12 @@ The order never leaves traffic without a path:
    connections whose uplink mark did not change keep flowing); when only the
    contents of sets changed, just the added and removed elements, in one transaction
    and without re-creating anything; when only chains and rules changed, those, in
-   one transaction, the sets (maybe 100,000 elements) left alone. A new table is built in three transactions:
-   the table and its empty sets, the sets' elements (`nftnetlink`, much faster than
-   nft for 100,000 prefixes), then chains and rules: no packet sees the table before
-   the last one hooks it in, complete. On a first apply the first two start before
-   step 1, in a thread (`NewTable`): the kernel inserts elements while Python works;
+   one transaction, the sets (maybe 100,000 elements) left alone. A new table is built
+   in three transactions: the table and its empty sets, the sets' elements
+   (`nftnetlink`, much faster than nft for 100,000 prefixes), then chains and rules:
+   no packet sees the table before the last one hooks it in, complete. On a first
+   apply the first two start before step 1, in a thread (`NewTable`): the kernel
+   inserts elements while Python works;
 5. stale ip rules, then stale routes, then sysctls no longer wanted go back.
 
 Only what differs is touched, so applying the same config twice changes nothing. Any
@@ -30,14 +31,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any
 
 from markroute.kernel import KernelError, digest, nft, nftnetlink, state, sysctl
 from markroute.kernel.journal import Journal
 from markroute.kernel.links import Link, link_state, links
 from markroute.kernel.rpdb import Rpdb, route_key
 from markroute.kernel.state import State
-from markroute.nftjson import SET_VERSIONS, AddressElements
+from markroute.nftjson import set_elements
 from markroute.plan import FAMILY_NAMES, IpRule, Plan, Route, Sysctl, resolve
 
 
@@ -116,7 +116,7 @@ class NewTable:
         nft.run_batch({"add": obj} for obj in skeleton)
         loads: list[nftnetlink.SetChange] = []
         for body in sets:
-            elements = _elements(body)
+            elements = set_elements(body)
             if elements.intervals:
                 loads.append(nftnetlink.SetChange(body["name"], elements.version, added=elements.intervals))
         nftnetlink.update(name, loads)
@@ -157,7 +157,7 @@ class _Apply:
         self.report = ApplyReport(warnings=list(plan.warnings))
         self.journal = Journal()
         if new_table is not None:
-            self.journal.done(f"undo 'nftables table inet {plan.table_name} created'", new_table.discard)
+            self.adopt(new_table)
         self.nft_digest = digest.nft_digest(plan)
 
     def run(self) -> ApplyReport:
@@ -282,15 +282,15 @@ class _Apply:
         elements included, is checked against the record and left alone if it matches.
         Only set contents changed: `update_sets`. Only chains and rules changed:
         `rewrite_chains`. No table yet: `create_table`. Anything else replaces the whole
-        table. Set elements are listed only for the unchanged
-        check or when the live table is not what the last apply left (the listing of
-        100,000 elements takes nft seconds): otherwise the record says what to roll back to.
+        table. Set elements are listed only for the unchanged check or when the live
+        table is not what the last apply left (the listing of 100,000 elements takes nft
+        seconds): otherwise the record says what to roll back to.
         """
         name = self.plan.table_name
         previous = self.previous
         if self.new_table is not None:
             self.create_table()
-            return nft.with_elements(nft.normalise(nft.table_structure(name) or []), self.plan.nft)
+            return self.live_listing()
         if previous is not None and previous.nft_digest == self.nft_digest:
             if previous.nft_generation == nftnetlink.generation():
                 return previous.nft_listing  # no nf_tables transaction since the last apply: nothing to check
@@ -308,7 +308,7 @@ class _Apply:
                         if updated is not None:
                             return updated
                     elif digest.same_elements(previous.nft_digest, self.nft_digest) and self.rewrite_chains(previous):
-                        return nft.with_elements(nft.normalise(nft.table_structure(name) or []), self.plan.nft)
+                        return self.live_listing()
                     before = previous.nft_listing
                 else:
                     before = nft.list_table(name)
@@ -320,7 +320,17 @@ class _Apply:
                 partial(nft.delete_table, name) if before is None else partial(nft.replace_table, name, nft.loadable(before)),
                 f"nftables table inet {name} replaced",
             )
-        return nft.with_elements(nft.normalise(nft.table_structure(name) or []), self.plan.nft)
+        return self.live_listing()
+
+    def adopt(self, new_table: NewTable) -> NewTable:
+        """Make NEW_TABLE the one to hook in, and removed again by a rollback, however far it got."""
+        self.new_table = new_table
+        self.journal.done(f"undo 'nftables table inet {self.plan.table_name} created'", new_table.discard)
+        return new_table
+
+    def live_listing(self) -> list[dict[str, object]]:
+        """The table as nft lists it now, without asking for its elements: the plan's complete it."""
+        return nft.with_elements(nft.normalise(nft.table_structure(self.plan.table_name) or []), self.plan.nft)
 
     def create_table(self) -> None:
         """A new table (`NewTable`, maybe filled already), then the chains that hook it in.
@@ -329,11 +339,11 @@ class _Apply:
         filled; a failure in any step removes the table again (the journal).
         """
         name = self.plan.table_name
-        if self.new_table is None:
-            self.new_table = NewTable(self.plan)
-            self.journal.done(f"undo 'nftables table inet {name} created'", self.new_table.discard)
-            self.new_table.fill()
-        self.new_table.wait()
+        new_table = self.new_table
+        if new_table is None:
+            new_table = self.adopt(NewTable(self.plan))
+            new_table.fill()
+        new_table.wait()
         nft.run_batch({"add": obj} for obj in self.plan.nft if "table" not in obj and "set" not in obj)
         self.report.changes.append(f"nftables table inet {name} created")
 
@@ -344,16 +354,16 @@ class _Apply:
         the recorded ones. A refused update (someone changed the set behind our back)
         changes nothing and leads to replacing the table instead (None).
         """
-        recorded = {obj["set"]["name"]: _elements(obj["set"]) for obj in previous.nft_listing if "set" in obj}
+        recorded = {obj["set"]["name"]: set_elements(obj["set"]) for obj in previous.nft_listing if "set" in obj}
         changes: list[nftnetlink.SetChange] = []
         for obj in self.plan.nft:
             if "set" in obj:
-                new = _elements(obj["set"])
+                wanted = set_elements(obj["set"])
                 before = recorded.get(obj["set"]["name"])
-                old = set(before.intervals) if before is not None else set()
-                removed, added = tuple(sorted(old.difference(new.intervals))), tuple(sorted(set(new.intervals) - old))
+                old, new = set(before.intervals if before is not None else ()), set(wanted.intervals)
+                removed, added = tuple(sorted(old - new)), tuple(sorted(new - old))
                 if removed or added:
-                    changes.append(nftnetlink.SetChange(obj["set"]["name"], new.version, removed, added))
+                    changes.append(nftnetlink.SetChange(obj["set"]["name"], wanted.version, removed, added))
         name = self.plan.table_name
         structure = nft.without_elements(previous.nft_listing)
         if not changes:
@@ -412,8 +422,3 @@ class _Apply:
         )
         if self.report.changed or self.previous is None or replace(new, applied_at=self.previous.applied_at) != self.previous:
             state.save(self.netns, new)
-
-
-def _elements(body: dict[str, Any]) -> AddressElements:
-    """A set's elements as intervals: the plan's are already; a record may hold nft's listing of them."""
-    return AddressElements.from_listing(SET_VERSIONS[body["type"]], body.get("elem", []))

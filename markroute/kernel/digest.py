@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 from markroute.kernel import nft
-from markroute.nftjson import SET_VERSIONS, AddressElements
+from markroute.nftjson import set_elements
 from markroute.plan import Plan
 
 
@@ -31,7 +31,7 @@ def nft_digest(plan: Plan) -> str:
     for obj in plan.nft:
         if "set" in obj:
             body = obj["set"]
-            packed = AddressElements.from_listing(SET_VERSIONS[body["type"]], body.get("elem", [])).pack()
+            packed = set_elements(body).pack()
             elements.update(f"{body['name']} {len(packed)}\n".encode())
             elements.update(packed)
     return f"{of(nft.without_elements(plan.nft))}.{elements.hexdigest()}"

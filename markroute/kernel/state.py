@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from markroute.kernel import KernelError
+from markroute.kernel import KernelError, nft
 from markroute.nftjson import SET_VERSIONS, AddressElements, json_default
 from markroute.plan import IpRule, Route, UplinkPlan
 
@@ -59,7 +59,7 @@ class State:
             elements = obj.get("set", {}).get("elem")
             if isinstance(elements, AddressElements):
                 packed[obj["set"]["name"]] = elements.packed_text()
-                obj = {"set": {k: v for k, v in obj["set"].items() if k != "elem"}}
+                obj = nft.without_elements([obj])[0]
             listing.append(obj)
         data["nft_listing"] = listing
         data["nft_elements"] = packed

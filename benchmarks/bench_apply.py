@@ -32,14 +32,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import BIG_SET_CONFIG as CONFIG  # noqa: E402
 from common import compile_bytecode, publish, random_prefixes  # noqa: E402
 
-from markroute.compiler import compile_plan  # noqa: E402
+from markroute.compile import compile_plan  # noqa: E402
 from markroute.config import load_model  # noqa: E402
 from markroute.kernel import apply as apply_module  # noqa: E402
 from markroute.kernel import nft, nftnetlink  # noqa: E402
 from markroute.kernel.down import down  # noqa: E402
 from markroute.kernel.netns import inside  # noqa: E402
 from markroute.lab import Lab  # noqa: E402
-from markroute.nftjson import address_element  # noqa: E402
+from markroute.plan.nftjson import address_element  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIXES = 100_000

@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import publish, random_prefixes  # noqa: E402
 
-from markroute.compiler import compile_plan  # noqa: E402
+from markroute.compile import compile_plan  # noqa: E402
 from markroute.config import load_model  # noqa: E402
 from markroute.kernel.apply import apply  # noqa: E402
 from markroute.kernel.down import down  # noqa: E402

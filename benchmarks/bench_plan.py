@@ -32,9 +32,9 @@ def timed(func) -> list[float]:
 
 
 def main() -> None:
-    from markroute import nfttext
-    from markroute.compiler import compile_plan
+    from markroute.compile import compile_plan
     from markroute.config import load_model
+    from markroute.plan import nfttext
 
     compile_bytecode()
     with tempfile.TemporaryDirectory() as tmp:

@@ -26,7 +26,7 @@ from bench_plan import CONFIG as BIG  # noqa: E402
 from common import ROOT, publish, random_prefixes  # noqa: E402
 
 from markroute import sim  # noqa: E402
-from markroute.compiler import compile_plan  # noqa: E402
+from markroute.compile import compile_plan  # noqa: E402
 from markroute.config import load_model  # noqa: E402
 from markroute.plan import Plan  # noqa: E402
 from markroute.sim.packet import Flow, make_flow  # noqa: E402

@@ -7,6 +7,8 @@ never see bits that belong to other software.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 # Marks other software is known to set: (who, value, the bits its own rules compare).
 # A user that compares the whole mark is hurt only if a packet it marked reads as one of
 # our values under our mask; a user that owns a masked field is hurt if we write its bits.
@@ -63,3 +65,21 @@ def blackhole_mark(mask: int) -> int:
 def uplink_marks(mask: int) -> range:
     """The values left for uplinks once the two reserved ones are set aside."""
     return range(1, capacity(mask) - 1)
+
+
+def mask_overlaps(mask: int) -> Iterator[tuple[str, str]]:
+    """(message, hint) for other software's marks that this mask would overwrite or misread."""
+    for who, bits in field_overlaps(mask):
+        yield (
+            f"mark_mask {mask:#x} overlaps the mark bits {bits:#x} used by {who}",
+            "if it runs here, pick mark_mask bits it does not use, e.g. 0xff00",
+        )
+    foreign = foreign_values(mask)
+    reserved = {unreachable_mark(mask): "unreachable", blackhole_mark(mask): "blackhole"}
+    for value, action in reserved.items():
+        if value in foreign:
+            yield (
+                f"packets marked by {foreign[value]} read as markroute's {action} mark {value:#x} "
+                f"under mark_mask {mask:#x}; they would be dropped",
+                "if it runs here, pick other mark_mask bits, e.g. 0xff00",
+            )

@@ -21,7 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kernelhelp import NO_NAMESPACES, REPO, markroute, own_routes, own_rules, view, write_config
+from kernelhelp import (
+    NO_NAMESPACES,
+    REPO,
+    markroute,
+    own_routes,
+    own_rules,
+    view,
+    write_config,
+)
 
 from markroute.kernel.state import directory as state_directory
 from markroute.lab import Lab

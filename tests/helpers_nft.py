@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from markroute.kernel.nft import normalise
-from markroute.nftjson import json_default
+from markroute.plan.nftjson import json_default
 
 
 class NftNamespace:

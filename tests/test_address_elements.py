@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from markroute.compiler import compile_plan
+from markroute.compile import compile_plan
 from markroute.config import load_model
 from markroute.kernel import digest, state
 from markroute.kernel.state import State
-from markroute.nftjson import AddressElements, address_element, json_default
 from markroute.plan import Plan
+from markroute.plan.nftjson import AddressElements, address_element, json_default
 
 V4_MAX = (1 << 32) - 1
 V6_MAX = (1 << 128) - 1

@@ -28,10 +28,10 @@ import pytest
 from kernelhelp import REPO, markroute
 from ruamel.yaml import YAML
 
-from markroute.compiler import compile_plan
+from markroute.compile import compile_plan
 from markroute.config import load_model
+from markroute.config.source import Node, SourceError, load
 from markroute.diagnostics import Diagnostic
-from markroute.source import Node, SourceError, load
 
 CORPUS = REPO / "tests" / "broken"
 EXAMPLES = REPO / "examples"

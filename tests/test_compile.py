@@ -16,12 +16,13 @@ from typing import Any
 
 import pytest
 
-from markroute import marks, nfttext
-from markroute.compiler import INLINE_LIMIT, compile_plan
+from markroute import marks
+from markroute.compile import compile_plan
+from markroute.compile.chains import INLINE_LIMIT
 from markroute.config import load_model
 from markroute.model import Model
-from markroute.plan import Plan
-from markroute.render import plan_text
+from markroute.plan import Plan, nfttext
+from markroute.plan.render import plan_text
 
 Obj = dict[str, Any]
 

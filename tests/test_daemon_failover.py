@@ -17,7 +17,13 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from daemon_helpers import DaemonLab, Running, conntrack_entries, dlab, gap_of  # noqa: F401 (dlab: a fixture)
+from daemon_helpers import (  # noqa: F401 (dlab: a fixture)
+    DaemonLab,
+    Running,
+    conntrack_entries,
+    dlab,
+    gap_of,
+)
 from kernelhelp import KERNEL
 
 from markroute.daemon.health import DEGRADED_WEIGHT

@@ -14,7 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
-from daemon_helpers import DaemonLab, daemon_lab, dlab, python_env  # noqa: F401 (dlab: a fixture)
+from daemon_helpers import (  # noqa: F401 (dlab: a fixture)
+    DaemonLab,
+    daemon_lab,
+    dlab,
+    python_env,
+)
 from kernelhelp import markroute
 
 from markroute.kernel.state import directory

@@ -15,14 +15,20 @@ from collections import Counter
 
 import pytest
 
-from markroute.compiler import Health, compile_plan
+from markroute.compile import Health, compile_plan
 from markroute.config import load_model
 from markroute.daemon import health as health_module
 from markroute.daemon.failover import chain_batch, changed_chains, health_of
 from markroute.daemon.health import Transition, UplinkHealth
 from markroute.daemon.hooks import Hooks
 from markroute.daemon.logs import setup
-from markroute.daemon.metrics import Exposed, Families, KernelCounters, exposition, parse_address
+from markroute.daemon.metrics import (
+    Exposed,
+    Families,
+    KernelCounters,
+    exposition,
+    parse_address,
+)
 from markroute.daemon.monitor import probe_targets
 from markroute.daemon.probes import checksum, split_target
 from markroute.daemon.reactor import Reactor

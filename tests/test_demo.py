@@ -17,11 +17,10 @@ import pytest
 from click.testing import CliRunner
 from kernelhelp import REPO
 
-from markroute import demo
 from markroute.cli import main
 from markroute.config import load_model
 from markroute.kernel.state import directory as state_directory
-from markroute.lab import Lab, cleanup
+from markroute.lab import Lab, cleanup, demo
 from markroute.model import Model
 
 

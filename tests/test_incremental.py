@@ -17,14 +17,14 @@ from typing import Any
 import pytest
 from kernelhelp import KERNEL, markroute, router, write_config  # noqa: F401
 
-from markroute.compiler import compile_plan
+from markroute.compile import compile_plan
 from markroute.config import load_model
 from markroute.kernel import KernelError, nft, state
 from markroute.kernel import apply as apply_module
 from markroute.kernel.apply import ApplyFailed, apply
 from markroute.kernel.netns import inside
 from markroute.lab import RouterLab
-from markroute.nftjson import json_default
+from markroute.plan.nftjson import json_default
 
 pytestmark = KERNEL
 PORT = 7300

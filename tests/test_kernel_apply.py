@@ -16,9 +16,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kernelhelp import KERNEL, REPO, TWO_UPLINKS, markroute, own_routes, own_rules, router, view, write_config  # noqa: F401
+from kernelhelp import (  # noqa: F401
+    KERNEL,
+    REPO,
+    TWO_UPLINKS,
+    markroute,
+    own_routes,
+    own_rules,
+    router,
+    view,
+    write_config,
+)
 
-from markroute.compiler import compile_plan
+from markroute.compile import compile_plan
 from markroute.config import load_model
 from markroute.kernel import KernelError, nft, state
 from markroute.kernel.apply import ApplyFailed, apply

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from markroute.compiler import compile_plan
+from markroute.compile import compile_plan
 from markroute.config import load_model
 from markroute.model import Model
 from markroute.plan import Plan
@@ -256,7 +256,7 @@ def test_first_match_gives_every_point_its_first_owner_with_disjoint_boxes(dimen
     """`first_match` against brute force over a small space: right owner everywhere, no overlaps."""
     from itertools import product
 
-    from markroute.policymaps import first_match
+    from markroute.compile.policymaps import first_match
 
     rng = random.Random(dimensions)
     size = 12 if dimensions < 3 else 7

@@ -19,14 +19,14 @@ import pytest
 from kernelhelp import KERNEL
 from test_merge import IIFS, random_flow_args, random_model
 
-from markroute.compiler import compile_plan
+from markroute.compile import compile_plan
 from markroute.kernel import netns
 from markroute.kernel.nft import rule_counters
 from markroute.kernel.status import policy_counters
 from markroute.lab import Lab
 from markroute.lab.frames import frame
-from markroute.nftjson import json_default
 from markroute.plan import Plan
+from markroute.plan.nftjson import json_default
 from markroute.sim.datatypes import L4_PROTOCOLS
 
 pytestmark = KERNEL
@@ -87,8 +87,8 @@ def test_kernel_picks_the_same_policy_with_and_without_maps(tmp_path: Path, seed
 
 def test_text_rendering_of_merged_maps_loads_as_the_json_does(tmp_path: Path) -> None:
     """`plan --format nft` shows merged maps (concatenations, quoted names) the way nft reads them."""
-    from markroute import nfttext
     from markroute.kernel.nft import normalise
+    from markroute.plan import nfttext
 
     model = random_model(tmp_path, random.Random(5))
     plan = compile_plan(model, merge_min=2)

@@ -17,10 +17,10 @@ import pytest
 from helpers_nft import NftNamespace, nft_namespace
 from kernelhelp import KERNEL, REPO
 
-from markroute import nfttext
-from markroute.compiler import compile_plan
+from markroute.compile import compile_plan
 from markroute.config import load_model
-from markroute.nftjson import json_default
+from markroute.plan import nfttext
+from markroute.plan.nftjson import json_default
 
 pytestmark = KERNEL
 

@@ -20,7 +20,7 @@ from markroute.kernel import KernelError
 from markroute.kernel.netns import inside
 from markroute.kernel.nftnetlink import SetChange, generation, table_exists, update
 from markroute.lab import Lab
-from markroute.nftjson import address_element
+from markroute.plan.nftjson import address_element
 from markroute.values import Interval
 
 pytestmark = KERNEL

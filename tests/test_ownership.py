@@ -12,9 +12,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from kernelhelp import KERNEL, TWO_UPLINKS, markroute, own_routes, own_rules, router, view, write_config  # noqa: F401
+from kernelhelp import (  # noqa: F401
+    KERNEL,
+    TWO_UPLINKS,
+    markroute,
+    own_routes,
+    own_rules,
+    router,
+    view,
+    write_config,
+)
 
-from markroute.compiler import compile_plan
+from markroute.compile import compile_plan
 from markroute.config import load_model
 from markroute.kernel.state import directory
 from markroute.lab import RouterLab

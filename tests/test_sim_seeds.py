@@ -14,7 +14,6 @@ import json
 from typing import Any
 
 import pytest
-
 from test_trace_differential import SEED_004_NFT
 
 from markroute import sim

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from test_compile import plan_of
 from test_sim_seeds import host
 from test_trace_differential import SEED_000, SEED_001, SEED_002, SEED_003, SEED_004
@@ -24,7 +23,8 @@ from markroute.plan import Plan, UplinkPlan
 from markroute.sim import report
 from markroute.sim.packet import make_flow
 from markroute.sim.sample import split
-from markroute.sim.trace import Outcome, Path as TracePath, Simulator
+from markroute.sim.trace import Outcome, Simulator
+from markroute.sim.trace import Path as TracePath
 
 # The seeds' configs as the differential test applies them in the lab, with the lab's
 # interface names and addresses (router_lab, two_routers_lab, multihomed_lab).

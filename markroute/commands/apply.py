@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import click
 
-from markroute.cliutil import config_option, load_model_or_exit, netns_option
+from markroute.commands.cliutil import (
+    config_option,
+    exit_codes,
+    load_model_or_exit,
+    netns_option,
+)
 
 
 @click.command("apply")
@@ -22,10 +27,10 @@ def command(config: str | None, netns: str | None) -> None:
     Exit codes: 0 applied or already up to date; 1 invalid config, or apply failed and
     was rolled back; 4 not root, nft missing or no such namespace.
     """
-    from markroute.compiler import compile_plan
+    from markroute.compile import compile_plan
     from markroute.config import config_path
     from markroute.kernel.apply import apply
-    from markroute.kernel.environment import exit_codes, prepare
+    from markroute.kernel.environment import prepare
 
     plan = compile_plan(load_model_or_exit(config_path(config)))
     with exit_codes():

@@ -8,20 +8,56 @@ stdout. `--json` prints a single document on stdout instead, for tools.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 
 import click
 
-from markroute.cliutil import EXIT_FAILED, config_option, json_option, print_diagnostics, print_json
+from markroute.commands.cliutil import (
+    EXIT_FAILED,
+    config_option,
+    json_option,
+    print_diagnostics,
+    print_json,
+)
+from markroute.config.warnings import Warning, shadowed_ingress, shadowed_policies
 from markroute.diagnostics import Diagnostic
 from markroute.model import Model
 
 
 def simulated(model: Model, diagnostics: list[Diagnostic]) -> list[Diagnostic]:
     """Add the trace interpreter's findings; only `check` pays for compiling and searching."""
-    from markroute.analysis import simulated_warnings
-
     found = [Diagnostic(where, "warning", message, hint) for where, message, hint in simulated_warnings(model)]
     return sorted(diagnostics + found, key=lambda d: (d.where.file, d.where.line, d.where.col))
+
+
+def simulated_warnings(model: Model) -> Iterator[Warning]:
+    """What the trace interpreter finds on the compiled plan that the match comparisons above miss.
+
+    Policies hidden by several earlier ones together, or by ingress rules, and uplinks
+    no new connection can be marked for. What `shadowed_policies`/`shadowed_ingress`
+    already explain is not reported twice; a failover standby is unused by design.
+    """
+    from markroute.compile import compile_plan
+    from markroute.sim import reachability
+
+    found = reachability(compile_plan(model))
+    explained = {where for where, _, _ in (*shadowed_policies(model), *shadowed_ingress(model))}
+    by_name = {p.name: p for p in model.policies}
+    for name in found.unreachable_policies:
+        if by_name[name].where not in explained:
+            yield (
+                by_name[name].where,
+                f"policy '{name}' can never match: no packet reaches it past the rules before it",
+                "try `markroute trace` with a packet it should match to see which rule takes it",
+            )
+    standby = {m for g in model.groups.values() if g.kind == "failover" for m, _ in g.members[1:]}
+    for name in found.unused_uplinks:
+        if name not in standby and model.uplinks[name].where not in explained:
+            yield (
+                model.uplinks[name].where,
+                f"uplink '{name}' carries no new connection: no policy, group or ingress rule leads to it",
+                "point a policy at it (via:) or remove it",
+            )
 
 
 @click.command("check")

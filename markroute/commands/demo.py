@@ -7,12 +7,18 @@ from typing import TYPE_CHECKING
 
 import click
 
-from markroute.cliutil import EXIT_ENVIRONMENT, fail, json_option, print_json
+from markroute.commands.cliutil import (
+    EXIT_ENVIRONMENT,
+    EXIT_USAGE,
+    fail,
+    json_option,
+    print_json,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from markroute.demo import DemoReport
+    from markroute.lab.demo import DemoReport
 
 
 @click.command("demo")
@@ -34,11 +40,11 @@ def command(keep: bool, down_prefix: str | None, as_json: bool) -> None:
     """
     from rich.console import Console
 
-    from markroute import demo
     from markroute.kernel import EnvironmentProblem
+    from markroute.lab import demo
 
     if keep and down_prefix:
-        fail("--keep and --down exclude each other", demo.EXIT_USAGE)
+        fail("--keep and --down exclude each other", EXIT_USAGE)
     console = Console(stderr=as_json, highlight=False)
     try:
         if down_prefix is not None:
@@ -64,7 +70,7 @@ def render(report: DemoReport, console: Console) -> None:
     from rich import box
     from rich.table import Table
 
-    from markroute.demo import MAIN, PACKETS
+    from markroute.lab.demo import MAIN, PACKETS
 
     flows = Table(title="Which uplink carried the connections (by the source the server saw)", box=box.SIMPLE)
     flows.add_column("destination", no_wrap=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from markroute.cliutil import EXIT_FAILED, fail, netns_option
+from markroute.commands.cliutil import EXIT_FAILED, exit_codes, fail, netns_option
 
 
 @click.command("down")
@@ -25,7 +25,7 @@ def command(netns: str | None, rule_priority: int | None) -> None:
     such namespace (and no record of one).
     """
     from markroute.kernel.down import down, forget_vanished
-    from markroute.kernel.environment import exit_codes, prepare, require_root
+    from markroute.kernel.environment import prepare, require_root
 
     with exit_codes():
         require_root()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from markroute.cliutil import config_option, load_model_or_exit, print_json
+from markroute.commands.cliutil import config_option, load_model_or_exit, print_json
 
 
 @click.command("plan")
@@ -12,10 +12,10 @@ from markroute.cliutil import config_option, load_model_or_exit, print_json
 @click.option("--format", "fmt", type=click.Choice(["text", "nft", "json"]), default="text", show_default=True)
 def command(config: str | None, fmt: str) -> None:
     """Compile the config and print the nftables table, ip rules, routes and sysctls."""
-    from markroute import nfttext
-    from markroute.compiler import compile_plan
+    from markroute.compile import compile_plan
     from markroute.config import config_path
-    from markroute.render import plan_text
+    from markroute.plan import nfttext
+    from markroute.plan.render import plan_text
 
     model = load_model_or_exit(config_path(config))
     plan = compile_plan(model)

@@ -6,7 +6,12 @@ import sys
 
 import click
 
-from markroute.cliutil import config_option, load_model_or_exit, netns_option
+from markroute.commands.cliutil import (
+    config_option,
+    exit_codes,
+    load_model_or_exit,
+    netns_option,
+)
 
 
 @click.command("run")
@@ -37,7 +42,7 @@ def command(config: str | None, netns: str | None, metrics: str | None, down_on_
     from markroute.daemon.logs import setup
     from markroute.daemon.metrics import parse_address
     from markroute.daemon.service import Daemon, Options
-    from markroute.kernel.environment import exit_codes, prepare
+    from markroute.kernel.environment import prepare
 
     try:
         address = parse_address(metrics) if metrics else None

@@ -8,7 +8,14 @@ from typing import Any
 
 import click
 
-from markroute.cliutil import EXIT_DRIFT, json_option, load_model_or_exit, netns_option, print_json
+from markroute.commands.cliutil import (
+    EXIT_DRIFT,
+    exit_codes,
+    json_option,
+    load_model_or_exit,
+    netns_option,
+    print_json,
+)
 
 
 @click.command("status")
@@ -26,8 +33,8 @@ def command(config: str | None, netns: str | None, as_json: bool) -> None:
     Exit codes: 0 no drift; 1 invalid config; 3 drift found; 4 not root, nft missing or
     no such namespace.
     """
-    from markroute.compiler import compile_plan
-    from markroute.kernel.environment import exit_codes, prepare
+    from markroute.compile import compile_plan
+    from markroute.kernel.environment import prepare
     from markroute.kernel.status import collect
 
     plan = compile_plan(load_model_or_exit(config, quiet_warnings=True)) if config else None

@@ -10,9 +10,15 @@ from typing import Any
 
 import click
 
-from markroute.cliutil import EXIT_ENVIRONMENT, config_option, fail, json_option, netns_option, print_json
-
-EXIT_USAGE = 2
+from markroute.commands.cliutil import (
+    EXIT_ENVIRONMENT,
+    EXIT_USAGE,
+    config_option,
+    fail,
+    json_option,
+    netns_option,
+    print_json,
+)
 
 
 @click.command("trace")
@@ -74,8 +80,8 @@ def command(config: str | None, live: bool, netns: str | None, src: str, dst: st
 
 def _offline(config: str | None, addresses: list[str], routes: list[str]) -> tuple[Any, str, list[str]]:
     from markroute import sim
-    from markroute.cliutil import load_model_or_exit
-    from markroute.compiler import compile_plan
+    from markroute.commands.cliutil import load_model_or_exit
+    from markroute.compile import compile_plan
     from markroute.config import config_path
 
     path = config_path(config)

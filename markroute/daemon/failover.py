@@ -29,12 +29,12 @@ import subprocess
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from markroute.compiler import Health
+from markroute.compile import Health
 from markroute.daemon.health import DEGRADED_WEIGHT, State
 from markroute.daemon.reactor import Reactor
 from markroute.kernel import KernelError, conntrack, digest, nft, nftnetlink, state
-from markroute.nftjson import FAMILY
 from markroute.plan import Plan
+from markroute.plan.nftjson import FAMILY
 
 Obj = dict[str, Any]
 

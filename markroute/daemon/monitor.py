@@ -20,7 +20,15 @@ import ipaddress
 from collections.abc import Callable
 
 from markroute.daemon.health import Transition, UplinkHealth
-from markroute.daemon.probes import ArpProber, Egress, IcmpProber, Prober, TcpProber, split_target, version_of
+from markroute.daemon.probes import (
+    ArpProber,
+    Egress,
+    IcmpProber,
+    Prober,
+    TcpProber,
+    split_target,
+    version_of,
+)
 from markroute.daemon.reactor import Reactor, Timer
 from markroute.model import HealthCheck, Uplink
 

@@ -32,9 +32,15 @@ import time
 from dataclasses import dataclass
 from types import FrameType
 
-from markroute.compiler import Health, compile_plan
+from markroute.compile import Health, compile_plan
 from markroute.daemon import record
-from markroute.daemon.failover import TableRecorder, chain_batch, changed_chains, health_of, move_flows
+from markroute.daemon.failover import (
+    TableRecorder,
+    chain_batch,
+    changed_chains,
+    health_of,
+    move_flows,
+)
 from markroute.daemon.health import State, Transition, UplinkHealth
 from markroute.daemon.hooks import Hooks
 from markroute.daemon.metrics import Exposed, MetricsServer

@@ -37,8 +37,8 @@ from markroute.kernel.journal import Journal
 from markroute.kernel.links import Link, link_state, links
 from markroute.kernel.rpdb import Rpdb, route_key
 from markroute.kernel.state import State
-from markroute.nftjson import set_elements
 from markroute.plan import FAMILY_NAMES, IpRule, Plan, Route, Sysctl, resolve
+from markroute.plan.nftjson import set_elements
 
 
 @dataclass

@@ -8,8 +8,8 @@ from dataclasses import replace
 from typing import Any
 
 from markroute.kernel import nft
-from markroute.nftjson import set_elements
 from markroute.plan import Plan
+from markroute.plan.nftjson import set_elements
 
 
 def of(data: Any) -> str:

@@ -23,7 +23,6 @@ from markroute.model import Settings
 from markroute.plan import BAND_WIDTH, TABLE_NAME, IpRule, Route, Sysctl
 
 
-
 @dataclass
 class DownReport:
     changes: list[str] = field(default_factory=list)

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-from markroute.kernel import EnvironmentProblem, KernelError
+from markroute.kernel import EnvironmentProblem
 
 
 def require_root() -> None:
@@ -39,15 +37,3 @@ def prepare(netns: str | None) -> str | None:
         return netns
     return namespaces.current()
 
-
-@contextmanager
-def exit_codes() -> Iterator[None]:
-    """Turn the kernel layer's exceptions into a message on stderr and markroute's exit codes."""
-    from markroute.cliutil import EXIT_ENVIRONMENT, EXIT_FAILED, fail
-
-    try:
-        yield
-    except EnvironmentProblem as exc:
-        fail(str(exc), EXIT_ENVIRONMENT)
-    except KernelError as exc:
-        fail(str(exc), EXIT_FAILED)

@@ -11,7 +11,13 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from markroute.kernel.ipjson import RT_TABLE_MAIN, RTN_UNICAST, VERSIONS, prefix_text, table_of
+from markroute.kernel.ipjson import (
+    RT_TABLE_MAIN,
+    RTN_UNICAST,
+    VERSIONS,
+    prefix_text,
+    table_of,
+)
 from markroute.kernel.rpdb import ALL_FAMILIES, Rpdb
 from markroute.plan import LinkState, Route
 

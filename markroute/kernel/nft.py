@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from markroute.kernel import KernelError
-from markroute.nftjson import FAMILY, json_default
+from markroute.plan.nftjson import FAMILY, json_default
 
 Obj = dict[str, Any]
 NFT = "nft"

@@ -15,7 +15,14 @@ from types import TracebackType
 from typing import Any
 
 from markroute.kernel import KernelError
-from markroute.kernel.ipjson import FR_ACT_TO_TBL, VERSIONS, prefix_text, route_json, rule_json, table_of
+from markroute.kernel.ipjson import (
+    FR_ACT_TO_TBL,
+    VERSIONS,
+    prefix_text,
+    route_json,
+    rule_json,
+    table_of,
+)
 from markroute.plan import RULE_PROTOCOL, IpRule, Route
 
 FAMILIES = {4: socket.AF_INET, 6: socket.AF_INET6}

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from markroute.kernel import KernelError, nft
-from markroute.nftjson import SET_VERSIONS, AddressElements, json_default
 from markroute.plan import IpRule, Route, UplinkPlan
+from markroute.plan.nftjson import SET_VERSIONS, AddressElements, json_default
 
 RUN_DIR = Path("/run/markroute")
 FORMAT = 2

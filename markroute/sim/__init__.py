@@ -20,7 +20,12 @@ from typing import Any
 
 from markroute.plan import Plan
 from markroute.sim.nft import Ruleset
-from markroute.sim.reach import Reach, reachability, unreachable_policies, unused_uplinks
+from markroute.sim.reach import (
+    Reach,
+    reachability,
+    unreachable_policies,
+    unused_uplinks,
+)
 from markroute.sim.system import from_plan, from_snapshot
 from markroute.sim.trace import Simulator
 

@@ -12,7 +12,13 @@ from __future__ import annotations
 import socket
 from typing import Any, NamedTuple
 
-from markroute.sim.packet import CT_ESTABLISHED, CT_INVALID, CT_NEW, CT_RELATED, CT_UNTRACKED
+from markroute.sim.packet import (
+    CT_ESTABLISHED,
+    CT_INVALID,
+    CT_NEW,
+    CT_RELATED,
+    CT_UNTRACKED,
+)
 from markroute.values import DSCP_CLASSES, PROTOCOLS
 
 

@@ -20,9 +20,16 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from markroute import nfttext
-from markroute.nftjson import AddressElements
-from markroute.sim.datatypes import BITMASK_TYPES, CT_STATUS, FIB_TYPES, Span, UnsupportedValue, parse
+from markroute.plan import nfttext
+from markroute.plan.nftjson import AddressElements
+from markroute.sim.datatypes import (
+    BITMASK_TYPES,
+    CT_STATUS,
+    FIB_TYPES,
+    Span,
+    UnsupportedValue,
+    parse,
+)
 from markroute.sim.packet import CT_INVALID, CT_UNTRACKED, Indeterminate, Packet
 from markroute.sim.rpdb import Query
 from markroute.sim.sets import Lookup

@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable
 
-from markroute.values import PORT_PROTOCOLS, PROTOCOL_NAMES, parse_dscp, parse_mac, parse_port, parse_protocol
+from markroute.values import (
+    PORT_PROTOCOLS,
+    PROTOCOL_NAMES,
+    parse_dscp,
+    parse_mac,
+    parse_port,
+    parse_protocol,
+)
 
 ICMP = 1
 ICMPV6 = 58

@@ -22,8 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from markroute.nftjson import AddressElements
 from markroute.plan import FAMILY_NAMES, Plan
+from markroute.plan.nftjson import AddressElements
 from markroute.sim.datatypes import Span, UnsupportedValue, parse
 from markroute.sim.nft import Ruleset
 from markroute.sim.packet import Flow

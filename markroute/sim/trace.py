@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from markroute.sim.datatypes import Span
 from markroute.sim.nft import NAT_HOOK_PRIORITY, Chain, Ruleset
 from markroute.sim.packet import (
     CT_ESTABLISHED,
@@ -34,7 +35,6 @@ from markroute.sim.packet import (
     address_text,
 )
 from markroute.sim.rpdb import Lookup, Query
-from markroute.sim.datatypes import Span
 from markroute.sim.system import System
 
 Record = list[dict[str, Any]] | None

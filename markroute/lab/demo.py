@@ -26,7 +26,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from markroute.cliutil import EXIT_ENVIRONMENT, EXIT_FAILED
+from markroute.exitcodes import ENVIRONMENT as EXIT_ENVIRONMENT
+from markroute.exitcodes import FAILED as EXIT_FAILED
+from markroute.exitcodes import USAGE as EXIT_USAGE
 from markroute.kernel import EnvironmentProblem
 from markroute.kernel.environment import require_nft, require_root
 from markroute.kernel.netns import NETNS_DIR
@@ -35,7 +37,6 @@ from markroute.lab import CommandError, Lab, LabError, RouterLab, cleanup, route
 DEMO_CONFIG = Path(__file__).resolve().parent / "lab" / "demo.yaml"
 PORT = 7000
 PACKETS = 3  # lines per connection: every answer must name the same ISP (stickiness)
-EXIT_USAGE = 2
 #: Label for connections no ISP NATed: they stayed on main's route to the site.
 MAIN = "main"
 _PREFIX = re.compile(r"^mr-[0-9a-f]{6}$")

@@ -27,8 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from markroute import nftjson as nj
 from markroute.model import Match
+from markroute.plan import nftjson as nj
 from markroute.values import PORT_PROTOCOLS, PROTOCOL_NAMES, Interval
 
 Expr = dict[str, Any]

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from markroute import nfttext
-from markroute.plan import BAND_WIDTH, FAMILY_NAMES, RULE_PROTOCOL, SOURCE_RULE_OFFSET, Plan
+from markroute.plan import (
+    BAND_WIDTH,
+    FAMILY_NAMES,
+    RULE_PROTOCOL,
+    SOURCE_RULE_OFFSET,
+    Plan,
+    nfttext,
+)
 
 
 def plan_text(plan: Plan) -> str:

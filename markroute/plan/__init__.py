@@ -19,7 +19,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from markroute.nftjson import plain
+from markroute.plan.nftjson import plain
 
 RULE_PROTOCOL = 77  # tags every ip rule and route markroute installs, so it only ever removes its own
 # markroute's band of ip rules, from settings.rule_priority on: uplink fwmark rules, then

@@ -36,24 +36,6 @@ def model_warnings(model: Model) -> Iterator[Warning]:
     yield from private_without_nat(model)
 
 
-def mask_overlaps(mask: int) -> Iterator[tuple[str, str]]:
-    """(message, hint) for other software's marks that this mask would overwrite or misread."""
-    for who, bits in marks.field_overlaps(mask):
-        yield (
-            f"mark_mask {mask:#x} overlaps the mark bits {bits:#x} used by {who}",
-            "if it runs here, pick mark_mask bits it does not use, e.g. 0xff00",
-        )
-    foreign = marks.foreign_values(mask)
-    reserved = {marks.unreachable_mark(mask): "unreachable", marks.blackhole_mark(mask): "blackhole"}
-    for value, action in reserved.items():
-        if value in foreign:
-            yield (
-                f"packets marked by {foreign[value]} read as markroute's {action} mark {value:#x} "
-                f"under mark_mask {mask:#x}; they would be dropped",
-                "if it runs here, pick other mark_mask bits, e.g. 0xff00",
-            )
-
-
 def foreign_uplink_marks(model: Model) -> Iterator[Warning]:
     """Pinned uplink marks that equal what another program's packets look like under the mask."""
     mask = model.settings.mark_mask
@@ -241,33 +223,3 @@ def _may_be_private(match: Match, version: int) -> bool:
         for first, last in match.src.addresses.family(version)
         for p_first, p_last in private
     )
-
-
-def simulated_warnings(model: Model) -> Iterator[Warning]:
-    """What the trace interpreter finds on the compiled plan that the match comparisons above miss.
-
-    Policies hidden by several earlier ones together, or by ingress rules, and uplinks
-    no new connection can be marked for. What `shadowed_policies`/`shadowed_ingress`
-    already explain is not reported twice; a failover standby is unused by design.
-    """
-    from markroute.compiler import compile_plan
-    from markroute.sim import reachability
-
-    found = reachability(compile_plan(model))
-    explained = {where for where, _, _ in (*shadowed_policies(model), *shadowed_ingress(model))}
-    by_name = {p.name: p for p in model.policies}
-    for name in found.unreachable_policies:
-        if by_name[name].where not in explained:
-            yield (
-                by_name[name].where,
-                f"policy '{name}' can never match: no packet reaches it past the rules before it",
-                "try `markroute trace` with a packet it should match to see which rule takes it",
-            )
-    standby = {m for g in model.groups.values() if g.kind == "failover" for m, _ in g.members[1:]}
-    for name in found.unused_uplinks:
-        if name not in standby and model.uplinks[name].where not in explained:
-            yield (
-                model.uplinks[name].where,
-                f"uplink '{name}' carries no new connection: no policy, group or ingress rule leads to it",
-                "point a policy at it (via:) or remove it",
-            )

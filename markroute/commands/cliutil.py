@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
+from markroute import exitcodes
 from markroute.diagnostics import Diagnostic
-from markroute.nftjson import json_default
+from markroute.kernel import EnvironmentProblem, KernelError
+from markroute.plan.nftjson import json_default
 
 if TYPE_CHECKING:
     from markroute.model import Model
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-EXIT_FAILED = 1
-EXIT_DRIFT = 3
-EXIT_ENVIRONMENT = 4
+EXIT_FAILED = exitcodes.FAILED
+EXIT_USAGE = exitcodes.USAGE
+EXIT_DRIFT = exitcodes.DRIFT
+EXIT_ENVIRONMENT = exitcodes.ENVIRONMENT
 
 
 def config_option(func: F) -> F:
@@ -62,3 +66,14 @@ def load_model_or_exit(path: str, quiet_warnings: bool = False) -> Model:
     if not quiet_warnings:
         print_diagnostics(diagnostics)
     return model
+
+
+@contextmanager
+def exit_codes() -> Iterator[None]:
+    """Turn the kernel layer's exceptions into a message on stderr and markroute's exit codes."""
+    try:
+        yield
+    except EnvironmentProblem as exc:
+        fail(str(exc), EXIT_ENVIRONMENT)
+    except KernelError as exc:
+        fail(str(exc), EXIT_FAILED)

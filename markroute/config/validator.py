@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from markroute import marks
-from markroute.analysis import mask_overlaps, model_warnings
+from markroute.config.source import Node, SourceError, byte_position, load
+from markroute.config.warnings import model_warnings
 from markroute.diagnostics import Diagnostic, Diagnostics, Where
 from markroute.model import (
     SPECIAL_TARGETS,
@@ -35,10 +36,9 @@ from markroute.model import (
     Settings,
     Uplink,
 )
-from markroute.source import Node, SourceError, byte_position, load
 from markroute.values import (
-    PORT_PROTOCOLS,
     FOREIGN_TABLES,
+    PORT_PROTOCOLS,
     RESERVED_TABLES,
     AddressList,
     Interval,
@@ -262,7 +262,7 @@ class Validator:
                                 "give it at least two bits")
             elif mask is not None:
                 values["mark_mask"] = mask
-                for message, hint in mask_overlaps(mask):
+                for message, hint in marks.mask_overlaps(mask):
                     self.diag.warning(items["mark_mask"].where, message, hint)
         if "rule_priority" in items:
             values["rule_priority"] = self.integer(items["rule_priority"], "rule_priority", 1, 32700)
@@ -889,6 +889,3 @@ class Validator:
     def warn_model(self, model: Model) -> None:
         for where, message, hint in model_warnings(model):
             self.diag.warning(where, message, hint)
-
-
-__all__ = ["DEFAULT_PATH", "config_path", "load_model", "suggest", "Validator"]

@@ -21,7 +21,7 @@ How packets flow through the generated table (`inet markroute`):
 * `policies_fwd` / `policies_local` hold the policies in order. A run of at least
   `MERGE_MIN` consecutive policies testing the same fields is one verdict-map lookup
   whose elements `goto pol_<n>`, the policy's own chain with its counter
-  (`markroute.policymaps`); other policies are one rule each.
+  (`markroute.compile.policymaps`); other policies are one rule each.
 
 The mark then selects the uplink's routing table through an `ip rule fwmark` in
 markroute's own priority band.
@@ -35,8 +35,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from markroute import marks
-from markroute import nftjson as nj
-from markroute import policymaps
+from markroute.compile import policymaps
+from markroute.compile.policymaps import (
+    IP_PAYLOAD,
+    PolicyKey,
+    port_value,
+    protocol_value,
+)
 from markroute.model import Addresses, Match, Model, Policy, Uplink
 from markroute.plan import (
     RESERVED_RULE_OFFSET,
@@ -46,10 +51,10 @@ from markroute.plan import (
     Route,
     Sysctl,
     UplinkPlan,
-    ordered_rules,
     ordered_routes,
+    ordered_rules,
 )
-from markroute.policymaps import IP_PAYLOAD, PolicyKey, port_value, protocol_value
+from markroute.plan import nftjson as nj
 from markroute.values import PORT_PROTOCOLS, PROTOCOL_NAMES
 
 Expr = dict[str, Any]

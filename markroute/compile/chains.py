@@ -84,7 +84,7 @@ class Compiler:
         self.numbers = {id(policy): n for n, policy in enumerate(model.policies, 1)}
         self.mask = model.settings.mark_mask
         self.table = "markroute"
-        self.sets = NamedSets(self.table)
+        self.named_sets = NamedSets(self.table)
         self.chains: dict[str, list[Expr]] = {}
         self.base: dict[str, Expr] = {}
         self.negations = 0
@@ -97,7 +97,7 @@ class Compiler:
         self.output()
         self.postrouting()
         nft: list[Expr] = [nj.table(self.table)]
-        nft += list(self.sets.sets.values())
+        nft += list(self.named_sets.declared.values())
         for name in self.chains:
             nft.append(self.base.get(name) or nj.chain(self.table, name))
         for rules in self.chains.values():
@@ -379,7 +379,7 @@ class Compiler:
         if versions != {4, 6} or match_keys.family_specific(match):
             per_family = [version for version in sorted(versions)]
         for version in per_family:
-            exprs = list(head or []) + match_keys.conditions(match, version, self.sets)
+            exprs = list(head or []) + match_keys.conditions(match, version, self.named_sets)
             if version is not None and not _has_ip_payload(exprs):
                 exprs.insert(len(head or []), nj.match(nj.meta("nfproto"), NFPROTO[version]))
             negated = self.negation(match.negated, version)
@@ -401,7 +401,7 @@ class Compiler:
             return None
         if version is not None and version not in negated.versions:
             return None
-        return match_keys.conditions(negated, version, self.sets)
+        return match_keys.conditions(negated, version, self.named_sets)
 
     # -- routing ----------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ class NamedSets:
 
     def __init__(self, table: str) -> None:
         self.table = table
-        self.sets: dict[str, Expr] = {}  # name -> nft set object
+        self.declared: dict[str, Expr] = {}  # name -> nft set object, for the plan
         self.names: dict[tuple[Any, int], str] = {}
 
     def address_value(self, addresses: Addresses, version: int) -> Any:
@@ -31,8 +31,8 @@ class NamedSets:
         key = (addresses.set_name or intervals, version)
         if key not in self.names:
             # user set names start with a letter, so generated ones start with '_'
-            name = f"{addresses.set_name or f'_list{len(self.sets) + 1}'}_v{version}"
+            name = f"{addresses.set_name or f'_list{len(self.declared) + 1}'}_v{version}"
             self.names[key] = name
             elements = nj.AddressElements(version, intervals)
-            self.sets[name] = nj.named_set(self.table, name, nj.ADDRESS_SET_TYPES[version], elements)
+            self.declared[name] = nj.named_set(self.table, name, nj.ADDRESS_SET_TYPES[version], elements)
         return f"@{self.names[key]}"

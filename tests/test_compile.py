@@ -18,7 +18,7 @@ import pytest
 
 from markroute import marks
 from markroute.compile import compile_plan
-from markroute.compile.chains import INLINE_LIMIT
+from markroute.compile.namedsets import INLINE_LIMIT
 from markroute.config import load_model
 from markroute.model import Model
 from markroute.plan import Plan, nfttext

@@ -35,14 +35,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from markroute import marks
+from markroute import match as match_keys
 from markroute.compile import policymaps
-from markroute.compile.policymaps import (
-    IP_PAYLOAD,
-    PolicyKey,
-    port_value,
-    protocol_value,
-)
-from markroute.model import Addresses, Match, Model, Policy, Uplink
+from markroute.compile.namedsets import NamedSets
+from markroute.compile.policymaps import PolicyKey
+from markroute.model import Match, Model, Policy, Uplink
 from markroute.plan import (
     RESERVED_RULE_OFFSET,
     SOURCE_RULE_OFFSET,
@@ -55,10 +52,8 @@ from markroute.plan import (
     ordered_rules,
 )
 from markroute.plan import nftjson as nj
-from markroute.values import PORT_PROTOCOLS, PROTOCOL_NAMES
 
 Expr = dict[str, Any]
-INLINE_LIMIT = 16
 MERGE_MIN = 4  # shorter runs of same-shape policies stay rules: a few rules cost nothing measurable
 RP_FILTER = {"strict": "1", "loose": "2", "off": "0"}
 NFPROTO = {4: "ipv4", 6: "ipv6"}
@@ -89,8 +84,7 @@ class Compiler:
         self.numbers = {id(policy): n for n, policy in enumerate(model.policies, 1)}
         self.mask = model.settings.mark_mask
         self.table = "markroute"
-        self.sets: dict[str, Expr] = {}
-        self.set_names: dict[tuple[Any, int], str] = {}
+        self.named_sets = NamedSets(self.table)
         self.chains: dict[str, list[Expr]] = {}
         self.base: dict[str, Expr] = {}
         self.negations = 0
@@ -103,7 +97,7 @@ class Compiler:
         self.output()
         self.postrouting()
         nft: list[Expr] = [nj.table(self.table)]
-        nft += list(self.sets.values())
+        nft += list(self.named_sets.declared.values())
         for name in self.chains:
             nft.append(self.base.get(name) or nj.chain(self.table, name))
         for rules in self.chains.values():
@@ -183,10 +177,7 @@ class Compiler:
 
     def applicable(self, local: bool) -> list[Policy]:
         """The policies that can see forwarded (local=False) or router-originated traffic."""
-        return [
-            p for p in self.model.policies
-            if (p.match.local is None or p.match.local == local) and not (local and (p.match.iifs or p.match.macs))
-        ]
+        return [p for p in self.model.policies if match_keys.applies(p.match, local)]
 
     def policy_rules(self, chain: str, local: bool) -> None:
         """The policies of one direction, in order: first match wins; long same-shape runs share a map."""
@@ -385,10 +376,10 @@ class Compiler:
         """
         versions = match.versions if versions is None else versions
         per_family: list[int | None] = [None]
-        if versions != {4, 6} or _family_specific(match):
+        if versions != {4, 6} or match_keys.family_specific(match):
             per_family = [version for version in sorted(versions)]
         for version in per_family:
-            exprs = list(head or []) + self.conditions(match, version)
+            exprs = list(head or []) + match_keys.conditions(match, version, self.named_sets)
             if version is not None and not _has_ip_payload(exprs):
                 exprs.insert(len(head or []), nj.match(nj.meta("nfproto"), NFPROTO[version]))
             negated = self.negation(match.negated, version)
@@ -410,46 +401,7 @@ class Compiler:
             return None
         if version is not None and version not in negated.versions:
             return None
-        return self.conditions(negated, version)
-
-    def conditions(self, match: Match, version: int | None) -> list[Expr]:
-        exprs: list[Expr] = []
-        for addresses, direction in ((match.src, "saddr"), (match.dst, "daddr")):
-            if addresses is not None and version is not None:
-                exprs.append(nj.match(nj.payload(IP_PAYLOAD[version], direction), self.addresses(addresses, version)))
-        ports = match.sports or match.dports
-        protocols = match.protocols
-        if ports and protocols is None:
-            protocols = (6, 17)
-        elif ports and protocols is not None:
-            protocols = tuple(p for p in protocols if p in PORT_PROTOCOLS)
-        if protocols is not None:
-            exprs.append(nj.match(nj.meta("l4proto"), nj.setvalue([protocol_value(p) for p in protocols])))
-        port_layer = PROTOCOL_NAMES[protocols[0]] if protocols and len(protocols) == 1 and ports else "th"
-        for intervals, port in ((match.sports, "sport"), (match.dports, "dport")):
-            if intervals:
-                exprs.append(nj.match(nj.payload(port_layer, port), nj.setvalue([port_value(iv) for iv in intervals])))
-        if match.iifs:
-            exprs.append(nj.match(nj.meta("iifname"), nj.setvalue(list(match.iifs))))
-        if match.macs:
-            exprs.append(nj.match(nj.payload("ether", "saddr"), nj.setvalue(list(match.macs))))
-        if match.dscps and version is not None:
-            exprs.append(nj.match(nj.payload(IP_PAYLOAD[version], "dscp"), nj.setvalue(list(match.dscps))))
-        return exprs
-
-    def addresses(self, addresses: Addresses, version: int) -> Any:
-        """Few addresses inline; `sets:` entries and long lists as one named interval set each."""
-        intervals = addresses.addresses.family(version)
-        if addresses.set_name is None and len(intervals) <= INLINE_LIMIT:
-            return nj.setvalue([nj.address_element(version, iv) for iv in intervals])
-        key = (addresses.set_name or intervals, version)
-        if key not in self.set_names:
-            # user set names start with a letter, so generated ones start with '_'
-            name = f"{addresses.set_name or f'_list{len(self.sets) + 1}'}_v{version}"
-            self.set_names[key] = name
-            elements = nj.AddressElements(version, intervals)
-            self.sets[name] = nj.named_set(self.table, name, nj.ADDRESS_SET_TYPES[version], elements)
-        return f"@{self.set_names[key]}"
+        return match_keys.conditions(negated, version, self.named_sets)
 
     # -- routing ----------------------------------------------------------------------
 
@@ -526,12 +478,6 @@ class Compiler:
 
 def _fields(keys: dict[int, PolicyKey]) -> tuple[str, ...]:
     return next(iter(keys.values())).fields
-
-
-def _family_specific(match: Match) -> bool:
-    if match.src or match.dst or match.dscps:
-        return True
-    return match.negated is not None and _family_specific(match.negated)
 
 
 def _has_ip_payload(exprs: list[Expr]) -> bool:

@@ -27,16 +27,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from markroute.match import KEYS, MERGE_REFUSED, MapField, Unmerged
+from markroute.match.proto import protocol_value
 from markroute.model import Match
 from markroute.plan import nftjson as nj
-from markroute.values import PORT_PROTOCOLS, PROTOCOL_NAMES, Interval
+from markroute.values import Interval
 
 Expr = dict[str, Any]
 Box = tuple[Interval, ...]
 MAX_ELEMENTS = 4096
-IP_PAYLOAD = {4: "ip", 6: "ip6"}
-FIELDS = ("saddr", "daddr", "l4proto", "sport", "dport", "iif", "mac", "dscp")
-FAMILY_FIELDS = frozenset({"saddr", "daddr", "dscp"})
+FIELDS: dict[str, MapField] = {k.map_field.name: k.map_field for k in KEYS if isinstance(k.map_field, MapField)}
+FAMILY_FIELDS = frozenset(k.map_field.name for k in KEYS if isinstance(k.map_field, MapField) and k.family_specific)
 
 
 @dataclass(frozen=True)
@@ -52,27 +53,20 @@ def policy_key(match: Match, version: int) -> PolicyKey | None:
     if match.negated is not None or match.is_empty:
         return None
     values: dict[str, list[Interval]] = {}
-    for addresses, name in ((match.src, "saddr"), (match.dst, "daddr")):
-        if addresses is not None:
-            if addresses.set_name is not None:
+    for key in KEYS:
+        if key.map_field is Unmerged.CHAIN:
+            continue
+        if key.map_field is Unmerged.RULE:
+            if key.value(match) is not None:
                 return None
-            values[name] = list(addresses.addresses.family(version))
-    protocols = match.protocols
-    if match.sports or match.dports:
-        protocols = (6, 17) if protocols is None else tuple(p for p in protocols if p in PORT_PROTOCOLS)
-    if protocols is not None:
-        values["l4proto"] = [(p, p) for p in protocols]
-    for intervals, name in ((match.sports, "sport"), (match.dports, "dport")):
-        if intervals:
-            values[name] = list(intervals)
-    if match.iifs:
-        values["iif"] = [(_name_number(i), _name_number(i)) for i in match.iifs]
-    if match.macs:
-        values["mac"] = [(_mac_number(m), _mac_number(m)) for m in match.macs]
-    if match.dscps:
-        values["dscp"] = [(d, d) for d in match.dscps]
-    fields = tuple(f for f in FIELDS if f in values)
-    if "dscp" in values and len(fields) > 1:
+            continue
+        found = key.map_field.values(match, version)
+        if found is MERGE_REFUSED:
+            return None
+        if found is not None:
+            values[key.map_field.name] = found
+    fields = tuple(values)
+    if len(fields) > 1 and any(FIELDS[f].alone for f in fields):
         return None
     lists = [values[f] for f in fields]
     if any(not items for items in lists) or _product(len(items) for items in lists) > MAX_ELEMENTS:
@@ -170,13 +164,13 @@ def _subtract(box: Box, other: Box) -> list[Box]:
 
 def key_expression(fields: tuple[str, ...], version: int | None) -> Expr:
     """The packet fields a map is keyed by, concatenated when there are several."""
-    parts = [_field_expression(f, version) for f in fields]
+    parts = [FIELDS[f].expression(version) for f in fields]
     return parts[0] if len(parts) == 1 else {"concat": parts}
 
 
 def element(fields: tuple[str, ...], version: int | None, box: Box) -> Any:
     """A map key in libnftables JSON for one disjoint box."""
-    parts = [_field_value(f, version, interval) for f, interval in zip(fields, box)]
+    parts = [FIELDS[f].element(version, interval) for f, interval in zip(fields, box)]
     return parts[0] if len(parts) == 1 else {"concat": parts}
 
 
@@ -199,61 +193,7 @@ def family_specific(fields: tuple[str, ...]) -> bool:
 
 def joinable(fields: tuple[str, ...]) -> bool:
     """Whether neighbouring values of the (single) field may be written as one range."""
-    return len(fields) == 1 and fields[0] in ("saddr", "daddr", "sport", "dport")
-
-
-def _field_expression(name: str, version: int | None) -> Expr:
-    if name in FAMILY_FIELDS:
-        assert version is not None
-        return nj.payload(IP_PAYLOAD[version], name)
-    return {
-        "l4proto": nj.meta("l4proto"),
-        "sport": nj.payload("th", "sport"),
-        "dport": nj.payload("th", "dport"),
-        "iif": nj.meta("iifname"),
-        "mac": nj.payload("ether", "saddr"),
-    }[name]
-
-
-def _field_value(name: str, version: int | None, interval: Interval) -> Any:
-    first, last = interval
-    if name in ("saddr", "daddr"):
-        assert version is not None
-        return nj.address_element(version, interval)
-    if name == "l4proto":
-        return protocol_value(first)
-    if name == "iif":
-        return _number_name(first)
-    if name == "mac":
-        return ":".join(f"{byte:02x}" for byte in first.to_bytes(6, "big"))
-    return port_value(interval)
-
-
-def protocol_value(number: int) -> Any:
-    """A protocol as nft JSON: its name where nft knows one, else the number."""
-    return PROTOCOL_NAMES.get(number, number)
-
-
-def port_value(interval: Interval) -> Any:
-    """A port (or DSCP) interval as nft JSON: the number, or a range."""
-    first, last = interval
-    return first if first == last else nj.span(first, last)
-
-
-IFNAME_BYTES = 16
-
-
-def _name_number(name: str) -> int:
-    """An interface name as a number (its bytes), so it takes part in `first_match` like any field."""
-    return int.from_bytes(name.encode().ljust(IFNAME_BYTES, b"\0"), "big")
-
-
-def _number_name(number: int) -> str:
-    return number.to_bytes(IFNAME_BYTES, "big").rstrip(b"\0").decode()
-
-
-def _mac_number(mac: str) -> int:
-    return int(mac.replace(":", ""), 16)
+    return len(fields) == 1 and FIELDS[fields[0]].joinable
 
 
 def _product(counts: Any) -> int:

@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from markroute import marks
+from markroute import match as match_keys
 from markroute.config.source import Node, SourceError, byte_position, load
 from markroute.config.warnings import model_warnings
 from markroute.diagnostics import Diagnostic, Diagnostics, Where
+from markroute.match import NOT, MatchKey
 from markroute.model import (
     SPECIAL_TARGETS,
     Addresses,
@@ -38,27 +40,21 @@ from markroute.model import (
 )
 from markroute.values import (
     FOREIGN_TABLES,
-    PORT_PROTOCOLS,
     RESERVED_TABLES,
     AddressList,
     Interval,
     address_list,
     ipv4_lines,
-    merge,
     parse_address,
     parse_argument,
     parse_bool,
-    parse_dscp,
     parse_fraction,
     parse_gateway,
     parse_interface,
     parse_ip,
-    parse_mac,
     parse_mark,
     parse_policy_name,
-    parse_port,
     parse_probe_target,
-    parse_protocol,
     parse_seconds,
     parse_table,
     parse_weight,
@@ -70,7 +66,7 @@ DEFAULT_PATH = "/etc/markroute/markroute.yaml"
 
 TOP_KEYS = ("uplinks", "groups", "policies", "sets", "settings")
 UPLINK_KEYS = ("interface", "gateway", "gateway6", "nat", "ingress", "inbound", "table", "mark", "check")
-MATCH_KEYS = ("from", "to", "proto", "sport", "dport", "iif", "mac", "dscp", "local", "not")
+MATCH_KEYS = match_keys.YAML_KEYS
 POLICY_KEYS = ("name", "via", *MATCH_KEYS)
 SETTINGS_KEYS = (
     "mark_mask", "rule_priority", "table_base", "rp_filter", "last_resort",
@@ -363,53 +359,44 @@ class Validator:
 
     # -- matches ----------------------------------------------------------------------
 
-    def match(self, node: Node, what: str, keys: tuple[str, ...] = MATCH_KEYS) -> Match | None:
-        """A MATCH mapping; unknown keys were already reported by the caller when shared."""
+    def match(self, node: Node, what: str, keys_checked: bool = False) -> Match | None:
+        """A MATCH mapping, each key read as its `MatchKey` says.
+
+        `keys_checked`: the mapping is shared with the caller's own keys (a policy's `name`
+        and `via`), and the caller has already reported the unknown ones.
+        """
         if not self.kind(node, "map", what):
             return None
-        if keys is MATCH_KEYS:
+        if not keys_checked:
             self.known_keys(node, MATCH_KEYS, what)
         ok = True
         fields: dict[str, Any] = {}
         items = node.items
-        for key, field in (("from", "src"), ("to", "dst")):
-            if key in items:
-                fields[field] = self.addresses(items[key], f"'{key}'")
-                ok &= fields[field] is not None
-        if "proto" in items:
-            protocols = self.one_or_many(items["proto"], "'proto'", parse_protocol)
-            fields["protocols"] = tuple(dict.fromkeys(protocols)) if protocols else None
-            ok &= protocols is not None
-        for key in ("sport", "dport"):
-            if key in items:
-                ports = self.one_or_many(items[key], f"'{key}'", parse_port)
-                fields[key + "s"] = merge(ports) if ports else None
-                ok &= ports is not None
-        if "iif" in items:
-            iifs = self.one_or_many(items["iif"], "'iif'", parse_interface)
-            fields["iifs"] = tuple(dict.fromkeys(iifs)) if iifs else None
-            ok &= iifs is not None
-        if "mac" in items:
-            macs = self.one_or_many(items["mac"], "'mac'", parse_mac)
-            fields["macs"] = tuple(sorted(set(macs))) if macs else None
-            ok &= macs is not None
-        if "dscp" in items:
-            dscps = self.one_or_many(items["dscp"], "'dscp'", parse_dscp)
-            fields["dscps"] = tuple(sorted(set(dscps))) if dscps else None
-            ok &= dscps is not None
-        if "local" in items:
-            fields["local"] = self.boolean(items["local"], "'local'")
-            ok &= fields["local"] is not None
-        if "not" in items:
-            fields["negated"] = self.negation(items["not"])
+        for key in match_keys.KEYS:
+            if key.key in items:
+                fields[key.field] = self.match_value(key, items[key.key])
+                ok &= fields[key.field] is not None
+        if NOT in items:
+            fields["negated"] = self.negation(items[NOT])
             ok &= fields["negated"] is not None
         if not ok:
             return None
         result = Match(**fields)
         return result if self.consistent(result, node) else None
 
+    def match_value(self, key: MatchKey, node: Node) -> Any:
+        """The value of one match key, or None when it was reported as wrong."""
+        what = f"'{key.key}'"
+        if key.read == "addresses":
+            return self.addresses(node, what, key)
+        if key.read == "one":
+            value = self.scalar(node, what, key.parse)
+            return None if value is None else key.collect([value])
+        values = self.one_or_many(node, what, key.parse)
+        return key.collect(values) if values else None
+
     def negation(self, node: Node) -> Match | None:
-        negated = self.match(node, "'not'")
+        negated = self.match(node, f"'{NOT}'")
         if negated is None:
             return None
         if negated.is_empty:
@@ -417,23 +404,22 @@ class Validator:
                 self.diag.error(node.where, "'not' with no conditions would never match")
             return None
         if negated.negated is not None:
-            self.diag.error(node.items["not"].where, "'not' inside 'not' is not supported",
+            self.diag.error(node.items[NOT].where, "'not' inside 'not' is not supported",
                             "write the doubly negated condition directly")
             return None
-        if negated.local is not None:
-            self.diag.error(node.items["local"].where, "write 'local' outside 'not'",
-                            "local: false means only forwarded traffic")
-            return None
+        for key in match_keys.KEYS:
+            if key.in_not is not None and key.value(negated) is not None:
+                self.diag.error(node.items[key.key].where, *key.in_not)
+                return None
         return negated
 
     def consistent(self, match: Match, node: Node) -> bool:
         """Reject combinations no packet can satisfy, at the key that makes them so."""
         items = node.items
-        if (match.sports or match.dports) and match.protocols is not None:
-            if not set(match.protocols) & PORT_PROTOCOLS:
-                key = "sport" if match.sports else "dport"
-                self.diag.error(items[key].where, "ports need proto tcp, udp or sctp",
-                                "add proto: tcp or drop the port")
+        for key in match_keys.KEYS:
+            problem = key.needs(match) if key.needs is not None else None
+            if problem is not None:
+                self.diag.error(items[key.key].where, *problem)
                 return False
         if not match.versions:
             self.diag.error(
@@ -442,17 +428,20 @@ class Validator:
                 "split it into one policy per family",
             )
             return False
-        if match.local is True and (match.iifs or match.macs):
-            key = "iif" if match.iifs else "mac"
-            self.diag.error(
-                items[key].where,
-                f"'{key}' never matches router-originated traffic (local: true)",
-                "remove one of them",
-            )
-            return False
+        if match.local is True:
+            for key in match_keys.KEYS:
+                value = key.value(match)
+                if value and not key.applies(value, True):
+                    self.diag.error(
+                        items[key.key].where,
+                        f"'{key.key}' never matches router-originated traffic (local: true)",
+                        "remove one of them",
+                    )
+                    return False
         return True
 
-    def addresses(self, node: Node, what: str) -> Addresses | None:
+    def addresses(self, node: Node, what: str, key: MatchKey) -> Addresses | None:
+        """A `from`/`to` list; `@name` elements are resolved against `sets:` here, the rest by `key.parse`."""
         elements = node.elements if node.kind == "seq" else [node]
         if node.kind == "map" or (node.kind == "seq" and not elements):
             self.diag.error(node.where, f"{what} must be an address, prefix, range, @set or a non-empty list of them")
@@ -478,7 +467,7 @@ class Validator:
                 items += [(4, iv) for iv in self.sets[name].v4] + [(6, iv) for iv in self.sets[name].v6]
                 continue
             try:
-                items.append(parse_address(element.scalar))
+                items.append(key.parse(element.scalar))
             except ValueError as exc:
                 self.diag.error(element.where, f"{what}: {exc}")
                 ok = False
@@ -486,7 +475,8 @@ class Validator:
             return None
         if len(elements) == 1 and set_names:
             return Addresses(self.sets[set_names[0]], set_names[0])
-        return Addresses(address_list(items))
+        collected: Addresses = key.collect(items)
+        return collected
 
     # -- uplinks ----------------------------------------------------------------------
 
@@ -572,9 +562,10 @@ class Validator:
         match = self.match(node, f"ingress of '{name}'")
         if match is None:
             return None
-        if match.local is not None:
-            self.diag.error(node.items["local"].where, "'local' has no meaning in an ingress match")
-            return None
+        for key in match_keys.KEYS:
+            if key.in_ingress is not None and key.value(match) is not None:
+                self.diag.error(node.items[key.key].where, *key.in_ingress)
+                return None
         if match.is_empty:
             if not node.items:  # otherwise its unknown keys were reported
                 self.diag.error(node.where, f"ingress of '{name}' is empty",
@@ -852,7 +843,7 @@ class Validator:
                                 f"policy name '{name}' is already used at line {names[name].line}")
                 continue
             names[name] = element.where
-            match = self.match(element, f"policy '{name}'", keys=POLICY_KEYS)
+            match = self.match(element, f"policy '{name}'", keys_checked=True)
             via = self.via(element, name, targets)
             if match is None or via is None:
                 continue

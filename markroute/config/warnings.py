@@ -15,15 +15,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from markroute import marks
+from markroute import match as match_keys
 from markroute.diagnostics import Where
-from markroute.model import Addresses, Match, Model
-from markroute.values import PORT_PROTOCOLS, AddressList, Interval, merge, parse_address
+from markroute.model import Match, Model
+from markroute.values import AddressList, Interval, merge, parse_address
 
 PRIVATE = AddressList(
     v4=merge([parse_address(p)[1] for p in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")]),
     v6=merge([parse_address("fc00::/7")[1]]),
 )
-PORTS_WITHOUT_PROTO = (6, 17)  # what the compiler matches when ports are given without proto
 
 Warning = tuple[Where, str, str | None]
 
@@ -58,7 +58,7 @@ def shadowed_policies(model: Model) -> Iterator[Warning]:
     """
     policies = model.policies
     versions = [p.match.versions & model.target_versions(p.via) for p in policies]
-    given = [_given(p.match) for p in policies]
+    given = [match_keys.given(p.match) for p in policies]
     bounds = [_bounds(p.match) for p in policies]
     for later_index, later in enumerate(policies):
         for earlier_index, earlier in enumerate(policies[:later_index]):
@@ -66,7 +66,7 @@ def shadowed_policies(model: Model) -> Iterator[Warning]:
                 continue
             if not _bounds_cover(bounds[earlier_index], bounds[later_index]):
                 continue
-            if match_covers(earlier.match, later.match):
+            if match_keys.covers(earlier.match, later.match):
                 yield (
                     later.where,
                     f"policy '{later.name}' can never match: '{earlier.name}' "
@@ -103,40 +103,6 @@ def _bounds_cover(earlier: Bounds, later: Bounds) -> bool:
     return True
 
 
-def _given(match: Match) -> int:
-    """A bit per condition the match sets; a match with a condition the other lacks cannot cover it."""
-    fields = (match.src, match.dst, _protocols(match), match.sports, match.dports, match.iifs, match.macs,
-              match.dscps, match.local, match.negated)
-    return sum(1 << bit for bit, value in enumerate(fields) if value is not None)
-
-
-def match_covers(a: Match, b: Match) -> bool:
-    """True when every packet matching `b` also matches `a` (IP families aside)."""
-    if a.negated is not None:
-        return False
-    if a.local is not None and a.local != b.local:
-        return False
-    return (
-        _addresses_cover(a.src, b.src)
-        and _addresses_cover(a.dst, b.dst)
-        and _values_cover(_protocols(a), _protocols(b))
-        and _ports_cover(a.sports, b.sports)
-        and _ports_cover(a.dports, b.dports)
-        and _values_cover(a.iifs, b.iifs)
-        and _values_cover(a.macs, b.macs)
-        and _values_cover(a.dscps, b.dscps)
-    )
-
-
-def _protocols(match: Match) -> tuple[int, ...] | None:
-    """The protocols a match really compares: ports imply tcp/udp (or the port-carrying ones given)."""
-    if not (match.sports or match.dports):
-        return match.protocols
-    if match.protocols is None:
-        return PORTS_WITHOUT_PROTO
-    return tuple(p for p in match.protocols if p in PORT_PROTOCOLS)
-
-
 def shadowed_ingress(model: Model) -> Iterator[Warning]:
     """Ingress matches are tried in declaration order on the shared interface; an earlier broader one wins."""
     uplinks = [u for u in model.uplinks.values() if u.ingress is not None]
@@ -144,7 +110,7 @@ def shadowed_ingress(model: Model) -> Iterator[Warning]:
         for earlier in uplinks[:index]:
             if earlier.interface != later.interface or not later.versions <= earlier.versions:
                 continue
-            if earlier.ingress and later.ingress and match_covers(earlier.ingress, later.ingress):
+            if earlier.ingress and later.ingress and match_keys.covers(earlier.ingress, later.ingress):
                 yield (
                     later.where,
                     f"ingress of '{later.name}' never matches: the ingress of '{earlier.name}' "
@@ -170,24 +136,6 @@ def unused_groups(model: Model) -> Iterator[Warning]:
                 f"group '{name}' is not used by any policy",
                 f"add a policy with via: {name}, or remove the group",
             )
-
-
-def _addresses_cover(a: Addresses | None, b: Addresses | None) -> bool:
-    if a is None:
-        return True
-    return b is not None and a.addresses.covers(b.addresses)
-
-
-def _values_cover(a: tuple[object, ...] | None, b: tuple[object, ...] | None) -> bool:
-    if a is None:
-        return True
-    return b is not None and set(b) <= set(a)
-
-
-def _ports_cover(a: tuple[Interval, ...] | None, b: tuple[Interval, ...] | None) -> bool:
-    if a is None:
-        return True
-    return b is not None and AddressList(v4=a).covers(AddressList(v4=b))
 
 
 def private_without_nat(model: Model) -> Iterator[Warning]:

@@ -1,0 +1,151 @@
+"""`trace --live` against the kernel on a router that also runs Docker-style iptables-nft rules.
+
+Docker (like ufw and kube-proxy) writes its rules with iptables-nft, next to markroute's
+table: FORWARD policy DROP, the DOCKER-USER, DOCKER and DOCKER-ISOLATION chains, a
+MASQUERADE for the container network, a DNAT port forward reached through `addrtype
+--dst-type LOCAL`, conntrack RELATED,ESTABLISHED accepts. Several of those stay
+iptables `xt` expressions in nf_tables, whose options only iptables-nft-save shows.
+The rules here are installed with iptables-nft itself, exactly as Docker's own code
+issues them, then real flows are sent as in `test_trace_differential` and every flow's
+fate (dropped, delivered, forwarded by which interface and next hop, with which mark
+and NAT source) must be what the simulator, reading the namespace live, said.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shlex
+from typing import Any
+
+import pytest
+from kernelhelp import markroute
+from test_trace_differential import (
+    Entry,
+    Scenario,
+    collect,
+    compare,
+    live_simulator,
+    local_flows,
+    observe,
+    random_flows,
+    router_scenario,
+    run_traffic,
+)
+
+from markroute.lab import Lab
+
+pytestmark = pytest.mark.kernel
+
+CONFIG = """
+uplinks:
+  isp_a: {interface: wan0, gateway: 10.0.0.1, nat: masquerade}
+  isp_b: {interface: wan1, gateway: 10.0.1.1, nat: masquerade}
+policies:
+  - name: containers-via-a
+    from: 172.17.0.0/16
+    via: isp_a
+  - name: server-via-a
+    from: 192.168.1.0/24
+    to: 203.0.113.10
+    via: isp_a
+  - name: rest-via-b
+    from: 192.168.1.0/24
+    via: isp_b
+"""
+
+# What dockerd 24 runs (through iptables-nft) for a bridge network docker0 with one
+# container 172.17.0.2 publishing port 80 as 8080, plus what an admin adds to DOCKER-USER
+# so the LAN may still reach the internet through this router.
+DOCKER = """
+-t nat -N DOCKER
+-t nat -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
+-t nat -A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER
+-t nat -A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE
+-t nat -A POSTROUTING -s 172.17.0.2/32 -d 172.17.0.2/32 -p tcp -m tcp --dport 80 -j MASQUERADE
+-t nat -A DOCKER -i docker0 -j RETURN
+-t nat -A DOCKER ! -i docker0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.2:80
+-P FORWARD DROP
+-N DOCKER
+-N DOCKER-ISOLATION-STAGE-1
+-N DOCKER-ISOLATION-STAGE-2
+-N DOCKER-USER
+-A FORWARD -j DOCKER-USER
+-A FORWARD -j DOCKER-ISOLATION-STAGE-1
+-A FORWARD -o docker0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A FORWARD -o docker0 -j DOCKER
+-A FORWARD -i docker0 ! -o docker0 -j ACCEPT
+-A FORWARD -i docker0 -o docker0 -j ACCEPT
+-A DOCKER -d 172.17.0.2/32 ! -i docker0 -o docker0 -p tcp -m tcp --dport 80 -j ACCEPT
+-A DOCKER-ISOLATION-STAGE-1 -i docker0 ! -o docker0 -j DOCKER-ISOLATION-STAGE-2
+-A DOCKER-ISOLATION-STAGE-1 -j RETURN
+-A DOCKER-ISOLATION-STAGE-2 -o docker0 -j DROP
+-A DOCKER-ISOLATION-STAGE-2 -j RETURN
+-A DOCKER-USER -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment "replies" -j ACCEPT
+-A DOCKER-USER -i lan0 -p tcp -m multiport --dports 22,80,443:445 -j ACCEPT
+-A DOCKER-USER -i lan0 -p udp -m conntrack --ctstate NEW -j ACCEPT
+-A DOCKER-USER -i lan0 -p icmp -m icmp --icmp-type 8 -j ACCEPT
+-A DOCKER-USER -i wan1 -p tcp -m tcp --dport 22 -j REJECT --reject-with tcp-reset
+-A DOCKER-USER -j RETURN
+"""
+
+
+def install_docker(lab: Lab, router: str) -> None:
+    """The container network (a veth docker0 to a container namespace) and Docker's rules."""
+    container = lab.add_ns("ctr")
+    lab.veth(router, "docker0", container, "eth0")
+    lab.addr(router, "docker0", "172.17.0.1/16")
+    lab.addr(container, "eth0", "172.17.0.2/16")
+    lab.route(container, "default", "via", "172.17.0.1")
+    for line in DOCKER.strip().splitlines():
+        lab.run(router, ["iptables-nft", "-w", *shlex.split(line)])
+
+
+def docker_scenario(lab: Lab) -> tuple[Any, Scenario]:
+    r, base = router_scenario(lab, "docker neighbours")
+    install_docker(lab, r.rtr)
+    container = next(ns for ns in lab.namespaces if ns.endswith("-ctr"))
+    entries = base.entries + (Entry("docker0", container, "eth0", ("172.17.0.2", "172.17.0.0/16")),)
+    destinations = base.destinations + (*r.rtr_wan_v4, *r.rtr_wan_v4, "172.17.0.2", "172.17.0.2", "172.17.0.0/16")
+    return r, Scenario(base.name, base.router, entries, destinations, local_sources=base.local_sources,
+                       local_destinations=base.local_destinations + ("172.17.0.2",),
+                       ports=(22, 53, 80, 443, 8080, 8080, 8080))
+
+
+def test_docker_rules_next_to_markroute(lab: Lab, markroute_cli: Any, weighted_split: Any) -> None:
+    r, scenario = docker_scenario(lab)
+    markroute_cli.apply(scenario.router, CONFIG)
+    saved = lab.run(scenario.router, ["iptables-nft-save"]).stdout
+    listing = lab.run(scenario.router, ["nft", "-j", "list", "ruleset"]).stdout
+    assert '"xt"' in listing and "addrtype --dst-type LOCAL" in saved, "the rules should hold xt expressions"
+    simulator = live_simulator(scenario.router)
+    observe(lab, scenario.router)
+    rng = random.Random(18)
+    flows = random_flows(lab, scenario, rng, 800)
+    flows += local_flows(scenario, rng, 100, flows)
+    run_traffic(lab, scenario, flows)
+    seen = collect(lab, scenario.router)
+    stats = compare(scenario, simulator, flows, seen, weighted_split)
+    print(scenario.name, stats)
+    assert stats["drop"] > 50 and stats["forward"] > 100 and stats["replies"] > 50
+    # the port forward and the container's masquerade were among the flows the kernel handled
+    dnat = [f for f in flows if f.dst in r.rtr_wan_v4 and f.proto == 6 and f.dport == 8080 and f.iif != "docker0"]
+    assert any(seen.get(f.key) and seen[f.key].oif["original"] for f in dnat)
+
+
+def test_trace_live_explains_docker_flows_in_words(lab: Lab, markroute_cli: Any) -> None:
+    """The CLI names each xt rule it passes by its iptables command; nothing is indeterminate or JSON."""
+    r, scenario = docker_scenario(lab)
+    markroute_cli.apply(scenario.router, CONFIG)
+    base = ["trace", "--live", "--netns", scenario.router, "--proto", "tcp", "--sport", "40000"]
+    forward = markroute(*base, "--from", "203.0.113.20", "--to", r.rtr_wan_v4[0], "--dport", "8080",
+                        "--iif", "wan0", "--json")
+    assert forward.returncode == 0, forward.stderr
+    data = json.loads(forward.stdout)
+    assert data["verdict"] == "forward" and data["oif"] == "docker0" and data["dnat"] == "172.17.0.2"
+    rules = [step["rule"] for step in data["steps"] if step["stage"] == "rule"]
+    assert any("-m addrtype --dst-type LOCAL" in rule for rule in rules)
+    text = markroute(*base, "--from", "203.0.113.20", "--to", "198.51.100.200", "--dport", "25", "--iif", "wan1")
+    assert text.returncode == 0, text.stderr
+    assert "DROPPED" in text.stdout and "policy drop of ip filter FORWARD" in text.stdout
+    assert '{"' not in text.stdout

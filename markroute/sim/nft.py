@@ -29,6 +29,7 @@ from markroute.sim.datatypes import (
     UnsupportedValue,
     parse,
 )
+from markroute.sim.inert import skippable
 from markroute.sim.packet import CT_INVALID, CT_UNTRACKED, Indeterminate, Packet
 from markroute.sim.rpdb import Query
 from markroute.sim.sets import Lookup
@@ -199,10 +200,14 @@ class Ruleset:
                 ops = Compiler(self, chain, xt).rule(body.get("expr", []))
                 chain.rules.append(Rule(ops, body, chain, position=len(chain.rules),
                                         source=xt.text if xt is not None else None))
+        for chain in self.chains.values():
+            for rule in chain.rules:
+                if skippable(rule, self.chains):
+                    rule.ops = (_skip,)
 
     def _xt_binding(self, chain: Chain, body: dict[str, Any]) -> XtRule | None:
-        """For a rule iptables-nft wrote with `xt` expressions: the saved rule that shows their options."""
-        if self.iptables is None or not any(isinstance(e, dict) and "xt" in e for e in body.get("expr", [])):
+        """For a rule of a chain iptables-nft wrote: the saved rule that shows its `xt` options and its text."""
+        if self.iptables is None or not self.iptables.lists(chain):
             return None
         return self.iptables.binding(chain, len(chain.rules), body)
 
@@ -340,6 +345,11 @@ def _statement_text(expr: Any) -> str:
 def _looks_like_json(text: str) -> bool:
     """nfttext falls back to JSON for shapes it does not render; a trace never shows JSON."""
     return text.startswith(("{", "[")) or '{"' in text
+
+
+def _skip(p: Packet) -> Any:
+    """An inert rule's only op: whatever it would read, it changes nothing (see `sim.inert`)."""
+    return BREAK
 
 
 def _find(lookup: Lookup, value: Any) -> int:

@@ -31,6 +31,7 @@ from markroute.sim.datatypes import (
     L4_PROTOCOLS,
     Span,
 )
+from markroute.sim.inert import PASSIVE_TARGETS
 from markroute.sim.nft import ACCEPT, BREAK, Verdict
 from markroute.sim.nft import _pkttype as pkttype
 from markroute.sim.packet import CT_ESTABLISHED, CT_NEW, Indeterminate, Packet
@@ -42,11 +43,25 @@ Op = Callable[[Packet], Any]
 COMMANDS = {"ip": "iptables", "ip6": "ip6tables"}
 # Extensions the iptables binary of another version may name differently in the kernel.
 KERNEL_NAMES = {"state": "conntrack", "icmp6": "icmp6", "NOTRACK": "CT"}
-# Targets that neither decide nor change anything routing reads.
-PASSIVE_TARGETS = frozenset({"LOG", "NFLOG", "ULOG", "TRACE", "AUDIT", "TCPMSS", "CHECKSUM", "CLASSIFY", "SET",
-                             "IDLETIMER", "LED", "NFACCT"})
 # Options taking exactly one argument that may look like an option ("--comment -x").
 ONE_ARGUMENT = frozenset({"--comment", "--log-prefix", "--nflog-prefix"})
+# Why well-known extensions are not modelled: what they depend on.
+UNMODELLED = {
+    "recent": ": it depends on the addresses seen recently",
+    "limit": ": a rate limit depends on the traffic that came before",
+    "hashlimit": ": a rate limit depends on the traffic that came before",
+    "connlimit": ": it depends on how many connections are open",
+    "connbytes": ": it depends on how much the connection has carried",
+    "quota": ": it depends on the traffic that came before",
+    "owner": ": it depends on the local socket's owner",
+    "socket": ": it depends on the local sockets",
+    "time": ": it depends on the time of day",
+    "string": ": it depends on the packet's payload",
+    "u32": ": it reads raw packet bytes",
+    "bpf": ": it runs a BPF program",
+    "NFQUEUE": ": a program in user space decides",
+    "TPROXY": ": transparent proxying is not modelled",
+}
 PASSIVE_MATCH_OPTIONS = frozenset({"--update-counters", "--update-subcounters"})
 CT_STATE_NAMES = {"INVALID", "NEW", "ESTABLISHED", "RELATED", "UNTRACKED", "SNAT", "DNAT"}
 PORT_PROTOCOLS = {6, 17, 33, 132, 136}
@@ -186,7 +201,8 @@ def _ipset_member(found: Ipset, text: str) -> tuple[Any, ...]:
         elif dimension == "port":
             proto, _, port = part.rpartition(":")
             low, _, high = port.partition("-")
-            member.append((proto or "tcp", Span(int(low), int(high or low))))
+            # hash types store a protocol (tcp unless given); bitmap:port only the number
+            member.append((proto or ("tcp" if found.kind.startswith("hash") else None), Span(int(low), int(high or low))))
         else:
             member.append(part)
     return tuple(member)
@@ -219,6 +235,10 @@ class Iptables:
         saved = snapshot.get("iptables")
         return cls(saved, snapshot.get("ipset")) if saved else None
 
+    def lists(self, chain: Chain) -> bool:
+        """Whether iptables-nft-save lists `chain` (or could not be read for its family)."""
+        return chain.family in self.errors or (chain.table, chain.name) in self.chains.get(chain.family, {})
+
     def binding(self, chain: Chain, position: int, body: dict[str, Any]) -> XtRule:
         """The saved rule at `position` of `chain`, checked against the nft rule's `xt` names."""
         command = COMMANDS.get(chain.family)
@@ -229,10 +249,9 @@ class Iptables:
         saved = self.chains.get(chain.family, {}).get((chain.table, chain.name))
         if saved is None:
             return XtRule(None, f"{command}-nft-save does not list chain {chain.name} of table {chain.table}")
-        listed = sum(1 for r in chain.rules) + 1
         if position >= len(saved):
             return XtRule(None, f"{command}-nft-save lists {len(saved)} rules in {chain.table} {chain.name}, "
-                                f"nft at least {listed}: rules were added by nft itself or changed meanwhile")
+                                f"nft at least {position + 1}: rules were added by nft itself")
         rule = saved[position]
         wanted = [(x["xt"].get("type"), x["xt"].get("name")) for x in body.get("expr", []) if "xt" in x]
         names = {("match", _kernel_name(m.name)) for m in rule.matches}
@@ -276,8 +295,9 @@ class XtRule:
         if builder is None:
             if kind == "target" and extension.name in PASSIVE_TARGETS:
                 return None
+            why = UNMODELLED.get(extension.name, "")
             return _unknown(text, f"the iptables {'match' if kind == 'match' else 'target'} {extension.name} "
-                                  "is not modelled")
+                                  f"is not modelled{why}")
         try:
             return builder(Context(compiler, extension, text, self.iptables))
         except (ValueError, KeyError, IndexError) as exc:
@@ -714,7 +734,7 @@ def _ipset_find(found: Ipset, values: tuple[Any, ...]) -> bool | None:
                 size += part.hi - part.lo
             elif isinstance(part, tuple):
                 proto, span = part
-                if value[0] != proto or not span.lo <= value[1] <= span.hi:
+                if proto is not None and value[0] != proto or not span.lo <= value[1] <= span.hi:
                     break
             elif part != value:
                 break

@@ -1,9 +1,10 @@
-"""`trace --live` against the kernel on a router that also runs Docker-style iptables-nft rules.
+"""`trace --live` against the kernel on a router that also runs Docker- and ufw-style iptables-nft rules.
 
 Docker (like ufw and kube-proxy) writes its rules with iptables-nft, next to markroute's
 table: FORWARD policy DROP, the DOCKER-USER, DOCKER and DOCKER-ISOLATION chains, a
 MASQUERADE for the container network, a DNAT port forward reached through `addrtype
---dst-type LOCAL`, conntrack RELATED,ESTABLISHED accepts. Several of those stay
+--dst-type LOCAL`, conntrack RELATED,ESTABLISHED accepts; and ufw-style input filtering
+(policy DROP, multiport, REJECT, a rate-limited LOG). Several of those stay
 iptables `xt` expressions in nf_tables, whose options only iptables-nft-save shows.
 The rules here are installed with iptables-nft itself, exactly as Docker's own code
 issues them, then real flows are sent as in `test_trace_differential` and every flow's
@@ -89,15 +90,31 @@ DOCKER = """
 -A DOCKER-USER -j RETURN
 """
 
+# ufw-style input filtering (ufw's chains folded into INPUT), with its rate-limited LOG.
+UFW = """
+-P INPUT DROP
+-A INPUT -i lo -j ACCEPT
+-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A INPUT -m conntrack --ctstate INVALID -j DROP
+-A INPUT -p icmp -m icmp --icmp-type 8 -j ACCEPT
+-A INPUT -m addrtype ! --dst-type LOCAL -j DROP
+-A INPUT -p tcp -m multiport --dports 22,80 -m comment --comment "'dapp_OpenSSH'" -j ACCEPT
+-A INPUT -p udp -m udp --dport 53 -j ACCEPT
+-A INPUT -p tcp -m tcp --dport 443 -j REJECT --reject-with tcp-reset
+-A INPUT -m limit --limit 3/min --limit-burst 10 -j LOG --log-prefix "[UFW BLOCK] "
+"""
+
 
 def install_docker(lab: Lab, router: str) -> None:
-    """The container network (a veth docker0 to a container namespace) and Docker's rules."""
+    """The container network (a veth docker0 to a container namespace), Docker's and ufw's rules."""
     container = lab.add_ns("ctr")
     lab.veth(router, "docker0", container, "eth0")
     lab.addr(router, "docker0", "172.17.0.1/16")
     lab.addr(container, "eth0", "172.17.0.2/16")
     lab.route(container, "default", "via", "172.17.0.1")
-    for line in DOCKER.strip().splitlines():
+    for line in (DOCKER + UFW).split("\n"):
+        if not line.strip():
+            continue
         lab.run(router, ["iptables-nft", "-w", *shlex.split(line)])
 
 
@@ -127,7 +144,7 @@ def test_docker_rules_next_to_markroute(lab: Lab, markroute_cli: Any, weighted_s
     seen = collect(lab, scenario.router)
     stats = compare(scenario, simulator, flows, seen, weighted_split)
     print(scenario.name, stats)
-    assert stats["drop"] > 50 and stats["forward"] > 100 and stats["replies"] > 50
+    assert stats["drop"] > 50 and stats["forward"] > 100 and stats["local"] > 20 and stats["replies"] > 50
     # the port forward and the container's masquerade were among the flows the kernel handled
     dnat = [f for f in flows if f.dst in r.rtr_wan_v4 and f.proto == 6 and f.dport == 8080 and f.iif != "docker0"]
     assert any(seen.get(f.key) and seen[f.key].oif["original"] for f in dnat)

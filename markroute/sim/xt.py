@@ -713,7 +713,7 @@ def m_set(ctx: Context) -> Op:
 
     def member(p: Packet) -> Any:
         if p.version != found.family:
-            return BREAK  # the kernel: a set of the other family never matches
+            return None if negated else BREAK  # a set of the other family holds nothing of this packet
         values = key(p)
         hit = _ipset_find(found, values) if values is not None else None
         matched = hit is not None and (not hit or return_nomatch)

@@ -105,6 +105,96 @@ UFW = """
 """
 
 
+# The shape of firewalld's own nftables table (firewalld 1.x, nftables backend): zones
+# dispatched by interface with goto, `ct status dnat`, `fib ... oif missing`, `reject with
+# icmpx`, a port forward and masquerading in the public zone. Forwarding from the LAN
+# is allowed out of wan0 only, so where markroute routes a flow decides its fate.
+FIREWALLD = """
+table inet firewalld {
+    chain mangle_PREROUTING {
+        type filter hook prerouting priority mangle + 10; policy accept;
+        jump mangle_PREROUTING_ZONES
+    }
+    chain mangle_PREROUTING_ZONES {
+        iifname { "wan0", "wan1" } goto mangle_PRE_public
+        goto mangle_PRE_internal
+    }
+    chain mangle_PRE_public { jump mangle_PRE_public_allow; }
+    chain mangle_PRE_public_allow { }
+    chain mangle_PRE_internal { }
+    chain nat_PREROUTING {
+        type nat hook prerouting priority dstnat + 10; policy accept;
+        jump nat_PREROUTING_ZONES
+    }
+    chain nat_PREROUTING_ZONES {
+        iifname { "wan0", "wan1" } goto nat_PRE_public
+        goto nat_PRE_internal
+    }
+    chain nat_PRE_public { jump nat_PRE_public_allow; }
+    chain nat_PRE_public_allow { meta nfproto ipv4 tcp dport 8080 dnat ip to 192.168.1.10:80; }
+    chain nat_PRE_internal { }
+    chain nat_POSTROUTING {
+        type nat hook postrouting priority srcnat + 10; policy accept;
+        jump nat_POSTROUTING_ZONES
+    }
+    chain nat_POSTROUTING_ZONES {
+        oifname { "wan0", "wan1" } goto nat_POST_public
+        goto nat_POST_internal
+    }
+    chain nat_POST_public { jump nat_POST_public_allow; }
+    chain nat_POST_public_allow { meta nfproto ipv4 oifname != "lo" masquerade; }
+    chain nat_POST_internal { }
+    chain filter_PREROUTING {
+        type filter hook prerouting priority filter + 10; policy accept;
+        icmpv6 type { nd-router-advert, nd-neighbor-solicit } accept
+        meta nfproto ipv6 fib saddr . mark . iif oif missing drop
+    }
+    chain filter_INPUT {
+        type filter hook input priority filter + 10; policy accept;
+        ct state { established, related } accept
+        ct status dnat accept
+        iifname "lo" accept
+        ct state invalid drop
+        jump filter_INPUT_ZONES
+        reject with icmpx admin-prohibited
+    }
+    chain filter_FORWARD {
+        type filter hook forward priority filter + 10; policy accept;
+        ct state { established, related } accept
+        ct status dnat accept
+        iifname "lo" accept
+        ct state invalid drop
+        ip6 daddr { ::/96, ::ffff:0.0.0.0/96, 2002::/24, 2002:a00::/24, 2002:7f00::/24, 2002:a9fe::/32, 2002:ac10::/28, 2002:c0a8::/32, 2002:e000::/19 } reject with icmpv6 addr-unreachable
+        jump filter_FORWARD_ZONES
+        reject with icmpx admin-prohibited
+    }
+    chain filter_INPUT_ZONES {
+        iifname { "wan0", "wan1" } goto filter_IN_public
+        goto filter_IN_internal
+    }
+    chain filter_IN_public {
+        jump filter_IN_public_allow
+        meta l4proto { icmp, ipv6-icmp } accept
+    }
+    chain filter_IN_public_allow {
+        tcp dport 22 ct state { new, untracked } accept
+        ip6 daddr fe80::/64 udp dport 546 ct state { new, untracked } accept
+    }
+    chain filter_IN_internal {
+        tcp dport { 22, 53, 80 } ct state { new, untracked } accept
+        udp dport 53 ct state { new, untracked } accept
+        meta l4proto { icmp, ipv6-icmp } accept
+    }
+    chain filter_FORWARD_ZONES {
+        iifname { "wan0", "wan1" } goto filter_FWD_public
+        goto filter_FWD_internal
+    }
+    chain filter_FWD_public { }
+    chain filter_FWD_internal { oifname "wan0" accept; }
+}
+"""
+
+
 def install_docker(lab: Lab, router: str) -> None:
     """The container network (a veth docker0 to a container namespace), Docker's and ufw's rules."""
     container = lab.add_ns("ctr")
@@ -148,6 +238,21 @@ def test_docker_rules_next_to_markroute(lab: Lab, markroute_cli: Any, weighted_s
     # the port forward and the container's masquerade were among the flows the kernel handled
     dnat = [f for f in flows if f.dst in r.rtr_wan_v4 and f.proto == 6 and f.dport == 8080 and f.iif != "docker0"]
     assert any(seen.get(f.key) and seen[f.key].oif["original"] for f in dnat)
+
+
+def test_firewalld_table_next_to_markroute(lab: Lab, markroute_cli: Any, weighted_split: Any) -> None:
+    _, scenario = router_scenario(lab, "firewalld neighbour")
+    markroute_cli.apply(scenario.router, CONFIG)
+    lab.nft(scenario.router, FIREWALLD)
+    simulator = live_simulator(scenario.router)
+    observe(lab, scenario.router)
+    rng = random.Random(1818)
+    flows = random_flows(lab, scenario, rng, 600)
+    flows += local_flows(scenario, rng, 100, flows)
+    run_traffic(lab, scenario, flows)
+    stats = compare(scenario, simulator, flows, collect(lab, scenario.router), weighted_split)
+    print(scenario.name, stats)
+    assert stats["drop"] > 50 and stats["forward"] > 100 and stats["local"] > 10
 
 
 def test_trace_live_explains_docker_flows_in_words(lab: Lab, markroute_cli: Any) -> None:

@@ -20,6 +20,7 @@ from markroute import sim
 from markroute.sim import report
 from markroute.sim.packet import make_flow
 from markroute.sim.trace import Outcome, Simulator
+from markroute.sim.words import plain
 from markroute.sim.xt import parse_rule
 
 RECORDED = json.loads((Path(__file__).parent / "data" / "xt_neighbours.json").read_text())
@@ -143,3 +144,9 @@ def test_parse_rule_reads_negations_and_quoted_arguments() -> None:
     assert addrtype.options[0].args == ("LOCAL,BROADCAST",) and addrtype.options[1].name == "--limit-iface-in"
     assert comment.options[0].args == ("two words",)
     assert rule.target is not None and rule.target.get("--to-destination") is not None
+
+
+def test_unrendered_nft_json_reads_as_words() -> None:
+    assert plain({"limit": {"rate": 10, "per": "second"}}) == "limit rate 10 per second"
+    assert plain({"xt": {"type": "match", "name": "addrtype"}}) == "xt match addrtype"
+    assert plain({"exthdr": {"name": "hbh", "field": "nexthdr", "offset": 0}}) == "exthdr name hbh field nexthdr offset 0"

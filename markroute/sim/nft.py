@@ -623,7 +623,7 @@ class Compiler:
             return port
         if isinstance(port, dict) and "range" in port:
             return Span(int(port["range"][0]), int(port["range"][1]))
-        raise UnsupportedValue(f"NAT port {port!r}")
+        raise UnsupportedValue(f"NAT port {plain(port)}")
 
     # -- expressions --------------------------------------------------------------------
 

@@ -150,3 +150,21 @@ def test_unrendered_nft_json_reads_as_words() -> None:
     assert plain({"limit": {"rate": 10, "per": "second"}}) == "limit rate 10 per second"
     assert plain({"xt": {"type": "match", "name": "addrtype"}}) == "xt match addrtype"
     assert plain({"exthdr": {"name": "hbh", "field": "nexthdr", "offset": 0}}) == "exthdr name hbh field nexthdr offset 0"
+
+
+@pytest.mark.parametrize(("options", "verdict"), [
+    ("--ctstate NEW --ctorigdst 203.0.113.0/24", "forward"),
+    ("--ctstate NEW --ctorigdst 203.0.113.128/25", "drop"),
+    ("--ctstate NEW,RELATED ! --ctorigsrcport 1024:39999 --ctdir ORIGINAL --ctproto tcp", "forward"),
+    ("--ctstate NEW --ctorigsrcport 1024:39999", "drop"),
+    ("--ctstate INVALID,UNTRACKED", "drop"),
+    ("! --ctstate ESTABLISHED --ctrepldst 192.168.1.10", "forward"),
+])
+def test_conntrack_options_come_from_the_saved_rule(options: str, verdict: str) -> None:
+    """The nft listing only says `xt match conntrack`; what it tests is in iptables-nft-save's line."""
+    state = copy.deepcopy(RECORDED)
+    saved = state["iptables"]["ip"]["save"]
+    original = "-A DOCKER-USER -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+    assert original in saved
+    state["iptables"]["ip"]["save"] = saved.replace(original, f"-A DOCKER-USER -m conntrack {options} -j ACCEPT")
+    assert trace("192.168.1.10", "203.0.113.5", "tcp", 80, "lan0", simulator(state)).verdict == verdict

@@ -32,7 +32,14 @@ from markroute.sim.datatypes import (
     Span,
 )
 from markroute.sim.inert import PASSIVE_TARGETS
-from markroute.sim.nft import ACCEPT, BREAK, Verdict
+from markroute.sim.nft import (
+    ACCEPT,
+    BREAK,
+    TRANSPORT_PORTS,
+    Verdict,
+    _ct_tuple,
+    _unknown,
+)
 from markroute.sim.nft import _pkttype as pkttype
 from markroute.sim.packet import CT_ESTABLISHED, CT_NEW, Indeterminate, Packet
 
@@ -42,7 +49,7 @@ if TYPE_CHECKING:
 Op = Callable[[Packet], Any]
 COMMANDS = {"ip": "iptables", "ip6": "ip6tables"}
 # Extensions the iptables binary of another version may name differently in the kernel.
-KERNEL_NAMES = {"state": "conntrack", "icmp6": "icmp6", "NOTRACK": "CT"}
+KERNEL_NAMES = {"state": "conntrack", "NOTRACK": "CT"}
 # Options taking exactly one argument that may look like an option ("--comment -x").
 ONE_ARGUMENT = frozenset({"--comment", "--log-prefix", "--nflog-prefix"})
 # Why well-known extensions are not modelled: what they depend on.
@@ -64,7 +71,6 @@ UNMODELLED = {
 }
 PASSIVE_MATCH_OPTIONS = frozenset({"--update-counters", "--update-subcounters"})
 CT_STATE_NAMES = {"INVALID", "NEW", "ESTABLISHED", "RELATED", "UNTRACKED", "SNAT", "DNAT"}
-PORT_PROTOCOLS = {6, 17, 33, 132, 136}
 STATISTIC_SCALE = 0x80000000
 
 
@@ -167,7 +173,7 @@ def _number(word: str) -> bool:
 @dataclass
 class Ipset:
     kind: str  # hash:ip, hash:net, hash:ip,port ...
-    family: int
+    family: int | None  # None: a set of ports, for either family
     members: list[tuple[tuple[Any, ...], bool]]  # (one Span or port per dimension, nomatch)
 
 
@@ -177,8 +183,9 @@ def parse_ipsets(text: str) -> dict[str, Ipset]:
     for line in text.splitlines():
         words = line.split()
         if len(words) >= 3 and words[0] == "create":
-            family = 6 if "inet6" in words[3:] else 4
-            sets[words[1]] = Ipset(words[2], family, [])
+            kind = words[2]
+            family = 6 if "inet6" in words[3:] else 4 if "inet" in words[3:] or kind.startswith("bitmap:ip") else None
+            sets[words[1]] = Ipset(kind, family, [])
         elif len(words) >= 3 and words[0] == "add" and words[1] in sets:
             found = sets[words[1]]
             try:
@@ -324,15 +331,8 @@ class Context:
             raise ValueError(f"option {', '.join(extra)} is not modelled")
 
 
-def _unknown(what: str, why: str) -> Op:
-    def unknown(p: Packet) -> Any:
-        raise Indeterminate(what, why)
-
-    return unknown
-
-
-def _all(tests: list[Callable[[Packet], bool | None]]) -> Op:
-    """A match from tests that return True (matches), False (does not) or None (no header: no match)."""
+def _all(tests: list[Callable[[Packet], bool]]) -> Op:
+    """A match that holds when every test does (an iptables rule's options are a conjunction)."""
     def match(p: Packet) -> Any:
         for test in tests:
             if not test(p):
@@ -355,7 +355,7 @@ def m_addrtype(ctx: Context) -> Op:
     limit_in = ctx.extension.get("--limit-iface-in") is not None
     limit_out = ctx.extension.get("--limit-iface-out") is not None
     text = ctx.text
-    tests: list[Callable[[Packet], bool | None]] = []
+    tests: list[Callable[[Packet], bool]] = []
     for name, attribute in (("--src-type", "src"), ("--dst-type", "dst")):
         option = ctx.extension.get(name)
         if option is None:
@@ -375,7 +375,7 @@ def m_addrtype(ctx: Context) -> Op:
     return _all(tests)
 
 
-def _states(ctx: Context, option: Option) -> Callable[[Packet], bool]:
+def _states(option: Option) -> Callable[[Packet], bool]:
     wanted = {s.upper() for s in option.value.split(",")}
     unknown = wanted - CT_STATE_NAMES
     if unknown:
@@ -401,27 +401,25 @@ def _states(ctx: Context, option: Option) -> Callable[[Packet], bool]:
 def m_state(ctx: Context) -> Op:
     ctx.reject_options({"--state"})
     option = ctx.extension.get("--state")
-    return _all([_states(ctx, option)] if option else [])
+    return _all([_states(option)] if option else [])
 
 
 def m_conntrack(ctx: Context) -> Op:
     ctx.reject_options({"--ctstate", "--state", "--ctdir", "--ctproto", "--ctorigsrc", "--ctorigdst", "--ctreplsrc",
                         "--ctrepldst", "--ctorigsrcport", "--ctorigdstport", "--ctreplsrcport", "--ctrepldstport"})
-    tests: list[Callable[[Packet], bool | None]] = []
+    tests: list[Callable[[Packet], bool]] = []
     has_state = False
     for option in ctx.extension.options:
         if option.name in ("--ctstate", "--state"):
-            tests.append(_states(ctx, option))
+            tests.append(_states(option))
             has_state = True
     text = ctx.text
     rest: list[Callable[[Packet], bool]] = []
     for option in ctx.extension.options:
         if option.name in ("--ctdir", "--ctproto"):
             rest.append(_ct_field(option))
-        elif option.name.endswith("port"):
-            rest.append(_ct_port(option, text))
-        elif option.name not in ("--ctstate", "--state"):
-            rest.append(_ct_address(option, text))
+        elif option.name in CT_TUPLE_OPTIONS:
+            rest.append(_ct_tuple_test(option, text))
 
     def conntrack(p: Packet) -> Any:
         for test in tests:
@@ -446,41 +444,25 @@ def _ct_field(option: Option) -> Callable[[Packet], bool]:
     return lambda p: (p.proto == number) != option.negated
 
 
-def _ct_address(option: Option, text: str) -> Callable[[Packet], bool]:
-    network = ipaddress.ip_network(option.value, strict=False)
-    low, high = int(network.network_address), int(network.broadcast_address)
-    which = option.name[len("--ct"):]  # origsrc, origdst, replsrc, repldst
-
-    def test(p: Packet) -> bool:
-        ct = p.ct
-        assert ct is not None
-        value = {"origsrc": ct.orig_src, "origdst": ct.orig_dst, "replsrc": ct.reply_src,
-                 "repldst": ct.reply_dst}[which]
-        if value is None:
-            raise Indeterminate(text, "the address NAT gave this connection is not known")
-        return (low <= value <= high) != option.negated
-
-    return test
+CT_TUPLE_OPTIONS = {
+    "--ctorigsrc": ("original", "saddr"), "--ctorigdst": ("original", "daddr"),
+    "--ctreplsrc": ("reply", "saddr"), "--ctrepldst": ("reply", "daddr"),
+    "--ctorigsrcport": ("original", "proto-src"), "--ctorigdstport": ("original", "proto-dst"),
+    "--ctreplsrcport": ("reply", "proto-src"), "--ctrepldstport": ("reply", "proto-dst"),
+}
 
 
-def _ct_port(option: Option, text: str) -> Callable[[Packet], bool]:
-    low, _, high = option.value.partition(":")
-    span = Span(int(low), int(high or low))
-    which = option.name[len("--ct"):-len("port")]
-
-    def test(p: Packet) -> bool:
-        ct = p.ct
-        assert ct is not None
-        value = {
-            "origsrc": ct.orig_sport, "origdst": ct.orig_dport,
-            "replsrc": ct.dnat[1] if ct.dnat and ct.dnat[1] is not None else ct.orig_dport,
-            "repldst": ct.snat[1] if ct.snat and ct.snat[1] is not None else ct.orig_sport,
-        }[which]
-        if value is None:
-            raise Indeterminate(text, "depends on the connection's ports: pass --sport and --dport")
-        return (span.lo <= value <= span.hi) != option.negated
-
-    return test
+def _ct_tuple_test(option: Option, text: str) -> Callable[[Packet], bool]:
+    """--ctorigsrc ADDR[/MASK], --ctrepldstport PORT[:PORT] ...: the connection's tuples, as nft's `ct` reads them."""
+    direction, name = CT_TUPLE_OPTIONS[option.name]
+    get = _ct_tuple(direction, name, text)
+    if name.startswith("proto"):
+        low, _, high = option.value.partition(":")
+        span = Span(int(low), int(high or low))
+    else:
+        network = ipaddress.ip_network(option.value, strict=False)
+        span = Span(int(network.network_address), int(network.broadcast_address))
+    return lambda p: (span.lo <= get(p) <= span.hi) != option.negated
 
 
 def _mark_test(option: Option) -> tuple[int, int, bool]:
@@ -516,7 +498,7 @@ def _port_spans(text: str) -> list[Span]:
 def _port(p: Packet, name: str, text: str) -> int | None:
     if p.proto is None:
         raise Indeterminate(text, "depends on the protocol: pass --proto")
-    if p.proto not in PORT_PROTOCOLS:
+    if p.proto not in TRANSPORT_PORTS:
         return None
     value = getattr(p, name)
     if value is None:
@@ -528,7 +510,7 @@ def _port(p: Packet, name: str, text: str) -> int | None:
 def m_multiport(ctx: Context) -> Op:
     ctx.reject_options({"--sports", "--dports", "--ports", "--source-ports", "--destination-ports"})
     text = ctx.text
-    tests: list[Callable[[Packet], bool | None]] = []
+    tests: list[Callable[[Packet], bool]] = []
     for option in ctx.extension.options:
         spans = _port_spans(option.value)
         fields = {"--sports": ("sport",), "--source-ports": ("sport",), "--dports": ("dport",),
@@ -550,7 +532,7 @@ def m_tcp_udp(ctx: Context) -> Op:
     ctx.reject_options({"--sport", "--dport", "--source-port", "--destination-port", "--tcp-flags", "--syn"})
     text = ctx.text
     number = 6 if ctx.extension.name == "tcp" else 17 if ctx.extension.name == "udp" else 132
-    tests: list[Callable[[Packet], bool | None]] = [lambda p: p.proto == number]
+    tests: list[Callable[[Packet], bool]] = [lambda p: p.proto == number]
     for option in ctx.extension.options:
         if option.name in ("--sport", "--source-port", "--dport", "--destination-port"):
             tests.append(_port_test(option, text))
@@ -622,7 +604,7 @@ def m_pkttype(ctx: Context) -> Op:
 def m_iprange(ctx: Context) -> Op:
     ctx.reject_options({"--src-range", "--dst-range"})
     text = ctx.text
-    tests: list[Callable[[Packet], bool | None]] = []
+    tests: list[Callable[[Packet], bool]] = []
     for option in ctx.extension.options:
         span = _address_span(option.value)
         attribute = "src" if option.name == "--src-range" else "dst"
@@ -668,7 +650,7 @@ def m_physdev(ctx: Context) -> Op:
     text = ctx.text
 
     def physdev(p: Packet) -> Any:
-        if host.source == "config" or "net/bridge/bridge-nf-call-iptables" in host.sysctls:
+        if "net/bridge/bridge-nf-call-iptables" in host.sysctls:
             raise Indeterminate(text, "br_netfilter is loaded: whether and over which bridge port the packet "
                                       "was bridged is not modelled")
         return None if all_inverted else BREAK
@@ -712,7 +694,7 @@ def m_set(ctx: Context) -> Op:
         return tuple(values)
 
     def member(p: Packet) -> Any:
-        if p.version != found.family:
+        if found.family is not None and p.version != found.family:
             return None if negated else BREAK  # a set of the other family holds nothing of this packet
         values = key(p)
         hit = _ipset_find(found, values) if values is not None else None

@@ -1,4 +1,4 @@
-"""`trace --live` against the kernel on a router that also runs Docker- and ufw-style iptables-nft rules.
+"""`trace --live` against the kernel on a router that also runs other programs' rules.
 
 Docker (like ufw and kube-proxy) writes its rules with iptables-nft, next to markroute's
 table: FORWARD policy DROP, the DOCKER-USER, DOCKER and DOCKER-ISOLATION chains, a
@@ -195,6 +195,62 @@ table inet firewalld {
 """
 
 
+# kube-proxy (iptables mode) for one ClusterIP service with two endpoints, and an ipset of
+# blocked sources; markroute's marks moved out of kube-proxy's masquerade bit 0x4000.
+KUBE_CONFIG = CONFIG + """
+settings:
+  mark_mask: 0xff0000
+"""
+KUBE = """
+-t nat -N KUBE-SERVICES
+-t nat -N KUBE-SVC-WEB
+-t nat -N KUBE-SEP-A
+-t nat -N KUBE-SEP-B
+-t nat -N KUBE-MARK-MASQ
+-t nat -N KUBE-POSTROUTING
+-t nat -A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-t nat -A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-t nat -A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING
+-t nat -A KUBE-SERVICES ! -s 10.244.0.0/16 -d 10.96.0.10/32 -p tcp -m comment --comment "default/web cluster IP" -m tcp --dport 80 -j KUBE-MARK-MASQ
+-t nat -A KUBE-SERVICES -d 10.96.0.10/32 -p tcp -m comment --comment "default/web cluster IP" -m tcp --dport 80 -j KUBE-SVC-WEB
+-t nat -A KUBE-SVC-WEB -m comment --comment "default/web -> 10.244.0.5:8080" -m statistic --mode random --probability 0.25000000000 -j KUBE-SEP-A
+-t nat -A KUBE-SVC-WEB -m comment --comment "default/web -> 10.244.0.6:8080" -j KUBE-SEP-B
+-t nat -A KUBE-SEP-A -s 10.244.0.5/32 -m comment --comment "default/web" -j KUBE-MARK-MASQ
+-t nat -A KUBE-SEP-A -p tcp -m comment --comment "default/web" -m tcp -j DNAT --to-destination 10.244.0.5:8080
+-t nat -A KUBE-SEP-B -s 10.244.0.6/32 -m comment --comment "default/web" -j KUBE-MARK-MASQ
+-t nat -A KUBE-SEP-B -p tcp -m comment --comment "default/web" -m tcp -j DNAT --to-destination 10.244.0.6:8080
+-t nat -A KUBE-MARK-MASQ -j MARK --or-mark 0x4000
+-t nat -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN
+-t nat -A KUBE-POSTROUTING -j MARK --xor-mark 0x4000
+-t nat -A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE --random-fully
+-A FORWARD -i wan0 -m set --match-set blocked src -j DROP
+-A FORWARD -m conntrack --ctstate INVALID -j DROP
+"""
+BLOCKED = """
+create blocked hash:net family inet
+add blocked 203.0.113.0/25
+add blocked 203.0.113.64/26 nomatch
+"""
+
+
+def install_kube(lab: Lab, router: str) -> None:
+    """Two pods (one namespace with both endpoint addresses) behind cni0, kube-proxy's rules, an ipset."""
+    pods = lab.add_ns("pods")
+    lab.veth(router, "cni0", pods, "eth0")
+    lab.addr(router, "cni0", "10.244.0.1/24")
+    lab.addr(pods, "eth0", "10.244.0.5/24")
+    lab.addr(pods, "eth0", "10.244.0.6/24")
+    lab.route(pods, "default", "via", "10.244.0.1")
+    lab.run(router, ["ipset", "restore"], input=BLOCKED.lstrip())
+    _iptables(lab, router, KUBE)
+
+
+def _iptables(lab: Lab, router: str, rules: str) -> None:
+    for line in rules.split("\n"):
+        if line.strip():
+            lab.run(router, ["iptables-nft", "-w", *shlex.split(line)])
+
+
 def install_docker(lab: Lab, router: str) -> None:
     """The container network (a veth docker0 to a container namespace), Docker's and ufw's rules."""
     container = lab.add_ns("ctr")
@@ -202,10 +258,7 @@ def install_docker(lab: Lab, router: str) -> None:
     lab.addr(router, "docker0", "172.17.0.1/16")
     lab.addr(container, "eth0", "172.17.0.2/16")
     lab.route(container, "default", "via", "172.17.0.1")
-    for line in (DOCKER + UFW).split("\n"):
-        if not line.strip():
-            continue
-        lab.run(router, ["iptables-nft", "-w", *shlex.split(line)])
+    _iptables(lab, router, DOCKER + UFW)
 
 
 def docker_scenario(lab: Lab) -> tuple[Any, Scenario]:
@@ -238,6 +291,27 @@ def test_docker_rules_next_to_markroute(lab: Lab, markroute_cli: Any, weighted_s
     # the port forward and the container's masquerade were among the flows the kernel handled
     dnat = [f for f in flows if f.dst in r.rtr_wan_v4 and f.proto == 6 and f.dport == 8080 and f.iif != "docker0"]
     assert any(seen.get(f.key) and seen[f.key].oif["original"] for f in dnat)
+
+
+def test_kube_proxy_rules_next_to_markroute(lab: Lab, markroute_cli: Any, weighted_split: Any) -> None:
+    """statistic's random draw must fit the kernel's choices; an ipset with a nomatch entry filters."""
+    r, base = router_scenario(lab, "kube-proxy neighbour")
+    install_kube(lab, r.rtr)
+    markroute_cli.apply(r.rtr, KUBE_CONFIG)
+    lan, wan = base.entries[0], base.entries[1]
+    entries = (Entry(lan.iif, lan.ns, lan.ifname, ("192.168.1.0/24",)),
+               Entry(wan.iif, wan.ns, wan.ifname, ("203.0.113.0/24",)))
+    scenario = Scenario(base.name, base.router, entries,
+                        ("10.96.0.10",) * 20 + ("198.51.100.0/24", "10.244.0.5", r.rtr_lan_v4),
+                        ports=(80,) * 10 + (443,))
+    simulator = live_simulator(scenario.router)
+    observe(lab, scenario.router)
+    rng = random.Random(1819)
+    flows = random_flows(lab, scenario, rng, 2000)
+    run_traffic(lab, scenario, flows)
+    stats = compare(scenario, simulator, flows, collect(lab, scenario.router), weighted_split)
+    print(scenario.name, stats)
+    assert stats["balanced"] >= 300 and stats["drop"] > 20
 
 
 def test_firewalld_table_next_to_markroute(lab: Lab, markroute_cli: Any, weighted_split: Any) -> None:

@@ -295,6 +295,8 @@ def test_forward_policy_drop_and_unmodelled_statements(lab: Lab) -> None:
     assert dropped.verdict == "drop" and "policy drop" in dropped.reason
     unknown = only(trace(simr, "192.168.1.10", "198.51.100.1"))
     assert unknown.verdict == "indeterminate" and "limit" in unknown.indeterminate["expression"]
+    assert "{" not in unknown.indeterminate["expression"]  # in words, never JSON
+    assert unknown.indeterminate["rule"].startswith("table inet f, chain forward_chain, rule handle ")
 
 
 # -- without a kernel ------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from markroute.kernel import nft
+from markroute.kernel import KernelError, iptables, nft, nftnetlink
 from markroute.kernel.links import links
 from markroute.kernel.rpdb import Rpdb
 
@@ -20,7 +20,10 @@ def snapshot() -> dict[str, Any]:
     * ``routes``: every route of every table, each the object
       `ip -j route show table all` prints, plus ``"family"``;
     * ``links``: ``{ifname: {"up": bool, "mac": str, "addresses": ["ADDR/LEN", ...]}}``,
-      where up means administratively up and with carrier.
+      where up means administratively up and with carrier;
+    * ``iptables`` (only when some rule holds an iptables-nft `xt` expression):
+      ``{"ip": {"save": TEXT} | {"error": WHY}, "ip6": ...}``, what iptables-nft-save
+      prints, and ``ipset`` (only when such a rule uses `-m set`): ``{"save": TEXT}``.
 
     Call `netns.enter` (or `netns.inside`) first to look at another namespace.
     """
@@ -28,4 +31,29 @@ def snapshot() -> dict[str, Any]:
         rules = rpdb.rules_json()
         routes = rpdb.routes_json()
         interfaces = {name: link.to_json() for name, link in links(rpdb).items()}
-    return {"nftables": nft.list_ruleset(), "rules": rules, "routes": routes, "links": interfaces}
+    state: dict[str, Any] = {"rules": rules, "routes": routes, "links": interfaces}
+    state.update(_ruleset())
+    return state
+
+
+def _ruleset(attempts: int = 3) -> dict[str, Any]:
+    """The nft listing, and iptables-nft-save's view of the same generation where it is needed.
+
+    The two are read one after the other; a transaction in between (Docker starting a
+    container) would pair rules wrongly, so the generation is compared around both
+    reads and the pair read again if it moved.
+    """
+    for _ in range(attempts):
+        before = nftnetlink.generation()
+        document = nft.list_ruleset()
+        families = iptables.xt_families(document)
+        if not families:
+            return {"nftables": document}
+        saved = iptables.saved_rules(families)
+        sets = iptables.ipsets(saved)
+        if nftnetlink.generation() == before:
+            found: dict[str, Any] = {"nftables": document, "iptables": saved}
+            if sets is not None:
+                found["ipset"] = sets
+            return found
+    raise KernelError(f"the nftables ruleset kept changing while it was read ({attempts} attempts)")

@@ -28,6 +28,7 @@ from markroute.sim.reach import (
 )
 from markroute.sim.system import from_plan, from_snapshot
 from markroute.sim.trace import Simulator
+from markroute.sim.xt import Iptables
 
 __all__ = ["Reach", "Simulator", "live", "offline", "reachability", "unreachable_policies", "unused_uplinks"]
 
@@ -41,4 +42,5 @@ def offline(plan: Plan, addresses: list[str] | None = None, routes: list[str] | 
 def live(snapshot: dict[str, Any], sysctls: dict[str, str]) -> Simulator:
     """A simulator of a running system, from `markroute.kernel.snapshot.snapshot()` and its sysctls."""
     system = from_snapshot(snapshot, sysctls)
-    return Simulator(Ruleset(snapshot.get("nftables", {"nftables": []}), system), system)
+    ruleset = Ruleset(snapshot.get("nftables", {"nftables": []}), system, Iptables.from_snapshot(snapshot))
+    return Simulator(ruleset, system)

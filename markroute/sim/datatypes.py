@@ -19,6 +19,7 @@ from markroute.sim.packet import (
     CT_RELATED,
     CT_UNTRACKED,
 )
+from markroute.sim.words import plain
 from markroute.values import DSCP_CLASSES, PROTOCOLS
 
 
@@ -91,7 +92,7 @@ def parse(dtype: str | tuple[str, ...], item: Any) -> Any:
         item = item["elem"].get("val")
     if isinstance(dtype, tuple):
         if not isinstance(item, dict) or "concat" not in item or len(item["concat"]) != len(dtype):
-            raise UnsupportedValue(f"{item!r} is not a concatenation of {len(dtype)} values")
+            raise UnsupportedValue(f"{plain(item)} is not a concatenation of {len(dtype)} values")
         return tuple(parse(part, value) for part, value in zip(dtype, item["concat"]))
     if isinstance(item, dict):
         kind, body = next(iter(item.items()))
@@ -143,7 +144,7 @@ def _scalar(dtype: str, item: Any) -> Any:
         return _address(dtype, item)
     if dtype in STRING_TYPES:
         if not isinstance(item, str):
-            raise UnsupportedValue(f"{item!r} as {dtype}")
+            raise UnsupportedValue(f"{plain(item)} as {dtype}")
         return item.lower() if dtype == "ether_addr" else item
     if isinstance(item, int):
         return item

@@ -14,11 +14,10 @@ nothing until it could change the answer.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from markroute.plan import nfttext
 from markroute.plan.nftjson import AddressElements
@@ -30,10 +29,15 @@ from markroute.sim.datatypes import (
     UnsupportedValue,
     parse,
 )
+from markroute.sim.inert import skippable
 from markroute.sim.packet import CT_INVALID, CT_UNTRACKED, Indeterminate, Packet
 from markroute.sim.rpdb import Query
 from markroute.sim.sets import Lookup
 from markroute.sim.system import System
+from markroute.sim.words import plain
+
+if TYPE_CHECKING:
+    from markroute.sim.xt import Iptables, XtRule
 
 Getter = Callable[[Packet], Any]
 Op = Callable[[Packet], Any]
@@ -100,6 +104,8 @@ class Rule:
     body: dict[str, Any]
     chain: Chain
     policy: str | None = None  # markroute's compiler comments its policy rules "policy NAME"
+    position: int = 0  # its index in the chain
+    source: str | None = None  # the iptables command that wrote it, where iptables-nft did
 
     def __post_init__(self) -> None:
         comment = self.body.get("comment")
@@ -113,7 +119,16 @@ class Rule:
 
     @cached_property
     def text(self) -> str:
+        if self.source is not None:
+            return self.source
         return " ".join(_statement_text(expr) for expr in self.body.get("expr", []))
+
+    @cached_property
+    def location(self) -> str:
+        """Where the rule is, in words: its table, chain and handle (or position, offline)."""
+        handle = self.body.get("handle")
+        which = f"rule handle {handle}" if handle is not None else f"rule {self.position + 1}"
+        return f"table {self.chain.family} {self.chain.table}, chain {self.chain.name}, {which}"
 
 
 @dataclass
@@ -156,8 +171,9 @@ class Value:
 class Ruleset:
     """A compiled ruleset: base chains per hook, in the order the kernel runs them."""
 
-    def __init__(self, document: dict[str, Any], system: System) -> None:
+    def __init__(self, document: dict[str, Any], system: System, iptables: Iptables | None = None) -> None:
         self.system = system
+        self.iptables = iptables  # iptables-nft-save's view, to read the options of `xt` expressions
         self.chains: dict[tuple[str, str, str], Chain] = {}
         self.sets: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.ignored: list[str] = []
@@ -180,7 +196,20 @@ class Ruleset:
                 chain = self.chains.get((body["family"], body["table"], body["chain"]))
                 if chain is None:
                     raise ValueError(f"rule for unknown chain {body['family']} {body['table']} {body['chain']}")
-                chain.rules.append(Rule(Compiler(self, chain).rule(body.get("expr", [])), body, chain))
+                xt = self._xt_binding(chain, body)
+                ops = Compiler(self, chain, xt).rule(body.get("expr", []))
+                chain.rules.append(Rule(ops, body, chain, position=len(chain.rules),
+                                        source=xt.text if xt is not None else None))
+        for chain in self.chains.values():
+            for rule in chain.rules:
+                if skippable(rule, self.chains):
+                    rule.ops = (_skip,)
+
+    def _xt_binding(self, chain: Chain, body: dict[str, Any]) -> XtRule | None:
+        """For a rule of a chain iptables-nft wrote: the saved rule that shows its `xt` options and its text."""
+        if self.iptables is None or not self.iptables.lists(chain):
+            return None
+        return self.iptables.binding(chain, len(chain.rules), body)
 
     def _add_chain(self, body: dict[str, Any]) -> None:
         chain = Chain(body["family"], body["table"], body["name"], order=len(self.chains))
@@ -248,6 +277,8 @@ class Ruleset:
                     if verdict is not None:
                         break
             except Indeterminate as exc:
+                if exc.where is None:
+                    exc.where = rule.location
                 if record is not None:
                     record.append(_rule_step(p, rule, None, indeterminate=exc))
                 raise
@@ -285,7 +316,8 @@ def _rule_step(p: Packet, rule: Rule, verdict: Verdict | None, indeterminate: In
         "comment": rule.comment,
     }
     if indeterminate is not None:
-        step["indeterminate"] = {"expression": indeterminate.what, "reason": indeterminate.why}
+        step["indeterminate"] = {"expression": indeterminate.what, "reason": indeterminate.why,
+                                 "rule": indeterminate.where}
         return step
     step["verdict"] = verdict.text() if verdict is not None else None
     step["mark"] = hex(p.mark)
@@ -294,18 +326,30 @@ def _rule_step(p: Packet, rule: Rule, verdict: Verdict | None, indeterminate: In
 
 
 def _text(expr: Any) -> str:
-    """An expression as nft text; its JSON where the renderer does not know its shape."""
+    """An expression as nft text; in plain words where the renderer does not know its shape."""
     try:
-        return nfttext.expression(expr) if isinstance(expr, dict) else nfttext.value(expr)
+        text = nfttext.expression(expr) if isinstance(expr, dict) else nfttext.value(expr)
     except (KeyError, TypeError, ValueError, StopIteration, AttributeError):
-        return json.dumps(expr, sort_keys=True)
+        return plain(expr)
+    return plain(expr) if _looks_like_json(text) else text
 
 
 def _statement_text(expr: Any) -> str:
     try:
-        return nfttext.statement(expr)
+        text = nfttext.statement(expr)
     except (KeyError, TypeError, ValueError, StopIteration, AttributeError):
-        return json.dumps(expr, sort_keys=True)
+        return plain(expr)
+    return plain(expr) if _looks_like_json(text) else text
+
+
+def _looks_like_json(text: str) -> bool:
+    """nfttext falls back to JSON for shapes it does not render; a trace never shows JSON."""
+    return text.startswith(("{", "[")) or '{"' in text
+
+
+def _skip(p: Packet) -> Any:
+    """An inert rule's only op: whatever it would read, it changes nothing (see `sim.inert`)."""
+    return BREAK
 
 
 def _find(lookup: Lookup, value: Any) -> int:
@@ -329,10 +373,11 @@ def _unknown(what: str, why: str) -> Getter:
 class Compiler:
     """Compiles the expressions of one rule in the context of its table and chain."""
 
-    def __init__(self, ruleset: Ruleset, chain: Chain) -> None:
+    def __init__(self, ruleset: Ruleset, chain: Chain, xt: XtRule | None = None) -> None:
         self.ruleset = ruleset
         self.chain = chain
         self.system = ruleset.system
+        self.xt = xt
 
     # -- statements ---------------------------------------------------------------------
 
@@ -373,6 +418,12 @@ class Compiler:
             def notrack(p: Packet) -> None:
                 p.untracked = True
             return notrack
+        if kind == "xt":
+            if self.xt is None:
+                return _unknown(f"iptables {body.get('type')} {body.get('name')}",
+                                "an iptables-nft extension whose options only iptables-nft-save shows "
+                                "(trace --live reads them)")
+            return self.xt.compile(self, body)
         return _unknown(_statement_text(expr), f"the '{kind}' statement is not modelled")
 
     def target(self, name: str) -> Chain:
@@ -572,7 +623,7 @@ class Compiler:
             return port
         if isinstance(port, dict) and "range" in port:
             return Span(int(port["range"][0]), int(port["range"][1]))
-        raise UnsupportedValue(f"NAT port {port!r}")
+        raise UnsupportedValue(f"NAT port {plain(port)}")
 
     # -- expressions --------------------------------------------------------------------
 

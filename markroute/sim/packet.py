@@ -44,6 +44,7 @@ class Indeterminate(Exception):
         self.what = what
         self.why = why
         self.table = table  # the routing table whose unknown part decides, if that is the reason
+        self.where: str | None = None  # the rule (table, chain, handle) that reads it, once known
 
 
 @dataclass(frozen=True)

@@ -98,7 +98,8 @@ def _verdict_line(data: dict[str, Any]) -> str:
         return f"DROPPED: {data['reason']}{policy}"
     indeterminate = data.get("indeterminate")
     if indeterminate:
-        return (f"INDETERMINATE at {indeterminate['hook']}: {indeterminate['expression']}: "
+        where = f"{indeterminate['rule']}: " if indeterminate.get("rule") else ""
+        return (f"INDETERMINATE at {indeterminate['hook']}: {where}{indeterminate['expression']}: "
                 f"{indeterminate['reason']}")
     return f"INDETERMINATE: {data.get('reason')}"
 

@@ -246,7 +246,8 @@ def from_plan(plan: Plan, addresses: list[str] | None = None, routes: list[str] 
 
 def sysctl_paths(interfaces: list[str]) -> list[str]:
     """The sysctls (paths under /proc/sys) the simulator reads on a live system."""
-    paths = ["net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"]
+    # The bridge keys exist only while br_netfilter is loaded: iptables' physdev match asks.
+    paths = ["net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding", "net/bridge/bridge-nf-call-iptables"]
     for dev in ("all", "default", *interfaces):
         paths += [f"net/ipv4/conf/{dev}/{key}" for key in INTERFACE_SYSCTLS]
     return paths

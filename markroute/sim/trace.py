@@ -66,7 +66,7 @@ class Outcome:
     nat: dict[str, Any] | None = None
     policy: str | None = None
     reason: str | None = None
-    indeterminate: dict[str, str] | None = None
+    indeterminate: dict[str, str | None] | None = None
     rp_filter: dict[str, Any] | None = None
     reply: dict[str, Any] | None = None
     source_check: str | None = None
@@ -241,9 +241,11 @@ class Simulator:
             outcome = stop.outcome
         except Indeterminate as exc:
             if record is not None and not (record and "indeterminate" in record[-1]):
-                record.append({"stage": "indeterminate", "hook": p.hook, "expression": exc.what, "reason": exc.why})
-            outcome = self._outcome(p, conn, "indeterminate", reason=f"{exc.what}: {exc.why}", table=exc.table)
-            outcome.indeterminate = {"hook": p.hook, "expression": exc.what, "reason": exc.why}
+                record.append({"stage": "indeterminate", "hook": p.hook, "expression": exc.what, "reason": exc.why,
+                               "rule": exc.where})
+            where = f"{exc.where}: " if exc.where else ""
+            outcome = self._outcome(p, conn, "indeterminate", reason=f"{where}{exc.what}: {exc.why}", table=exc.table)
+            outcome.indeterminate = {"hook": p.hook, "expression": exc.what, "reason": exc.why, "rule": exc.where}
         return outcome
 
     def _reply_packet(self, flow: Flow, conn: Conntrack, original: Outcome, choose: Choose) -> Packet:

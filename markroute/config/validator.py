@@ -36,6 +36,7 @@ from markroute.model import (
     Settings,
     Uplink,
 )
+from markroute.probes import METHODS
 from markroute.values import (
     FOREIGN_TABLES,
     PORT_PROTOCOLS,
@@ -615,7 +616,7 @@ class Validator:
             targets = self.one_or_many(items["targets"], "targets", parse_probe_target)
             fields["targets"] = tuple(targets) if targets is not None else None
         if "method" in items:
-            fields["method"] = self.choice(items["method"], "method", ("icmp", "tcp", "arp"))
+            fields["method"] = self.choice(items["method"], "method", tuple(METHODS))
         for key in ("interval", "timeout", "max_rtt"):
             if key in items:
                 fields[key] = self.scalar(items[key], key, parse_seconds)
@@ -627,8 +628,9 @@ class Validator:
         if any(v is None for v in fields.values()):
             return None
         check = HealthCheck(**fields)
-        if check.method == "tcp" and any(":" not in t.rsplit("]", 1)[-1] for t in check.targets):
-            self.diag.error(items.get("targets", node).where, "tcp checks need targets as host:port")
+        problem = METHODS[check.method].invalid_targets(check.targets)
+        if problem is not None:
+            self.diag.error(items.get("targets", node).where, problem)
             return None
         return check
 

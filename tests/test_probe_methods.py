@@ -48,6 +48,7 @@ def test_every_method_has_every_part() -> None:
                 assert callable(value), f"method '{name}': {part.name} is not callable"
         assert set(method.default_gateways) <= {4, 6}, f"method '{name}': default_gateways are IP versions"
         assert name in EXAMPLE, f"method '{name}' has no example target in this test"
+        assert method.parse_target(EXAMPLE[name]) == EXAMPLE[name], f"method '{name}' refuses its own example target"
         example = method.canonical(EXAMPLE[name])
         assert method.invalid_targets((example,)) is None, f"method '{name}' refuses its own example target"
         assert isinstance(method.prober_key(example), str) and method.prober_key(example)

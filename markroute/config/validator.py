@@ -58,7 +58,6 @@ from markroute.values import (
     parse_mark,
     parse_policy_name,
     parse_port,
-    parse_probe_target,
     parse_protocol,
     parse_seconds,
     parse_table,
@@ -612,8 +611,10 @@ class Validator:
         self.known_keys(node, CHECK_KEYS, f"check of '{name}'")
         items = node.items
         fields: dict[str, Any] = {}
+        named = items["method"].scalar if "method" in items else HealthCheck.method
+        method = METHODS.get(str(named), METHODS[HealthCheck.method])  # a wrong name is reported below
         if "targets" in items:
-            targets = self.one_or_many(items["targets"], "targets", parse_probe_target)
+            targets = self.one_or_many(items["targets"], "targets", method.parse_target)
             fields["targets"] = tuple(targets) if targets is not None else None
         if "method" in items:
             fields["method"] = self.choice(items["method"], "method", tuple(METHODS))

@@ -10,6 +10,7 @@ import time
 
 from markroute.probes.method import Answer, Egress, Loop, Method, any_targets
 from markroute.probes.sockets import SO_TIMESTAMPNS, canonical_address, received_at
+from markroute.values import parse_probe_target
 
 ETH_P_ARP = 0x0806
 BROADCAST = b"\xff" * 6
@@ -84,6 +85,7 @@ def open_prober(loop: Loop, egress: Egress, key: str, on_answer: Answer) -> ArpP
 
 METHOD = Method(
     name="arp",
+    parse_target=parse_probe_target,
     invalid_targets=any_targets,
     default_gateways=(4,),
     canonical=canonical_address,

@@ -18,6 +18,7 @@ from markroute.probes.sockets import (
     received_at,
     version_of,
 )
+from markroute.values import parse_probe_target
 
 ICMP6_FILTER = 1
 ECHO = {4: (8, 0), 6: (128, 129)}  # (request type, reply type)
@@ -109,6 +110,7 @@ def open_prober(loop: Loop, egress: Egress, key: str, on_answer: Answer) -> Icmp
 
 METHOD = Method(
     name="icmp",
+    parse_target=parse_probe_target,
     invalid_targets=any_targets,
     default_gateways=(4, 6),
     canonical=canonical_address,

@@ -49,9 +49,10 @@ class Method:
     """One probe method: everything config and the daemon need to know about it.
 
     * `name`: the value of `check.method`;
-    * `invalid_targets`: why the targets (each already parsed by
-      `values.parse_probe_target`) cannot be probed this way, or None; config reports
-      it at the `targets:` line;
+    * `parse_target`: one target from the config, as text (ValueError says what is
+      wrong; config reports it at the target's line);
+    * `invalid_targets`: why the parsed targets, together, cannot be probed this way,
+      or None; config reports it at the `targets:` line;
     * `default_gateways`: with no `targets`, the uplink's gateways of these IP versions
       are probed; () means the method needs explicit targets, and an uplink without
       gateway (or with an empty tuple here) and no targets is followed by link state only;
@@ -62,6 +63,7 @@ class Method:
     """
 
     name: str
+    parse_target: Callable[[object], str]
     invalid_targets: Callable[[tuple[str, ...]], str | None]
     default_gateways: tuple[int, ...]
     canonical: Callable[[str], str]
@@ -70,5 +72,5 @@ class Method:
 
 
 def any_targets(targets: tuple[str, ...]) -> str | None:
-    """`Method.invalid_targets` of methods that take any address `parse_probe_target` accepts."""
+    """`Method.invalid_targets` of methods that take whatever their `parse_target` accepts."""
     return None

@@ -11,6 +11,7 @@ import time
 
 from markroute.probes.method import Answer, Egress, Loop, Method
 from markroute.probes.sockets import address_tuple, pinned, split_target, version_of
+from markroute.values import parse_probe_target
 
 
 def invalid_targets(targets: tuple[str, ...]) -> str | None:
@@ -77,6 +78,7 @@ def open_prober(loop: Loop, egress: Egress, key: str, on_answer: Answer) -> TcpP
 
 METHOD = Method(
     name="tcp",
+    parse_target=parse_probe_target,
     invalid_targets=invalid_targets,
     default_gateways=(),
     canonical=canonical,

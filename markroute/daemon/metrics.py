@@ -105,8 +105,8 @@ def report(exposed: Exposed, kernel: KernelCounters | None) -> StatusReport:
         namespace=None,
         applied=True,
         applied_at=None,
-        uplinks=uplink_statuses(list(plan.uplinks), record, kernel.connections if kernel else None,
-                                kernel.interfaces if kernel else None, None),
+        uplinks=uplink_statuses(list(plan.uplinks), record, connections=kernel.connections if kernel else None,
+                                traffic=kernel.interfaces if kernel else None),
         policies=policy_statuses(list(plan.policies), kernel.rules) if kernel else (),
         daemon=DaemonStatus(record.pid, True, record.started, record.rule_changes),
     )

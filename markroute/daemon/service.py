@@ -18,6 +18,12 @@ Signals: SIGTERM and SIGINT stop the daemon and leave the rules in place (so a
 restart or an upgrade does not interrupt traffic) unless `--down-on-exit`; SIGHUP
 reloads the config and applies the difference, keeping the state of every uplink
 whose definition did not change. An invalid config on reload is logged and ignored.
+
+Records (`kernel.state`): the daemon writes only its own files, `daemon.json` (the
+uplinks' states) and `table.json` (what it changed on top of the last apply, through
+`TableRecorder`); `state.json` is written by the applies it runs, like any other. A
+`state.json` it did not leave means someone else applied: it applies its own config
+again.
 """
 
 from __future__ import annotations

@@ -157,7 +157,7 @@ def collect(netns: str | None, plan: Plan | None) -> StatusReport:
         namespace=netns,
         applied=recorded is not None,
         applied_at=recorded.applied_at if recorded else None,
-        uplinks=uplink_statuses(uplinks, daemon, connections, None, (interfaces, routes_json)),
+        uplinks=uplink_statuses(uplinks, daemon, connections=connections, interfaces=interfaces, routes=routes_json),
         policies=policy_statuses(policies, nft.rule_counters(live_table or [])),
         connections_total=sum(connections.values()) if connections is not None else None,
         connections_other=connections[0] if connections is not None else None,
@@ -169,21 +169,23 @@ def collect(netns: str | None, plan: Plan | None) -> StatusReport:
 def uplink_statuses(
     uplinks: list[UplinkPlan],
     daemon: DaemonRecord | None,
-    connections: Counter[int] | None,
-    traffic: Mapping[str, Mapping[str, int]] | None,
-    system: tuple[Mapping[str, Link], list[dict[str, Any]]] | None,
+    *,
+    connections: Counter[int] | None = None,
+    traffic: Mapping[str, Mapping[str, int]] | None = None,
+    interfaces: Mapping[str, Link] | None = None,
+    routes: list[dict[str, Any]] | None = None,
 ) -> tuple[UplinkStatus, ...]:
-    """Each uplink of the plan with what is known of it.
+    """Each uplink of the plan with what is known of it; None: not read.
 
-    SYSTEM: the links and the routes (`Rpdb.routes_json`), None when not read (metrics);
-    TRAFFIC: interface counters by interface, None when not read (status).
+    CONNECTIONS: by mark; TRAFFIC: interface counters by interface (metrics);
+    INTERFACES and ROUTES (`Rpdb.routes_json`): links and default routes (status).
     """
-    interfaces, routes = system if system is not None else ({}, [])
+    interfaces = interfaces or {}
     found = []
     for u in uplinks:
         link = interfaces.get(u.interface)
         table = str(u.table)
-        installed = [r for r in routes if r.get("table") == table and r.get("dst") == "default"]
+        installed = [r for r in routes or [] if r.get("table") == table and r.get("dst") == "default"]
         found.append(UplinkStatus(
             name=u.name,
             interface=u.interface,

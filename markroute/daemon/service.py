@@ -285,15 +285,15 @@ class Daemon:
         self.act_timer = None
         assert self.installed is not None
         transitions, self.pending = self.pending, []
-        health = availability_of(self.uplink_states())
-        wanted = compile_plan(self.model, health)
-        self.unmoved = (self.unmoved | (health.down - self.installed_availability.down)) & health.down
+        availability = availability_of(self.uplink_states())
+        wanted = compile_plan(self.model, availability)
+        self.unmoved = (self.unmoved | (availability.down - self.installed_availability.down)) & availability.down
         moved = f"; flows of {', '.join(sorted(self.unmoved))} moved" if self.unmoved else ""
         try:
             try:
                 commands = chain_batch(self.installed, wanted)
             except ValueError:  # a reload is being applied: the new config's plan goes in whole
-                self.install()
+                self.install_plan(wanted, availability)
                 self.log.info("rules: applied the new config for the uplinks' states%s", moved)
             else:
                 if commands:
@@ -301,7 +301,7 @@ class Daemon:
                     self.rule_changes += 1
                     self.log.info("rules: rewrote %s in one transaction%s", ", ".join(changed_chains(commands)), moved)
                     self.recorder.refresh(wanted, self.nominal)
-                self.installed, self.installed_availability = wanted, health
+                self.installed, self.installed_availability = wanted, availability
             move_flows((self.model.uplinks[name].mark for name in sorted(self.unmoved)), self.model.settings.mark_mask)
             self.unmoved = frozenset()
         except KernelError as exc:
@@ -316,7 +316,10 @@ class Daemon:
     def install(self) -> None:
         """Apply the config's plan for the current uplink states, like `markroute apply`."""
         availability = availability_of(self.uplink_states())
-        plan = compile_plan(self.model, availability)
+        self.install_plan(compile_plan(self.model, availability), availability)
+
+    def install_plan(self, plan: Plan, availability: UplinkAvailability) -> None:
+        """Apply PLAN, compiled for AVAILABILITY; the one compile of an install is the caller's."""
         report = apply(plan, self.netns)
         for change in report.changes:
             self.log.info("apply: %s", change)

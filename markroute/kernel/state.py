@@ -154,7 +154,7 @@ class TableAmendment:
 
 @dataclass(frozen=True)
 class UplinkRecord:
-    """One uplink as the daemon last saw it (`daemon.health.Snapshot` plus whether it is probed)."""
+    """One uplink as the daemon last saw it (`daemon.uplinkstate.Snapshot` plus whether it is probed)."""
 
     state: UplinkState
     since: float

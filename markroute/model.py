@@ -89,7 +89,7 @@ class HealthCheck:
     """
 
     targets: tuple[str, ...] = ()
-    method: Literal["icmp", "tcp", "arp"] = "icmp"
+    method: str = "icmp"  # a name in markroute.probes.METHODS (config checks it)
     interval: float = 0.1
     timeout: float = 0.2
     down: int = 4

@@ -234,9 +234,9 @@ class DaemonLab:
         return process
 
     def record(self) -> Any:
-        from markroute.daemon import record
+        from markroute.kernel import state
 
-        return record.load(self.rtr)
+        return state.load_daemon_record(self.rtr)
 
     def states(self) -> dict[str, str]:
         seen = self.record()

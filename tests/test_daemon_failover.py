@@ -26,7 +26,7 @@ from daemon_helpers import (  # noqa: F401 (dlab: a fixture)
 )
 from kernelhelp import KERNEL
 
-from markroute.daemon.health import DEGRADED_WEIGHT
+from markroute.daemon.uplinkstate import DEGRADED_WEIGHT
 from markroute.model import HealthCheck
 
 pytestmark = KERNEL

@@ -1,7 +1,7 @@
 """The daemon's pure parts: the health state machine, the chain-rewrite batch, metrics text, records.
 
 No kernel here: health is driven with synthetic probe results and clock values, and the
-batch is computed from plans the real compiler made for different `Health` values.
+batch is computed from plans the real compiler made for different `UplinkAvailability` values.
 """
 
 from __future__ import annotations
@@ -15,11 +15,10 @@ from collections import Counter
 
 import pytest
 
-from markroute.compile import Health, compile_plan
+from markroute.compile import UplinkAvailability, compile_plan
 from markroute.config import load_model
-from markroute.daemon import health as health_module
-from markroute.daemon.failover import chain_batch, changed_chains, health_of
-from markroute.daemon.health import Transition, UplinkHealth
+from markroute.daemon import uplinkstate as health_module
+from markroute.daemon.failover import availability_of, chain_batch, changed_chains
 from markroute.daemon.hooks import Hooks
 from markroute.daemon.logs import setup
 from markroute.daemon.metrics import (
@@ -30,12 +29,14 @@ from markroute.daemon.metrics import (
     parse_address,
 )
 from markroute.daemon.monitor import probe_targets
-from markroute.daemon.probes import checksum, split_target
 from markroute.daemon.reactor import Reactor
-from markroute.daemon.record import DaemonRecord, UplinkRecord
+from markroute.daemon.uplinkstate import Transition, UplinkHealth
 from markroute.kernel.links import COUNTER_KEYS
+from markroute.kernel.state import DaemonRecord, UplinkRecord
 from markroute.model import HealthCheck, Model
 from markroute.plan import Plan
+from markroute.probes.icmp import checksum
+from markroute.probes.sockets import split_target
 
 CHECK = HealthCheck()
 CONFIG = """
@@ -173,8 +174,8 @@ def test_rtt_over_the_limit_degrades() -> None:
 
 
 def test_degraded_members_get_a_smaller_weight() -> None:
-    computed = health_of({"isp_a": "degraded", "isp_b": "up", "ppp": "down"})
-    assert computed == Health(down=frozenset({"ppp"}), weight_factor={"isp_a": health_module.DEGRADED_WEIGHT})
+    computed = availability_of({"isp_a": "degraded", "isp_b": "up", "ppp": "down"})
+    assert computed == UplinkAvailability(down=frozenset({"ppp"}), weight_factor={"isp_a": health_module.DEGRADED_WEIGHT})
 
 
 # -- the failover batch ----------------------------------------------------------------
@@ -187,7 +188,7 @@ def rules_of(plan: Plan, chain: str) -> list[object]:
 def test_a_dead_uplink_rewrites_only_its_via_and_group_chains(tmp_path: object) -> None:
     loaded = model(tmp_path)
     healthy = compile_plan(loaded)
-    dead = compile_plan(loaded, Health(down=frozenset({"isp_a"})))
+    dead = compile_plan(loaded, UplinkAvailability(down=frozenset({"isp_a"})))
     batch = chain_batch(healthy, dead)
     assert set(changed_chains(batch)) == {"via_isp_a", "group_both", "group_primary"}
     verbs = [next(iter(command)) for command in batch]
@@ -202,7 +203,7 @@ def test_a_dead_uplink_rewrites_only_its_via_and_group_chains(tmp_path: object) 
 
 def test_a_degraded_member_changes_only_the_balance_weights(tmp_path: object) -> None:
     loaded = model(tmp_path)
-    batch = chain_batch(compile_plan(loaded), compile_plan(loaded, health_of({"isp_a": "degraded"})))
+    batch = chain_batch(compile_plan(loaded), compile_plan(loaded, availability_of({"isp_a": "degraded"})))
     assert changed_chains(batch) == ["group_both"]
 
 
@@ -214,7 +215,7 @@ def test_a_chain_only_the_new_health_needs_is_added_and_removed_again(tmp_path: 
     )
     loaded, _ = load_model(str(path))
     assert loaded is not None
-    healthy, dead = compile_plan(loaded), compile_plan(loaded, Health(down=frozenset({"isp_a"})))
+    healthy, dead = compile_plan(loaded), compile_plan(loaded, UplinkAvailability(down=frozenset({"isp_a"})))
     batch = chain_batch(healthy, dead)
     assert batch[0] == {"add": next(obj for obj in dead.nft if obj.get("chain", {}).get("name") == "mark_blackhole")}
     undo = chain_batch(dead, healthy)

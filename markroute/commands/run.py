@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from functools import partial
 
 import click
 
@@ -38,7 +39,7 @@ def command(config: str | None, netns: str | None, metrics: str | None, down_on_
     was rolled back); 2 wrong usage; 4 not root, nft missing, no such namespace or the
     metrics address cannot be used.
     """
-    from markroute.config import config_path
+    from markroute.config import config_path, load_model
     from markroute.daemon.logs import setup
     from markroute.daemon.metrics import parse_address
     from markroute.daemon.service import Daemon, Options
@@ -52,5 +53,5 @@ def command(config: str | None, netns: str | None, metrics: str | None, down_on_
     model = load_model_or_exit(path)
     with exit_codes():
         netns = prepare(netns)
-        code = Daemon(Options(path, netns, address, down_on_exit), model, setup(verbose)).run()
+        code = Daemon(Options(partial(load_model, path), netns, address, down_on_exit), model, setup(verbose)).run()
     sys.exit(code)

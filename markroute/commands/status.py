@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -16,6 +16,10 @@ from markroute.commands.cliutil import (
     netns_option,
     print_json,
 )
+
+if TYPE_CHECKING:
+    from markroute.kernel.state import UplinkRecord
+    from markroute.kernel.status import StatusReport
 
 
 @click.command("status")
@@ -42,39 +46,39 @@ def command(config: str | None, netns: str | None, as_json: bool) -> None:
         netns = prepare(netns)
         report = collect(netns, plan)
     if as_json:
-        print_json(report)
+        print_json(report.to_json())
     else:
         click.echo(render(report), nl=False)
-    if report["drift"]:
+    if report.drift:
         sys.exit(EXIT_DRIFT)
 
 
-def render(report: dict[str, Any]) -> str:
-    where = f"namespace {report['namespace']}" if report["namespace"] else "this host"
-    if not report["applied"]:
+def render(report: StatusReport) -> str:
+    where = f"namespace {report.namespace}" if report.namespace else "this host"
+    if not report.applied:
         lines = [f"markroute is not applied in {where}"]
     else:
-        lines = [f"markroute applied in {where} at {report['applied_at']}"]
+        lines = [f"markroute applied in {where} at {report.applied_at}"]
     lines += daemon_lines(report)
-    if report["uplinks"]:
+    if report.uplinks:
         lines += ["", "uplinks:"]
-        for u in report["uplinks"]:
-            state = "up" if u["up"] else ("down" if u["exists"] else "missing")
-            gateways = ", ".join(u["default_routes"]) or "no default route installed"
+        for u in report.uplinks:
+            state = "up" if u.up else ("down" if u.exists else "missing")
+            gateways = ", ".join(u.default_routes) or "no default route installed"
             lines.append(
-                f"  {u['name']:<12} {u['interface']:<10} {state:<8} table {u['table']:<6} mark {u['mark']:<8} "
-                f"connections {u['connections']}"
+                f"  {u.name:<12} {u.interface:<10} {state:<8} table {u.table:<6} mark {hex(u.mark):<8} "
+                f"connections {u.connections or 0}"
             )
-            lines.append(f"  {'':<12} addresses {', '.join(u['addresses']) or 'none'}; via {gateways}")
-            if u.get("health"):
-                lines.append(f"  {'':<12} {health_text(u['health'])}")
-    if report["policies"]:
+            lines.append(f"  {'':<12} addresses {', '.join(u.addresses) or 'none'}; via {gateways}")
+            if u.health:
+                lines.append(f"  {'':<12} {health_text(u.health)}")
+    if report.policies:
         lines += ["", "policies:"]
-        lines += [f"  {p['name']:<24} {p['packets']:>10} packets {p['bytes']:>12} bytes" for p in report["policies"]]
-    connections = report["connections"]
-    lines += ["", f"connections: {connections['total']} tracked, {connections['other']} without an uplink mark"]
-    if report["drift"]:
-        lines += ["", "drift:"] + [f"  {d}" for d in report["drift"]]
+        lines += [f"  {p.name:<24} {p.packets:>10} packets {p.bytes:>12} bytes" for p in report.policies]
+    lines += ["", f"connections: {report.connections_total or 0} tracked, "
+                  f"{report.connections_other or 0} without an uplink mark"]
+    if report.drift:
+        lines += ["", "drift:"] + [f"  {d}" for d in report.drift]
     else:
         lines += ["", "drift: none"]
     return "\n".join(lines) + "\n"
@@ -83,26 +87,25 @@ def render(report: dict[str, Any]) -> str:
 # -- what `markroute run` reports ------------------------------------------------------
 
 
-def daemon_lines(report: dict[str, Any]) -> list[str]:
-    daemon = report.get("daemon")
+def daemon_lines(report: StatusReport) -> list[str]:
+    daemon = report.daemon
     if not daemon:
         return []
-    started = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(daemon["started"]))
-    if not daemon["running"]:
-        return [f"markroute run (pid {daemon['pid']}) is not running; uplink states are as it last saw them"]
-    changes = daemon["rule_changes"]
-    return [f"markroute run: pid {daemon['pid']} since {started}, {changes} rule changes for uplink states"]
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(daemon.started))
+    if not daemon.running:
+        return [f"markroute run (pid {daemon.pid}) is not running; uplink states are as it last saw them"]
+    return [f"markroute run: pid {daemon.pid} since {started}, {daemon.rule_changes} rule changes for uplink states"]
 
 
-def health_text(health: dict[str, Any]) -> str:
-    since = time.strftime("%H:%M:%S", time.localtime(health["since"]))
-    parts = [f"health {health['state']} since {since} ({health['transitions']} changes)"]
-    if health["suppressed"]:
+def health_text(health: UplinkRecord) -> str:
+    since = time.strftime("%H:%M:%S", time.localtime(health.since))
+    parts = [f"health {health.state} since {since} ({health.transitions} changes)"]
+    if health.suppressed:
         parts.append("held down: flapping")
-    if not health["probed"]:
+    if not health.probed:
         parts.append("link state only")
-    if health["rtt"] is not None:
-        parts.append(f"rtt {health['rtt'] * 1000:.1f} ms")
-    if health["loss"] is not None:
-        parts.append(f"loss {health['loss']:.0%}")
+    if health.rtt is not None:
+        parts.append(f"rtt {health.rtt * 1000:.1f} ms")
+    if health.loss is not None:
+        parts.append(f"loss {health.loss:.0%}")
     return "; ".join(parts)

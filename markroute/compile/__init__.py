@@ -4,6 +4,6 @@
 verdict maps; see docs/architecture.md for how the stages hand data on.
 """
 
-from markroute.compile.chains import Health, compile_plan
+from markroute.compile.chains import UplinkAvailability, compile_plan
 
-__all__ = ["Health", "compile_plan"]
+__all__ = ["UplinkAvailability", "compile_plan"]

@@ -14,7 +14,7 @@ How packets flow through the generated table (`inet markroute`):
 * `group_<name>` chains pick a member: `numgen random` over a verdict map for weighted
   balancing, a plain `goto` to the first usable member for failover, else the last
   resort. `via_<uplink>` chains lead policies to an uplink, or to the last resort while it
-  is down. These two kinds are the only chains that depend on uplink health (`Health`),
+  is down. These two kinds are the only chains that depend on uplink health (`UplinkAvailability`),
   so the daemon rewrites just them when an uplink changes state.
 * `postrouting` (nat) masquerades or SNATs per uplink; it exists only when an uplink NATs,
   since even an empty nat chain makes every forwarded packet pass the NAT hooks.
@@ -60,8 +60,10 @@ NFPROTO = {4: "ipv4", 6: "ipv6"}
 
 
 @dataclass(frozen=True)
-class Health:
-    """The daemon's view of the uplinks: which are down, and how much to trust degraded ones.
+class UplinkAvailability:
+    """Which uplinks the plan may use: those down are left out, degraded ones weigh less.
+
+    The daemon derives it from its uplinks' states (`daemon.failover.availability_of`).
 
     Only the `via_<uplink>` and `group_<name>` chains depend on it, so a health change
     rewrites those few chains and never the policies, sets or counters.
@@ -71,13 +73,15 @@ class Health:
     weight_factor: Mapping[str, float] = field(default_factory=dict)
 
 
-def compile_plan(model: Model, health: Health = Health(), merge_min: int | None = MERGE_MIN) -> Plan:
+def compile_plan(
+    model: Model, health: UplinkAvailability = UplinkAvailability(), merge_min: int | None = MERGE_MIN
+) -> Plan:
     """The plan for `model`; `merge_min=None` keeps one rule per policy (the naive form benchmarks compare)."""
     return Compiler(model, health, merge_min).plan()
 
 
 class Compiler:
-    def __init__(self, model: Model, health: Health = Health(), merge_min: int | None = MERGE_MIN) -> None:
+    def __init__(self, model: Model, health: UplinkAvailability = UplinkAvailability(), merge_min: int | None = MERGE_MIN) -> None:
         self.model = model
         self.health = health
         self.merge_min = merge_min

@@ -38,6 +38,7 @@ from markroute.model import (
     Settings,
     Uplink,
 )
+from markroute.probes import METHODS
 from markroute.values import (
     FOREIGN_TABLES,
     RESERVED_TABLES,
@@ -54,7 +55,6 @@ from markroute.values import (
     parse_ip,
     parse_mark,
     parse_policy_name,
-    parse_probe_target,
     parse_seconds,
     parse_table,
     parse_weight,
@@ -602,11 +602,13 @@ class Validator:
         self.known_keys(node, CHECK_KEYS, f"check of '{name}'")
         items = node.items
         fields: dict[str, Any] = {}
+        named = items["method"].scalar if "method" in items else HealthCheck.method
+        method = METHODS.get(str(named), METHODS[HealthCheck.method])  # a wrong name is reported below
         if "targets" in items:
-            targets = self.one_or_many(items["targets"], "targets", parse_probe_target)
+            targets = self.one_or_many(items["targets"], "targets", method.parse_target)
             fields["targets"] = tuple(targets) if targets is not None else None
         if "method" in items:
-            fields["method"] = self.choice(items["method"], "method", ("icmp", "tcp", "arp"))
+            fields["method"] = self.choice(items["method"], "method", tuple(METHODS))
         for key in ("interval", "timeout", "max_rtt"):
             if key in items:
                 fields[key] = self.scalar(items[key], key, parse_seconds)
@@ -618,8 +620,9 @@ class Validator:
         if any(v is None for v in fields.values()):
             return None
         check = HealthCheck(**fields)
-        if check.method == "tcp" and any(":" not in t.rsplit("]", 1)[-1] for t in check.targets):
-            self.diag.error(items.get("targets", node).where, "tcp checks need targets as host:port")
+        problem = METHODS[check.method].invalid_targets(check.targets)
+        if problem is not None:
+            self.diag.error(items.get("targets", node).where, problem)
             return None
         return check
 

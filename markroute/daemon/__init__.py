@@ -2,12 +2,15 @@
 
 Modules, in the order a failover passes through them:
 
-* `probes`: ICMP, TCP and ARP probes pinned to their uplink (mark, device, source);
+* `markroute.probes` (a package of its own, below config): the probe methods, ICMP,
+  TCP and ARP, pinned to their uplink (mark, device, source);
 * `monitor`: rounds of probes on a schedule, per uplink;
-* `health`: the state machine (up, degraded, down) with hysteresis and flap damping;
+* `uplinkstate`: each uplink's state machine (up, degraded, down) with hysteresis and
+  flap damping;
 * `netlink`: link, address and route events from the kernel, acted on at once;
 * `failover`: the one-transaction chain rewrite and the conntrack clean-up;
 * `service`: the loop tying them together, signals, reload, resync;
-* `record`, `metrics`, `hooks`, `logs`: what the daemon tells the world (status,
-  Prometheus, `on_change`, journald), `reactor`: the single-threaded event loop.
+* `metrics`, `hooks`, `logs`: what the daemon tells the world (Prometheus,
+  `on_change`, journald; its records for `status` are in `kernel.state`), `reactor`:
+  the single-threaded event loop.
 """

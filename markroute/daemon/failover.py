@@ -1,6 +1,6 @@
 """Acting on a health change: rewrite the few chains that depend on it, move the dead uplink's flows.
 
-Only the `via_<uplink>` and `group_<name>` chains depend on `Health` (see the compiler),
+Only the `via_<uplink>` and `group_<name>` chains depend on `UplinkAvailability` (see the compiler),
 so a health change never replaces the table: `chain_batch` compares the installed plan
 with the one compiled for the new health and emits one nftables batch that flushes and
 refills exactly the chains whose rules differ (and adds or deletes a chain only the new
@@ -14,7 +14,8 @@ new connection and takes whatever the rewritten chains now say. Connections of e
 other uplink, and unmarked ones, are not touched. The order matters: chains first, so
 a deleted flow can never be re-marked for the dead uplink.
 
-`TableRecorder` keeps the record `markroute status` compares against in step. The
+`TableRecorder` keeps the record `markroute status` and the next apply compare against
+in step, in the daemon's own file (`state.amend`: state.json stays apply's). The
 listing runs as a child process watched by the reactor instead of holding up probes
 and failovers; it leaves set elements out (`nft -t`: a failover never changes them, and
 listing 100,000 of them takes nft seconds), and the plan's elements complete it.
@@ -29,9 +30,9 @@ import subprocess
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from markroute.compile import Health
-from markroute.daemon.health import DEGRADED_WEIGHT, State
+from markroute.compile import UplinkAvailability
 from markroute.daemon.reactor import Reactor
+from markroute.daemon.uplinkstate import DEGRADED_WEIGHT, State
 from markroute.kernel import KernelError, conntrack, digest, nft, nftnetlink, state
 from markroute.plan import Plan
 from markroute.plan.nftjson import FAMILY
@@ -39,9 +40,9 @@ from markroute.plan.nftjson import FAMILY
 Obj = dict[str, Any]
 
 
-def health_of(states: Mapping[str, State]) -> Health:
+def availability_of(states: Mapping[str, State]) -> UplinkAvailability:
     """The compiler's view of the uplinks' states."""
-    return Health(
+    return UplinkAvailability(
         down=frozenset(name for name, current in states.items() if current == "down"),
         weight_factor={name: DEGRADED_WEIGHT for name, current in states.items() if current == "degraded"},
     )
@@ -108,7 +109,7 @@ def move_flows(marks: Iterable[int], mask: int) -> None:
 
 
 class TableRecorder:
-    """Records the live table in the state file after the daemon rewrote chains.
+    """Records the live table in the daemon's amendment of the state after it rewrote chains.
 
     `refresh` (after every rewrite) starts `nft -t -j list table` as a child process; its
     output is read as it comes, and recorded with the new plan's digest and the nf_tables
@@ -118,12 +119,10 @@ class TableRecorder:
     `markroute status -c FILE` keeps comparing against the config, not the health.
     """
 
-    def __init__(self, reactor: Reactor, netns: str | None, on_error: Callable[[str], None],
-                 on_recorded: Callable[[], None]) -> None:
+    def __init__(self, reactor: Reactor, netns: str | None, on_error: Callable[[str], None]) -> None:
         self.reactor = reactor
         self.netns = netns
         self.on_error = on_error
-        self.on_recorded = on_recorded
         self.plan: Plan | None = None
         self.nominal = ""
         self.generation = 0
@@ -199,25 +198,14 @@ class TableRecorder:
             callback()
 
     def record(self, plan: Plan, listing: list[Obj]) -> None:
-        with state.locked(self.netns):
-            recorded = state.load(self.netns)
-            if recorded is None:
-                return
-            recorded.nft_listing = nft.with_elements(nft.normalise(listing), plan.nft)
-            recorded.nft_generation = self.kernel_generation
-            recorded.nft_digest = digest.nft_digest(plan)
-            recorded.plan_digest = self.nominal
-            state.save(self.netns, recorded)
-        self.on_recorded()
+        table = state.TableRewrite(digest.nft_digest(plan), nft.with_elements(nft.normalise(listing), plan.nft),
+                                   self.kernel_generation)
+        state.amend(self.netns, self.nominal, table)
 
     def stamp(self, nominal: str) -> None:
         """After an apply of a health plan: record the config's digest (see the class doc)."""
         self.nominal = nominal
-        with state.locked(self.netns):
-            recorded = state.load(self.netns)
-            if recorded is not None and recorded.plan_digest != nominal:
-                recorded.plan_digest = nominal
-                state.save(self.netns, recorded)
+        state.amend(self.netns, nominal)
 
     def close(self) -> None:
         if self.running is not None:

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from markroute.daemon.health import Transition
+from markroute.daemon.uplinkstate import Transition
 
 TIMEOUT = 30.0
 

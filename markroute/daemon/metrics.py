@@ -3,7 +3,8 @@
 Served by a small HTTP server on its own thread, so a scrape (which lists nftables
 counters, interface counters and the conntrack table) never delays a probe or a
 failover; the daemon's side is `Exposed`, a snapshot it replaces whole after each
-change, which the server thread only reads.
+change, which the server thread only reads. A scrape is the daemon's `StatusReport`
+(kernel/status.py, the value `markroute status` renders too) in the exposition format.
 
 Per uplink: state (one series per possible state, 1 for the current one), RTT, loss,
 since when, state changes, tracked connections, and the packets and bytes its
@@ -23,13 +24,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from markroute.daemon.health import STATES
-from markroute.daemon.record import DaemonRecord
 from markroute.kernel import KernelError, nft
 from markroute.kernel.conntrack import count_by_mark
 from markroute.kernel.links import interface_counters
 from markroute.kernel.rpdb import Rpdb
-from markroute.kernel.status import policy_counters
+from markroute.kernel.state import UPLINK_STATES, DaemonRecord
+from markroute.kernel.status import (
+    DaemonStatus,
+    StatusReport,
+    policy_statuses,
+    uplink_statuses,
+)
 from markroute.plan import Plan
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -93,16 +98,33 @@ def read_kernel(plan: Plan, log: logging.Logger) -> KernelCounters | None:
         return None
 
 
-def exposition(exposed: Exposed, kernel: KernelCounters | None) -> str:
-    """The whole scrape: the daemon's view of the uplinks plus the kernel's counters."""
-    families = Families()
+def report(exposed: Exposed, kernel: KernelCounters | None) -> StatusReport:
+    """The status report the daemon can give of itself: its record, its plan, the kernel's counters."""
     record, plan = exposed.record, exposed.plan
-    for uplink in plan.uplinks:
-        seen = record.uplinks.get(uplink.name)
+    return StatusReport(
+        namespace=None,
+        applied=True,
+        applied_at=None,
+        uplinks=uplink_statuses(list(plan.uplinks), record, connections=kernel.connections if kernel else None,
+                                traffic=kernel.interfaces if kernel else None),
+        policies=policy_statuses(list(plan.policies), kernel.rules) if kernel else (),
+        daemon=DaemonStatus(record.pid, True, record.started, record.rule_changes),
+    )
+
+
+def exposition(exposed: Exposed, kernel: KernelCounters | None) -> str:
+    """The whole scrape: the daemon's view of the uplinks plus the kernel's counters (None: unreadable)."""
+    return render(report(exposed, kernel))
+
+
+def render(status: StatusReport) -> str:
+    families = Families()
+    for uplink in status.uplinks:
+        seen = uplink.health
         if seen is None:
             continue
         labels = {"uplink": uplink.name}
-        for name in STATES:
+        for name in UPLINK_STATES:
             families.add("markroute_uplink_state", "gauge", "1 for the uplink's current state (up, degraded, down).",
                          {**labels, "state": name}, 1 if seen.state == name else 0)
         if seen.rtt is not None:
@@ -115,27 +137,23 @@ def exposition(exposed: Exposed, kernel: KernelCounters | None) -> str:
                      labels, seen.since)
         families.add("markroute_uplink_transitions_total", "counter", "State changes since the daemon first started.",
                      labels, seen.transitions)
-    if kernel is not None:
-        _kernel_metrics(families, plan, kernel)
-    families.add("markroute_rule_changes_total", "counter",
-                 "nftables transactions the daemon made for uplink state changes.", {}, record.rule_changes)
-    return families.text()
-
-
-def _kernel_metrics(families: Families, plan: Plan, kernel: KernelCounters) -> None:
-    for uplink in plan.uplinks:
-        families.add("markroute_uplink_connections", "gauge", "Tracked connections carrying the uplink's mark.",
-                     {"uplink": uplink.name}, kernel.connections[uplink.mark])
-        counters = kernel.interfaces.get(uplink.interface)
-        for suffix, key, help_text in INTERFACE_COUNTERS if counters else ():
+    for uplink in status.uplinks:
+        if uplink.connections is not None:
+            families.add("markroute_uplink_connections", "gauge", "Tracked connections carrying the uplink's mark.",
+                         {"uplink": uplink.name}, uplink.connections)
+        for suffix, key, help_text in INTERFACE_COUNTERS if uplink.traffic else ():
             families.add(f"markroute_uplink_{suffix}_total", "counter", help_text,
-                         {"uplink": uplink.name, "interface": uplink.interface}, counters[key])  # type: ignore[index]
-    for name, (packets, octets) in policy_counters(list(plan.policies), kernel.rules).items():
+                         {"uplink": uplink.name, "interface": uplink.interface}, uplink.traffic[key])  # type: ignore[index]
+    for policy in status.policies:
         families.add("markroute_policy_packets_total", "counter",
                      "Packets counted by the policy's rules: the first packet of each connection it routed.",
-                     {"policy": name}, packets)
+                     {"policy": policy.name}, policy.packets)
         families.add("markroute_policy_bytes_total", "counter", "Bytes of the packets the policy's rules counted.",
-                     {"policy": name}, octets)
+                     {"policy": policy.name}, policy.bytes)
+    rule_changes = status.daemon.rule_changes if status.daemon else 0
+    families.add("markroute_rule_changes_total", "counter",
+                 "nftables transactions the daemon made for uplink state changes.", {}, rule_changes)
+    return families.text()
 
 
 class MetricsServer:

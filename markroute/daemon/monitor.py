@@ -6,31 +6,22 @@ within `check.timeout` (or no probe could even be sent) it is a failure. Rounds
 overlap when the timeout is longer than the interval, so a dead uplink is noticed
 `(down - 1) * interval + timeout` after its first lost probe, whatever the RTT was.
 
-What is probed when the config says nothing (`targets`):
-
-* `icmp` (default): the uplink's gateway(s);
-* `arp`: its IPv4 gateway;
-* an uplink with no gateway and no targets (a point-to-point link, say) is not probed
-  at all: its link state, followed through netlink, is its health.
+What is probed when the config says nothing (`targets`) is the method's business
+(`markroute.probes`): `icmp` (the default) probes the uplink's gateway(s), `arp` its
+IPv4 gateway, `tcp` nothing. An uplink with no targets (a point-to-point link without
+gateway, say) is not probed at all: its link state, followed through netlink, is its
+health.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable
 
-from markroute.daemon.health import Transition, UplinkHealth
-from markroute.daemon.probes import (
-    ArpProber,
-    Egress,
-    IcmpProber,
-    Prober,
-    TcpProber,
-    split_target,
-    version_of,
-)
 from markroute.daemon.reactor import Reactor, Timer
+from markroute.daemon.uplinkstate import Transition, UplinkHealth
 from markroute.model import HealthCheck, Uplink
+from markroute.probes import METHODS, default_targets
+from markroute.probes.method import Egress, Prober
 
 OnTransition = Callable[[Transition], None]
 
@@ -38,24 +29,9 @@ OnTransition = Callable[[Transition], None]
 def probe_targets(uplink: Uplink) -> tuple[HealthCheck, tuple[str, ...]]:
     """The check an uplink gets (its own or the defaults) and what it probes; () means link state only."""
     check = uplink.check or HealthCheck()
-    if check.targets:
-        targets = check.targets
-    elif check.method == "arp":
-        targets = (uplink.gateway,) if uplink.gateway else ()
-    elif check.method == "icmp":
-        targets = tuple(gateway for gateway in (uplink.gateway, uplink.gateway6) if gateway)
-    else:
-        targets = ()
-    return check, tuple(_canonical(target, check.method) for target in targets)
-
-
-def _canonical(target: str, method: str) -> str:
-    """Targets as the kernel reports answer sources, so answers can be matched by plain equality."""
-    if method == "tcp":
-        host, port = split_target(target)
-        host = str(ipaddress.ip_address(host))
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return str(ipaddress.ip_address(target))
+    method = METHODS[check.method]
+    targets = check.targets or default_targets(method, uplink)
+    return check, tuple(method.canonical(target) for target in targets)
 
 
 class UplinkMonitor:
@@ -65,6 +41,7 @@ class UplinkMonitor:
         self.health = health
         self.on_transition = on_transition
         self.check, self.targets = probe_targets(uplink)
+        self.method = METHODS[self.check.method]
         self.probers: dict[str, Prober] = {}
         self.egress: Egress | None = None
         self.rounds: set[int] = set()
@@ -107,16 +84,10 @@ class UplinkMonitor:
                     continue  # no address of that family yet: those targets fail until one appears
 
     def prober_key(self, target: str) -> str:
-        if self.check.method == "icmp":
-            return f"icmp{version_of(target)}"
-        return self.check.method
+        return self.method.prober_key(target)
 
     def make_prober(self, egress: Egress, key: str) -> Prober:
-        if key.startswith("icmp"):
-            return IcmpProber(self.reactor, egress, int(key[4:]), self.answered)
-        if key == "tcp":
-            return TcpProber(self.reactor, egress, self.answered)
-        return ArpProber(self.reactor, egress, self.answered)
+        return self.method.open_prober(self.reactor, egress, key, self.answered)
 
     def close_probers(self) -> None:
         for prober in self.probers.values():

@@ -18,6 +18,12 @@ Signals: SIGTERM and SIGINT stop the daemon and leave the rules in place (so a
 restart or an upgrade does not interrupt traffic) unless `--down-on-exit`; SIGHUP
 reloads the config and applies the difference, keeping the state of every uplink
 whose definition did not change. An invalid config on reload is logged and ignored.
+
+Records (`kernel.state`): the daemon writes only its own files, `daemon.json` (the
+uplinks' states) and `table.json` (what it changed on top of the last apply, through
+`TableRecorder`); `state.json` is written by the applies it runs, like any other. A
+`state.json` it did not leave means someone else applied: it applies its own config
+again.
 """
 
 from __future__ import annotations
@@ -29,33 +35,34 @@ import selectors
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
-from markroute.compile import Health, compile_plan
-from markroute.daemon import record
+from markroute.compile import UplinkAvailability, compile_plan
 from markroute.daemon.failover import (
     TableRecorder,
+    availability_of,
     chain_batch,
     changed_chains,
-    health_of,
     move_flows,
 )
-from markroute.daemon.health import State, Transition, UplinkHealth
 from markroute.daemon.hooks import Hooks
 from markroute.daemon.metrics import Exposed, MetricsServer
 from markroute.daemon.monitor import UplinkMonitor, probe_targets
 from markroute.daemon.netlink import LinkWatcher
-from markroute.daemon.probes import Egress
 from markroute.daemon.reactor import Reactor, Timer
-from markroute.daemon.record import DaemonRecord, UplinkRecord
+from markroute.daemon.uplinkstate import State, Transition, UplinkHealth
+from markroute.diagnostics import Diagnostic
 from markroute.kernel import EnvironmentProblem, KernelError, digest, nft, state
 from markroute.kernel.apply import apply
 from markroute.kernel.down import down
 from markroute.kernel.links import Link, links
 from markroute.kernel.rpdb import Rpdb
+from markroute.kernel.state import DaemonRecord, UplinkRecord
 from markroute.model import Model, Uplink
 from markroute.plan import Plan
+from markroute.probes.method import Egress
 
 HOUSEKEEPING = 1.0  # seconds between record updates and hook reaping
 RESYNC_DELAY = 0.1  # netlink events come in bursts: one resync per burst
@@ -63,9 +70,15 @@ RETRY = 1.0
 EXIT_WAIT = 5.0  # how long an exit waits for the table record to be written
 
 
+Loader = Callable[[], tuple[Model | None, list[Diagnostic]]]
+
+
 @dataclass(frozen=True)
 class Options:
-    config: str
+    """How `markroute run` was started; `load` reads the config again on SIGHUP (the daemon
+    does not import config: commands/run.py hands it the loader)."""
+
+    load: Loader
     netns: str | None
     metrics: tuple[str, int] | None = None
     down_on_exit: bool = False
@@ -84,12 +97,13 @@ class Daemon:
         self.log = log
         self.reactor = Reactor(self.internal_error)
         self.monitors: dict[str, UplinkMonitor] = {}
-        self.recorder = TableRecorder(self.reactor, self.netns, self.log.error, self.note_state)
+        self.recorder = TableRecorder(self.reactor, self.netns, self.log.error)
         self.hooks = Hooks(model.settings.on_change, self.netns, log)
         self.installed: Plan | None = None
-        self.installed_health = Health()
+        self.installed_availability = UplinkAvailability()
         self.unmoved: frozenset[str] = frozenset()  # uplinks down whose flows are still to be deleted
-        self.nominal = ""
+        self.nominal = ""  # digest of the config's plan with every uplink up (`TableRecorder`)
+        self.nominal_model: Model | None = None  # the model `nominal` was computed for
         self.pending: list[Transition] = []
         self.act_timer: Timer | None = None
         self.resync_timer: Timer | None = None
@@ -97,7 +111,7 @@ class Daemon:
         self.rule_changes = 0
         self.started = time.time()
         self.saved: DaemonRecord | None = None
-        self.state_seen: int | None = None
+        self.state_seen: tuple[int, int] | None = None
         self.exposed: Exposed | None = None
         self.signals: list[int] = []
         self.stopping = False
@@ -116,7 +130,7 @@ class Daemon:
             except OSError as exc:
                 raise EnvironmentProblem(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from exc
         self.catch_signals()  # a stop request during start-up waits for the loop, never cuts an apply short
-        previous = record.load(self.netns)
+        previous = state.load_daemon_record(self.netns)
         interfaces = self.read_links()
         self.build_monitors(previous.uplinks if previous else {}, interfaces)
         self.install()
@@ -263,7 +277,7 @@ class Daemon:
         reason = f" ({transition.reason})" if transition.reason else ""
         self.log.log(level, "uplink %s: %s -> %s%s", transition.uplink, transition.old, transition.new, reason)
 
-    def health(self) -> dict[str, State]:
+    def uplink_states(self) -> dict[str, State]:
         return {name: monitor.health.state for name, monitor in self.monitors.items()}
 
     def act(self) -> None:
@@ -271,15 +285,15 @@ class Daemon:
         self.act_timer = None
         assert self.installed is not None
         transitions, self.pending = self.pending, []
-        health = health_of(self.health())
-        wanted = compile_plan(self.model, health)
-        self.unmoved = (self.unmoved | (health.down - self.installed_health.down)) & health.down
+        availability = availability_of(self.uplink_states())
+        wanted = compile_plan(self.model, availability)
+        self.unmoved = (self.unmoved | (availability.down - self.installed_availability.down)) & availability.down
         moved = f"; flows of {', '.join(sorted(self.unmoved))} moved" if self.unmoved else ""
         try:
             try:
                 commands = chain_batch(self.installed, wanted)
             except ValueError:  # a reload is being applied: the new config's plan goes in whole
-                self.install()
+                self.install_plan(wanted, availability)
                 self.log.info("rules: applied the new config for the uplinks' states%s", moved)
             else:
                 if commands:
@@ -287,7 +301,7 @@ class Daemon:
                     self.rule_changes += 1
                     self.log.info("rules: rewrote %s in one transaction%s", ", ".join(changed_chains(commands)), moved)
                     self.recorder.refresh(wanted, self.nominal)
-                self.installed, self.installed_health = wanted, health
+                self.installed, self.installed_availability = wanted, availability
             move_flows((self.model.uplinks[name].mark for name in sorted(self.unmoved)), self.model.settings.mark_mask)
             self.unmoved = frozenset()
         except KernelError as exc:
@@ -300,18 +314,28 @@ class Daemon:
             self.hooks.run(transition)
 
     def install(self) -> None:
-        """Apply the config's plan for the current health, like `markroute apply`."""
-        health = health_of(self.health())
-        plan = compile_plan(self.model, health)
+        """Apply the config's plan for the current uplink states, like `markroute apply`."""
+        availability = availability_of(self.uplink_states())
+        self.install_plan(compile_plan(self.model, availability), availability)
+
+    def install_plan(self, plan: Plan, availability: UplinkAvailability) -> None:
+        """Apply PLAN, compiled for AVAILABILITY; the one compile of an install is the caller's."""
         report = apply(plan, self.netns)
         for change in report.changes:
             self.log.info("apply: %s", change)
         for warning in report.warnings:
             self.log.debug("apply: %s", warning)
-        self.installed, self.installed_health = plan, health
-        self.nominal = digest.plan_digest(compile_plan(self.model))
+        self.installed, self.installed_availability = plan, availability
+        self.note_nominal(plan, availability)
         self.recorder.stamp(self.nominal)
         self.note_state()
+
+    def note_nominal(self, plan: Plan, availability: UplinkAvailability) -> None:
+        """`nominal` for the current model: PLAN's own digest when every uplink is up, else compiled once per model."""
+        if self.nominal_model is self.model:
+            return
+        nominal = plan if availability == UplinkAvailability() else compile_plan(self.model)
+        self.nominal, self.nominal_model = digest.plan_digest(nominal), self.model
 
     # -- following the system ----------------------------------------------------------
 
@@ -366,9 +390,7 @@ class Daemon:
         self.refresh_egress()
 
     def reload(self) -> None:
-        from markroute.config import load_model
-
-        model, diagnostics = load_model(self.options.config)
+        model, diagnostics = self.options.load()
         if model is None:
             for diagnostic in diagnostics:
                 self.log.error("reload: %s", diagnostic.render())
@@ -408,7 +430,7 @@ class Daemon:
         self.reactor.call_later(HOUSEKEEPING, self.housekeeping)
         self.hooks.reap()
         self.save_record()
-        if self.recorder.idle and self.resync_timer is None and self.state_mtime() != self.state_seen:
+        if self.recorder.idle and self.resync_timer is None and state.written(self.netns) != self.state_seen:
             self.log.warning("another markroute command changed what is applied: applying the running config "
                              "again for the uplinks' current states (change the config with SIGHUP instead)")
             self.reassert()
@@ -422,29 +444,23 @@ class Daemon:
             return
         self.refresh_egress()
 
-    def state_mtime(self) -> int | None:
-        """When the apply state was last written: a change we did not make means someone else applied."""
-        try:
-            return (state.directory(self.netns) / state.STATE_RECORD).stat().st_mtime_ns
-        except FileNotFoundError:
-            return None
-
     def note_state(self) -> None:
-        self.state_seen = self.state_mtime()
+        """Remember which state.json our own apply left: another one means someone else applied."""
+        self.state_seen = state.written(self.netns)
 
     def save_record(self) -> None:
         current = DaemonRecord(
             pid=os.getpid(),
             started=self.started,
             rule_changes=self.rule_changes,
-            uplinks={name: UplinkRecord.of(m.health.snapshot(), m.probed) for name, m in self.monitors.items()},
+            uplinks={name: m.health.snapshot().record(m.probed) for name, m in self.monitors.items()},
         )
         if self.installed is not None:
             self.exposed = Exposed(current, self.installed)
         if current == self.saved:
             return
         try:
-            record.save(self.netns, current)
+            state.save_daemon_record(self.netns, current)
             self.saved = current
         except KernelError as exc:
             self.log.error("%s", exc)

@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
+from typing import Literal
 
 from markroute.kernel import KernelError, digest, nft, nftnetlink, state, sysctl
 from markroute.kernel.journal import Journal
@@ -49,6 +50,17 @@ class ApplyReport:
     @property
     def changed(self) -> bool:
         return bool(self.changes)
+
+
+@dataclass(frozen=True)
+class TableChange:
+    """How apply brings the nftables table to the plan (`_Apply.table_change` says which and why).
+
+    `before`: the table to put back if it is replaced (None: there was none to put back).
+    """
+
+    how: Literal["hook_new", "keep", "update_sets", "rewrite_chains", "create", "replace"]
+    before: list[dict[str, object]] | None = None
 
 
 class ApplyFailed(KernelError):
@@ -275,52 +287,78 @@ class _Apply:
         self.report.changes.append(change)
 
     def swap_table(self) -> list[dict[str, object]]:
-        """Bring the table to the plan; return its listing as `nft.normalise` gives it.
+        """Bring the table to the plan the way `table_change` picks; return its listing as `nft.normalise` gives it.
 
-        Unchanged plan: if nobody committed an nf_tables transaction since the last apply
-        (the generation it recorded), the table is as recorded; otherwise the live table,
-        elements included, is checked against the record and left alone if it matches.
-        Only set contents changed: `update_sets`. Only chains and rules changed:
-        `rewrite_chains`. No table yet: `create_table`. Anything else replaces the whole
-        table. Set elements are listed only for the unchanged check or when the live
-        table is not what the last apply left (the listing of 100,000 elements takes nft
-        seconds): otherwise the record says what to roll back to.
+        Updating sets or rewriting chains can still be refused (someone changed the table
+        behind our back, or the chains cannot be rewritten one by one): the whole table
+        is then replaced, with the recorded table to go back to.
+        """
+        change = self.table_change()
+        previous = self.previous
+        if change.how == "keep":
+            assert previous is not None
+            return previous.nft_listing
+        if change.how in ("hook_new", "create"):
+            self.create_table()
+            return self.live_listing()
+        if change.how == "update_sets":
+            assert previous is not None
+            updated = self.update_sets(previous)
+            if updated is not None:
+                return updated
+        elif change.how == "rewrite_chains":
+            assert previous is not None
+            if self.rewrite_chains(previous):
+                return self.live_listing()
+        name = self.plan.table_name
+        before = change.before
+        self.step(
+            partial(nft.replace_table, name, self.plan.nft),
+            partial(nft.delete_table, name) if before is None else partial(nft.replace_table, name, nft.loadable(before)),
+            f"nftables table inet {name} replaced",
+        )
+        return self.live_listing()
+
+    def table_change(self) -> TableChange:
+        """How to bring the table to the plan, from the record and the live table.
+
+        * `hook_new`: a first apply's `NewTable` is filling already: hook it in;
+        * `keep`: the plan's table is unchanged and so is the live one: if nobody
+          committed an nf_tables transaction since the last apply (the generation it
+          recorded) the table is as recorded; otherwise the live table, elements
+          included, is checked against the record;
+        * `update_sets`: the live structure is as recorded and only set contents differ;
+        * `rewrite_chains`: the live structure is as recorded and only chains and rules differ;
+        * `create`: there is no table;
+        * `replace`: anything else; `before` is the table to roll back to (None: delete).
+
+        Set elements are listed only for the unchanged check or when the live table is
+        not what the last apply left (the listing of 100,000 elements takes nft seconds):
+        otherwise the record says what to roll back to.
         """
         name = self.plan.table_name
         previous = self.previous
         if self.new_table is not None:
-            self.create_table()
-            return self.live_listing()
+            return TableChange("hook_new")
         if previous is not None and previous.nft_digest == self.nft_digest:
             if previous.nft_generation == nftnetlink.generation():
-                return previous.nft_listing  # no nf_tables transaction since the last apply: nothing to check
+                return TableChange("keep")
             before = nft.list_table(name)
-            if before is not None and nft.normalise(before) == previous.nft_listing:
-                return previous.nft_listing
-            absent = before is None
-        else:
-            structure = nft.table_structure(name)
-            absent, before = structure is None, None
-            if structure is not None:
-                if previous is not None and nft.normalise(structure) == nft.without_elements(previous.nft_listing):
-                    if digest.same_structure(previous.nft_digest, self.nft_digest):
-                        updated = self.update_sets(previous)
-                        if updated is not None:
-                            return updated
-                    elif digest.same_elements(previous.nft_digest, self.nft_digest) and self.rewrite_chains(previous):
-                        return self.live_listing()
-                    before = previous.nft_listing
-                else:
-                    before = nft.list_table(name)
-        if absent:
-            self.create_table()
-        else:
-            self.step(
-                partial(nft.replace_table, name, self.plan.nft),
-                partial(nft.delete_table, name) if before is None else partial(nft.replace_table, name, nft.loadable(before)),
-                f"nftables table inet {name} replaced",
-            )
-        return self.live_listing()
+            if before is None:
+                return TableChange("create")
+            if nft.normalise(before) == previous.nft_listing:
+                return TableChange("keep")
+            return TableChange("replace", before)
+        structure = nft.table_structure(name)
+        if structure is None:
+            return TableChange("create")
+        if previous is None or nft.normalise(structure) != nft.without_elements(previous.nft_listing):
+            return TableChange("replace", nft.list_table(name))
+        if digest.same_structure(previous.nft_digest, self.nft_digest):
+            return TableChange("update_sets", previous.nft_listing)
+        if digest.same_elements(previous.nft_digest, self.nft_digest):
+            return TableChange("rewrite_chains", previous.nft_listing)
+        return TableChange("replace", previous.nft_listing)
 
     def adopt(self, new_table: NewTable) -> NewTable:
         """Make NEW_TABLE the one to hook in, and removed again by a rollback, however far it got."""

@@ -1,13 +1,28 @@
-"""What markroute installed, kept under /run/markroute so `down` and `status` need no config.
+"""The records markroute keeps under /run/markroute, so `down` and `status` need no config.
 
-One JSON file per network namespace (`/run/markroute/state.json`, or
-`/run/markroute/netns/NAME/state.json` under `--netns NAME`; /run is per boot, like
-everything the file describes). It is written atomically (temporary file, then
-rename), so a crash leaves either the old record or the new one. The sysctl values it
-holds are the ones found before markroute first changed them: `down` puts those back.
-The elements of address sets (maybe 100,000 intervals) are kept packed, base64 of
-fixed-width (first, last) pairs per set (`nft_elements`), not as nft JSON: writing,
-reading and comparing them then costs milliseconds.
+One directory per network namespace (`/run/markroute`, or `/run/markroute/netns/NAME`
+under `--netns NAME`; /run is per boot, like everything the files describe). Each file
+has exactly one writer, and readers combine them through this module:
+
+* `state.json` (`State`): what `apply` installed. Written only by `kernel.apply`
+  (whether `markroute apply` or the daemon runs it), removed by `down`. The sysctl
+  values it holds are the ones found before markroute first changed them: `down`
+  puts those back.
+* `table.json` (`TableAmendment`): what the daemon changed on top of the last apply.
+  Written only by `markroute run` (`amend`): after a failover rewrote chains, the
+  table as it now is (listing, digest, nf_tables generation); after every apply of a
+  health plan, the digest of the config's plan with every uplink up, so `status -c
+  FILE` keeps comparing against the config, not the health. It names the `state.json`
+  it amends (inode and modification time); once apply writes a new one, the amendment
+  is stale and ignored. `load` returns `state.json` with a current amendment applied,
+  which is what every reader (apply, down, status) wants: the table as it really is.
+* `daemon.json` (`DaemonRecord`): the daemon's view of the uplinks (state, RTT, loss),
+  written only by `markroute run`, read by `status` and by the next daemon start.
+
+Files are written atomically (temporary file, then rename), so a crash leaves either
+the old record or the new one. The elements of address sets (maybe 100,000 intervals)
+are kept packed, base64 of fixed-width (first, last) pairs per set (`nft_elements`),
+not as nft JSON: writing, reading and comparing them then costs milliseconds.
 """
 
 from __future__ import annotations
@@ -20,7 +35,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from markroute.kernel import KernelError, nft
 from markroute.plan import IpRule, Route, UplinkPlan
@@ -29,8 +44,14 @@ from markroute.plan.nftjson import SET_VERSIONS, AddressElements, json_default
 RUN_DIR = Path("/run/markroute")
 FORMAT = 2
 READABLE_FORMATS = (1, FORMAT)  # format 1 kept set elements as nft JSON in the listing: still read as they are
-STATE_RECORD = "state.json"
-DAEMON_RECORD = "daemon.json"  # written by `markroute run` (markroute.daemon.record)
+STATE_RECORD = "state.json"  # written by apply
+TABLE_AMENDMENT = "table.json"  # written by `markroute run`
+DAEMON_RECORD = "daemon.json"  # written by `markroute run`
+DAEMON_FORMAT = 1
+UplinkState = Literal["up", "degraded", "down"]  # the daemon's verdict on an uplink (daemon.uplinkstate)
+UPLINK_STATES: tuple[UplinkState, ...] = ("up", "degraded", "down")
+
+Listing = list[dict[str, Any]]
 
 
 @dataclass
@@ -53,33 +74,127 @@ class State:
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(replace(self, nft_listing=[]))  # the listing is JSON already: no deep copy of its 100,000 elements
-        listing: list[dict[str, Any]] = []
-        packed: dict[str, str] = {}
-        for obj in self.nft_listing:
-            elements = obj.get("set", {}).get("elem")
-            if isinstance(elements, AddressElements):
-                packed[obj["set"]["name"]] = elements.packed_text()
-                obj = nft.without_elements([obj])[0]
-            listing.append(obj)
-        data["nft_listing"] = listing
-        data["nft_elements"] = packed
+        data["nft_listing"], data["nft_elements"] = _packed(self.nft_listing)
         data["format"] = FORMAT
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> State:
         fields = {k: v for k, v in data.items() if k not in ("format", "nft_elements")}
-        packed = data.get("nft_elements", {})
-        fields["nft_listing"] = [
-            {"set": {**obj["set"], "elem": AddressElements.from_packed_text(
-                SET_VERSIONS[obj["set"]["type"]], packed[obj["set"]["name"]])}}
-            if "set" in obj and obj["set"]["name"] in packed else obj
-            for obj in data["nft_listing"]
-        ]
+        fields["nft_listing"] = _unpacked(data["nft_listing"], data.get("nft_elements", {}))
         fields["rules"] = [IpRule(**r) for r in data["rules"]]
         fields["routes"] = [Route(**r) for r in data["routes"]]
         fields["uplinks"] = [UplinkPlan(**{**u, "versions": tuple(u["versions"])}) for u in data["uplinks"]]
         return cls(**fields)
+
+
+def _packed(listing: Listing) -> tuple[Listing, dict[str, str]]:
+    """A listing without the elements of address sets, and those elements packed per set."""
+    plain: Listing = []
+    packed: dict[str, str] = {}
+    for obj in listing:
+        elements = obj.get("set", {}).get("elem")
+        if isinstance(elements, AddressElements):
+            packed[obj["set"]["name"]] = elements.packed_text()
+            obj = nft.without_elements([obj])[0]
+        plain.append(obj)
+    return plain, packed
+
+
+def _unpacked(listing: Listing, packed: dict[str, str]) -> Listing:
+    return [
+        {"set": {**obj["set"], "elem": AddressElements.from_packed_text(
+            SET_VERSIONS[obj["set"]["type"]], packed[obj["set"]["name"]])}}
+        if "set" in obj and obj["set"]["name"] in packed else obj
+        for obj in listing
+    ]
+
+
+@dataclass(frozen=True)
+class TableRewrite:
+    """The table after the daemon rewrote chains: what apply compares against next time."""
+
+    nft_digest: str
+    nft_listing: Listing
+    nft_generation: int | None  # nf_tables' generation read just before the listing
+
+
+@dataclass(frozen=True)
+class TableAmendment:
+    """What the daemon changed on top of the `state.json` named by `amends` (see the module doc)."""
+
+    amends: tuple[int, int]  # (inode, mtime_ns) of that state.json
+    plan_digest: str
+    table: TableRewrite | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"format": FORMAT, "amends": list(self.amends), "plan_digest": self.plan_digest}
+        if self.table is not None:
+            listing, packed = _packed(self.table.nft_listing)
+            data["table"] = {"nft_digest": self.table.nft_digest, "nft_generation": self.table.nft_generation,
+                             "nft_listing": listing, "nft_elements": packed}
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TableAmendment:
+        table = data.get("table")
+        return cls(
+            (int(data["amends"][0]), int(data["amends"][1])),
+            str(data["plan_digest"]),
+            TableRewrite(table["nft_digest"], _unpacked(table["nft_listing"], table["nft_elements"]),
+                         table["nft_generation"]) if table else None,
+        )
+
+    def applied_to(self, recorded: State) -> State:
+        if self.table is None:
+            return replace(recorded, plan_digest=self.plan_digest)
+        return replace(recorded, plan_digest=self.plan_digest, nft_digest=self.table.nft_digest,
+                       nft_listing=self.table.nft_listing, nft_generation=self.table.nft_generation)
+
+
+@dataclass(frozen=True)
+class UplinkRecord:
+    """One uplink as the daemon last saw it (`daemon.uplinkstate.Snapshot` plus whether it is probed)."""
+
+    state: UplinkState
+    since: float
+    rtt: float | None = None
+    loss: float | None = None
+    transitions: int = 0
+    suppressed: bool = False
+    probed: bool = True
+
+
+@dataclass(frozen=True)
+class DaemonRecord:
+    """`daemon.json`: `markroute run`'s process and its view of the uplinks.
+
+    `status` shows it, and a daemon that starts again (after a crash, a SIGKILL, an
+    upgrade) takes each uplink's state from it instead of assuming everything is up:
+    the rules it applies are then exactly the ones already installed, so the restart
+    changes nothing and no flow moves.
+    """
+
+    pid: int
+    started: float
+    rule_changes: int = 0
+    uplinks: dict[str, UplinkRecord] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["format"] = DAEMON_FORMAT
+        return data
+
+    @property
+    def running(self) -> bool:
+        """Whether the process that wrote this record still runs."""
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
 
 
 def directory(netns: str | None) -> Path:
@@ -87,6 +202,18 @@ def directory(netns: str | None) -> Path:
 
 
 def load(netns: str | None) -> State | None:
+    """What is installed: `state.json` with the daemon's current amendment applied (module doc)."""
+    recorded = load_applied(netns)
+    if recorded is None:
+        return None
+    amendment = _load_amendment(netns)
+    if amendment is None or amendment.amends != written(netns):
+        return recorded
+    return amendment.applied_to(recorded)
+
+
+def load_applied(netns: str | None) -> State | None:
+    """`state.json` as apply wrote it."""
     path = directory(netns) / STATE_RECORD
     try:
         data = json.loads(path.read_text())
@@ -103,7 +230,67 @@ def load(netns: str | None) -> State | None:
 
 
 def save(netns: str | None, state: State) -> None:
+    """Apply's record of what it installed (apply is its only writer)."""
     write(netns, STATE_RECORD, state.to_json())
+
+
+def written(netns: str | None) -> tuple[int, int] | None:
+    """Which `state.json` is there (inode, mtime_ns), or None: a change means apply wrote it again."""
+    try:
+        stat = (directory(netns) / STATE_RECORD).stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def _load_amendment(netns: str | None) -> TableAmendment | None:
+    """The daemon's amendment, or None if there is none or it cannot be used (then `state.json` stands)."""
+    try:
+        data = json.loads((directory(netns) / TABLE_AMENDMENT).read_text())
+        return TableAmendment.from_json(data) if data.get("format") == FORMAT else None
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+
+
+def amend(netns: str | None, plan_digest: str, table: TableRewrite | None = None) -> bool:
+    """The daemon's side of the record (its only writer): the config's digest and, after a rewrite, the table.
+
+    Without TABLE, a rewrite already recorded against the same `state.json` is kept.
+    False (and nothing written) when nothing is applied.
+    """
+    with locked(netns):
+        amends = written(netns)
+        if amends is None:
+            return False
+        if table is None:
+            current = _load_amendment(netns)
+            if current is not None and current.amends == amends:
+                if current.plan_digest == plan_digest:
+                    return True
+                table = current.table
+        write(netns, TABLE_AMENDMENT, TableAmendment(amends, plan_digest, table).to_json())
+        return True
+
+
+def load_daemon_record(netns: str | None) -> DaemonRecord | None:
+    """`daemon.json`, or None if there is none or it cannot be used (a fresh start is then safe)."""
+    path = directory(netns) / DAEMON_RECORD
+    try:
+        data = json.loads(path.read_text())
+        if data.get("format") != DAEMON_FORMAT:
+            return None
+        uplinks = {
+            name: UplinkRecord(**fields)
+            for name, fields in data["uplinks"].items() if fields.get("state") in UPLINK_STATES
+        }
+        return DaemonRecord(int(data["pid"]), float(data["started"]), int(data["rule_changes"]), uplinks)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def save_daemon_record(netns: str | None, record: DaemonRecord) -> None:
+    """The daemon's view of the uplinks (`markroute run` is its only writer)."""
+    write(netns, DAEMON_RECORD, record.to_json())
 
 
 def write(netns: str | None, name: str, data: dict[str, Any]) -> None:
@@ -123,8 +310,8 @@ def write(netns: str | None, name: str, data: dict[str, Any]) -> None:
 
 
 def remove(netns: str | None) -> None:
-    """Forget what was installed, and the daemon's view of the uplinks it installed (`DAEMON_RECORD`)."""
-    for name in (STATE_RECORD, DAEMON_RECORD):
+    """Forget what was installed, the daemon's amendment to it and its view of the uplinks."""
+    for name in (STATE_RECORD, TABLE_AMENDMENT, DAEMON_RECORD):
         (directory(netns) / name).unlink(missing_ok=True)
 
 

@@ -1,4 +1,10 @@
-"""`markroute status` as data: uplinks, policy counters, connections per uplink, drift.
+"""`markroute status` as one typed value (`StatusReport`), built here and rendered by three.
+
+`collect` gathers its sources (the state records, links, routes, the table's counters,
+conntrack, drift) once; `commands/status.py` renders it as text, `StatusReport.to_json`
+is `status --json`, and `daemon/metrics.py` builds the same report from the daemon's
+own record and renders it as Prometheus metrics. None of them interprets the sources
+again.
 
 Works from the state file alone (what was applied), or from a plan when the config is
 given, in which case a config that differs from the applied one is reported as drift.
@@ -6,30 +12,123 @@ given, in which case a config that differs from the applied one is reported as d
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from markroute.daemon import record
 from markroute.kernel import digest, nft, state
 from markroute.kernel.conntrack import count_by_mark
 from markroute.kernel.drift import differences
-from markroute.kernel.links import links
+from markroute.kernel.links import Link, links
 from markroute.kernel.rpdb import Rpdb
+from markroute.kernel.state import DaemonRecord, UplinkRecord
 from markroute.plan import Plan, UplinkPlan
 
 
-def collect(netns: str | None, plan: Plan | None) -> dict[str, Any]:
-    """The report `status --json` prints, for the current namespace (NETNS names its state).
+@dataclass(frozen=True)
+class UplinkStatus:
+    """One uplink: its plan, its interface now, its connections, and what `markroute run` last saw.
 
-    Keys: ``namespace``, ``applied`` (bool), ``applied_at``; ``uplinks``: a list of
-    ``{name, interface, exists, up, addresses, gateway, gateway6, default_routes, table,
-    mark, connections, health}`` (health: what `markroute run` last saw, ``{state,
-    since, rtt, loss, transitions, suppressed, probed}``, or null); ``policies``:
-    ``[{name, packets, bytes}]`` summed over every rule commented ``policy NAME``;
-    ``connections``: ``{total, other}`` (other: no uplink mark); ``drift``: one sentence
-    per difference, empty when none; ``daemon``: ``{pid, running, started,
-    rule_changes}`` of `markroute run`, or null.
+    `connections` is None when they were not counted (the metrics could not read
+    conntrack); `traffic` holds the interface's packet and byte counters
+    (`links.COUNTER_KEYS`), None when unknown.
     """
+
+    name: str
+    interface: str
+    table: int
+    mark: int
+    gateway: str | None
+    gateway6: str | None
+    exists: bool = False
+    up: bool = False
+    addresses: tuple[str, ...] = ()
+    default_routes: tuple[str, ...] = ()
+    connections: int | None = None
+    traffic: Mapping[str, int] | None = None
+    health: UplinkRecord | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "interface": self.interface,
+            "exists": self.exists,
+            "up": self.up,
+            "addresses": list(self.addresses),
+            "gateway": self.gateway,
+            "gateway6": self.gateway6,
+            "default_routes": list(self.default_routes),
+            "table": self.table,
+            "mark": hex(self.mark),
+            "connections": self.connections or 0,
+            "health": asdict(self.health) if self.health else None,
+        }
+
+
+@dataclass(frozen=True)
+class PolicyStatus:
+    """Packets and bytes counted by a policy's rules (comment `policy NAME`)."""
+
+    name: str
+    packets: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class DaemonStatus:
+    """`markroute run` as its record says, and whether its process still runs."""
+
+    pid: int
+    running: bool
+    started: float
+    rule_changes: int
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """Everything `markroute status` shows; `to_json` is its `--json` form.
+
+    `connections_total` and `connections_other` (no uplink mark) are None when not
+    counted; `drift` has one sentence per difference, empty when none.
+    """
+
+    namespace: str | None
+    applied: bool
+    applied_at: str | None
+    uplinks: tuple[UplinkStatus, ...] = ()
+    policies: tuple[PolicyStatus, ...] = ()
+    connections_total: int | None = None
+    connections_other: int | None = None
+    drift: tuple[str, ...] = ()
+    daemon: DaemonStatus | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The report `status --json` prints.
+
+        Keys: ``namespace``, ``applied`` (bool), ``applied_at``; ``uplinks``: a list of
+        ``{name, interface, exists, up, addresses, gateway, gateway6, default_routes, table,
+        mark, connections, health}`` (health: what `markroute run` last saw, ``{state,
+        since, rtt, loss, transitions, suppressed, probed}``, or null); ``policies``:
+        ``[{name, packets, bytes}]`` summed over every rule commented ``policy NAME``;
+        ``connections``: ``{total, other}`` (other: no uplink mark); ``drift``: one sentence
+        per difference, empty when none; ``daemon``: ``{pid, running, started,
+        rule_changes}`` of `markroute run`, or null.
+        """
+        return {
+            "namespace": self.namespace,
+            "applied": self.applied,
+            "applied_at": self.applied_at,
+            "uplinks": [u.to_json() for u in self.uplinks],
+            "policies": [asdict(p) for p in self.policies],
+            "connections": {"total": self.connections_total or 0, "other": self.connections_other or 0},
+            "drift": list(self.drift),
+            "daemon": asdict(self.daemon) if self.daemon else None,
+        }
+
+
+def collect(netns: str | None, plan: Plan | None) -> StatusReport:
+    """The report for the current namespace (NETNS names its state); PLAN: the config's, if given."""
     recorded = state.load(netns)
     with Rpdb() as rpdb:
         interfaces = links(rpdb)
@@ -52,41 +151,62 @@ def collect(netns: str | None, plan: Plan | None) -> dict[str, Any]:
         if plan is not None and digest.plan_digest(plan) != recorded.plan_digest:
             drift.insert(0, "the config differs from the applied one (run markroute apply)")
 
-    counters = policy_counters(policies, nft.rule_counters(live_table or []))
-    daemon = record.load(netns)
+    daemon = state.load_daemon_record(netns)
 
-    def uplink(u: UplinkPlan) -> dict[str, Any]:
+    return StatusReport(
+        namespace=netns,
+        applied=recorded is not None,
+        applied_at=recorded.applied_at if recorded else None,
+        uplinks=uplink_statuses(uplinks, daemon, connections=connections, interfaces=interfaces, routes=routes_json),
+        policies=policy_statuses(policies, nft.rule_counters(live_table or [])),
+        connections_total=sum(connections.values()) if connections is not None else None,
+        connections_other=connections[0] if connections is not None else None,
+        drift=tuple(drift),
+        daemon=DaemonStatus(daemon.pid, daemon.running, daemon.started, daemon.rule_changes) if daemon else None,
+    )
+
+
+def uplink_statuses(
+    uplinks: list[UplinkPlan],
+    daemon: DaemonRecord | None,
+    *,
+    connections: Counter[int] | None = None,
+    traffic: Mapping[str, Mapping[str, int]] | None = None,
+    interfaces: Mapping[str, Link] | None = None,
+    routes: list[dict[str, Any]] | None = None,
+) -> tuple[UplinkStatus, ...]:
+    """Each uplink of the plan with what is known of it; None: not read.
+
+    CONNECTIONS: by mark; TRAFFIC: interface counters by interface (metrics);
+    INTERFACES and ROUTES (`Rpdb.routes_json`): links and default routes (status).
+    """
+    interfaces = interfaces or {}
+    found = []
+    for u in uplinks:
         link = interfaces.get(u.interface)
         table = str(u.table)
-        installed = [r for r in routes_json if r.get("table") == table and r.get("dst") == "default"]
-        return {
-            "name": u.name,
-            "interface": u.interface,
-            "exists": link is not None,
-            "up": bool(link and link.usable),
-            "addresses": link.to_json()["addresses"] if link else [],
-            "gateway": u.gateway,
-            "gateway6": u.gateway6,
-            "default_routes": [r.get("gateway") or f"dev {r.get('dev')}" for r in installed],
-            "table": u.table,
-            "mark": hex(u.mark),
-            "connections": connections[u.mark] if connections is not None else 0,
-            "health": health_json(daemon, u.name),
-        }
+        installed = [r for r in routes or [] if r.get("table") == table and r.get("dst") == "default"]
+        found.append(UplinkStatus(
+            name=u.name,
+            interface=u.interface,
+            table=u.table,
+            mark=u.mark,
+            gateway=u.gateway,
+            gateway6=u.gateway6,
+            exists=link is not None,
+            up=bool(link and link.usable),
+            addresses=tuple(link.to_json()["addresses"]) if link else (),
+            default_routes=tuple(r.get("gateway") or f"dev {r.get('dev')}" for r in installed),
+            connections=connections[u.mark] if connections is not None else None,
+            traffic=traffic.get(u.interface) if traffic is not None else None,
+            health=daemon.uplinks.get(u.name) if daemon else None,
+        ))
+    return tuple(found)
 
-    return {
-        "namespace": netns,
-        "applied": recorded is not None,
-        "applied_at": recorded.applied_at if recorded else None,
-        "uplinks": [uplink(u) for u in uplinks],
-        "policies": [{"name": n, "packets": p, "bytes": b} for n, (p, b) in counters.items()],
-        "connections": {
-            "total": sum(connections.values()) if connections is not None else 0,
-            "other": connections[0] if connections is not None else 0,
-        },
-        "drift": drift,
-        "daemon": daemon_json(daemon),
-    }
+
+def policy_statuses(policies: list[str], rules: list[tuple[str, int, int]]) -> tuple[PolicyStatus, ...]:
+    """Each policy's packets and bytes, summed over its rules (`nft.rule_counters`)."""
+    return tuple(PolicyStatus(name, packets, octets) for name, (packets, octets) in policy_counters(policies, rules).items())
 
 
 def policy_counters(policies: list[str], rules: list[tuple[str, int, int]]) -> dict[str, list[int]]:
@@ -98,19 +218,3 @@ def policy_counters(policies: list[str], rules: list[tuple[str, int, int]]) -> d
             counters[name][0] += packets
             counters[name][1] += octets
     return counters
-
-
-# -- what `markroute run` reports (markroute.daemon.record) ----------------------------
-
-
-def daemon_json(daemon: record.DaemonRecord | None) -> dict[str, Any] | None:
-    if daemon is None:
-        return None
-    return {
-        "pid": daemon.pid, "running": daemon.running, "started": daemon.started, "rule_changes": daemon.rule_changes,
-    }
-
-
-def health_json(daemon: record.DaemonRecord | None, uplink: str) -> dict[str, Any] | None:
-    seen = daemon.uplinks.get(uplink) if daemon else None
-    return asdict(seen) if seen else None

@@ -34,7 +34,7 @@ from markroute.kernel.environment import require_nft, require_root
 from markroute.kernel.netns import NETNS_DIR
 from markroute.lab import CommandError, Lab, LabError, RouterLab, cleanup, router_lab
 
-DEMO_CONFIG = Path(__file__).resolve().parent / "lab" / "demo.yaml"
+DEMO_CONFIG = Path(__file__).resolve().parent / "demo.yaml"
 PORT = 7000
 PACKETS = 3  # lines per connection: every answer must name the same ISP (stickiness)
 #: Label for connections no ISP NATed: they stayed on main's route to the site.

@@ -1,4 +1,4 @@
-"""Each uplink's health as a state machine: up, degraded or down, with hysteresis and flap damping.
+"""Each uplink's state machine (`UplinkHealth`): up, degraded or down, with hysteresis and flap damping.
 
 Inputs are probe rounds (answered with an RTT, or not within the timeout) and the
 link's state from netlink; the output is a `Transition` whenever the state the rules
@@ -29,12 +29,10 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Literal
 
+from markroute.kernel.state import UplinkRecord
+from markroute.kernel.state import UplinkState as State
 from markroute.model import HealthCheck
-
-State = Literal["up", "degraded", "down"]
-STATES: tuple[State, ...] = ("up", "degraded", "down")
 
 HALF_LIFE = 5.0
 SUPPRESS = 2.0
@@ -64,6 +62,10 @@ class Snapshot:
     loss: float | None  # fraction of unanswered probes in the window
     transitions: int
     suppressed: bool
+
+    def record(self, probed: bool) -> UplinkRecord:
+        """The snapshot as `daemon.json` keeps it."""
+        return UplinkRecord(self.state, self.since, self.rtt, self.loss, self.transitions, self.suppressed, probed)
 
 
 class UplinkHealth:

@@ -40,7 +40,7 @@ from markroute.compile import policymaps, routing
 from markroute.compile.namedsets import NamedSets
 from markroute.compile.policymaps import PolicyKey
 from markroute.model import Match, Model, Policy, Uplink
-from markroute.plan import Plan, ordered_routes, ordered_rules
+from markroute.plan import TABLE_NAME, Plan, ordered_routes, ordered_rules
 from markroute.plan import nftjson as nj
 
 Expr = dict[str, Any]
@@ -72,7 +72,7 @@ class Compiler:
         self.merge_min = merge_min
         self.numbers = {id(policy): n for n, policy in enumerate(model.policies, 1)}
         self.mask = model.settings.mark_mask
-        self.table = "markroute"
+        self.table = TABLE_NAME
         self.named_sets = NamedSets(self.table)
         self.chains: dict[str, list[Expr]] = {}
         self.base: dict[str, Expr] = {}

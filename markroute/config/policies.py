@@ -66,7 +66,7 @@ def reachable_family(
     reader: Reader, policy: Policy, uplinks: dict[str, Uplink], groups: dict[str, Group], via: Node,
 ) -> bool:
     """A policy matching only one family must lead to an uplink with a gateway of that family."""
-    model = Model(reader.path, uplinks, groups)
+    model = Model(uplinks, groups)
     if policy.match.versions & model.target_versions(policy.via):
         return True
     family = "IPv6" if policy.match.versions == {6} else "IPv4"

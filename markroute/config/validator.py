@@ -93,7 +93,7 @@ class Validator(Reader):
                                  self.match, POLICY_KEYS)
         if self.diag.errors:
             return None, self.diag.sorted()
-        model = Model(self.path, uplinks, groups, tuple(policies), dict(self.sets), settings)
+        model = Model(uplinks, groups, tuple(policies), dict(self.sets), settings)
         warn_unused_sets(self, self.set_where, self.used_sets)
         for where, message, hint in model_warnings(model):
             self.diag.warning(where, message, hint)

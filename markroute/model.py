@@ -150,7 +150,6 @@ class Settings:
 
 @dataclass(frozen=True)
 class Model:
-    source: str
     uplinks: dict[str, Uplink] = field(default_factory=dict)
     groups: dict[str, Group] = field(default_factory=dict)
     policies: tuple[Policy, ...] = ()

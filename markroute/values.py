@@ -203,19 +203,6 @@ def address_list(items: list[tuple[int, Interval]], v4: list[Interval] | None = 
     )
 
 
-def interval_text(version: int, interval: Interval) -> str:
-    """The shortest way to write an interval: an address, a prefix, or a range."""
-    first, last = interval
-    bits = 32 if version == 4 else 128
-    make = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
-    if first == last:
-        return str(make(first))
-    size = last - first + 1
-    if size & (size - 1) == 0 and first % size == 0:
-        return f"{make(first)}/{bits - size.bit_length() + 1}"
-    return f"{make(first)}-{make(last)}"
-
-
 def parse_port(value: object) -> Interval:
     """A port number or `a-b` range."""
     if isinstance(value, bool) or not isinstance(value, (int, str)):

@@ -147,7 +147,8 @@ def test_a_shifted_mask_moves_every_mark_and_every_masked_write(tmp_path: Path) 
     restore = [e["vmap"] for r in rules(plan, "prerouting") for e in r["expr"] if "vmap" in e]
     assert restore[0]["key"] == {"&": [{"ct": {"key": "mark"}}, mask]}
     assert {k for k, _ in restore[0]["data"]["set"]} == {0x10000, 0x20000}
-    assert all(r.fwmask == mask for r in plan.rules if r.fwmark is not None)
+    fwmark_rules = [r for r in plan.rules if r.fwmark is not None]
+    assert fwmark_rules and all(r.fwmask == mask for r in fwmark_rules)
 
 
 def test_restore_map_sends_every_known_connection_back_to_its_uplink(tmp_path: Path) -> None:
@@ -170,7 +171,7 @@ def test_policy_without_addresses_to_a_v4_only_uplink_matches_only_ipv4(tmp_path
     assert {r["chain"] for r in web} == {"policies_fwd", "policies_local"}
     assert all(nfproto(r) == "ipv4" for r in web)
     rest = policy_rules(plan, "rest")
-    assert all(nfproto(r) is None for r in rest), "a dual-stack uplink takes both families in one rule"
+    assert rest and all(nfproto(r) is None for r in rest), "a dual-stack uplink takes both families in one rule"
     assert {destination(plan, verdict(r), 6) for r in rest} == {"b"}
 
 
@@ -179,7 +180,7 @@ def test_family_follows_the_addresses(tmp_path: Path) -> None:
                                     "  - {name: both, to: [203.0.113.0/24, '2001:db8:200::/48'], via: b}\n")
 
     docs6 = policy_rules(plan, "docs6")
-    assert all(matches(r)[0]["left"] == {"payload": {"protocol": "ip6", "field": "daddr"}} for r in docs6)
+    assert docs6 and all(matches(r)[0]["left"] == {"payload": {"protocol": "ip6", "field": "daddr"}} for r in docs6)
     both = [r for r in policy_rules(plan, "both") if r["chain"] == "policies_fwd"]
     assert sorted(m["left"]["payload"]["protocol"] for r in both for m in matches(r) if "payload" in m["left"]) == [
         "ip", "ip6"]
@@ -255,7 +256,7 @@ def test_special_targets(tmp_path: Path) -> None:
 def test_no_reserved_rules_when_nothing_can_reach_them(tmp_path: Path) -> None:
     plan = plan_of(tmp_path, DUAL + "policies:\n  - {name: rest, via: main}\n")
 
-    assert all(r.action == "lookup" for r in plan.rules)
+    assert plan.rules and all(r.action == "lookup" for r in plan.rules)
 
 
 # -- matches --------------------------------------------------------------------------

@@ -228,7 +228,7 @@ def test_a_config_change_is_not_a_failover(tmp_path: object) -> None:
     other.write_text(CONFIG.replace("192.0.2.0/24", "192.0.2.0/25"))
     changed, _ = load_model(str(other))
     assert changed is not None
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="differ in more than chain rules"):
         chain_batch(compile_plan(loaded), compile_plan(changed))
 
 
@@ -283,7 +283,7 @@ def test_metrics_address_parsing() -> None:
     assert parse_address("[::1]:9586") == ("::1", 9586)
     assert parse_address(":9586") == ("0.0.0.0", 9586)
     for bad in ("9586", "host:", "host:99999", "host:http"):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="is not HOST:PORT"):
             parse_address(bad)
 
 

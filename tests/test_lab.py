@@ -266,8 +266,12 @@ def test_atexit_tears_down_forgotten_lab(live_namespaces: Callable[[], set[str]]
 
 
 @pytest.mark.kernel
-def test_cleanup_ignores_missing_namespaces() -> None:
-    cleanup(["mr-000000-gone"])
+def test_cleanup_ignores_missing_namespaces(lab: Lab, live_namespaces: Callable[[], set[str]]) -> None:
+    real = lab.add_ns("a")
+    missing = f"{real}-gone"
+    assert real in live_namespaces() and missing not in live_namespaces()
+    cleanup([missing, real])  # the missing name first: it must neither raise nor end the loop
+    assert real not in live_namespaces()
 
 
 # -- two_routers_lab --------------------------------------------------------------

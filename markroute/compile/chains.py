@@ -1,4 +1,4 @@
-"""Compiling a `Model` into a `Plan`: one nftables table, a band of ip rules, routes, sysctls.
+"""Compiling a `Model` into a `Plan`: the nftables table here, the rest from `routing`.
 
 How packets flow through the generated table (`inet markroute`):
 
@@ -24,7 +24,7 @@ How packets flow through the generated table (`inet markroute`):
   (`markroute.compile.policymaps`); other policies are one rule each.
 
 The mark then selects the uplink's routing table through an `ip rule fwmark` in
-markroute's own priority band.
+markroute's own priority band (`markroute.compile.routing`).
 """
 
 from __future__ import annotations
@@ -36,26 +36,15 @@ from typing import Any
 
 from markroute import marks
 from markroute import match as match_keys
-from markroute.compile import policymaps
+from markroute.compile import policymaps, routing
 from markroute.compile.namedsets import NamedSets
 from markroute.compile.policymaps import PolicyKey
 from markroute.model import Match, Model, Policy, Uplink
-from markroute.plan import (
-    RESERVED_RULE_OFFSET,
-    SOURCE_RULE_OFFSET,
-    IpRule,
-    Plan,
-    Route,
-    Sysctl,
-    UplinkPlan,
-    ordered_routes,
-    ordered_rules,
-)
+from markroute.plan import TABLE_NAME, Plan, ordered_routes, ordered_rules
 from markroute.plan import nftjson as nj
 
 Expr = dict[str, Any]
 MERGE_MIN = 4  # shorter runs of same-shape policies stay rules: a few rules cost nothing measurable
-RP_FILTER = {"strict": "1", "loose": "2", "off": "0"}
 NFPROTO = {4: "ipv4", 6: "ipv6"}
 
 
@@ -87,7 +76,7 @@ class Compiler:
         self.merge_min = merge_min
         self.numbers = {id(policy): n for n, policy in enumerate(model.policies, 1)}
         self.mask = model.settings.mark_mask
-        self.table = "markroute"
+        self.table = TABLE_NAME
         self.named_sets = NamedSets(self.table)
         self.chains: dict[str, list[Expr]] = {}
         self.base: dict[str, Expr] = {}
@@ -110,10 +99,10 @@ class Compiler:
             mask=self.mask,
             rule_priority=self.model.settings.rule_priority,
             nft=tuple(nft),
-            rules=ordered_rules(self.ip_rules()),
-            routes=ordered_routes(self.routes()),
-            sysctls=self.sysctls(),
-            uplinks=self.uplink_plans(),
+            rules=ordered_rules(routing.ip_rules(self.model)),
+            routes=ordered_routes(routing.routes(self.model)),
+            sysctls=routing.sysctls(self.model),
+            uplinks=routing.uplink_plans(self.model),
             policies=tuple(p.name for p in self.model.policies),
         )
 
@@ -406,78 +395,6 @@ class Compiler:
         if version is not None and version not in negated.versions:
             return None
         return match_keys.conditions(negated, version, self.named_sets)
-
-    # -- routing ----------------------------------------------------------------------
-
-    def ip_rules(self) -> list[IpRule]:
-        """Mark rules first, source-address rules last (`plan.SOURCE_RULE_OFFSET`).
-
-        A router's own new connection is re-routed by its mark while it still carries the
-        source address the main route chose, an uplink's address: were the `from ADDR`
-        rules first, that uplink would win and router traffic would never be balanced.
-        """
-        base = self.model.settings.rule_priority
-        rules: list[IpRule] = []
-        for uplink in self.model.uplinks.values():
-            if uplink.nat.kind == "snat" and uplink.nat.address:
-                version = 6 if ":" in uplink.nat.address else 4
-                rules.append(IpRule(version, base + SOURCE_RULE_OFFSET, table=uplink.table, src=uplink.nat.address))
-            for version in sorted(uplink.versions):
-                rules.append(IpRule(version, base, table=uplink.table, fwmark=uplink.mark, fwmask=self.mask))
-        for action in self.reserved_actions():
-            value = marks.unreachable_mark(self.mask) if action == "unreachable" else marks.blackhole_mark(self.mask)
-            for version in (4, 6):
-                rules.append(IpRule(version, base + RESERVED_RULE_OFFSET, action=action, fwmark=value, fwmask=self.mask))  # type: ignore[arg-type]
-        return rules
-
-    def reserved_actions(self) -> list[str]:
-        """unreachable/blackhole rules, when a policy or the last resort can send traffic there."""
-        used = {p.via for p in self.model.policies}
-        if used & (set(self.model.uplinks) | set(self.model.groups)):
-            used.add(self.model.settings.last_resort)
-        return [a for a in ("unreachable", "blackhole") if a in used]
-
-    def routes(self) -> list[Route]:
-        routes: list[Route] = []
-        for uplink in self.model.uplinks.values():
-            for version, gateway in ((4, uplink.gateway), (6, uplink.gateway6)):
-                if version in uplink.versions:
-                    routes.append(Route(version, uplink.table, "default", uplink.interface, gateway))
-        return routes
-
-    def sysctls(self) -> tuple[Sysctl, ...]:
-        settings = self.model.settings
-        forwarding = settings.forwarding
-        if forwarding is None:
-            forwarding = any(p.match.local is not True for p in self.model.policies)
-        result: list[Sysctl] = []
-        if forwarding:
-            result.append(Sysctl("net/ipv4/ip_forward", "1"))
-            if any(6 in u.versions and u.gateway6 for u in self.model.uplinks.values()):
-                result.append(Sysctl("net/ipv6/conf/all/forwarding", "1"))
-        interfaces = dict.fromkeys(u.interface for u in self.model.uplinks.values())
-        for interface in interfaces:
-            result.append(Sysctl(f"net/ipv4/conf/{interface}/rp_filter", RP_FILTER[settings.rp_filter]))
-            result.append(Sysctl(f"net/ipv4/conf/{interface}/src_valid_mark", "1"))
-        return tuple(result)
-
-    def uplink_plans(self) -> tuple[UplinkPlan, ...]:
-        counts: dict[str, int] = {}
-        for uplink in self.model.uplinks.values():
-            counts[uplink.interface] = counts.get(uplink.interface, 0) + 1
-        return tuple(
-            UplinkPlan(
-                name=u.name,
-                interface=u.interface,
-                mark=u.mark,
-                table=u.table,
-                versions=tuple(sorted(u.versions)),
-                gateway=u.gateway,
-                gateway6=u.gateway6,
-                source_rules=counts[u.interface] == 1,
-            )
-            for u in self.model.uplinks.values()
-        )
 
 
 def _fields(keys: dict[int, PolicyKey]) -> tuple[str, ...]:

@@ -1,15 +1,17 @@
 """Stage 1 of the pipeline: markroute.yaml in, a validated `Model` (or diagnostics) out.
 
-`source` reads YAML keeping positions, `validator` checks each section and builds the
-model, `warnings` finds configurations that load but probably do not do what was meant.
+`source` reads YAML keeping positions; `validator` runs the sections in order and builds
+the model: `settings`, `sets`, `uplinks` (drafts), `allocation` (their marks and tables),
+`groups`, `policies`, each reading with the helpers of `reader`; `warnings` finds
+configurations that load but probably do not do what was meant.
 """
 
+from markroute.config.reader import suggest
 from markroute.config.validator import (
     DEFAULT_PATH,
     Validator,
     config_path,
     load_model,
-    suggest,
 )
 
 __all__ = ["DEFAULT_PATH", "Validator", "config_path", "load_model", "suggest"]

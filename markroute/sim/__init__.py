@@ -10,8 +10,8 @@ Public API:
 * `offline(plan, addresses, routes)` / `live(snapshot, sysctls)` -> `Simulator`
 * `make_flow(...)` -> `Flow`, the question; `Simulator.paths(flow)` -> every outcome
   with its probability and steps; `markroute.sim.report` renders them.
-* `unreachable_policies(plan)` / `unused_uplinks(plan)` (or both at once:
-  `reachability(plan)`) for `markroute check`.
+* `reachability(plan)` -> `Reach`: the policies nothing reaches and the uplinks nothing
+  is marked for, for `markroute check`.
 """
 
 from __future__ import annotations
@@ -20,17 +20,12 @@ from typing import Any
 
 from markroute.plan import Plan
 from markroute.sim.nft import Ruleset
-from markroute.sim.reach import (
-    Reach,
-    reachability,
-    unreachable_policies,
-    unused_uplinks,
-)
+from markroute.sim.reach import Reach, reachability
 from markroute.sim.system import from_plan, from_snapshot
 from markroute.sim.trace import Simulator
 from markroute.sim.xt import Iptables
 
-__all__ = ["Reach", "Simulator", "live", "offline", "reachability", "unreachable_policies", "unused_uplinks"]
+__all__ = ["Reach", "Simulator", "live", "offline", "reachability"]
 
 
 def offline(plan: Plan, addresses: list[str] | None = None, routes: list[str] | None = None) -> Simulator:

@@ -41,8 +41,9 @@ if TYPE_CHECKING:
 
 Getter = Callable[[Packet], Any]
 Op = Callable[[Packet], Any]
-PORT_PROTOCOLS = {"tcp": 6, "udp": 17, "sctp": 132, "udplite": 136, "dccp": 33}
-TRANSPORT_PORTS = frozenset(PORT_PROTOCOLS.values())
+# the transport headers that carry ports: nft payload protocol name -> IP protocol number
+PORT_PROTOCOL_NUMBERS = {"tcp": 6, "udp": 17, "sctp": 132, "udplite": 136, "dccp": 33}
+TRANSPORT_PORTS = frozenset(PORT_PROTOCOL_NUMBERS.values())
 NAT_HOOK_PRIORITY = {"prerouting": -100, "output": -100, "postrouting": 100, "input": 100}
 FAMILY_VERSIONS = {"ip": (4,), "ip6": (6,), "inet": (4, 6), "netdev": (4, 6)}
 IGNORED_STATEMENTS = {"counter", "log", "ct helper", "ct timeout", "ct expectation", "secmark", "flow", "set"}
@@ -197,7 +198,7 @@ class Ruleset:
                 if chain is None:
                     raise ValueError(f"rule for unknown chain {body['family']} {body['table']} {body['chain']}")
                 xt = self._xt_binding(chain, body)
-                ops = Compiler(self, chain, xt).rule(body.get("expr", []))
+                ops = RuleBuilder(self, chain, xt).rule(body.get("expr", []))
                 chain.rules.append(Rule(ops, body, chain, position=len(chain.rules),
                                         source=xt.text if xt is not None else None))
         for chain in self.chains.values():
@@ -370,8 +371,8 @@ def _unknown(what: str, why: str) -> Getter:
     return get
 
 
-class Compiler:
-    """Compiles the expressions of one rule in the context of its table and chain."""
+class RuleBuilder:
+    """Builds the closures of one rule's expressions in the context of its table and chain."""
 
     def __init__(self, ruleset: Ruleset, chain: Chain, xt: XtRule | None = None) -> None:
         self.ruleset = ruleset
@@ -775,8 +776,8 @@ class Compiler:
             return Value(_unknown(text, "raw payload reads are not modelled"), "integer", text)
         if protocol in ("ip", "ip6"):
             return self.ip_field(4 if protocol == "ip" else 6, name, text)
-        if protocol in PORT_PROTOCOLS:
-            return self.transport_field(PORT_PROTOCOLS[protocol], name, text)
+        if protocol in PORT_PROTOCOL_NUMBERS:
+            return self.transport_field(PORT_PROTOCOL_NUMBERS[protocol], name, text)
         if protocol == "th":
             if name not in ("sport", "dport"):
                 return Value(_unknown(text, f"th {name} is not modelled"), "integer", text)

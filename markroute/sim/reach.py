@@ -75,7 +75,8 @@ class Reach:
 
 
 def reachability(plan: Plan) -> Reach:
-    """Both answers from one search; `unreachable_policies` and `unused_uplinks` each run one.
+    """The policies no witness packet reaches (in config order) and the uplinks no
+    witness's new connection is marked for, from one search.
 
     An uplink counts as used when some new connection gets its mark: chosen by a
     policy, a balance group, or its own ingress rule (replies to connections it brought
@@ -87,16 +88,6 @@ def reachability(plan: Plan) -> Reach:
         unreachable_policies=[name for name in dict.fromkeys(plan.policies) if name not in reached],
         unused_uplinks=[u.name for u in plan.uplinks if u.mark not in marks],
     )
-
-
-def unreachable_policies(plan: Plan) -> list[str]:
-    """Names of the plan's policies that no witness packet reaches, in config order."""
-    return reachability(plan).unreachable_policies
-
-
-def unused_uplinks(plan: Plan) -> list[str]:
-    """Names of uplinks no witness's new connection is marked for (see `reachability`)."""
-    return reachability(plan).unused_uplinks
 
 
 def _search(plan: Plan) -> tuple[set[str], set[int]]:

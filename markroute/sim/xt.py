@@ -44,7 +44,7 @@ from markroute.sim.nft import _pkttype as pkttype
 from markroute.sim.packet import CT_ESTABLISHED, CT_NEW, Indeterminate, Packet
 
 if TYPE_CHECKING:
-    from markroute.sim.nft import Chain, Compiler
+    from markroute.sim.nft import Chain, RuleBuilder
 
 Op = Callable[[Packet], Any]
 COMMANDS = {"ip": "iptables", "ip6": "ip6tables"}
@@ -286,7 +286,7 @@ class XtRule:
         self.iptables = iptables
         self.used: dict[tuple[str, str], int] = {}
 
-    def compile(self, compiler: Compiler, body: dict[str, Any]) -> Op | None:
+    def compile(self, compiler: RuleBuilder, body: dict[str, Any]) -> Op | None:
         kind = str(body.get("type"))
         name = str(body.get("name"))
         what = f"iptables {kind} {name}"
@@ -313,7 +313,7 @@ class XtRule:
 
 @dataclass
 class Context:
-    compiler: Compiler
+    compiler: RuleBuilder
     extension: Extension
     text: str
     iptables: Iptables | None

@@ -1,0 +1,105 @@
+"""The `sets:` section: named address lists, written inline or kept in a file a line each.
+
+Sets are read before anything refers to them. A set that is itself wrong is reported
+where it is defined; it stays in `DeclaredSets.where` so a policy naming it is not
+reported again as naming an unknown set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from markroute.config.reader import Reader
+from markroute.config.source import Node, byte_position
+from markroute.diagnostics import Where
+from markroute.values import (
+    AddressList,
+    Interval,
+    address_list,
+    ipv4_lines,
+    parse_address,
+    yaml_text,
+)
+
+MAX_BAD_SET_LINES = 10
+
+
+@dataclass
+class DeclaredSets:
+    """The valid sets' addresses, and where every declared set (valid or not) was named."""
+
+    addresses: dict[str, AddressList] = field(default_factory=dict)
+    where: dict[str, Where] = field(default_factory=dict)
+
+
+def read_sets(reader: Reader, node: Node | None) -> DeclaredSets:
+    declared = DeclaredSets()
+    if node is None or not reader.kind(node, "map", "sets"):
+        return declared
+    for key, value in node.items.items():
+        where = node.key_where[key]
+        if not reader.name(key, where, "a set"):
+            continue
+        declared.where[key] = where
+        if value.kind == "map":
+            reader.known_keys(value, ("file",), f"set '{key}'")
+            file_node = value.items.get("file")
+            if file_node is None:
+                reader.diag.error(value.where, f"set '{key}' needs 'file:' or a list of addresses")
+                continue
+            addresses = set_file(reader, key, file_node)
+        else:
+            parsed = reader.one_or_many(value, f"set '{key}'", parse_address)
+            addresses = address_list(parsed) if parsed is not None else None
+        if addresses is not None:
+            declared.addresses[key] = addresses
+    return declared
+
+
+def set_file(reader: Reader, name: str, node: Node) -> AddressList | None:
+    """One address, prefix or range a line; '#' starts a comment. Bad lines are reported there."""
+    text_path = reader.scalar(node, "file", yaml_text)
+    if text_path is None:
+        return None
+    path = Path(text_path)
+    if not path.is_absolute():
+        path = Path(reader.path).parent / path
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        reader.diag.error(node.where, f"cannot read set file {path}: {exc.strerror or exc}")
+        return None
+    try:
+        lines = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        reader.diag.error(byte_position(str(path), data, exc.start),
+                          f"set file is not UTF-8 text (byte {data[exc.start]:#04x})", "save it as UTF-8")
+        return None
+    v4, others = ipv4_lines(lines)
+    items: list[tuple[int, Interval]] = []
+    bad = 0
+    for number, text in others:
+        try:
+            items.append(parse_address(text))
+        except ValueError as exc:
+            bad += 1
+            if bad <= MAX_BAD_SET_LINES:
+                line = lines[number - 1]
+                reader.diag.error(Where(str(path), number, len(line) - len(line.lstrip()) + 1), str(exc))
+    if bad > MAX_BAD_SET_LINES:
+        reader.diag.error(node.where, f"{bad} bad lines in set file {path} (first {MAX_BAD_SET_LINES} shown)")
+    if bad:
+        return None
+    if not items and not v4:
+        reader.diag.error(node.where, f"set file {path} holds no addresses",
+                          f"a policy using '@{name}' would never match; add one prefix a line")
+        return None
+    return address_list(items, v4)
+
+
+def warn_unused_sets(reader: Reader, declared: dict[str, Where], used: set[str]) -> None:
+    """Run after the policies: a set no policy names is probably a forgotten reference."""
+    for name, where in declared.items():
+        if name not in used:
+            reader.diag.warning(where, f"set '{name}' is not used by any policy", "refer to it as '@" + name + "'")

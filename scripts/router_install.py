@@ -144,6 +144,25 @@ def build_environment(target: Target, created: list[str]) -> Path:
     staging = target.at(VENV + ".new")
     shutil.rmtree(staging, ignore_errors=True)
     target.make_dirs(str(Path(VENV).parent), created)
+    try:
+        populate(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # the installed markroute, if any, is untouched
+        raise
+    final = target.at(VENV)
+    if final.exists():
+        previous = target.at(VENV + ".old")
+        shutil.rmtree(previous, ignore_errors=True)
+        final.rename(previous)
+        staging.rename(final)
+        shutil.rmtree(previous)
+    else:
+        staging.rename(final)
+    return final
+
+
+def populate(staging: Path) -> None:
+    """venv, markroute with its pinned dependencies, paths made final, everything byte-compiled."""
     run([BASE_PYTHON, "-m", "venv", staging])
     with tempfile.TemporaryDirectory(prefix="markroute-src-") as source:
         # A copy, so building the wheel leaves no build/ or egg-info in the checkout.
@@ -160,16 +179,6 @@ def build_environment(target: Target, created: list[str]) -> Path:
     relocate(staging, VENV)
     run([staging / "bin/python", "-m", "compileall", "-q", "-f", "-j", "0", "-s", staging, "-p", VENV, staging / "lib"],
         stdout=subprocess.DEVNULL)
-    final = target.at(VENV)
-    if final.exists():
-        previous = target.at(VENV + ".old")
-        shutil.rmtree(previous, ignore_errors=True)
-        final.rename(previous)
-        staging.rename(final)
-        shutil.rmtree(previous)
-    else:
-        staging.rename(final)
-    return final
 
 
 def relocate(staging: Path, final: str) -> None:

@@ -264,6 +264,15 @@ def test_install_refuses_to_overwrite_what_it_did_not_install(tmp_path: Path) ->
     assert differences(snapshot(tmp_path), before) == {}
 
 
+def test_failed_upgrade_leaves_the_installed_markroute_untouched(root: Path) -> None:
+    """The new environment is built beside the old one: when building fails, nothing changes."""
+    installed = snapshot(root)
+    failed = subprocess.run([str(INSTALLER), "--root", str(root)], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(root / "no-wheels")})
+    assert failed.returncode == 1 and "pip install" in failed.stderr
+    assert differences(snapshot(root), installed) == {}
+
+
 def test_upgrade_keeps_config_and_uninstall_removes_everything(root: Path, before: Snapshot) -> None:
     """Runs last in this file: it upgrades, uninstalls, reinstalls and purges the shared root."""
     config = root / "etc/markroute/markroute.yaml"

@@ -1,15 +1,20 @@
 """scripts/router-install: markroute as a system service, installed into a throw-away root.
 
-Nothing here touches this machine's own /: every install goes to a temporary directory
-through `--root`, seeded with what a clean Debian root has that the unit refers to
-(systemd's own units, /bin/kill). In that root the tests check the exact set of files an
-install adds, that systemd accepts the unit (`systemd-analyze verify`, its security
-review, `systemctl --root is-enabled`), that the man page lists every command and option
-of the click CLI, that the installed completion scripts complete, and that upgrade keeps
-the config byte for byte and uninstall leaves the root exactly as it was.
+Nothing here changes this machine's own files: most tests install into a temporary
+directory through `--root`, seeded with what a clean Debian root has that the unit refers
+to (systemd's own units, /bin/kill); there they check the exact set of files an install
+adds, that systemd accepts the unit (`systemd-analyze verify`, its security review,
+`systemctl --root is-enabled`), that the man page lists every command and option of the
+click CLI, that the installed completion scripts complete, that a failed upgrade changes
+nothing, that an upgrade keeps the config byte for byte and that uninstall removes all
+but the config. The router-mode test runs the installer without --root, as on a router,
+in a private mount namespace whose /opt, /usr/local, /etc and /run are overlays (writes
+land in the test's directory) and a private network namespace: the installed command
+applies a config there, and `--uninstall --purge` must run `markroute down` and leave
+nothing behind.
 
-Needs root (the installer refuses without it) and Debian's systemd (systemd-analyze,
-systemctl) and groff (man pages); in CI they must be there, so nothing is skipped there.
+Needs root (the installer refuses without it), Debian's systemd (systemd-analyze,
+systemctl), man-db and groff; in CI they must be there, so nothing is skipped there.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -100,21 +106,31 @@ def installed_markroute(root: Path, *args: str, env: dict[str, str] | None = Non
     return result.stdout
 
 
+@dataclass
+class Installation:
+    root: Path
+    before: Snapshot  # the root before the install
+
+
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A throw-away root, its snapshot before the install, and one install into it."""
+def installation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installation]:
+    """A throw-away clean root, snapshotted, then one install into it (shared: installing takes seconds)."""
     directory = tmp_path_factory.mktemp("router-root")
     clean_root(directory)
-    (directory.parent / "before.json").write_text(json.dumps(snapshot(directory)))
+    before = snapshot(directory)
     router_install(directory)
-    yield directory
+    yield Installation(directory, before)
     shutil.rmtree(directory)
 
 
 @pytest.fixture(scope="module")
-def before(root: Path) -> Snapshot:
-    loaded: Snapshot = json.loads((root.parent / "before.json").read_text())
-    return loaded
+def root(installation: Installation) -> Path:
+    return installation.root
+
+
+@pytest.fixture(scope="module")
+def before(installation: Installation) -> Snapshot:
+    return installation.before
 
 
 def test_install_adds_exactly_the_expected_files(root: Path, before: Snapshot) -> None:

@@ -10,8 +10,9 @@ eats the SYN-ACKs of connections markroute sends out a WAN while `status` looks 
 (markroute's table plus every foreign table, rule and route), each with its reply:
 
 * per policy, per LAN interface and IP family: a forwarded connection, and one the
-  router itself opens; each policy's own constants (read from the comments markroute
-  puts on its rules) are tried first so the flow really reaches that policy;
+  router itself opens: a plain TCP connection from a LAN host first, then with the
+  policy's own constants (read from the comments markroute puts on its rules) until
+  one really reaches that policy (at most five tries);
 * per uplink: a connection arriving through it, whose reply must leave through it.
 
 Every balance outcome is explored, so each uplink a policy can use is seen. A path is
@@ -38,7 +39,6 @@ from markroute.sim.trace import Simulator
 
 EXIT_CODE_NAME = "NEIGHBOURS"
 MAX_LAN_INTERFACES = 3
-TRIES_PER_POLICY = 3
 REMOTE = {4: int(ipaddress.ip_address("198.51.100.77")), 6: int(ipaddress.ip_address("2001:db8:ffee::77"))}
 OUTSIDE = {4: int(ipaddress.ip_address("203.0.113.77")), 6: int(ipaddress.ip_address("2001:db8:eeee::77"))}
 SPORT = 40000
@@ -191,28 +191,30 @@ def _candidate_flows(version: int, own: dict[str, dict[Any, None]], iif: str | N
     """A plain TCP connection from the LAN side; then with the policy's own constants on top.
 
     For an interval the constants are its ends, its middle and the values just outside
-    (`reach._values`): the middle (third) is tried before the low end.
+    (`reach._values`): the middle (third) is tried before the low end. The LAN client's
+    own address is kept as long as possible: it is what a real connection comes from.
     """
     base: dict[str, Any] = {"src": src, "dst": REMOTE[version], "proto": TCP, "sport": SPORT, "dport": DPORT,
                             "dscp": 0, "mac": WITNESS_MAC if iif else None}
     yield Flow(version=version, iif=iif, local=iif is None, **base)
-    for index in (2, 0)[:TRIES_PER_POLICY - 1]:
-        values = dict(base)
-        for name, found in own.items():
-            options = list(found)
-            if not options or (name[-1] in "46" and name[-1] != str(version)):
-                continue
-            field = name.rstrip("46")
-            if field in ("src", "mac") and iif is None:
-                continue  # a socket's source is one of the router's addresses; it has no MAC
-            value = options[min(index, len(options) - 1)]
-            if field in values and isinstance(value, (int, str)):
-                values[field] = value
-        if values["proto"] in (1, 58):
-            values["proto"] = 1 if version == 4 else 58
-        if values["proto"] not in (6, 17, 132):
-            values["sport"] = values["dport"] = None
-        yield Flow(version=version, iif=iif, local=iif is None, **values)
+    for own_source in (False, True):
+        for index in (2, 0):
+            values = dict(base)
+            for name, found in own.items():
+                options = list(found)
+                if not options or (name[-1] in "46" and name[-1] != str(version)):
+                    continue
+                field = name.rstrip("46")
+                if field == "src" and not own_source or field in ("src", "mac") and iif is None:
+                    continue  # a socket's source is one of the router's addresses; it has no MAC
+                value = options[min(index, len(options) - 1)]
+                if field in values and isinstance(value, (int, str)):
+                    values[field] = value
+            if values["proto"] in (1, 58):
+                values["proto"] = 1 if version == 4 else 58
+            if values["proto"] not in (6, 17, 132):
+                values["sport"] = values["dport"] = None
+            yield Flow(version=version, iif=iif, local=iif is None, **values)
 
 
 # -- judging one flow -----------------------------------------------------------------
@@ -365,9 +367,9 @@ def _rerouted(steps: list[dict[str, Any]], ours: Ours, direction: str, describe:
     band = f"{min(ours.priorities)}-{max(ours.priorities)}" if ours.priorities else "?"
     message = (f"ip rule `{deciding['rule']}` sends {what} {describe} {went} instead of {expected}: "
                f"it comes before markroute's rules ({band})")
-    hint = (f"give that rule a priority after {max(ours.priorities, default=0)}, or make it exclude markroute's "
-            f"mark bits ({ours.mask:#x}), e.g. add `ip rule add fwmark 0/{ours.mask:#x} ...` conditions; "
-            "or move markroute's band before it (settings.rule_priority)")
+    last_ours = max(ours.priorities, default=0)
+    hint = (f"set settings.rule_priority below {priority} (e.g. {max(priority - 1000, 1)}) so markroute's rules "
+            f"come first, or give that rule a priority after {last_ours}")
     yield Finding("reroute", direction, describe, None, None, str(deciding["rule"]), message, hint)
 
 

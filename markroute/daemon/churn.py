@@ -112,7 +112,7 @@ class ChurnLog:
     clock: Callable[[], float] = time.monotonic
     seen: set[tuple[str, str]] = field(default_factory=set)
     repeats: int = 0
-    last_summary: float = 0.0
+    last_summary: float | None = None  # the first repeat is said at once: someone keeps at it
 
     def note(self, who: str, what: str) -> None:
         if (who, what) not in self.seen:
@@ -121,7 +121,7 @@ class ChurnLog:
             return
         self.repeats += 1
         now = self.clock()
-        if now - self.last_summary >= SUMMARY_INTERVAL:
+        if self.last_summary is None or now - self.last_summary >= SUMMARY_INTERVAL:
             self.log.warning("markroute's rules and routes were removed %d more times by the same programs "
                              "and put back each time (see `markroute check --live` for the cause)", self.repeats)
             self.repeats = 0

@@ -37,7 +37,8 @@ from markroute.sim.reach import WITNESS_MAC, _candidates
 from markroute.sim.system import Link
 from markroute.sim.trace import Simulator
 
-EXIT_CODE_NAME = "NEIGHBOURS"
+SUBJECT = "\x00subject\x00"  # where the merged message names the paths' policies or uplinks
+SHOWN = 4
 MAX_LAN_INTERFACES = 3
 REMOTE = {4: int(ipaddress.ip_address("198.51.100.77")), 6: int(ipaddress.ip_address("2001:db8:ffee::77"))}
 OUTSIDE = {4: int(ipaddress.ip_address("203.0.113.77")), 6: int(ipaddress.ip_address("2001:db8:eeee::77"))}
@@ -58,9 +59,13 @@ class Ours:
 
 @dataclass(frozen=True)
 class Finding:
-    """One path a foreign rule breaks, the rule that does it, and what to add."""
+    """One foreign rule breaking some of markroute's paths, the same way and with the same fix.
 
-    kind: str  # drop | reject | reroute
+    `subjects` are what the paths stand for ("policy NAME", "uplink NAME"); `flow` is one
+    example connection of them.
+    """
+
+    kind: str  # drop | reject | reroute | fwmark | networkd | unknown
     direction: str  # original | reply
     flow: str
     table: str | None  # the foreign nftables table ("ip filter") or None for an ip rule
@@ -68,10 +73,12 @@ class Finding:
     rule: str | None  # the rule's text; None when the chain's policy decided
     message: str
     hint: str
+    subjects: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "direction": self.direction, "flow": self.flow, "table": self.table,
-                "chain": self.chain, "rule": self.rule, "message": self.message, "hint": self.hint}
+        return {"kind": self.kind, "direction": self.direction, "subjects": list(self.subjects), "flow": self.flow,
+                "table": self.table, "chain": self.chain, "rule": self.rule, "message": self.message,
+                "hint": self.hint}
 
 
 @dataclass(frozen=True)
@@ -89,12 +96,32 @@ def inspect(simulator: Simulator, ours: Ours, document: dict[str, Any]) -> list[
     `document` is the live nft listing the simulator was built from: markroute's own
     rules in it say which constants reach each policy.
     """
-    found: dict[tuple[Any, ...], Finding] = {}
+    grouped: dict[tuple[Any, ...], list[Finding]] = {}
     for probe in probes(simulator, ours, document):
         for finding in _judge(simulator, ours, probe):
-            key = (finding.kind, finding.direction, finding.table, finding.chain, finding.rule, finding.message)
-            found.setdefault(key, finding)
-    return list(found.values())
+            key = (finding.kind, finding.direction, finding.table, finding.chain, finding.rule, finding.hint,
+                   finding.message)
+            same = grouped.setdefault(key, [])
+            if all(f.subjects != finding.subjects for f in same):
+                same.append(finding)
+    return [_merged(same) for same in grouped.values()]
+
+
+def _merged(same: list[Finding]) -> Finding:
+    """One finding for the paths a rule breaks alike: its message names them all (a few, then a count)."""
+    subjects = tuple(s for finding in same for s in finding.subjects)
+    first = same[0]
+    message = first.message.replace(SUBJECT, _subject_text(subjects)) + f", e.g. {first.flow}"
+    return replace(first, message=message, subjects=subjects)
+
+
+def _subject_text(subjects: tuple[str, ...]) -> str:
+    kind = subjects[0].split(" ", 1)[0]
+    names = [s.split(" ", 1)[1] for s in subjects]
+    shown = ", ".join(names[:SHOWN])
+    more = f" and {len(names) - SHOWN} more" if len(names) > SHOWN else ""
+    plural = {"policy": "policies", "uplink": "uplinks"}.get(kind, kind) if len(names) > 1 else kind
+    return f"{plural} {shown}{more}"
 
 
 # -- representative flows -------------------------------------------------------------
@@ -251,19 +278,21 @@ def _uplink_of(steps: list[dict[str, Any]], ours: Ours) -> UplinkPlan | None:
     return next((u for u in ours.uplinks if u.mark == mark), None)
 
 
-def _describe(probe: Probe, uplink: UplinkPlan | None) -> str:
+def _describe(probe: Probe, uplink: UplinkPlan | None) -> tuple[str, str, str]:
+    """(subject, the paths in words with SUBJECT in place of it, an example connection)."""
     flow = probe.flow
     ports = f" tcp port {flow.dport}" if flow.proto == TCP and flow.dport else ""
-    text = f"{address_text(flow.version, flow.src)} -> {address_text(flow.version, flow.dst)}{ports}"
-    if probe.what.startswith("ingress "):
-        return f"connections arriving through uplink '{probe.what[8:]}' ({flow.iif}), e.g. {text}"
+    example = f"{address_text(flow.version, flow.src)} -> {address_text(flow.version, flow.dst)}{ports}"
+    kind, _, name = probe.what.partition(" ")
+    if kind == "ingress":
+        return f"uplink {name}", f"connections arriving through {SUBJECT} ({flow.iif})", example
     where = f"from {flow.iif}" if flow.iif else "opened by this host"
     via = f" out {uplink.interface} (uplink '{uplink.name}')" if uplink else ""
-    return f"connections of {probe.what} {where}{via}, e.g. {text}"
+    return f"policy {name}", f"connections of {SUBJECT} {where}{via}", example
 
 
 def _blocked(simulator: Simulator, steps: list[dict[str, Any]], ours: Ours, probe: Probe, uplink: UplinkPlan | None, direction: str,
-             describe: str) -> Iterator[Finding]:
+             describe: tuple[str, str, str]) -> Iterator[Finding]:
     """A drop or reject by a chain of a foreign table, with the rule that decided (or the policy)."""
     for index, step in enumerate(steps):
         if step.get("stage") != "chain" or step.get("verdict") != "drop":
@@ -281,10 +310,10 @@ def _blocked(simulator: Simulator, steps: list[dict[str, Any]], ours: Ours, prob
         who = neighbour(simulator, family, table)
         decided = f"rule `{rule}` in chain {rule_chain}" if rule else f"chain {chain} (policy drop)"
         what = "replies of" if direction == "reply" else "the first packets of"
-        message = (f"{WHO[who]}{decided} of table {family} {table} {kind}s {what} {describe}"
-                   f" ({step.get('hook')} hook)")
-        yield Finding(kind, direction, describe, f"{family} {table}", rule_chain, rule, message,
-                      _hint(who, family, table, rule_chain, direction, step.get("hook"), inn, out))
+        subject, paths, example = describe
+        message = f"{WHO[who]}{decided} of table {family} {table} {kind}s {what} {paths} ({step.get('hook')} hook)"
+        yield Finding(kind, direction, example, f"{family} {table}", rule_chain, rule, message,
+                      _hint(who, family, table, rule_chain, direction, step.get("hook"), inn, out), (subject,))
         return
 
 
@@ -342,7 +371,7 @@ def _hint(who: str, family: str, table: str, chain: str, direction: str, hook: A
     return f"e.g. `nft insert rule {family} {table} {chain} {iif}{oif}accept`"
 
 
-def _rerouted(steps: list[dict[str, Any]], ours: Ours, direction: str, describe: str,
+def _rerouted(steps: list[dict[str, Any]], ours: Ours, direction: str, describe: tuple[str, str, str],
               expected: str | None) -> Iterator[Finding]:
     """An ip rule outside markroute's band that decides where a markroute-steered packet goes."""
     routing = [s for s in steps if s.get("stage") == "routing"]
@@ -365,12 +394,13 @@ def _rerouted(steps: list[dict[str, Any]], ours: Ours, direction: str, describe:
     went = f"out {last['oif']}" if last.get("oif") else str(last.get("result"))
     what = "replies of" if direction == "reply" else "the packets of"
     band = f"{min(ours.priorities)}-{max(ours.priorities)}" if ours.priorities else "?"
-    message = (f"ip rule `{deciding['rule']}` sends {what} {describe} {went} instead of {expected}: "
+    subject, paths, example = describe
+    message = (f"ip rule `{deciding['rule']}` sends {what} {paths} {went} instead of {expected}: "
                f"it comes before markroute's rules ({band})")
     last_ours = max(ours.priorities, default=0)
     hint = (f"set settings.rule_priority below {priority} (e.g. {max(priority - 1000, 1)}) so markroute's rules "
             f"come first, or give that rule a priority after {last_ours}")
-    yield Finding("reroute", direction, describe, None, None, str(deciding["rule"]), message, hint)
+    yield Finding("reroute", direction, example, None, None, str(deciding["rule"]), message, hint, (subject,))
 
 
 # -- ip rules that catch markroute's marks --------------------------------------------

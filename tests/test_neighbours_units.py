@@ -252,3 +252,28 @@ def test_each_removal_is_logged_once_and_repeats_are_summed_up(caplog: pytest.Lo
     messages = [r.getMessage() for r in caplog.records]
     assert sum("removed markroute's" in m for m in messages) == 2
     assert sum("more times" in m for m in messages) == 1  # 50 repeats within 5 s: one summary
+
+
+def test_only_markroutes_removed_rules_and_routes_are_noticed() -> None:
+    from pyroute2.netlink.rtnl.fibmsg import fibmsg
+    from pyroute2.netlink.rtnl.rtmsg import rtmsg
+
+    rule = fibmsg()
+    rule["family"], rule["action"], rule["table"], rule["event"] = 2, 1, 100, "RTM_DELRULE"
+    rule["attrs"] = [("FRA_PROTOCOL", 77), ("FRA_PRIORITY", 10000), ("FRA_FWMARK", 0x200), ("FRA_FWMASK", 0xFF00),
+                     ("FRA_TABLE", 100)]
+    assert churn.removed(rule) == "ip rule 10000: fwmark 0x200/0xff00 lookup 100"
+    rule["attrs"] = [("FRA_PROTOCOL", 3), ("FRA_PRIORITY", 5210), ("FRA_TABLE", 254)]  # someone else's
+    assert churn.removed(rule) is None
+    route = rtmsg()
+    route["family"], route["proto"], route["dst_len"], route["table"], route["event"] = 2, 77, 0, 100, "RTM_DELROUTE"
+    route["attrs"] = [("RTA_TABLE", 100), ("RTA_GATEWAY", "10.0.0.1")]
+    assert churn.removed(route) == "route default table 100"
+    route["proto"] = 2
+    assert churn.removed(route) is None
+
+
+def test_a_removal_by_markroute_itself_is_not_someone_elses() -> None:
+    assert churn.own(os.getpid())
+    assert churn.own(os.getpid() + (3 << 22))  # pyroute2's second socket of this process
+    assert not churn.own(os.getpid() + 1)

@@ -26,6 +26,9 @@ from markroute.sim.neighbours import (
 )
 
 
+PATH_KINDS = ("drop", "reject", "reroute")
+
+
 def ours_of_plan(plan: Plan) -> Ours:
     return Ours(plan.table_name, plan.mask, _band(plan.rule_priority), tuple(plan.uplinks))
 
@@ -83,6 +86,14 @@ def with_plan(state: dict[str, Any], plan: Plan) -> dict[str, Any]:
         rules=foreign_rules + [dict(r.to_json(), family=FAMILY_NAMES[r.version]) for r in rules],
         routes=foreign_routes + [dict(r.to_json(), family=FAMILY_NAMES[r.version]) for r in routes],
     )
+
+
+def breaks_paths(found: list[Finding]) -> bool:
+    """Whether some finding is a path a foreign rule breaks now (what `status` exits 5 for).
+
+    A system the simulator could not read is said, but is not such a problem.
+    """
+    return any(finding.kind in PATH_KINDS for finding in found)
 
 
 def lines(found: list[Finding]) -> list[str]:

@@ -60,7 +60,7 @@ def command(config: str | None, netns: str | None, as_json: bool) -> None:
         click.echo(render(report) + neighbours_text(found), nl=False)
     if report.drift:
         sys.exit(EXIT_DRIFT)
-    if found:
+    if neighbours.breaks_paths(found):
         sys.exit(exitcodes.NEIGHBOURS)
 
 

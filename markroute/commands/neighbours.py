@@ -25,7 +25,6 @@ from markroute.sim.neighbours import (
     unmasked_fwmark_rules,
 )
 
-
 PATH_KINDS = ("drop", "reject", "reroute")
 
 

@@ -87,7 +87,6 @@ class Probe:
 
     flow: Flow
     what: str  # "policy NAME" or "ingress UPLINK"
-    lan: str | None  # the LAN interface replies go back to (forwarded flows)
 
 
 def inspect(simulator: Simulator, ours: Ours, document: dict[str, Any]) -> list[Finding]:
@@ -134,9 +133,7 @@ def probes(simulator: Simulator, ours: Ours, document: dict[str, Any]) -> Iterat
     lans = [link for name, link in sorted(links.items())
             if name != "lo" and name not in uplink_ifs and link.up and link.addresses][:MAX_LAN_INTERFACES]
     candidates = _candidates({"nftables": [o for o in document.get("nftables", []) if in_table(o, ours.table)]})
-    policies = [label.removeprefix("policy ") for label in candidates.own if label.startswith("policy ")]
-    policies += [p for p in _policy_names(document, ours.table) if p not in policies]
-    for policy in policies:
+    for policy in _policy_names(document, ours.table):
         own = candidates.own.get(f"policy {policy}", {})
         for version in (4, 6):
             for lan in lans:
@@ -144,12 +141,12 @@ def probes(simulator: Simulator, ours: Ours, document: dict[str, Any]) -> Iterat
                 if client is not None:
                     flow = _reaching(simulator, policy, version, own, iif=lan.name, src=client)
                     if flow is not None:
-                        yield Probe(flow, f"policy {policy}", lan.name)
+                        yield Probe(flow, f"policy {policy}")
             source = _local_source(links, ours, version)
             if source is not None:
                 flow = _reaching(simulator, policy, version, own, iif=None, src=source)
                 if flow is not None:
-                    yield Probe(flow, f"policy {policy}", None)
+                    yield Probe(flow, f"policy {policy}")
     for uplink in ours.uplinks:
         link = links.get(uplink.interface)
         for version in uplink.versions:
@@ -157,7 +154,7 @@ def probes(simulator: Simulator, ours: Ours, document: dict[str, Any]) -> Iterat
             if address is not None:
                 flow = Flow(version=version, src=OUTSIDE[version], dst=address, proto=TCP, sport=SPORT,
                             dport=INGRESS_PORT, iif=uplink.interface, mac=WITNESS_MAC)
-                yield Probe(flow, f"ingress {uplink.name}", None)
+                yield Probe(flow, f"ingress {uplink.name}")
 
 
 def in_table(obj: dict[str, Any], table: str) -> bool:
@@ -167,7 +164,8 @@ def in_table(obj: dict[str, Any], table: str) -> bool:
 
 
 def _policy_names(document: dict[str, Any], table: str) -> list[str]:
-    """Policies whose rules compare nothing (a catch-all has no constants to file)."""
+    """Every policy a rule of markroute's table is commented with, in rule order (merged ones too: their
+    `pol_N` chains keep the comment)."""
     names: list[str] = []
     for obj in document.get("nftables", []):
         rule = obj.get("rule") if isinstance(obj, dict) else None

@@ -7,8 +7,9 @@ shape loaded with nft. markroute sends the LAN out wan1 (isp1) while each firewa
 only lets the LAN out wan0, so real connections die. Every test asserts three things
 with real packets and markroute's own output:
 
-* the warning of `apply` and the problem of `status` (exit 5) name the foreign table
-  and chain, and `status --json` gives the rule and a fix;
+* the warning of `check --live` (before the apply) and of `apply`, and the problem of
+  `status` (exit 5) name the foreign table and chain, and `status --json` gives the
+  rule and a fix;
 * a real TCP connection from the LAN through markroute's uplink fails, as warned;
 * after the fix the warning gives is applied (the command in its hint, run as is),
   the same connection works and `status` exits 0 with no neighbour problem.
@@ -122,7 +123,10 @@ def _scenario(lab: Lab, tmp_path: Path, install: str, kind: str, table: str, cha
         lab.nft(r.rtr, install)
     else:
         _iptables(lab, r.rtr, install)
-    applied = markroute("apply", "-c", write_config(tmp_path, CONFIG), "--netns", r.rtr)
+    config = write_config(tmp_path, CONFIG)
+    checked = markroute("check", "--live", "-c", config, "--netns", r.rtr)  # before anything is applied
+    assert checked.returncode == 0 and f"table {table}" in checked.stderr and chain in checked.stderr, checked.stderr
+    applied = markroute("apply", "-c", config, "--netns", r.rtr)
     assert applied.returncode == 0, applied.stderr  # a warning never blocks apply
     assert f"table {table}" in applied.stderr and chain in applied.stderr, applied.stderr
     assert not _connects(r), "the warned path should really be broken"

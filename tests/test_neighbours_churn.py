@@ -7,7 +7,8 @@ deletes every rule except the kernel's three over one netlink socket, as network
 While a UDP flow runs from the LAN through the uplink a policy pins it to, the sweep
 runs twice; markroute's rules must be back within a second each time, the flow must be
 answered through its uplink again right after (in between it falls back to main), and the daemon's log must name the deleting
-process once per rule (the second sweep is only counted), not loop.
+process once per rule (the second sweep is only counted), not loop. A flush of one of
+markroute's uplink tables is put back the same way.
 """
 
 from __future__ import annotations
@@ -99,3 +100,22 @@ def test_run_restores_rules_a_network_manager_deletes(dlab: DaemonLab) -> None: 
     assert len(lines) == len(installed), log  # each rule once: the second sweep is only counted
     assert all("python" in line for line in lines), log  # the deleting process is named
     assert log.count("more times by the same programs") == 1, log
+
+
+def own_routes(d: DaemonLab) -> list[dict[str, object]]:
+    routes = json.loads(d.router.lab.run(d.rtr, ["ip", "-j", "route", "show", "table", "all"]).stdout or "[]")
+    return sorted((r for r in routes if r.get("protocol") == "77"), key=lambda r: json.dumps(r, sort_keys=True))
+
+
+def test_run_restores_routes_flushed_from_its_tables(dlab: DaemonLab) -> None:  # noqa: F811
+    """A script flushing markroute's uplink table (as a VPN's down script might) loses nothing for long."""
+    d = dlab
+    d.start(d.write(CONFIG))
+    installed = own_routes(d)
+    assert any(r.get("table") == "101" for r in installed), installed
+    d.router.lab.run(d.rtr, ["ip", "route", "flush", "table", "101"])
+    flushed = time.monotonic()
+    while own_routes(d) != installed and time.monotonic() - flushed < 10:
+        time.sleep(0.02)
+    assert time.monotonic() - flushed <= RESTORE_WITHIN, d.log()
+    assert "removed markroute's route default table 101" in d.log()

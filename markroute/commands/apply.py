@@ -10,6 +10,7 @@ from markroute.commands.cliutil import (
     load_model_or_exit,
     netns_option,
 )
+from markroute.plan import Plan
 
 
 @click.command("apply")
@@ -36,7 +37,7 @@ def command(config: str | None, netns: str | None) -> None:
     with exit_codes():
         netns = prepare(netns)
         report = apply(plan, netns)
-    for warning in report.warnings:
+    for warning in report.warnings + neighbour_warnings(plan):
         click.echo(f"markroute: warning: {warning}", err=True)
     if not report.changed:
         click.echo("already up to date: nothing changed")
@@ -44,3 +45,10 @@ def command(config: str | None, netns: str | None) -> None:
     for change in report.changes:
         click.echo(change)
     click.echo(f"applied: {len(report.changes)} changes")
+
+
+def neighbour_warnings(plan: Plan) -> list[str]:
+    """What other software's rules do to the traffic just applied: warnings, never a failure."""
+    from markroute.commands import neighbours
+
+    return neighbours.lines(neighbours.findings(neighbours.ours_of_plan(plan)))

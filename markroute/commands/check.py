@@ -14,8 +14,12 @@ import click
 
 from markroute.commands.cliutil import (
     EXIT_FAILED,
+    EXIT_USAGE,
     config_option,
+    exit_codes,
+    fail,
     json_option,
+    netns_option,
     print_diagnostics,
     print_json,
 )
@@ -60,17 +64,42 @@ def simulated_warnings(model: Model) -> Iterator[Warning]:
             )
 
 
+def live_warnings(model: Model, path: str, netns: str | None) -> list[Diagnostic]:
+    """The neighbours' findings for the compiled plan, as warnings at the top of the config."""
+    from markroute.commands import neighbours
+    from markroute.compile import compile_plan
+    from markroute.diagnostics import Where
+    from markroute.kernel.environment import prepare
+
+    with exit_codes():
+        prepare(netns)
+        plan = compile_plan(model)
+        found = neighbours.findings(neighbours.ours_of_plan(plan), plan, setup=True)
+    return [Diagnostic(Where(path, 1, 1), "warning", finding.message, finding.hint) for finding in found]
+
+
 @click.command("check")
 @config_option
+@click.option("--live", is_flag=True, help="Also simulate the config's traffic through this system's other rules.")
+@netns_option
 @json_option
-def command(config: str | None, as_json: bool) -> None:
-    """Validate the config; exit 0 when it is valid, 1 with one line per problem."""
+def command(config: str | None, live: bool, netns: str | None, as_json: bool) -> None:
+    """Validate the config; exit 0 when it is valid, 1 with one line per problem.
+
+    With --live, markroute's representative connections are simulated through the
+    running system's other firewalls, ip rules and routes (plus networkd's settings),
+    and each path another program would break is a warning naming its rule.
+    """
     from markroute.config import config_path, load_model
 
+    if netns is not None and not live:
+        fail("--netns needs --live", EXIT_USAGE)
     path = config_path(config)
     model, diagnostics = load_model(path)
     if model is not None:
         diagnostics = simulated(model, diagnostics)
+    if model is not None and live:
+        diagnostics = diagnostics + live_warnings(model, path, netns)
     errors = sum(d.severity == "error" for d in diagnostics)
     warnings = len(diagnostics) - errors
     if as_json:

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from markroute import exitcodes
+from markroute.commands import neighbours
 from markroute.commands.cliutil import (
     EXIT_DRIFT,
     exit_codes,
@@ -16,6 +18,8 @@ from markroute.commands.cliutil import (
     netns_option,
     print_json,
 )
+from markroute.plan import Plan
+from markroute.sim.neighbours import Finding
 
 if TYPE_CHECKING:
     from markroute.kernel.state import UplinkRecord
@@ -34,8 +38,12 @@ def command(config: str | None, netns: str | None, as_json: bool) -> None:
     nftables table was removed or changed, a sysctl was changed back, or (with -c) the
     config differs from the applied one.
 
+    Neighbours: markroute's representative connections are simulated through every
+    other firewall, ip rule and route on the system; each path another program's rule
+    drops, rejects or re-routes is listed with the rule and a fix.
+
     Exit codes: 0 no drift; 1 invalid config; 3 drift found; 4 not root, nft missing or
-    no such namespace.
+    no such namespace; 5 no drift, but another program's rule breaks markroute's traffic.
     """
     from markroute.compile import compile_plan
     from markroute.kernel.environment import prepare
@@ -45,12 +53,31 @@ def command(config: str | None, netns: str | None, as_json: bool) -> None:
     with exit_codes():
         netns = prepare(netns)
         report = collect(netns, plan)
+        found = neighbour_problems(plan, netns)
     if as_json:
-        print_json(report.to_json())
+        print_json(dict(report.to_json(), neighbours=neighbours.to_json(found)))
     else:
-        click.echo(render(report), nl=False)
+        click.echo(render(report) + neighbours_text(found), nl=False)
     if report.drift:
         sys.exit(EXIT_DRIFT)
+    if neighbours.breaks_paths(found):
+        sys.exit(exitcodes.NEIGHBOURS)
+
+
+def neighbour_problems(plan: Plan | None, netns: str | None) -> list[Finding]:
+    """Paths of markroute's traffic other software breaks; none when markroute is not applied."""
+    from markroute.kernel import state
+
+    recorded = state.load(netns)
+    if recorded is None:
+        return []
+    return neighbours.findings(neighbours.ours_of_plan(plan) if plan else neighbours.ours_of_state(recorded))
+
+
+def neighbours_text(found: list[Finding]) -> str:
+    if not found:
+        return "neighbours: no other software's rule breaks markroute's traffic\n"
+    return "\n".join(["neighbours:"] + [f"  {line}" for line in neighbours.lines(found)]) + "\n"
 
 
 def render(report: StatusReport) -> str:

@@ -10,6 +10,8 @@ it arrives (no polling). What the daemon is told:
 * `on_change()`: something `apply` derives from the running system may have changed:
   an address (DHCP renewed with another one), a connected route of main, an interface
   that came back. The daemon answers with a resync (`apply` of the installed plan).
+* `on_removed([(port, what), ...])`: someone removed markroute's own ip rules or
+  routes (`markroute.daemon.churn`); the daemon puts them back with a resync.
 
 If the socket's receive buffer overflowed (a burst of thousands of route changes),
 events were lost: the socket is opened again and `on_lost()` asks the daemon to read
@@ -22,6 +24,7 @@ import selectors
 from collections.abc import Callable
 from typing import Any
 
+from markroute.daemon import churn
 from markroute.daemon.reactor import Reactor
 from markroute.kernel.ipjson import RT_TABLE_MAIN, table_of
 from markroute.kernel.links import IFF_LOWER_UP, IFF_UP
@@ -32,7 +35,10 @@ RTMGRP_IPV4_IFADDR = 0x10
 RTMGRP_IPV4_ROUTE = 0x40
 RTMGRP_IPV6_IFADDR = 0x100
 RTMGRP_IPV6_ROUTE = 0x400
-GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE
+RTMGRP_IPV4_RULE = 0x80
+RTMGRP_IPV6_RULE = 1 << (19 - 1)  # RTNLGRP_IPV6_RULE has no legacy RTMGRP_ constant
+GROUPS = (RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE
+          | RTMGRP_IPV4_RULE | RTMGRP_IPV6_RULE)
 
 
 class LinkWatcher:
@@ -42,11 +48,13 @@ class LinkWatcher:
         on_link: Callable[[str, bool | None], None],
         on_change: Callable[[], None],
         on_lost: Callable[[], None],
+        on_removed: Callable[[list[tuple[int, str]]], None] | None = None,
     ) -> None:
         self.reactor = reactor
         self.on_link = on_link
         self.on_change = on_change
         self.on_lost = on_lost
+        self.on_removed = on_removed
         self.socket: Any = None
         self.open()
 
@@ -72,8 +80,13 @@ class LinkWatcher:
             self.on_lost()
             return
         changed = False
+        gone: list[tuple[int, str]] = []
         for message in messages:
             event = message.get("event")
+            what = churn.removed(message) if event in ("RTM_DELRULE", "RTM_DELROUTE") else None
+            if what is not None:
+                gone.append((message["header"]["pid"], what))
+                continue
             if event in ("RTM_NEWLINK", "RTM_DELLINK"):
                 name = message.get_attr("IFLA_IFNAME")
                 if name is None:
@@ -89,5 +102,7 @@ class LinkWatcher:
                 # markroute's own routes change only through apply; main's decide the copies.
                 ours = message["proto"] == RULE_PROTOCOL
                 changed |= not ours and table_of(message, "RTA_TABLE") == RT_TABLE_MAIN
+        if gone and self.on_removed is not None:
+            self.on_removed(gone)
         if changed:
             self.on_change()

@@ -40,6 +40,8 @@ from dataclasses import dataclass
 from types import FrameType
 
 from markroute.compile import UplinkAvailability, compile_plan
+from markroute.daemon import churn
+from markroute.daemon.churn import ChurnLog
 from markroute.daemon.failover import (
     TableRecorder,
     availability_of,
@@ -118,6 +120,7 @@ class Daemon:
         self.wakeup: tuple[socket.socket, socket.socket] | None = None
         self.watcher: LinkWatcher | None = None
         self.metrics: MetricsServer | None = None
+        self.churn = ChurnLog(log)
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -135,7 +138,7 @@ class Daemon:
         self.build_monitors(previous.uplinks if previous else {}, interfaces)
         self.install()
         self.log.info("markroute run: %d uplinks, %s", len(self.monitors), self.describe())
-        self.watcher = LinkWatcher(self.reactor, self.on_link, self.on_change, self.on_lost)
+        self.watcher = LinkWatcher(self.reactor, self.on_link, self.on_change, self.on_lost, self.on_removed)
         self.relink()  # what changed between the first look and the watcher's first event
         self.refresh_egress(start=True)
         if self.metrics:
@@ -352,6 +355,15 @@ class Daemon:
 
     def on_change(self) -> None:
         self.schedule_resync()
+
+    def on_removed(self, removals: list[tuple[int, str]]) -> None:
+        """Someone removed markroute's rules or routes: say who once, put them back now."""
+        foreign = [(port, what) for port, what in removals if not churn.own(port)]
+        senders = {port: churn.sender(port) for port, _ in foreign}
+        for port, what in foreign:
+            self.churn.note(senders[port], what)
+        if foreign:
+            self.schedule_resync()
 
     def on_lost(self) -> None:
         self.log.warning("netlink events were lost: reading the links again")

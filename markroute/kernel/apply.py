@@ -33,7 +33,15 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Literal
 
-from markroute.kernel import KernelError, digest, nft, nftnetlink, state, sysctl
+from markroute.kernel import (
+    KernelError,
+    digest,
+    nft,
+    nftnetlink,
+    restore,
+    state,
+    sysctl,
+)
 from markroute.kernel.journal import Journal
 from markroute.kernel.links import Link, link_state, links
 from markroute.kernel.rpdb import Rpdb, route_key
@@ -242,7 +250,7 @@ class _Apply:
                 continue
             self.step(
                 partial(sysctl.write, item.path, item.value),
-                partial(sysctl.write, item.path, current),
+                partial(restore.undo, item.path, current, item.value),
                 f"sysctl {item.name}: {current} -> {item.value}",
             )
             originals.setdefault(item.path, current)
@@ -258,15 +266,15 @@ class _Apply:
             if path in wanted or original is None or not sysctl.exists(path):
                 continue
             originals.pop(path)
-            current = sysctl.read(path)
-            if current != applied:
-                self.report.warnings.append(f"sysctl {path} was changed by someone else ({current}); left as is")
-                continue
-            self.step(
-                partial(sysctl.write, path, original),
-                partial(sysctl.write, path, applied),
-                f"sysctl {Sysctl(path, original).name}: {applied} -> {original} (restored)",
-            )
+            decision = restore.decide(path, original, applied, sysctl.read(path))
+            if decision.action == "keep" and decision.message is not None:
+                self.report.warnings.append(decision.message)
+            elif decision.action == "restore" and decision.message is not None:
+                self.step(
+                    partial(sysctl.write, path, original),
+                    partial(restore.undo, path, applied, original),
+                    decision.message,
+                )
 
     def add_route(self, route: Route) -> None:
         self.step(partial(self.rpdb.add_route, route), partial(self.rpdb.delete_route, route), f"+ route {route_text(route)}")

@@ -6,7 +6,8 @@ ip rules with protocol 77 inside the priority band, and protocol-77 routes in th
 tables those rules looked up. The table goes first so nothing is marked any more,
 then the rules, so no packet is sent to a table that is being emptied, then the
 routes; sysctls go back to the values found before markroute changed them, unless
-someone else has changed them since.
+someone else has changed them since, and forwarding is never turned off
+(`markroute.kernel.restore` says why).
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
-from markroute.kernel import KernelError, nft, nftnetlink, state, sysctl
+from markroute.kernel import KernelError, nft, nftnetlink, restore, state
 from markroute.kernel import netns as namespaces
 from markroute.kernel.apply import route_text, rule_text
 from markroute.kernel.rpdb import Rpdb, route_key
 from markroute.model import Settings
-from markroute.plan import BAND_WIDTH, TABLE_NAME, IpRule, Route, Sysctl
+from markroute.plan import BAND_WIDTH, TABLE_NAME, IpRule, Route
 
 
 @dataclass
@@ -89,17 +90,9 @@ def _drop_table(name: str, report: DownReport) -> None:
 
 
 def _restore_sysctl(path: str, original: str, applied: str | None, report: DownReport) -> None:
-    if not sysctl.exists(path):
-        return
-    name = Sysctl(path, original).name
-    current = sysctl.read(path)
-    if current == original:
-        return
-    if applied is not None and current != applied:
-        report.warnings.append(f"sysctl {name} was changed by someone else ({current}); left as is")
-        return
-    sysctl.write(path, original)
-    report.changes.append(f"sysctl {name}: {current} -> {original} (restored)")
+    decision = restore.restore(path, original, applied)
+    if decision.message is not None:
+        (report.changes if decision.action == "restore" else report.warnings).append(decision.message)
 
 
 def _attempt(report: DownReport, step: Callable[[], None], change: str | None) -> None:

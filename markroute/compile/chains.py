@@ -36,7 +36,7 @@ from typing import Any
 
 from markroute import marks
 from markroute import match as match_keys
-from markroute.compile import policymaps
+from markroute.compile import failclosed, policymaps
 from markroute.compile.namedsets import NamedSets
 from markroute.compile.policymaps import PolicyKey
 from markroute.model import Match, Model, Policy, Uplink
@@ -265,9 +265,9 @@ class Compiler:
             return nj.verdict("goto", self.group_chain(member))
         return nj.verdict("goto", self.mark_chain(member))
 
-    def last_resort(self) -> Expr:
-        """Where traffic goes when its uplink, or every member of its group, is down."""
-        return self.target(self.model.settings.last_resort)
+    def last_resort(self, group: str | None = None) -> Expr:
+        """Where traffic goes when its uplink, or every member of GROUP, is down (the group's own, else global)."""
+        return self.target(self.model.last_resort_of(group) if group else self.model.settings.last_resort)
 
     def usable(self, target: str) -> bool:
         if target in self.model.groups:
@@ -321,7 +321,7 @@ class Compiler:
                 self.add(chain, guard + [self.member_target(members[0][0])])
             else:
                 self.add(chain, guard + [self.balance_map(self.effective_weights(members))])
-        self.add(chain, [self.last_resort()], "last resort")
+        self.add(chain, [self.last_resort(name)], "last resort")
         return chain
 
     def effective_weights(self, members: list[tuple[str, int]]) -> list[tuple[str, int]]:
@@ -428,13 +428,18 @@ class Compiler:
             value = marks.unreachable_mark(self.mask) if action == "unreachable" else marks.blackhole_mark(self.mask)
             for version in (4, 6):
                 rules.append(IpRule(version, base + RESERVED_RULE_OFFSET, action=action, fwmark=value, fwmask=self.mask))  # type: ignore[arg-type]
+        for name, action in failclosed.floors(self.model).items():
+            for version in (4, 6):
+                rules.append(IpRule(version, base + RESERVED_RULE_OFFSET, action=action,
+                                    fwmark=self.model.uplinks[name].mark, fwmask=self.mask))
         return rules
 
     def reserved_actions(self) -> list[str]:
-        """unreachable/blackhole rules, when a policy or the last resort can send traffic there."""
+        """unreachable/blackhole rules, when a policy or a last resort can send traffic there."""
         used = {p.via for p in self.model.policies}
-        if used & (set(self.model.uplinks) | set(self.model.groups)):
+        if used & set(self.model.uplinks):
             used.add(self.model.settings.last_resort)
+        used |= {self.model.last_resort_of(group) for group in failclosed.used_groups(self.model)}
         return [a for a in ("unreachable", "blackhole") if a in used]
 
     def routes(self) -> list[Route]:

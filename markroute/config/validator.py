@@ -16,11 +16,13 @@ import functools
 import os
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from markroute import marks
 from markroute import match as match_keys
+from markroute.config import groupoptions
 from markroute.config.source import Node, SourceError, byte_position, load
 from markroute.config.warnings import model_warnings
 from markroute.diagnostics import Diagnostic, Diagnostics, Where
@@ -72,7 +74,7 @@ SETTINGS_KEYS = (
     "mark_mask", "rule_priority", "table_base", "rp_filter", "last_resort",
     "reply_via_ingress", "forwarding", "on_change",
 )
-CHECK_KEYS = ("targets", "method", "interval", "timeout", "down", "up", "max_loss", "max_rtt")
+CHECK_KEYS = ("targets", "method", "interval", "timeout", "down", "up", "max_loss", "max_rtt", "min_up")
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,30}$")
 MAX_BAD_SET_LINES = 10
 T = TypeVar("T")
@@ -612,7 +614,7 @@ class Validator:
         for key in ("interval", "timeout", "max_rtt"):
             if key in items:
                 fields[key] = self.scalar(items[key], key, parse_seconds)
-        for key in ("down", "up"):
+        for key in ("down", "up", "min_up"):
             if key in items:
                 fields[key] = self.integer(items[key], key, 1, 100)
         if "max_loss" in items:
@@ -620,6 +622,10 @@ class Validator:
         if any(v is None for v in fields.values()):
             return None
         check = HealthCheck(**fields)
+        if check.min_up > max(1, len(check.targets)):
+            self.diag.error(items["min_up"].where, f"min_up {check.min_up} but only {len(check.targets)} targets",
+                            "min_up counts the targets that must answer in a round; list at least that many")
+            return None
         problem = METHODS[check.method].invalid_targets(check.targets)
         if problem is not None:
             self.diag.error(items.get("targets", node).where, problem)
@@ -727,7 +733,7 @@ class Validator:
     ) -> Group | None:
         if not self.kind(node, "map", f"group '{name}'"):
             return None
-        self.known_keys(node, ("balance", "failover"), f"group '{name}'")
+        self.known_keys(node, groupoptions.GROUP_KEYS, f"group '{name}'")
         kinds = [k for k in ("balance", "failover") if k in node.items]
         if len(kinds) != 1:
             self.diag.error(node.where, f"group '{name}' needs exactly one of 'balance' or 'failover'",
@@ -735,7 +741,13 @@ class Validator:
             return None
         kind = kinds[0]
         members = self.group_members(name, kind, node.items[kind])
-        if members is None:
+        split = groupoptions.split_last_resort(self, name, members) if kind == "failover" and members else None
+        if kind == "failover" and members and split is None:
+            return None
+        members, ending = split if split is not None else (members, None)
+        valid, last_resort = groupoptions.group_last_resort(self, name, node, ending)
+        failback = groupoptions.failback(self, name, node, kind)
+        if members is None or not valid or failback is None:
             return None
         if not members:
             self.diag.error(node.items[kind].where, f"group '{name}' has no members")
@@ -753,7 +765,8 @@ class Validator:
                 ok = False
         if not ok:
             return None
-        return Group(name, kind, tuple((m, w) for m, w, _ in members), where)  # type: ignore[arg-type]
+        return Group(name, kind, tuple((m, w) for m, w, _ in members), where,  # type: ignore[arg-type]
+                     last_resort, failback)
 
     def group_members(self, name: str, kind: str, node: Node) -> list[tuple[str, int, Where]] | None:
         """(member, weight, where) in the order written; failover members weigh 1."""
@@ -847,13 +860,26 @@ class Validator:
                 continue
             names[name] = element.where
             match = self.match(element, f"policy '{name}'", keys_checked=True)
-            via = self.via(element, name, targets)
-            if match is None or via is None:
+            via = self.inline_group(element, index, uplinks, groups) or self.via(element, name, targets)
+            if match is None or via is None or via in self.broken:
                 continue
             policy = Policy(name, match, via, element.where)
             if self.reachable_family(policy, uplinks, groups, element.items["via"]):
                 policies.append(policy)
         return policies
+
+    def inline_group(self, element: Node, index: int, uplinks: dict[str, Uplink], groups: dict[str, Group]) -> str | None:
+        """`via: {failover: [...]}`: a group of the policy's own, added to GROUPS; its name, or None."""
+        node = element.items.get("via")
+        if node is None or node.kind != "map":
+            return None
+        name = groupoptions.inline_group_name(index)
+        group = self.group(name, node.where, node, uplinks, list(groups), {})
+        if group is None or any(member in self.broken for member, _ in group.members):
+            self.broken.add(name)
+            return name
+        groups[name] = replace(group, inline=True)
+        return name
 
     def via(self, element: Node, name: str, targets: list[str]) -> str | None:
         if "via" not in element.items:

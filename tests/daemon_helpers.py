@@ -221,7 +221,8 @@ class DaemonLab:
         return path
 
     def start(self, config: Path, *args: str) -> subprocess.Popen[bytes]:
-        """`markroute run` for CONFIG in the router namespace; returns once every uplink has a state."""
+        """`markroute run` for CONFIG in the router namespace; returns once every uplink has been judged
+        (an uplink the daemon has not probed yet is `unknown` and carries no traffic)."""
         log = self.workdir / f"daemon{len(self.logs)}.log"
         with open(log, "wb") as stderr:
             process = subprocess.Popen(
@@ -230,7 +231,8 @@ class DaemonLab:
             )
         self.daemons.append(process)
         self.logs.append(log)
-        self.wait(lambda r: r is not None and r.pid == process.pid, "the daemon to start", process=process)
+        self.wait(lambda r: r is not None and r.pid == process.pid and r.uplinks
+                  and all(u.state != "unknown" for u in r.uplinks.values()), "the daemon to start", process=process)
         return process
 
     def record(self) -> Any:

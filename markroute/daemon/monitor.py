@@ -35,11 +35,13 @@ def probe_targets(uplink: Uplink) -> tuple[HealthCheck, tuple[str, ...]]:
 
 
 class UplinkMonitor:
-    def __init__(self, reactor: Reactor, uplink: Uplink, health: UplinkHealth, on_transition: OnTransition) -> None:
+    def __init__(self, reactor: Reactor, uplink: Uplink, health: UplinkHealth, on_transition: OnTransition,
+                 on_news: OnTransition) -> None:
         self.reactor = reactor
         self.uplink = uplink
         self.health = health
-        self.on_transition = on_transition
+        self.on_transition = on_transition  # the rules must follow
+        self.on_news = on_news  # the known state changed (`UplinkHealth.news`): on_change
         self.check, self.targets = probe_targets(uplink)
         self.method = METHODS[self.check.method]
         self.probers: dict[str, Prober] = {}
@@ -149,6 +151,9 @@ class UplinkMonitor:
     def report(self, transition: Transition | None) -> None:
         if transition is not None:
             self.on_transition(transition)
+        news = self.health.news()
+        if news is not None:
+            self.on_news(news)
         wait = self.health.reuse_in(self.reactor.now())
         if wait is not None and self.review is None:
             self.review = self.reactor.call_later(wait + 0.01, self.reviewed)

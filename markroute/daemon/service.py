@@ -105,6 +105,7 @@ class Daemon:
         self.nominal = ""  # digest of the config's plan with every uplink up (`TableRecorder`)
         self.nominal_model: Model | None = None  # the model `nominal` was computed for
         self.pending: list[Transition] = []
+        self.news: list[Transition] = []  # for on_change, in order (`UplinkHealth.news`)
         self.act_timer: Timer | None = None
         self.resync_timer: Timer | None = None
         self.link_usable: dict[str, bool | None] = {}  # None: the interface does not exist
@@ -231,17 +232,15 @@ class Daemon:
             last = seen.get(name)
             health = UplinkHealth(
                 name, check if targets else None,
-                state=last.state if last else "up",
+                state=last.state if last else "unknown",
                 since=last.since if last else None,
                 transitions=last.transitions if last else 0,
             )
-            monitor = UplinkMonitor(self.reactor, uplink, health, self.on_transition)
+            monitor = UplinkMonitor(self.reactor, uplink, health, self.on_transition, self.on_news)
             self.monitors[name] = monitor
             link = interfaces.get(uplink.interface)
             self.link_usable[uplink.interface] = link.usable if link else None
-            transition = health.link(bool(link and link.usable), self.reactor.now())
-            if transition is not None:
-                self.log_transition(transition)
+            monitor.link(bool(link and link.usable))
 
     def refresh_egress(self, start: bool = False) -> None:
         """Point every monitor's probes at its interface as it is now (index, addresses)."""
@@ -269,6 +268,12 @@ class Daemon:
     def on_transition(self, transition: Transition) -> None:
         self.log_transition(transition)
         self.pending.append(transition)
+        if self.act_timer is None:
+            self.act_timer = self.reactor.call_at(self.reactor.now(), self.act)
+
+    def on_news(self, news: Transition) -> None:
+        """A known state changed: `on_change` runs once the rules reflect it (in `act`)."""
+        self.news.append(news)
         if self.act_timer is None:
             self.act_timer = self.reactor.call_at(self.reactor.now(), self.act)
 
@@ -310,8 +315,9 @@ class Daemon:
             self.act_timer = self.reactor.call_later(RETRY, self.act)
             return
         self.save_record()
-        for transition in transitions:
-            self.hooks.run(transition)
+        news, self.news = self.news, []
+        for item in news:
+            self.hooks.run(item)
 
     def install(self) -> None:
         """Apply the config's plan for the current uplink states, like `markroute apply`."""
@@ -410,11 +416,19 @@ class Daemon:
         self.recorder.when_idle(self.reinstall)
 
     def reinstall(self) -> None:
+        """Apply the reloaded config; connections of an uplink that a reload made unknown (changed
+        gateway, interface, check) are ended, so none of them reaches a next hop before it was probed."""
+        usable_before = set(self.model.uplinks) - self.installed_availability.down
         try:
             self.install()
         except KernelError as exc:
             self.log.error("reload: %s", exc)
             return
+        unknown = sorted(usable_before & self.installed_availability.down)
+        try:
+            move_flows((self.model.uplinks[name].mark for name in unknown), self.model.settings.mark_mask)
+        except KernelError as exc:
+            self.log.error("reload: cannot end the connections of %s: %s", ", ".join(unknown), exc)
         self.refresh_egress(start=False)
         for monitor in self.monitors.values():
             if monitor.ticker is None and monitor.probed:

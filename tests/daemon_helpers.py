@@ -191,6 +191,23 @@ def python_env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH")))))
 
 
+# `python3 -c SENDER HOST PORT SECONDS`: one UDP datagram every 10 ms, each from a new socket (a new
+# connection each time, so every datagram is classified afresh); send errors are ignored.
+SENDER = """
+import socket, sys, time
+host, port, duration = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+end = time.monotonic() + duration
+while time.monotonic() < end:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a new flow each time: new connections too
+    try:
+        sock.sendto(b"x", (host, port))
+    except OSError:
+        pass
+    sock.close()
+    time.sleep(0.01)
+"""
+
+
 KILL_TABLE = "mrtestkill"
 KILL_RULES = f"""
 table inet {KILL_TABLE} {{

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import PacketCounters
-from daemon_helpers import python_env
+from daemon_helpers import SENDER, python_env
 from kernelhelp import markroute
 
 from markroute.kernel.state import directory
@@ -29,19 +29,6 @@ from markroute.lab import Lab, RouterLab, router_lab
 HOST_PORT, ROUTER_PORT = 7777, 7778
 SETTLE = 1.0  # seconds of sending after each step, at 100 datagrams a second
 
-SENDER = """
-import socket, sys, time
-host, port, duration = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-end = time.monotonic() + duration
-while time.monotonic() < end:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a new flow each time: new connections too
-    try:
-        sock.sendto(b"x", (host, port))
-    except OSError:
-        pass
-    sock.close()
-    time.sleep(0.01)
-"""
 
 
 def config(router: RouterLab, extra: str = "") -> str:

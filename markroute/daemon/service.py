@@ -410,10 +410,34 @@ class Daemon:
         for name, monitor in old.items():
             if name not in keep:
                 monitor.stop()
+        self.retire([name for name in old if name not in keep])
         self.model = model
         self.hooks.argv = model.settings.on_change
         self.build_monitors({}, self.read_links(), keep)
         self.recorder.when_idle(self.reinstall)
+
+    def retire(self, names: list[str]) -> None:
+        """Take uplinks a reload changes or removes out of service under the running config first:
+        their chains lead elsewhere and their connections end before the new config points their
+        table at a new next hop, which must not see traffic before it answers its first probes."""
+        carrying = [name for name in names if self.monitors[name].health.state not in ("down", "unknown")]
+        if not carrying or self.installed is None:
+            return
+        states = {**self.uplink_states(), **{name: "down" for name in carrying}}
+        availability = availability_of(states)  # type: ignore[arg-type]
+        wanted = compile_plan(self.model, availability)
+        try:
+            commands = chain_batch(self.installed, wanted)
+            if commands:
+                nft.run_batch(commands)
+                self.rule_changes += 1
+                self.recorder.refresh(wanted, self.nominal)
+            self.installed, self.installed_availability = wanted, availability
+            move_flows((self.model.uplinks[name].mark for name in carrying), self.model.settings.mark_mask)
+        except (KernelError, ValueError) as exc:
+            self.log.error("reload: cannot take %s out of service first: %s", ", ".join(carrying), exc)
+            return
+        self.log.info("reload: %s out of service until probed again", ", ".join(carrying))
 
     def reinstall(self) -> None:
         """Apply the reloaded config; connections of an uplink that a reload made unknown (changed

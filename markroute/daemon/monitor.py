@@ -1,8 +1,10 @@
 """Probing one uplink on a fixed schedule and feeding the results to its `UplinkHealth`.
 
 Every `check.interval` a round starts: one probe to each target, all with the same
-token. The first answer settles the round as a success with that RTT; if none comes
-within `check.timeout` (or no probe could even be sent) it is a failure. Rounds
+token. The `check.min_up`-th target to answer (the first, by default) settles the round
+as a success with that RTT; if fewer answer within `check.timeout` (or fewer probes
+could even be sent) it is a failure. k of n targets make one dead target (a resolver
+under maintenance) harmless while a dead path still fails every round. Rounds
 overlap when the timeout is longer than the interval, so a dead uplink is noticed
 `(down - 1) * interval + timeout` after its first lost probe, whatever the RTT was.
 
@@ -46,7 +48,7 @@ class UplinkMonitor:
         self.method = METHODS[self.check.method]
         self.probers: dict[str, Prober] = {}
         self.egress: Egress | None = None
-        self.rounds: set[int] = set()
+        self.rounds: dict[int, set[str]] = {}  # token -> the targets that answered it so far
         self.token = 0
         self.next_round = 0.0
         self.ticker: Timer | None = None
@@ -107,24 +109,30 @@ class UplinkMonitor:
         self.ticker = self.reactor.call_at(self.next_round, self.tick)
         self.token = (self.token + 1) & 0xFFFF
         token = self.token
-        sent = False
+        sent = 0
         for target in self.targets:
             prober = self.probers.get(self.prober_key(target))
             if prober is None:
                 continue
             try:
                 prober.send(target, token)
-                sent = True
+                sent += 1
             except OSError:
                 continue
-        if not sent:
+        if sent < self.check.min_up:
+            self.forget(token)
             self.report(self.health.probe(False, None, now))
             return
-        self.rounds.add(token)
+        self.rounds[token] = set()
         self.reactor.call_at(now + self.check.timeout, lambda: self.expired(token))
 
     def answered(self, target: str, token: int, rtt: float) -> None:
-        self.settle(token, rtt)
+        answers = self.rounds.get(token)
+        if answers is None:
+            return
+        answers.add(target)
+        if len(answers) >= self.check.min_up:
+            self.settle(token, rtt)
 
     def expired(self, token: int) -> None:
         self.settle(token, None)
@@ -133,7 +141,7 @@ class UplinkMonitor:
         """A round's first answer (RTT) or its timeout (None); later news of it is ignored."""
         if token not in self.rounds:
             return
-        self.rounds.discard(token)
+        del self.rounds[token]
         self.forget(token)
         self.report(self.health.probe(rtt is not None, rtt, self.reactor.now()))
 

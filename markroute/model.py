@@ -97,6 +97,7 @@ class HealthCheck:
     max_loss: float | None = None
     max_rtt: float | None = None
     min_up: int = 1  # targets that must answer for a round to succeed (k of n)
+    expect: tuple[str, ...] = ()  # dns: addresses one of which the answer must hold; http: status codes
 
 
 @dataclass(frozen=True)

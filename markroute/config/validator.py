@@ -74,7 +74,7 @@ SETTINGS_KEYS = (
     "mark_mask", "rule_priority", "table_base", "rp_filter", "last_resort",
     "reply_via_ingress", "forwarding", "on_change",
 )
-CHECK_KEYS = ("targets", "method", "interval", "timeout", "down", "up", "max_loss", "max_rtt", "min_up")
+CHECK_KEYS = ("targets", "method", "interval", "timeout", "down", "up", "max_loss", "max_rtt", "min_up", "expect")
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,30}$")
 MAX_BAD_SET_LINES = 10
 T = TypeVar("T")
@@ -619,6 +619,9 @@ class Validator:
                 fields[key] = self.integer(items[key], key, 1, 100)
         if "max_loss" in items:
             fields["max_loss"] = self.scalar(items["max_loss"], "max_loss", parse_fraction)
+        if "expect" in items:
+            expect = self.one_or_many(items["expect"], "expect", method.parse_expect)
+            fields["expect"] = tuple(expect) if expect is not None else None
         if any(v is None for v in fields.values()):
             return None
         check = HealthCheck(**fields)

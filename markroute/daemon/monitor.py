@@ -91,7 +91,7 @@ class UplinkMonitor:
         return self.method.prober_key(target)
 
     def make_prober(self, egress: Egress, key: str) -> Prober:
-        return self.method.open_prober(self.reactor, egress, key, self.answered)
+        return self.method.open_prober(self.reactor, egress, key, self.answered, self.check)
 
     def close_probers(self) -> None:
         for prober in self.probers.values():

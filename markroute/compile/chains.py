@@ -71,6 +71,7 @@ class UplinkAvailability:
 
     down: frozenset[str] = frozenset()
     weight_factor: Mapping[str, float] = field(default_factory=dict)
+    held: frozenset[tuple[str, str]] = frozenset()  # (group, uplink): back up, but the group's failback hold runs
 
 
 def compile_plan(
@@ -307,7 +308,8 @@ class Compiler:
         self.chains[chain] = []
         group = self.model.groups[name]
         per_version = {
-            v: [(m, w) for m, w in group.members if v in self.model.target_versions(m) and self.usable(m)]
+            v: [(m, w) for m, w in group.members
+                if v in self.model.target_versions(m) and self.usable(m) and (name, m) not in self.health.held]
             for v in (4, 6)
         }
         versions = [v for v in (4, 6) if per_version[v]]

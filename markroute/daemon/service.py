@@ -36,10 +36,12 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import FrameType
 
 from markroute.compile import UplinkAvailability, compile_plan
+from markroute.daemon import failback
+from markroute.daemon.failback import FailbackClock
 from markroute.daemon.failover import (
     TableRecorder,
     availability_of,
@@ -107,6 +109,8 @@ class Daemon:
         self.pending: list[Transition] = []
         self.news: list[Transition] = []  # for on_change, in order (`UplinkHealth.news`)
         self.act_timer: Timer | None = None
+        self.release_timer: Timer | None = None
+        self.failback = FailbackClock()
         self.resync_timer: Timer | None = None
         self.link_usable: dict[str, bool | None] = {}  # None: the interface does not exist
         self.rule_changes = 0
@@ -290,10 +294,15 @@ class Daemon:
         self.act_timer = None
         assert self.installed is not None
         transitions, self.pending = self.pending, []
-        availability = availability_of(self.uplink_states())
+        now = self.reactor.now()
+        for transition in transitions:
+            self.failback.note(transition, now)
+        availability = self.availability(now)
         wanted = compile_plan(self.model, availability)
         self.unmoved = (self.unmoved | (availability.down - self.installed_availability.down)) & availability.down
-        moved = f"; flows of {', '.join(sorted(self.unmoved))} moved" if self.unmoved else ""
+        ending = sorted(failback.with_destination(self.model, availability, self.unmoved)
+                        | failback.returning(self.model, self.installed_availability, availability))
+        moved = f"; flows of {', '.join(ending)} moved" if ending else ""
         try:
             try:
                 commands = chain_batch(self.installed, wanted)
@@ -307,21 +316,40 @@ class Daemon:
                     self.log.info("rules: rewrote %s in one transaction%s", ", ".join(changed_chains(commands)), moved)
                     self.recorder.refresh(wanted, self.nominal)
                 self.installed, self.installed_availability = wanted, availability
-            move_flows((self.model.uplinks[name].mark for name in sorted(self.unmoved)), self.model.settings.mark_mask)
-            self.unmoved = frozenset()
+            move_flows((self.model.uplinks[name].mark for name in ending), self.model.settings.mark_mask)
+            self.unmoved -= set(ending)
         except KernelError as exc:
             self.log.error("cannot act on the uplinks' states: %s; trying again in %g s", exc, RETRY)
             self.pending = transitions + self.pending
             self.act_timer = self.reactor.call_later(RETRY, self.act)
             return
+        self.schedule_release(now)
         self.save_record()
         news, self.news = self.news, []
         for item in news:
             self.hooks.run(item)
 
+    def availability(self, now: float) -> UplinkAvailability:
+        """What the compiler may use: the uplinks' states, and the failback holds still running."""
+        return replace(availability_of(self.uplink_states()), held=self.failback.held(self.model, now))
+
+    def schedule_release(self, now: float) -> None:
+        """Act again when the next failback hold ends (the group may then prefer its member again)."""
+        if self.release_timer is not None:
+            self.release_timer.cancel()
+            self.release_timer = None
+        wait = self.failback.next_release(self.model, now)
+        if wait is not None:
+            self.release_timer = self.reactor.call_later(wait + 0.01, self.released)
+
+    def released(self) -> None:
+        self.release_timer = None
+        if self.act_timer is None:
+            self.act_timer = self.reactor.call_at(self.reactor.now(), self.act)
+
     def install(self) -> None:
         """Apply the config's plan for the current uplink states, like `markroute apply`."""
-        availability = availability_of(self.uplink_states())
+        availability = self.availability(self.reactor.now())
         self.install_plan(compile_plan(self.model, availability), availability)
 
     def install_plan(self, plan: Plan, availability: UplinkAvailability) -> None:

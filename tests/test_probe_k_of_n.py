@@ -7,6 +7,7 @@ import time
 
 import pytest
 from daemon_helpers import DaemonLab, dlab  # noqa: F401 (dlab: a fixture)
+from kernelhelp import markroute
 
 TARGETS = ("203.0.113.1", "203.0.113.2", "203.0.113.3")  # answered by `net` (AnyIP), behind both ISPs
 CONFIG = f"""
@@ -30,6 +31,10 @@ def test_two_of_three_targets_one_dead_keeps_the_uplink_up_two_take_it_down(dlab
     d, r = dlab, dlab.router
     d.start(d.write(CONFIG))
     d.wait_states({"isp_a": "up"})
+    shown = markroute("status", "--netns", d.rtr).stdout
+    per_day = 3 * 2 * (20 + 8 + 16) * 10 * 86400  # three ICMP echoes and replies, ten rounds a second
+    assert d.record().uplinks["isp_a"].probe_bytes_per_day == per_day
+    assert f"probes ~{per_day / 1e6:.1f} MB/day" in shown, shown
     r.lab.nft(r.net, f"table inet {TABLE} {{\n chain input {{\n type filter hook input priority -400;\n }}\n}}\n")
 
     def kill(target: str) -> None:

@@ -68,3 +68,22 @@ def test_link_state_decides_at_once_for_a_link_only_uplink_and_for_a_missing_lin
     gone.link(False, 0.0)
     news = gone.news()
     assert news is not None and (news.old, news.new) == ("unknown", "down")
+
+
+def test_probe_traffic_per_day_follows_targets_method_and_rate(tmp_path: object) -> None:
+    from markroute.daemon.monitor import UplinkMonitor
+    from markroute.daemon.reactor import Reactor
+    from markroute.diagnostics import Where
+    from markroute.model import Uplink
+
+    def monitor(check: HealthCheck | None, gateway: str | None = "192.0.2.1") -> UplinkMonitor:
+        uplink = Uplink("isp", "eth0", Where("x", 1, 1), 0x100, 100, gateway=gateway, check=check)
+        return UplinkMonitor(Reactor(lambda exc: None), uplink, UplinkHealth("isp", check), print, print)
+
+    one = monitor(None).bytes_per_day  # icmp to the gateway ten times a second
+    assert one == 2 * (20 + 8 + 16) * 10 * 86400
+    two = monitor(HealthCheck(targets=("192.0.2.7", "192.0.2.8"), interval=0.2)).bytes_per_day
+    assert two == one  # twice the targets at half the rate
+    web = monitor(HealthCheck(method="http", targets=("http://192.0.2.80/",))).bytes_per_day
+    assert web is not None and one is not None and web > one
+    assert monitor(None, gateway=None).bytes_per_day is None  # link state only: no probes

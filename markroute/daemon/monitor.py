@@ -58,6 +58,14 @@ class UplinkMonitor:
     def probed(self) -> bool:
         return bool(self.targets)
 
+    @property
+    def bytes_per_day(self) -> int | None:
+        """Probe traffic both ways at the configured rate: what a metered link pays for its checks."""
+        if not self.probed:
+            return None
+        per_round = sum(self.method.probe_bytes(target) for target in self.targets)
+        return round(per_round * 86400 / self.check.interval)
+
     def start(self, egress: Egress | None) -> None:
         """Begin probing through EGRESS (None: the interface does not exist right now)."""
         self.rebind(egress)

@@ -519,7 +519,7 @@ class Daemon:
             pid=os.getpid(),
             started=self.started,
             rule_changes=self.rule_changes,
-            uplinks={name: m.health.snapshot().record(m.probed) for name, m in self.monitors.items()},
+            uplinks={name: m.health.snapshot().record(m.probed, m.bytes_per_day) for name, m in self.monitors.items()},
         )
         if self.installed is not None:
             self.exposed = Exposed(current, self.installed)

@@ -75,9 +75,10 @@ class Snapshot:
     transitions: int
     suppressed: bool
 
-    def record(self, probed: bool) -> UplinkRecord:
+    def record(self, probed: bool, probe_bytes_per_day: int | None = None) -> UplinkRecord:
         """The snapshot as `daemon.json` keeps it."""
-        return UplinkRecord(self.state, self.since, self.rtt, self.loss, self.transitions, self.suppressed, probed)
+        return UplinkRecord(self.state, self.since, self.rtt, self.loss, self.transitions, self.suppressed, probed,
+                            probe_bytes_per_day)
 
 
 class UplinkHealth:

@@ -164,6 +164,7 @@ class UplinkRecord:
     transitions: int = 0
     suppressed: bool = False
     probed: bool = True
+    probe_bytes_per_day: int | None = None  # probe traffic both ways at the configured rate (metered links)
 
 
 @dataclass(frozen=True)

@@ -92,5 +92,6 @@ METHOD = Method(
     canonical=canonical_address,
     prober_key=lambda target: "arp",  # one packet socket for the interface
     parse_expect=no_expect,
+    probe_bytes=lambda target: 2 * 60,  # request and reply, minimum Ethernet frames
     open_prober=open_prober,
 )

@@ -164,6 +164,13 @@ def open_prober(loop: Loop, egress: Egress, key: str, on_answer: Answer, check: 
     return DnsProber(loop, egress, key, on_answer, check)
 
 
+def probe_bytes(target: str) -> int:
+    """The query (IP, UDP, header, question) and an answer with one record."""
+    name, host, _ = split(target)
+    asked = (40 if ":" in host else 20) + 8 + 12 + len(name) + 2 + 4
+    return 2 * asked + 16
+
+
 def parse_expect(value: object) -> str:
     return parse_ip(value)
 
@@ -176,5 +183,6 @@ METHOD = Method(
     canonical=canonical,
     prober_key=lambda target: target,  # one socket per target (resolver and name)
     parse_expect=parse_expect,
+    probe_bytes=probe_bytes,
     open_prober=open_prober,
 )

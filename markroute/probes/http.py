@@ -138,6 +138,13 @@ def open_prober(loop: Loop, egress: Egress, key: str, on_answer: Answer, check: 
     return HttpProber(loop, egress, on_answer, check)
 
 
+def probe_bytes(target: str) -> int:
+    """Handshake, request, a short response's headers (~200 bytes), teardown: an estimate."""
+    host, _, path = split(target)
+    per_packet = 60 if ":" in host else 40
+    return 8 * per_packet + 100 + len(path) + 200
+
+
 def parse_expect(value: object) -> str:
     return str(parse_whole(value, 100, 599))
 
@@ -150,5 +157,6 @@ METHOD = Method(
     canonical=canonical,
     prober_key=lambda target: "http",  # one prober; each probe has its own connection
     parse_expect=parse_expect,
+    probe_bytes=probe_bytes,
     open_prober=open_prober,
 )

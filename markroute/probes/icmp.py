@@ -117,5 +117,6 @@ METHOD = Method(
     canonical=canonical_address,
     prober_key=prober_key,
     parse_expect=no_expect,
+    probe_bytes=lambda target: 2 * ((40 if ":" in target else 20) + 8 + len(PAYLOAD)),  # echo and reply
     open_prober=open_prober,
 )

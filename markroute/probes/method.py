@@ -64,6 +64,8 @@ class Method:
     * `parse_expect`: one entry of `check.expect` (what an answer must say to count:
       addresses for dns, status codes for http), as text; methods without answers to
       judge raise ValueError;
+    * `probe_bytes`: IP bytes one probe to a target costs, both ways (for `status`: probe
+      traffic per day on metered links);
     * `open_prober`: a prober for a key, pinned to an uplink's egress, given the uplink's
       check (for `expect`).
     """
@@ -75,6 +77,7 @@ class Method:
     canonical: Callable[[str], str]
     prober_key: Callable[[str], str]
     parse_expect: Callable[[object], str]
+    probe_bytes: Callable[[str], int]
     open_prober: Callable[[Loop, Egress, str, Answer, HealthCheck], Prober]
 
 

@@ -85,5 +85,6 @@ METHOD = Method(
     canonical=canonical,
     prober_key=lambda target: "tcp",  # one prober; each probe has its own socket
     parse_expect=no_expect,
+    probe_bytes=lambda target: (60 if "[" in target else 0) + 60 + 60 + 40,  # SYN, SYN-ACK or RST, our RST
     open_prober=open_prober,
 )

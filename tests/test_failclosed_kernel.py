@@ -135,7 +135,10 @@ def test_fail_closed_with_apply_only(tunnel_lab: RouterLab, tmp_path: Path,
         for sender in senders:
             sender.kill()
         applied("down", "--netns", r.rtr)
-        applied("apply", "-c", first, "--netns", r.rtr)
+        boot = markroute("apply", "-c", first, "--netns", r.rtr)
+        assert boot.returncode == 0, boot.stderr
+        assert "interface wan1 does not exist; its routes are skipped and its traffic is dropped (it fails closed)" \
+            in boot.stdout + boot.stderr
         zero = isp0["host"], isp0["router"]
         senders = start_senders(lab, r, duration=60)
         time.sleep(SETTLE)

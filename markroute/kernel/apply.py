@@ -221,9 +221,11 @@ class _Apply:
                 continue
             waiting.add(uplink.table)
             problem = "does not exist" if link is None else "is down"
+            closed = any(rule.action != "lookup" and rule.fwmark == uplink.mark for rule in self.plan.rules)
+            fate = "is dropped (it fails closed)" if closed else "falls through to the main table"
             self.report.warnings.append(
                 f"uplink '{uplink.name}': interface {uplink.interface} {problem}; its routes are skipped "
-                "and its traffic falls through to the main table until the next apply"
+                f"and its traffic {fate} until the next apply"
             )
         return [r for r in routes if r.table not in waiting and r.dev in interfaces and interfaces[r.dev].up]
 

@@ -48,8 +48,9 @@ STATE_RECORD = "state.json"  # written by apply
 TABLE_AMENDMENT = "table.json"  # written by `markroute run`
 DAEMON_RECORD = "daemon.json"  # written by `markroute run`
 DAEMON_FORMAT = 1
-UplinkState = Literal["up", "degraded", "down"]  # the daemon's verdict on an uplink (daemon.uplinkstate)
-UPLINK_STATES: tuple[UplinkState, ...] = ("up", "degraded", "down")
+# the daemon's verdict on an uplink (daemon.uplinkstate); "unknown": not probed enough yet, carries no traffic
+UplinkState = Literal["up", "degraded", "down", "unknown"]
+UPLINK_STATES: tuple[UplinkState, ...] = ("up", "degraded", "down", "unknown")
 
 Listing = list[dict[str, Any]]
 
@@ -163,6 +164,7 @@ class UplinkRecord:
     transitions: int = 0
     suppressed: bool = False
     probed: bool = True
+    probe_bytes_per_day: int | None = None  # probe traffic both ways at the configured rate (metered links)
 
 
 @dataclass(frozen=True)

@@ -109,7 +109,7 @@ class StatusReport:
         Keys: ``namespace``, ``applied`` (bool), ``applied_at``; ``uplinks``: a list of
         ``{name, interface, exists, up, addresses, gateway, gateway6, default_routes, table,
         mark, connections, health}`` (health: what `markroute run` last saw, ``{state,
-        since, rtt, loss, transitions, suppressed, probed}``, or null); ``policies``:
+        since, rtt, loss, transitions, suppressed, probed, probe_bytes_per_day}``, or null); ``policies``:
         ``[{name, packets, bytes}]`` summed over every rule commented ``policy NAME``;
         ``connections``: ``{total, other}`` (other: no uplink mark); ``drift``: one sentence
         per difference, empty when none; ``daemon``: ``{pid, running, started,

@@ -18,10 +18,10 @@ event loop is the `Loop` protocol, which `daemon.reactor.Reactor` satisfies.
 from __future__ import annotations
 
 from markroute.model import Uplink
-from markroute.probes import arp, icmp, tcp
+from markroute.probes import arp, dns, http, icmp, tcp
 from markroute.probes.method import Method
 
-METHODS: dict[str, Method] = {method.name: method for method in (icmp.METHOD, tcp.METHOD, arp.METHOD)}
+METHODS: dict[str, Method] = {method.name: method for method in (icmp.METHOD, tcp.METHOD, arp.METHOD, dns.METHOD, http.METHOD)}
 
 
 def default_targets(method: Method, uplink: Uplink) -> tuple[str, ...]:

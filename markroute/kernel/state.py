@@ -64,6 +64,9 @@ MAX_RECORD_BYTES = 256 * 1024 * 1024  # far above a state with a million set ele
 class DamagedState(KernelError):
     """`state.json` exists but cannot be used; `down --force` removes what is found instead."""
 
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"{problem} (`markroute down --force` removes what markroute installed without it)")
+
 
 @dataclass
 class State:

@@ -125,3 +125,30 @@ def test_a_foreign_table_named_markroute_is_neither_replaced_nor_deleted_silentl
     assert "took over nftables table inet markroute" in forced.stderr
     assert "chain theirs" not in r.lab.run(r.rtr, ["nft", "list", "table", "inet", "markroute"]).stdout
     assert markroute("down", "--netns", r.rtr).returncode == 0
+
+
+def test_check_is_silent_about_a_local_policy_a_router_packet_matches(
+        router: RouterLab, tmp_path: Path) -> None:  # noqa: F811
+    """Issue #12 (11): `check` said every `local: true` policy could never match while its counter rose."""
+    r = router
+    config = write_config(tmp_path, """
+uplinks:
+  isp0: {interface: wan0, gateway: 10.0.0.1, nat: masquerade}
+  isp1: {interface: wan1, gateway: 10.0.1.1, nat: masquerade}
+policies:
+  - {name: router-own, local: true, to: %s, via: isp1}
+  - {name: rest, via: isp0}
+""" % r.server)
+    checked = markroute("check", "-c", config)
+    assert checked.returncode == 0, checked.stderr
+    assert "can never match" not in checked.stderr, checked.stderr
+    assert markroute("apply", "-c", config, "--netns", r.rtr).returncode == 0
+
+    def packets() -> int:
+        status = json.loads(markroute("status", "--netns", r.rtr, "--json").stdout)
+        return next(p["packets"] for p in status["policies"] if p["name"] == "router-own")
+
+    before = packets()
+    r.lab.run(r.rtr, ["ping", "-n", "-q", "-c", "2", "-W", "2", r.server])
+    assert packets() > before, "a packet the router sent matched the policy check called dead"
+    assert markroute("down", "--netns", r.rtr).returncode == 0

@@ -312,6 +312,8 @@ def parse_interface(value: object) -> str:
                          f"{IFNAME_BYTES}")
     if text.startswith("@"):
         raise ValueError(f"'{text}' starts with '@', which nftables reads as a set name")
+    if text == "*":
+        raise ValueError("'*' alone is nftables' wildcard for every name, which it refuses; name an interface")
     if text in NFT_PROTOCOL_WORDS:
         raise ValueError(f"'{text}' is a protocol name to nftables, which cannot match an interface called so")
     return text

@@ -42,12 +42,14 @@ def read_set_file(path: Path) -> bytes:
     and a file over MAX_SET_FILE_BYTES is refused instead of exhausting memory (/dev/zero).
     """
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a socket cannot even be opened: say what it is not
+            raise SetFileError(f"set file {path} is not a regular file")
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as exc:
         raise SetFileError(f"cannot read set file {path}: {exc.strerror or exc}") from None
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
+        if not stat.S_ISREG(info.st_mode):  # replaced between the two looks
             raise SetFileError(f"set file {path} is not a regular file")
         if info.st_size > MAX_SET_FILE_BYTES:
             raise SetFileError(f"set file {path} is {info.st_size} bytes; at most {MAX_SET_FILE_BYTES} are read")

@@ -317,11 +317,13 @@ def _optional_record(netns: str | None, name: str, warn: Warn | None) -> dict[st
     """A record the daemon keeps (amendment, uplinks) as a JSON object, or None: a damaged one is ignored."""
     try:
         text = read_record(netns, name)
-        data = json.loads(text) if text is not None else None
+        if text is None:
+            return None
+        data = json.loads(text)
     except (OSError, ValueError, RecursionError) as exc:
         _ignored(netns, name, str(exc)[:80], warn)
         return None
-    if data is not None and not isinstance(data, dict):
+    if not isinstance(data, dict):
         _ignored(netns, name, f"it holds {type(data).__name__}, not a record", warn)
         return None
     return data

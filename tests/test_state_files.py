@@ -202,3 +202,14 @@ def test_sysctl_paths_outside_proc_sys_net_are_refused(path: str) -> None:
 def test_networking_sysctl_paths_are_valid() -> None:
     assert sysctl.valid_path("net/ipv4/conf/eth0.100/rp_filter")
     assert sysctl.valid_path("net/ipv6/conf/all/forwarding")
+
+
+def test_down_force_salvages_only_intact_sysctl_fields() -> None:
+    good = {**applied().to_json(), "sysctls_original": {"net/ipv4/ip_forward": "0"},
+            "sysctls_applied": {"net/ipv4/ip_forward": "1"}}
+    state.write(None, state.STATE_RECORD, {**good, "uplinks": 3})
+    assert state.salvage(None) == state.Salvage({"net/ipv4/ip_forward": "0"}, {"net/ipv4/ip_forward": "1"})
+    state.write(None, state.STATE_RECORD, {**good, "sysctls_original": {"../../etc/shadow": "x"}})
+    assert state.salvage(None) is None
+    state.write(None, state.STATE_RECORD, {**good, "sysctls_applied": []})
+    assert state.salvage(None) is None

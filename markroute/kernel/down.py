@@ -40,14 +40,17 @@ def down(netns: str | None = None, rule_priority: int | None = None, force: bool
     """
     report = DownReport()
     with state.locked(netns):
+        salvaged: state.Salvage | None = None
         try:
             recorded = state.load(netns, report.warnings.append)
         except state.DamagedState as exc:
             if not force:
                 raise
             report.warnings.append(f"{exc}; removing what markroute installed without it")
-            report.warnings.append("the sysctls markroute changed are left as they are: their original values "
-                                   "were in the damaged record (see `markroute plan` for which ones)")
+            salvaged = state.salvage(netns)
+            if salvaged is None:
+                report.warnings.append("the sysctls markroute changed are left as they are: their original values "
+                                       "were in the damaged record (see `markroute plan` for which ones)")
             recorded = None
         with Rpdb() as rpdb:
             live_rules = rpdb.own_rules()
@@ -70,9 +73,10 @@ def down(netns: str | None = None, rule_priority: int | None = None, force: bool
                 _attempt(report, partial(rpdb.delete_rule, rule), f"- rule {rule_text(rule)}")
             for route in sorted(routes, key=lambda r: r.gateway is None):
                 _attempt(report, partial(rpdb.delete_route, route), f"- route {route_text(route)}")
-        if recorded is not None:
-            for path, original in recorded.sysctls_original.items():
-                applied = recorded.sysctls_applied.get(path)
+        sysctls = recorded or salvaged
+        if sysctls is not None:
+            for path, original in sysctls.sysctls_original.items():
+                applied = sysctls.sysctls_applied.get(path)
                 _attempt(report, partial(_restore_sysctl, path, original, applied, report), None)
         if not report.errors:
             state.remove(netns)

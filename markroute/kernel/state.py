@@ -103,11 +103,7 @@ class State:
         packed = value_of(dict[str, str], data.get("nft_elements", {}), "nft_elements")
         _check_listing(recorded.nft_listing, "nft_listing")
         for name in ("sysctls_original", "sysctls_applied"):
-            for path, value in getattr(recorded, name).items():
-                if not sysctl.valid_path(path):
-                    raise RecordError(f"{name}", f"names '{path[:80]}', which is not a networking sysctl")
-                if not _SYSCTL_VALUE.match(value):
-                    raise RecordError(f"{name}.{path}", "is not a sysctl value")
+            _check_sysctls(name, getattr(recorded, name))
         if not _TABLE_NAME.match(recorded.table_name):
             raise RecordError("table_name", "is not a name markroute gives its table")
         for name in ("mask", "rule_priority"):
@@ -122,6 +118,42 @@ class State:
 
 _SYSCTL_VALUE = re.compile(r"^[^\n\x00]{0,256}$")
 _TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+
+
+def _check_sysctls(name: str, values: dict[str, str]) -> None:
+    """Sysctl paths confined to /proc/sys/net and one-line values: `down` writes them as root."""
+    for path, value in values.items():
+        if not sysctl.valid_path(path):
+            raise RecordError(name, f"names '{path[:80]}', which is not a networking sysctl")
+        if not _SYSCTL_VALUE.match(value):
+            raise RecordError(f"{name}.{path}", "is not a sysctl value")
+
+
+@dataclass(frozen=True)
+class Salvage:
+    """What `down --force` can still use of a damaged `state.json`: the sysctls to put back, if intact."""
+
+    sysctls_original: dict[str, str]
+    sysctls_applied: dict[str, str]
+
+
+def salvage(netns: str | None) -> Salvage | None:
+    """The sysctl fields of a damaged `state.json` if both still pass their checks, else None."""
+    try:
+        text = read_record(netns, STATE_RECORD)
+        data = json.loads(text) if text is not None else None
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    try:
+        fields = {name: value_of(dict[str, str], data.get(name), name)
+                  for name in ("sysctls_original", "sysctls_applied")}
+        for name, values in fields.items():
+            _check_sysctls(name, values)
+    except RecordError:
+        return None
+    return Salvage(fields["sysctls_original"], fields["sysctls_applied"])
 
 
 def _check_listing(listing: Listing, where: str) -> None:

@@ -20,7 +20,11 @@ has exactly one writer, and readers combine them through this module:
   written only by `markroute run`, read by `status` and by the next daemon start.
 
 Files are written atomically (temporary file, then rename), so a crash leaves either
-the old record or the new one. The elements of address sets (maybe 100,000 intervals)
+the old record or the new one. They steer what root's `down` writes, so they are
+private (directories 0700, files 0600, whatever the umask), opened level by level with
+O_NOFOLLOW (a planted symlink is never followed) and type-checked on read
+(`records.typed`): a damaged `state.json` raises `DamagedState` naming the file and
+the field, a damaged `table.json` or `daemon.json` is ignored with a warning. The elements of address sets (maybe 100,000 intervals)
 are kept packed, base64 of fixed-width (first, last) pairs per set (`nft_elements`),
 not as nft JSON: writing, reading and comparing them then costs milliseconds.
 """

@@ -146,6 +146,9 @@ def explain_yaml_error(problem: str) -> tuple[str, str | None]:
     return f"YAML syntax: {problem}", None
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 class _Builder:
     """Turns composed YAML nodes into `Node`s, with the checks the composer leaves out.
 
@@ -239,6 +242,10 @@ class _Builder:
         """The value of a scalar as None, bool, int, float or str."""
         tag = node.tag
         if tag == "tag:yaml.org,2002:str":
+            surrogate = _SURROGATE.search(node.value)
+            if surrogate:  # only an escape like "\ud800" makes one; nothing downstream can encode it
+                raise self.fail(node, f"YAML: the escape \\u{ord(surrogate.group()):04x} is half of a UTF-16 "
+                                      "pair, not a character", "write the character itself, or \\U and 8 digits")
             return node.value
         try:
             value = self.constructor.construct_object(node, deep=True)

@@ -1,12 +1,13 @@
 """`check` accepts a name exactly when nftables (text and JSON) and the kernel would (issue #12, 5).
 
-Hypothesis generates interface and policy names at every boundary: lengths around the
+Hypothesis generates interface, policy, uplink and set names at every boundary: lengths around the
 limits counted in UTF-8 bytes, nft's keywords, control characters, quotes, non-ASCII.
 Each value is judged twice:
 
-* by the validator `check` runs (`load_model`) on a config that uses it as an uplink's
-  interface, in an `iif` match and as a policy name; a refusal must point at the file
-  and the line where the value was written;
+* by the validator `check` runs (`load_model`) on a config that uses it in its place
+  (an uplink's interface and an `iif` match; a policy's name; an uplink's name and a
+  `via`; a set's name and its `@` reference); a refusal must point at the file and a
+  line where the value was written;
 * by `nft -c` itself, in a throw-away network namespace (`unshare -n`), on the plan of
   the same config compiled with a harmless placeholder that is then replaced by the
   value: `plan --format nft` text through `nft -c -f`, the JSON through `nft -j -c -f`.
@@ -32,25 +33,39 @@ from kernelhelp import KERNEL
 
 from markroute.compile import compile_plan
 from markroute.config import load_model
+from markroute.config.reader import NAME, SPECIAL_TARGETS
 from markroute.diagnostics import Diagnostic
 from markroute.plan import nfttext
+from markroute.plan.nftjson import json_default
 from markroute.values import NFT_PROTOCOL_WORDS
 
 pytestmark = KERNEL
 
-INTERFACE_PLACEHOLDER = "zqif0"
-POLICY_PLACEHOLDER = "zqpolicy"
+PLACEHOLDERS = {"interface": "zqif0", "policy": "zqpolicy", "uplink": "zqup", "set": "zqset"}
+LIMITS = {"interface": 15, "policy": 121, "uplink": 31, "set": 31}  # bytes; the boundary is probed around them
+EXAMPLES = {"interface": 120, "policy": 80, "uplink": 50, "set": 50}  # about a minute in all
 CONFIG = """\
+sets:
+  {set}: [198.51.100.0/24]
 uplinks:
-  a: {{interface: {interface}, gateway: 192.0.2.1, nat: masquerade}}
+  {uplink}: {{interface: {interface}, gateway: 192.0.2.1, nat: masquerade}}
   b: {{interface: eth9, gateway: 192.0.2.129}}
 policies:
   - name: {policy}
     iif: {interface}
-    via: a
+    to: {set_ref}
+    via: {uplink}
   - {{name: rest, via: b}}
 """
-VALUE_LINES = {"interface": {2, 6}, "policy": {5}}
+VALUE_LINES = {"interface": {4, 8}, "policy": {7}, "uplink": {4, 10}, "set": {2, 9}}
+
+
+def config_text(kind: str | None = None, value: str = "") -> str:
+    """CONFIG with VALUE written (escaped) where KIND goes and placeholders everywhere else."""
+    values = {k: yaml_string(value) if k == kind else v for k, v in PLACEHOLDERS.items()}
+    set_name = value if kind == "set" else PLACEHOLDERS["set"]
+    return CONFIG.format(**values, set_ref=yaml_string("@" + set_name))
+
 
 KEYWORDS = sorted(NFT_PROTOCOL_WORDS | {"ip", "ip6", "inet", "ether", "vlan", "arp", "meta", "ct", "mark", "accept",
                                         "drop", "counter", "table", "chain", "jump", "goto", "iif", "oif", "lo",
@@ -76,6 +91,10 @@ def kernel_takes_ifname(name: str) -> bool:
 
 def deliberate(kind: str, value: str) -> str | None:
     """Why `check` refuses VALUE although nft and the kernel would take it (words of its message), or None."""
+    if kind in ("uplink", "set"):  # names markroute uses in its own chains, sets and messages
+        if value in SPECIAL_TARGETS:
+            return "reserved"
+        return None if NAME.match(value) else "invalid name"
     if not value.isprintable():
         return "printable"
     if kind == "interface":
@@ -101,9 +120,7 @@ def yaml_string(value: str) -> str:
 
 
 def check(config: Path, kind: str, value: str) -> list[Diagnostic]:
-    text = CONFIG.format(interface=yaml_string(value) if kind == "interface" else INTERFACE_PLACEHOLDER,
-                         policy=yaml_string(value) if kind == "policy" else POLICY_PLACEHOLDER)
-    config.write_text(text, encoding="utf-8")
+    config.write_text(config_text(kind, value), encoding="utf-8")
     model, diagnostics = load_model(str(config))
     return [d for d in diagnostics if d.severity == "error"] if model is None else []
 
@@ -122,13 +139,12 @@ def substituted(item: Any, placeholder: str, value: str) -> Any:
 def nft_refusals(directory: Path, kind: str, value: str) -> list[str]:
     """What `nft -c` says of the plan with VALUE in place of the placeholder (text, then JSON); [] if accepted."""
     config = directory / "placeholder.yaml"
-    config.write_text(CONFIG.format(interface=INTERFACE_PLACEHOLDER, policy=POLICY_PLACEHOLDER))
+    config.write_text(config_text())
     model, diagnostics = load_model(str(config))
     assert model is not None, diagnostics
-    placeholder = INTERFACE_PLACEHOLDER if kind == "interface" else POLICY_PLACEHOLDER
-    document = substituted(compile_plan(model).nft_document(), placeholder, value)
+    document = substituted(compile_plan(model).nft_document(), PLACEHOLDERS[kind], value)
     refusals = []
-    for flags, body in ((["-c"], nfttext.render(document)), (["-j", "-c"], json.dumps(document))):
+    for flags, body in ((["-c"], nfttext.render(document)), (["-j", "-c"], json.dumps(document, default=json_default))):
         path = directory / "plan.nft"
         path.write_bytes(body.encode("utf-8", errors="surrogatepass"))
         result = subprocess.run(["unshare", "-n", "nft", *flags, "-f", str(path)], capture_output=True, text=True,
@@ -138,11 +154,11 @@ def nft_refusals(directory: Path, kind: str, value: str) -> list[str]:
     return refusals
 
 
-@pytest.mark.parametrize("kind", ["interface", "policy"])
+@pytest.mark.parametrize("kind", sorted(PLACEHOLDERS))
 def test_check_accepts_exactly_what_nft_and_the_kernel_accept(kind: str) -> None:
-    @settings(max_examples=300, derandomize=True, deadline=None, database=None,
+    @settings(max_examples=EXAMPLES[kind], derandomize=True, deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow])
-    @given(value=names(15 if kind == "interface" else 121))
+    @given(value=names(LIMITS[kind]))
     @example(value="tcp")
     @example(value="éééééééé")
     @example(value="eth\x000")
@@ -152,7 +168,7 @@ def test_check_accepts_exactly_what_nft_and_the_kernel_accept(kind: str) -> None
             directory = Path(name)
             config = directory / "markroute.yaml"
             errors = check(config, kind, value)
-            used = value.strip()  # check reads a scalar without the whitespace around it
+            used = value if kind in ("uplink", "set") else value.strip()  # a value is read stripped, a key is not
             refused = nft_refusals(directory, kind, used) if used else ["nothing left"]
             kernel_refuses = kind == "interface" and not kernel_takes_ifname(used)
             if not errors:

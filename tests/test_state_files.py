@@ -213,3 +213,11 @@ def test_down_force_salvages_only_intact_sysctl_fields() -> None:
     assert state.salvage(None) is None
     state.write(None, state.STATE_RECORD, {**good, "sysctls_applied": []})
     assert state.salvage(None) is None
+
+
+@pytest.mark.parametrize("netns", ["../..", "..", "a/../../etc"])
+def test_a_namespace_name_never_leads_out_of_the_state_directory(run_dir: Path, netns: str) -> None:
+    with pytest.raises(KernelError, match="cannot record state"):
+        state.save(netns, applied())
+    with pytest.raises(KernelError, match="cannot name a directory"):
+        state.load(netns)

@@ -32,6 +32,7 @@ not as nft JSON: writing, reading and comparing them then costs milliseconds.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -474,6 +475,8 @@ def secure_directory(netns: str | None) -> Path:
 @contextmanager
 def _directory_fd(netns: str | None, create: bool) -> Iterator[int]:
     """A descriptor of the namespace's directory, reached level by level with O_NOFOLLOW."""
+    if netns is not None and ("/" in netns or "\0" in netns or netns in ("", ".", "..")):
+        raise OSError(errno.EINVAL, f"'{netns[:80]}' cannot name a directory under {RUN_DIR / 'netns'}")
     parts = [RUN_DIR.name] + (["netns", netns] if netns else [])
     fd = os.open(RUN_DIR.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:

@@ -107,9 +107,7 @@ def reachability(plan: Plan) -> Reach:
 
 def _search(plan: Plan) -> tuple[set[str], set[int]]:
     """Run witnesses until every policy and uplink mark is seen, or the budgets are spent."""
-    system = _system(plan)
-    rpdb = system.rpdb
-    assert isinstance(rpdb, SendingHost)
+    rpdb, system = _system(plan)
     simulator = Simulator(Ruleset(plan.nft_document(), system), system)
     candidates = _candidates(plan.nft_document())
     reached: set[str] = set()
@@ -142,7 +140,7 @@ def _search(plan: Plan) -> tuple[set[str], set[int]]:
     return reached, marks
 
 
-def _system(plan: Plan) -> System:
+def _system(plan: Plan) -> tuple[SendingHost, System]:
     """A host that owns none of the witnesses' addresses and routes everything by main."""
     rules = [dict(r.to_json(), family=FAMILY_NAMES[r.version]) for r in plan.rules]
     rules += [dict(r, family=f) for r in KERNEL_RULES for f in ("inet", "inet6")]
@@ -151,7 +149,8 @@ def _system(plan: Plan) -> System:
     routes += [{"family": "inet", "type": "local", "dst": "127.0.0.0/8", "dev": "lo", "table": "local"},
                {"family": "inet6", "type": "local", "dst": "::1", "dev": "lo", "table": "local"}]
     host = Host(links={}, sysctls={s.path: s.value for s in plan.sysctls}, source="config")
-    return System(SendingHost(rules, routes), host)
+    rpdb = SendingHost(rules, routes)
+    return rpdb, System(rpdb, host)
 
 
 def _candidates(document: dict[str, Any]) -> Candidates:

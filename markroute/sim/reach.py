@@ -141,7 +141,7 @@ def _search(plan: Plan) -> tuple[set[str], set[int]]:
 
 
 def _system(plan: Plan) -> tuple[SendingHost, System]:
-    """A host that owns none of the witnesses' addresses and routes everything by main."""
+    """A host that owns none of the witnesses' addresses (but the one it sends from) and routes everything by main."""
     rules = [dict(r.to_json(), family=FAMILY_NAMES[r.version]) for r in plan.rules]
     rules += [dict(r, family=f) for r in KERNEL_RULES for f in ("inet", "inet6")]
     routes: list[dict[str, Any]] = [dict(r.to_json(), family=FAMILY_NAMES[r.version]) for r in plan.routes]

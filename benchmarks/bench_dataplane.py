@@ -26,10 +26,11 @@ one policy over a 100,000-prefix destination set.
 Traffic: `trafficgen.c` (cc here) sends 4,096 prepared 64-byte UDP frames in turn from both
 CPUs through AF_PACKET, 64 per sendmmsg(). This kernel has no pktgen.
 * first packets: the generator rewrites each frame's source port from a counter (a distinct
-  offset per CPU), so every packet opens a new connection; conntrack is flushed before. The
-  window is short (F, 0.5 s) because the table holds 262,144 connections (nf_conntrack_max,
-  not settable outside the host's namespace) and a full table drops new connections: the
-  report gives the largest count seen at the end of a window;
+  offset per CPU), so every packet opens a new connection; conntrack is flushed before. Each
+  CPU sends at most FIRST_PACKETS frames (or for F s, 0.5 by default), because the table holds
+  262,144 connections (nf_conntrack_max, not settable outside the host's namespace) and a full
+  table evicts or drops on every new connection: the report gives the largest count seen at
+  the end of a window;
 * established: conntrack flushed, the 4,096 flows sent for 0.3 s, one reply per flow sent from
   the uplink side, then the same flows measured.
 
@@ -82,6 +83,7 @@ HERE = Path(__file__).resolve().parent
 DESTINATIONS = "10.128.0.0/9"
 PREFIXES = 100_000
 FRAMES = 4096
+FIRST_PACKETS = 90_000  # per CPU: 180,000 new connections stay well under nf_conntrack_max
 UPLINKS = [Uplink(f"isp{k}", f"wan{k}", f"10.0.{k}.1", 101 + k) for k in range(3)]
 LAN = "192.168.1.0/24"
 # every router alike, so one frames file serves all: (router lan0, generator, router wan0, sink eth0)
@@ -279,7 +281,7 @@ def blast(lab: Lab, gen: str, ifname: str, binary: Path, traffic: Path, seconds:
     """Send from both CPUs; the senders' CPU seconds (user + system)."""
     senders = [
         lab.spawn(gen, ["taskset", "-c", str(core), str(binary), ifname, str(traffic), str(seconds),
-                        *([str(core * 32768)] if unique else [])])
+                        *([str(core * 32768), str(FIRST_PACKETS)] if unique else [])])
         for core in (0, 1)
     ]
     cpu = 0.0
@@ -363,9 +365,9 @@ def report(all_variants: list[Variant], rounds: int, seconds: tuple[float, float
     by_name = {v.name: v for v in all_variants}
     most = max(v.most_connections for v in all_variants)
     text = (
-        f"{rounds} rounds; in each, every configuration measured once in a new random order, {seconds[0]:g} s of "
-        f"first packets (largest conntrack table at the end of one: {most:,} of 262,144) and {seconds[1]:g} s of "
-        "established packets. Each configuration has its own router namespace, installed once. CPU µs per forwarded "
+        f"{rounds} rounds; in each, every configuration measured once in a new random order: first packets "
+        f"(2 x {FIRST_PACKETS:,} new connections or {seconds[0]:g} s, whichever ends first; largest conntrack table "
+        f"at the end: {most:,} of 262,144) and {seconds[1]:g} s of established packets. Each configuration has its own router namespace, installed once. CPU µs per forwarded "
         "packet: the senders' CPU time (their softirq forwarding included) plus ksoftirqd's, over the frames sent "
         "on the uplinks. Ratios are paired: computed within a round, then summarised over the rounds as median "
         f"(IQR, range). Load average of the shared machine before/after: {' '.join(load)} / {' '.join(load_after)}."

@@ -1,6 +1,7 @@
 """How long `markroute apply` takes with 100,000 prefixes, and what a change of set contents costs.
 
-Run (root): python3 benchmarks/bench_apply.py [--write] [--runs N]
+Run (root): python3 benchmarks/bench_apply.py [--write] [--runs N] [--part all|own|peers] [--peer-runs N]
+            [--sizes 100000,1000000]
 
 In a lab namespace with two uplinks: a full apply onto a router without markroute
 (the CLI as a user runs it: wall time, CPU time and peak memory of the process, with
@@ -13,11 +14,22 @@ netlink element batches (`markroute.kernel.nftnetlink`) that make a change live,
 measured in-process around `nft.run_batch` and `nftnetlink.update`; the stages of a
 full apply are timed in-process too. The last rows time nft 1.0.6 itself on element
 updates of the big set: why elements go over netlink.
+
+The second section (`--part peers`, issue 15) puts the whole CLI `apply` of 100,000 and
+1,000,000 distinct prefixes (every other /24 from 11.0.0.0, so nothing merges; no packet
+is sent to them) beside the same set loaded by its peers, in the same run, in a new
+random order each round: `nft -f` of a table with that set, `ipset restore` of a hash:net
+set, and the kernel-only insert: the element batch markroute sends, built beforehand and
+only sent and committed (`nftnetlink._commit`) while timed. Each runs as a child process,
+so `wait4` gives its peak RSS. Goal: CLI apply within 1.5x of the kernel-only insert,
+peak RSS under 150 MB at 1,000,000.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -42,23 +54,38 @@ from markroute.lab import Lab  # noqa: E402
 from markroute.plan.nftjson import address_element  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+TIME = "/usr/bin/time"  # Debian package `time`: peak RSS of a child process
 PREFIXES = 100_000
 
 
 def cli(netns: str, *args: str) -> tuple[float, float, float, str]:
     """(wall s, CPU s, peak RSS MB, stdout) of one `markroute` run."""
+    return child([sys.executable, "-m", "markroute", *args, "--netns", netns])
+
+
+def child(argv: list[str]) -> tuple[float, float, float, str]:
+    """(wall s, CPU s, peak RSS MB, stdout) of one process.
+
+    The peak comes from /usr/bin/time, a small process that starts ARGV: a child forked
+    straight from this script starts with this script's pages counted in its peak (the
+    kernel keeps the highest RSS across exec), which here holds up to 1,000,000 prefixes.
+    """
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "markroute", *args, "--netns", netns],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
-    assert proc.stdout is not None
-    output = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"markroute {' '.join(args)} failed: {output}")
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, output
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, \
+            tempfile.NamedTemporaryFile("r") as peak:
+        start = time.perf_counter()
+        proc = subprocess.Popen([TIME, "-f", "%M", "-o", peak.name, *argv], stdout=out, stderr=err, env=env, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)  # not proc.wait(): wait4 also gives the children's CPU time
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        output = out.read()
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv[:4])} failed: {output}{err.read()}")
+        kilobytes = int(peak.read().split()[-1])
+    return wall, usage.ru_utime + usage.ru_stime, kilobytes / 1024, output
 
 
 def transaction_seconds(netns: str, config: Path, stages: dict[str, list[float]] | None = None) -> tuple[float, str]:
@@ -111,9 +138,125 @@ def ms(samples: list[float]) -> str:
     return f"{statistics.median(samples) * 1000:,.0f} ms ({min(samples) * 1000:,.0f}-{max(samples) * 1000:,.0f})"
 
 
+def option(name: str, default: str) -> str:
+    return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
+
+
 def main() -> None:
-    runs = int(sys.argv[sys.argv.index("--runs") + 1]) if "--runs" in sys.argv else 5
+    part = option("--part", "all")
+    if not Path(TIME).exists():
+        sys.exit(f"{TIME} is missing (Debian package `time`): it measures the peak memory of each command")
     compile_bytecode()
+    if part in ("all", "own"):
+        own(int(option("--runs", "5")))
+    if part in ("all", "peers"):
+        peers(int(option("--peer-runs", "5")), [int(n) for n in option("--sizes", "100000,1000000").split(",")])
+
+
+def spaced_prefixes(count: int) -> list[str]:
+    """COUNT distinct /24s, every other one from 11.0.0.0: no two adjacent, so none merge."""
+    first = int(ipaddress.IPv4Address("11.0.0.0"))
+    return [f"{ipaddress.IPv4Address(first + 512 * i)}/24" for i in range(count)]
+
+
+PEER_CONFIG = """\
+uplinks:
+  isp_a: {interface: wan0, gateway: 10.0.0.1, nat: masquerade}
+  isp_b: {interface: wan1, gateway: 10.0.1.1, nat: masquerade}
+sets:
+  big: {file: big.txt}
+policies:
+  - {name: big-set, to: "@big", via: isp_b}
+"""
+
+
+def peers(runs: int, sizes: list[int]) -> None:
+    """The CLI apply beside nft -f, ipset restore and the kernel-only insert of the same set, for each of SIZES."""
+    results: dict[tuple[int, str], list[tuple[float, float, float]]] = {}
+    shuffle = random.Random(15)
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    with tempfile.TemporaryDirectory() as directory, Lab() as lab:
+        tmp = Path(directory)
+        ns, peer = lab.add_ns("apply"), lab.add_ns("peer")
+        for k in (0, 1):
+            lab.veth(ns, f"wan{k}", peer, f"up{k}")
+            lab.addr(ns, f"wan{k}", f"10.0.{k}.2/24")
+        config = tmp / "markroute.yaml"
+        config.write_text(PEER_CONFIG)
+        for size in sizes:
+            prefixes = spaced_prefixes(size)
+            (tmp / "big.txt").write_text("\n".join(prefixes) + "\n")
+            (tmp / "set.nft").write_text(
+                "table inet nftpeer {\n  set big { type ipv4_addr; flags interval; elements = { "
+                + ", ".join(prefixes) + " } }\n}\n")
+            (tmp / "set.ipset").write_text(
+                f"create big hash:net family inet maxelem {2 * size}\n" + "".join(f"add big {p}\n" for p in prefixes))
+            empty_set = "table inet kernelonly { set big { type ipv4_addr; flags interval; }; }"
+
+            def markroute_apply() -> tuple[float, float, float]:
+                with inside(ns):
+                    down(ns)
+                return cli(ns, "apply", "-c", str(config))[:3]
+
+            def nft_file() -> tuple[float, float, float]:
+                result = child(["ip", "netns", "exec", ns, "nft", "-f", str(tmp / "set.nft")])[:3]
+                lab.run(ns, ["nft", "delete", "table", "inet", "nftpeer"])
+                return result
+
+            def ipset_restore() -> tuple[float, float, float]:
+                result = child(["ip", "netns", "exec", ns, "ipset", "restore", "-file", str(tmp / "set.ipset")])[:3]
+                lab.run(ns, ["ipset", "destroy", "big"])
+                return result
+
+            def kernel_only() -> tuple[float, float, float]:
+                lab.nft(ns, empty_set)
+                _, _, peak, output = child([sys.executable, str(HERE / "kernel_batch.py"), ns, "kernelonly", "big",
+                                            str(tmp / "big.txt")])
+                lab.run(ns, ["nft", "delete", "table", "inet", "kernelonly"])
+                wall, cpu = (float(x) for x in output.split())
+                return wall, cpu, peak
+
+            contenders: list[tuple[str, Callable[[], tuple[float, float, float]]]] = [
+                ("markroute apply (CLI)", markroute_apply), ("nft -f", nft_file),
+                ("ipset restore", ipset_restore), ("kernel-only insert", kernel_only)]
+            for _ in range(runs):
+                shuffle.shuffle(contenders)
+                for name, run in contenders:
+                    results.setdefault((size, name), []).append(run())
+            with inside(ns):
+                down(ns)
+    publish(f"Apply vs peers: {' and '.join(f'{n:,}' for n in sizes)} prefixes", peer_report(results, runs, load))
+
+
+def peer_report(results: dict[tuple[int, str], list[tuple[float, float, float]]], runs: int, load: list[str]) -> str:
+    text = (
+        "The same set of distinct /24s (every other one from 11.0.0.0, so nothing merges: N prefixes are N "
+        "intervals) loaded four ways into an empty lab namespace, each a child process, in a new random order "
+        f"each round; {runs} rounds; median (min-max). markroute: the whole CLI `apply` of a config whose one "
+        "policy uses the set file (interpreter, reading and validating the file, compiling, the table, rules, "
+        "routes and sysctls); `nft -f`: a file with one table holding the set; `ipset restore`: a hash:net set; "
+        "kernel-only: the element batch markroute sends, built before the clock starts (`benchmarks/kernel_batch.py`), "
+        "its wall and CPU time are the batch's send and commit only (the kernel works on it in the sending thread), "
+        "its memory the whole child's. CPU of the others: the whole process and its children. Ratios are paired "
+        "within a round; with other work on the machine CPU time is the steadier figure (a process waiting for "
+        f"a CPU counts in wall time only). Load average at the start: {' '.join(load)}.\n\n"
+        "| prefixes | what | wall | CPU | peak RSS |\n|---|---|---|---|---|\n"
+    )
+    for (size, name), samples in results.items():
+        walls, cpus, peaks = ([s[i] for s in samples] for i in range(3))
+        text += f"| {size:,} | {name} | {ms(walls)} | {ms(cpus)} | {max(peaks):.0f} MB |\n"
+    text += "\n| prefixes | paired ratio | median (min-max) |\n|---|---|---|\n"
+    for size in sorted({size for size, _ in results}):
+        for index, what in ((0, "wall"), (1, "CPU")):
+            ours = [s[index] for s in results[(size, "markroute apply (CLI)")]]
+            for name in ("kernel-only insert", "nft -f", "ipset restore"):
+                paired = [a / b for a, b in zip(ours, (s[index] for s in results[(size, name)]))]
+                text += (f"| {size:,} | markroute apply / {name} ({what}) | {statistics.median(paired):.2f} "
+                         f"({min(paired):.2f}-{max(paired):.2f}) |\n")
+    return text
+
+
+def own(runs: int) -> None:
     prefixes = random_prefixes(PREFIXES)
     changed = prefixes[500:] + random_prefixes(500, seed=99, network="100.64.0.0/10", lengths=(24, 24))
     small = random_prefixes(5_000, seed=3)

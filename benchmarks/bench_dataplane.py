@@ -1,29 +1,51 @@
-"""Forwarding cost of markroute's rulesets against the same router with no ruleset at all.
+"""CPU per forwarded packet: markroute side by side with its peers, the floor and no ruleset.
 
-Run (root): python3 benchmarks/bench_dataplane.py [--write] [--runs N] [--seconds S]
+Run (root): python3 benchmarks/bench_dataplane.py [--write] [--rounds N] [--seconds S] [--first-seconds F] [--extra]
 
-Lab: `gen` -- lan0 [rtr] wan0..wan2 -- `sink0..2`. The router forwards; each sink owns
-the destination range (AnyIP) and drops every frame at netdev ingress, the cheapest
-end. Traffic: `trafficgen.c` (built here with cc) sends 4,096 prepared UDP frames in
-turn from both CPUs, 64 per sendmmsg() on an AF_PACKET socket. pktgen would be the
-kernel-side source of choice, but this kernel has no pktgen (no /proc/net/pktgen, no
-modules), so the source is the cheapest user-space one: a few hundred nanoseconds per
-frame, against the microseconds of the router path it drives. On a veth the router's
-forwarding runs in the sender's softirq, on the sender's CPU, so "packets/s" is the
-rate with both CPUs saturated and "CPU per packet" (all busy CPU time, /proc/stat,
-over the frames forwarded) is the cleaner figure: ratios below are to the no-ruleset
-router. The UDP flows get no replies, so conntrack keeps them `new` and every packet
-is classified by the whole policy chain: the worst case (established traffic skips
-the policies).
+Goal (issue 15): per first packet of a connection, markroute with 1 policy costs no more CPU
+than the pbr-style ruleset (paired ratio pbr/markroute >= 1.0) and stays ahead of pbr-style
+and mwan3-style at 1,000 policies and with a 100,000-prefix set; per packet of an established
+connection it keeps >= 97% of the floor's efficiency (floor/markroute >= 0.97).
 
-Configurations are measured in rotation (round r measures every one) so load from
-other processes spreads over all of them; medians and ranges over the rounds.
+Lab: one router namespace per configuration, all built alike and all installed at the start
+(`rK`: lan0 -- wan0..wan2 to `sK`, whose interfaces own the destination range and drop every
+frame at netdev ingress, the cheapest end). One generator namespace holds the other end of
+every router's lan0, so a round measures every configuration in turn, in a new random order
+each round, without reinstalling anything: ratios are paired within a round, so load from the
+other work on this shared machine falls on both sides of each ratio.
+
+With --extra, two diagnostic configurations are added: markroute's 1,000 policies compiled
+without merging (one rule each), and markroute's 1-policy table with its "to this host"
+rule (a FIB lookup per packet of a new connection) deleted by hand after apply.
+
+Configurations: no ruleset; the floor of mark-based policy routing (conntrack, one `ct mark`
+rule, one fwmark ip rule); markroute, pbr-style and mwan3-style (`peers.py`) with the same
+policies: 1 policy (a destination /11), 1,000 policies (500 source /28s, 500 UDP ports) and
+one policy over a 100,000-prefix destination set.
+
+Traffic: `trafficgen.c` (cc here) sends 4,096 prepared 64-byte UDP frames in turn from both
+CPUs through AF_PACKET, 64 per sendmmsg(). This kernel has no pktgen.
+* first packets: the generator rewrites each frame's source port from a counter (a distinct
+  offset per CPU), so every packet opens a new connection; conntrack is flushed before. Each
+  CPU sends at most FIRST_PACKETS frames (or for F s, 0.5 by default), because the table holds
+  262,144 connections (nf_conntrack_max, not settable outside the host's namespace) and a full
+  table evicts or drops on every new connection: the report gives the largest count seen at
+  the end of a window;
+* established: conntrack flushed, the 4,096 flows sent for 0.3 s, one reply per flow sent from
+  the uplink side, then the same flows measured.
+
+CPU per packet: the generators' own CPU time (user + system, `wait4`) plus that of the two
+ksoftirqd threads, over the frames the router sent on its uplinks. On a veth the router's
+forwarding runs in the sender's softirq and is charged to the sender (this kernel has no
+IRQ time accounting); what the kernel defers goes to ksoftirqd. Unlike /proc/stat totals,
+this leaves out other processes on the machine.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import random
 import statistics
 import struct
@@ -32,13 +54,23 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import publish, random_prefixes  # noqa: E402
+from peers import (  # noqa: E402
+    Policy,
+    Uplink,
+    markroute_yaml,
+    mwan3_ip_rules,
+    mwan3_ipsets,
+    mwan3_iptables,
+    pbr_ip_rules,
+    pbr_ruleset,
+)
 
 from markroute.compile import compile_plan  # noqa: E402
 from markroute.config import load_model  # noqa: E402
@@ -50,42 +82,144 @@ from markroute.lab import Lab  # noqa: E402
 HERE = Path(__file__).resolve().parent
 DESTINATIONS = "10.128.0.0/9"
 PREFIXES = 100_000
-NAIVE_RULES = 10_000  # ip rules go in one by one, each walking the list: 100,000 would take many minutes
 FRAMES = 4096
-UPLINKS = "".join(f"  isp{k}: {{interface: wan{k}, gateway: 10.0.{k}.1}}\n" for k in range(3))
+FIRST_PACKETS = 90_000  # per CPU: 180,000 new connections stay well under nf_conntrack_max
+UPLINKS = [Uplink(f"isp{k}", f"wan{k}", f"10.0.{k}.1", 101 + k) for k in range(3)]
+LAN = "192.168.1.0/24"
+# every router alike, so one frames file serves all: (router lan0, generator, router wan0, sink eth0)
+MACS = ("02:00:00:00:00:01", "02:00:00:00:00:02", "02:00:00:00:01:01", "02:00:00:00:02:01")
+BASELINE, FLOOR = "no ruleset", "floor: conntrack + one fwmark ip rule"
+SCALES = ("1 policy", "1,000 policies", "100,000-prefix set")
+PEERS = ("markroute", "pbr-style", "mwan3-style")
 
 
 @dataclass
-class Case:
+class Variant:
     name: str
-    install: Callable[[], None]
-    remove: Callable[[], None]
+    install: Callable[[Lab, str, Path], None]
+    router: str = ""
+    samples: dict[str, list[float]] = field(default_factory=lambda: {"first": [], "established": []})
+    most_connections: int = 0
 
 
-def option(name: str, default: int) -> int:
-    return int(sys.argv[sys.argv.index(name) + 1]) if name in sys.argv else default
+def option(name: str, default: float) -> float:
+    return float(sys.argv[sys.argv.index(name) + 1]) if name in sys.argv else default
 
 
-def build(lab: Lab) -> tuple[str, str, list[str]]:
-    gen, rtr = lab.add_ns("gen"), lab.add_ns("rtr")
-    lab.veth(gen, "g0", rtr, "lan0")
-    lab.addr(rtr, "lan0", "192.168.1.1/24")
-    sinks = []
-    for k in range(3):
-        sink = lab.add_ns(f"sink{k}")
-        lab.veth(rtr, f"wan{k}", sink, "eth0")
-        lab.addr(rtr, f"wan{k}", f"10.0.{k}.2/24")
-        lab.addr(sink, "eth0", f"10.0.{k}.1/24")
+# --- the policies, the same for every tool ---------------------------------------------------
+
+def policies(scale: str) -> list[Policy]:
+    if scale == "1 policy":
+        return [Policy("one", ("isp1",), dst="10.128.0.0/11")]
+    if scale == "1,000 policies":
+        return ([Policy(f"src{i}", (f"isp{1 + i % 2}",), src=f"10.9.{i // 16}.{(i % 16) * 16}/28") for i in range(500)]
+                + [Policy(f"port{i}", (f"isp{1 + i % 2}",), dport=10_000 + i) for i in range(500)])
+    return [Policy("big", ("isp1",), dst_set="big")]
+
+
+# --- installing each configuration in its router ---------------------------------------------
+
+def ip_rules(lab: Lab, rtr: str, rules: list[list[str]]) -> None:
+    for rule in rules:
+        lab.ip(rtr, "rule", "add", *rule)
+
+
+def uplink_tables(lab: Lab, rtr: str) -> None:
+    """Each uplink's table: its default route, and the LAN (as mwan3 and pbr copy connected routes)."""
+    for u in UPLINKS:
+        lab.ip(rtr, "route", "add", "default", "via", u.gateway, "table", str(u.table))
+        lab.ip(rtr, "route", "add", LAN, "dev", "lan0", "table", str(u.table))
+
+
+def floor(lab: Lab, rtr: str, tmp: Path) -> None:
+    lab.nft(rtr, "table inet ctonly { chain p { type filter hook prerouting priority -150; ct mark 1 accept; }; }")
+    uplink_tables(lab, rtr)
+    ip_rules(lab, rtr, [["fwmark", "0x300/0xff00", "lookup", "102", "pref", "100"]])
+
+
+def markroute_variant(scale: str) -> Callable[[Lab, str, Path], None]:
+    def install(lab: Lab, rtr: str, tmp: Path) -> None:
+        path = tmp / f"{rtr}.yaml"
+        path.write_text(markroute_yaml(UPLINKS, policies(scale), {"big": str(tmp / "big.txt")}
+                                       if scale == SCALES[2] else {}))
+        model, diagnostics = load_model(str(path))
+        assert model is not None, [str(d) for d in diagnostics]
+        with inside(rtr):
+            apply(compile_plan(model), rtr)
+    return install
+
+
+def pbr_variant(scale: str, prefixes: list[str]) -> Callable[[Lab, str, Path], None]:
+    def install(lab: Lab, rtr: str, tmp: Path) -> None:
+        path = tmp / f"{rtr}.nft"
+        path.write_text(pbr_ruleset(UPLINKS, policies(scale), {"big": prefixes} if scale == SCALES[2] else {}))
+        lab.run(rtr, ["nft", "-f", str(path)], timeout=600)
+        uplink_tables(lab, rtr)
+        ip_rules(lab, rtr, pbr_ip_rules(UPLINKS))
+    return install
+
+
+def mwan3_variant(scale: str, prefixes: list[str]) -> Callable[[Lab, str, Path], None]:
+    def install(lab: Lab, rtr: str, tmp: Path) -> None:
+        connected = [LAN] + [f"10.0.{k}.0/24" for k in range(len(UPLINKS))]
+        sets = tmp / f"{rtr}.ipset"
+        sets.write_text(mwan3_ipsets({"big": prefixes} if scale == SCALES[2] else {}, connected))
+        lab.run(rtr, ["ipset", "restore", "-file", str(sets)], timeout=600)
+        rules = tmp / f"{rtr}.iptables"
+        rules.write_text(mwan3_iptables(UPLINKS, policies(scale)))
+        lab.run(rtr, ["iptables-nft-restore", "--noflush", str(rules)], timeout=600)
+        uplink_tables(lab, rtr)
+        ip_rules(lab, rtr, mwan3_ip_rules(UPLINKS))
+    return install
+
+
+def variants(prefixes: list[str], extra: bool) -> list[Variant]:
+    found = [Variant(BASELINE, lambda lab, rtr, tmp: None), Variant(FLOOR, floor)]
+    for scale in SCALES:
+        found.append(Variant(f"markroute, {scale}", markroute_variant(scale)))
+        found.append(Variant(f"pbr-style, {scale}", pbr_variant(scale, prefixes)))
+        found.append(Variant(f"mwan3-style, {scale}", mwan3_variant(scale, prefixes)))
+    if extra:
+        def unmerged(lab: Lab, rtr: str, tmp: Path) -> None:
+            path = tmp / f"{rtr}.yaml"
+            path.write_text(markroute_yaml(UPLINKS, policies(SCALES[1]), {}))
+            model, _ = load_model(str(path))
+            assert model is not None
+            with inside(rtr):
+                apply(compile_plan(model, merge_min=None), rtr)
+
+        def without_local_check(lab: Lab, rtr: str, tmp: Path) -> None:
+            markroute_variant(SCALES[0])(lab, rtr, tmp)
+            listing = json.loads(lab.run(rtr, ["nft", "-j", "-a", "list", "chain", "inet", "markroute", "prerouting"]).stdout)
+            handle = next(item["rule"]["handle"] for item in listing["nftables"]
+                          if item.get("rule", {}).get("comment") == "to this host")
+            lab.run(rtr, ["nft", "delete", "rule", "inet", "markroute", "prerouting", "handle", str(handle)])
+
+        found.append(Variant("markroute, 1,000 policies, merging off (one rule each)", unmerged))
+        found.append(Variant("markroute, 1 policy, its `fib daddr type local` rule deleted (diagnostic)",
+                             without_local_check))
+    return found
+
+
+# --- the lab -----------------------------------------------------------------------------------
+
+def build(lab: Lab, count: int) -> str:
+    """The generator namespace and COUNT routers, router K reached from the generator's gK."""
+    gen = lab.add_ns("gen")
+    for k in range(count):
+        rtr, sink = lab.add_ns(f"r{k}"), lab.add_ns(f"s{k}")
+        lab.veth(gen, f"g{k}", rtr, "lan0", mac_a=MACS[1], mac_b=MACS[0])
+        lab.addr(rtr, "lan0", "192.168.1.1/24")
+        for j in range(len(UPLINKS)):
+            lab.veth(rtr, f"wan{j}", sink, f"eth{j}", mac_a=MACS[2], mac_b=MACS[3])
+            lab.addr(rtr, f"wan{j}", f"10.0.{j}.2/24")
+            lab.addr(sink, f"eth{j}", f"10.0.{j}.1/24")
+            lab.nft(sink, f"table netdev sink{j} {{ chain in {{ type filter hook ingress device eth{j} priority 0; "
+                          "meta protocol ip drop; }; }")
         lab.route(sink, "local", DESTINATIONS, "dev", "lo")
-        lab.nft(sink, "table netdev sink { chain in { type filter hook ingress device eth0 priority 0; meta protocol ip drop; }; }")
-        sinks.append(sink)
-    lab.route(rtr, "default", "via", "10.0.0.1")
-    lab.sysctl(rtr, "net.ipv4.ip_forward", 1)
-    return gen, rtr, sinks
-
-
-def mac(lab: Lab, ns: str, ifname: str) -> bytes:
-    return bytes.fromhex(json.loads(lab.run(ns, ["ip", "-j", "link", "show", ifname]).stdout)[0]["address"].replace(":", ""))
+        lab.route(rtr, "default", "via", "10.0.0.1")
+        lab.sysctl(rtr, "net.ipv4.ip_forward", 1)
+    return gen
 
 
 def checksum(header: bytes) -> int:
@@ -94,222 +228,167 @@ def checksum(header: bytes) -> int:
     return ~((total & 0xFFFF) + (total >> 16)) & 0xFFFF
 
 
-def frames(macs: tuple[bytes, bytes, bytes, bytes], prefixes: list[str], path: Path, replies: Path) -> None:
-    """The traffic mix (mostly unmatched by the 1,000 policies, some hitting each kind) and one reply per flow.
-
-    MACS: the router's lan0, the generator's g0, the router's wan0, sink0's eth0.
-    """
-    rng = random.Random(7)
-    out, back = bytearray(), bytearray()
-    for _ in range(FRAMES):
-        network = ipaddress.ip_network(rng.choice(prefixes))
-        dst = network.network_address + rng.randrange(network.num_addresses)
-        src = ipaddress.ip_address(f"10.9.{rng.randrange(20)}.{rng.randrange(256)}" if rng.random() < 0.1
-                                   else f"192.168.1.{rng.randrange(10, 250)}")
-        dport = 10_000 + rng.randrange(300) if rng.random() < 0.1 else rng.randrange(20_000, 60_000)
-        sport = rng.randrange(1024, 65535)
-        dscp = rng.randrange(1, 61) if rng.random() < 0.1 else 0
-        out += udp_frame(macs[0], macs[1], src, dst, sport, dport, dscp)
-        back += udp_frame(macs[2], macs[3], dst, src, dport, sport, dscp)
-    path.write_bytes(bytes(out))
-    replies.write_bytes(bytes(back))
-
-
-def udp_frame(dst_mac: bytes, src_mac: bytes, src: Any, dst: Any, sport: int, dport: int, dscp: int) -> bytes:
-    """A length-prefixed Ethernet frame with a 64-byte IPv4 UDP packet, as trafficgen.c reads them."""
+def udp_frame(dst_mac: bytes, src_mac: bytes, src: Any, dst: Any, sport: int, dport: int) -> bytes:
+    """A length-prefixed Ethernet frame with a 64-byte IPv4 UDP packet (checksum 0), as trafficgen.c reads them."""
     udp = struct.pack("!HHHH", sport, dport, 8 + 18, 0) + bytes(18)
-    header = struct.pack("!BBHHHBBH4s4s", 0x45, dscp << 2, 20 + len(udp), 1, 0, 64, 17, 0, src.packed, dst.packed)
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, src.packed, dst.packed)
     header = header[:10] + struct.pack("!H", checksum(header)) + header[12:]
     frame = dst_mac + src_mac + b"\x08\x00" + header + udp
     return struct.pack("!H", len(frame)) + frame
 
 
-def busy_seconds() -> float:
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]
-    return (sum(fields[:8]) - idle) / 100.0
+def frames(prefixes: list[str], path: Path, replies: Path) -> None:
+    """The traffic mix and one reply per flow: destinations from the big set; 10% of flows from
+    the 1,000 policies' sources, 10% to their ports, so most walk the whole policy list."""
+    macs = [bytes.fromhex(m.replace(":", "")) for m in MACS]
+    rng = random.Random(7)
+    out, back = bytearray(), bytearray()
+    for _ in range(FRAMES):
+        network = ipaddress.ip_network(rng.choice(prefixes))
+        dst = network.network_address + rng.randrange(network.num_addresses)
+        src = ipaddress.ip_address(f"10.9.{rng.randrange(32)}.{rng.randrange(256)}" if rng.random() < 0.1
+                                   else f"192.168.1.{rng.randrange(10, 250)}")
+        dport = 10_000 + rng.randrange(500) if rng.random() < 0.1 else rng.randrange(20_000, 60_000)
+        sport = rng.randrange(1024, 65535)
+        out += udp_frame(macs[0], macs[1], src, dst, sport, dport)
+        back += udp_frame(macs[2], macs[3], dst, src, dport, sport)
+    path.write_bytes(bytes(out))
+    replies.write_bytes(bytes(back))
 
 
-def forwarded(lab: Lab, rtr: str) -> int:
+# --- measuring ---------------------------------------------------------------------------------
+
+def ksoftirqd_seconds() -> float:
+    """CPU time of the ksoftirqd threads so far (softirq work the kernel deferred)."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().startswith("ksoftirqd/"):
+                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                    total += int(fields[11]) + int(fields[12])
+            except OSError:
+                continue
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def sent(lab: Lab, rtr: str) -> int:
     links = json.loads(lab.run(rtr, ["ip", "-j", "-s", "link", "show"]).stdout)
     return sum(link["stats64"]["tx"]["packets"] for link in links if link["ifname"].startswith("wan"))
 
 
-def measure(lab: Lab, gen: str, rtr: str, binary: Path, frames_file: Path, seconds: int) -> tuple[float, float]:
-    """(forwarded packets/s, busy CPU microseconds per forwarded packet) of one run."""
-    count, cpu, start = forwarded(lab, rtr), busy_seconds(), time.monotonic()
+def blast(lab: Lab, gen: str, ifname: str, binary: Path, traffic: Path, seconds: float, unique: bool) -> float:
+    """Send from both CPUs; the senders' CPU seconds (user + system)."""
     senders = [
-        lab.spawn(gen, ["taskset", "-c", str(core), str(binary), "g0", str(frames_file), str(seconds)],
-                  stdout=subprocess.PIPE)
+        lab.spawn(gen, ["taskset", "-c", str(core), str(binary), ifname, str(traffic), str(seconds),
+                        *([str(core * 32768), str(FIRST_PACKETS)] if unique else [])])
         for core in (0, 1)
     ]
+    cpu = 0.0
     for sender in senders:
-        sender.wait(timeout=seconds + 30)
-    elapsed, cpu_used, packets = time.monotonic() - start, busy_seconds() - cpu, forwarded(lab, rtr) - count
-    return packets / elapsed, cpu_used / max(packets, 1) * 1e6
+        _, status, usage = os.wait4(sender.pid, 0)
+        sender.returncode = os.waitstatus_to_exitcode(status)
+        cpu += usage.ru_utime + usage.ru_stime
+    return cpu
 
 
-def model_of(directory: Path, text: str):  # noqa: ANN201 - a Model
-    path = directory / "markroute.yaml"
-    path.write_text(text)
-    model, diagnostics = load_model(str(path))
-    assert model is not None, [str(d) for d in diagnostics]
-    return model
-
-
-def thousand_policies() -> str:
-    lines = []
-    for i in range(300):
-        lines.append(f"  - {{name: src{i}, from: 10.9.{i // 16}.{(i % 16) * 16}/28, via: isp{1 + i % 2}}}")
-    for i in range(300):
-        lines.append(f"  - {{name: port{i}, dport: {10_000 + i}, via: isp{1 + i % 2}}}")
-    for i in range(60):
-        lines.append(f"  - {{name: dscp{i}, dscp: {i + 1}, via: isp{1 + i % 2}}}")
-    for i in range(340):
-        lines.append(f"  - {{name: iif{i}, iif: vlan{i}, via: isp{1 + i % 2}}}")
-    return "\n".join(lines) + "\n"
-
-
-def unmergeable_policies() -> str:
-    """The sources of `thousand_policies`, each with a `not:`: a shape that stays one rule per policy."""
-    return "\n".join(
-        f"  - {{name: src{i}, from: 10.9.{i // 16}.{(i % 16) * 16}/28, not: {{dport: 22}}, via: isp{1 + i % 2}}}"
-        for i in range(300)
-    ) + "\n"
-
-
-def cases(lab: Lab, rtr: str, tmp: Path, prefixes: list[str]) -> list[Case]:
-    (tmp / "big.txt").write_text("\n".join(prefixes) + "\n")
-
-    def markroute(text: str, merge: bool = True) -> Case:
-        plan = compile_plan(model_of(tmp, "uplinks:\n" + UPLINKS + text), merge_min=None if not merge else 4)
-
-        def install() -> None:
-            with inside(rtr):
-                apply(plan, rtr)
-
-        def remove() -> None:
-            with inside(rtr):
-                down(rtr)
-
-        return Case("", install, remove)
-
-    ip_rules = tmp / "rules.batch"
-    ip_rules.write_text("".join(f"rule add to {p} lookup 101 pref 20000\n" for p in prefixes[:NAIVE_RULES]))
-    ip_rules_gone = tmp / "rules-gone.batch"
-    ip_rules_gone.write_text(ip_rules.read_text().replace("rule add", "rule del"))
-    conntrack_only = "table inet ctonly { chain p { type filter hook prerouting priority -150; ct mark 1 accept; }; }"
-
-    def fwmark_rule() -> None:
-        lab.run(rtr, ["ip", "rule", "add", "fwmark", "0x300/0xff00", "lookup", "101", "pref", "100"])
-        lab.run(rtr, ["ip", "route", "add", "default", "via", "10.0.1.1", "table", "101"])
-
-    def no_fwmark_rule() -> None:
-        lab.run(rtr, ["ip", "rule", "del", "pref", "100"])
-        lab.run(rtr, ["ip", "route", "flush", "table", "101"])
-
-    found: list[Case] = [
-        Case("no ruleset (baseline)", lambda: None, lambda: None),
-        Case("conntrack only (one `ct mark` rule)", lambda: lab.nft(rtr, conntrack_only),
-             lambda: lab.run(rtr, ["nft", "delete", "table", "inet", "ctonly"])),
-        # what having policy routing at all costs, whatever the packets carry: with an ip rule
-        # of one's own, every route lookup of a forwarded packet walks the rule list
-        Case("one fwmark ip rule that no packet matches, no nftables", fwmark_rule, no_fwmark_rule),
-        Case("conntrack + one fwmark ip rule (the floor of mark-based policy routing)",
-             lambda: (lab.nft(rtr, conntrack_only), fwmark_rule()),
-             lambda: (lab.run(rtr, ["nft", "delete", "table", "inet", "ctonly"]), no_fwmark_rule())),
-    ]
-    markroute_cases = [
-        ("markroute: 1 policy", "policies:\n  - {name: one, to: 10.128.0.0/11, via: isp1}\n", True),
-        ("markroute: 1,000 policies (sources, ports, DSCP, interfaces)", "policies:\n" + thousand_policies(), True),
-        ("markroute: 100,000 destination prefixes in a set",
-         "sets:\n  big: {file: big.txt}\npolicies:\n  - {name: big, to: '@big', via: isp1}\n", True),
-        ("markroute: 3-uplink weighted balancing",
-         "groups:\n  w: {balance: {isp0: 1, isp1: 2, isp2: 3}}\npolicies:\n  - {name: all, via: w}\n", True),
-        ("markroute: 300 policies with `not:` (cannot merge: one rule each)", "policies:\n" + unmergeable_policies(), True),
-        ("naive: one nft rule per policy (same 1,000 policies, unmerged)", "policies:\n" + thousand_policies(), False),
-    ]
-    for name, text, merge in markroute_cases:
-        case = markroute(text, merge)
-        case.name = name
-        found.append(case)
-    stateless = tmp / "stateless.nft"
-    stateless.write_text(
-        "table inet stateless {\n"
-        f"  set big {{ type ipv4_addr; flags interval; auto-merge; elements = {{ {', '.join(prefixes)} }} }}\n"
-        "  chain p {\n    type filter hook prerouting priority mangle;\n    ip daddr @big meta mark set 0x300\n  }\n}\n"
-    )
-    found.append(Case(
-        "naive: a stateless mark from the 100,000-prefix set, no conntrack (+ one fwmark ip rule)",
-        lambda: (lab.run(rtr, ["nft", "-f", str(stateless)]), fwmark_rule()),
-        lambda: (lab.run(rtr, ["nft", "delete", "table", "inet", "stateless"]), no_fwmark_rule()),
-    ))
-    found.append(Case(
-        f"naive: one ip rule per prefix ({NAIVE_RULES:,} rules)",
-        lambda: lab.run(rtr, ["ip", "-batch", str(ip_rules)], timeout=600),
-        lambda: lab.run(rtr, ["ip", "-batch", str(ip_rules_gone)]),
-    ))
-    return found
+def measure(lab: Lab, gen: str, k: int, variant: Variant, binary: Path, traffic: Path, replies: Path,
+            seconds: tuple[float, float], sink: str) -> None:
+    """One sample of each kind for VARIANT (router K): CPU microseconds per forwarded packet."""
+    rtr = variant.router
+    lab.run(rtr, ["conntrack", "-F"], check=False)
+    count, softirq = sent(lab, rtr), ksoftirqd_seconds()
+    cpu = blast(lab, gen, f"g{k}", binary, traffic, seconds[0], unique=True)
+    packets = sent(lab, rtr) - count
+    variant.samples["first"].append((cpu + ksoftirqd_seconds() - softirq) / max(packets, 1) * 1e6)
+    connections = lab.run(rtr, ["conntrack", "-C"], check=False).stdout.strip()
+    variant.most_connections = max(variant.most_connections, int(connections or 0))
+    lab.run(rtr, ["conntrack", "-F"], check=False)
+    blast(lab, gen, f"g{k}", binary, traffic, 0.3, unique=False)
+    lab.run(sink, [str(binary), "eth0", str(replies), "0.2"])  # every flow has seen a reply
+    count, softirq = sent(lab, rtr), ksoftirqd_seconds()
+    cpu = blast(lab, gen, f"g{k}", binary, traffic, seconds[1], unique=False)
+    packets = sent(lab, rtr) - count
+    variant.samples["established"].append((cpu + ksoftirqd_seconds() - softirq) / max(packets, 1) * 1e6)
 
 
 def main() -> None:
-    runs, seconds = option("--runs", 5), option("--seconds", 3)
+    rounds, seconds = int(option("--rounds", 15)), (option("--first-seconds", 0.5), option("--seconds", 1.0))
     prefixes = random_prefixes(PREFIXES, network=DESTINATIONS, lengths=(26, 30))
+    all_variants = variants(prefixes, "--extra" in sys.argv)
+    load = Path("/proc/loadavg").read_text().split()[:3]
     with tempfile.TemporaryDirectory() as directory, Lab() as lab:
         tmp = Path(directory)
+        (tmp / "big.txt").write_text("\n".join(prefixes) + "\n")
         binary = tmp / "trafficgen"
         subprocess.run(["cc", "-O2", "-o", str(binary), str(HERE / "trafficgen.c")], check=True)
-        gen, rtr, sinks = build(lab)
+        gen = build(lab, len(all_variants))
         traffic, replies = tmp / "frames.bin", tmp / "replies.bin"
-        frames((mac(lab, rtr, "lan0"), mac(lab, gen, "g0"), mac(lab, rtr, "wan0"), mac(lab, sinks[0], "eth0")),
-               prefixes, traffic, replies)
-        all_cases = cases(lab, rtr, tmp, prefixes)
-        results: dict[str, dict[str, list[tuple[float, float]]]] = {
-            mode: {case.name: [] for case in all_cases} for mode in ("new", "established")
-        }
-        for _ in range(runs):
-            for case in all_cases:
-                lab.run(rtr, ["conntrack", "-F"], check=False)  # no connection keeps a mark from the last case
-                case.install()
-                try:
-                    measure(lab, gen, rtr, binary, traffic, 1)  # warm caches and conntrack
-                    results["new"][case.name].append(measure(lab, gen, rtr, binary, traffic, seconds))
-                    lab.run(sinks[0], [str(binary), "eth0", str(replies), "0.2"])  # every flow has seen a reply
-                    results["established"][case.name].append(measure(lab, gen, rtr, binary, traffic, seconds))
-                finally:
-                    case.remove()
-    publish("Data plane: forwarding with markroute rulesets", report(results, runs, seconds))
+        frames(prefixes, traffic, replies)
+        for k, variant in enumerate(all_variants):
+            variant.router = f"{lab.prefix}-r{k}"
+            start = time.monotonic()
+            variant.install(lab, variant.router, tmp)
+            print(f"installed {variant.name} in {time.monotonic() - start:.1f} s", file=sys.stderr)
+        order = list(enumerate(all_variants))
+        shuffle = random.Random(15)
+        try:
+            for r in range(rounds):
+                shuffle.shuffle(order)
+                for k, variant in order:
+                    measure(lab, gen, k, variant, binary, traffic, replies, seconds, f"{lab.prefix}-s{k}")
+                print(f"round {r + 1}/{rounds} done", file=sys.stderr)
+        finally:
+            for variant in all_variants:
+                if variant.name.startswith("markroute"):
+                    with inside(variant.router):
+                        down(variant.router)  # leaves no record under /run/markroute
+    load_after = Path("/proc/loadavg").read_text().split()[:3]
+    publish("Data plane: markroute and its peers, per first packet and per established packet",
+            report(all_variants, rounds, seconds, load, load_after))
 
 
-def report(results: dict[str, dict[str, list[tuple[float, float]]]], runs: int, seconds: int) -> str:
+def spread(values: list[float], digits: int = 2, percent: bool = False) -> str:
+    """Median, quartiles and range of VALUES."""
+    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    show = (lambda v: f"{v:.1%}") if percent else (lambda v: f"{v:.{digits}f}")
+    return f"{show(median)} (IQR {show(q1)}-{show(q3)}, range {show(min(values))}-{show(max(values))})"
+
+
+def ratios(numerator: Variant, denominator: Variant, kind: str) -> list[float]:
+    """Per-round ratios of two variants' CPU per packet, paired within each round."""
+    return [a / b for a, b in zip(numerator.samples[kind], denominator.samples[kind])]
+
+
+def report(all_variants: list[Variant], rounds: int, seconds: tuple[float, float], load: list[str],
+           load_after: list[str]) -> str:
+    by_name = {v.name: v for v in all_variants}
+    most = max(v.most_connections for v in all_variants)
     text = (
-        f"{runs} rounds of {seconds} s per configuration and traffic kind, configurations in rotation; "
-        "median (min-max). Source: `benchmarks/trafficgen.c`, 4,096 UDP flows of 64-byte packets from both "
-        "CPUs (no pktgen in this kernel). Ratios: packets/s to the no-ruleset rate, and no-ruleset CPU "
-        "per packet to this one's (100% = no cost).\n"
+        f"{rounds} rounds; in each, every configuration measured once in a new random order: first packets "
+        f"(2 x {FIRST_PACKETS:,} new connections or {seconds[0]:g} s, whichever ends first; largest conntrack table "
+        f"at the end: {most:,} of 262,144) and {seconds[1]:g} s of established packets. Each configuration has its own router namespace, installed once. CPU µs per forwarded "
+        "packet: the senders' CPU time (their softirq forwarding included) plus ksoftirqd's, over the frames sent "
+        "on the uplinks. Ratios are paired: computed within a round, then summarised over the rounds as median "
+        f"(IQR, range). Load average of the shared machine before/after: {' '.join(load)} / {' '.join(load_after)}."
+        "\n\n| configuration | first packet: CPU µs | established: CPU µs |\n|---|---|---|\n"
     )
-    titles = {
-        "new": "Unreplied flows: conntrack keeps every packet `new`; flows no policy marked walk the policy "
-               "chain on every packet (the worst case for policy matching)",
-        "established": "Established flows: each flow has seen a reply (one frame per flow from the uplink side), "
-                       "as in real traffic; packets are restored from the connection mark",
-    }
-    for mode, by_case in results.items():
-        base_rate = statistics.median(r for r, _ in by_case["no ruleset (baseline)"])
-        base_cpu = statistics.median(c for _, c in by_case["no ruleset (baseline)"])
-        text += (
-            f"\n### {titles[mode]}\n\n"
-            "| configuration | packets/s forwarded | rate vs no ruleset | CPU µs per packet | efficiency vs no ruleset |\n"
-            "|---|---|---|---|---|\n"
-        )
-        for name, samples in by_case.items():
-            rates, cpus = [r for r, _ in samples], [c for _, c in samples]
-            text += (
-                f"| {name} | {statistics.median(rates):,.0f} ({min(rates):,.0f}-{max(rates):,.0f}) "
-                f"| {statistics.median(rates) / base_rate:.1%} "
-                f"| {statistics.median(cpus):.2f} ({min(cpus):.2f}-{max(cpus):.2f}) "
-                f"| {base_cpu / statistics.median(cpus):.1%} |\n"
-            )
+    for v in all_variants:
+        text += f"| {v.name} | {spread(v.samples['first'])} | {spread(v.samples['established'])} |\n"
+    text += ("\n### Paired ratios (issue 15 goals)\n\n"
+             "| ratio | first packet | established |\n|---|---|---|\n")
+    for scale in SCALES:
+        ours = by_name[f"markroute, {scale}"]
+        for peer in PEERS[1:]:
+            theirs = by_name[f"{peer}, {scale}"]
+            text += (f"| {peer} / markroute CPU, {scale} (>= 1.0: markroute cheaper) "
+                     f"| {spread(ratios(theirs, ours, 'first'))} | {spread(ratios(theirs, ours, 'established'))} |\n")
+        text += (f"| floor / markroute CPU, {scale} (efficiency vs the floor; goal >= 97% established) "
+                 f"| {spread(ratios(by_name[FLOOR], ours, 'first'), percent=True)} "
+                 f"| {spread(ratios(by_name[FLOOR], ours, 'established'), percent=True)} |\n")
+    text += (f"| no ruleset / floor CPU (what conntrack + a fwmark rule cost) "
+             f"| {spread(ratios(by_name[BASELINE], by_name[FLOOR], 'first'), percent=True)} "
+             f"| {spread(ratios(by_name[BASELINE], by_name[FLOOR], 'established'), percent=True)} |\n")
     return text
 
 

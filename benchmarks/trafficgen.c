@@ -1,10 +1,15 @@
 /*
  * Traffic source for bench_dataplane.py: sends prepared Ethernet frames as fast as it can.
  *
- * Usage: trafficgen IFNAME FRAMES_FILE SECONDS
+ * Usage: trafficgen IFNAME FRAMES_FILE SECONDS [PORT_OFFSET [MAX_PACKETS]]
  * FRAMES_FILE holds frames as (2-byte big-endian length, bytes). They are sent in turn,
  * 64 per sendmmsg() on an AF_PACKET socket that bypasses the qdisc, so the per-packet
  * cost of the source is a few hundred nanoseconds and the router's path dominates.
+ * With PORT_OFFSET, every packet is a new connection: the UDP source port of an IPv4
+ * frame becomes PORT_OFFSET plus the number of passes over the file so far (mod 65536),
+ * so a (frame, port) pair repeats only after 65,536 passes; two senders with offsets
+ * 32,768 apart stay apart for 32,768 passes. UDP checksums are 0, so nothing else changes.
+ * MAX_PACKETS stops it earlier, after about that many frames (whole batches).
  * Prints the number of frames sent.
  */
 #define _GNU_SOURCE
@@ -29,8 +34,8 @@ static double now(void) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 4) {
-        fprintf(stderr, "usage: %s IFNAME FRAMES_FILE SECONDS\n", argv[0]);
+    if (argc < 4 || argc > 6) {
+        fprintf(stderr, "usage: %s IFNAME FRAMES_FILE SECONDS [PORT_OFFSET [MAX_PACKETS]]\n", argv[0]);
         return 2;
     }
     FILE *file = fopen(argv[2], "rb");
@@ -64,16 +69,25 @@ int main(int argc, char **argv) {
     struct mmsghdr messages[BATCH];
     struct iovec vectors[BATCH];
     double end = now() + atof(argv[3]);
+    int unique = argc >= 5;
+    unsigned long long most = argc == 6 ? strtoull(argv[5], NULL, 10) : ~0ULL;
+    unsigned int port = unique ? (unsigned int)atoi(argv[4]) : 0;
     unsigned long long sent = 0;
     size_t next = 0;
-    while (now() < end) {
+    while (sent < most && now() < end) {
         for (int i = 0; i < BATCH; i++) {
+            if (unique && lengths[next] >= 14 + 20 + 8) {
+                /* Ethernet 14 bytes, IPv4 header of 20 (IHL 5): the UDP source port at 34 */
+                frames[next][34] = (unsigned char)(port >> 8);
+                frames[next][35] = (unsigned char)port;
+            }
             vectors[i].iov_base = frames[next];
             vectors[i].iov_len = lengths[next];
             memset(&messages[i], 0, sizeof messages[i]);
             messages[i].msg_hdr.msg_iov = &vectors[i];
             messages[i].msg_hdr.msg_iovlen = 1;
             next = (next + 1) % count;
+            if (next == 0) port = (port + 1) & 0xFFFF;
         }
         int done = sendmmsg(sock, messages, BATCH, 0);
         if (done > 0) sent += (unsigned long long)done;

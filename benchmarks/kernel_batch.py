@@ -1,0 +1,40 @@
+"""The kernel-only reference of bench_apply: insert a prebuilt element batch, timed alone.
+
+Run by bench_apply.py as a child process (so its peak RSS is its own):
+    python3 benchmarks/kernel_batch.py NETNS TABLE SET PREFIX_FILE
+The set `inet TABLE SET` (ipv4_addr, flags interval) must exist and be empty. The
+prefixes become the same netlink element messages markroute's apply sends
+(`markroute.kernel.nftnetlink`), all built before the clock starts; what is timed is
+sending them as one batch and the kernel committing it. Prints the wall seconds and the CPU
+seconds of that (the kernel's work on a netlink batch runs in the sending thread, as system time).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from markroute.kernel import nftnetlink  # noqa: E402
+from markroute.kernel.netns import inside  # noqa: E402
+
+
+def main() -> None:
+    netns, table, set_name, prefix_file = sys.argv[1:5]
+    intervals = []
+    for line in Path(prefix_file).read_text().split():
+        network = ipaddress.IPv4Network(line)
+        intervals.append((int(network.network_address), int(network.broadcast_address)))
+    intervals.sort()
+    messages = [(nftnetlink.NFT_MSG_NEWSETELEM, nftnetlink._list_message(table, set_name, body), set_name)
+                for body in nftnetlink._element_lists(4, intervals)]
+    with inside(netns):
+        start, cpu = time.perf_counter(), time.process_time()
+        nftnetlink._commit(messages)
+        print(f"{time.perf_counter() - start:.6f} {time.process_time() - cpu:.6f}")
+
+
+if __name__ == "__main__":
+    main()

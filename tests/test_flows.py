@@ -69,6 +69,7 @@ def test_flows_and_explain_name_the_policy_that_decided(lab: Lab, markroute_cli:
     assert listed[40001]["mark"].startswith("0x") and int(listed[40001]["mark"], 16) != 0
     assert listed[40001]["bytes"] > 0 and listed[40001]["age"] is not None, "accounting and timestamps are on"
 
+    assert markroute_cli.status(r.rtr)["drift"] == [], "the label statements list back as planned"
     only = flows(r.rtr, "--policy", "dns-via-b")
     assert [f["sport"] for f in only] == [40001]
     assert [f["sport"] for f in flows(r.rtr, "--uplink", "a", "--to", r.server)] == [40002]

@@ -106,6 +106,7 @@ class Compiler:
             sysctls=routing.sysctls(self.model),
             uplinks=routing.uplink_plans(self.model),
             policies=tuple(p.name for p in self.model.policies),
+            groups=routing.group_plans(self.model),
         )
 
     # -- chains -----------------------------------------------------------------------

@@ -13,6 +13,7 @@ from markroute.model import Model
 from markroute.plan import (
     RESERVED_RULE_OFFSET,
     SOURCE_RULE_OFFSET,
+    GroupPlan,
     IpRule,
     Route,
     Sysctl,
@@ -85,6 +86,11 @@ def sysctls(model: Model) -> tuple[Sysctl, ...]:
         result.append(Sysctl(f"net/ipv4/conf/{interface}/rp_filter", RP_FILTER[settings.rp_filter]))
         result.append(Sysctl(f"net/ipv4/conf/{interface}/src_valid_mark", "1"))
     return tuple(result)
+
+
+def group_plans(model: Model) -> tuple[GroupPlan, ...]:
+    """The groups as configured, for `status` (the table holds only the members usable now)."""
+    return tuple(GroupPlan(g.name, g.kind, g.members) for g in model.groups.values())
 
 
 def uplink_plans(model: Model) -> tuple[UplinkPlan, ...]:

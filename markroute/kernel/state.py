@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from markroute.kernel import KernelError, nft
-from markroute.plan import IpRule, Route, UplinkPlan
+from markroute.plan import GroupPlan, IpRule, Route, UplinkPlan
 from markroute.plan.nftjson import SET_VERSIONS, AddressElements, json_default
 
 RUN_DIR = Path("/run/markroute")
@@ -71,6 +71,7 @@ class State:
     applied_at: str
     warnings: list[str] = field(default_factory=list)
     nft_generation: int | None = None  # nf_tables' transaction count after the apply (`nftnetlink.generation`)
+    groups: list[GroupPlan] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(replace(self, nft_listing=[]))  # the listing is JSON already: no deep copy of its 100,000 elements
@@ -85,6 +86,8 @@ class State:
         fields["rules"] = [IpRule(**r) for r in data["rules"]]
         fields["routes"] = [Route(**r) for r in data["routes"]]
         fields["uplinks"] = [UplinkPlan(**{**u, "versions": tuple(u["versions"])}) for u in data["uplinks"]]
+        fields["groups"] = [GroupPlan(g["name"], g["kind"], tuple((m, w) for m, w in g["members"]))
+                            for g in data.get("groups", [])]
         return cls(**fields)
 
 

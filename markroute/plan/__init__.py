@@ -125,6 +125,15 @@ class UplinkPlan:
 
 
 @dataclass(frozen=True)
+class GroupPlan:
+    """A group as configured: `status` shows its members beside what the table reaches now."""
+
+    name: str
+    kind: Literal["balance", "failover"]
+    members: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True)
 class Plan:
     mask: int
     rule_priority: int
@@ -134,6 +143,7 @@ class Plan:
     sysctls: tuple[Sysctl, ...]
     uplinks: tuple[UplinkPlan, ...]
     policies: tuple[str, ...]
+    groups: tuple[GroupPlan, ...] = ()
     table_name: str = TABLE_NAME
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
@@ -163,6 +173,7 @@ class Plan:
                 }
                 for u in self.uplinks
             ],
+            "groups": [{"name": g.name, "kind": g.kind, "members": dict(g.members)} for g in self.groups],
         }
 
 

@@ -26,6 +26,7 @@ COMMANDS = {
     "trace": "Simulate the path of one packet, step by step, offline or live.",
     "flows": "List live connections with their uplink and the policy that decided.",
     "explain": "Explain why a live connection uses its uplink, recorded and simulated.",
+    "log": "Follow the packet log of `log:` policies and inbound drops, decoded.",
     "run": "Apply the config and keep it true: probe uplinks, fail over, expose state.",
     "demo": "Run markroute on a throwaway lab router with real traffic (namespaces only).",
     "manpage": "Print the markroute(8) man page (hidden: the installer writes it).",

@@ -42,7 +42,14 @@ from markroute.compile import policymaps, routing
 from markroute.compile.namedsets import NamedSets
 from markroute.compile.policymaps import PolicyKey
 from markroute.model import Match, Model, Policy, Uplink
-from markroute.plan import TABLE_NAME, Plan, labels, ordered_routes, ordered_rules
+from markroute.plan import (
+    TABLE_NAME,
+    Plan,
+    labels,
+    ordered_routes,
+    ordered_rules,
+    packetlog,
+)
 from markroute.plan import nftjson as nj
 
 Expr = dict[str, Any]
@@ -164,6 +171,9 @@ class Compiler:
             chain = f"in_{uplink.name}"
             for allowed in uplink.inbound.allow:
                 self.emit(chain, allowed, [nj.counter(), accepted], f"inbound {uplink.name} allow")
+            if uplink.inbound.log is not None:
+                self.add(chain, packetlog.statements(uplink.inbound.log, "drop", uplink.name),
+                         f"inbound {uplink.name} log")
             self.add(chain, [nj.counter(), nj.verdict("drop")], f"inbound {uplink.name}")
             target = nj.verdict("goto", chain)
         head = [nj.match(nj.meta("iifname"), uplink.interface)]
@@ -194,8 +204,8 @@ class Compiler:
         return policy.match.versions & self.model.target_versions(policy.via)
 
     def policy_rule(self, chain: str, policy: Policy) -> None:
-        self.emit(chain, policy.match, self.decide(policy), f"policy {policy.name}",
-                  versions=self.policy_versions(policy))
+        tail = self.decide(policy) if policy.log is None else [nj.verdict("goto", self.policy_chain(policy))]
+        self.emit(chain, policy.match, tail, f"policy {policy.name}", versions=self.policy_versions(policy))
 
     def decide(self, policy: Policy) -> list[Expr]:
         """What a policy does to a connection it matches: count, record itself in the labels, go to its target."""
@@ -241,10 +251,13 @@ class Compiler:
             self.add(chain, guard + [nj.vmap(policymaps.key_expression(fields, family), elements)], comment)
 
     def policy_chain(self, policy: Policy) -> str:
-        """`pol_<n>`: the policy's counter and target, reached from a merged map."""
+        """`pol_<n>`: the policy's counter and target, reached from a merged map or, for a
+        policy with `log:`, from its rule: the log line is a rule of its own there (`plan.packetlog`)."""
         chain = f"pol_{self.numbers[id(policy)]}"
         if chain not in self.chains:
             self.chains[chain] = []
+            if policy.log is not None:
+                self.add(chain, packetlog.statements(policy.log, "policy", policy.name), f"policy {policy.name} log")
             self.add(chain, self.decide(policy), f"policy {policy.name}")
         return chain
 

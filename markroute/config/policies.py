@@ -6,6 +6,7 @@ whose `via` is an uplink or group that was itself wrong is skipped without a sec
 
 from __future__ import annotations
 
+from markroute.config.packetlog import read_log
 from markroute.config.reader import MatchReader, Reader, suggest
 from markroute.config.source import Node
 from markroute.diagnostics import Where
@@ -42,7 +43,11 @@ def read_policies(
         via = read_via(reader, element, name, targets, broken)
         if found is None or via is None:
             continue
-        policy = Policy(name, found, via, element.where)
+        logged, log = (True, None) if "log" not in element.items else read_log(
+            reader, element.items["log"], f"policy '{name}'")
+        if not logged:
+            continue
+        policy = Policy(name, found, via, element.where, log)
         if reachable_family(reader, policy, uplinks, groups, element.items["via"]):
             policies.append(policy)
     return policies

@@ -32,7 +32,7 @@ def test_log_true_and_a_mapping_are_read_and_compiled_before_the_decision(tmp_pa
     assert model.policies[0].log == PacketLog() and model.uplinks["a"].inbound.log == PacketLog("edge", 3)
     rules = objects(compile_plan(model), "rule")
     pol = [r for r in rules if r["chain"] == "pol_1"]
-    assert pol[0]["expr"] == packetlog.statements(PacketLog(), "policy", "web"), "the log line comes first"
+    assert pol[0]["expr"] == packetlog.statements(None, 10, "policy", "web"), "the log line comes first"
     assert pol[0]["expr"][0] == {"limit": {"rate": 10, "per": "second"}}
     assert any(e.get("goto", {}).get("target") == "via_b" for e in pol[1]["expr"]), "then the decision"
     inbound = [r for r in rules if r["chain"] == "in_a"]

@@ -172,7 +172,7 @@ class Compiler:
             for allowed in uplink.inbound.allow:
                 self.emit(chain, allowed, [nj.counter(), accepted], f"inbound {uplink.name} allow")
             if uplink.inbound.log is not None:
-                self.add(chain, packetlog.statements(uplink.inbound.log, "drop", uplink.name),
+                self.add(chain, packetlog.statements(uplink.inbound.log.prefix, uplink.inbound.log.rate, "drop", uplink.name),
                          f"inbound {uplink.name} log")
             self.add(chain, [nj.counter(), nj.verdict("drop")], f"inbound {uplink.name}")
             target = nj.verdict("goto", chain)
@@ -257,7 +257,7 @@ class Compiler:
         if chain not in self.chains:
             self.chains[chain] = []
             if policy.log is not None:
-                self.add(chain, packetlog.statements(policy.log, "policy", policy.name), f"policy {policy.name} log")
+                self.add(chain, packetlog.statements(policy.log.prefix, policy.log.rate, "policy", policy.name), f"policy {policy.name} log")
             self.add(chain, self.decide(policy), f"policy {policy.name}")
         return chain
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from markroute.model import PacketLog
 from markroute.plan import nftjson as nj
 
 GROUP = 77  # one nflog group per namespace; the same number as markroute's routing protocol
@@ -31,11 +30,11 @@ class Logged:
     prefix: str | None
 
 
-def statements(log: PacketLog, kind: Literal["policy", "drop"], name: str) -> list[nj.Expr]:
+def statements(prefix: str | None, rate: int, kind: Literal["policy", "drop"], name: str) -> list[nj.Expr]:
     """`[limit rate N/second] log group GROUP prefix "..."`: a rule of its own, since a limit over
     its rate ends the rule (it must never stop the decision that follows)."""
-    text = f"{log.prefix + ' ' if log.prefix else ''}{TAG}{kind}:{name}"
-    limit = [{"limit": {"rate": log.rate, "per": "second"}}] if log.rate else []
+    text = f"{prefix + ' ' if prefix else ''}{TAG}{kind}:{name}"
+    limit = [{"limit": {"rate": rate, "per": "second"}}] if rate else []
     return limit + [{"log": {"prefix": text, "group": GROUP}}]
 
 

@@ -30,9 +30,12 @@ if TYPE_CHECKING:
 @click.command("status")
 @click.option("-c", "--config", "config", metavar="FILE", default=None,
               help="Also compare with this config (default: only with what was applied).")
+@click.option("--watch", is_flag=True, help="Refresh every second until Ctrl-C: sparklines, rates, changes.")
+@click.option("--interval", metavar="S", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+              help="Seconds between refreshes with --watch.")
 @netns_option
 @json_option
-def command(config: str | None, netns: str | None, as_json: bool) -> None:
+def command(config: str | None, watch: bool, interval: float, netns: str | None, as_json: bool) -> None:
     """Show each uplink, each policy's counters, connections per uplink and drift.
 
     Drift means the kernel no longer matches what apply installed: a rule, route or the
@@ -59,6 +62,9 @@ def command(config: str | None, netns: str | None, as_json: bool) -> None:
     from markroute.kernel.status import collect
 
     plan = compile_plan(load_model_or_exit(config, quiet_warnings=True)) if config else None
+    if watch:
+        watch_status(plan, netns, interval)
+        return
     with exit_codes():
         netns = prepare(netns)
         report = collect(netns, plan)
@@ -72,6 +78,24 @@ def command(config: str | None, netns: str | None, as_json: bool) -> None:
         sys.exit(EXIT_DRIFT)
     if neighbours.breaks_paths(found):
         sys.exit(exitcodes.NEIGHBOURS)
+
+
+def watch_status(plan: Plan | None, netns: str | None, interval: float = 1.0) -> None:
+    """`--watch`: the report every INTERVAL seconds (`commands.watch`), a live screen on a terminal."""
+    from markroute.commands.watch import watch
+    from markroute.kernel.environment import prepare
+    from markroute.kernel.links import interface_counters
+    from markroute.kernel.rpdb import Rpdb
+    from markroute.kernel.status import collect
+
+    def sample() -> tuple[StatusReport, dict[str, dict[str, int]]]:
+        report = collect(name, plan)
+        with Rpdb() as rpdb:
+            return report, interface_counters(rpdb)
+
+    with exit_codes():
+        name = prepare(netns)
+        watch(sample, interval, sys.stdout.isatty())
 
 
 def neighbour_problems(plan: Plan | None, netns: str | None) -> list[Finding]:

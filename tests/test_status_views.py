@@ -5,6 +5,8 @@ before and after a real failover."""
 from __future__ import annotations
 
 import json
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -68,3 +70,37 @@ def test_status_shows_who_carries_each_group_before_and_after_failover(dlab: Dae
     kinds = {(p["kind"], p["exit_code"]) for p in report["problems"]}
     assert ("uplink", 0) in kinds and code == 0, report["problems"]
     assert "link down" in text and "health down" in text and "active isp_b" in text
+
+
+METRICS = "127.0.0.1:9586"
+DASHBOARD = Path(__file__).resolve().parents[1] / "contrib" / "grafana-markroute.json"
+
+
+def scrape(d: DaemonLab) -> str:
+    """GET /metrics from inside the router namespace, where the daemon listens."""
+    fetch = f"import urllib.request; print(urllib.request.urlopen('http://{METRICS}/metrics').read().decode())"
+    return str(d.router.lab.run(d.rtr, [sys.executable, "-c", fetch]).stdout)
+
+
+def test_group_metrics_and_every_metric_the_dashboard_charts_exist(dlab: DaemonLab) -> None:  # noqa: F811
+    d, r = dlab, dlab.router
+    d.start(d.write(CONFIG), "--metrics", METRICS)
+    d.wait_states({"isp_a": "up", "isp_b": "up"})
+    d.wait(lambda seen: seen is not None and all(u.rtt is not None and u.loss is not None
+                                                  for u in seen.uplinks.values()), "RTT and loss measured")
+    metrics = scrape(d)
+    assert 'markroute_group_member_active{group="primary",member="isp_a"} 1' in metrics
+    assert 'markroute_group_member_active{group="primary",member="isp_b"} 0' in metrics
+    assert 'markroute_group_member_weight{group="spread",member="isp_b"} 3' in metrics
+
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    charted = {name for e in exprs for name in re.findall(r"\bmarkroute_[a-z_]+", e)}
+    exposed = {line.split("{")[0].split(" ")[0] for line in metrics.splitlines() if line.startswith("markroute_")}
+    assert len(charted) >= 10 and charted <= exposed, charted - exposed
+
+    d.set_link(r.isps[0], "down0", up=False)
+    d.wait_states({"isp_a": "down"}, timeout=10)
+    metrics = scrape(d)
+    assert 'markroute_group_member_active{group="primary",member="isp_b"} 1' in metrics
+    assert 'markroute_group_member_weight{group="spread",member="isp_a"} 0' in metrics

@@ -25,6 +25,11 @@ policies:
     via: a
 """
 
+POKE = """
+import socket, sys
+socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"knock", (sys.argv[1], int(sys.argv[2])))
+"""
+
 SEND = """
 import socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -94,6 +99,16 @@ def test_flows_and_explain_name_the_policy_that_decided(lab: Lab, markroute_cli:
     assert moved.returncode == 0, moved.stderr
     assert "DISAGREE" in moved.stdout and "a new one would use a" in moved.stdout, moved.stdout
     assert "decided  policy dns-via-b" in moved.stdout
+
+    # A connection arriving through an uplink is that uplink's: recorded as its ingress.
+    lab.run(r.isps[0], [sys.executable, "-c", POKE, r.rtr_wan_v4[0], "9999"])
+    inbound = [f for f in flows(r.rtr, "--from", r.isp_gw_v4[0]) if f["dport"] == 9999]
+    assert inbound and inbound[0]["decision"] == "ingress" and inbound[0]["ingress"] == "a", inbound
+    assert inbound[0]["reason"] == "ingress via a" and inbound[0]["uplink"] == "a"
+    came_in = markroute("explain", "--netns", r.rtr, "--json", "udp", r.isp_gw_v4[0], f"{r.rtr_wan_v4[0]}:9999")
+    assert came_in.returncode == 0, came_in.stderr
+    data = json.loads(came_in.stdout)
+    assert data["agree"] is True and data["simulated"]["outcomes"][0]["reason"] == "ingress via a", data
 
     missing = markroute("explain", "--netns", r.rtr, "udp", f"{r.client_v4}:40999", f"{r.server}:{DNS_PORT}")
     assert missing.returncode == 1 and "no tracked connection" in missing.stderr

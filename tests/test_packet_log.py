@@ -12,7 +12,7 @@ import pytest
 
 from markroute.lab import Lab, router_lab
 from tests.daemon_helpers import python_env
-from tests.test_flows import send_udp
+from tests.test_flows import POKE, send_udp
 
 pytestmark = pytest.mark.kernel
 PORT = 7001
@@ -29,13 +29,6 @@ policies:
   - {{name: dns-logged, proto: udp, dport: {port}, via: b, log: true}}
   - {{name: rest, from: {lan}, via: a}}
 """
-
-POKE = """
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.sendto(b"knock", (sys.argv[1], int(sys.argv[2])))
-"""
-
 
 def test_policy_and_inbound_drop_lines_are_read_back_decoded(lab: Lab, markroute_cli: Any) -> None:
     r = router_lab(lab, isps=2)

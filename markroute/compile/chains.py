@@ -173,7 +173,7 @@ class Compiler:
                 self.emit(chain, allowed, [nj.counter(), accepted], f"inbound {uplink.name} allow")
             if uplink.inbound.log is not None:
                 self.add(chain, packetlog.statements(uplink.inbound.log.prefix, uplink.inbound.log.rate, "drop", uplink.name),
-                         f"inbound {uplink.name} log")
+                         f"log of inbound {uplink.name}")
             self.add(chain, [nj.counter(), nj.verdict("drop")], f"inbound {uplink.name}")
             target = nj.verdict("goto", chain)
         head = [nj.match(nj.meta("iifname"), uplink.interface)]
@@ -257,7 +257,8 @@ class Compiler:
         if chain not in self.chains:
             self.chains[chain] = []
             if policy.log is not None:
-                self.add(chain, packetlog.statements(policy.log.prefix, policy.log.rate, "policy", policy.name), f"policy {policy.name} log")
+                logged = packetlog.statements(policy.log.prefix, policy.log.rate, "policy", policy.name)
+                self.add(chain, logged, f"log of policy {policy.name}")
             self.add(chain, self.decide(policy), f"policy {policy.name}")
         return chain
 

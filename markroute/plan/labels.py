@@ -21,8 +21,8 @@ policy: there are only 128 bits and configs have thousands of policies.
 Cost: nftables sets one label bit per statement (`ct label set N`), so a policy writes
 popcount(number) + 1 statements, at most `NUMBER_BITS + 1`, evaluated on a connection's
 first packet only. Once any rule uses labels, the kernel gives *every* new connection
-of the namespace a labels extension (16 more bytes in the entry's extension area); connections created before the rules were loaded have none and show
-as "not recorded".
+of the namespace a labels extension (16 more bytes in the entry's extension area);
+connections created before the rules were loaded have none and show as "not recorded".
 """
 
 from __future__ import annotations

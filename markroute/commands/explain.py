@@ -9,6 +9,7 @@ older than the rules) the comparison says so.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -104,23 +105,24 @@ def parse_connection(words: tuple[str, ...]) -> Wanted:
         port = m["port"]
         if m["addr"] and address.count(":") > 1:  # a bare IPv6 address: its last group is no port
             address, port = word, None
+        try:
+            address = str(ipaddress.ip_address(address))
+        except ValueError:
+            fail(f"{word}: {address} is not an IP address", EXIT_USAGE)
+        if port is not None and not 0 < int(port) < 65536:
+            fail(f"{word}: port {port} is out of range 1-65535", EXIT_USAGE)
         ends.append((address, int(port) if port else None))
     return Wanted(proto, ends[0][0], ends[0][1], ends[1][0], ends[1][1])
 
 
 def matches(flow: TrackedFlow, wanted: Wanted) -> bool:
-    import ipaddress
-
+    """Whether FLOW is the connection asked about (its original direction; ports only if given)."""
     from markroute.kernel.flows import protocol_name
 
     c = flow.connection
-    try:
-        same = ipaddress.ip_address(c.src) == ipaddress.ip_address(wanted.src) and \
-            ipaddress.ip_address(c.dst) == ipaddress.ip_address(wanted.dst)
-    except ValueError:
-        fail(f"{wanted.src} -> {wanted.dst}: not IP addresses", EXIT_USAGE)
     return (
-        same
+        ipaddress.ip_address(c.src) == ipaddress.ip_address(wanted.src)
+        and ipaddress.ip_address(c.dst) == ipaddress.ip_address(wanted.dst)
         and wanted.proto in (protocol_name(c.proto), str(c.proto))
         and wanted.sport in (None, c.sport)
         and wanted.dport in (None, c.dport)

@@ -17,6 +17,7 @@ from daemon_helpers import (  # noqa: F401 (dlab: a fixture)
 )
 from kernelhelp import KERNEL
 
+from markroute.lab import Lab
 from tests.conftest import markroute
 
 pytestmark = KERNEL
@@ -104,3 +105,14 @@ def test_group_metrics_and_every_metric_the_dashboard_charts_exist(dlab: DaemonL
     metrics = scrape(d)
     assert 'markroute_group_member_active{group="primary",member="isp_b"} 1' in metrics
     assert 'markroute_group_member_weight{group="spread",member="isp_a"} 0' in metrics
+
+
+def test_a_namespace_without_markroute_still_reports_by_the_schema(lab: Lab) -> None:
+    ns = lab.add_ns("rtr")
+    data = markroute("status", "--netns", ns, "--json")
+    assert data.returncode == 0
+    report = json.loads(data.stdout)
+    jsonschema.validate(report, SCHEMA)
+    assert report["applied"] is False and report["groups"] == [] and report["problems"] == []
+    flows = markroute("flows", "--netns", ns)
+    assert flows.returncode == 1 and "not applied" in flows.stderr and "Traceback" not in flows.stderr

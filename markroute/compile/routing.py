@@ -13,6 +13,7 @@ from markroute.model import Model
 from markroute.plan import (
     RESERVED_RULE_OFFSET,
     SOURCE_RULE_OFFSET,
+    GroupMember,
     GroupPlan,
     IpRule,
     Route,
@@ -90,7 +91,8 @@ def sysctls(model: Model) -> tuple[Sysctl, ...]:
 
 def group_plans(model: Model) -> tuple[GroupPlan, ...]:
     """The groups as configured, for `status` (the table holds only the members usable now)."""
-    return tuple(GroupPlan(g.name, g.kind, g.members) for g in model.groups.values())
+    return tuple(GroupPlan(g.name, g.kind, tuple(GroupMember(m, w) for m, w in g.members))
+                 for g in model.groups.values())
 
 
 def uplink_plans(model: Model) -> tuple[UplinkPlan, ...]:

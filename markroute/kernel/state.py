@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from markroute.kernel import KernelError, nft
-from markroute.plan import GroupPlan, IpRule, Route, UplinkPlan
+from markroute.plan import GroupMember, GroupPlan, IpRule, Route, UplinkPlan
 from markroute.plan.nftjson import SET_VERSIONS, AddressElements, json_default
 
 RUN_DIR = Path("/run/markroute")
@@ -86,7 +86,7 @@ class State:
         fields["rules"] = [IpRule(**r) for r in data["rules"]]
         fields["routes"] = [Route(**r) for r in data["routes"]]
         fields["uplinks"] = [UplinkPlan(**{**u, "versions": tuple(u["versions"])}) for u in data["uplinks"]]
-        fields["groups"] = [GroupPlan(g["name"], g["kind"], tuple((m, w) for m, w in g["members"]))
+        fields["groups"] = [GroupPlan(g["name"], g["kind"], tuple(GroupMember(**m) for m in g["members"]))
                             for g in data.get("groups", [])]
         return cls(**fields)
 

@@ -277,10 +277,10 @@ def group_statuses(groups: list[GroupPlan], listing: list[dict[str, Any]],
         now = reached.get(group.name)
         weights = now.weights if now else {}
         members = tuple(
-            MemberStatus(name, weight, weights.get(name, 0), health[name].state if name in health else None)
-            for name, weight in group.members
+            MemberStatus(m.name, m.weight, weights.get(m.name, 0), health[m.name].state if m.name in health else None)
+            for m in group.members
         )
-        changes = sorted((health[m].since, m) for m, _ in group.members if m in health)
+        changes = sorted((health[m.name].since, m.name) for m in group.members if m.name in health)
         changed, why = None, None
         if changes:
             changed, member = changes[-1]

@@ -125,12 +125,20 @@ class UplinkPlan:
 
 
 @dataclass(frozen=True)
+class GroupMember:
+    """A member (uplink or group) and its configured weight (1 in a failover list)."""
+
+    name: str
+    weight: int
+
+
+@dataclass(frozen=True)
 class GroupPlan:
     """A group as configured: `status` shows its members beside what the table reaches now."""
 
     name: str
     kind: Literal["balance", "failover"]
-    members: tuple[tuple[str, int], ...]
+    members: tuple[GroupMember, ...]
 
 
 @dataclass(frozen=True)
@@ -173,7 +181,7 @@ class Plan:
                 }
                 for u in self.uplinks
             ],
-            "groups": [{"name": g.name, "kind": g.kind, "members": dict(g.members)} for g in self.groups],
+            "groups": [{"name": g.name, "kind": g.kind, "members": {m.name: m.weight for m in g.members}} for g in self.groups],
         }
 
 

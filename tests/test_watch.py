@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 from daemon_helpers import (  # noqa: F401 (dlab: a fixture)
     DaemonLab,
@@ -54,6 +55,8 @@ def test_watch_redraws_a_terminal_through_a_failover_and_quits_on_ctrl_c(dlab: D
     subprocess.run([*tmux, "new-session", "-d", "-x", "170", "-y", "45", "-s", "w",
                     f"cd {shlex.quote(os.getcwd())}; PYTHONPATH={shlex.quote(env['PYTHONPATH'])} {command}; "
                     "echo WATCH-EXITED $?; sleep 60"], check=True)
+    socket_path = subprocess.run([*tmux, "display-message", "-p", "#{socket_path}"], capture_output=True,
+                                 text=True).stdout.strip()
     try:
         def pane() -> str:
             return subprocess.run([*tmux, "capture-pane", "-p", "-t", "w"], capture_output=True, text=True).stdout
@@ -71,6 +74,8 @@ def test_watch_redraws_a_terminal_through_a_failover_and_quits_on_ctrl_c(dlab: D
         wait_for(pane, lambda s: "WATCH-EXITED 0" in s, "a clean exit on Ctrl-C")
     finally:
         subprocess.run([*tmux, "kill-server"], capture_output=True)
+        if socket_path:
+            Path(socket_path).unlink(missing_ok=True)
 
 
 def test_watch_without_a_terminal_prints_plain_lines(dlab: DaemonLab) -> None:  # noqa: F811

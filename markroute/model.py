@@ -71,6 +71,19 @@ class Nat:
 class Inbound:
     policy: Literal["accept", "drop"] = "accept"
     allow: tuple[Match, ...] = ()
+    log: PacketLog | None = None  # log each new connection the final drop refuses
+
+
+@dataclass(frozen=True)
+class PacketLog:
+    """`log:` on a policy or an inbound drop: a packet log line per new connection it decides.
+
+    Lines go to nfnetlink_log (`markroute log` reads them), rate-limited to `rate` per
+    second (0: every one); `prefix` is added in front of markroute's own description.
+    """
+
+    prefix: str | None = None
+    rate: int = 10
 
 
 @dataclass(frozen=True)
@@ -153,6 +166,7 @@ class Policy:
     match: Match
     via: str
     where: Where
+    log: PacketLog | None = None
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -29,9 +30,12 @@ if TYPE_CHECKING:
 @click.command("status")
 @click.option("-c", "--config", "config", metavar="FILE", default=None,
               help="Also compare with this config (default: only with what was applied).")
+@click.option("--watch", is_flag=True, help="Refresh every second until Ctrl-C: sparklines, rates, changes.")
+@click.option("--interval", metavar="S", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+              help="Seconds between refreshes with --watch.")
 @netns_option
 @json_option
-def command(config: str | None, netns: str | None, as_json: bool) -> None:
+def command(config: str | None, watch: bool, interval: float, netns: str | None, as_json: bool) -> None:
     """Show each uplink, each policy's counters, connections per uplink and drift.
 
     Drift means the kernel no longer matches what apply installed: a rule, route or the
@@ -42,6 +46,14 @@ def command(config: str | None, netns: str | None, as_json: bool) -> None:
     other firewall, ip rule and route on the system; each path another program's rule
     drops, rejects or re-routes is listed with the rule and a fix.
 
+    Groups: each group's members, which member carries a failover group's traffic now,
+    and the weights a balance group draws with now (degraded members weigh less, members
+    that are down 0), read from the live table.
+
+    Problems: one line each, with its kind and exit code: drift (3), neighbour (5),
+    uplink and group (0: reported, the exit code is not changed for them).
+    --json is versioned (`version`) and described by docs/status.schema.json.
+
     Exit codes: 0 no drift; 1 invalid config; 3 drift found; 4 not root, nft missing or
     no such namespace; 5 no drift, but another program's rule breaks markroute's traffic.
     """
@@ -50,18 +62,40 @@ def command(config: str | None, netns: str | None, as_json: bool) -> None:
     from markroute.kernel.status import collect
 
     plan = compile_plan(load_model_or_exit(config, quiet_warnings=True)) if config else None
+    if watch:
+        watch_status(plan, netns, interval)
+        return
     with exit_codes():
         netns = prepare(netns)
         report = collect(netns, plan, lambda message: click.echo(f"markroute: warning: {message}", err=True))
         found = neighbour_problems(plan, netns)
+    listed = problems(report, found)
     if as_json:
-        print_json(dict(report.to_json(), neighbours=neighbours.to_json(found)))
+        print_json(dict(report.to_json(), neighbours=neighbours.to_json(found), problems=[p.to_json() for p in listed]))
     else:
-        click.echo(render(report) + neighbours_text(found), nl=False)
+        click.echo(render(report) + neighbours_text(found) + "\n" + problems_text(listed), nl=False)
     if report.drift:
         sys.exit(EXIT_DRIFT)
     if neighbours.breaks_paths(found):
         sys.exit(exitcodes.NEIGHBOURS)
+
+
+def watch_status(plan: Plan | None, netns: str | None, interval: float = 1.0) -> None:
+    """`--watch`: the report every INTERVAL seconds (`commands.watch`), a live screen on a terminal."""
+    from markroute.commands.watch import watch
+    from markroute.kernel.environment import prepare
+    from markroute.kernel.links import interface_counters
+    from markroute.kernel.rpdb import Rpdb
+    from markroute.kernel.status import collect
+
+    def sample() -> tuple[StatusReport, dict[str, dict[str, int]]]:
+        report = collect(name, plan)
+        with Rpdb() as rpdb:
+            return report, interface_counters(rpdb)
+
+    with exit_codes():
+        name = prepare(netns)
+        watch(sample, interval, sys.stdout.isatty())
 
 
 def neighbour_problems(plan: Plan | None, netns: str | None) -> list[Finding]:
@@ -90,18 +124,23 @@ def render(report: StatusReport) -> str:
     if report.uplinks:
         lines += ["", "uplinks:"]
         for u in report.uplinks:
-            state = "up" if u.up else ("down" if u.exists else "missing")
-            gateways = ", ".join(u.default_routes) or "no default route installed"
+            link = "link up" if u.up else ("link down" if u.exists else "link missing")
+            health = f"health {u.health.state}" if u.health else "health not probed (markroute run is not running)"
             lines.append(
-                f"  {u.name:<12} {u.interface:<10} {state:<8} table {u.table:<6} mark {hex(u.mark):<8} "
+                f"  {u.name:<12} {u.interface:<10} {link:<12} {health:<14} mark {hex(u.mark):<8} table {u.table:<6} "
                 f"connections {u.connections or 0}"
             )
-            lines.append(f"  {'':<12} addresses {', '.join(u.addresses) or 'none'}; via {gateways}")
+            gateways = ", ".join(filter(None, (u.gateway, u.gateway6))) or "none (point-to-point)"
+            routes = ", ".join(dict.fromkeys(u.default_routes)) or "none installed"
+            lines.append(f"  {'':<12} gateway {gateways}; default route {routes}; "
+                         f"addresses {', '.join(u.addresses) or 'none'}")
             if u.health:
                 lines.append(f"  {'':<12} {health_text(u.health)}")
+    lines += group_lines(report)
     if report.policies:
         lines += ["", "policies:"]
-        lines += [f"  {p.name:<24} {p.packets:>10} packets {p.bytes:>12} bytes" for p in report.policies]
+        lines += [f"  {p.name:<24} -> {p.target or '?':<12} {p.packets:>10} packets {p.bytes:>12} bytes"
+                  for p in report.policies]
     lines += ["", f"connections: {report.connections_total or 0} tracked, "
                   f"{report.connections_other or 0} without an uplink mark"]
     if report.drift:
@@ -109,6 +148,66 @@ def render(report: StatusReport) -> str:
     else:
         lines += ["", "drift: none"]
     return "\n".join(lines) + "\n"
+
+
+def group_lines(report: StatusReport) -> list[str]:
+    """Each group: who carries its traffic now, with which effective weights, and its last change."""
+    if not report.groups:
+        return []
+    lines = ["", "groups:"]
+    for g in report.groups:
+        if g.last_resort:
+            now = "every member out: last resort"
+        elif g.kind == "failover":
+            now = f"active {g.active}"
+        else:
+            now = "weights now " + ", ".join(f"{m.name} {m.effective}" for m in g.members)
+        changed = ""
+        if g.changed is not None:
+            changed = f"; last change {time.strftime('%H:%M:%S', time.localtime(g.changed))}: {g.why}"
+        lines.append(f"  {g.name:<12} {g.kind:<9} {now}{changed}")
+        members = ", ".join(f"{m.name} (weight {m.weight}, {m.state or 'not probed'})" for m in g.members)
+        lines.append(f"  {'':<12} members {members}")
+    return lines
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something an operator should act on, with the exit code `status` gives it (0: reported only)."""
+
+    kind: str
+    message: str
+    exit_code: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "message": self.message, "exit_code": self.exit_code}
+
+
+def problems(report: StatusReport, found: list[Finding]) -> list[Problem]:
+    """Drift (exit 3), other software's rules breaking markroute's paths (exit 5), uplinks out (reported).
+
+    `status` exits with the first listed problem's non-zero code: drift before neighbours.
+    """
+    listed = [Problem("drift", d, EXIT_DRIFT) for d in report.drift]
+    if neighbours.breaks_paths(found):
+        listed += [Problem("neighbour", line, exitcodes.NEIGHBOURS) for line in neighbours.lines(found)]
+    for u in report.uplinks:
+        if not u.exists:
+            listed.append(Problem("uplink", f"{u.name}: interface {u.interface} is missing", 0))
+        elif not u.up:
+            listed.append(Problem("uplink", f"{u.name}: link {u.interface} is down", 0))
+        elif u.health and u.health.state != "up":
+            listed.append(Problem("uplink", f"{u.name}: health {u.health.state}", 0))
+    for g in report.groups:
+        if g.last_resort:
+            listed.append(Problem("group", f"{g.name}: no usable member, traffic takes the last resort", 0))
+    return listed
+
+
+def problems_text(listed: list[Problem]) -> str:
+    if not listed:
+        return "problems: none\n"
+    return "\n".join(["problems:"] + [f"  {p.kind} (exit {p.exit_code}): {p.message}" for p in listed]) + "\n"
 
 
 # -- what `markroute run` reports ------------------------------------------------------

@@ -22,6 +22,8 @@ How packets flow through the generated table (`inet markroute`):
   `MERGE_MIN` consecutive policies testing the same fields is one verdict-map lookup
   whose elements `goto pol_<n>`, the policy's own chain with its counter
   (`markroute.compile.policymaps`); other policies are one rule each.
+* Where a policy or an uplink's ingress decides, `ct label set` records which one in the
+  connection's labels (`markroute.plan.labels`), for `markroute flows` and `explain`.
 
 The mark then selects the uplink's routing table through an `ip rule fwmark` in
 markroute's own priority band (`markroute.compile.routing`).
@@ -40,7 +42,14 @@ from markroute.compile import policymaps, routing
 from markroute.compile.namedsets import NamedSets
 from markroute.compile.policymaps import PolicyKey
 from markroute.model import Match, Model, Policy, Uplink
-from markroute.plan import TABLE_NAME, Plan, ordered_routes, ordered_rules
+from markroute.plan import (
+    TABLE_NAME,
+    Plan,
+    labels,
+    ordered_routes,
+    ordered_rules,
+    packetlog,
+)
 from markroute.plan import nftjson as nj
 
 Expr = dict[str, Any]
@@ -105,6 +114,7 @@ class Compiler:
             sysctls=routing.sysctls(self.model),
             uplinks=routing.uplink_plans(self.model),
             policies=tuple(p.name for p in self.model.policies),
+            groups=routing.group_plans(self.model),
         )
 
     # -- chains -----------------------------------------------------------------------
@@ -162,11 +172,15 @@ class Compiler:
             chain = f"in_{uplink.name}"
             for allowed in uplink.inbound.allow:
                 self.emit(chain, allowed, [nj.counter(), accepted], f"inbound {uplink.name} allow")
+            if uplink.inbound.log is not None:
+                self.add(chain, packetlog.statements(uplink.inbound.log.prefix, uplink.inbound.log.rate, "drop", uplink.name),
+                         f"log of inbound {uplink.name}")
             self.add(chain, [nj.counter(), nj.verdict("drop")], f"inbound {uplink.name}")
             target = nj.verdict("goto", chain)
         head = [nj.match(nj.meta("iifname"), uplink.interface)]
         match = uplink.ingress or Match()
-        self.emit("prerouting", match, [nj.counter(), target], f"ingress {uplink.name}", head,
+        recorded = labels.statements(labels.Decision("ingress", uplink.mark >> marks.shift(self.mask)))
+        self.emit("prerouting", match, [nj.counter(), *recorded, target], f"ingress {uplink.name}", head,
                   versions=match.versions & uplink.versions)
 
     def applicable(self, local: bool) -> list[Policy]:
@@ -191,8 +205,13 @@ class Compiler:
         return policy.match.versions & self.model.target_versions(policy.via)
 
     def policy_rule(self, chain: str, policy: Policy) -> None:
-        self.emit(chain, policy.match, [nj.counter(), self.target(policy.via)], f"policy {policy.name}",
-                  versions=self.policy_versions(policy))
+        tail = self.decide(policy) if policy.log is None else [nj.verdict("goto", self.policy_chain(policy))]
+        self.emit(chain, policy.match, tail, f"policy {policy.name}", versions=self.policy_versions(policy))
+
+    def decide(self, policy: Policy) -> list[Expr]:
+        """What a policy does to a connection it matches: count, record itself in the labels, go to its target."""
+        recorded = labels.statements(labels.Decision("policy", self.numbers[id(policy)]))
+        return [nj.counter(), *recorded, self.target(policy.via)]
 
     def policy_keys(self, policy: Policy) -> dict[int, PolicyKey] | None:
         """The policy's map key per IP family, or None when it stays a rule of its own."""
@@ -233,11 +252,15 @@ class Compiler:
             self.add(chain, guard + [nj.vmap(policymaps.key_expression(fields, family), elements)], comment)
 
     def policy_chain(self, policy: Policy) -> str:
-        """`pol_<n>`: the policy's counter and target, reached from a merged map."""
+        """`pol_<n>`: the policy's counter and target, reached from a merged map or, for a
+        policy with `log:`, from its rule: the log line is a rule of its own there (`plan.packetlog`)."""
         chain = f"pol_{self.numbers[id(policy)]}"
         if chain not in self.chains:
             self.chains[chain] = []
-            self.add(chain, [nj.counter(), self.target(policy.via)], f"policy {policy.name}")
+            if policy.log is not None:
+                logged = packetlog.statements(policy.log.prefix, policy.log.rate, "policy", policy.name)
+                self.add(chain, logged, f"log of policy {policy.name}")
+            self.add(chain, self.decide(policy), f"policy {policy.name}")
         return chain
 
     def target(self, via: str) -> Expr:

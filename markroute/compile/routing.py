@@ -14,6 +14,8 @@ from markroute.model import Model
 from markroute.plan import (
     RESERVED_RULE_OFFSET,
     SOURCE_RULE_OFFSET,
+    GroupMember,
+    GroupPlan,
     IpRule,
     Route,
     Sysctl,
@@ -71,7 +73,11 @@ def routes(model: Model) -> list[Route]:
 
 def sysctls(model: Model) -> tuple[Sysctl, ...]:
     """Forwarding when anything is forwarded, and per uplink interface the rp_filter mode
-    and src_valid_mark, without which rp_filter would judge marked replies by the main table."""
+    and src_valid_mark, without which rp_filter would judge marked replies by the main table.
+
+    Conntrack accounting and timestamps (per namespace) give `markroute flows` each
+    connection's bytes and age; like every sysctl here, apply records the values found and
+    `down` puts them back."""
     settings = model.settings
     forwarding = settings.forwarding
     if forwarding is None:
@@ -81,11 +87,18 @@ def sysctls(model: Model) -> tuple[Sysctl, ...]:
         result.append(Sysctl("net/ipv4/ip_forward", "1"))
         if any(6 in u.versions and u.gateway6 for u in model.uplinks.values()):
             result.append(Sysctl("net/ipv6/conf/all/forwarding", "1"))
+    result += [Sysctl("net/netfilter/nf_conntrack_acct", "1"), Sysctl("net/netfilter/nf_conntrack_timestamp", "1")]
     interfaces = dict.fromkeys(u.interface for u in model.uplinks.values())
     for interface in interfaces:
         result.append(Sysctl(f"net/ipv4/conf/{interface}/rp_filter", RP_FILTER[settings.rp_filter]))
         result.append(Sysctl(f"net/ipv4/conf/{interface}/src_valid_mark", "1"))
     return tuple(result)
+
+
+def group_plans(model: Model) -> tuple[GroupPlan, ...]:
+    """The groups as configured, for `status` (the table holds only the members usable now)."""
+    return tuple(GroupPlan(g.name, g.kind, tuple(GroupMember(m, w) for m, w in g.members))
+                 for g in model.groups.values())
 
 
 def uplink_plans(model: Model) -> tuple[UplinkPlan, ...]:

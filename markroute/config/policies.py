@@ -11,6 +11,7 @@ from dataclasses import replace
 
 from markroute.config import groupoptions
 from markroute.config.groups import read_group
+from markroute.config.packetlog import read_log
 from markroute.config.reader import MatchReader, Reader, suggest
 from markroute.config.source import Node
 from markroute.diagnostics import Where
@@ -48,7 +49,11 @@ def read_policies(
             reader, element, name, targets, broken)
         if found is None or via is None or via in broken:
             continue
-        policy = Policy(name, found, via, element.where)
+        logged, log = (True, None) if "log" not in element.items else read_log(
+            reader, element.items["log"], f"policy '{name}'")
+        if not logged:
+            continue
+        policy = Policy(name, found, via, element.where, log)
         if reachable_family(reader, policy, uplinks, groups, element.items["via"]):
             policies.append(policy)
     return policies

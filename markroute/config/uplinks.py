@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from markroute import match as match_keys
+from markroute.config.packetlog import read_log
 from markroute.config.reader import MatchReader, Reader
 from markroute.config.source import Node
 from markroute.diagnostics import Where
@@ -140,7 +141,7 @@ def ingress(reader: Reader, match: MatchReader, node: Node, name: str) -> Match 
 def inbound(reader: Reader, match: MatchReader, node: Node, name: str) -> Inbound | None:
     if not reader.kind(node, "map", "inbound"):
         return None
-    reader.known_keys(node, ("policy", "allow"), f"inbound of '{name}'")
+    reader.known_keys(node, ("policy", "allow", "log"), f"inbound of '{name}'")
     policy = "accept"
     if "policy" in node.items:
         chosen = reader.choice(node.items["policy"], "inbound policy", ("accept", "drop"))
@@ -158,7 +159,14 @@ def inbound(reader: Reader, match: MatchReader, node: Node, name: str) -> Inboun
         allow = [m for m in matches if m is not None]
         if policy == "accept" and allow:
             reader.diag.warning(allow_node.where, "'allow' has no effect with policy accept", "set policy: drop")
-    return Inbound(policy, tuple(allow))  # type: ignore[arg-type]
+    logged, log = (True, None) if "log" not in node.items else read_log(
+        reader, node.items["log"], f"the inbound drop of '{name}'")
+    if not logged:
+        return None
+    if log is not None and policy == "accept":
+        reader.diag.warning(node.items["log"].where, "'log' logs what the inbound drop refuses: nothing with "
+                            "policy accept", "set policy: drop")
+    return Inbound(policy, tuple(allow), log)  # type: ignore[arg-type]
 
 
 def health_check(reader: Reader, node: Node, name: str) -> HealthCheck | None:

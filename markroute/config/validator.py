@@ -45,7 +45,7 @@ DEFAULT_PATH = "/etc/markroute/markroute.yaml"
 
 TOP_KEYS = ("uplinks", "groups", "policies", "sets", "settings")
 MATCH_KEYS = match_keys.YAML_KEYS
-POLICY_KEYS = ("name", "via", *MATCH_KEYS)
+POLICY_KEYS = ("name", "via", "log", *MATCH_KEYS)
 
 
 def config_path(option: str | None) -> str:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from markroute.daemon import logs
 from markroute.kernel.ipjson import rule_json
 from markroute.plan import RULE_PROTOCOL
 
@@ -117,7 +118,8 @@ class ChurnLog:
     def note(self, who: str, what: str) -> None:
         if (who, what) not in self.seen:
             self.seen.add((who, what))
-            self.log.warning("%s removed markroute's %s: putting it back", who, what)
+            logs.event(self.log, logging.WARNING, f"{who} removed markroute's {what}: putting it back",
+                       event="repair", what=what, by=who)
             return
         self.repeats += 1
         now = self.clock()

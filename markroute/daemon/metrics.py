@@ -11,7 +11,9 @@ since when, state changes, tracked connections, and the packets and bytes its
 interface received and sent. Per policy: the packets and bytes its rules counted,
 which are the first packets of the connections it routed (markroute decides once
 per connection). `markroute_rule_changes_total`: nftables transactions made for
-health changes.
+health changes. Per group member: `markroute_group_member_weight` (the effective weight
+the live table draws with) and `markroute_group_member_active`; per group
+`markroute_group_last_resort`. `contrib/grafana-markroute.json` charts these names only.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from markroute.kernel import KernelError, nft
 from markroute.kernel.conntrack import count_by_mark
@@ -32,6 +35,7 @@ from markroute.kernel.state import UPLINK_STATES, DaemonRecord
 from markroute.kernel.status import (
     DaemonStatus,
     StatusReport,
+    group_statuses,
     policy_statuses,
     uplink_statuses,
 )
@@ -84,6 +88,7 @@ class KernelCounters:
     connections: Counter[int]
     interfaces: dict[str, dict[str, int]]
     rules: list[tuple[str, int, int]]
+    table: list[dict[str, Any]] = field(default_factory=list)  # the table without set elements (group chains)
 
 
 def read_kernel(plan: Plan, log: logging.Logger) -> KernelCounters | None:
@@ -92,7 +97,8 @@ def read_kernel(plan: Plan, log: logging.Logger) -> KernelCounters | None:
         connections = count_by_mark(plan.mask)
         with Rpdb() as rpdb:
             interfaces = interface_counters(rpdb)
-        return KernelCounters(connections, interfaces, nft.table_counters(plan.table_name))
+        table = nft.table_structure(plan.table_name) or []
+        return KernelCounters(connections, interfaces, nft.rule_counters(table), table)
     except (KernelError, OSError) as exc:
         log.debug("metrics: %s", exc)
         return None
@@ -109,6 +115,7 @@ def report(exposed: Exposed, kernel: KernelCounters | None) -> StatusReport:
                                 traffic=kernel.interfaces if kernel else None),
         policies=policy_statuses(list(plan.policies), kernel.rules) if kernel else (),
         daemon=DaemonStatus(record.pid, True, record.started, record.rule_changes),
+        groups=group_statuses(list(plan.groups), kernel.table, record) if kernel else (),
     )
 
 
@@ -150,10 +157,26 @@ def render(status: StatusReport) -> str:
                      {"policy": policy.name}, policy.packets)
         families.add("markroute_policy_bytes_total", "counter", "Bytes of the packets the policy's rules counted.",
                      {"policy": policy.name}, policy.bytes)
+    group_families(families, status)
     rule_changes = status.daemon.rule_changes if status.daemon else 0
     families.add("markroute_rule_changes_total", "counter",
                  "nftables transactions the daemon made for uplink state changes.", {}, rule_changes)
     return families.text()
+
+
+def group_families(families: Families, status: StatusReport) -> None:
+    """Per group member: the weight the live table draws it with and whether it carries traffic now."""
+    for group in status.groups:
+        for member in group.members:
+            labels = {"group": group.name, "member": member.name}
+            families.add("markroute_group_member_weight", "gauge",
+                         "Effective weight of the member in the live table (0: left out; failover: 1 for the active one).",
+                         labels, member.effective)
+            families.add("markroute_group_member_active", "gauge",
+                         "1 when the member carries the group's new connections now.", labels, 1 if member.effective else 0)
+        families.add("markroute_group_last_resort", "gauge",
+                     "1 when no member is usable and the group's traffic takes the last resort.",
+                     {"group": group.name}, 1 if group.last_resort else 0)
 
 
 class MetricsServer:

@@ -40,7 +40,7 @@ from dataclasses import dataclass, replace
 from types import FrameType
 
 from markroute.compile import UplinkAvailability, compile_plan
-from markroute.daemon import churn, failback
+from markroute.daemon import churn, failback, logs
 from markroute.daemon.churn import ChurnLog
 from markroute.daemon.failback import FailbackClock
 from markroute.daemon.failover import (
@@ -286,7 +286,9 @@ class Daemon:
     def log_transition(self, transition: Transition) -> None:
         level = logging.INFO if transition.new == "up" else logging.WARNING
         reason = f" ({transition.reason})" if transition.reason else ""
-        self.log.log(level, "uplink %s: %s -> %s%s", transition.uplink, transition.old, transition.new, reason)
+        logs.event(self.log, level, f"uplink {transition.uplink}: {transition.old} -> {transition.new}{reason}",
+                   event="state", uplink=transition.uplink, old=transition.old, new=transition.new,
+                   reason=transition.reason)
 
     def uplink_states(self) -> dict[str, State]:
         return {name: monitor.health.state for name, monitor in self.monitors.items()}
@@ -310,12 +312,17 @@ class Daemon:
                 commands = chain_batch(self.installed, wanted)
             except ValueError:  # a reload is being applied: the new config's plan goes in whole
                 self.install_plan(wanted, availability)
-                self.log.info("rules: applied the new config for the uplinks' states%s", moved)
+                logs.event(self.log, logging.INFO, f"rules: applied the new config for the uplinks' states{moved}",
+                           event="failover", down=",".join(sorted(availability.down)) or "none",
+                           moved=",".join(sorted(self.unmoved)) or None)
             else:
                 if commands:
                     nft.run_batch(commands)
                     self.rule_changes += 1
-                    self.log.info("rules: rewrote %s in one transaction%s", ", ".join(changed_chains(commands)), moved)
+                    logs.event(self.log, logging.INFO,
+                               f"rules: rewrote {', '.join(changed_chains(commands))} in one transaction{moved}",
+                               event="failover", down=",".join(sorted(availability.down)) or "none",
+                               chains=",".join(changed_chains(commands)), moved=",".join(sorted(self.unmoved)) or None)
                     self.recorder.refresh(wanted, self.nominal)
                 self.installed, self.installed_availability = wanted, availability
             move_flows((self.model.uplinks[name].mark for name in ending), self.model.settings.mark_mask)
@@ -496,7 +503,7 @@ class Daemon:
         for monitor in self.monitors.values():
             if monitor.ticker is None and monitor.probed:
                 monitor.start(monitor.egress)
-        self.log.info("reloaded: %s", self.describe())
+        logs.event(self.log, logging.INFO, f"reloaded: {self.describe()}", event="reload", reason="SIGHUP")
         self.save_record()
 
     # -- records -----------------------------------------------------------------------

@@ -473,6 +473,7 @@ class _Apply:
             sysctls_applied={item.path: item.value for item in sysctls if item.path in originals},
             uplinks=list(self.plan.uplinks),
             policies=list(self.plan.policies),
+            groups=list(self.plan.groups),
             applied_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             warnings=self.report.warnings,
             nft_generation=nftnetlink.generation(),

@@ -1,10 +1,13 @@
-"""Tracked connections by the uplink bits of their connection mark: counting them, and
-deleting those of one uplink (how the daemon moves the flows of an uplink that died)."""
+"""Tracked connections by the uplink bits of their connection mark: counting them,
+deleting those of one uplink (how the daemon moves the flows of an uplink that died),
+and listing them with their labels, counters and age (`markroute flows`)."""
 
 from __future__ import annotations
 
 import socket
 from collections import Counter
+from dataclasses import dataclass
+from typing import Any
 
 from markroute.kernel import KernelError
 
@@ -45,3 +48,104 @@ def delete_by_mark(mark: int, mask: int) -> None:
                 ct.flush(mark=mark, mark_mask=mask)
         except NetlinkError as exc:
             raise KernelError(f"cannot delete the connections marked {mark:#x}/{mask:#x}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Connection:
+    """One tracked connection as `markroute flows` shows it.
+
+    `src`..`dport` are the original direction (what the first packet carried);
+    `reply_src`..`reply_dport` the reply direction, which differs when NAT rewrote the
+    connection. `packets`/`octets` (both directions) are None unless the namespace
+    counts them (`nf_conntrack_acct`), `started` (Unix time) unless it stamps them
+    (`nf_conntrack_timestamp`); markroute's plan turns both on.
+    """
+
+    version: int
+    proto: int
+    src: str
+    dst: str
+    sport: int | None
+    dport: int | None
+    reply_src: str
+    reply_dst: str
+    reply_sport: int | None
+    reply_dport: int | None
+    mark: int
+    labels: int
+    packets: int | None
+    octets: int | None
+    started: float | None
+    timeout: int | None
+    state: str | None
+
+    @property
+    def snat(self) -> str | None:
+        """The source address NAT gave the connection, when it changed it."""
+        return self.reply_dst if self.reply_dst != self.src else None
+
+    @property
+    def dnat(self) -> str | None:
+        """The destination NAT sent the connection to, when it changed it."""
+        return self.reply_src if self.reply_src != self.dst else None
+
+
+def connections() -> list[Connection]:
+    """Every tracked connection (IPv4 and IPv6) with its mark, labels, counters and start time."""
+    from pyroute2 import NetlinkError
+    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTSocket
+
+    found: list[Connection] = []
+    for family in FAMILIES:
+        try:
+            with NFCTSocket(nfgen_family=family) as ct:
+                found += [_connection(msg, 4 if family == socket.AF_INET else 6) for msg in ct.dump()]
+        except NetlinkError as exc:
+            raise KernelError(f"cannot read the conntrack table: {exc}") from exc
+    return found
+
+
+TCP_STATES = ("none", "syn_sent", "syn_recv", "established", "fin_wait", "close_wait", "last_ack",
+              "time_wait", "close", "syn_sent2")
+
+
+def _connection(msg: Any, version: int) -> Connection:
+    orig = _tuple(msg.get_attr("CTA_TUPLE_ORIG"), version)
+    reply = _tuple(msg.get_attr("CTA_TUPLE_REPLY"), version)
+    counters = [msg.get_attr(name) for name in ("CTA_COUNTERS_ORIG", "CTA_COUNTERS_REPLY")]
+    packets = octets = None
+    if all(c is not None for c in counters):
+        packets = sum(c.get_attr("CTA_COUNTERS_PACKETS") or 0 for c in counters)
+        octets = sum(c.get_attr("CTA_COUNTERS_BYTES") or 0 for c in counters)
+    stamp = msg.get_attr("CTA_TIMESTAMP")
+    start = stamp.get_attr("CTA_TIMESTAMP_START") if stamp is not None else None
+    tcp = msg.get_nested("CTA_PROTOINFO", "CTA_PROTOINFO_TCP")
+    tcp_state = tcp.get_attr("CTA_PROTOINFO_TCP_STATE") if tcp is not None else None
+    labels = msg.get_attr("CTA_LABELS")
+    return Connection(
+        version=version,
+        proto=orig[0],
+        src=orig[1], dst=orig[2], sport=orig[3], dport=orig[4],
+        reply_src=reply[1], reply_dst=reply[2], reply_sport=reply[3], reply_dport=reply[4],
+        mark=msg.get_attr("CTA_MARK") or 0,
+        labels=labels if isinstance(labels, int) else 0,
+        packets=packets,
+        octets=octets,
+        started=start / 1e9 if start else None,
+        timeout=msg.get_attr("CTA_TIMEOUT"),
+        state=TCP_STATES[tcp_state] if tcp_state is not None and tcp_state < len(TCP_STATES) else None,
+    )
+
+
+def _tuple(nested: Any, version: int) -> tuple[int, str, str, int | None, int | None]:
+    """(protocol, source, destination, source port, destination port) of one direction."""
+    ip = nested.get_attr("CTA_TUPLE_IP")
+    proto = nested.get_attr("CTA_TUPLE_PROTO")
+    prefix = "CTA_IP_V4_" if version == 4 else "CTA_IP_V6_"
+    return (
+        proto.get_attr("CTA_PROTO_NUM"),
+        ip.get_attr(prefix + "SRC"),
+        ip.get_attr(prefix + "DST"),
+        proto.get_attr("CTA_PROTO_SRC_PORT"),
+        proto.get_attr("CTA_PROTO_DST_PORT"),
+    )

@@ -172,11 +172,6 @@ def _zero_counters(value: Any) -> Any:
     return value
 
 
-def table_counters(name: str) -> list[tuple[str, int, int]]:
-    """`rule_counters` of table `inet NAME`, listed without set elements (maybe 100,000 prefixes)."""
-    return rule_counters(table_structure(name) or [])
-
-
 def rule_counters(listing: Iterable[Obj]) -> list[tuple[str, int, int]]:
     """(comment, packets, bytes) of every rule that has a comment and a counter."""
     found: list[tuple[str, int, int]] = []

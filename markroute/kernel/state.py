@@ -46,7 +46,7 @@ from typing import Any, Literal
 
 from markroute.kernel import KernelError, nft, sysctl
 from markroute.kernel.records import RecordError, typed, value_of
-from markroute.plan import IpRule, Route, UplinkPlan
+from markroute.plan import GroupPlan, IpRule, Route, UplinkPlan
 from markroute.plan.nftjson import SET_VERSIONS, AddressElements, json_default
 
 RUN_DIR = Path("/run/markroute")
@@ -91,6 +91,7 @@ class State:
     applied_at: str
     warnings: list[str] = field(default_factory=list)
     nft_generation: int | None = None  # nf_tables' transaction count after the apply (`nftnetlink.generation`)
+    groups: list[GroupPlan] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(replace(self, nft_listing=[]))  # the listing is JSON already: no deep copy of its 100,000 elements

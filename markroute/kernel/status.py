@@ -20,10 +20,13 @@ from typing import Any
 from markroute.kernel import digest, foreign, nft, state
 from markroute.kernel.conntrack import count_by_mark
 from markroute.kernel.drift import differences
+from markroute.kernel.groups import group_chains, policy_targets
 from markroute.kernel.links import Link, links
 from markroute.kernel.rpdb import Rpdb
 from markroute.kernel.state import DaemonRecord, UplinkRecord
-from markroute.plan import Plan, UplinkPlan
+from markroute.plan import GroupPlan, Plan, UplinkPlan
+
+SCHEMA_VERSION = 1  # of `status --json` (docs/status.schema.json): raised when a key changes meaning or goes
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,49 @@ class PolicyStatus:
     name: str
     packets: int
     bytes: int
+    target: str | None = None  # where its rule goes now: an uplink, a group or `main` (None: not in the table)
+
+
+@dataclass(frozen=True)
+class MemberStatus:
+    """A group member: its configured weight, the weight the table gives it now (0: left out), its health."""
+
+    name: str
+    weight: int
+    effective: int
+    state: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GroupStatus:
+    """A group as configured and as the table carries it now (`kernel.groups`).
+
+    `active`: the member a failover group sends traffic to now (None for balance
+    groups, or when every member is out and traffic takes the last resort);
+    `changed`/`why`: the latest health change among its members, as `markroute run` saw it.
+    """
+
+    name: str
+    kind: str
+    members: tuple[MemberStatus, ...]
+    active: str | None
+    last_resort: bool
+    changed: float | None = None
+    why: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "members": [m.to_json() for m in self.members],
+            "active": self.active,
+            "last_resort": self.last_resort,
+            "changed": self.changed,
+            "why": self.why,
+        }
 
 
 @dataclass(frozen=True)
@@ -102,6 +148,7 @@ class StatusReport:
     connections_other: int | None = None
     drift: tuple[str, ...] = ()
     daemon: DaemonStatus | None = None
+    groups: tuple[GroupStatus, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The report `status --json` prints.
@@ -113,9 +160,13 @@ class StatusReport:
         ``[{name, packets, bytes}]`` summed over every rule commented ``policy NAME``;
         ``connections``: ``{total, other}`` (other: no uplink mark); ``drift``: one sentence
         per difference, empty when none; ``daemon``: ``{pid, running, started,
-        rule_changes}`` of `markroute run`, or null.
+        rule_changes}`` of `markroute run`, or null; ``groups``: ``[{name, kind, members: [{name,
+        weight, effective, state}], active, last_resort, changed, why}]``; ``version``: the
+        schema's version. docs/status.schema.json is the schema (`status --json` adds
+        ``neighbours`` and ``problems``).
         """
         return {
+            "version": SCHEMA_VERSION,
             "namespace": self.namespace,
             "applied": self.applied,
             "applied_at": self.applied_at,
@@ -124,6 +175,7 @@ class StatusReport:
             "connections": {"total": self.connections_total or 0, "other": self.connections_other or 0},
             "drift": list(self.drift),
             "daemon": asdict(self.daemon) if self.daemon else None,
+            "groups": [g.to_json() for g in self.groups],
         }
 
 
@@ -162,11 +214,13 @@ def collect(netns: str | None, plan: Plan | None, warn: state.Warn | None = None
         applied=recorded is not None,
         applied_at=recorded.applied_at if recorded else None,
         uplinks=uplink_statuses(uplinks, daemon, connections=connections, interfaces=interfaces, routes=routes_json),
-        policies=policy_statuses(policies, nft.rule_counters(live_table or [])),
+        policies=policy_statuses(policies, nft.rule_counters(live_table or []), policy_targets(live_table or [])),
         connections_total=sum(connections.values()) if connections is not None else None,
         connections_other=connections[0] if connections is not None else None,
         drift=tuple(drift),
         daemon=DaemonStatus(daemon.pid, daemon.running, daemon.started, daemon.rule_changes) if daemon else None,
+        groups=group_statuses(list(plan.groups) if plan else recorded.groups if recorded else [], live_table or [],
+                              daemon),
     )
 
 
@@ -208,9 +262,37 @@ def uplink_statuses(
     return tuple(found)
 
 
-def policy_statuses(policies: list[str], rules: list[tuple[str, int, int]]) -> tuple[PolicyStatus, ...]:
-    """Each policy's packets and bytes, summed over its rules (`nft.rule_counters`)."""
-    return tuple(PolicyStatus(name, packets, octets) for name, (packets, octets) in policy_counters(policies, rules).items())
+def policy_statuses(
+    policies: list[str], rules: list[tuple[str, int, int]], targets: Mapping[str, str] | None = None
+) -> tuple[PolicyStatus, ...]:
+    """Each policy's packets and bytes, summed over its rules (`nft.rule_counters`), and its target now."""
+    targets = targets or {}
+    return tuple(PolicyStatus(name, packets, octets, targets.get(name))
+                 for name, (packets, octets) in policy_counters(policies, rules).items())
+
+
+def group_statuses(groups: list[GroupPlan], listing: list[dict[str, Any]],
+                   daemon: DaemonRecord | None) -> tuple[GroupStatus, ...]:
+    """Each configured group with the members its live chain reaches and their health."""
+    reached = group_chains(listing)
+    health = daemon.uplinks if daemon else {}
+    found = []
+    for group in groups:
+        now = reached.get(group.name)
+        weights = now.weights if now else {}
+        members = tuple(
+            MemberStatus(m.name, m.weight, weights.get(m.name, 0), health[m.name].state if m.name in health else None)
+            for m in group.members
+        )
+        changes = sorted((health[m.name].since, m.name) for m in group.members if m.name in health)
+        changed, why = None, None
+        if changes:
+            changed, member = changes[-1]
+            why = f"{member} {health[member].state}"
+        active = next(iter(weights)) if group.kind == "failover" and weights else None
+        found.append(GroupStatus(group.name, group.kind, members, active, now is not None and now.last_resort_only,
+                                 changed, why))
+    return tuple(found)
 
 
 def policy_counters(policies: list[str], rules: list[tuple[str, int, int]]) -> dict[str, list[int]]:

@@ -125,6 +125,23 @@ class UplinkPlan:
 
 
 @dataclass(frozen=True)
+class GroupMember:
+    """A member (uplink or group) and its configured weight (1 in a failover list)."""
+
+    name: str
+    weight: int
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """A group as configured: `status` shows its members beside what the table reaches now."""
+
+    name: str
+    kind: Literal["balance", "failover"]
+    members: tuple[GroupMember, ...]
+
+
+@dataclass(frozen=True)
 class Plan:
     mask: int
     rule_priority: int
@@ -134,6 +151,7 @@ class Plan:
     sysctls: tuple[Sysctl, ...]
     uplinks: tuple[UplinkPlan, ...]
     policies: tuple[str, ...]
+    groups: tuple[GroupPlan, ...] = ()
     table_name: str = TABLE_NAME
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
@@ -163,6 +181,7 @@ class Plan:
                 }
                 for u in self.uplinks
             ],
+            "groups": [{"name": g.name, "kind": g.kind, "members": {m.name: m.weight for m in g.members}} for g in self.groups],
         }
 
 

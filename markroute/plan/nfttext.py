@@ -128,7 +128,10 @@ def statement(expr: dict[str, Any]) -> str:
         return f"{kind}{family} to {target}{port}"
     if kind == "log":
         prefix = f' prefix "{body["prefix"]}"' if isinstance(body, dict) and body.get("prefix") else ""
-        return f"log{prefix}"
+        group = f" group {body['group']}" if isinstance(body, dict) and "group" in body else ""
+        return f"log{prefix}{group}"
+    if kind == "limit":
+        return f"limit rate {body['rate']}/{body.get('per', 'second')}"
     if kind == "reject":
         return "reject"
     return json.dumps(expr, sort_keys=True)

@@ -572,6 +572,9 @@ class RuleBuilder:
             return set_ct_mark
         if kind == "meta" and name in ("nftrace", "priority"):
             return lambda p: None
+        if kind == "ct" and name == "label":
+            # Labels record which rule decided (`plan.labels`); nothing routes or filters by them.
+            return lambda p: None
         if kind == "payload" and inner.get("field") == "dscp" and inner.get("protocol") in ("ip", "ip6"):
             version = 4 if inner["protocol"] == "ip" else 6
 

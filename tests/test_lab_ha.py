@@ -158,6 +158,7 @@ def test_connections_survive_master_death(lab: Lab, ha_workdir: Path) -> None:
 
     print(f"\nr2 external cache before the kill:\n{synced}")
     print(f"takeover (kill -> r2 master, commit done): {takeover:.2f} s")
+    print(f"r2 notify steps:\n{r2.path('notify.log').read_text()}")
     for proto, result in results.items():
         print(f"{proto}: largest gap {result['max_gap']:.2f} s at {result['gap_start']:.2f} s, {result}")
     assert vrrp_role(r2) == "master"

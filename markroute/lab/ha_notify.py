@@ -24,9 +24,14 @@ script, so packets of existing connections can reach a new master before
 their state is committed.  Without a conntrack entry such a packet is a new
 connection and would be NATed afresh (or, for TCP mid-stream, tracked with
 the wrong state), and the commit of the synced entry then clashes with it.
-While the router is not master, a table of the lab's own drops every
-forwarded packet of state new; the master step deletes it after the commit.
-The client retransmits, and its next packet finds the committed entry.
+Worse, a server's segment for a NATed TCP connection reaches the new
+master's own stack (it is addressed to the WAN virtual address), which
+answers with a reset and kills the connection at the server.  While the
+router is not master, a table of the lab's own drops every forwarded
+packet of state new and every TCP segment for the router itself that is
+not a SYN and has no conntrack entry; the master step deletes it after the
+commit.  Client and server retransmit, and their next packets find the
+committed entry.
 
 The script writes the state it reached to *state-file* once its steps are
 done, so ``ha.vrrp_role`` reads "master" only after the commit, and logs
@@ -52,7 +57,11 @@ delete table inet {HOLD_TABLE}
 table inet {HOLD_TABLE} {{
     chain forward {{
         type filter hook forward priority -10; policy accept;
-        ct state new drop
+        ct state new counter drop
+    }}
+    chain input {{
+        type filter hook input priority -10; policy accept;
+        ct state new tcp flags & (fin|syn|rst|ack) != syn counter drop
     }}
 }}
 """
@@ -104,6 +113,7 @@ def hand_over(state: str, conntrackd_conf: Path, log: StepLog) -> None:
     for step in STEPS[state]:
         log.run([_tool("conntrackd"), "-C", str(conntrackd_conf), step])
     if state == "master":
+        log.run([nft[0], "list", "table", "inet", HOLD_TABLE])  # what the hold caught
         log.run(nft, input=HOLD_OFF)
 
 

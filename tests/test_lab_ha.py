@@ -12,16 +12,15 @@ entries (no new connection of its own).
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from daemon_helpers import REPO, Flow, Running, _flow, python_env
 from kernelhelp import KERNEL
 
 from markroute.lab import Lab
@@ -37,7 +36,6 @@ from markroute.lab.ha import (
     wait_role,
 )
 from markroute.lab.ha_notify import HOLD_TABLE
-from markroute.lab.netns import _python_env
 
 PORT = 7000
 #: ct marks of the hand-written ruleset: one per uplink, like markroute's.
@@ -92,18 +90,13 @@ def load_hand_rules(ha: HaLab, router: HaRouter) -> None:
         ha.lab.ip(router.ns, "route", "add", "default", "via", ha.isp_gw_v4[i], "dev", f"wan{i}", "table", table)
 
 
-def spawn_stream(lab: Lab, ns: str, proto: str, host: str) -> subprocess.Popen[bytes]:
+def start_flow(lab: Lab, ns: str, proto: str, host: str) -> Running:
+    """daemon_helpers' flow meter in *ns*: one flow, a line every INTERVAL, answers timed."""
     argv = [
-        sys.executable, "-m", "markroute.lab.stream", proto, host, str(PORT),
+        sys.executable, str(REPO / "tests" / "daemon_helpers.py"), "flow", proto, host, str(PORT),
         "--interval", str(INTERVAL), "--duration", str(STREAM_SECONDS),
     ]  # fmt: skip
-    return lab.spawn(ns, argv, stdout=subprocess.PIPE, env=_python_env())
-
-
-def stream_result(proc: subprocess.Popen[bytes]) -> dict[str, Any]:
-    out, _ = proc.communicate(timeout=STREAM_SECONDS + 30)
-    result: dict[str, Any] = json.loads(out)
-    return result
+    return Running(lab.spawn(ns, argv, stdout=subprocess.PIPE, env=python_env()), _flow)
 
 
 @pytest.fixture
@@ -148,29 +141,30 @@ def test_connections_survive_master_death(lab: Lab, ha_workdir: Path) -> None:
     wait_role(r2, "backup")
     lab.serve_echo(ha.net, PORT)
 
-    tcp = spawn_stream(lab, ha.client, "tcp", ha.server)
-    udp = spawn_stream(lab, ha.client, "udp", ha.server)
+    flows = {"tcp": start_flow(lab, ha.client, "tcp", ha.server), "udp": start_flow(lab, ha.client, "udp", ha.server)}
     time.sleep(STREAM_KILL_AT)
     synced = lab.run(r2.ns, ["conntrackd", "-C", str(r2.path("conntrackd.conf")), "-e"]).stdout
+    killed = time.time()
     kill_router(ha, r1)
     takeover = wait_role(r2, "master")
-    results = {"tcp": stream_result(tcp), "udp": stream_result(udp)}
+    results: dict[str, Flow] = {proto: running.result() for proto, running in flows.items()}
 
     print(f"\nr2 external cache before the kill:\n{synced}")
     print(f"takeover (kill -> r2 master, commit done): {takeover:.2f} s")
     print(f"r2 notify steps:\n{r2.path('notify.log').read_text()}")
-    for proto, result in results.items():
-        print(f"{proto}: largest gap {result['max_gap']:.2f} s at {result['gap_start']:.2f} s, {result}")
+    for proto, flow in results.items():
+        print(f"{proto}: gap {flow.gap(after=killed):.2f} s across the kill, {flow.sent} sent, "
+              f"{len(flow.replies)} answers, server saw {flow.sources()} ports {flow.server_ports}, errors {flow.errors}")
     assert vrrp_role(r2) == "master"
     assert f"mark={MARKS[0]}" in synced and f"mark={MARKS[1]}" in synced, "conntrackd did not carry the marks"
     for proto, uplink in (("tcp", 0), ("udp", 1)):
-        result = results[proto]
-        assert result["error"] is None, f"{proto} stream broke: {result}"
+        flow = results[proto]
+        assert not flow.errors, f"{proto} flow broke: {flow.errors}"
         # One NAT binding for the whole run: the WAN VIP of the marked uplink, one port.
-        assert len(result["sources"]) == 1 and result["sources"][0][0] == ha.wan_vips[uplink], result
+        assert flow.sources() == {ha.wan_vips[uplink]} and len(flow.server_ports) == 1, flow
         # Answers kept coming after the kill, with a bounded interruption.
-        assert result["answers"] > result["sent"] * 0.5, result
-        assert result["max_gap"] < 10.0, result
+        assert flow.answered_between(killed + 0.1, float("inf")) > 0, flow
+        assert flow.gap(after=killed) < 10.0
     assert not lab.run(r2.ns, ["nft", "list", "table", "inet", HOLD_TABLE], check=False).returncode == 0
     # r2 forwarded both flows on the committed entries: it admitted no new LAN connection.
     assert lab.nft_counter(r2.ns, "inet", "halab", "new_lan") == 0

@@ -1,13 +1,16 @@
 """The HA lab of issue #17: keepalived + conntrackd keep connections alive across a router's death.
 
-Proven first with a hand-written ruleset on both routers (markroute's own rules come
-later): forwarded traffic only is NATed to the WAN virtual address, each new LAN
-connection gets a ct mark naming its uplink (TCP via ISP 0, UDP via ISP 1), the mark
-routes it. When the master loses all its links, the backup takes the addresses over and
-commits the connection table conntrackd replicated; a long TCP connection and a UDP
-stream must keep flowing with the same source address and port at the server, the TCP
-connection must not be reset, and the new master must forward them on the committed
-entries (no new connection of its own).
+Proven first with a hand-written ruleset on both routers: forwarded traffic only is
+NATed to the WAN virtual address, each new LAN connection gets a ct mark naming its
+uplink (TCP via ISP 0, UDP via ISP 1), the mark routes it. When the master loses all its
+links, the backup takes the addresses over and commits the connection table conntrackd
+replicated; a long TCP connection and a UDP stream must keep flowing with the same
+source address and port at the server, the TCP connection must not be reset, and the
+new master must forward them on the committed entries (no new connection of its own).
+
+Then markroute itself on both routers, with today's config (`nat: {snat: VIP}`): what
+works is a plain test; what issue #17 says must change is a strict xfail that states the
+wanted behaviour, so it starts failing loudly (XPASS) once markroute is fixed.
 """
 
 from __future__ import annotations
@@ -16,17 +19,21 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
-from daemon_helpers import REPO, Flow, Running, _flow, python_env
-from kernelhelp import KERNEL
+from conftest import MarkrouteCli, PacketCounters
+from daemon_helpers import REPO, DaemonLab, Flow, Running, _flow, python_env
+from kernelhelp import KERNEL, write_config
 
 from markroute.lab import Lab
 from markroute.lab.ha import (
     HaLab,
     HaRouter,
+    committed_entries,
     conntrackd_conf,
     ha_lab,
     keepalived_conf,
@@ -129,42 +136,191 @@ def test_configs_name_the_pair_and_private_paths(lab: Lab, ha_workdir: Path) -> 
     assert "/run" not in conntrackd and "/var" not in conntrackd
 
 
+@dataclass(frozen=True)
+class Failover:
+    """What one master death looked like from the flows and the new master."""
+
+    flows: dict[str, Flow]
+    killed: float
+    takeover: float
+    #: r2's external cache just before the kill (`conntrackd -e`).
+    synced: str
+
+    def report(self, ha: HaLab) -> None:
+        r2 = ha.routers[1]
+        print(f"\nr2 external cache before the kill:\n{self.synced}")
+        print(f"takeover (kill -> r2 master, commit done): {self.takeover:.2f} s")
+        print(f"r2 commits: {committed_entries(r2)}; notify steps:\n{r2.path('notify.log').read_text()}")
+        for proto, flow in self.flows.items():
+            print(f"{proto}: gap {flow.gap(after=self.killed):.2f} s across the kill, {flow.sent} sent, "
+                  f"{len(flow.replies)} answers, server saw {flow.sources()} ports {flow.server_ports}, "
+                  f"errors {flow.errors}")
+
+    def assert_kept(self, ha: HaLab, uplinks: Mapping[str, int]) -> None:
+        """Every flow lived through the kill on one NAT binding: its uplink's VIP, one port."""
+        for proto, uplink in uplinks.items():
+            flow = self.flows[proto]
+            assert not flow.errors, f"{proto} flow broke: {flow.errors}"
+            assert flow.sources() == {ha.wan_vips[uplink]} and len(flow.server_ports) == 1, flow
+            # Answers kept coming after the kill, with a bounded interruption.
+            assert flow.answered_between(self.killed + 0.1, float("inf")) > 0, flow
+            assert flow.gap(after=self.killed) < 10.0
+
+
+def start_pair(ha: HaLab) -> None:
+    """keepalived and conntrackd on both routers: r1 master, r2 backup; an echo server in net."""
+    r1, r2 = ha.routers
+    start_router(ha, r1)
+    wait_role(r1, "master")
+    start_router(ha, r2)
+    wait_role(r2, "backup")
+    ha.lab.serve_echo(ha.net, PORT)
+
+
+def fail_over(ha: HaLab, sync: bool = True) -> Failover:
+    """Run a TCP and a UDP flow from the LAN, take r1's links down mid-way, wait for r2."""
+    lab, (r1, r2) = ha.lab, ha.routers
+    running = {proto: start_flow(lab, ha.client, proto, ha.server) for proto in ("tcp", "udp")}
+    time.sleep(STREAM_KILL_AT)
+    synced = lab.run(r2.ns, ["conntrackd", "-C", str(r2.path("conntrackd.conf")), "-e"]).stdout
+    killed = time.time()
+    kill_router(ha, r1, sync=sync)
+    takeover = wait_role(r2, "master")
+    flows = {proto: meter.result() for proto, meter in running.items()}
+    result = Failover(flows, killed, takeover, synced)
+    result.report(ha)
+    return result
+
+
+def markroute_config(ha: HaLab, check: bool = False) -> str:
+    """Today's way to say it: SNAT to each WAN VIP; UDP via ISP 1, the rest via ISP 0."""
+    probe = "    check: {interval: 0.1, timeout: 0.2, down: 4, up: 5}\n" if check else ""
+    uplinks = "".join(
+        f"  isp{i}:\n    interface: wan{i}\n    gateway: {gateway}\n    nat: {{snat: {vip}}}\n{probe}"
+        for i, (gateway, vip) in enumerate(zip(ha.isp_gw_v4, ha.wan_vips, strict=True))
+    )
+    return f"uplinks:\n{uplinks}policies:\n  - {{name: udp, proto: udp, via: isp1}}\n  - {{name: rest, via: isp0}}\n"
+
+
+@pytest.fixture
+def markroute_run(lab: Lab, ha_workdir: Path) -> Iterator[Callable[[HaLab], list[DaemonLab]]]:
+    """Start `markroute run` in both routers of a pair (daemon_helpers' DaemonLab, one per router).
+
+    Each is killed and `markroute down` is run at teardown, whatever happened.
+    """
+    started: list[DaemonLab] = []
+
+    def start(ha: HaLab) -> list[DaemonLab]:
+        config = Path(write_config(ha_workdir, markroute_config(ha, check=True)))
+        for router in ha.routers:
+            folder = ha_workdir / f"{router.name}-markroute"
+            folder.mkdir()
+            daemon = DaemonLab(SimpleNamespace(rtr=router.ns), folder)
+            started.append(daemon)
+            daemon.start(config)
+        return started
+
+    try:
+        yield start
+    finally:
+        for daemon in started:
+            daemon.close()
+
+
 @KERNEL
 def test_connections_survive_master_death(lab: Lab, ha_workdir: Path) -> None:
     ha = ha_lab(lab, ha_workdir)
     r1, r2 = ha.routers
     for router in ha.routers:
         load_hand_rules(ha, router)
-    start_router(ha, r1)
-    wait_role(r1, "master")
-    start_router(ha, r2)
-    wait_role(r2, "backup")
-    lab.serve_echo(ha.net, PORT)
-
-    flows = {"tcp": start_flow(lab, ha.client, "tcp", ha.server), "udp": start_flow(lab, ha.client, "udp", ha.server)}
-    time.sleep(STREAM_KILL_AT)
-    synced = lab.run(r2.ns, ["conntrackd", "-C", str(r2.path("conntrackd.conf")), "-e"]).stdout
-    killed = time.time()
-    kill_router(ha, r1)
-    takeover = wait_role(r2, "master")
-    results: dict[str, Flow] = {proto: running.result() for proto, running in flows.items()}
-
-    print(f"\nr2 external cache before the kill:\n{synced}")
-    print(f"takeover (kill -> r2 master, commit done): {takeover:.2f} s")
-    print(f"r2 notify steps:\n{r2.path('notify.log').read_text()}")
-    for proto, flow in results.items():
-        print(f"{proto}: gap {flow.gap(after=killed):.2f} s across the kill, {flow.sent} sent, "
-              f"{len(flow.replies)} answers, server saw {flow.sources()} ports {flow.server_ports}, errors {flow.errors}")
+    start_pair(ha)
+    failover = fail_over(ha)
     assert vrrp_role(r2) == "master"
-    assert f"mark={MARKS[0]}" in synced and f"mark={MARKS[1]}" in synced, "conntrackd did not carry the marks"
-    for proto, uplink in (("tcp", 0), ("udp", 1)):
-        flow = results[proto]
-        assert not flow.errors, f"{proto} flow broke: {flow.errors}"
-        # One NAT binding for the whole run: the WAN VIP of the marked uplink, one port.
-        assert flow.sources() == {ha.wan_vips[uplink]} and len(flow.server_ports) == 1, flow
-        # Answers kept coming after the kill, with a bounded interruption.
-        assert flow.answered_between(killed + 0.1, float("inf")) > 0, flow
-        assert flow.gap(after=killed) < 10.0
-    assert not lab.run(r2.ns, ["nft", "list", "table", "inet", HOLD_TABLE], check=False).returncode == 0
+    assert f"mark={MARKS[0]}" in failover.synced and f"mark={MARKS[1]}" in failover.synced, "marks not synced"
+    failover.assert_kept(ha, {"tcp": 0, "udp": 1})
+    assert lab.run(r2.ns, ["nft", "list", "table", "inet", HOLD_TABLE], check=False).returncode != 0
     # r2 forwarded both flows on the committed entries: it admitted no new LAN connection.
+    assert committed_entries(r2)[-1] >= 2
     assert lab.nft_counter(r2.ns, "inet", "halab", "new_lan") == 0
+
+
+@KERNEL
+def test_markroute_apply_on_both_routers_keeps_connections(
+    lab: Lab, ha_workdir: Path, markroute_cli: MarkrouteCli
+) -> None:
+    """markroute's ruleset restores the synced ct mark, so committed flows keep uplink and NAT binding."""
+    ha = ha_lab(lab, ha_workdir)
+    for router in ha.routers:
+        markroute_cli.apply(router.ns, markroute_config(ha))
+    start_pair(ha)
+    failover = fail_over(ha)
+    assert committed_entries(ha.routers[1])[-1] >= 2
+    failover.assert_kept(ha, {"tcp": 0, "udp": 1})
+
+
+@KERNEL
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="issue #17: nat snat applies to the router's own packets (VRRP adverts)")
+def test_markroute_snat_leaves_the_routers_own_packets_alone(
+    lab: Lab,
+    ha_workdir: Path,
+    markroute_cli: MarkrouteCli,
+    packet_counters: Callable[[str, str, Mapping[str, str]], PacketCounters],
+) -> None:
+    """The master's VRRP adverts on a WAN segment must carry its own address, not the VIP.
+
+    Today `snat ip to VIP` on `oifname wan0` also rewrites packets the router sends
+    itself: its adverts reach the ISP with the VIP as source (and the standby's
+    probes leave with an address it does not hold, see the next test).
+    """
+    ha = ha_lab(lab, ha_workdir)
+    r1 = ha.routers[0]
+    seen = packet_counters(ha.isps[0], "prerouting", {
+        "from_vip": f"ip protocol 112 ip saddr {ha.wan_vips[0]}",
+        "from_r1": f"ip protocol 112 ip saddr {r1.wan_v4[0]}",
+    })  # fmt: skip
+    for router in ha.routers:
+        markroute_cli.apply(router.ns, markroute_config(ha))
+    start_pair(ha)
+    time.sleep(1.0)
+    print(f"\nVRRP adverts at isp0: from the VIP {seen['from_vip']}, from r1's address {seen['from_r1']}")
+    assert seen["from_r1"] > 0 and seen["from_vip"] == 0
+
+
+@KERNEL
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="issue #17: the standby's probes are SNATed to a VIP it does not hold")
+def test_markroute_run_standby_keeps_its_uplinks_up(
+    lab: Lab, ha_workdir: Path, markroute_run: Callable[[HaLab], list[DaemonLab]]
+) -> None:
+    """The backup's daemon must judge its uplinks by probes it can get answers to.
+
+    Today its probes leave wan0/wan1 SNATed to the VIP held by the master, the
+    answers go there, and the backup holds every uplink down for as long as it is
+    backup (so at takeover its policies fall back to main until 5 probes pass).
+    """
+    ha = ha_lab(lab, ha_workdir)
+    daemons = markroute_run(ha)
+    start_pair(ha)
+    master, backup = daemons
+    master.wait_states({"isp0": "up", "isp1": "up"})
+    time.sleep(2.0)
+    print(f"\nuplinks: master {master.states()}, backup {backup.states()}")
+    assert backup.states() == {"isp0": "up", "isp1": "up"}
+
+
+@KERNEL
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="issue #17: a dying router's conntrack flush is replicated to the peer")
+def test_markroute_run_partial_failure_keeps_the_peers_copy(
+    lab: Lab, ha_workdir: Path, markroute_run: Callable[[HaLab], list[DaemonLab]]
+) -> None:
+    """A master that loses LAN and WAN but not the sync link must not take its flows' state along.
+
+    Today its daemon deletes the conntrack entries of the uplinks it lost (by mark);
+    conntrackd replicates the deletions, r2's external cache is empty at takeover and
+    r2 commits nothing: the flows restart as new connections on r2 (the UDP flow
+    through ISP 0 while r2 still holds its uplinks down, see the previous test).
+    """
+    ha = ha_lab(lab, ha_workdir)
+    markroute_run(ha)
+    start_pair(ha)
+    fail_over(ha, sync=False)
+    assert committed_entries(ha.routers[1])[-1] >= 2

@@ -30,6 +30,7 @@ even if a test fails.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -361,6 +362,16 @@ def vrrp_role(router: HaRouter) -> str:
 def wait_role(router: HaRouter, role: str, timeout: float = 15.0) -> float:
     """Wait until *router* reports *role*; return the seconds it took."""
     return _wait_for(lambda: vrrp_role(router) == role, timeout, f"{router.name} to become {role}")
+
+
+def committed_entries(router: HaRouter) -> list[int]:
+    """How many entries each commit of *router*'s conntrackd put into the kernel, in order.
+
+    Read from conntrackd's log ("Committed N new entries"): the one place
+    that tells a takeover which rode on replicated state from one that did not.
+    """
+    log = router.path("conntrackd.out").read_text(errors="replace")
+    return [int(found) for found in re.findall(r"Committed (\d+) new entries", log)]
 
 
 def kill_router(ha: HaLab, router: HaRouter, sync: bool = True) -> None:

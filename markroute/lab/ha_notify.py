@@ -10,10 +10,15 @@ The steps follow conntrackd(8) and the primary-backup.sh script shipped with
 it (``/usr/share/doc/conntrackd/examples/sync``):
 
 * master: ``-c`` commits the external cache (the peer's connections) into
-  the kernel table, ``-f`` flushes both caches, ``-R`` refills the internal
-  cache from the kernel table (now holding the committed connections, so
-  this router replicates them from here on) and ``-B`` sends a bulk update to
-  the peer.  Only then is the hold lifted.
+  the kernel table, ``-f internal`` flushes the internal cache, ``-R``
+  refills it from the kernel table (now holding the committed connections,
+  so this router replicates them from here on) and ``-B`` sends a bulk
+  update to the peer.  Only then is the hold lifted.  The shipped script
+  flushes both caches with a bare ``-f``; conntrackd 1.4.7 refuses that
+  after a commit ("ignoring flush command, commit still in progress", still
+  refused 6 s later although ``-c`` had returned with every entry in the
+  kernel), so the external cache is left as it is: the peer's bulk update
+  refreshes it when the peer comes back.
 * backup: ``-t`` schedules the purge of the kernel table (PurgeTimeout) so
   stale entries of the former master role go away, ``-n`` asks the master
   for a full resync of the external cache.
@@ -69,10 +74,10 @@ table inet {HOLD_TABLE} {{
 HOLD_OFF = f"add table inet {HOLD_TABLE}\ndelete table inet {HOLD_TABLE}\n"
 
 #: conntrackd client steps per state (see the module docstring for why).
-STEPS: dict[str, tuple[str, ...]] = {
-    "master": ("-c", "-f", "-R", "-B"),
-    "backup": ("-t", "-n"),
-    "fault": ("-t",),
+STEPS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "master": (("-c",), ("-f", "internal"), ("-R",), ("-B",)),
+    "backup": (("-t",), ("-n",)),
+    "fault": (("-t",),),
 }
 
 #: keepalived may start scripts with a minimal environment; the tools live here.
@@ -111,7 +116,7 @@ def hand_over(state: str, conntrackd_conf: Path, log: StepLog) -> None:
     if state != "master":
         log.run(nft, input=HOLD_ON)
     for step in STEPS[state]:
-        log.run([_tool("conntrackd"), "-C", str(conntrackd_conf), step])
+        log.run([_tool("conntrackd"), "-C", str(conntrackd_conf), *step])
     if state == "master":
         log.run([nft[0], "list", "table", "inet", HOLD_TABLE])  # what the hold caught
         log.run(nft, input=HOLD_OFF)

@@ -266,24 +266,37 @@ def test_markroute_snat_leaves_the_routers_own_packets_alone(
     markroute_cli: MarkrouteCli,
     packet_counters: Callable[[str, str, Mapping[str, str]], PacketCounters],
 ) -> None:
-    """The master's VRRP adverts on a WAN segment must carry its own address, not the VIP.
+    """VRRP adverts on a WAN segment must carry the sender's own address, before and after a takeover.
 
     Today `snat ip to VIP` on `oifname wan0` also rewrites packets the router sends
-    itself: its adverts reach the ISP with the VIP as source (and the standby's
-    probes leave with an address it does not hold, see the next test).
+    itself: the master's adverts reach the ISP with the VIP as source. After a
+    takeover it is worse: the new master's adverts are NATed to the VIP too, which
+    clashes with the conntrack entry of the old master's adverts (same addresses,
+    no ports to tell them apart), so NAT drops every one of them and keepalived logs
+    "send advert error 1 (Operation not permitted)": the WAN segments hear no master.
     """
     ha = ha_lab(lab, ha_workdir)
-    r1 = ha.routers[0]
+    r1, r2 = ha.routers
     seen = packet_counters(ha.isps[0], "prerouting", {
         "from_vip": f"ip protocol 112 ip saddr {ha.wan_vips[0]}",
         "from_r1": f"ip protocol 112 ip saddr {r1.wan_v4[0]}",
+        "from_r2": f"ip protocol 112 ip saddr {r2.wan_v4[0]}",
+        "any": "ip protocol 112",
     })  # fmt: skip
     for router in ha.routers:
         markroute_cli.apply(router.ns, markroute_config(ha))
     start_pair(ha)
     time.sleep(1.0)
-    print(f"\nVRRP adverts at isp0: from the VIP {seen['from_vip']}, from r1's address {seen['from_r1']}")
-    assert seen["from_r1"] > 0 and seen["from_vip"] == 0
+    before = {name: seen[name] for name in ("from_vip", "from_r1", "from_r2", "any")}
+    kill_router(ha, r1)
+    wait_role(r2, "master")
+    time.sleep(1.0)
+    after = {name: seen[name] - count for name, count in before.items()}
+    refused = r2.path("keepalived.out").read_text().count("send advert error")
+    print(f"\nVRRP adverts at isp0 while r1 is master: {before}; after r2 took over: {after}")
+    print(f"r2's keepalived could not send {refused} adverts")
+    assert before["from_vip"] == 0 and before["from_r1"] > 0
+    assert after["from_r2"] > 0 and refused == 0
 
 
 @KERNEL

@@ -38,6 +38,7 @@ from markroute.lab.ha import (
     ha_lab,
     keepalived_conf,
     kill_router,
+    revive_router,
     start_router,
     vrrp_role,
     wait_role,
@@ -97,11 +98,11 @@ def load_hand_rules(ha: HaLab, router: HaRouter) -> None:
         ha.lab.ip(router.ns, "route", "add", "default", "via", ha.isp_gw_v4[i], "dev", f"wan{i}", "table", table)
 
 
-def start_flow(lab: Lab, ns: str, proto: str, host: str) -> Running:
+def start_flow(lab: Lab, ns: str, proto: str, host: str, seconds: float = STREAM_SECONDS) -> Running:
     """daemon_helpers' flow meter in *ns*: one flow, a line every INTERVAL, answers timed."""
     argv = [
         sys.executable, str(REPO / "tests" / "daemon_helpers.py"), "flow", proto, host, str(PORT),
-        "--interval", str(INTERVAL), "--duration", str(STREAM_SECONDS),
+        "--interval", str(INTERVAL), "--duration", str(seconds),
     ]  # fmt: skip
     return Running(lab.spawn(ns, argv, stdout=subprocess.PIPE, env=python_env()), _flow)
 
@@ -242,6 +243,51 @@ def test_connections_survive_master_death(lab: Lab, ha_workdir: Path) -> None:
     # r2 forwarded both flows on the committed entries: it admitted no new LAN connection.
     assert committed_entries(r2)[-1] >= 2
     assert lab.nft_counter(r2.ns, "inet", "halab", "new_lan") == 0
+
+
+@KERNEL
+@pytest.mark.parametrize(
+    "liberal",
+    [
+        pytest.param(False, marks=pytest.mark.xfail(
+            strict=True, raises=AssertionError, reason="the returning master's stale TCP entry resets the connection",
+        )),
+        True,
+    ],
+    ids=["window-tracking", "be-liberal"],
+)  # fmt: skip
+def test_connections_survive_failback(lab: Lab, ha_workdir: Path, liberal: bool) -> None:
+    """r1 dies, r2 takes over, r1 comes back 5 s later and preempts: both flows must live on.
+
+    r1 still holds its own conntrack entries from before its death (the fault step's
+    `conntrackd -t` purges them only after PurgeTimeout, 60 s). Committing r2's copy
+    updates them but not their TCP window, so the server's segments are out of window
+    for r1's conntrack: INVALID, they are not de-NATed, reach r1's own stack at the
+    VIP and are answered with a reset. With nf_conntrack_tcp_be_liberal=1 on the
+    routers the connection survives.
+    """
+    ha = ha_lab(lab, ha_workdir)
+    r1, r2 = ha.routers
+    for router in ha.routers:
+        load_hand_rules(ha, router)
+        lab.sysctl(router.ns, "net.netfilter.nf_conntrack_tcp_be_liberal", int(liberal))
+    start_pair(ha)
+    running = {proto: start_flow(lab, ha.client, proto, ha.server, seconds=20.0) for proto in ("tcp", "udp")}
+    time.sleep(STREAM_KILL_AT)
+    kill_router(ha, r1)
+    wait_role(r2, "master")
+    time.sleep(5.0)
+    revived = time.time()
+    revive_router(ha, r1)
+    for i, gateway in enumerate(ha.isp_gw_v4):  # the routes load_hand_rules added went with the links
+        lab.ip(r1.ns, "route", "add", "default", "via", gateway, "dev", f"wan{i}", "table", str(100 + i))
+    wait_role(r1, "master")
+    flows = {proto: meter.result() for proto, meter in running.items()}
+    for proto, flow in flows.items():
+        print(f"\n{proto}: gap {flow.gap(after=revived):.2f} s across the failback, "
+              f"{flow.answered_between(revived, float('inf'))} answers after it, errors {flow.errors}")
+    assert committed_entries(r1)[-1] >= 2
+    Failover(flows, revived, 0.0, "").assert_kept(ha, {"tcp": 0, "udp": 1})
 
 
 @KERNEL

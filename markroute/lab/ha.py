@@ -385,6 +385,18 @@ def kill_router(ha: HaLab, router: HaRouter, sync: bool = True) -> None:
         ha.lab.ip(router.ns, "link", "set", ifname, "down")
 
 
+def revive_router(ha: HaLab, router: HaRouter) -> None:
+    """Bring *router* back after :func:`kill_router`: links up, main's default route again.
+
+    Taking a link down deletes every route through it, so like a rebooted
+    router it needs its routes put back; routes a test added to other tables
+    are the test's to restore.
+    """
+    for ifname in router.links:
+        ha.lab.ip(router.ns, "link", "set", ifname, "up")
+    ha.lab.route(router.ns, "default", "via", ha.isp_gw_v4[0])
+
+
 def _wait_for(ready: Callable[[], bool], timeout: float, what: str) -> float:
     began = time.monotonic()
     while not ready():

@@ -40,6 +40,7 @@ from markroute.lab.ha import (
     kill_router,
     revive_router,
     start_router,
+    stop_router,
     vrrp_role,
     wait_role,
 )
@@ -135,6 +136,25 @@ def test_configs_name_the_pair_and_private_paths(lab: Lab, ha_workdir: Path) -> 
     assert f"Path {r2.path('conntrackd.ctl')}" in conntrackd
     assert f"LockFile {r2.path('conntrackd.lock')}" in conntrackd
     assert "/run" not in conntrackd and "/var" not in conntrackd
+
+
+@KERNEL
+def test_router_daemons_start_and_stop(lab: Lab, ha_workdir: Path) -> None:
+    """Alone, r1 becomes master and holds every VIP; stopped, its daemons are gone and so are the VIPs."""
+    ha = ha_lab(lab, ha_workdir)
+    r1 = ha.routers[0]
+
+    def vips() -> set[str]:
+        shown = lab.run(r1.ns, ["ip", "-4", "-o", "addr", "show"]).stdout
+        return {vip for vip in (ha.lan_vip, *ha.wan_vips) if f" {vip}/" in shown}
+
+    daemons = start_router(ha, r1)
+    wait_role(r1, "master")
+    assert vips() == {ha.lan_vip, *ha.wan_vips}
+    assert lab.run(r1.ns, ["nft", "list", "table", "inet", HOLD_TABLE], check=False).returncode != 0
+    stop_router(ha, daemons)
+    assert daemons.keepalived.poll() is not None and daemons.conntrackd.poll() is not None
+    assert vips() == set()
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
 
 from markroute.lab.ha_notify import HOLD_ON
 from markroute.lab.netns import Lab, LabError
@@ -302,8 +301,7 @@ def conntrackd_conf(ha: HaLab, router: HaRouter) -> str:
 def _spawn_logged(lab: Lab, ns: str, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
     """Spawn *argv* in *ns* with stdout and stderr appended to *log*."""
     with log.open("ab") as out:
-        stream: IO[Any] = out
-        return lab.spawn(ns, argv, stdout=stream, stderr=subprocess.STDOUT)
+        return lab.spawn(ns, argv, stdout=out, stderr=subprocess.STDOUT)
 
 
 def start_router(ha: HaLab, router: HaRouter, advert_interval: float = 0.2) -> HaDaemons:
@@ -375,7 +373,7 @@ def committed_entries(router: HaRouter) -> list[int]:
 
 
 def kill_router(ha: HaLab, router: HaRouter, sync: bool = True) -> None:
-    """Take all of *router*'s links down at once, as a power cut would.
+    """Take all of *router*'s links down, so the network sees it die as in a power cut.
 
     With ``sync=False`` the sync link stays up: the router loses LAN and WAN
     but its conntrackd still talks to the peer (issue #17's partial failure).

@@ -1,0 +1,405 @@
+"""The HA lab of issue #17: keepalived + conntrackd keep connections alive across a router's death.
+
+Proven first with a hand-written ruleset on both routers: forwarded traffic only is
+NATed to the WAN virtual address, each new LAN connection gets a ct mark naming its
+uplink (TCP via ISP 0, UDP via ISP 1), the mark routes it. When the master loses all its
+links, the backup takes the addresses over and commits the connection table conntrackd
+replicated; a long TCP connection and a UDP stream must keep flowing with the same
+source address and port at the server, the TCP connection must not be reset, and the
+new master must forward them on the committed entries (no new connection of its own).
+
+Then markroute itself on both routers, with today's config (`nat: {snat: VIP}`): what
+works is a plain test; what issue #17 says must change is a strict xfail that states the
+wanted behaviour, so it starts failing loudly (XPASS) once markroute is fixed.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from conftest import MarkrouteCli, PacketCounters
+from daemon_helpers import REPO, DaemonLab, Flow, Running, _flow, python_env
+from kernelhelp import KERNEL, write_config
+
+from markroute.lab import Lab
+from markroute.lab.ha import (
+    HaLab,
+    HaRouter,
+    committed_entries,
+    conntrackd_conf,
+    ha_lab,
+    keepalived_conf,
+    kill_router,
+    revive_router,
+    start_router,
+    stop_router,
+    vrrp_role,
+    wait_role,
+)
+from markroute.lab.ha_notify import HOLD_TABLE
+
+PORT = 7000
+#: ct marks of the hand-written ruleset: one per uplink, like markroute's.
+MARKS = {0: 0x100, 1: 0x200}
+#: Seconds the streams run; the master dies STREAM_KILL_AT seconds in.
+STREAM_SECONDS = 12.0
+STREAM_KILL_AT = 4.0
+INTERVAL = 0.02
+
+
+def hand_ruleset(ha: HaLab) -> str:
+    """NAT to the WAN VIP for forwarded traffic only; a ct mark per uplink; no mid-stream pickup.
+
+    The snat rules match ``iifname "lan0"``: in postrouting only forwarded
+    packets have an input interface, so the router's own packets (VRRP
+    adverts, probes) keep their own source address.  The forward chain
+    accepts a new TCP connection only on a SYN: a mid-stream packet without a
+    committed entry is dropped instead of being picked up as a fresh
+    connection, so surviving TCP proves the state was synced.
+    """
+    snat = "".join(
+        f'        iifname "lan0" oifname "wan{i}" snat ip to {vip}\n' for i, vip in enumerate(ha.wan_vips)
+    )
+    return f"""
+table inet halab {{
+    counter new_lan {{}}
+    chain prerouting {{
+        type filter hook prerouting priority mangle; policy accept;
+        iifname "lan0" ct state new meta l4proto tcp ct mark set {MARKS[0]:#x}
+        iifname "lan0" ct state new meta l4proto udp ct mark set {MARKS[1]:#x}
+        iifname "lan0" meta mark set ct mark
+    }}
+    chain forward {{
+        type filter hook forward priority filter; policy drop;
+        ct state established,related accept
+        iifname "lan0" ct state new tcp flags & (fin|syn|rst|ack) == syn counter name new_lan accept
+        iifname "lan0" ct state new meta l4proto {{ udp, icmp }} counter name new_lan accept
+    }}
+    chain postrouting {{
+        type nat hook postrouting priority srcnat; policy accept;
+{snat}    }}
+}}
+"""
+
+
+def load_hand_rules(ha: HaLab, router: HaRouter) -> None:
+    """The hand-written ruleset plus one routing table per uplink, selected by the mark."""
+    ha.lab.nft(router.ns, hand_ruleset(ha))
+    for i, mark in MARKS.items():
+        table = str(100 + i)
+        ha.lab.ip(router.ns, "rule", "add", "fwmark", f"{mark:#x}/0xff00", "table", table, "priority", "1000")
+        ha.lab.ip(router.ns, "route", "add", "default", "via", ha.isp_gw_v4[i], "dev", f"wan{i}", "table", table)
+
+
+def start_flow(lab: Lab, ns: str, proto: str, host: str, seconds: float = STREAM_SECONDS) -> Running:
+    """daemon_helpers' flow meter in *ns*: one flow, a line every INTERVAL, answers timed."""
+    argv = [
+        sys.executable, str(REPO / "tests" / "daemon_helpers.py"), "flow", proto, host, str(PORT),
+        "--interval", str(INTERVAL), "--duration", str(seconds),
+    ]  # fmt: skip
+    return Running(lab.spawn(ns, argv, stdout=subprocess.PIPE, env=python_env()), _flow)
+
+
+@pytest.fixture
+def ha_workdir() -> Iterator[Path]:
+    """A short folder for the daemons' files: a unix socket path must fit in 108 bytes."""
+    with tempfile.TemporaryDirectory(prefix="mrha-") as folder:
+        yield Path(folder)
+
+
+@KERNEL
+def test_configs_name_the_pair_and_private_paths(lab: Lab, ha_workdir: Path) -> None:
+    """keepalived: one sync group over LAN and WAN instances calling the notify script;
+    conntrackd: FTFW over the sync link, UDP and ICMP too, files under the workdir."""
+    ha = ha_lab(lab, ha_workdir)
+    r1, r2 = ha.routers
+    keepalived = keepalived_conf(ha, r1, 0.1)
+    assert "group { lan wan0 wan1 }" in keepalived
+    assert keepalived.count("advert_int 0.1") == 3
+    assert f"{ha.lan_vip}/24 dev lan0" in keepalived and f"{ha.wan_vips[1]}/24 dev wan1" in keepalived
+    for state in ("master", "backup", "fault"):
+        assert f"markroute.lab.ha_notify {state} --conntrackd-conf {r1.path('conntrackd.conf')}" in keepalived
+    assert f"priority {r1.priority}" in keepalived and r1.priority > r2.priority
+    conntrackd = conntrackd_conf(ha, r2)
+    assert "Mode FTFW" in conntrackd
+    assert f"IPv4_address {r2.sync_v4}" in conntrackd
+    assert f"IPv4_Destination_Address {r1.sync_v4}" in conntrackd
+    assert all(f"            {proto}\n" in conntrackd for proto in ("TCP", "UDP", "ICMP"))
+    assert f"Path {r2.path('conntrackd.ctl')}" in conntrackd
+    assert f"LockFile {r2.path('conntrackd.lock')}" in conntrackd
+    assert "/run" not in conntrackd and "/var" not in conntrackd
+
+
+@KERNEL
+def test_router_daemons_start_and_stop(lab: Lab, ha_workdir: Path) -> None:
+    """Alone, r1 becomes master and holds every VIP; stopped, its daemons are gone and so are the VIPs."""
+    ha = ha_lab(lab, ha_workdir)
+    r1 = ha.routers[0]
+
+    def vips() -> set[str]:
+        shown = lab.run(r1.ns, ["ip", "-4", "-o", "addr", "show"]).stdout
+        return {vip for vip in (ha.lan_vip, *ha.wan_vips) if f" {vip}/" in shown}
+
+    daemons = start_router(ha, r1)
+    wait_role(r1, "master")
+    assert vips() == {ha.lan_vip, *ha.wan_vips}
+    assert lab.run(r1.ns, ["nft", "list", "table", "inet", HOLD_TABLE], check=False).returncode != 0
+    stop_router(ha, daemons)
+    assert daemons.keepalived.poll() is not None and daemons.conntrackd.poll() is not None
+    assert vips() == set()
+
+
+@dataclass(frozen=True)
+class Failover:
+    """What one master death looked like from the flows and the new master."""
+
+    flows: dict[str, Flow]
+    killed: float
+    takeover: float
+    #: r2's external cache just before the kill (`conntrackd -e`).
+    synced: str
+
+    def report(self, ha: HaLab) -> None:
+        r2 = ha.routers[1]
+        print(f"\nr2 external cache before the kill:\n{self.synced}")
+        print(f"takeover (kill -> r2 master, commit done): {self.takeover:.2f} s")
+        print(f"r2 commits: {committed_entries(r2)}; notify steps:\n{r2.path('notify.log').read_text()}")
+        for proto, flow in self.flows.items():
+            print(f"{proto}: gap {flow.gap(after=self.killed):.2f} s across the kill, {flow.sent} sent, "
+                  f"{len(flow.replies)} answers, server saw {flow.sources()} ports {flow.server_ports}, "
+                  f"errors {flow.errors}")
+
+    def assert_kept(self, ha: HaLab, uplinks: Mapping[str, int]) -> None:
+        """Every flow lived through the kill on one NAT binding: its uplink's VIP, one port."""
+        for proto, uplink in uplinks.items():
+            flow = self.flows[proto]
+            assert not flow.errors, f"{proto} flow broke: {flow.errors}"
+            assert flow.sources() == {ha.wan_vips[uplink]} and len(flow.server_ports) == 1, flow
+            # Answers kept coming after the kill, with a bounded interruption.
+            assert flow.answered_between(self.killed + 0.1, float("inf")) > 0, flow
+            assert flow.gap(after=self.killed) < 10.0
+
+
+def start_pair(ha: HaLab) -> None:
+    """keepalived and conntrackd on both routers: r1 master, r2 backup; an echo server in net."""
+    r1, r2 = ha.routers
+    start_router(ha, r1)
+    wait_role(r1, "master")
+    start_router(ha, r2)
+    wait_role(r2, "backup")
+    ha.lab.serve_echo(ha.net, PORT)
+
+
+def fail_over(ha: HaLab, sync: bool = True) -> Failover:
+    """Run a TCP and a UDP flow from the LAN, take r1's links down mid-way, wait for r2."""
+    lab, (r1, r2) = ha.lab, ha.routers
+    running = {proto: start_flow(lab, ha.client, proto, ha.server) for proto in ("tcp", "udp")}
+    time.sleep(STREAM_KILL_AT)
+    synced = lab.run(r2.ns, ["conntrackd", "-C", str(r2.path("conntrackd.conf")), "-e"]).stdout
+    killed = time.time()
+    kill_router(ha, r1, sync=sync)
+    takeover = wait_role(r2, "master")
+    flows = {proto: meter.result() for proto, meter in running.items()}
+    result = Failover(flows, killed, takeover, synced)
+    result.report(ha)
+    return result
+
+
+def markroute_config(ha: HaLab, check: bool = False) -> str:
+    """Today's way to say it: SNAT to each WAN VIP; UDP via ISP 1, the rest via ISP 0."""
+    probe = "    check: {interval: 0.1, timeout: 0.2, down: 4, up: 5}\n" if check else ""
+    uplinks = "".join(
+        f"  isp{i}:\n    interface: wan{i}\n    gateway: {gateway}\n    nat: {{snat: {vip}}}\n{probe}"
+        for i, (gateway, vip) in enumerate(zip(ha.isp_gw_v4, ha.wan_vips, strict=True))
+    )
+    return f"uplinks:\n{uplinks}policies:\n  - {{name: udp, proto: udp, via: isp1}}\n  - {{name: rest, via: isp0}}\n"
+
+
+@pytest.fixture
+def markroute_run(lab: Lab, ha_workdir: Path) -> Iterator[Callable[[HaLab], list[DaemonLab]]]:
+    """Start `markroute run` in both routers of a pair (daemon_helpers' DaemonLab, one per router).
+
+    Each is killed and `markroute down` is run at teardown, whatever happened.
+    """
+    started: list[DaemonLab] = []
+
+    def start(ha: HaLab) -> list[DaemonLab]:
+        config = Path(write_config(ha_workdir, markroute_config(ha, check=True)))
+        for router in ha.routers:
+            folder = ha_workdir / f"{router.name}-markroute"
+            folder.mkdir()
+            daemon = DaemonLab(SimpleNamespace(rtr=router.ns), folder)
+            started.append(daemon)
+            daemon.start(config)
+        return started
+
+    try:
+        yield start
+    finally:
+        for daemon in started:
+            daemon.close()
+
+
+@KERNEL
+def test_connections_survive_master_death(lab: Lab, ha_workdir: Path) -> None:
+    ha = ha_lab(lab, ha_workdir)
+    r1, r2 = ha.routers
+    for router in ha.routers:
+        load_hand_rules(ha, router)
+    start_pair(ha)
+    failover = fail_over(ha)
+    assert vrrp_role(r2) == "master"
+    assert f"mark={MARKS[0]}" in failover.synced and f"mark={MARKS[1]}" in failover.synced, "marks not synced"
+    failover.assert_kept(ha, {"tcp": 0, "udp": 1})
+    assert lab.run(r2.ns, ["nft", "list", "table", "inet", HOLD_TABLE], check=False).returncode != 0
+    # r2 forwarded both flows on the committed entries: it admitted no new LAN connection.
+    assert committed_entries(r2)[-1] >= 2
+    assert lab.nft_counter(r2.ns, "inet", "halab", "new_lan") == 0
+
+
+@KERNEL
+@pytest.mark.parametrize(
+    "liberal",
+    [
+        pytest.param(False, marks=pytest.mark.xfail(
+            strict=True, raises=AssertionError, reason="the returning master's stale TCP entry resets the connection",
+        )),
+        True,
+    ],
+    ids=["window-tracking", "be-liberal"],
+)  # fmt: skip
+def test_connections_survive_failback(lab: Lab, ha_workdir: Path, liberal: bool) -> None:
+    """r1 dies, r2 takes over, r1 comes back 5 s later and preempts: both flows must live on.
+
+    r1 still holds its own conntrack entries from before its death (the fault step's
+    `conntrackd -t` purges them only after PurgeTimeout, 60 s). Committing r2's copy
+    updates them but not their TCP window, so the server's segments are out of window
+    for r1's conntrack: INVALID, they are not de-NATed, reach r1's own stack at the
+    VIP and are answered with a reset. With nf_conntrack_tcp_be_liberal=1 on the
+    routers the connection survives.
+    """
+    ha = ha_lab(lab, ha_workdir)
+    r1, r2 = ha.routers
+    for router in ha.routers:
+        load_hand_rules(ha, router)
+        lab.sysctl(router.ns, "net.netfilter.nf_conntrack_tcp_be_liberal", int(liberal))
+    start_pair(ha)
+    running = {proto: start_flow(lab, ha.client, proto, ha.server, seconds=20.0) for proto in ("tcp", "udp")}
+    time.sleep(STREAM_KILL_AT)
+    kill_router(ha, r1)
+    wait_role(r2, "master")
+    time.sleep(5.0)
+    revived = time.time()
+    revive_router(ha, r1)
+    for i, gateway in enumerate(ha.isp_gw_v4):  # the routes load_hand_rules added went with the links
+        lab.ip(r1.ns, "route", "add", "default", "via", gateway, "dev", f"wan{i}", "table", str(100 + i))
+    wait_role(r1, "master")
+    flows = {proto: meter.result() for proto, meter in running.items()}
+    for proto, flow in flows.items():
+        print(f"\n{proto}: gap {flow.gap(after=revived):.2f} s across the failback, "
+              f"{flow.answered_between(revived, float('inf'))} answers after it, errors {flow.errors}")
+    assert committed_entries(r1)[-1] >= 2
+    Failover(flows, revived, 0.0, "").assert_kept(ha, {"tcp": 0, "udp": 1})
+
+
+@KERNEL
+def test_markroute_apply_on_both_routers_keeps_connections(
+    lab: Lab, ha_workdir: Path, markroute_cli: MarkrouteCli
+) -> None:
+    """markroute's ruleset restores the synced ct mark, so committed flows keep uplink and NAT binding."""
+    ha = ha_lab(lab, ha_workdir)
+    for router in ha.routers:
+        markroute_cli.apply(router.ns, markroute_config(ha))
+    start_pair(ha)
+    failover = fail_over(ha)
+    assert committed_entries(ha.routers[1])[-1] >= 2
+    failover.assert_kept(ha, {"tcp": 0, "udp": 1})
+
+
+@KERNEL
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="issue #17: nat snat applies to the router's own packets (VRRP adverts)")
+def test_markroute_snat_leaves_the_routers_own_packets_alone(
+    lab: Lab,
+    ha_workdir: Path,
+    markroute_cli: MarkrouteCli,
+    packet_counters: Callable[[str, str, Mapping[str, str]], PacketCounters],
+) -> None:
+    """VRRP adverts on a WAN segment must carry the sender's own address, before and after a takeover.
+
+    Today `snat ip to VIP` on `oifname wan0` also rewrites packets the router sends
+    itself: the master's adverts reach the ISP with the VIP as source. After a
+    takeover it is worse: the new master's adverts are NATed to the VIP too, which
+    clashes with the conntrack entry of the old master's adverts (same addresses,
+    no ports to tell them apart), so NAT drops every one of them and keepalived logs
+    "send advert error 1 (Operation not permitted)": the WAN segments hear no master.
+    """
+    ha = ha_lab(lab, ha_workdir)
+    r1, r2 = ha.routers
+    seen = packet_counters(ha.isps[0], "prerouting", {
+        "from_vip": f"ip protocol 112 ip saddr {ha.wan_vips[0]}",
+        "from_r1": f"ip protocol 112 ip saddr {r1.wan_v4[0]}",
+        "from_r2": f"ip protocol 112 ip saddr {r2.wan_v4[0]}",
+        "any": "ip protocol 112",
+    })  # fmt: skip
+    for router in ha.routers:
+        markroute_cli.apply(router.ns, markroute_config(ha))
+    start_pair(ha)
+    time.sleep(1.0)
+    before = {name: seen[name] for name in ("from_vip", "from_r1", "from_r2", "any")}
+    kill_router(ha, r1)
+    wait_role(r2, "master")
+    time.sleep(1.0)
+    after = {name: seen[name] - count for name, count in before.items()}
+    refused = r2.path("keepalived.out").read_text().count("send advert error")
+    print(f"\nVRRP adverts at isp0 while r1 is master: {before}; after r2 took over: {after}")
+    print(f"r2's keepalived could not send {refused} adverts")
+    assert before["from_vip"] == 0 and before["from_r1"] > 0
+    assert after["from_r2"] > 0 and refused == 0
+
+
+@KERNEL
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="issue #17: the standby's probes are SNATed to a VIP it does not hold")
+def test_markroute_run_standby_keeps_its_uplinks_up(
+    lab: Lab, ha_workdir: Path, markroute_run: Callable[[HaLab], list[DaemonLab]]
+) -> None:
+    """The backup's daemon must judge its uplinks by probes it can get answers to.
+
+    Today its probes leave wan0/wan1 SNATed to the VIP held by the master, the
+    answers go there, and the backup holds every uplink down for as long as it is
+    backup (so at takeover its policies fall back to main until 5 probes pass).
+    """
+    ha = ha_lab(lab, ha_workdir)
+    daemons = markroute_run(ha)
+    start_pair(ha)
+    master, backup = daemons
+    master.wait_states({"isp0": "up", "isp1": "up"})
+    time.sleep(2.0)
+    print(f"\nuplinks: master {master.states()}, backup {backup.states()}")
+    assert backup.states() == {"isp0": "up", "isp1": "up"}
+
+
+@KERNEL
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="issue #17: a dying router's conntrack flush is replicated to the peer")
+def test_markroute_run_partial_failure_keeps_the_peers_copy(
+    lab: Lab, ha_workdir: Path, markroute_run: Callable[[HaLab], list[DaemonLab]]
+) -> None:
+    """A master that loses LAN and WAN but not the sync link must not take its flows' state along.
+
+    Today its daemon deletes the conntrack entries of the uplinks it lost (by mark);
+    conntrackd replicates the deletions, r2's external cache is empty at takeover and
+    r2 commits nothing: the flows restart as new connections on r2 (the UDP flow
+    through ISP 0 while r2 still holds its uplinks down, see the previous test).
+    """
+    ha = ha_lab(lab, ha_workdir)
+    markroute_run(ha)
+    start_pair(ha)
+    fail_over(ha, sync=False)
+    assert committed_entries(ha.routers[1])[-1] >= 2

@@ -8,9 +8,11 @@ replicated; a long TCP connection and a UDP stream must keep flowing with the sa
 source address and port at the server, the TCP connection must not be reset, and the
 new master must forward them on the committed entries (no new connection of its own).
 
-Then markroute itself on both routers, with today's config (`nat: {snat: VIP}`): what
-works is a plain test; what issue #17 says must change is a strict xfail that states the
-wanted behaviour, so it starts failing loudly (XPASS) once markroute is fixed.
+Then markroute itself on both routers: with a plain config (`nat: {snat: VIP}`) its SNAT
+leaves the routers' own packets (VRRP adverts, probes) alone; with the README's HA pair
+(examples/ha: `settings.ha`, keepalived's hook `markroute ha`) a router that loses LAN and
+WAN but keeps the sync link leaves its connections to the peer (tests/test_ha_pair.py has
+the rest of issue #17).
 """
 
 from __future__ import annotations
@@ -35,9 +37,11 @@ from markroute.lab.ha import (
     HaRouter,
     committed_entries,
     conntrackd_conf,
+    example_markroute_yaml,
     ha_lab,
     keepalived_conf,
     kill_router,
+    notify_steps,
     revive_router,
     start_router,
     stop_router,
@@ -171,7 +175,7 @@ class Failover:
         r2 = ha.routers[1]
         print(f"\nr2 external cache before the kill:\n{self.synced}")
         print(f"takeover (kill -> r2 master, commit done): {self.takeover:.2f} s")
-        print(f"r2 commits: {committed_entries(r2)}; notify steps:\n{r2.path('notify.log').read_text()}")
+        print(f"r2 commits: {committed_entries(r2)}; notify steps:\n{notify_steps(r2)}")
         for proto, flow in self.flows.items():
             print(f"{proto}: gap {flow.gap(after=self.killed):.2f} s across the kill, {flow.sent} sent, "
                   f"{len(flow.replies)} answers, server saw {flow.sources()} ports {flow.server_ports}, "
@@ -188,12 +192,29 @@ class Failover:
             assert flow.gap(after=self.killed) < 10.0
 
 
-def start_pair(ha: HaLab) -> None:
-    """keepalived and conntrackd on both routers: r1 master, r2 backup; an echo server in net."""
+def example_config(router: HaRouter) -> Path:
+    """Where `write_example_config` puts *router*'s copy of examples/ha/markroute.yaml."""
+    return router.path("markroute.yaml")
+
+
+def write_example_config(router: HaRouter) -> Path:
+    """examples/ha/markroute.yaml for *router*: only the conntrackd config path is the lab's."""
+    path = example_config(router)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(example_markroute_yaml(router))
+    return path
+
+
+def start_pair(ha: HaLab, markroute: bool = False, advert_interval: float = 0.2) -> None:
+    """keepalived and conntrackd on both routers: r1 master, r2 backup; an echo server in net.
+
+    *markroute*: the README's example configs, keepalived's hook is `markroute ha` with
+    the config `example_config` wrote for each router (markroute must be applied or run).
+    """
     r1, r2 = ha.routers
-    start_router(ha, r1)
+    start_router(ha, r1, advert_interval, example_config(r1) if markroute else None)
     wait_role(r1, "master")
-    start_router(ha, r2)
+    start_router(ha, r2, advert_interval, example_config(r2) if markroute else None)
     wait_role(r2, "backup")
     ha.lab.serve_echo(ha.net, PORT)
 
@@ -231,14 +252,14 @@ def markroute_run(lab: Lab, ha_workdir: Path) -> Iterator[Callable[[HaLab], list
     """
     started: list[DaemonLab] = []
 
-    def start(ha: HaLab) -> list[DaemonLab]:
+    def start(ha: HaLab, example: bool = False) -> list[DaemonLab]:
         config = Path(write_config(ha_workdir, markroute_config(ha, check=True)))
         for router in ha.routers:
             folder = ha_workdir / f"{router.name}-markroute"
             folder.mkdir()
             daemon = DaemonLab(SimpleNamespace(rtr=router.ns), folder)
             started.append(daemon)
-            daemon.start(config)
+            daemon.start(write_example_config(router) if example else config)
         return started
 
     try:
@@ -325,7 +346,6 @@ def test_markroute_apply_on_both_routers_keeps_connections(
 
 
 @KERNEL
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="issue #17: nat snat applies to the router's own packets (VRRP adverts)")
 def test_markroute_snat_leaves_the_routers_own_packets_alone(
     lab: Lab,
     ha_workdir: Path,
@@ -334,12 +354,12 @@ def test_markroute_snat_leaves_the_routers_own_packets_alone(
 ) -> None:
     """VRRP adverts on a WAN segment must carry the sender's own address, before and after a takeover.
 
-    Today `snat ip to VIP` on `oifname wan0` also rewrites packets the router sends
-    itself: the master's adverts reach the ISP with the VIP as source. After a
-    takeover it is worse: the new master's adverts are NATed to the VIP too, which
-    clashes with the conntrack entry of the old master's adverts (same addresses,
-    no ports to tell them apart), so NAT drops every one of them and keepalived logs
-    "send advert error 1 (Operation not permitted)": the WAN segments hear no master.
+    Were `snat ip to VIP` applied to the router's own packets, the master's adverts
+    would reach the ISP with the VIP as source, and after a takeover the new master's
+    adverts, NATed to the VIP too, would clash with the conntrack entry of the old
+    master's (same addresses, no ports to tell them apart): NAT drops every one and
+    keepalived logs "send advert error 1 (Operation not permitted)". markroute's snat
+    applies to forwarded packets; the router's own are masqueraded to its own address.
     """
     ha = ha_lab(lab, ha_workdir)
     r1, r2 = ha.routers
@@ -366,15 +386,14 @@ def test_markroute_snat_leaves_the_routers_own_packets_alone(
 
 
 @KERNEL
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="issue #17: the standby's probes are SNATed to a VIP it does not hold")
 def test_markroute_run_standby_keeps_its_uplinks_up(
     lab: Lab, ha_workdir: Path, markroute_run: Callable[[HaLab], list[DaemonLab]]
 ) -> None:
     """The backup's daemon must judge its uplinks by probes it can get answers to.
 
-    Today its probes leave wan0/wan1 SNATed to the VIP held by the master, the
-    answers go there, and the backup holds every uplink down for as long as it is
-    backup (so at takeover its policies fall back to main until 5 probes pass).
+    Were its probes SNATed to the VIP the master holds, the answers would go there and
+    the backup would hold every uplink down for as long as it is backup (at takeover
+    its policies would fall back to main until 5 probes passed).
     """
     ha = ha_lab(lab, ha_workdir)
     daemons = markroute_run(ha)
@@ -387,19 +406,22 @@ def test_markroute_run_standby_keeps_its_uplinks_up(
 
 
 @KERNEL
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="issue #17: a dying router's conntrack flush is replicated to the peer")
 def test_markroute_run_partial_failure_keeps_the_peers_copy(
     lab: Lab, ha_workdir: Path, markroute_run: Callable[[HaLab], list[DaemonLab]]
 ) -> None:
     """A master that loses LAN and WAN but not the sync link must not take its flows' state along.
 
-    Today its daemon deletes the conntrack entries of the uplinks it lost (by mark);
-    conntrackd replicates the deletions, r2's external cache is empty at takeover and
-    r2 commits nothing: the flows restart as new connections on r2 (the UDP flow
-    through ISP 0 while r2 still holds its uplinks down, see the previous test).
+    Were its daemon to delete the conntrack entries of the uplinks it lost (by mark),
+    conntrackd would replicate the deletions, r2's external cache would be empty at
+    takeover and r2 would commit nothing: the flows would restart as new connections.
+    With settings.ha the daemon deletes only while `markroute ha` says master.
     """
     ha = ha_lab(lab, ha_workdir)
-    markroute_run(ha)
-    start_pair(ha)
-    fail_over(ha, sync=False)
+    daemons = markroute_run(ha, example=True)
+    start_pair(ha, markroute=True)
+    failover = fail_over(ha, sync=False)
     assert committed_entries(ha.routers[1])[-1] >= 2
+    failover.assert_kept(ha, {"tcp": 0, "udp": 1})
+    left = [line for line in daemons[0].log().splitlines() if "left alone: this router is fault" in line]
+    assert {"isp0", "isp1"} <= {word.strip(",") for line in left for word in line.split()}, daemons[0].log()
+    assert "moved (master)" not in daemons[0].log()

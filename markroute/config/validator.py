@@ -29,6 +29,7 @@ from markroute.model import (
     SPECIAL_TARGETS,
     Addresses,
     Group,
+    HaSettings,
     HealthCheck,
     Inbound,
     Match,
@@ -70,7 +71,7 @@ MATCH_KEYS = match_keys.YAML_KEYS
 POLICY_KEYS = ("name", "via", *MATCH_KEYS)
 SETTINGS_KEYS = (
     "mark_mask", "rule_priority", "table_base", "rp_filter", "last_resort",
-    "reply_via_ingress", "forwarding", "on_change",
+    "reply_via_ingress", "forwarding", "on_change", "ha",
 )
 CHECK_KEYS = ("targets", "method", "interval", "timeout", "down", "up", "max_loss", "max_rtt")
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,30}$")
@@ -273,7 +274,23 @@ class Validator:
                 values[key] = self.boolean(items[key], key)
         if "on_change" in items:
             values["on_change"] = self.command(items["on_change"], "on_change")
+        if "ha" in items:
+            values["ha"] = self.ha_settings(items["ha"])
         return Settings(**{k: v for k, v in values.items() if v is not None})
+
+    def ha_settings(self, node: Node) -> HaSettings | None:
+        """`ha: {}` or `ha: {conntrackd: /etc/conntrackd/conntrackd.conf}`."""
+        if not self.kind(node, "map", "ha"):
+            return None
+        self.known_keys(node, ("conntrackd",), "ha")
+        if "conntrackd" not in node.items:
+            return HaSettings()
+        path = self.scalar(node.items["conntrackd"], "ha.conntrackd", parse_argument)
+        if path is not None and not path.startswith("/"):
+            self.diag.error(node.items["conntrackd"].where, f"ha.conntrackd must be an absolute path, not '{path}'",
+                            "conntrackd's config file, such as /etc/conntrackd/conntrackd.conf")
+            return None
+        return HaSettings(conntrackd=path)
 
     def command(self, node: Node, what: str) -> tuple[str, ...] | None:
         """A command as its argument list: it is executed directly, so a shell string is refused."""

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Literal
 
-from markroute.kernel import KernelError, digest, nft, nftnetlink, state, sysctl
+from markroute.kernel import KernelError, digest, ha, nft, nftnetlink, state, sysctl
 from markroute.kernel.journal import Journal
 from markroute.kernel.links import Link, link_state, links
 from markroute.kernel.rpdb import Rpdb, route_key
@@ -96,7 +96,9 @@ def apply(plan: Plan, netns: str | None = None) -> ApplyReport:
                 new_table.discard()
             raise
         with rpdb:
-            return _Apply(plan, netns, previous, rpdb, new_table).run()
+            report = _Apply(plan, netns, previous, rpdb, new_table).run()
+        ha.restore_hold(plan, netns)  # a new table's hold sets are empty: the role decides
+        return report
 
 
 def rule_text(rule: IpRule) -> str:

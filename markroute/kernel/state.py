@@ -311,7 +311,7 @@ def write(netns: str | None, name: str, data: dict[str, Any]) -> None:
 
 def remove(netns: str | None) -> None:
     """Forget what was installed, the daemon's amendment to it and its view of the uplinks."""
-    for name in (STATE_RECORD, TABLE_AMENDMENT, DAEMON_RECORD):
+    for name in (STATE_RECORD, TABLE_AMENDMENT, DAEMON_RECORD, "ha.json"):  # ha.json: kernel.ha
         (directory(netns) / name).unlink(missing_ok=True)
 
 

@@ -38,6 +38,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from markroute.kernel import ha as markroute_ha
+from markroute.kernel import state as markroute_state
 from markroute.lab.ha_notify import HOLD_ON
 from markroute.lab.netns import Lab, LabError
 from markroute.lab.topologies import SERVER_NETS_V4, SERVER_V4, _anyip, _link, _uplink
@@ -53,6 +55,8 @@ _LAN_VRID = 51
 _SUN_PATH_MAX = 107
 #: keepalived needs VRRPv3 for adverts faster than once a second.
 _VRRP_VERSION = 3
+#: The pair's configs the README documents; the lab runs them with only its own paths substituted.
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "ha"
 
 
 @dataclass(frozen=True)
@@ -295,6 +299,60 @@ def conntrackd_conf(ha: HaLab, router: HaRouter) -> str:
     )
 
 
+# -- the README's example configs -------------------------------------------
+
+
+def example_markroute_yaml(router: HaRouter) -> str:
+    """examples/ha/markroute.yaml with the lab's conntrackd config path of *router*."""
+    return _substitute(
+        (EXAMPLES / "markroute.yaml").read_text(),
+        {"conntrackd: /etc/conntrackd/conntrackd.conf": f"conntrackd: {router.path('conntrackd.conf')}"},
+    )
+
+
+def example_keepalived_conf(router: HaRouter, advert_interval: float, markroute_config: Path) -> str:
+    """examples/ha/keepalived.conf: the hook runs this checkout's markroute with the lab's config.
+
+    Through env: keepalived's script security runs a script by its real path, and the
+    real path of a virtualenv's python is the system's, which does not see the
+    virtualenv's packages; env executes the path it is given.
+    """
+    text = (EXAMPLES / "keepalived.conf").read_text()
+    hooks = {
+        f"/usr/local/bin/markroute ha {state}": _keepalived_words(
+            ["/usr/bin/env", sys.executable, "-m", "markroute", "ha", state, "-c", str(markroute_config)])
+        for state in ("master", "backup", "fault")
+    }  # fmt: skip
+    return _substitute(text, {**hooks, "advert_int 1\n": f"advert_int {advert_interval:g}\n"})
+
+
+def example_conntrackd_conf(router: HaRouter) -> str:
+    """examples/ha/conntrackd.conf (r1's): r2 swaps the sync addresses; files in the router's folder."""
+    text = (EXAMPLES / "conntrackd.conf").read_text()
+    if router.index == 1:
+        text = _substitute(text, {
+            f"IPv4_address {SYNC_V4[0]}\n        IPv4_Destination_Address {SYNC_V4[1]}\n":
+                f"IPv4_address {SYNC_V4[1]}\n        IPv4_Destination_Address {SYNC_V4[0]}\n",
+        })  # fmt: skip
+    socket_path = router.path("conntrackd.ctl")
+    if len(str(socket_path)) > _SUN_PATH_MAX:
+        raise LabError(f"{socket_path} is too long for a unix socket; use a shorter workdir")
+    return _substitute(text, {
+        "LockFile /var/lock/conntrack.lock": f"LockFile {router.path('conntrackd.lock')}",
+        "Path /var/run/conntrackd.ctl": f"Path {socket_path}",
+        "LogFile on": "LogFile no",  # the log goes to the console, which start_router writes to the folder
+    })  # fmt: skip
+
+
+def _substitute(text: str, replacements: dict[str, str]) -> str:
+    """Replace each key of *replacements* that must be in *text*: a changed example fails loudly."""
+    for old, new in replacements.items():
+        if old not in text:
+            raise LabError(f"the example config no longer contains {old!r}")
+        text = text.replace(old, new)
+    return text
+
+
 # -- daemons -----------------------------------------------------------------
 
 
@@ -304,17 +362,26 @@ def _spawn_logged(lab: Lab, ns: str, argv: list[str], log: Path) -> subprocess.P
         return lab.spawn(ns, argv, stdout=out, stderr=subprocess.STDOUT)
 
 
-def start_router(ha: HaLab, router: HaRouter, advert_interval: float = 0.2) -> HaDaemons:
+def start_router(
+    ha: HaLab, router: HaRouter, advert_interval: float = 0.2, markroute_config: Path | None = None
+) -> HaDaemons:
     """Write *router*'s configs and start conntrackd, then keepalived, in its namespace.
 
-    The hold on new forwarded connections is set first: a router is not
-    master until keepalived's notify script says so.
+    Without *markroute_config* the lab's own configs and notify script run, and the
+    lab's hold on new forwarded connections is set first: a router is not master until
+    keepalived's notify script says so. With it, the README's example configs run and
+    keepalived's hook is `markroute ha` for that config (markroute's own hold, set by
+    apply until the hook says master).
     """
     folder = router.path("")
     folder.mkdir(parents=True, exist_ok=True)
-    router.path("conntrackd.conf").write_text(conntrackd_conf(ha, router))
-    router.path("keepalived.conf").write_text(keepalived_conf(ha, router, advert_interval))
-    ha.lab.nft(router.ns, HOLD_ON)
+    if markroute_config is None:
+        router.path("conntrackd.conf").write_text(conntrackd_conf(ha, router))
+        router.path("keepalived.conf").write_text(keepalived_conf(ha, router, advert_interval))
+        ha.lab.nft(router.ns, HOLD_ON)
+    else:
+        router.path("conntrackd.conf").write_text(example_conntrackd_conf(router))
+        router.path("keepalived.conf").write_text(example_keepalived_conf(router, advert_interval, markroute_config))
     conntrackd = _spawn_logged(
         ha.lab,
         router.ns,
@@ -332,6 +399,7 @@ def start_router(ha: HaLab, router: HaRouter, advert_interval: float = 0.2) -> H
             "--vrrp_pid", str(router.path("vrrp.pid")),
             "--checkers_pid", str(router.path("checkers.pid")),
             "--bfd_pid", str(router.path("bfd.pid")),
+            "--config-id", router.name,
         ],  # fmt: skip
         router.path("keepalived.out"),
     )
@@ -348,13 +416,29 @@ def vrrp_role(router: HaRouter) -> str:
     """The state keepalived last announced for *router* ("master", "backup", "fault").
 
     Read from the notify script's state file, which is written once the
-    script's steps are done: "master" means the commit has completed.
+    script's steps are done: "master" means the commit has completed; for a
+    router whose hook is `markroute ha`, from the role it records (likewise).
     "init" until keepalived has run the script once.
     """
+    if (markroute_state.directory(router.ns) / markroute_ha.HA_RECORD).exists():
+        record = markroute_ha.load(router.ns)
+        return record.role if record else "init"
     try:
         return router.path("state").read_text().strip()
     except FileNotFoundError:
         return "init"
+
+
+def notify_steps(router: HaRouter) -> str:
+    """What *router*'s last hand-over did: the lab script's log, or the steps `markroute ha` recorded."""
+    log = router.path("notify.log")
+    if log.exists():
+        return log.read_text()
+    record = markroute_ha.load(router.ns)
+    if record is None:
+        return "(no hand-over yet)\n"
+    return "".join(f"{record.role}: {' '.join(step.argv[3:])} rc={step.code} {step.seconds:.3f}s {step.output}\n"
+                   for step in record.steps)
 
 
 def wait_role(router: HaRouter, role: str, timeout: float = 15.0) -> float:

@@ -1,0 +1,207 @@
+"""The HA role of this router (one of a keepalived + conntrackd pair): its record, its hold, its hand-over.
+
+`markroute ha STATE` (keepalived's notify hook) is the only writer of `ha.json` in the
+namespace's state folder: the role keepalived announced, when, the conntrackd config
+and how each conntrackd step went. `markroute run` reads it before deleting a dead
+uplink's connections (only a master's connections are its own: a backup's or a failed
+router's deletions would be replicated by conntrackd and erase the peer's copy), every
+apply reads it to set the hold again after installing a new table, and `status` shows it
+with conntrackd's statistics.
+
+The hand-over steps follow conntrackd(8) and its primary-backup.sh, as measured in the
+HA lab with conntrackd 1.4.7 (`markroute.lab.ha_notify` has the details):
+
+* master: `-c` commits the external cache (the peer's connections) into the kernel,
+  `-f internal` flushes the internal cache, `-R` refills it from the kernel (so this
+  router replicates the committed connections from now on), `-B` sends a bulk update to
+  the peer; then the hold is lifted. A bare `-f` after `-c` is refused by conntrackd
+  1.4.7 (it never clears its commit-in-progress flag), hence `-f internal`.
+* backup: hold, then `-t` (purge the kernel table after PurgeTimeout) and `-n` (ask the
+  master for a full resync).
+* fault: hold, then `-t`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from markroute.compile.ha import EVERYTHING, HOLD_SETS
+from markroute.kernel import KernelError, nft, state
+from markroute.plan import Plan
+from markroute.plan.nftjson import FAMILY, address_element
+
+Role = Literal["master", "backup", "fault"]
+ROLES: tuple[Role, ...] = ("master", "backup", "fault")
+HA_RECORD = "ha.json"
+STEPS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "master": (("-c",), ("-f", "internal"), ("-R",), ("-B",)),
+    "backup": (("-t",), ("-n",)),
+    "fault": (("-t",),),
+}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One conntrackd command of a hand-over and how it went."""
+
+    argv: tuple[str, ...]
+    code: int
+    seconds: float
+    output: str
+
+
+@dataclass(frozen=True)
+class HaRecord:
+    role: str
+    since: float
+    conntrackd: str | None = None
+    steps: tuple[Step, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> HaRecord:
+        steps = tuple(Step(tuple(s["argv"]), s["code"], s["seconds"], s["output"]) for s in data.get("steps", ()))
+        return cls(str(data["role"]), float(data["since"]), data.get("conntrackd"), steps)
+
+
+def load(netns: str | None) -> HaRecord | None:
+    """The role `markroute ha` last recorded, or None when it never ran here."""
+    try:
+        data = json.loads((state.directory(netns) / HA_RECORD).read_text(encoding="utf-8"))
+        return HaRecord.from_json(data)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise KernelError(f"cannot read {state.directory(netns) / HA_RECORD}: {exc}") from exc
+
+
+def is_master(netns: str | None) -> bool:
+    record = load(netns)
+    return record is not None and record.role == "master"
+
+
+def save(netns: str | None, record: HaRecord) -> None:
+    state.write(netns, HA_RECORD, record.to_json())
+
+
+def has_hold(plan: Plan) -> bool:
+    return any(obj.get("set", {}).get("name") == HOLD_SETS[4] for obj in plan.nft)
+
+
+def set_hold(table: str, held: bool) -> None:
+    """Hold (every address in the hold sets) or lift (empty sets), in one transaction."""
+    commands: list[dict[str, Any]] = []
+    for version, name in HOLD_SETS.items():
+        ref = {"family": FAMILY, "table": table, "name": name}
+        commands.append({"flush": {"set": ref}})
+        if held:
+            commands.append({"add": {"element": {**ref, "elem": [address_element(version, EVERYTHING[version])]}}})
+    nft.run_batch(commands)
+
+
+def restore_hold(plan: Plan, netns: str | None) -> None:
+    """After an apply: hold unless the recorded role is master (a fresh table has empty sets)."""
+    if has_hold(plan):
+        set_hold(plan.table_name, not is_master(netns))
+
+
+def _tool(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        raise KernelError(f"{name} not found")
+    return found
+
+
+def conntrackd(config: str, *args: str) -> Step:
+    """Run one conntrackd client command against the daemon of CONFIG."""
+    argv = (_tool("conntrackd"), "-C", config, *args)
+    began = time.monotonic()
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return Step(argv, -1, time.monotonic() - began, str(exc))
+    return Step(argv, done.returncode, time.monotonic() - began, (done.stdout + done.stderr).strip())
+
+
+def hand_over(role: Role, config: str | None, table: str | None, netns: str | None) -> HaRecord:
+    """Take ROLE: record it, set or lift the hold and run conntrackd's steps (module doc).
+
+    A router leaving the master role records so first, so `markroute run` stops deleting
+    connections at once; the master records its role last, once the commit is done.
+    TABLE is markroute's table when it holds the hold sets, else None.
+    """
+    if role != "master":
+        save(netns, HaRecord(role, time.time(), config))
+        if table:
+            set_hold(table, True)
+    steps = tuple(conntrackd(config, *step) for step in STEPS[role]) if config else ()
+    if role == "master" and table:
+        set_hold(table, False)
+    record = HaRecord(role, time.time(), config, steps)
+    save(netns, record)
+    return record
+
+
+def hold_table(netns: str | None) -> str | None:
+    """markroute's table when it is installed with the hold sets, else None."""
+    recorded = state.load(netns)
+    if recorded is None:
+        return None
+    names = {obj["set"]["name"] for obj in recorded.nft_listing if "set" in obj}
+    return recorded.table_name if HOLD_SETS[4] in names else None
+
+
+def is_held(table: str) -> bool | None:
+    """Whether the hold is on in the live table (None: no such table or sets)."""
+    listing = nft.list_table(table)
+    if listing is None:
+        return None
+    for obj in listing:
+        body = obj.get("set", {})
+        if body.get("name") == HOLD_SETS[4]:
+            return bool(body.get("elem"))
+    return None
+
+
+@dataclass(frozen=True)
+class SyncHealth:
+    """conntrackd's view, from `conntrackd -s`: caches and the sync link's counters."""
+
+    ok: bool
+    counters: dict[str, int]
+    error: str | None = None
+
+
+def sync_health(config: str) -> SyncHealth:
+    """Parse `conntrackd -s`: keep 'name: number' pairs of the cache and sync sections."""
+    step = conntrackd(config, "-s")
+    if step.code != 0:
+        return SyncHealth(False, {}, step.output or f"conntrackd exited {step.code}")
+    return SyncHealth(True, _counters(step.output.splitlines()))
+
+
+def _counters(lines: Iterable[str]) -> dict[str, int]:
+    """'section:' headings and 'name: number' pairs (several per line) as 'section.name'."""
+    found: dict[str, int] = {}
+    section = ""
+    for line in lines:
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if not line.startswith(" ") and stripped.endswith(":"):
+            section = stripped[:-1].strip()
+            continue
+        for part in stripped.split(","):
+            name, _, value = part.rpartition(":")
+            words = value.split()
+            if name and words and words[0].isdigit():
+                found[f"{section}.{name.strip()}" if section else name.strip()] = int(words[0])
+    return found

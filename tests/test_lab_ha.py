@@ -17,6 +17,7 @@ the rest of issue #17).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tempfile
@@ -31,12 +32,16 @@ from conftest import MarkrouteCli, PacketCounters
 from daemon_helpers import REPO, DaemonLab, Flow, Running, _flow, python_env
 from kernelhelp import KERNEL, write_config
 
+from markroute.compile import compile_plan
+from markroute.config import load_model
 from markroute.lab import Lab
 from markroute.lab.ha import (
     HaLab,
     HaRouter,
     committed_entries,
     conntrackd_conf,
+    example_conntrackd_conf,
+    example_keepalived_conf,
     example_markroute_yaml,
     ha_lab,
     keepalived_conf,
@@ -49,6 +54,7 @@ from markroute.lab.ha import (
     wait_role,
 )
 from markroute.lab.ha_notify import HOLD_TABLE
+from markroute.plan import Plan
 
 PORT = 7000
 #: ct marks of the hand-written ruleset: one per uplink, like markroute's.
@@ -245,7 +251,7 @@ def markroute_config(ha: HaLab, check: bool = False) -> str:
 
 
 @pytest.fixture
-def markroute_run(lab: Lab, ha_workdir: Path) -> Iterator[Callable[[HaLab], list[DaemonLab]]]:
+def markroute_run(lab: Lab, ha_workdir: Path) -> Iterator[Callable[..., list[DaemonLab]]]:
     """Start `markroute run` in both routers of a pair (daemon_helpers' DaemonLab, one per router).
 
     Each is killed and `markroute down` is run at teardown, whatever happened.
@@ -387,7 +393,7 @@ def test_markroute_snat_leaves_the_routers_own_packets_alone(
 
 @KERNEL
 def test_markroute_run_standby_keeps_its_uplinks_up(
-    lab: Lab, ha_workdir: Path, markroute_run: Callable[[HaLab], list[DaemonLab]]
+    lab: Lab, ha_workdir: Path, markroute_run: Callable[..., list[DaemonLab]]
 ) -> None:
     """The backup's daemon must judge its uplinks by probes it can get answers to.
 
@@ -407,7 +413,7 @@ def test_markroute_run_standby_keeps_its_uplinks_up(
 
 @KERNEL
 def test_markroute_run_partial_failure_keeps_the_peers_copy(
-    lab: Lab, ha_workdir: Path, markroute_run: Callable[[HaLab], list[DaemonLab]]
+    lab: Lab, ha_workdir: Path, markroute_run: Callable[..., list[DaemonLab]]
 ) -> None:
     """A master that loses LAN and WAN but not the sync link must not take its flows' state along.
 
@@ -425,3 +431,138 @@ def test_markroute_run_partial_failure_keeps_the_peers_copy(
     left = [line for line in daemons[0].log().splitlines() if "left alone: this router is fault" in line]
     assert {"isp0", "isp1"} <= {word.strip(",") for line in left for word in line.split()}, daemons[0].log()
     assert "moved (master)" not in daemons[0].log()
+
+
+# -- the README's HA pair: examples/ha on both routers ---------------------------------
+
+
+def example_routers(workdir: Path) -> tuple[HaRouter, ...]:
+    """The pair's routers as ha_lab makes them, without namespaces: for plan comparisons."""
+    return tuple(
+        HaRouter(k, f"r{k + 1}", f"192.168.1.{k + 2}", (f"10.0.0.{k + 3}", f"10.0.1.{k + 3}"), "", "", 200 - 100 * k,
+                 workdir)
+        for k in range(2)
+    )
+
+
+def plan_json(plan: Plan) -> str:
+    return json.dumps(plan.to_json(), sort_keys=True)
+
+
+def test_example_pair_compiles_one_plan_on_both_routers(tmp_path: Path) -> None:
+    """Both routers' copies of examples/ha/markroute.yaml compile to the same plan, byte for byte:
+    marks, tables, rule priorities, the hold, the sysctls; and compiling again changes nothing."""
+    plans = []
+    for router in example_routers(tmp_path):
+        model, diagnostics = load_model(str(write_example_config(router)))
+        assert model is not None, [d.render() for d in diagnostics]
+        assert model.settings.ha is not None and model.settings.ha.conntrackd == str(router.path("conntrackd.conf"))
+        plans.append(compile_plan(model))
+        assert plan_json(compile_plan(model)) == plan_json(plans[-1])
+    first, second = plans
+    assert plan_json(first) == plan_json(second)
+    assert [(u.name, u.mark, u.table) for u in first.uplinks] == [("isp0", 0x200, 100), ("isp1", 0x300, 101)]
+    assert ("net/netfilter/nf_conntrack_tcp_be_liberal", "1") in {(s.path, s.value) for s in first.sysctls}
+    chains = {o["chain"]["name"]: o["chain"] for o in first.nft if "chain" in o}
+    assert (chains["ha_hold_forward"]["hook"], chains["ha_hold_input"]["hook"]) == ("forward", "input")
+    held = {o["set"]["name"]: list(o["set"]["elem"]) for o in first.nft if "set" in o}
+    assert held == {"ha_hold": [], "ha_hold6": []}, "the plan holds nothing: the role sets the hold"
+    nat = [o["rule"] for o in first.nft if o.get("rule", {}).get("chain") == "postrouting"]
+    assert [r["comment"] for r in nat] == ["nat isp0 own", "nat isp0", "nat isp1 own", "nat isp1"]
+    assert {"masquerade": None} in nat[0]["expr"] and {"snat": {"family": "ip", "addr": "10.0.0.2"}} in nat[1]["expr"]
+
+
+def test_example_keepalived_conf_serves_both_routers(tmp_path: Path) -> None:
+    """One keepalived.conf: @r1/@r2 lines (keepalived's config id) carry the priorities; the lab
+    changes only the hook's command and the advert interval."""
+    r1, r2 = example_routers(tmp_path)
+    text = example_keepalived_conf(r1, 0.1, Path("/cfg.yaml"))
+    assert text == example_keepalived_conf(r2, 0.1, Path("/cfg.yaml"))
+    assert text.count("@r1 priority 200") == 3 and text.count("@r2 priority 100") == 3
+    assert text.count("advert_int 0.1\n") == 3
+    assert f"notify_fault \"/usr/bin/env {sys.executable} -m markroute ha fault -c /cfg.yaml\"" in text
+    assert "IPv4_address 10.254.0.2\n        IPv4_Destination_Address 10.254.0.1\n" in example_conntrackd_conf(r2)
+
+
+def nft_held(lab: Lab, router: HaRouter) -> bool:
+    """Whether markroute's hold is on in *router* (its ha_hold set holds every address)."""
+    listing = lab.run(router.ns, ["nft", "-j", "list", "set", "inet", "markroute", "ha_hold"]).stdout
+    return any(obj.get("set", {}).get("elem") for obj in json.loads(listing)["nftables"])
+
+
+@KERNEL
+def test_example_pair_keeps_flows_across_master_death(
+    lab: Lab, ha_workdir: Path, markroute_run: Callable[..., list[DaemonLab]]
+) -> None:
+    """examples/ha with keepalived's 1 s adverts, `markroute run` on both routers: the master dies,
+    a TCP and a UDP flow on different uplinks keep their NAT binding and are not reset; new
+    connections after the takeover go out per the config; status shows the role and the sync."""
+    ha = ha_lab(lab, ha_workdir)
+    master, backup = markroute_run(ha, example=True)
+    r1, r2 = ha.routers
+    start_pair(ha, markroute=True, advert_interval=1.0)
+    backup.wait_states({"isp0": "up", "isp1": "up"})
+    assert (nft_held(lab, r1), nft_held(lab, r2)) == (False, True)
+    failover = fail_over(ha)
+    failover.assert_kept(ha, {"tcp": 0, "udp": 1})
+    assert committed_entries(r2)[-1] >= 2
+    assert not nft_held(lab, r2)
+    for proto, flow in failover.flows.items():
+        print(f"{proto}: gap {flow.gap(after=failover.killed):.2f} s with 1 s adverts")
+    after = {proto: start_flow(lab, ha.client, proto, ha.server, seconds=1.0).result() for proto in ("tcp", "udp")}
+    assert after["tcp"].sources() == {ha.wan_vips[0]} and after["udp"].sources() == {ha.wan_vips[1]}, after
+    status = json.loads(lab.run(r2.ns, [sys.executable, "-m", "markroute", "status", "--json"],
+                                env=python_env(), check=False).stdout)
+    assert (status["ha"]["role"], status["ha"]["held"]) == ("master", False)
+    assert status["ha"]["sync"]["ok"] and status["ha"]["sync"]["counters"], status["ha"]
+    assert [step["step"] for step in status["ha"]["steps"]] == ["-c", "-f internal", "-R", "-B"]
+
+
+@KERNEL
+def test_example_pair_keeps_flows_across_failback(
+    lab: Lab, ha_workdir: Path, markroute_run: Callable[..., list[DaemonLab]]
+) -> None:
+    """r1 dies, r2 takes over, r1 returns and preempts: the flows live on (the config's
+    settings.ha turns on liberal TCP window tracking, which the stale entries need)."""
+    ha = ha_lab(lab, ha_workdir)
+    daemons = markroute_run(ha, example=True)
+    r1, r2 = ha.routers
+    start_pair(ha, markroute=True)
+    running = {proto: start_flow(lab, ha.client, proto, ha.server, seconds=20.0) for proto in ("tcp", "udp")}
+    time.sleep(STREAM_KILL_AT)
+    kill_router(ha, r1)
+    wait_role(r2, "master")
+    time.sleep(5.0)
+    revived = time.time()
+    revive_router(ha, r1)
+    wait_role(r1, "master")
+    daemons[0].wait_states({"isp0": "up", "isp1": "up"})
+    flows = {proto: meter.result() for proto, meter in running.items()}
+    for proto, flow in flows.items():
+        print(f"\n{proto}: gap {flow.gap(after=revived):.2f} s across the failback, errors {flow.errors}")
+    assert committed_entries(r1)[-1] >= 2
+    Failover(flows, revived, 0.0, "").assert_kept(ha, {"tcp": 0, "udp": 1})
+
+
+@KERNEL
+def test_example_pair_standby_uplink_failure_changes_nothing(
+    lab: Lab, ha_workdir: Path, markroute_run: Callable[..., list[DaemonLab]]
+) -> None:
+    """The standby loses an uplink: its daemon says so, the master's flows do not notice."""
+    ha = ha_lab(lab, ha_workdir)
+    master, backup = markroute_run(ha, example=True)
+    r1, r2 = ha.routers
+    start_pair(ha, markroute=True)
+    running = {proto: start_flow(lab, ha.client, proto, ha.server, seconds=6.0) for proto in ("tcp", "udp")}
+    time.sleep(2.0)
+    cut = time.time()
+    lab.ip(r2.ns, "link", "set", "wan1", "down")
+    backup.wait_states({"isp0": "up", "isp1": "down"})
+    flows = {proto: meter.result() for proto, meter in running.items()}
+    assert master.states() == {"isp0": "up", "isp1": "up"}
+    assert vrrp_role(r1) == "master"
+    for proto, flow in flows.items():
+        print(f"\n{proto}: longest gap {flow.gap(after=cut):.2f} s after the standby's wan1 went down")
+        assert not flow.errors and len(flow.server_ports) == 1
+        assert flow.gap(after=cut) < 1.0, "a flow through the master stalled"
+    Failover(flows, cut, 0.0, "").assert_kept(ha, {"tcp": 0, "udp": 1})

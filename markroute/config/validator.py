@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from markroute import marks
 from markroute import match as match_keys
+from markroute.config import hosts
 from markroute.config.source import Node, SourceError, byte_position, load
 from markroute.config.warnings import model_warnings
 from markroute.diagnostics import Diagnostic, Diagnostics, Where
@@ -65,7 +66,8 @@ from markroute.values import (
 
 DEFAULT_PATH = "/etc/markroute/markroute.yaml"
 
-TOP_KEYS = ("uplinks", "groups", "policies", "sets", "settings")
+TOP_KEYS = ("uplinks", "groups", "policies", "sets", "settings", hosts.KEY)
+HOST_KEYS = TOP_KEYS[:-1]  # what a `hosts:` entry may override
 UPLINK_KEYS = ("interface", "gateway", "gateway6", "nat", "ingress", "inbound", "table", "mark", "check")
 MATCH_KEYS = match_keys.YAML_KEYS
 POLICY_KEYS = ("name", "via", *MATCH_KEYS)
@@ -148,6 +150,7 @@ class Validator:
             return None, self.diag.sorted()
         self.odd_keys(root)
         self.known_keys(root, TOP_KEYS, "the top level")
+        root = hosts.select(root, self.diag, HOST_KEYS, suggest)
         settings = self.settings(root.items.get("settings"))
         self.read_sets(root.items.get("sets"))
         uplinks = self.uplinks(root.items.get("uplinks"), root, settings)

@@ -9,6 +9,8 @@ import pytest
 
 from markroute.compile import compile_plan
 from markroute.config import load_model
+from markroute.config.hasettings import load_ha_settings
+from markroute.model import HaSettings
 
 CONFIG = """\
 uplinks:
@@ -82,3 +84,18 @@ def test_settings_ha_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ha:
 def test_settings_ha_without_conntrackd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model, _ = load_as(tmp_path, monkeypatch, "r1", CONFIG.split("hosts:")[0] + "settings:\n  ha: {}\n")
     assert model is not None and model.settings.ha is not None and model.settings.ha.conntrackd is None
+
+
+def test_the_hook_reads_settings_ha_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """keepalived's hook must take over even when the rest of the file has an error not yet applied;
+    it still follows this host's `hosts:` entry and still names what is wrong with settings.ha."""
+    monkeypatch.setenv("MARKROUTE_HOST", "r2")
+    path = tmp_path / "markroute.yaml"
+    text = CONFIG.replace("via: isp0}", "via: nowhere}").replace("{rp_filter: strict}", "{ha: {conntrackd: /etc/r2.conf}}")
+    path.write_text(text + "settings:\n  ha: {conntrackd: /etc/r1.conf}\n")
+    assert load_model(str(path))[0] is None
+    assert load_ha_settings(str(path)) == (HaSettings("/etc/r2.conf"), [])
+    path.write_text(CONFIG)
+    settings, diagnostics = load_ha_settings(str(path))
+    assert settings is None and [d.message for d in diagnostics] == [
+        "the config has no settings.ha: this router is not one of an HA pair"]

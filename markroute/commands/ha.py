@@ -10,8 +10,8 @@ import click
 from markroute.commands.cliutil import (
     config_option,
     exit_codes,
-    load_model_or_exit,
     netns_option,
+    print_diagnostics,
 )
 
 TOOL_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
@@ -28,7 +28,8 @@ def command(role: str, config: str | None, netns: str | None) -> None:
     -f internal, -R, -B), then lift markroute's hold on new forwarded connections.
     backup: set the hold, then conntrackd -t and -n. fault: set the hold, then -t.
     The role is recorded for `markroute run` (only a master deletes a dead uplink's
-    connections) and `status`. The config's settings.ha names conntrackd's config.
+    connections) and `status`. The config's settings.ha names conntrackd's config;
+    nothing else of the config is read (an error elsewhere never stops a takeover).
 
     Exit codes: 0 done; 1 invalid config, settings.ha missing, or a step failed
     (the role is recorded and the hold set or lifted all the same); 4 not root.
@@ -36,16 +37,17 @@ def command(role: str, config: str | None, netns: str | None) -> None:
     # keepalived starts its scripts with a bare PATH (no /usr/sbin): nft and conntrackd live there.
     os.environ["PATH"] = os.pathsep.join(dict.fromkeys([*os.environ.get("PATH", "").split(os.pathsep), *TOOL_PATH]))
     from markroute.config import config_path
+    from markroute.config.hasettings import load_ha_settings
     from markroute.kernel import ha
     from markroute.kernel.environment import prepare
 
-    model = load_model_or_exit(config_path(config), quiet_warnings=True)
-    if model.settings.ha is None:
-        click.echo("markroute: the config has no settings.ha: this router is not one of an HA pair", err=True)
+    settings, diagnostics = load_ha_settings(config_path(config))
+    if settings is None:
+        print_diagnostics(diagnostics)
         sys.exit(1)
     with exit_codes():
         netns = prepare(netns)
-        record = ha.hand_over(role, model.settings.ha.conntrackd, ha.hold_table(netns), netns)  # type: ignore[arg-type]
+        record = ha.hand_over(role, settings.conntrackd, ha.hold_table(netns), netns)  # type: ignore[arg-type]
     failed = [step for step in record.steps if step.code != 0]
     for step in record.steps:
         click.echo(f"conntrackd {' '.join(step.argv[3:])}: exit {step.code} in {step.seconds:.3f} s"

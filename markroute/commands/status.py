@@ -113,7 +113,7 @@ def ha_lines(report: StatusReport) -> list[str]:
         lines.append(f"  conntrack sync: conntrackd does not answer: {ha.sync.error}")
     elif ha.sync is not None:
         shown = ", ".join(f"{name} {value}" for name, value in ha.sync.counters.items()
-                          if any(word in name for word in ("active", "msg", "error", "lost", "commit")))
+                          if any(word in name for word in ("active", "Pckts", "Error", "Lost")))
         lines.append(f"  conntrack sync: {shown or 'no counters'}")
     return lines
 

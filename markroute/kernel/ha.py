@@ -24,6 +24,7 @@ HA lab with conntrackd 1.4.7 (`markroute.lab.ha_notify` has the details):
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -189,19 +190,28 @@ def sync_health(config: str) -> SyncHealth:
 
 
 def _counters(lines: Iterable[str]) -> dict[str, int]:
-    """'section:' headings and 'name: number' pairs (several per line) as 'section.name'."""
+    """conntrackd -s as 'section.name': number.
+
+    Sections are the unindented lines ending in ':' ("cache internal", "cache external",
+    "UDP traffic (active device=sync0)" becomes "sync"); inside them conntrackd writes
+    either 'name: N' pairs (a 'failed: N' after a pair belongs to it) or 'N Name word'.
+    """
     found: dict[str, int] = {}
     section = ""
     for line in lines:
-        stripped = line.strip()
-        if not stripped:
+        if line.strip() and not line[0].isspace() and line.rstrip().endswith(":") and "\t" not in line:
+            title = line.strip()[:-1]
+            section = "sync" if " traffic (active device" in title else title
             continue
-        if not line.startswith(" ") and stripped.endswith(":"):
-            section = stripped[:-1].strip()
-            continue
-        for part in stripped.split(","):
-            name, _, value = part.rpartition(":")
-            words = value.split()
-            if name and words and words[0].isdigit():
-                found[f"{section}.{name.strip()}" if section else name.strip()] = int(words[0])
+        previous = ""
+        for name, value in _PAIR.findall(line):
+            name = f"{previous} failed" if name == "failed" and previous else name
+            found[f"{section}.{name}"] = int(value)
+            previous = name
+        for value, name in _COUNT.findall(line):
+            found[f"{section}.{name}"] = int(value)
     return found
+
+
+_PAIR = re.compile(r"([A-Za-z][A-Za-z ]*?):\s+(\d+)")
+_COUNT = re.compile(r"(\d+) ([A-Z][a-z]+ [a-z]+)")

@@ -514,6 +514,7 @@ def test_example_pair_keeps_flows_across_master_death(
     status = json.loads(lab.run(r2.ns, [sys.executable, "-m", "markroute", "status", "--json"],
                                 env=python_env(), check=False).stdout)
     assert (status["ha"]["role"], status["ha"]["held"]) == ("master", False)
+    assert status["drift"] == [], "the hold's state is the role, not drift"
     assert status["ha"]["sync"]["ok"] and status["ha"]["sync"]["counters"], status["ha"]
     assert [step["step"] for step in status["ha"]["steps"]] == ["-c", "-f internal", "-R", "-B"]
 

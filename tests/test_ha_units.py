@@ -24,10 +24,10 @@ def test_conntrackd_statistics_by_section() -> None:
 
 def test_status_shows_role_hold_and_sync() -> None:
     sync = SyncHealth(True, _counters(STATS.splitlines()))
-    ha = HaStatus("backup", 0.0, True, (("-t", 0, 0.01), ("-n", 1, 0.01)), sync)
+    ha = HaStatus("backup", 0.0, True, (("-t", 0, 0.01), ("-n", 1, 0.01)), sync, "no such set")
     text = render(StatusReport(namespace=None, applied=True, applied_at="now", ha=ha))
     assert "HA role: backup since " in text and "new connections held" in text
-    assert "last hand-over failed: conntrackd -n exit 1" in text
+    assert "last hand-over failed: conntrackd -n exit 1, the hold: no such set" in text
     assert "cache external.current active connections 2" in text and "message tracking.Lost msgs 7" in text
     down = HaStatus("master", 0.0, False, (), SyncHealth(False, {}, "can't connect"))
     text = render(StatusReport(namespace=None, applied=True, applied_at="now", ha=down))

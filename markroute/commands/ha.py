@@ -52,6 +52,8 @@ def command(role: str, config: str | None, netns: str | None) -> None:
     for step in record.steps:
         click.echo(f"conntrackd {' '.join(step.argv[3:])}: exit {step.code} in {step.seconds:.3f} s"
                    + (f": {step.output}" if step.output else ""))
+    if record.hold_error:
+        click.echo(f"markroute: cannot {'lift' if role == 'master' else 'set'} the hold: {record.hold_error}", err=True)
     click.echo(f"role: {record.role}")
-    if failed:
+    if failed or record.hold_error:
         sys.exit(1)

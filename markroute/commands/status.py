@@ -107,6 +107,8 @@ def ha_lines(report: StatusReport) -> list[str]:
     hold = {True: "new connections held", False: "not held", None: "no hold in the table"}[ha.held]
     lines = [f"HA role: {ha.role} since {since}; {hold}"]
     failed = [f"conntrackd {step} exit {code}" for step, code, _ in ha.steps if code != 0]
+    if ha.hold_error:
+        failed.append(f"the hold: {ha.hold_error}")
     if failed:
         lines.append(f"  last hand-over failed: {', '.join(failed)}")
     if ha.sync is not None and not ha.sync.ok:

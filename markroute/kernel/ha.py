@@ -63,6 +63,8 @@ class HaRecord:
     since: float
     conntrackd: str | None = None
     steps: tuple[Step, ...] = field(default=())
+    #: Why the hold could not be set or lifted, if it could not.
+    hold_error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,7 +72,7 @@ class HaRecord:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> HaRecord:
         steps = tuple(Step(tuple(s["argv"]), s["code"], s["seconds"], s["output"]) for s in data.get("steps", ()))
-        return cls(str(data["role"]), float(data["since"]), data.get("conntrackd"), steps)
+        return cls(str(data["role"]), float(data["since"]), data.get("conntrackd"), steps, data.get("hold_error"))
 
 
 def load(netns: str | None) -> HaRecord | None:
@@ -139,16 +141,27 @@ def hand_over(role: Role, config: str | None, table: str | None, netns: str | No
     connections at once; the master records its role last, once the commit is done.
     TABLE is markroute's table when it holds the hold sets, else None.
     """
+    hold_error = None
     if role != "master":
         save(netns, HaRecord(role, time.time(), config))
-        if table:
-            set_hold(table, True)
+        hold_error = _change_hold(table, True)
     steps = tuple(conntrackd(config, *step) for step in STEPS[role]) if config else ()
-    if role == "master" and table:
-        set_hold(table, False)
-    record = HaRecord(role, time.time(), config, steps)
+    if role == "master":
+        hold_error = _change_hold(table, False)
+    record = HaRecord(role, time.time(), config, steps, hold_error)
     save(netns, record)
     return record
+
+
+def _change_hold(table: str | None, held: bool) -> str | None:
+    """Set or lift the hold; the reason when that failed (the hand-over goes on regardless)."""
+    if table is None:
+        return None
+    try:
+        set_hold(table, held)
+    except KernelError as exc:
+        return str(exc)
+    return None
 
 
 def hold_table(netns: str | None) -> str | None:

@@ -17,6 +17,7 @@ class HaStatus:
     #: The last hand-over's conntrackd steps: (arguments, exit code, seconds).
     steps: tuple[tuple[str, int, float], ...]
     sync: ha.SyncHealth | None
+    hold_error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -25,6 +26,7 @@ class HaStatus:
             "held": self.held,
             "steps": [{"step": step, "code": code, "seconds": seconds} for step, code, seconds in self.steps],
             "sync": asdict(self.sync) if self.sync else None,
+            "hold_error": self.hold_error,
         }
 
 
@@ -40,4 +42,5 @@ def ha_status(netns: str | None, table: str | None) -> HaStatus | None:
         held=ha.is_held(table) if table else None,
         steps=steps,
         sync=ha.sync_health(record.conntrackd) if record.conntrackd else None,
+        hold_error=record.hold_error,
     )

@@ -20,6 +20,11 @@ master's connection table, ct marks and NAT bindings included, into the
 backup's external cache; keepalived's notify script
 (:mod:`markroute.lab.ha_notify`) commits it on takeover.
 
+Two sets of configs: the lab's own (:func:`keepalived_conf`,
+:func:`conntrackd_conf`, notify script :mod:`markroute.lab.ha_notify`), for tests
+with a hand-written ruleset, and the README's examples/ha files with only paths and
+the advert interval substituted (``example_*``), whose hook is ``markroute ha``.
+
 Everything a daemon writes (configs, pid files, the conntrackd control
 socket and lock, logs, the notify state) lives in a per-router folder of the
 caller's working directory, so two daemons of each kind run side by side on

@@ -138,18 +138,22 @@ def hand_over(role: Role, config: str | None, table: str | None, netns: str | No
     """Take ROLE: record it, set or lift the hold and run conntrackd's steps (module doc).
 
     A router leaving the master role records so first, so `markroute run` stops deleting
-    connections at once; the master records its role last, once the commit is done.
-    TABLE is markroute's table when it holds the hold sets, else None.
+    connections at once; the master records its role once the commit is done. Each
+    record and hold change happen under apply's lock, so an apply (which sets the hold
+    from the recorded role) never sees one without the other. TABLE is markroute's table
+    when it holds the hold sets, else None.
     """
-    hold_error = None
     if role != "master":
-        save(netns, HaRecord(role, time.time(), config))
-        hold_error = _change_hold(table, True)
+        with state.locked(netns):
+            save(netns, HaRecord(role, time.time(), config))
+            hold_error = _change_hold(table, True)
     steps = tuple(conntrackd(config, *step) for step in STEPS[role]) if config else ()
-    if role == "master":
-        hold_error = _change_hold(table, False)
-    record = HaRecord(role, time.time(), config, steps, hold_error)
-    save(netns, record)
+    with state.locked(netns):
+        if role == "master":
+            save(netns, HaRecord(role, time.time(), config, steps))
+            hold_error = _change_hold(table, False)
+        record = HaRecord(role, time.time(), config, steps, hold_error)
+        save(netns, record)
     return record
 
 

@@ -507,6 +507,9 @@ def test_example_pair_keeps_flows_across_master_death(
     failover.assert_kept(ha, {"tcp": 0, "udp": 1})
     assert committed_entries(r2)[-1] >= 2
     assert not nft_held(lab, r2)
+    table = lab.run(r2.ns, ["conntrack", "-L"], check=False).stdout.splitlines()
+    committed = {line.split()[0]: line for line in table if f"dport={PORT}" in line}
+    assert "mark=512" in committed["tcp"] and "mark=768" in committed["udp"], "the committed entries keep their marks"
     for proto, flow in failover.flows.items():
         print(f"{proto}: gap {flow.gap(after=failover.killed):.2f} s with 1 s adverts")
     after = {proto: start_flow(lab, ha.client, proto, ha.server, seconds=1.0).result() for proto in ("tcp", "udp")}

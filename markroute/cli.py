@@ -25,6 +25,7 @@ COMMANDS = {
     "status": "Show uplinks, counters, connections and drift.",
     "trace": "Simulate the path of one packet, step by step, offline or live.",
     "run": "Apply the config and keep it true: probe uplinks, fail over, expose state.",
+    "ha": "keepalived's notify hook: take the VRRP role, hand connections over with conntrackd.",
     "demo": "Run markroute on a throwaway lab router with real traffic (namespaces only).",
     "manpage": "Print the markroute(8) man page (hidden: the installer writes it).",
 }

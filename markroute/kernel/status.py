@@ -20,6 +20,7 @@ from typing import Any
 from markroute.kernel import digest, foreign, nft, state
 from markroute.kernel.conntrack import count_by_mark
 from markroute.kernel.drift import differences
+from markroute.kernel.hastatus import HaStatus, ha_status
 from markroute.kernel.links import Link, links
 from markroute.kernel.rpdb import Rpdb
 from markroute.kernel.state import DaemonRecord, UplinkRecord
@@ -102,6 +103,7 @@ class StatusReport:
     connections_other: int | None = None
     drift: tuple[str, ...] = ()
     daemon: DaemonStatus | None = None
+    ha: HaStatus | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The report `status --json` prints.
@@ -113,7 +115,8 @@ class StatusReport:
         ``[{name, packets, bytes}]`` summed over every rule commented ``policy NAME``;
         ``connections``: ``{total, other}`` (other: no uplink mark); ``drift``: one sentence
         per difference, empty when none; ``daemon``: ``{pid, running, started,
-        rule_changes}`` of `markroute run`, or null.
+        rule_changes}`` of `markroute run`, or null; ``ha``: ``{role, since, held, steps,
+        sync}`` once `markroute ha` ran (`kernel.hastatus`), or null.
         """
         return {
             "namespace": self.namespace,
@@ -124,6 +127,7 @@ class StatusReport:
             "connections": {"total": self.connections_total or 0, "other": self.connections_other or 0},
             "drift": list(self.drift),
             "daemon": asdict(self.daemon) if self.daemon else None,
+            "ha": self.ha.to_json() if self.ha else None,
         }
 
 
@@ -167,6 +171,7 @@ def collect(netns: str | None, plan: Plan | None, warn: state.Warn | None = None
         connections_other=connections[0] if connections is not None else None,
         drift=tuple(drift),
         daemon=DaemonStatus(daemon.pid, daemon.running, daemon.started, daemon.rule_changes) if daemon else None,
+        ha=ha_status(netns, table_name),
     )
 
 

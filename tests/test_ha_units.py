@@ -1,10 +1,15 @@
-"""HA pair pieces that need no kernel: conntrackd's statistics and how `status` shows the role."""
+"""HA pair pieces that need no kernel: conntrackd's statistics, how `status` shows the role, the role's record."""
 
 from __future__ import annotations
 
+import json
+import stat
 from pathlib import Path
 
+import pytest
+
 from markroute.commands.status import render
+from markroute.kernel import KernelError, ha, state
 from markroute.kernel.ha import SyncHealth, _counters
 from markroute.kernel.hastatus import HaStatus
 from markroute.kernel.status import StatusReport
@@ -33,3 +38,32 @@ def test_status_shows_role_hold_and_sync() -> None:
     text = render(StatusReport(namespace=None, applied=True, applied_at="now", ha=down))
     assert "not held" in text and "conntrackd does not answer: can't connect" in text
     assert render(StatusReport(namespace=None, applied=True, applied_at="now")).count("HA role") == 0
+
+
+def test_ha_record_is_private_type_checked_and_never_read_through_a_link(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """ha.json decides whose connections `markroute run` deletes: read like every state record."""
+    monkeypatch.setattr(state, "RUN_DIR", tmp_path / "run")
+    record = ha.HaRecord("master", 1.5, "/etc/conntrackd/conntrackd.conf", (ha.Step(("conntrackd", "-c"), 0, 0.1, ""),))
+    ha.save("ns1", record)
+    path = state.directory("ns1") / state.HA_RECORD
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert ha.load("ns1") == record and ha.is_master("ns1")
+
+    path.write_text(json.dumps({**record.to_json(), "role": "boss"}))
+    with pytest.raises(KernelError, match=r"ha\.json is damaged: field 'role' must be one of"):
+        ha.load("ns1")
+    path.write_text(json.dumps({**record.to_json(), "steps": [{"argv": "conntrackd -c"}]}))
+    with pytest.raises(KernelError, match=r"field 'steps\[0\]\.argv' must be a list"):
+        ha.load("ns1")
+
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text(json.dumps(record.to_json()))
+    path.unlink()
+    path.symlink_to(elsewhere)
+    with pytest.raises(KernelError, match="cannot read"):
+        ha.load("ns1")
+    state.remove("ns1")
+    assert not path.is_symlink() and elsewhere.exists()

@@ -28,6 +28,7 @@ COMMANDS = {
     "explain": "Explain why a live connection uses its uplink, recorded and simulated.",
     "log": "Follow the packet log of `log:` policies and inbound drops, decoded.",
     "run": "Apply the config and keep it true: probe uplinks, fail over, expose state.",
+    "ha": "keepalived's notify hook: take the VRRP role, hand connections over with conntrackd.",
     "demo": "Run markroute on a throwaway lab router with real traffic (namespaces only).",
     "manpage": "Print the markroute(8) man page (hidden: the installer writes it).",
 }

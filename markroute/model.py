@@ -170,6 +170,20 @@ class Policy:
 
 
 @dataclass(frozen=True)
+class HaSettings:
+    """`settings.ha`: this router is one of a keepalived + conntrackd pair (README "HA pair").
+
+    It turns on markroute's hold (new forwarded connections wait while the router is not
+    master), conntrack's liberal TCP window tracking (a connection handed back by the peer
+    keeps flowing), and makes `markroute run` leave a dead uplink's connections alone
+    unless this router is master. `conntrackd`: the daemon's config file, for the
+    hand-over steps of `markroute ha` and the sync health `status` shows.
+    """
+
+    conntrackd: str | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     mark_mask: int = 0xFF00
     rule_priority: int = 10000
@@ -179,6 +193,7 @@ class Settings:
     reply_via_ingress: bool = True
     forwarding: bool | None = None
     on_change: tuple[str, ...] = ()  # argv `markroute run` executes on each uplink state change
+    ha: HaSettings | None = None
 
 
 @dataclass(frozen=True)

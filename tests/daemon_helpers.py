@@ -6,7 +6,7 @@
   a link down.
 * A flow meter, run inside the LAN client's namespace (`python3 tests/daemon_helpers.py
   flow ...`): one UDP flow or one TCP connection sending a line every few milliseconds,
-  recording when each answer came and which ISP's address the server saw. The longest
+  recording when each answer came and which ISP's address (and source ports) the server saw. The longest
   silence between two answers is the flow's gap: what a user of that flow lived through.
 * `ping_replies`: the same for `ping -D` from the LAN.
 
@@ -53,6 +53,7 @@ def meter(proto: str, host: str, port: int, interval: float, duration: float, sp
     sock.connect((host, port))
     sock.setblocking(False)
     replies: list[tuple[float, str]] = []
+    server_ports: set[int] = set()
     errors: list[tuple[float, str]] = []
     sent = 0
     pending = b""
@@ -94,10 +95,13 @@ def meter(proto: str, host: str, port: int, interval: float, duration: float, sp
             lines = [data] if proto == "udp" else (pending + data).split(b"\n")
             if proto == "tcp":
                 pending = lines.pop()
-            replies += [(arrived, json.loads(line)["src"]) for line in lines if line.strip()]
+            answers = [json.loads(line) for line in lines if line.strip()]
+            replies += [(arrived, answer["src"]) for answer in answers]
+            server_ports.update(answer["sport"] for answer in answers)
     local_port = sock.getsockname()[1]
     sock.close()
-    return {"proto": proto, "sport": local_port, "sent": sent, "replies": replies, "errors": errors, "start": start}
+    return {"proto": proto, "sport": local_port, "sent": sent, "replies": replies, "errors": errors, "start": start,
+            "server_ports": sorted(server_ports)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -128,6 +132,8 @@ class Flow:
     replies: list[tuple[float, str]]
     errors: list[tuple[float, str]]
     start: float
+    #: Source ports the server saw (after NAT): one unless the flow's NAT binding changed.
+    server_ports: list[int] = field(default_factory=list)
 
     def gap(self, after: float = 0.0) -> float:
         """The longest silence between two answers that ends after AFTER (seconds)."""
@@ -156,7 +162,7 @@ class Running:
 def _flow(text: str) -> Flow:
     data = json.loads(text)
     return Flow(data["proto"], data["sport"], data["sent"], [tuple(r) for r in data["replies"]],
-                [tuple(e) for e in data["errors"]], data["start"])
+                [tuple(e) for e in data["errors"]], data["start"], data["server_ports"])
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,7 @@ def render(report: StatusReport) -> str:
     else:
         lines = [f"markroute applied in {where} at {report.applied_at}"]
     lines += daemon_lines(report)
+    lines += ha_lines(report)
     if report.uplinks:
         lines += ["", "uplinks:"]
         for u in report.uplinks:
@@ -221,6 +222,28 @@ def daemon_lines(report: StatusReport) -> list[str]:
     if not daemon.running:
         return [f"markroute run (pid {daemon.pid}) is not running; uplink states are as it last saw them"]
     return [f"markroute run: pid {daemon.pid} since {started}, {daemon.rule_changes} rule changes for uplink states"]
+
+
+def ha_lines(report: StatusReport) -> list[str]:
+    """The HA role `markroute ha` recorded, the hold and conntrackd's sync counters."""
+    ha = report.ha
+    if not ha:
+        return []
+    since = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(ha.since))
+    hold = {True: "new connections held", False: "not held", None: "no hold in the table"}[ha.held]
+    lines = [f"HA role: {ha.role} since {since}; {hold}"]
+    failed = [f"conntrackd {step} exit {code}" for step, code, _ in ha.steps if code != 0]
+    if ha.hold_error:
+        failed.append(f"the hold: {ha.hold_error}")
+    if failed:
+        lines.append(f"  last hand-over failed: {', '.join(failed)}")
+    if ha.sync is not None and not ha.sync.ok:
+        lines.append(f"  conntrack sync: conntrackd does not answer: {ha.sync.error}")
+    elif ha.sync is not None:
+        shown = ", ".join(f"{name} {value}" for name, value in ha.sync.counters.items()
+                          if any(word in name for word in ("active", "Pckts", "Error", "Lost")))
+        lines.append(f"  conntrack sync: {shown or 'no counters'}")
+    return lines
 
 
 def health_text(health: UplinkRecord) -> str:

@@ -38,7 +38,7 @@ from typing import Any
 
 from markroute import marks
 from markroute import match as match_keys
-from markroute.compile import policymaps, routing
+from markroute.compile import ha, policymaps, routing
 from markroute.compile.namedsets import NamedSets
 from markroute.compile.policymaps import PolicyKey
 from markroute.model import Match, Model, Policy, Uplink
@@ -101,6 +101,12 @@ class Compiler:
         self.postrouting()
         nft: list[Expr] = [nj.table(self.table)]
         nft += list(self.named_sets.declared.values())
+        if self.model.settings.ha is not None:
+            nft += ha.hold_sets(self.table)
+            for name, (chain, hold_rules) in ha.hold_chains(self.table).items():
+                self.base[name] = chain
+                for expr in hold_rules:
+                    self.add(name, expr, "ha hold")
         for name in self.chains:
             nft.append(self.base.get(name) or nj.chain(self.table, name))
         for rules in self.chains.values():
@@ -370,6 +376,11 @@ class Compiler:
             if uplink.nat.kind == "masquerade":
                 expr += [nj.counter(), {"masquerade": None}]
             else:
+                # The router's own packets take the uplink's own address: the snat address
+                # may float (a VRRP address held by the peer), and VRRP adverts and probes
+                # must carry the sender's address (issue #17).
+                own = [nj.match(nj.fib_saddr_type(), "local"), nj.counter(), {"masquerade": None}]
+                self.add("postrouting", expr + own, f"nat {uplink.name} own")
                 address = uplink.nat.address or ""
                 family = "ip6" if ":" in address else "ip"
                 expr += [nj.match(nj.meta("nfproto"), "ipv6" if family == "ip6" else "ipv4"), nj.counter(),

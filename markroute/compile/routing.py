@@ -9,7 +9,7 @@ priority band.
 from __future__ import annotations
 
 from markroute import marks
-from markroute.compile import failclosed
+from markroute.compile import failclosed, ha
 from markroute.model import Model
 from markroute.plan import (
     RESERVED_RULE_OFFSET,
@@ -92,6 +92,8 @@ def sysctls(model: Model) -> tuple[Sysctl, ...]:
     for interface in interfaces:
         result.append(Sysctl(f"net/ipv4/conf/{interface}/rp_filter", RP_FILTER[settings.rp_filter]))
         result.append(Sysctl(f"net/ipv4/conf/{interface}/src_valid_mark", "1"))
+    if settings.ha is not None:
+        result.append(ha.LIBERAL)  # a connection handed back by the HA peer keeps flowing
     return tuple(result)
 
 

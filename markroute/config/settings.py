@@ -7,12 +7,12 @@ from typing import Any
 from markroute import marks
 from markroute.config.reader import Reader
 from markroute.config.source import Node
-from markroute.model import SPECIAL_TARGETS, Settings
-from markroute.values import parse_mark
+from markroute.model import SPECIAL_TARGETS, HaSettings, Settings
+from markroute.values import parse_argument, parse_mark
 
 SETTINGS_KEYS = (
     "mark_mask", "rule_priority", "table_base", "rp_filter", "last_resort",
-    "reply_via_ingress", "forwarding", "on_change",
+    "reply_via_ingress", "forwarding", "on_change", "ha",
 )
 
 
@@ -51,4 +51,21 @@ def read_settings(reader: Reader, node: Node | None) -> Settings:
             values[key] = reader.boolean(items[key], key)
     if "on_change" in items:
         values["on_change"] = reader.command(items["on_change"], "on_change")
+    if "ha" in items:
+        values["ha"] = read_ha_settings(reader, items["ha"])
     return Settings(**{k: v for k, v in values.items() if v is not None})
+
+
+def read_ha_settings(reader: Reader, node: Node) -> HaSettings | None:
+    """`ha: {}` or `ha: {conntrackd: /etc/conntrackd/conntrackd.conf}`."""
+    if not reader.kind(node, "map", "ha"):
+        return None
+    reader.known_keys(node, ("conntrackd",), "ha")
+    if "conntrackd" not in node.items:
+        return HaSettings()
+    path = reader.scalar(node.items["conntrackd"], "ha.conntrackd", parse_argument)
+    if path is not None and not path.startswith("/"):
+        reader.diag.error(node.items["conntrackd"].where, f"ha.conntrackd must be an absolute path, not '{path}'",
+                          "conntrackd's config file, such as /etc/conntrackd/conntrackd.conf")
+        return None
+    return HaSettings(conntrackd=path)

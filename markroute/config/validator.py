@@ -19,6 +19,7 @@ import os
 from typing import Any
 
 from markroute import match as match_keys
+from markroute.config import hosts
 from markroute.config.allocation import allocate
 from markroute.config.groups import read_groups
 from markroute.config.policies import read_policies
@@ -43,7 +44,8 @@ from markroute.values import (
 
 DEFAULT_PATH = "/etc/markroute/markroute.yaml"
 
-TOP_KEYS = ("uplinks", "groups", "policies", "sets", "settings")
+TOP_KEYS = ("uplinks", "groups", "policies", "sets", "settings", hosts.KEY)
+HOST_KEYS = TOP_KEYS[:-1]  # what a `hosts:` entry may override
 MATCH_KEYS = match_keys.YAML_KEYS
 POLICY_KEYS = ("name", "via", "log", *MATCH_KEYS)
 
@@ -80,6 +82,7 @@ class Validator(Reader):
             return None, self.diag.sorted()
         self.odd_keys(root)
         self.known_keys(root, TOP_KEYS, "the top level")
+        root = hosts.select(root, self.diag, HOST_KEYS, suggest)
         settings = read_settings(self, root.items.get("settings"))
         declared = read_sets(self, root.items.get("sets"))
         self.sets, self.set_where = declared.addresses, declared.where

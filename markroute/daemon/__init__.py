@@ -9,6 +9,7 @@ Modules, in the order a failover passes through them:
   flap damping;
 * `netlink`: link, address and route events from the kernel, acted on at once;
 * `failover`: the one-transaction chain rewrite and the conntrack clean-up;
+  `hamove`: on a router of an HA pair, that clean-up only while it is master;
 * `service`: the loop tying them together, signals, reload, resync;
 * `metrics`, `hooks`, `logs`: what the daemon tells the world (Prometheus,
   `on_change`, journald; its records for `status` are in `kernel.state`), `reactor`:

@@ -50,6 +50,7 @@ from markroute.daemon.failover import (
     changed_chains,
     move_flows,
 )
+from markroute.daemon.hamove import move_when_master
 from markroute.daemon.hooks import Hooks
 from markroute.daemon.metrics import Exposed, MetricsServer
 from markroute.daemon.monitor import UplinkMonitor, probe_targets
@@ -325,7 +326,12 @@ class Daemon:
                                chains=",".join(changed_chains(commands)), moved=",".join(sorted(self.unmoved)) or None)
                     self.recorder.refresh(wanted, self.nominal)
                 self.installed, self.installed_availability = wanted, availability
-            move_flows((self.model.uplinks[name].mark for name in ending), self.model.settings.mark_mask)
+            if self.model.settings.ha is None:
+                move_flows((self.model.uplinks[name].mark for name in ending), self.model.settings.mark_mask)
+            elif ending:  # an HA pair: only the master ends flows, or the deletions reach the peer
+                move_when_master(self.reactor, ending, {n: u.mark for n, u in self.model.uplinks.items()},
+                                 self.model.settings.mark_mask, lambda name: self.uplink_states().get(name) == "down",
+                                 self.netns, self.log)
             self.unmoved -= set(ending)
         except KernelError as exc:
             self.log.error("cannot act on the uplinks' states: %s; trying again in %g s", exc, RETRY)

@@ -37,6 +37,7 @@ from markroute.kernel import (
     KernelError,
     digest,
     foreign,
+    ha,
     nft,
     nftnetlink,
     restore,
@@ -113,6 +114,7 @@ def apply(plan: Plan, netns: str | None = None, force: bool = False) -> ApplyRep
         with rpdb:
             report = _Apply(plan, netns, previous, rpdb, new_table).run()
         report.warnings[:0] = adopted
+        ha.restore_hold(plan, netns)  # a new table's hold sets are empty: the role decides
         return report
 
 

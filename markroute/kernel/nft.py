@@ -21,11 +21,13 @@ import subprocess
 from collections.abc import Iterable
 from typing import Any
 
+from markroute.compile.ha import HOLD_SETS
 from markroute.kernel import KernelError
 from markroute.plan.nftjson import FAMILY, json_default
 
 Obj = dict[str, Any]
 NFT = "nft"
+RUNTIME_SETS = frozenset(HOLD_SETS.values())  # their elements are state, not config (`compile.ha`)
 
 
 def _run(argv: list[str], stdin: str | None = None) -> str:
@@ -143,9 +145,12 @@ def normalise(listing: Iterable[Obj]) -> list[Obj]:
     back by a rollback comes last). Tables, then sets, chains and their rules by name; the
     order of rules within a chain is kept, it is what they mean.
 
-    Only rules hold counters, so sets (their elements can be 100,000) are not walked.
+    Only rules hold counters, so sets (their elements can be 100,000) are not walked. The
+    hold sets' elements are the HA role, not the config (`compile.ha`): left out.
     """
-    objects = [_zero_counters(_without(obj, ("handle",))) if "rule" in obj else _without(obj, ("handle",))
+    objects = [_zero_counters(_without(obj, ("handle",))) if "rule" in obj
+               else _without(obj, ("handle", "elem")) if obj.get("set", {}).get("name") in RUNTIME_SETS
+               else _without(obj, ("handle",))
                for obj in listing]
     return sorted(objects, key=_listing_order)  # stable: rules of a chain keep their order
 

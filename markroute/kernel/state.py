@@ -18,14 +18,18 @@ has exactly one writer, and readers combine them through this module:
   which is what every reader (apply, down, status) wants: the table as it really is.
 * `daemon.json` (`DaemonRecord`): the daemon's view of the uplinks (state, RTT, loss),
   written only by `markroute run`, read by `status` and by the next daemon start.
+* `ha.json` (`kernel.ha.HaRecord`): the HA role keepalived's hook last announced, written
+  only by `markroute ha`, read by apply (the hold), `markroute run` (whose connections
+  to delete) and `status`.
 
 Files are written atomically (temporary file, then rename), so a crash leaves either
 the old record or the new one. They steer what root's `down` writes, so they are
 private (directories 0700, files 0600, whatever the umask), opened level by level with
 O_NOFOLLOW (a planted symlink is never followed) and type-checked on read
 (`records.typed`): a damaged `state.json` raises `DamagedState` naming the file and
-the field, a damaged `table.json` or `daemon.json` is ignored with a warning. The elements of address sets (maybe 100,000 intervals)
-are kept packed, base64 of fixed-width (first, last) pairs per set (`nft_elements`),
+the field, a damaged `table.json` or `daemon.json` is ignored with a warning, a damaged
+`ha.json` is a `KernelError` naming the file and the field. The elements of address
+sets (maybe 100,000 intervals) are kept packed, base64 of fixed-width (first, last) pairs per set (`nft_elements`),
 not as nft JSON: writing, reading and comparing them then costs milliseconds.
 """
 
@@ -55,6 +59,7 @@ READABLE_FORMATS = (1, FORMAT)  # format 1 kept set elements as nft JSON in the 
 STATE_RECORD = "state.json"  # written by apply
 TABLE_AMENDMENT = "table.json"  # written by `markroute run`
 DAEMON_RECORD = "daemon.json"  # written by `markroute run`
+HA_RECORD = "ha.json"  # written by `markroute ha` (`kernel.ha`)
 DAEMON_FORMAT = 1
 # the daemon's verdict on an uplink (daemon.uplinkstate); "unknown": not probed enough yet, carries no traffic
 UplinkState = Literal["up", "degraded", "down", "unknown"]
@@ -507,10 +512,10 @@ def _secured(fd: int, name: str) -> None:
 
 
 def remove(netns: str | None) -> None:
-    """Forget what was installed, the daemon's amendment to it and its view of the uplinks."""
+    """Forget what was installed, the daemon's amendment to it, its view of the uplinks and the HA role."""
     try:
         with _directory_fd(netns, create=False) as parent:
-            for name in (STATE_RECORD, TABLE_AMENDMENT, DAEMON_RECORD):
+            for name in (STATE_RECORD, TABLE_AMENDMENT, DAEMON_RECORD, HA_RECORD):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(name, dir_fd=parent)
     except (FileNotFoundError, NotADirectoryError):

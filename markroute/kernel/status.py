@@ -21,6 +21,7 @@ from markroute.kernel import digest, foreign, nft, state
 from markroute.kernel.conntrack import count_by_mark
 from markroute.kernel.drift import differences
 from markroute.kernel.groups import group_chains, policy_targets
+from markroute.kernel.hastatus import HaStatus, ha_status
 from markroute.kernel.links import Link, links
 from markroute.kernel.rpdb import Rpdb
 from markroute.kernel.state import DaemonRecord, UplinkRecord
@@ -149,6 +150,7 @@ class StatusReport:
     drift: tuple[str, ...] = ()
     daemon: DaemonStatus | None = None
     groups: tuple[GroupStatus, ...] = ()
+    ha: HaStatus | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The report `status --json` prints.
@@ -160,10 +162,11 @@ class StatusReport:
         ``[{name, packets, bytes}]`` summed over every rule commented ``policy NAME``;
         ``connections``: ``{total, other}`` (other: no uplink mark); ``drift``: one sentence
         per difference, empty when none; ``daemon``: ``{pid, running, started,
-        rule_changes}`` of `markroute run`, or null; ``groups``: ``[{name, kind, members: [{name,
-        weight, effective, state}], active, last_resort, changed, why}]``; ``version``: the
-        schema's version. docs/status.schema.json is the schema (`status --json` adds
-        ``neighbours`` and ``problems``).
+        rule_changes}`` of `markroute run`, or null; ``ha``: ``{role, since, held, steps,
+        sync}`` once `markroute ha` ran (`kernel.hastatus`), or null; ``groups``: ``[{name, kind,
+        members: [{name, weight, effective, state}], active, last_resort, changed, why}]``;
+        ``version``: the schema's version. docs/status.schema.json is the schema (`status --json`
+        adds ``neighbours`` and ``problems``).
         """
         return {
             "version": SCHEMA_VERSION,
@@ -176,6 +179,7 @@ class StatusReport:
             "drift": list(self.drift),
             "daemon": asdict(self.daemon) if self.daemon else None,
             "groups": [g.to_json() for g in self.groups],
+            "ha": self.ha.to_json() if self.ha else None,
         }
 
 
@@ -221,6 +225,7 @@ def collect(netns: str | None, plan: Plan | None, warn: state.Warn | None = None
         daemon=DaemonStatus(daemon.pid, daemon.running, daemon.started, daemon.rule_changes) if daemon else None,
         groups=group_statuses(list(plan.groups) if plan else recorded.groups if recorded else [], live_table or [],
                               daemon),
+        ha=ha_status(netns, table_name),
     )
 
 

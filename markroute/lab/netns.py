@@ -365,6 +365,12 @@ class Lab:
         self._processes.append(proc)
         return proc
 
+    def stop(self, proc: subprocess.Popen[Any]) -> None:
+        """Stop one process started by :meth:`spawn` now, not at teardown."""
+        _stop_process(proc)
+        if proc in self._processes:
+            self._processes.remove(proc)
+
     def serve_echo(
         self,
         ns: str,

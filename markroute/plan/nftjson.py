@@ -86,6 +86,10 @@ def fib_daddr_type() -> Expr:
     return {"fib": {"result": "type", "flags": ["daddr"]}}
 
 
+def fib_saddr_type() -> Expr:
+    return {"fib": {"result": "type", "flags": ["saddr"]}}
+
+
 def counter() -> Expr:
     return {"counter": {"packets": 0, "bytes": 0}}
 

@@ -7,6 +7,12 @@ tables those rules looked up. The table goes first so nothing is marked any more
 then the rules, so no packet is sent to a table that is being emptied, then the
 routes; sysctls go back to the values found before markroute changed them, unless
 someone else has changed them since.
+
+An apply that was killed before its commit is undone first (`journal.recover`), so
+its sysctls go back too. Down holds the namespace's lock and, once it has the lock,
+always completes: SIGINT, SIGTERM and SIGHUP are noted and reported after it
+(`commands/down.py`). Down killed outright is finished by the next down: every step
+removes only what is still there.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
-from markroute.kernel import KernelError, nft, nftnetlink, state, sysctl
+from markroute.kernel import KernelError, journal, nft, nftnetlink, state, sysctl
 from markroute.kernel import netns as namespaces
 from markroute.kernel.apply import route_text, rule_text
 from markroute.kernel.rpdb import Rpdb, route_key
@@ -33,7 +39,10 @@ class DownReport:
 def down(netns: str | None = None, rule_priority: int | None = None) -> DownReport:
     """Remove markroute from the current namespace; RULE_PRIORITY helps only when the state is lost."""
     report = DownReport()
-    with state.locked(netns):
+    with state.locked(netns, "markroute down"):
+        recovery = journal.recover(netns)
+        if recovery is not None:
+            report.warnings += recovery.messages()
         recorded = state.load(netns)
         with Rpdb() as rpdb:
             live_rules = rpdb.own_rules()
@@ -70,7 +79,7 @@ def forget_vanished(netns: str) -> bool:
     """
     if namespaces.path(netns).exists() or not (state.directory(netns) / state.STATE_RECORD).exists():
         return False
-    with state.locked(netns):
+    with state.locked(netns, "markroute down"):
         state.remove(netns)
     return True
 

@@ -1,0 +1,162 @@
+"""apply and down as transactions on a real kernel: interrupted anywhere, a namespace is as
+before the call or as after it, byte for byte; one writer at a time.
+
+The fault-injection tests use the test hook of `markroute.kernel.interrupt`
+(MARKROUTE_FAULT=N:SIGNAL sends the process SIGNAL at its Nth point between two kernel
+steps: every journal line, every step, the state file written and renamed). SIGTERM,
+SIGINT and SIGHUP must roll the apply back (exit 1, "put back") or, past its commit, let it
+complete (exit 0); after SIGKILL the next `down` must undo what the dead apply did (the
+journal) and remove everything, original sysctls included, leaving no file behind.
+
+A snapshot is `nft -j list ruleset` (handles and counter values dropped: a table or chain
+put back by a rollback is a new kernel object), `ip -j rule`, `ip -j route show table
+all`, every net sysctl, and the files of the namespace's state directory (state.json without
+its time stamp and nf_tables generation, which differ between two applies of one config).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kernelhelp import KERNEL, REPO, TWO_UPLINKS, markroute, router, view, write_config  # noqa: F401
+
+from markroute.kernel import nft, state
+from markroute.lab import RouterLab
+
+pytestmark = KERNEL
+POINTS = 20
+PREFIXES = 1000
+ONE_UPLINK = """
+uplinks:
+  isp0:
+    interface: wan0
+    gateway: 10.0.0.1
+    nat: masquerade
+policies:
+  - name: server-via-isp0
+    to: {server}
+    via: isp0
+"""
+SETS = "sets:\n  servers: {file: servers.txt}\n"
+
+
+def prefixes(tmp_path: Path, name: str, first: int) -> None:
+    """PREFIXES /24s of 10.64.0.0/10, every other one from the FIRST on (so none merge)."""
+    lines = [f"10.{64 + (n >> 8) % 64}.{n & 255}.0/24" for n in range(2 * first, 2 * (first + PREFIXES), 2)]
+    (tmp_path / name).write_text("\n".join(lines) + "\n")
+
+
+def snapshot(r: RouterLab) -> dict[str, Any]:
+    seen = view(r.lab, r.rtr)
+    seen["nftables"] = nft.normalise(seen["nftables"])
+    files: dict[str, Any] = {}
+    directory = state.directory(r.rtr)
+    if directory.exists():
+        for path in sorted(directory.iterdir()):
+            if path.name == state.STATE_RECORD:
+                recorded = json.loads(path.read_text())
+                recorded.pop("applied_at")
+                recorded.pop("nft_generation")
+                files[path.name] = recorded
+            else:
+                files[path.name] = path.read_bytes()
+    seen["files"] = files
+    return seen
+
+
+def faulted(config: str, netns: str, at: int, signal_name: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO), MARKROUTE_FAULT=f"{at}:{signal_name}")
+    return subprocess.run([sys.executable, "-m", "markroute", "apply", "-c", config, "--netns", netns],
+                          capture_output=True, text=True, env=env, timeout=120, check=False)
+
+
+def fault_points(result: subprocess.CompletedProcess[str]) -> int:
+    return sum(line.startswith("markroute: fault point ") for line in result.stderr.splitlines())
+
+
+def scenario(router: RouterLab, tmp_path: Path, before_config: str | None, after_config: str) -> None:  # noqa: F811
+    """Interrupt `apply AFTER_CONFIG` (from BEFORE_CONFIG applied, or from nothing) at POINTS random points."""
+    r = router
+    pristine = snapshot(r)
+
+    def reset() -> None:
+        if before_config is not None:
+            result = markroute("apply", "-c", before_config, "--netns", r.rtr)
+            assert result.returncode == 0, result.stderr
+
+    reset()
+    before = snapshot(r)
+    uninterrupted = faulted(after_config, r.rtr, 0, "TERM")
+    assert uninterrupted.returncode == 0, uninterrupted.stderr
+    after = snapshot(r)
+    assert after != before
+    total = fault_points(uninterrupted)
+    assert total >= 5, uninterrupted.stderr
+    seed = int(time.time())
+    pick = random.Random(seed)
+    seen = {"rolled back": 0, "completed": 0, "killed": 0}
+    at_before = False
+    for _ in range(POINTS):
+        if not at_before:
+            if before_config is None:
+                assert markroute("down", "--netns", r.rtr).returncode == 0
+            else:
+                reset()
+        at = pick.randint(1, total)
+        signal_name = pick.choice(["TERM", "INT", "HUP", "KILL", "KILL"])
+        where = f"seed {seed}: {signal_name} at point {at} of {total}"
+        result = faulted(after_config, r.rtr, at, signal_name)
+        assert "Traceback" not in result.stderr, where + result.stderr
+        if signal_name == "KILL":
+            assert result.returncode == -9, where + result.stderr
+            seen["killed"] += 1
+            cleanup = markroute("down", "--netns", r.rtr)
+            assert cleanup.returncode == 0, where + cleanup.stderr
+            assert snapshot(r) == pristine, where
+            assert not state.directory(r.rtr).exists(), where
+            at_before = before_config is None
+        elif result.returncode == 0:
+            assert "after the apply had committed" in result.stderr, where + result.stderr
+            seen["completed"] += 1
+            assert snapshot(r) == after, where
+            at_before = False
+        else:
+            assert result.returncode == 1, where + result.stderr
+            assert f"interrupted by SIG{signal_name}" in result.stderr and "put back" in result.stderr, where
+            seen["rolled back"] += 1
+            assert snapshot(r) == before, where
+            at_before = True
+    assert seen["killed"] + seen["rolled back"] > 0, seen
+
+
+def test_interrupted_first_apply_leaves_nothing_or_everything(router: RouterLab, tmp_path: Path) -> None:  # noqa: F811
+    """A first apply with a set (its table filled in a background thread): interrupted anywhere."""
+    prefixes(tmp_path, "servers.txt", 0)
+    config = write_config(tmp_path, TWO_UPLINKS.format(server="'@servers'") + SETS)
+    scenario(router, tmp_path, None, config)
+
+
+def test_interrupted_set_change_is_before_or_after(router: RouterLab, tmp_path: Path) -> None:  # noqa: F811
+    """Only the set's contents change (one element transaction)."""
+    prefixes(tmp_path, "servers.txt", 0)
+    prefixes(tmp_path, "other.txt", 500)
+    text = TWO_UPLINKS.format(server="'@servers'") + SETS
+    first = write_config(tmp_path, text, "first.yaml")
+    second = write_config(tmp_path, text.replace("servers.txt", "other.txt"), "second.yaml")
+    scenario(router, tmp_path, first, second)
+
+
+def test_interrupted_policy_change_is_before_or_after(router: RouterLab, tmp_path: Path) -> None:  # noqa: F811
+    """A policy moved to a new uplink: its sysctls, routes and rules go in, the table is replaced."""
+    prefixes(tmp_path, "servers.txt", 0)
+    first = write_config(tmp_path, ONE_UPLINK.format(server="'@servers'") + SETS, "first.yaml")
+    second = write_config(tmp_path, TWO_UPLINKS.format(server="'@servers'") + SETS, "second.yaml")
+    scenario(router, tmp_path, first, second)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -28,7 +29,7 @@ from typing import Any
 import pytest
 from kernelhelp import KERNEL, REPO, TWO_UPLINKS, markroute, router, view, write_config  # noqa: F401
 
-from markroute.kernel import nft, state
+from markroute.kernel import KernelError, nft, state
 from markroute.lab import RouterLab
 
 pytestmark = KERNEL
@@ -160,3 +161,91 @@ def test_interrupted_policy_change_is_before_or_after(router: RouterLab, tmp_pat
     first = write_config(tmp_path, ONE_UPLINK.format(server="'@servers'") + SETS, "first.yaml")
     second = write_config(tmp_path, TWO_UPLINKS.format(server="'@servers'") + SETS, "second.yaml")
     scenario(router, tmp_path, first, second)
+
+
+def test_parallel_down_and_applies_never_hold_the_lock_twice(router: RouterLab, tmp_path: Path) -> None:  # noqa: F811
+    """`down`, `apply A` and `apply B` at once (A and B use different routing tables and rule
+    bands, so two writers at once would leave both): whatever order the lock gives them, the namespace is
+    then exactly one of them, with no drift, and `down` leaves nothing but the namespace's own."""
+    r = router
+    pristine = view(r.lab, r.rtr)
+    first = write_config(tmp_path, TWO_UPLINKS.format(server=r.server), "a.yaml")
+    second = write_config(tmp_path, TWO_UPLINKS.format(server=r.server_alt)
+                          + "settings: {table_base: 300, rule_priority: 20000}\n", "b.yaml")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    for round_ in range(3):
+        commands = [["down"], ["apply", "-c", first], ["apply", "-c", second]]
+        random.shuffle(commands)
+        running = [subprocess.Popen([sys.executable, "-m", "markroute", *argv, "--netns", r.rtr], env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for argv in commands]
+        for process in running:
+            _, err = process.communicate(timeout=60)
+            assert process.returncode == 0, err
+        seen = view(r.lab, r.rtr)
+        bands = {rule["priority"] // 10000 for rule in seen["rules"] if rule.get("protocol") == "77"}
+        tables = {int(route["table"]) >= 300 for route in seen["routes"] if route.get("protocol") == "77"}
+        assert len(bands) <= 1 and len(tables) <= 1, (round_, commands, bands, tables)
+        result = markroute("status", "--netns", r.rtr, "--json")
+        report = json.loads(result.stdout)
+        assert report["drift"] == [] or report["drift"] == ["markroute is not applied in this namespace"], report
+        assert markroute("down", "--netns", r.rtr).returncode == 0
+        assert view(r.lab, r.rtr) == pristine
+        assert not state.directory(r.rtr).exists()
+
+
+def test_a_second_writer_waits_then_names_the_holder(router: RouterLab, tmp_path: Path) -> None:  # noqa: F811
+    """While another process holds the namespace's lock, a writer waits (apply succeeds once it is
+    free) or, past its wait, fails naming the holder's pid and command; the lock file is the same
+    file throughout (never removed while held)."""
+    r = router
+    config = write_config(tmp_path, TWO_UPLINKS.format(server=r.server))
+    holder_code = (
+        "import sys, time\n"
+        "from markroute.kernel import state\n"
+        f"with state.locked({r.rtr!r}, 'test holder'):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(float(sys.argv[1]))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    holder = subprocess.Popen([sys.executable, "-c", holder_code, "3"], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        lock = state.directory(r.rtr) / state.LOCK
+        inode = lock.stat().st_ino
+        with pytest.raises(KernelError) as refused:
+            with state.locked(r.rtr, "second", wait=0.3):
+                pass
+        assert f"pid {holder.pid} (test holder)" in str(refused.value)
+        assert lock.stat().st_ino == inode
+        started = time.monotonic()
+        result = markroute("apply", "-c", config, "--netns", r.rtr)
+        assert result.returncode == 0, result.stderr
+        assert holder.poll() is not None, "apply went in while the lock was held"
+        assert time.monotonic() - started > 0.5
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_sigint_while_waiting_for_the_lock_changes_nothing(router: RouterLab, tmp_path: Path) -> None:  # noqa: F811
+    r = router
+    config = write_config(tmp_path, TWO_UPLINKS.format(server=r.server))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time\nfrom markroute.kernel import state\n"
+         f"with state.locked({r.rtr!r}, 'test holder'):\n    print('held', flush=True)\n    time.sleep(30)\n"],
+        env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        before = view(r.lab, r.rtr)
+        waiting = subprocess.Popen([sys.executable, "-m", "markroute", "apply", "-c", config, "--netns", r.rtr],
+                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        waiting.send_signal(signal.SIGINT)
+        _, err = waiting.communicate(timeout=30)
+        assert waiting.returncode == 1 and "interrupted by SIGINT while waiting for the lock" in err, err
+        assert f"pid {holder.pid} (test holder)" in err and "Traceback" not in err and "Aborted" not in err
+        assert view(r.lab, r.rtr) == before
+    finally:
+        holder.kill()
+        holder.wait()

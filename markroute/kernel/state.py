@@ -255,15 +255,17 @@ def _load_amendment(netns: str | None) -> TableAmendment | None:
         return None
 
 
-def amend(netns: str | None, plan_digest: str, table: TableRewrite | None = None) -> bool:
+def amend(netns: str | None, plan_digest: str, table: TableRewrite | None = None,
+          against: tuple[int, int] | None = None) -> bool:
     """The daemon's side of the record (its only writer): the config's digest and, after a rewrite, the table.
 
     Without TABLE, a rewrite already recorded against the same `state.json` is kept.
-    False (and nothing written) when nothing is applied.
+    False (and nothing written) when nothing is applied, or when AGAINST names a
+    state.json that is no longer there (the table was listed after another apply).
     """
     with locked(netns, "markroute run (record)"):
         amends = written(netns)
-        if amends is None:
+        if amends is None or (against is not None and against != amends):
             return False
         if table is None:
             current = _load_amendment(netns)

@@ -60,7 +60,14 @@ from markroute.daemon.netlink import LinkWatcher
 from markroute.daemon.reactor import Reactor, Timer
 from markroute.daemon.uplinkstate import State, Transition, UplinkHealth
 from markroute.diagnostics import Diagnostic
-from markroute.kernel import EnvironmentProblem, KernelError, digest, nft, nftnetlink, state
+from markroute.kernel import (
+    EnvironmentProblem,
+    KernelError,
+    digest,
+    nft,
+    nftnetlink,
+    state,
+)
 from markroute.kernel.apply import apply
 from markroute.kernel.down import down
 from markroute.kernel.links import Link, links

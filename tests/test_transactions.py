@@ -29,7 +29,11 @@ from typing import Any
 import pytest
 from kernelhelp import KERNEL, REPO, TWO_UPLINKS, markroute, router, view, write_config  # noqa: F401
 
+from markroute.compile import compile_plan
+from markroute.config import load_model
 from markroute.kernel import KernelError, nft, state
+from markroute.kernel.apply import ApplyFailed, apply
+from markroute.kernel.netns import inside
 from markroute.lab import RouterLab
 
 pytestmark = KERNEL
@@ -105,6 +109,7 @@ def scenario(router: RouterLab, tmp_path: Path, before_config: str | None, after
     pick = random.Random(seed)
     seen = {"rolled back": 0, "completed": 0, "killed": 0}
     at_before = False
+    status_checked = False
     for _ in range(POINTS):
         if not at_before:
             if before_config is None:
@@ -119,6 +124,10 @@ def scenario(router: RouterLab, tmp_path: Path, before_config: str | None, after
         if signal_name == "KILL":
             assert result.returncode == -9, where + result.stderr
             seen["killed"] += 1
+            if (state.directory(r.rtr) / state.JOURNAL).exists() and not status_checked:
+                report = json.loads(markroute("status", "--netns", r.rtr, "--json").stdout)
+                assert "was cut short before its commit" in report["drift"][0], (where, report)
+                status_checked = True
             cleanup = markroute("down", "--netns", r.rtr)
             assert cleanup.returncode == 0, where + cleanup.stderr
             assert snapshot(r) == pristine, where
@@ -249,3 +258,38 @@ def test_sigint_while_waiting_for_the_lock_changes_nothing(router: RouterLab, tm
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_foreign_commit_during_an_apply_is_not_hidden_by_the_generation(
+    router: RouterLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """Another process adds a rule to markroute's table right after apply's own commit (the window
+    between apply's last transaction and its reading of the table and of nf_tables' generation):
+    apply must not record that table as its own (before, the next apply said "already up to date"
+    and `status` no drift, the foreign rule adopted). It fails, rolls back, and the next apply goes in."""
+    r = router
+    one = write_config(tmp_path, ONE_UPLINK.format(server=r.server), "one.yaml")
+    two = write_config(tmp_path, TWO_UPLINKS.format(server=r.server), "two.yaml")
+    assert markroute("apply", "-c", one, "--netns", r.rtr).returncode == 0
+    before = snapshot(r)
+    model, diagnostics = load_model(two)
+    assert model is not None, diagnostics
+    plan = compile_plan(model)
+    chain = next(obj["chain"]["name"] for obj in plan.nft if "chain" in obj)
+    real = nft.run_batch
+
+    def then_an_intruder(commands: Any) -> None:
+        real(commands)
+        monkeypatch.setattr(nft, "run_batch", real)
+        r.lab.run(r.rtr, ["nft", "insert", "rule", "inet", "markroute", chain, "meta", "mark", "0x5eed", "counter"])
+
+    monkeypatch.setattr(nft, "run_batch", then_an_intruder)
+    with inside(r.rtr), pytest.raises(ApplyFailed, match="changed by another process while apply ran"):
+        apply(plan, r.rtr)
+    monkeypatch.setattr(nft, "run_batch", real)
+    assert snapshot(r) == before
+    again = markroute("apply", "-c", two, "--netns", r.rtr)
+    assert again.returncode == 0 and "already up to date" not in again.stdout, again.stdout
+    assert "0x00005eed" not in r.lab.run(r.rtr, ["nft", "list", "table", "inet", "markroute"]).stdout
+    result = markroute("status", "--netns", r.rtr, "--json", "-c", two)
+    assert result.returncode == 0 and json.loads(result.stdout)["drift"] == []

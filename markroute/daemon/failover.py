@@ -202,8 +202,14 @@ class TableRecorder:
             callback()
 
     def record(self, plan: Plan, listing: list[Obj]) -> None:
-        table = state.TableRewrite(digest.nft_digest(plan), nft.with_elements(nft.normalise(listing), plan.nft),
-                                   self.kernel_generation)
+        """Record LISTING as the table now, unless it is not PLAN's shape (`nft.shape`): someone
+        else changed the table since the rewrite, and recording it would hide that from `status`."""
+        normal = nft.normalise(listing)
+        if nft.shape(normal) != nft.shape(plan.nft):
+            self.on_error(f"nftables table inet {plan.table_name} was changed by another process: not recorded "
+                          "(`markroute status` shows the drift; the next failover applies the config again)")
+            return
+        table = state.TableRewrite(digest.nft_digest(plan), nft.with_elements(normal, plan.nft), self.kernel_generation)
         state.amend(self.netns, self.nominal, table, self.amends)
 
     def stamp(self, nominal: str) -> None:

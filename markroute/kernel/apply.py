@@ -431,8 +431,17 @@ class _Apply:
         return new_table
 
     def live_listing(self) -> list[dict[str, object]]:
-        """The table as nft lists it now, without asking for its elements: the plan's complete it."""
-        return nft.with_elements(nft.normalise(nft.table_structure(self.plan.table_name) or []), self.plan.nft)
+        """The table as nft lists it now, without asking for its elements: the plan's complete it.
+
+        What is recorded is what the next apply and `status` compare against, so a listing
+        that is not the plan's shape (someone changed the table between our commit and this
+        read) must not be recorded: the apply fails and is rolled back instead.
+        """
+        listing = nft.normalise(nft.table_structure(self.plan.table_name) or [])
+        if nft.shape(listing) != nft.shape(self.plan.nft):
+            raise KernelError(f"nftables table inet {self.plan.table_name} was changed by another process "
+                              "while apply ran; run apply again")
+        return nft.with_elements(listing, self.plan.nft)
 
     def create_table(self) -> None:
         """A new table (`NewTable`, maybe filled already), then the chains that hook it in.

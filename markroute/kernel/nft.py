@@ -72,6 +72,23 @@ def table_structure(name: str) -> list[Obj] | None:
     return list_table(name, document)
 
 
+def shape(objects: Iterable[Obj]) -> tuple[list[str], list[tuple[str, str, int, tuple[str | None, ...]]]]:
+    """What a plan and the listing nft makes of it share, whatever nft normalises: the names of
+    the sets, and per chain its kind and each rule's comment (in order). A rule, chain or set
+    added or removed by someone else changes it."""
+    objects = list(objects)
+    sets = sorted(body["name"] for obj in objects for kind, body in obj.items() if kind in ("set", "map"))
+    comments: dict[str, list[str | None]] = {}
+    for obj in objects:
+        if "rule" in obj:
+            comments.setdefault(obj["rule"]["chain"], []).append(obj["rule"].get("comment"))
+    chains = sorted(
+        (body["name"], str(body.get("hook", "")), len(comments.get(body["name"], [])), tuple(comments.get(body["name"], [])))
+        for obj in objects for kind, body in obj.items() if kind == "chain"
+    )
+    return sets, chains
+
+
 def without_elements(objects: Iterable[Obj]) -> list[Obj]:
     """Objects of a table or plan with set elements left out: what `table_structure` lists."""
     return [{"set": {k: v for k, v in obj["set"].items() if k != "elem"}} if "set" in obj else obj for obj in objects]

@@ -464,6 +464,28 @@ def read_journal(netns: str | None) -> list[dict[str, Any]] | None:
     return lines
 
 
+def abandoned_journal(netns: str | None) -> int | None:
+    """The pid of an apply that died before its commit and left its journal, or None.
+
+    A journal is also there while an apply runs: then the lock is held, and this (a
+    reader, which takes no lock) says nothing."""
+    if not (directory(netns) / JOURNAL).exists():
+        return None
+    try:
+        descriptor = os.open(directory(netns) / LOCK, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        descriptor = None
+    if descriptor is not None:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None  # an apply is running
+        finally:
+            os.close(descriptor)
+    lines = read_journal(netns) or [{}]
+    return int(lines[0].get("pid", 0))
+
+
 def remove_journal(netns: str | None) -> None:
     (directory(netns) / JOURNAL).unlink(missing_ok=True)
 

@@ -78,13 +78,23 @@ def snapshot(r: RouterLab) -> dict[str, Any]:
 
 
 def faulted(config: str, netns: str, at: int, signal_name: str) -> subprocess.CompletedProcess[str]:
+    """`apply -c CONFIG` sent SIGNAL_NAME at its fault point AT (0: never)."""
+    return faulted_command(["apply", "-c", config, "--netns", netns], at, signal_name)
+
+
+def faulted_command(argv: list[str], at: int, signal_name: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO), MARKROUTE_FAULT=f"{at}:{signal_name}")
-    return subprocess.run([sys.executable, "-m", "markroute", "apply", "-c", config, "--netns", netns],
+    return subprocess.run([sys.executable, "-m", "markroute", *argv],
                           capture_output=True, text=True, env=env, timeout=120, check=False)
 
 
 def fault_points(result: subprocess.CompletedProcess[str]) -> int:
-    return sum(line.startswith("markroute: fault point ") for line in result.stderr.splitlines())
+    return len(fault_labels(result))
+
+
+def fault_labels(result: subprocess.CompletedProcess[str]) -> list[str]:
+    prefix = "markroute: fault point "
+    return [line.split(": ", 2)[2] for line in result.stderr.splitlines() if line.startswith(prefix)]
 
 
 def scenario(router: RouterLab, tmp_path: Path, before_config: str | None, after_config: str) -> None:  # noqa: F811
@@ -293,3 +303,76 @@ def test_a_foreign_commit_during_an_apply_is_not_hidden_by_the_generation(
     assert "0x00005eed" not in r.lab.run(r.rtr, ["nft", "list", "table", "inet", "markroute"]).stdout
     result = markroute("status", "--netns", r.rtr, "--json", "-c", two)
     assert result.returncode == 0 and json.loads(result.stdout)["drift"] == []
+
+
+def test_killed_while_renaming_the_state_or_stopped_after_the_commit(router: RouterLab, tmp_path: Path) -> None:  # noqa: F811
+    """The two points around the commit, every time: SIGKILL with the new state file written but
+    not yet renamed leaves its temporary file, which the next `down` removes with everything
+    else; SIGTERM just after the rename lets the apply complete (exit 0, and it says so)."""
+    r = router
+    prefixes(tmp_path, "servers.txt", 0)
+    config = write_config(tmp_path, TWO_UPLINKS.format(server="'@servers'") + SETS)
+    pristine = snapshot(r)
+    labels = fault_labels(faulted(config, r.rtr, 0, "TERM"))
+    after = snapshot(r)
+    assert markroute("down", "--netns", r.rtr).returncode == 0
+    renaming = labels.index("state.json written, not yet renamed") + 1
+    killed = faulted(config, r.rtr, renaming, "KILL")
+    assert killed.returncode == -9
+    assert [p.name for p in state.directory(r.rtr).glob(".state.json.*")], "the temporary file is left"
+    assert markroute("down", "--netns", r.rtr).returncode == 0
+    assert snapshot(r) == pristine and not state.directory(r.rtr).exists()
+    late = faulted(config, r.rtr, labels.index("committed: state.json renamed") + 1, "TERM")
+    assert late.returncode == 0 and "SIGTERM came after the apply had committed" in late.stderr, late.stderr
+    assert snapshot(r) == after
+
+
+def test_interrupted_down_completes_or_is_finished_by_the_next(router: RouterLab, tmp_path: Path) -> None:  # noqa: F811
+    """`down` is not rolled back: SIGTERM, SIGINT or SIGHUP at any point between its removals let
+    it complete (exit 0, saying so); after SIGKILL the next `down` finishes the job."""
+    r = router
+    config = write_config(tmp_path, TWO_UPLINKS.format(server=r.server))
+    pristine = snapshot(r)
+    assert markroute("apply", "-c", config, "--netns", r.rtr).returncode == 0
+    total = fault_points(faulted_command(["down", "--netns", r.rtr], 0, "TERM"))
+    assert total >= 4 and snapshot(r) == pristine
+    pick = random.Random()
+    for signal_name in ("TERM", "INT", "HUP", "KILL", "KILL"):
+        assert markroute("apply", "-c", config, "--netns", r.rtr).returncode == 0
+        at = pick.randint(1, total)
+        result = faulted_command(["down", "--netns", r.rtr], at, signal_name)
+        if signal_name == "KILL":
+            assert result.returncode == -9
+            assert markroute("down", "--netns", r.rtr).returncode == 0
+        else:
+            assert result.returncode == 0, result.stderr
+            assert f"SIG{signal_name} came while down was removing: it completed" in result.stderr
+        assert snapshot(r) == pristine, (signal_name, at)
+        assert not state.directory(r.rtr).exists()
+
+
+def test_a_commit_elsewhere_during_an_apply_is_not_recorded_as_ours(
+    router: RouterLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """nf_tables' generation counts everyone's transactions: if it moved by more than apply's own
+    commits, apply records none, so the next apply lists the table instead of trusting it."""
+    r = router
+    config = write_config(tmp_path, TWO_UPLINKS.format(server=r.server))
+    model, diagnostics = load_model(config)
+    assert model is not None, diagnostics
+    real = nft.run_batch
+
+    def then_another_table(commands: Any) -> None:
+        real(commands)
+        monkeypatch.setattr(nft, "run_batch", real)
+        r.lab.run(r.rtr, ["nft", "add", "table", "inet", "someone_else"])
+
+    with inside(r.rtr):
+        apply(compile_plan(model), r.rtr)
+        recorded = state.load_applied(r.rtr)
+        assert recorded is not None and recorded.nft_generation is not None
+        assert markroute("down", "--netns", r.rtr).returncode == 0
+        monkeypatch.setattr(nft, "run_batch", then_another_table)
+        apply(compile_plan(model), r.rtr)
+    recorded = state.load_applied(r.rtr)
+    assert recorded is not None and recorded.nft_generation is None

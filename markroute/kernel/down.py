@@ -21,7 +21,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
-from markroute.kernel import KernelError, journal, nft, nftnetlink, state, sysctl
+from markroute.kernel import (
+    KernelError,
+    interrupt,
+    journal,
+    nft,
+    nftnetlink,
+    state,
+    sysctl,
+)
 from markroute.kernel import netns as namespaces
 from markroute.kernel.apply import route_text, rule_text
 from markroute.kernel.rpdb import Rpdb, route_key
@@ -112,7 +120,8 @@ def _restore_sysctl(path: str, original: str, applied: str | None, report: DownR
 
 
 def _attempt(report: DownReport, step: Callable[[], None], change: str | None) -> None:
-    """Run one removal; a failure is recorded and the others still run."""
+    """Run one removal; a failure is recorded and the others still run. No signal stops down
+    between two (`interrupt.fault_point`: only the test hook)."""
     try:
         step()
     except KernelError as exc:
@@ -120,3 +129,4 @@ def _attempt(report: DownReport, step: Callable[[], None], change: str | None) -
     else:
         if change is not None:
             report.changes.append(change)
+    interrupt.fault_point(f"down: {change or 'a removal'}")

@@ -38,18 +38,20 @@ def command(config: str | None, netns: str | None) -> None:
     from markroute.kernel.apply import apply
     from markroute.kernel.environment import prepare
 
-    plan = compile_plan(load_model_or_exit(config_path(config)))
-    with interrupt.noted(), exit_codes():
-        netns = prepare(netns)
-        report = apply(plan, netns)
-    for warning in report.warnings:
-        click.echo(f"markroute: warning: {warning}", err=True)
-    late = interrupt.received()
-    if late is not None:
-        click.echo(f"markroute: {interrupt.signal_name(late)} came after the apply had committed: it completed", err=True)
-    if not report.changed:
-        click.echo("already up to date: nothing changed")
-        return
-    for change in report.changes:
-        click.echo(change)
-    click.echo(f"applied: {len(report.changes)} changes")
+    with interrupt.noted():  # from the start: a signal while the config loads rolls back at the first step
+        plan = compile_plan(load_model_or_exit(config_path(config)))
+        with exit_codes():
+            netns = prepare(netns)
+            report = apply(plan, netns)
+        for warning in report.warnings:
+            click.echo(f"markroute: warning: {warning}", err=True)
+        late = interrupt.received()
+        if late is not None:
+            click.echo(f"markroute: {interrupt.signal_name(late)} came after the apply had committed: it completed",
+                       err=True)
+        if not report.changed:
+            click.echo("already up to date: nothing changed")
+            return
+        for change in report.changes:
+            click.echo(change)
+        click.echo(f"applied: {len(report.changes)} changes")

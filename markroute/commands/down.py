@@ -29,20 +29,21 @@ def command(netns: str | None, rule_priority: int | None) -> None:
     from markroute.kernel.down import down, forget_vanished
     from markroute.kernel.environment import prepare, require_root
 
-    with interrupt.noted(), exit_codes():
-        require_root()
-        if netns and forget_vanished(netns):
-            click.echo(f"network namespace '{netns}' is gone: forgot what markroute had recorded for it")
-            return
-        netns = prepare(netns)
-        report = down(netns, rule_priority)
-    for warning in report.warnings:
-        click.echo(f"markroute: warning: {warning}", err=True)
-    late = interrupt.received()
-    if late is not None:
-        click.echo(f"markroute: {interrupt.signal_name(late)} came while down was removing: it completed", err=True)
-    for change in report.changes:
-        click.echo(change)
-    if report.errors:
-        fail("down left some things in place: " + "; ".join(report.errors), EXIT_FAILED)
-    click.echo("removed" if report.changes else "nothing to remove")
+    with interrupt.noted():
+        with exit_codes():
+            require_root()
+            if netns and forget_vanished(netns):
+                click.echo(f"network namespace '{netns}' is gone: forgot what markroute had recorded for it")
+                return
+            netns = prepare(netns)
+            report = down(netns, rule_priority)
+        for warning in report.warnings:
+            click.echo(f"markroute: warning: {warning}", err=True)
+        late = interrupt.received()
+        if late is not None:
+            click.echo(f"markroute: {interrupt.signal_name(late)} came while down was removing: it completed", err=True)
+        for change in report.changes:
+            click.echo(change)
+        if report.errors:
+            fail("down left some things in place: " + "; ".join(report.errors), EXIT_FAILED)
+        click.echo("removed" if report.changes else "nothing to remove")

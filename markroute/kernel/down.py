@@ -83,12 +83,17 @@ def forget_vanished(netns: str) -> bool:
 
     A namespace deleted without `down` took markroute's table, rules, routes and
     sysctls with it, so nothing is left to remove but its record under /run/markroute
-    (which would otherwise stay until the next boot).
+    (which would otherwise stay until the next boot), and the journal and temporary
+    files of an apply cut short there.
     """
-    if namespaces.path(netns).exists() or not (state.directory(netns) / state.STATE_RECORD).exists():
+    directory = state.directory(netns)
+    if namespaces.path(netns).exists() or not any((directory / name).exists()
+                                                  for name in (state.STATE_RECORD, state.JOURNAL)):
         return False
     with state.locked(netns, "markroute down"):
         state.remove(netns)
+        state.remove_journal(netns)  # what an apply cut short there changed went with the namespace
+        state.remove_leftovers(netns)
     return True
 
 

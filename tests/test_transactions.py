@@ -34,6 +34,7 @@ from markroute.config import load_model
 from markroute.kernel import KernelError, nft, state
 from markroute.kernel.apply import ApplyFailed, apply
 from markroute.kernel.netns import inside
+from markroute.kernel.rpdb import Rpdb
 from markroute.lab import RouterLab
 
 pytestmark = KERNEL
@@ -376,3 +377,31 @@ def test_a_commit_elsewhere_during_an_apply_is_not_recorded_as_ours(
         apply(compile_plan(model), r.rtr)
     recorded = state.load_applied(r.rtr)
     assert recorded is not None and recorded.nft_generation is None
+
+
+def test_a_foreign_rule_added_while_apply_runs_is_reported(
+    router: RouterLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """The RPDB is read again before the commit: a rule someone adds in markroute's band (with its
+    protocol) between apply's first read and its writes is reported by apply, and `status` shows
+    it as drift instead of the apply recording it silently."""
+    r = router
+    config = write_config(tmp_path, TWO_UPLINKS.format(server=r.server))
+    model, diagnostics = load_model(config)
+    assert model is not None, diagnostics
+    plan = compile_plan(model)
+    real = Rpdb.add_rule
+
+    def then_an_intruder(self: Rpdb, rule: Any) -> None:
+        real(self, rule)
+        monkeypatch.setattr(Rpdb, "add_rule", real)
+        r.lab.run(r.rtr, ["ip", "rule", "add", "priority", str(plan.rule_priority + 2), "fwmark", "0x5eed",
+                          "lookup", "main", "protocol", "77"])
+
+    monkeypatch.setattr(Rpdb, "add_rule", then_an_intruder)
+    with inside(r.rtr):
+        report = apply(plan, r.rtr)
+    assert any("changed by another process while apply ran" in warning for warning in report.warnings)
+    result = markroute("status", "--netns", r.rtr, "--json")
+    drift = json.loads(result.stdout)["drift"]
+    assert result.returncode == 3 and any("unexpected ip rule" in line and "0x5eed" in line for line in drift), drift

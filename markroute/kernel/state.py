@@ -20,7 +20,11 @@ has exactly one writer, and readers combine them through this module:
   written only by `markroute run`, read by `status` and by the next daemon start.
 
 Files are written atomically (temporary file, then rename), so a crash leaves either
-the old record or the new one. The elements of address sets (maybe 100,000 intervals)
+the old record or the new one (and maybe the temporary file, which the next apply or
+down removes: `remove_leftovers`). Two more files: `lock`, which every writer of the
+namespace holds (`locked`: apply, down, the daemon's failover step and `amend`), and
+`journal`, the undo log of an apply in progress, left behind only by one that died
+before its commit (`kernel.journal`). The elements of address sets (maybe 100,000 intervals)
 are kept packed, base64 of fixed-width (first, last) pairs per set (`nft_elements`),
 not as nft JSON: writing, reading and comparing them then costs milliseconds.
 """
@@ -31,13 +35,14 @@ import contextlib
 import fcntl
 import json
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
-from markroute.kernel import KernelError, nft
+from markroute.kernel import KernelError, interrupt, nft
 from markroute.plan import IpRule, Route, UplinkPlan
 from markroute.plan.nftjson import SET_VERSIONS, AddressElements, json_default
 
@@ -48,6 +53,10 @@ STATE_RECORD = "state.json"  # written by apply
 TABLE_AMENDMENT = "table.json"  # written by `markroute run`
 DAEMON_RECORD = "daemon.json"  # written by `markroute run`
 DAEMON_FORMAT = 1
+JOURNAL = "journal"  # an apply in progress, or one that died before its commit (kernel.journal)
+LOCK = "lock"  # flock'd by every writer of the namespace (`locked`)
+LOCK_WAIT = 10.0  # seconds a second writer waits before it names the holder and gives up
+LOCK_POLL = 0.05
 UplinkState = Literal["up", "degraded", "down"]  # the daemon's verdict on an uplink (daemon.uplinkstate)
 UPLINK_STATES: tuple[UplinkState, ...] = ("up", "degraded", "down")
 
@@ -188,13 +197,7 @@ class DaemonRecord:
     @property
     def running(self) -> bool:
         """Whether the process that wrote this record still runs."""
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return _running(self.pid)
 
 
 def directory(netns: str | None) -> Path:
@@ -252,15 +255,17 @@ def _load_amendment(netns: str | None) -> TableAmendment | None:
         return None
 
 
-def amend(netns: str | None, plan_digest: str, table: TableRewrite | None = None) -> bool:
+def amend(netns: str | None, plan_digest: str, table: TableRewrite | None = None,
+          against: tuple[int, int] | None = None) -> bool:
     """The daemon's side of the record (its only writer): the config's digest and, after a rewrite, the table.
 
     Without TABLE, a rewrite already recorded against the same `state.json` is kept.
-    False (and nothing written) when nothing is applied.
+    False (and nothing written) when nothing is applied, or when AGAINST names a
+    state.json that is no longer there (the table was listed after another apply).
     """
-    with locked(netns):
+    with locked(netns, "markroute run (record)"):
         amends = written(netns)
-        if amends is None:
+        if amends is None or (against is not None and against != amends):
             return False
         if table is None:
             current = _load_amendment(netns)
@@ -294,7 +299,11 @@ def save_daemon_record(netns: str | None, record: DaemonRecord) -> None:
 
 
 def write(netns: str | None, name: str, data: dict[str, Any]) -> None:
-    """Write one JSON record of the namespace atomically: a temporary file, then rename."""
+    """Write one JSON record of the namespace atomically: a temporary file, then rename.
+
+    Whatever stops it before the rename (an error, `interrupt.Interrupted`) removes the
+    temporary file; a SIGKILL leaves it to `remove_leftovers`.
+    """
     target = directory(netns)
     target.mkdir(parents=True, exist_ok=True)
     temporary = target / f".{name}.{os.getpid()}"
@@ -303,10 +312,12 @@ def write(netns: str | None, name: str, data: dict[str, Any]) -> None:
             handle.write(json.dumps(data, default=json_default))  # compact and via dumps: only that path has json's C encoder
             handle.flush()
             os.fsync(handle.fileno())
+        interrupt.point(f"{name} written, not yet renamed")
         os.replace(temporary, target / name)
     except OSError as exc:
-        temporary.unlink(missing_ok=True)
         raise KernelError(f"cannot record state in {target}: {exc.strerror}") from exc
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def remove(netns: str | None) -> None:
@@ -315,21 +326,193 @@ def remove(netns: str | None) -> None:
         (directory(netns) / name).unlink(missing_ok=True)
 
 
-@contextmanager
-def locked(netns: str | None) -> Iterator[None]:
-    """Serialise apply/down per namespace: two runs at once would each undo the other's work.
+@dataclass
+class _Hold:
+    descriptor: int
+    depth: int = 1
 
-    Under --netns the directory is removed again when no state is left, so namespaces
-    that come and go (labs, containers) leave nothing behind in /run.
+
+_held: dict[Path, _Hold] = {}  # the namespaces whose lock this process holds (`locked` nests)
+
+
+@contextmanager
+def locked(netns: str | None, purpose: str, wait: float = LOCK_WAIT) -> Iterator[None]:
+    """One writer at a time per namespace: apply, down and the daemon's failover step.
+
+    `flock` on the file `lock`, which is never removed while anyone may hold it: under
+    --netns it goes (with the directory, so namespaces that come and go leave nothing in
+    /run) only by its holder, when no state is left, and a waiter that then gets the lock
+    of a removed file tries again on the new one. A second writer waits up to WAIT
+    seconds, then fails naming the holder (pid and PURPOSE, which the holder writes into
+    the file). A signal noted while waiting (`interrupt`) ends the wait: nothing changed
+    yet. Taking the lock again in the same process (the daemon's failover running
+    apply) nests.
     """
     target = directory(netns)
-    target.mkdir(parents=True, exist_ok=True)
-    try:
-        with open(target / "lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+    hold = _held.get(target)
+    if hold is not None:
+        hold.depth += 1
+        try:
             yield
+        finally:
+            hold.depth -= 1
+        return
+    descriptor = _acquire(target, purpose, wait)
+    _held[target] = _Hold(descriptor)
+    try:
+        yield
     finally:
-        if netns and not (target / STATE_RECORD).exists():
-            (target / "lock").unlink(missing_ok=True)
+        del _held[target]
+        _release(target, descriptor, bool(netns))
+
+
+def _acquire(target: Path, purpose: str, wait: float) -> int:
+    path = target / LOCK
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except FileNotFoundError:
+            continue  # its holder just removed the directory: make it again
+        except OSError as exc:
+            raise KernelError(f"cannot lock {path}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            if time.monotonic() >= deadline:
+                raise KernelError(
+                    f"another markroute command is changing this namespace ({_holder(path)}); "
+                    f"waited {wait:g} s for it: try again when it is done"
+                ) from None
+            if interrupt.received() is not None:
+                raise KernelError(f"{interrupt.Interrupted(interrupt.received() or 0)} while waiting for the lock "
+                                  f"({_holder(path)}): nothing was changed")
+            time.sleep(LOCK_POLL)
+            continue
+        if _same_file(descriptor, path):
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, f"{os.getpid()} {purpose}\n".encode(), 0)
+            return descriptor
+        os.close(descriptor)  # its last holder removed it while we waited: lock the new one
+
+
+def _same_file(descriptor: int, path: Path) -> bool:
+    try:
+        return os.fstat(descriptor).st_ino == path.stat().st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _holder(path: Path) -> str:
+    """Who holds the lock at PATH, as it wrote itself there: "pid N (what)"."""
+    try:
+        pid, _, purpose = path.read_text().strip().partition(" ")
+    except OSError:
+        return "holder unknown"
+    return f"pid {pid} ({purpose})" if pid.isdigit() else "holder unknown"
+
+
+def _release(target: Path, descriptor: int, removable: bool) -> None:
+    """Let go of the lock; under --netns with nothing left to remember, remove it (while held) and the directory."""
+    try:
+        if removable and not any((target / name).exists() for name in (STATE_RECORD, JOURNAL)):
+            (target / LOCK).unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 target.rmdir()
+        else:
+            os.ftruncate(descriptor, 0)
+    finally:
+        os.close(descriptor)
+
+
+def holds_lock(netns: str | None) -> bool:
+    """Whether this process holds the namespace's lock (what writes under it assert)."""
+    return directory(netns) in _held
+
+
+# -- the journal of an apply in progress (kernel.journal) -------------------------------
+
+def start_journal(netns: str | None, header: dict[str, Any]) -> IO[str]:
+    """Create the journal file with HEADER as its first line; it is appended to line by line."""
+    path = directory(netns) / JOURNAL
+    try:
+        handle = open(path, "w", encoding="utf-8")
+        handle.write(json.dumps(header) + "\n")
+        handle.flush()
+    except OSError as exc:
+        raise KernelError(f"cannot write {path}: {exc.strerror}") from exc
+    return handle
+
+
+def read_journal(netns: str | None) -> list[dict[str, Any]] | None:
+    """The lines of a journal left behind (a torn last line is dropped), or None when there is none."""
+    path = directory(netns) / JOURNAL
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise KernelError(f"cannot read {path}: {exc.strerror}") from exc
+    lines: list[dict[str, Any]] = []
+    for line in text.splitlines():
+        try:
+            lines.append(json.loads(line))
+        except ValueError:
+            break  # written when the process died
+    return lines
+
+
+def abandoned_journal(netns: str | None) -> int | None:
+    """The pid of an apply that died before its commit and left its journal, or None.
+
+    A journal is also there while an apply runs: then the lock is held, and this (a
+    reader, which takes no lock) says nothing."""
+    if not (directory(netns) / JOURNAL).exists():
+        return None
+    try:
+        descriptor = os.open(directory(netns) / LOCK, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        descriptor = None
+    if descriptor is not None:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None  # an apply is running
+        finally:
+            os.close(descriptor)
+    lines = read_journal(netns) or [{}]
+    return int(lines[0].get("pid", 0))
+
+
+def remove_journal(netns: str | None) -> None:
+    (directory(netns) / JOURNAL).unlink(missing_ok=True)
+
+
+def remove_leftovers(netns: str | None) -> list[str]:
+    """Temporary files of records whose writer died before its rename; their names.
+
+    Only this process (holding the lock) writes state.json and table.json, so theirs
+    are all stale; daemon.json's only when the daemon that wrote it is gone.
+    """
+    removed: list[str] = []
+    for path in directory(netns).glob(".*.json.*"):
+        name, _, pid = path.name[1:].rpartition(".")
+        if not pid.isdigit() or name not in (STATE_RECORD, TABLE_AMENDMENT, DAEMON_RECORD):
+            continue
+        if name == DAEMON_RECORD and _running(int(pid)):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path.name)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

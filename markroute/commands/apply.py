@@ -16,7 +16,10 @@ from markroute.plan import Plan
 @click.command("apply")
 @config_option
 @netns_option
-def command(config: str | None, netns: str | None) -> None:
+@click.option("--force", is_flag=True,
+              help="Take over others' routes and ip rules where markroute's go (they are deleted) and a table "
+                   "inet markroute markroute has no record of (it is replaced).")
+def command(config: str | None, netns: str | None, force: bool) -> None:
     """Install the config: nftables table, ip rules, routes and sysctls.
 
     Only what differs from the running system is changed, so applying the same config
@@ -43,7 +46,7 @@ def command(config: str | None, netns: str | None) -> None:
         plan = compile_plan(load_model_or_exit(config_path(config)))
         with exit_codes():
             netns = prepare(netns)
-            report = apply(plan, netns)
+            report = apply(plan, netns, force)
         for warning in report.warnings + neighbour_warnings(plan):
             click.echo(f"markroute: warning: {warning}", err=True)
         late = interrupt.received()

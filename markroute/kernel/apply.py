@@ -43,6 +43,7 @@ from typing import Literal
 from markroute.kernel import (
     KernelError,
     digest,
+    foreign,
     interrupt,
     journal,
     nft,
@@ -94,17 +95,24 @@ class ApplyFailed(KernelError):
         super().__init__(message)
 
 
-def apply(plan: Plan, netns: str | None = None) -> ApplyReport:
+def apply(plan: Plan, netns: str | None = None, force: bool = False) -> ApplyReport:
     """Converge the kernel of the current namespace to PLAN; NETNS only names the state file.
 
     Under the namespace's lock: first what an apply that died left is undone
     (`journal.recover`), then the journal of this one is opened (module doc).
+    Others' routes and rules where markroute's go, or a table of markroute's name it
+    has no record of, stop apply (`foreign`) unless FORCE.
     """
     with state.locked(netns, "markroute apply"):
         recovery = journal.recover(netns)
         previous = state.load(netns)
+        with Rpdb() as rpdb:
+            in_the_way = foreign.in_the_way(plan, previous, rpdb)
+            if in_the_way and not force:
+                raise KernelError(foreign.refusal(in_the_way))
+            adopted = foreign.adopt(in_the_way, rpdb)
         log = Journal.begin(netns)
-        report = ApplyReport(warnings=(recovery.messages() if recovery else []) + list(plan.warnings))
+        report = ApplyReport(warnings=(recovery.messages() if recovery else []) + adopted + list(plan.warnings))
         return _Apply(plan, netns, previous, log, report).run()
 
 

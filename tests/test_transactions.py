@@ -247,6 +247,20 @@ def test_a_second_writer_waits_then_names_the_holder(router: RouterLab, tmp_path
         holder.wait()
 
 
+def wait_until_noting_signals(pid: int, timeout: float = 30.0) -> None:
+    """Until process PID catches SIGTERM (`interrupt.noted` is in force: SIGINT is noted, not fatal).
+
+    A fixed sleep raced the command's start-up on a loaded machine (click's "Aborted!")."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = Path(f"/proc/{pid}/status").read_text()
+        caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+        if caught & (1 << (signal.SIGTERM - 1)):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"process {pid} never caught SIGTERM")
+
+
 def test_sigint_while_waiting_for_the_lock_changes_nothing(router: RouterLab, tmp_path: Path) -> None:  # noqa: F811
     r = router
     config = write_config(tmp_path, TWO_UPLINKS.format(server=r.server))
@@ -260,7 +274,7 @@ def test_sigint_while_waiting_for_the_lock_changes_nothing(router: RouterLab, tm
         before = view(r.lab, r.rtr)
         waiting = subprocess.Popen([sys.executable, "-m", "markroute", "apply", "-c", config, "--netns", r.rtr],
                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(1.5)
+        wait_until_noting_signals(waiting.pid)
         waiting.send_signal(signal.SIGINT)
         _, err = waiting.communicate(timeout=30)
         assert waiting.returncode == 1 and "interrupted by SIGINT while waiting for the lock" in err, err

@@ -9,9 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from markroute.cli import main
-from markroute.kernel import KernelError, nft
+from markroute.kernel import KernelError, journal, nft, state, sysctl
 from markroute.kernel.drift import table_differences
-from markroute.kernel.journal import Journal
 from markroute.kernel.state import State
 
 RULE = {
@@ -35,19 +34,88 @@ def test_normalise_drops_handles_and_counter_values_but_loadable_keeps_counters(
     assert nft.rule_counters([CHAIN, RULE]) == [("policy web", 12, 900)]
 
 
-def test_journal_undoes_newest_first_and_reports_failed_undos() -> None:
+def test_journal_undoes_done_steps_newest_first_and_reports_failed_undos(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In the process that made the steps: only the done ones are undone (a step whose
+    `do` never returned never happened), newest first, a failing undo reported and the
+    others still undone; the file is gone afterwards."""
+    monkeypatch.setattr(state, "RUN_DIR", tmp_path / "run")
     undone: list[str] = []
-    journal = Journal()
-    journal.done("first", lambda: undone.append("first"))
 
-    def broken() -> None:
-        raise KernelError("gone")
+    def perform(undo: journal.Undo, rpdb: object) -> None:
+        if undo.what == "second":
+            raise KernelError("gone")
+        undone.append(undo.what)
 
-    journal.done("second", broken)
-    journal.done("third", lambda: undone.append("third"))
-    assert journal.rollback() == ["second: gone"]
-    assert undone == ["third", "first"]
-    assert journal.rollback() == []
+    monkeypatch.setattr(journal, "perform", perform)
+    with state.locked(None, "test"):
+        log = journal.Journal.begin(None)
+        for what in ("first", "second", "third", "in flight"):
+            number = log.will(journal.Undo.sysctl(what, "/proc/sys/none", "0", "1"))
+            if what != "in flight":
+                log.did(number)
+        assert log.rollback(None) == ["second: gone"]
+        log.close()
+        assert undone == ["third", "first"]
+        assert not (state.directory(None) / state.JOURNAL).exists()
+
+
+def test_recover_undoes_a_dead_apply_but_not_a_committed_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From the file a killed apply left: every step undone newest first, the one in flight
+    tolerantly (its undo may be refused); if state.json was replaced since the journal began,
+    the apply committed and nothing is undone. Stale temporary files go too."""
+    monkeypatch.setattr(state, "RUN_DIR", tmp_path / "run")
+    undone: list[tuple[str, bool]] = []
+
+    def perform(undo: journal.Undo, rpdb: object) -> None:
+        undone.append((undo.what, undo.what == "in flight"))
+        if undo.what == "in flight":
+            raise KernelError("refused: it never happened")
+
+    class NoRpdb:
+        def __enter__(self) -> NoRpdb:
+            return self
+
+        def __exit__(self, *args: object) -> None:
+            pass
+
+    monkeypatch.setattr(journal, "perform", perform)
+    monkeypatch.setattr(journal, "Rpdb", NoRpdb)
+    with state.locked(None, "test"):
+        log = journal.Journal.begin(None)
+        log.did(log.will(journal.Undo.sysctl("sysctl", "/proc/sys/none", "0", "1")))
+        log.did(log.will(journal.Undo.nft_batch("table", [])))
+        log.will(journal.Undo.nft_batch("in flight", []))
+        log.handle.write('{"torn')  # the process died mid-line
+        log.handle.close()
+        (state.directory(None) / ".state.json.999999").write_text("{")
+        recovery = journal.recover(None)
+        assert recovery is not None and recovery.problems == [] and not recovery.committed
+        assert undone == [("in flight", True), ("table", False), ("sysctl", False)]
+        assert sorted(p.name for p in state.directory(None).iterdir()) == ["lock"]
+        assert journal.recover(None) is None
+
+        undone.clear()
+        log = journal.Journal.begin(None)
+        log.did(log.will(journal.Undo.nft_batch("table", [])))
+        log.handle.close()
+        state.write(None, state.STATE_RECORD, {"format": 2})  # the commit
+        recovery = journal.recover(None)
+        assert recovery is not None and recovery.committed and undone == []
+
+
+def test_journal_sysctl_undo_puts_back_only_what_apply_wrote(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A journaled sysctl undo (rollback or recovery) restores the value apply found only while
+    the sysctl still holds the one apply wrote: a neighbour's later value stays (kernel/restore.py)."""
+    live = {"net/ipv4/ip_forward": "1", "net/ipv4/conf/all/rp_filter": "2"}
+    monkeypatch.setattr(sysctl, "exists", lambda path: path in live)
+    monkeypatch.setattr(sysctl, "read", lambda path: live[path])
+    monkeypatch.setattr(sysctl, "write", lambda path, value: live.__setitem__(path, value))
+    journal.perform(journal.Undo.sysctl("forwarding", "net/ipv4/ip_forward", "0", "1"), None)
+    journal.perform(journal.Undo.sysctl("rp_filter", "net/ipv4/conf/all/rp_filter", "1", "0"), None)
+    journal.perform(journal.Undo.sysctl("gone", "net/ipv4/conf/eth9/rp_filter", "1", "0"), None)
+    assert live == {"net/ipv4/ip_forward": "0", "net/ipv4/conf/all/rp_filter": "2"}
 
 
 def test_table_differences_name_the_changed_chain() -> None:

@@ -8,7 +8,8 @@ While a UDP flow runs from the LAN through the uplink a policy pins it to, the s
 runs twice; markroute's rules must be back within a second each time, the flow must be
 answered through its uplink again right after (in between it falls back to main), and the daemon's log must name the deleting
 process once per rule (the second sweep is only counted), not loop. A flush of one of
-markroute's uplink tables is put back the same way.
+markroute's uplink tables is put back the same way, but never while another writer
+holds the namespace's lock (the repair is an apply, like every daemon write).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import time
 
 import pytest
 from daemon_helpers import DaemonLab, dlab  # noqa: F401 (dlab: a fixture)
+
+from markroute.kernel import state
 
 pytestmark = pytest.mark.kernel
 
@@ -118,4 +121,21 @@ def test_run_restores_routes_flushed_from_its_tables(dlab: DaemonLab) -> None:  
     while own_routes(d) != installed and time.monotonic() - flushed < 10:
         time.sleep(0.02)
     assert time.monotonic() - flushed <= RESTORE_WITHIN, d.log()
+    assert "removed markroute's route default table 101" in d.log()
+
+
+def test_run_repairs_churn_only_once_the_lock_is_free(dlab: DaemonLab) -> None:  # noqa: F811
+    """The repair is a write like any other: while another process holds the namespace's lock
+    (an apply running), the flushed routes stay gone; once the lock is free they come back."""
+    d = dlab
+    d.start(d.write(CONFIG))
+    installed = own_routes(d)
+    with state.locked(d.rtr, "test holder"):
+        d.router.lab.run(d.rtr, ["ip", "route", "flush", "table", "101"])
+        time.sleep(3.0)
+        assert not any(r.get("table") == "101" for r in own_routes(d)), "repaired while the lock was held"
+    released = time.monotonic()
+    while own_routes(d) != installed and time.monotonic() - released < 15:
+        time.sleep(0.05)
+    assert own_routes(d) == installed, d.log()
     assert "removed markroute's route default table 101" in d.log()

@@ -28,26 +28,37 @@ def command(config: str | None, netns: str | None, force: bool) -> None:
     failure every completed step is undone. What was installed (and the sysctl values
     replaced) is recorded under /run/markroute for `down` and `status`.
 
+    One command changes a namespace at a time: a second waits up to 10 s, then names
+    the one holding the lock. SIGINT, SIGTERM or SIGHUP roll the apply back (or, past
+    its commit, let it finish); an apply killed outright is undone by the next apply
+    or down.
+
     Exit codes: 0 applied or already up to date; 1 invalid config, or apply failed and
     was rolled back; 4 not root, nft missing or no such namespace.
     """
     from markroute.compile import compile_plan
     from markroute.config import config_path
+    from markroute.kernel import interrupt
     from markroute.kernel.apply import apply
     from markroute.kernel.environment import prepare
 
-    plan = compile_plan(load_model_or_exit(config_path(config)))
-    with exit_codes():
-        netns = prepare(netns)
-        report = apply(plan, netns, force)
-    for warning in report.warnings + neighbour_warnings(plan):
-        click.echo(f"markroute: warning: {warning}", err=True)
-    if not report.changed:
-        click.echo("already up to date: nothing changed")
-        return
-    for change in report.changes:
-        click.echo(change)
-    click.echo(f"applied: {len(report.changes)} changes")
+    with interrupt.noted():  # from the start: a signal while the config loads rolls back at the first step
+        plan = compile_plan(load_model_or_exit(config_path(config)))
+        with exit_codes():
+            netns = prepare(netns)
+            report = apply(plan, netns, force)
+        for warning in report.warnings + neighbour_warnings(plan):
+            click.echo(f"markroute: warning: {warning}", err=True)
+        late = interrupt.received()
+        if late is not None:
+            click.echo(f"markroute: {interrupt.signal_name(late)} came after the apply had committed: it completed",
+                       err=True)
+        if not report.changed:
+            click.echo("already up to date: nothing changed")
+            return
+        for change in report.changes:
+            click.echo(change)
+        click.echo(f"applied: {len(report.changes)} changes")
 
 
 def neighbour_warnings(plan: Plan) -> list[str]:

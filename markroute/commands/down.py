@@ -22,27 +22,33 @@ def command(netns: str | None, rule_priority: int | None, force: bool) -> None:
     """Remove markroute's nftables table, ip rules and routes; put back the sysctls.
 
     Needs no config: the record apply left under /run/markroute says what to remove.
-    Running it again is harmless. For a namespace deleted without `down`, it forgets
-    the record markroute kept for it.
+    Running it again is harmless. An apply that was killed before it finished is undone
+    first. Once started, down completes even on SIGINT, SIGTERM or SIGHUP. For a
+    namespace deleted without `down`, it forgets the record markroute kept for it.
 
     Exit codes: 0 removed (or nothing to remove); 1 something could not be removed
     (the record is kept, so running down again retries); 4 not root, nft missing or no
     such namespace (and no record of one).
     """
+    from markroute.kernel import interrupt
     from markroute.kernel.down import down, forget_vanished
     from markroute.kernel.environment import prepare, require_root
 
-    with exit_codes():
-        require_root()
-        if netns and forget_vanished(netns):
-            click.echo(f"network namespace '{netns}' is gone: forgot what markroute had recorded for it")
-            return
-        netns = prepare(netns)
-        report = down(netns, rule_priority, force)
-    for warning in report.warnings:
-        click.echo(f"markroute: warning: {warning}", err=True)
-    for change in report.changes:
-        click.echo(change)
-    if report.errors:
-        fail("down left some things in place: " + "; ".join(report.errors), EXIT_FAILED)
-    click.echo("removed" if report.changes else "nothing to remove")
+    with interrupt.noted():
+        with exit_codes():
+            require_root()
+            if netns and forget_vanished(netns):
+                click.echo(f"network namespace '{netns}' is gone: forgot what markroute had recorded for it")
+                return
+            netns = prepare(netns)
+            report = down(netns, rule_priority, force)
+        for warning in report.warnings:
+            click.echo(f"markroute: warning: {warning}", err=True)
+        late = interrupt.received()
+        if late is not None:
+            click.echo(f"markroute: {interrupt.signal_name(late)} came while down was removing: it completed", err=True)
+        for change in report.changes:
+            click.echo(change)
+        if report.errors:
+            fail("down left some things in place: " + "; ".join(report.errors), EXIT_FAILED)
+        click.echo("removed" if report.changes else "nothing to remove")

@@ -128,6 +128,7 @@ class TableRecorder:
         self.generation = 0
         self.running: tuple[subprocess.Popen[bytes], int] | None = None
         self.kernel_generation: int | None = None  # nf_tables' generation read just before the listing started
+        self.amends: tuple[int, int] | None = None  # the state.json in force when the chains were rewritten
         self.output: list[bytes] = []
         self.waiting: list[Callable[[], None]] = []
 
@@ -136,6 +137,9 @@ class TableRecorder:
         return self.running is None and self.plan is None
 
     def refresh(self, plan: Plan, nominal: str) -> None:
+        """After a rewrite of PLAN's chains (under the lock): list the table and record it, against
+        the state.json in force now; should another apply write a new one first, the record is dropped."""
+        self.amends = state.written(self.netns)
         self.plan = plan
         self.nominal = nominal
         self.generation += 1
@@ -198,9 +202,15 @@ class TableRecorder:
             callback()
 
     def record(self, plan: Plan, listing: list[Obj]) -> None:
-        table = state.TableRewrite(digest.nft_digest(plan), nft.with_elements(nft.normalise(listing), plan.nft),
-                                   self.kernel_generation)
-        state.amend(self.netns, self.nominal, table)
+        """Record LISTING as the table now, unless it is not PLAN's shape (`nft.shape`): someone
+        else changed the table since the rewrite, and recording it would hide that from `status`."""
+        normal = nft.normalise(listing)
+        if nft.shape(normal) != nft.shape(plan.nft):
+            self.on_error(f"nftables table inet {plan.table_name} was changed by another process: not recorded "
+                          "(`markroute status` shows the drift; the next failover applies the config again)")
+            return
+        table = state.TableRewrite(digest.nft_digest(plan), nft.with_elements(normal, plan.nft), self.kernel_generation)
+        state.amend(self.netns, self.nominal, table, self.amends)
 
     def stamp(self, nominal: str) -> None:
         """After an apply of a health plan: record the config's digest (see the class doc)."""

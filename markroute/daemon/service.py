@@ -17,7 +17,12 @@ a link and follows addresses, and leaves the table alone.
 Signals: SIGTERM and SIGINT stop the daemon and leave the rules in place (so a
 restart or an upgrade does not interrupt traffic) unless `--down-on-exit`; SIGHUP
 reloads the config and applies the difference, keeping the state of every uplink
-whose definition did not change. An invalid config on reload is logged and ignored.
+whose definition did not change. An invalid config on reload, or one whose plan the
+kernel refuses, is logged and ignored: the previous config and its plan stay in force.
+
+Every write holds the namespace's lock (`state.locked`), like `markroute apply` and
+`down`; a failover first checks that nobody else wrote since it last did (`untouched`:
+the same state.json, nf_tables' generation unmoved) and goes through apply if someone did.
 
 Records (`kernel.state`): the daemon writes only its own files, `daemon.json` (the
 uplinks' states) and `table.json` (what it changed on top of the last apply, through
@@ -37,6 +42,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from types import FrameType
 
 from markroute.compile import UplinkAvailability, compile_plan
@@ -58,7 +64,14 @@ from markroute.daemon.netlink import LinkWatcher
 from markroute.daemon.reactor import Reactor, Timer
 from markroute.daemon.uplinkstate import State, Transition, UplinkHealth
 from markroute.diagnostics import Diagnostic
-from markroute.kernel import EnvironmentProblem, KernelError, digest, nft, state
+from markroute.kernel import (
+    EnvironmentProblem,
+    KernelError,
+    digest,
+    nft,
+    nftnetlink,
+    state,
+)
 from markroute.kernel.apply import apply
 from markroute.kernel.down import down
 from markroute.kernel.links import Link, links
@@ -72,6 +85,7 @@ HOUSEKEEPING = 1.0  # seconds between record updates and hook reaping
 RESYNC_DELAY = 0.1  # netlink events come in bursts: one resync per burst
 RETRY = 1.0
 EXIT_WAIT = 5.0  # how long an exit waits for the table record to be written
+FAILOVER_LOCK_WAIT = 0.5  # a failover waits this long for an apply holding the lock, then retries after RETRY
 
 
 Loader = Callable[[], tuple[Model | None, list[Diagnostic]]]
@@ -119,6 +133,7 @@ class Daemon:
         self.started = time.time()
         self.saved: DaemonRecord | None = None
         self.state_seen: tuple[int, int] | None = None
+        self.generation: int | None = None  # nf_tables' generation our last write left (`untouched`)
         self.exposed: Exposed | None = None
         self.signals: list[int] = []
         self.stopping = False
@@ -295,7 +310,14 @@ class Daemon:
         return {name: monitor.health.state for name, monitor in self.monitors.items()}
 
     def act(self) -> None:
-        """Make the rules follow the uplinks' states: one nft transaction, then the flows."""
+        """Make the rules follow the uplinks' states: one nft transaction, then the flows.
+
+        Under the namespace's lock, like any writer; a busy lock (an apply running) is
+        tried again shortly. Before it writes, it checks that what is installed is still
+        what it left (`untouched`): if anyone else wrote meanwhile, the chains it would
+        rewrite may be another config's, so the config's plan for the uplinks' states is
+        applied instead, which reads the live table first.
+        """
         self.act_timer = None
         assert self.installed is not None
         transitions, self.pending = self.pending, []
@@ -309,29 +331,14 @@ class Daemon:
                         | failback.returning(self.model, self.installed_availability, availability))
         moved = f"; flows of {', '.join(ending)} moved" if ending else ""
         try:
-            try:
-                commands = chain_batch(self.installed, wanted)
-            except ValueError:  # a reload is being applied: the new config's plan goes in whole
-                self.install_plan(wanted, availability)
-                logs.event(self.log, logging.INFO, f"rules: applied the new config for the uplinks' states{moved}",
-                           event="failover", down=",".join(sorted(availability.down)) or "none",
-                           moved=",".join(sorted(self.unmoved)) or None)
-            else:
-                if commands:
-                    nft.run_batch(commands)
-                    self.rule_changes += 1
-                    logs.event(self.log, logging.INFO,
-                               f"rules: rewrote {', '.join(changed_chains(commands))} in one transaction{moved}",
-                               event="failover", down=",".join(sorted(availability.down)) or "none",
-                               chains=",".join(changed_chains(commands)), moved=",".join(sorted(self.unmoved)) or None)
-                    self.recorder.refresh(wanted, self.nominal)
-                self.installed, self.installed_availability = wanted, availability
-            if self.model.settings.ha is None:
-                move_flows((self.model.uplinks[name].mark for name in ending), self.model.settings.mark_mask)
-            elif ending:  # an HA pair: only the master ends flows, or the deletions reach the peer
-                move_when_master(self.reactor, ending, {n: u.mark for n, u in self.model.uplinks.items()},
-                                 self.model.settings.mark_mask, lambda name: self.uplink_states().get(name) == "down",
-                                 self.netns, self.log)
+            with state.locked(self.netns, "markroute run (failover)", wait=FAILOVER_LOCK_WAIT):
+                self.follow(wanted, availability, moved)
+                if self.model.settings.ha is None:
+                    move_flows((self.model.uplinks[name].mark for name in ending), self.model.settings.mark_mask)
+                elif ending:  # an HA pair: only the master ends flows, or the deletions reach the peer
+                    move_when_master(self.reactor, ending, {n: u.mark for n, u in self.model.uplinks.items()},
+                                     self.model.settings.mark_mask, lambda name: self.uplink_states().get(name) == "down",
+                                     self.netns, self.log)
             self.unmoved -= set(ending)
         except KernelError as exc:
             self.log.error("cannot act on the uplinks' states: %s; trying again in %g s", exc, RETRY)
@@ -362,22 +369,63 @@ class Daemon:
         if self.act_timer is None:
             self.act_timer = self.reactor.call_at(self.reactor.now(), self.act)
 
+    def follow(self, wanted: Plan, availability: UplinkAvailability, moved: str) -> None:
+        """Install WANTED (the plan for AVAILABILITY): chains rewritten in one transaction if nobody
+        else wrote since we did, else through apply (`act`). Under the lock."""
+        assert self.installed is not None
+        if not self.untouched():
+            self.log.warning("rules: the installed ruleset was changed by another process since this daemon "
+                             "last wrote it: applying the config for the uplinks' states%s", moved)
+            self.install_plan(wanted, availability)
+            return
+        try:
+            commands = chain_batch(self.installed, wanted)
+        except ValueError:  # a reload is being applied: the new config's plan goes in whole
+            self.install_plan(wanted, availability)
+            logs.event(self.log, logging.INFO, f"rules: applied the new config for the uplinks' states{moved}",
+                       event="failover", down=",".join(sorted(availability.down)) or "none",
+                       moved=",".join(sorted(self.unmoved)) or None)
+            return
+        if commands:
+            before = nftnetlink.generation()
+            nft.run_batch(commands)
+            after = nftnetlink.generation()
+            self.generation = after if after == before + 1 else None
+            self.rule_changes += 1
+            logs.event(self.log, logging.INFO,
+                       f"rules: rewrote {', '.join(changed_chains(commands))} in one transaction{moved}",
+                       event="failover", down=",".join(sorted(availability.down)) or "none",
+                       chains=",".join(changed_chains(commands)), moved=",".join(sorted(self.unmoved)) or None)
+            self.recorder.refresh(wanted, self.nominal)
+        self.installed, self.installed_availability = wanted, availability
+
+    def untouched(self) -> bool:
+        """Whether the kernel and the records are as this daemon left them: the same state.json
+        (nobody applied) and nf_tables' generation where its own last transaction left it (nobody
+        committed anything since, in any table: then the live table need not be listed)."""
+        return (state.written(self.netns) == self.state_seen and self.generation is not None
+                and nftnetlink.generation() == self.generation)
+
     def install(self) -> None:
         """Apply the config's plan for the current uplink states, like `markroute apply`."""
         availability = self.availability(self.reactor.now())
         self.install_plan(compile_plan(self.model, availability), availability)
 
     def install_plan(self, plan: Plan, availability: UplinkAvailability) -> None:
-        """Apply PLAN, compiled for AVAILABILITY; the one compile of an install is the caller's."""
-        report = apply(plan, self.netns)
-        for change in report.changes:
-            self.log.info("apply: %s", change)
-        for warning in report.warnings:
-            self.log.debug("apply: %s", warning)
-        self.installed, self.installed_availability = plan, availability
-        self.note_nominal(plan, availability)
-        self.recorder.stamp(self.nominal)
-        self.note_state()
+        """Apply PLAN, compiled for AVAILABILITY; the one compile of an install is the caller's.
+
+        The lock is held until the records say what this apply left (`note_state`), so no
+        other apply can slip in between unnoticed."""
+        with state.locked(self.netns, "markroute run"):
+            report = apply(plan, self.netns)
+            for change in report.changes:
+                self.log.info("apply: %s", change)
+            for warning in report.warnings:
+                self.log.debug("apply: %s", warning)
+            self.installed, self.installed_availability = plan, availability
+            self.note_nominal(plan, availability)
+            self.recorder.stamp(self.nominal)
+            self.note_state(report.nft_generation)
 
     def note_nominal(self, plan: Plan, availability: UplinkAvailability) -> None:
         """`nominal` for the current model: PLAN's own digest when every uplink is up, else compiled once per model."""
@@ -436,9 +484,10 @@ class Daemon:
     def converge(self) -> None:
         assert self.installed is not None
         try:
-            report = apply(self.installed, self.netns)
-            self.recorder.stamp(self.nominal)
-            self.note_state()
+            with state.locked(self.netns, "markroute run (resync)"):
+                report = apply(self.installed, self.netns)
+                self.recorder.stamp(self.nominal)
+                self.note_state(report.nft_generation)
         except KernelError as exc:
             self.log.warning("resync failed: %s; trying again in %g s", exc, RETRY)
             self.schedule_resync(RETRY)
@@ -447,6 +496,25 @@ class Daemon:
             self.log.info("resync: %s", change)
         self.refresh_egress()
 
+    def retire(self, names: list[str]) -> None:
+        """Take uplinks a reload changes or removes out of service under the running config first:
+        their chains lead elsewhere and their connections end before the new config points their
+        table at a new next hop, which must not see traffic before it answers its first probes.
+        A writer like `act`: under the lock, through `follow`."""
+        carrying = [name for name in names if self.monitors[name].health.state not in ("down", "unknown")]
+        if not carrying or self.installed is None:
+            return
+        states = {**self.uplink_states(), **{name: "down" for name in carrying}}
+        availability = availability_of(states)  # type: ignore[arg-type]
+        try:
+            with state.locked(self.netns, "markroute run (reload)", wait=FAILOVER_LOCK_WAIT):
+                self.follow(compile_plan(self.model, availability), availability, "")
+                move_flows((self.model.uplinks[name].mark for name in carrying), self.model.settings.mark_mask)
+        except KernelError as exc:
+            self.log.error("reload: cannot take %s out of service first: %s", ", ".join(carrying), exc)
+            return
+        self.log.info("reload: %s out of service until probed again", ", ".join(carrying))
+
     def reload(self) -> None:
         model, diagnostics = self.options.load()
         if model is None:
@@ -454,57 +522,38 @@ class Daemon:
                 self.log.error("reload: %s", diagnostic.render())
             self.log.error("reload: the config is invalid; still running the previous one")
             return
-        old = self.monitors
+        self.recorder.when_idle(partial(self.reinstall, model))
+
+    def reinstall(self, model: Model) -> None:
+        """Switch to MODEL once its plan is installed: a plan the kernel refuses leaves the previous
+        config, its plan and its monitors in force, so failover goes on as before (logged once)."""
+        old_model, old_monitors, old_links = self.model, self.monitors, dict(self.link_usable)
+        old_uplinks = {name: monitor.uplink for name, monitor in old_monitors.items()}
         keep = {
-            name: monitor for name, monitor in old.items()
+            name: monitor for name, monitor in old_monitors.items()
             if name in model.uplinks and _identity(model.uplinks[name]) == _identity(monitor.uplink)
         }
-        for name, monitor in old.items():
-            if name not in keep:
-                monitor.stop()
-        self.retire([name for name in old if name not in keep])
+        self.retire([name for name in old_monitors if name not in keep])
         self.model = model
-        self.hooks.argv = model.settings.on_change
         self.build_monitors({}, self.read_links(), keep)
-        self.recorder.when_idle(self.reinstall)
-
-    def retire(self, names: list[str]) -> None:
-        """Take uplinks a reload changes or removes out of service under the running config first:
-        their chains lead elsewhere and their connections end before the new config points their
-        table at a new next hop, which must not see traffic before it answers its first probes."""
-        carrying = [name for name in names if self.monitors[name].health.state not in ("down", "unknown")]
-        if not carrying or self.installed is None:
-            return
-        states = {**self.uplink_states(), **{name: "down" for name in carrying}}
-        availability = availability_of(states)  # type: ignore[arg-type]
-        wanted = compile_plan(self.model, availability)
-        try:
-            commands = chain_batch(self.installed, wanted)
-            if commands:
-                nft.run_batch(commands)
-                self.rule_changes += 1
-                self.recorder.refresh(wanted, self.nominal)
-            self.installed, self.installed_availability = wanted, availability
-            move_flows((self.model.uplinks[name].mark for name in carrying), self.model.settings.mark_mask)
-        except (KernelError, ValueError) as exc:
-            self.log.error("reload: cannot take %s out of service first: %s", ", ".join(carrying), exc)
-            return
-        self.log.info("reload: %s out of service until probed again", ", ".join(carrying))
-
-    def reinstall(self) -> None:
-        """Apply the reloaded config; connections of an uplink that a reload made unknown (changed
-        gateway, interface, check) are ended, so none of them reaches a next hop before it was probed."""
         usable_before = set(self.model.uplinks) - self.installed_availability.down
         try:
             self.install()
         except KernelError as exc:
-            self.log.error("reload: %s", exc)
+            for name, uplink in old_uplinks.items():
+                old_monitors[name].uplink = uplink
+            self.model, self.monitors, self.link_usable = old_model, old_monitors, old_links
+            self.log.error("reload: %s; still running the previous config and its rules", exc)
             return
         unknown = sorted(usable_before & self.installed_availability.down)
         try:
             move_flows((self.model.uplinks[name].mark for name in unknown), self.model.settings.mark_mask)
         except KernelError as exc:
             self.log.error("reload: cannot end the connections of %s: %s", ", ".join(unknown), exc)
+        for name, monitor in old_monitors.items():
+            if name not in keep:
+                monitor.stop()
+        self.hooks.argv = model.settings.on_change
         self.refresh_egress(start=False)
         for monitor in self.monitors.values():
             if monitor.ticker is None and monitor.probed:
@@ -534,9 +583,11 @@ class Daemon:
             return
         self.refresh_egress()
 
-    def note_state(self) -> None:
-        """Remember which state.json our own apply left: another one means someone else applied."""
+    def note_state(self, generation: int | None = None) -> None:
+        """Remember which state.json our own apply left (another one means someone else applied)
+        and nf_tables' generation after it (None: unknown, the next failover goes through apply)."""
         self.state_seen = state.written(self.netns)
+        self.generation = generation
 
     def save_record(self) -> None:
         current = DaemonRecord(

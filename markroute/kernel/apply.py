@@ -18,8 +18,15 @@ The order never leaves traffic without a path:
    inserts elements while Python works;
 5. stale ip rules, then stale routes, then sysctls no longer wanted go back.
 
-Only what differs is touched, so applying the same config twice changes nothing. Any
-failure undoes every completed step (`Journal`) and raises `ApplyFailed`. An uplink
+Only what differs is touched, so applying the same config twice changes nothing.
+
+An apply is a transaction. It holds the namespace's lock (`state.locked`) throughout;
+before its first change it opens a journal on disk and writes down how to undo each
+step before taking it (`journal`). Any failure, and SIGINT, SIGTERM or SIGHUP (noted
+by `interrupt`, obeyed between steps), undoes every completed step and raises
+`ApplyFailed`; the new state.json is the commit, after which a signal no longer stops
+it. An apply killed outright leaves the journal, and the next apply or down undoes
+what it did before doing anything else (`journal.recover`). An uplink
 whose interface is missing or down gets no routes (its marked traffic then falls
 through to later rules and main) and a warning instead of a failure.
 """
@@ -38,13 +45,15 @@ from markroute.kernel import (
     digest,
     foreign,
     ha,
+    interrupt,
+    journal,
     nft,
     nftnetlink,
     restore,
     state,
     sysctl,
 )
-from markroute.kernel.journal import Journal
+from markroute.kernel.journal import Journal, Undo
 from markroute.kernel.links import Link, link_state, links
 from markroute.kernel.rpdb import Rpdb, route_key
 from markroute.kernel.state import State
@@ -56,6 +65,7 @@ from markroute.plan.nftjson import set_elements
 class ApplyReport:
     changes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    nft_generation: int | None = None  # as recorded: None when someone else committed during the apply
 
     @property
     def changed(self) -> bool:
@@ -89,31 +99,22 @@ class ApplyFailed(KernelError):
 def apply(plan: Plan, netns: str | None = None, force: bool = False) -> ApplyReport:
     """Converge the kernel of the current namespace to PLAN; NETNS only names the state file.
 
-    On a first apply (no record, no table) the new table's sets start filling in the
-    background at once (`NewTable.start`), while pyroute2 is imported and sysctls,
-    routes and rules go in. Others' routes and rules where markroute's go, or a table
-    of markroute's name it has no record of, stop apply (`foreign`) unless FORCE.
+    Under the namespace's lock: first what an apply that died left is undone
+    (`journal.recover`), then the journal of this one is opened (module doc).
+    Others' routes and rules where markroute's go, or a table of markroute's name it
+    has no record of, stop apply (`foreign`) unless FORCE.
     """
-    with state.locked(netns):
+    with state.locked(netns, "markroute apply"):
+        recovery = journal.recover(netns)
         previous = state.load(netns)
         with Rpdb() as rpdb:
             in_the_way = foreign.in_the_way(plan, previous, rpdb)
             if in_the_way and not force:
                 raise KernelError(foreign.refusal(in_the_way))
             adopted = foreign.adopt(in_the_way, rpdb)
-        new_table = None
-        if previous is None and any("set" in obj for obj in plan.nft) and not nftnetlink.table_exists(plan.table_name):
-            new_table = NewTable(plan)
-            new_table.start()
-        try:
-            rpdb = Rpdb()
-        except BaseException:
-            if new_table is not None:
-                new_table.discard()
-            raise
-        with rpdb:
-            report = _Apply(plan, netns, previous, rpdb, new_table).run()
-        report.warnings[:0] = adopted
+        log = Journal.begin(netns)
+        report = ApplyReport(warnings=(recovery.messages() if recovery else []) + adopted + list(plan.warnings))
+        report = _Apply(plan, netns, previous, log, report).run()
         ha.restore_hold(plan, netns)  # a new table's hold sets are empty: the role decides
         return report
 
@@ -169,57 +170,103 @@ class NewTable:
         if self.error is not None:
             raise self.error
 
-    def discard(self) -> None:
-        """Remove the table again, whatever part of it was made."""
+    def settle(self) -> None:
+        """Until a started fill has stopped, whatever it got to: before the table can be removed again."""
         if self.thread is not None:
             self.thread.join()
-        nft.delete_table(self.plan.table_name)
 
 
 class _Apply:
-    def __init__(
-        self, plan: Plan, netns: str | None, previous: State | None, rpdb: Rpdb, new_table: NewTable | None = None
-    ) -> None:
+    def __init__(self, plan: Plan, netns: str | None, previous: State | None, log: Journal, report: ApplyReport) -> None:
         self.plan = plan
         self.netns = netns
         self.previous = previous
-        self.rpdb = rpdb
-        self.new_table = new_table
-        self.report = ApplyReport(warnings=list(plan.warnings))
-        self.journal = Journal()
-        if new_table is not None:
-            self.adopt(new_table)
+        self.rpdb: Rpdb | None = None
+        self.new_table: NewTable | None = None
+        self.report = report
+        self.journal = log
         self.nft_digest = digest.nft_digest(plan)
+        self.generation = 0  # nf_tables' generation before our first transaction
+        self.commits = 0  # this process's commit count then (`nftnetlink.commits`)
 
     def run(self) -> ApplyReport:
+        """The steps in the module doc's order, then the commit; everything undone on failure or interrupt.
+
+        On a first apply (no record, no table) the new table's sets start filling in the
+        background at once (`NewTable.start`), while pyroute2 is imported and sysctls,
+        routes and rules go in.
+        """
         try:
-            interfaces = links(self.rpdb)
-            rules, resolved = resolve(self.plan, link_state(self.rpdb, interfaces))
-            routes = self.usable_routes(resolved, interfaces)
-            sysctls = self.usable_sysctls(interfaces)
-            originals = self.set_sysctls(sysctls)
-            live_rules = set(self.rpdb.own_rules())
-            live_routes = {route_key(r): r for r in self.rpdb.own_routes()}
-            wanted_routes = {route_key(r): r for r in routes}
-            for route in sorted(routes, key=lambda r: r.gateway is not None):
-                if route_key(route) not in live_routes:
-                    self.add_route(route)
-            for rule in rules:
-                if rule not in live_rules:
-                    self.add_rule(rule)
-            listing = self.swap_table()
-            recorded_rules = set(self.previous.rules) if self.previous else set()
-            recorded_routes = {route_key(r) for r in self.previous.routes} if self.previous else set()
-            for rule in sorted(live_rules & recorded_rules - set(rules), key=lambda r: r.priority, reverse=True):
-                self.delete_rule(rule)
-            stale = [r for k, r in live_routes.items() if k in recorded_routes and k not in wanted_routes]
-            for route in sorted(stale, key=lambda r: r.gateway is None):
-                self.delete_route(route)
-            self.restore_unwanted_sysctls(sysctls, originals)
-            self.record(rules, routes, sysctls, originals, listing)
-        except KernelError as exc:
-            raise ApplyFailed(str(exc), self.journal.rollback()) from exc
+            interrupt.point("lock held, journal open")
+            self.generation, self.commits = nftnetlink.generation(), nftnetlink.commits()
+            if self.previous is None and any("set" in obj for obj in self.plan.nft) \
+                    and not nftnetlink.table_exists(self.plan.table_name):
+                self.adopt(NewTable(self.plan), start=True)
+            rpdb = Rpdb()
+        except BaseException as exc:
+            self.roll_back(exc)
+            raise
+        with rpdb:
+            self.rpdb = rpdb
+            try:
+                self.converge(rpdb)
+            except BaseException as exc:
+                self.roll_back(exc)
+                raise
+        self.journal.close()
         return self.report
+
+    def converge(self, rpdb: Rpdb) -> None:
+        interfaces = links(rpdb)
+        rules, resolved = resolve(self.plan, link_state(rpdb, interfaces))
+        routes = self.usable_routes(resolved, interfaces)
+        sysctls = self.usable_sysctls(interfaces)
+        originals = self.set_sysctls(sysctls)
+        live_rules = set(rpdb.own_rules())
+        live_routes = {route_key(r): r for r in rpdb.own_routes()}
+        wanted_routes = {route_key(r): r for r in routes}
+        for route in sorted(routes, key=lambda r: r.gateway is not None):
+            if route_key(route) not in live_routes:
+                self.add_route(route)
+        for rule in rules:
+            if rule not in live_rules:
+                self.add_rule(rule)
+        listing = self.swap_table()
+        recorded_rules = set(self.previous.rules) if self.previous else set()
+        recorded_routes = {route_key(r) for r in self.previous.routes} if self.previous else set()
+        stale_rules = live_rules & recorded_rules - set(rules)
+        for rule in sorted(stale_rules, key=lambda r: r.priority, reverse=True):
+            self.delete_rule(rule)
+        stale = [r for k, r in live_routes.items() if k in recorded_routes and k not in wanted_routes]
+        for route in sorted(stale, key=lambda r: r.gateway is None):
+            self.delete_route(route)
+        self.restore_unwanted_sysctls(sysctls, originals)
+        self.check_rpdb(rpdb, live_rules - stale_rules | set(rules),
+                        (set(live_routes) - {route_key(r) for r in stale}) | set(wanted_routes))
+        self.record(rules, routes, sysctls, originals, listing)
+
+    def roll_back(self, cause: BaseException) -> None:
+        """Undo every completed step (the journal) and drop the journal; a kernel failure (or an
+        interrupt) is then raised as `ApplyFailed`, anything else as it is."""
+        if self.new_table is not None:
+            self.new_table.settle()
+        try:
+            problems = self.journal.rollback(self.rpdb)
+        finally:
+            self.journal.close()
+        if isinstance(cause, KernelError):
+            raise ApplyFailed(str(cause), problems) from cause
+
+    def check_rpdb(self, rpdb: Rpdb, rules: set[IpRule], routes: set[tuple[object, ...]]) -> None:
+        """Read the rules and routes again just before the commit: a change by someone else while
+        apply ran (between its first read and its writes) is reported, not silently recorded."""
+        live_rules = set(rpdb.own_rules())
+        live_routes = {route_key(r) for r in rpdb.own_routes()}
+        if live_rules != rules or live_routes != routes:
+            self.report.warnings.append(
+                "markroute's ip rules or routes were changed by another process while apply ran; "
+                "`markroute status` shows the drift, `markroute apply` again converges"
+            )
 
     # -- what can be installed here ---------------------------------------------------
 
@@ -261,11 +308,9 @@ class _Apply:
             current = sysctl.read(item.path)
             if current == item.value:
                 continue
-            self.step(
-                partial(sysctl.write, item.path, item.value),
-                partial(restore.undo, item.path, current, item.value),
-                f"sysctl {item.name}: {current} -> {item.value}",
-            )
+            change = f"sysctl {item.name}: {current} -> {item.value}"
+            self.step(partial(sysctl.write, item.path, item.value),
+                      Undo.sysctl(change, item.path, current, item.value), change)
             originals.setdefault(item.path, current)
         return originals
 
@@ -283,29 +328,38 @@ class _Apply:
             if decision.action == "keep" and decision.message is not None:
                 self.report.warnings.append(decision.message)
             elif decision.action == "restore" and decision.message is not None:
-                self.step(
-                    partial(sysctl.write, path, original),
-                    partial(restore.undo, path, applied, original),
-                    decision.message,
-                )
+                self.step(partial(sysctl.write, path, original),
+                          Undo.sysctl(decision.message, path, applied, original), decision.message)
 
     def add_route(self, route: Route) -> None:
-        self.step(partial(self.rpdb.add_route, route), partial(self.rpdb.delete_route, route), f"+ route {route_text(route)}")
+        assert self.rpdb is not None
+        change = f"+ route {route_text(route)}"
+        self.step(partial(self.rpdb.add_route, route), Undo.route(change, False, route), change)
 
     def delete_route(self, route: Route) -> None:
-        self.step(partial(self.rpdb.delete_route, route), partial(self.rpdb.add_route, route), f"- route {route_text(route)}")
+        assert self.rpdb is not None
+        change = f"- route {route_text(route)}"
+        self.step(partial(self.rpdb.delete_route, route), Undo.route(change, True, route), change)
 
     def add_rule(self, rule: IpRule) -> None:
-        self.step(partial(self.rpdb.add_rule, rule), partial(self.rpdb.delete_rule, rule), f"+ rule {rule_text(rule)}")
+        assert self.rpdb is not None
+        change = f"+ rule {rule_text(rule)}"
+        self.step(partial(self.rpdb.add_rule, rule), Undo.rule(change, False, rule), change)
 
     def delete_rule(self, rule: IpRule) -> None:
-        self.step(partial(self.rpdb.delete_rule, rule), partial(self.rpdb.add_rule, rule), f"- rule {rule_text(rule)}")
+        assert self.rpdb is not None
+        change = f"- rule {rule_text(rule)}"
+        self.step(partial(self.rpdb.delete_rule, rule), Undo.rule(change, True, rule), change)
 
-    def step(self, do: Callable[[], None], undo: Callable[[], None], change: str) -> None:
-        """Do one change, remember how to take it back, and report it."""
+    def step(self, do: Callable[[], None], undo: Undo, change: str) -> None:
+        """Write down how to undo a change, make it, mark it done, report it; a noted signal stops it
+        at either side (`interrupt.point`)."""
+        number = self.journal.will(undo)
+        interrupt.point(f"before: {change}")
         do()
-        self.journal.done(f"undo '{change}'", undo)
+        self.journal.did(number)
         self.report.changes.append(change)
+        interrupt.point(f"after: {change}")
 
     def swap_table(self) -> list[dict[str, object]]:
         """Bring the table to the plan the way `table_change` picks; return its listing as `nft.normalise` gives it.
@@ -333,11 +387,9 @@ class _Apply:
                 return self.live_listing()
         name = self.plan.table_name
         before = change.before
-        self.step(
-            partial(nft.replace_table, name, self.plan.nft),
-            partial(nft.delete_table, name) if before is None else partial(nft.replace_table, name, nft.loadable(before)),
-            f"nftables table inet {name} replaced",
-        )
+        what = f"nftables table inet {name} replaced"
+        back = nft.deletion(name) if before is None else nft.replacement(name, nft.loadable(before))
+        self.step(partial(nft.replace_table, name, self.plan.nft), Undo.nft_batch(what, back), what)
         return self.live_listing()
 
     def table_change(self) -> TableChange:
@@ -381,15 +433,30 @@ class _Apply:
             return TableChange("rewrite_chains", previous.nft_listing)
         return TableChange("replace", previous.nft_listing)
 
-    def adopt(self, new_table: NewTable) -> NewTable:
-        """Make NEW_TABLE the one to hook in, and removed again by a rollback, however far it got."""
+    def adopt(self, new_table: NewTable, start: bool) -> NewTable:
+        """Make NEW_TABLE the one to hook in, and removed again by a rollback, however far it got;
+        START: fill it in the background (else the caller fills it in line)."""
         self.new_table = new_table
-        self.journal.done(f"undo 'nftables table inet {self.plan.table_name} created'", new_table.discard)
+        change = f"nftables table inet {self.plan.table_name} created"
+        number = self.journal.will(Undo.nft_batch(change, nft.deletion(self.plan.table_name)))
+        interrupt.point(f"before: {change}")
+        if start:
+            new_table.start()
+        self.journal.did(number)  # done or not, its undo (delete the table) is right
         return new_table
 
     def live_listing(self) -> list[dict[str, object]]:
-        """The table as nft lists it now, without asking for its elements: the plan's complete it."""
-        return nft.with_elements(nft.normalise(nft.table_structure(self.plan.table_name) or []), self.plan.nft)
+        """The table as nft lists it now, without asking for its elements: the plan's complete it.
+
+        What is recorded is what the next apply and `status` compare against, so a listing
+        that is not the plan's shape (someone changed the table between our commit and this
+        read) must not be recorded: the apply fails and is rolled back instead.
+        """
+        listing = nft.normalise(nft.table_structure(self.plan.table_name) or [])
+        if nft.shape(listing) != nft.shape(self.plan.nft):
+            raise KernelError(f"nftables table inet {self.plan.table_name} was changed by another process "
+                              "while apply ran; run apply again")
+        return nft.with_elements(listing, self.plan.nft)
 
     def create_table(self) -> None:
         """A new table (`NewTable`, maybe filled already), then the chains that hook it in.
@@ -400,11 +467,13 @@ class _Apply:
         name = self.plan.table_name
         new_table = self.new_table
         if new_table is None:
-            new_table = self.adopt(NewTable(self.plan))
+            new_table = self.adopt(NewTable(self.plan), start=False)
             new_table.fill()
         new_table.wait()
+        interrupt.point(f"sets of inet {name} filled")
         nft.run_batch({"add": obj} for obj in self.plan.nft if "table" not in obj and "set" not in obj)
         self.report.changes.append(f"nftables table inet {name} created")
+        interrupt.point(f"chains of inet {name} hooked in")
 
     def update_sets(self, previous: State) -> list[dict[str, object]] | None:
         """Add and remove just the elements that changed, in one transaction (`nftnetlink`).
@@ -427,13 +496,13 @@ class _Apply:
         structure = nft.without_elements(previous.nft_listing)
         if not changes:
             return nft.with_elements(structure, self.plan.nft)
+        change = "nftables sets of inet {}: {}".format(name, ", ".join(
+            f"{c.name} +{len(c.added)} -{len(c.removed)} elements" for c in changes))
         try:
-            self.step(
-                partial(nftnetlink.update, name, changes),
-                partial(nftnetlink.update, name, [change.inverse() for change in changes]),
-                "nftables sets of inet {}: {}".format(name, ", ".join(
-                    f"{c.name} +{len(c.added)} -{len(c.removed)} elements" for c in changes)),
-            )
+            self.step(partial(nftnetlink.update, name, changes),
+                      Undo.set_update(change, name, [c.inverse() for c in changes]), change)
+        except interrupt.Interrupted:
+            raise
         except KernelError:
             return None
         return nft.with_elements(structure, self.plan.nft)
@@ -451,7 +520,8 @@ class _Apply:
         back = nft.chain_rewrite(name, list(self.plan.nft), recorded)
         if forward is None or back is None:
             return False
-        self.step(partial(nft.run_batch, forward), partial(nft.run_batch, back), f"nftables chains of inet {name} rewritten")
+        change = f"nftables chains of inet {name} rewritten"
+        self.step(partial(nft.run_batch, forward), Undo.nft_batch(change, back), change)
         return True
 
     def record(
@@ -478,7 +548,21 @@ class _Apply:
             groups=list(self.plan.groups),
             applied_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             warnings=self.report.warnings,
-            nft_generation=nftnetlink.generation(),
+            nft_generation=self.generation_after(),
         )
+        self.report.nft_generation = new.nft_generation
         if self.report.changed or self.previous is None or replace(new, applied_at=self.previous.applied_at) != self.previous:
             state.save(self.netns, new)
+            interrupt.fault_point("committed: state.json renamed")
+
+    def generation_after(self) -> int | None:
+        """nf_tables' generation now, if it moved by exactly our own commits since before the first
+        (else someone else committed meanwhile: None, and the next apply lists the table to check it).
+        Unchanged and nothing committed: the recorded one stands, or the one read now."""
+        after = nftnetlink.generation()
+        ours = nftnetlink.commits() - self.commits
+        if after != self.generation + ours:
+            return None
+        if ours == 0 and self.previous is not None and self.previous.nft_generation not in (None, after):
+            return None  # the table was checked against the record (`table_change`) only if it was listed
+        return after

@@ -8,6 +8,12 @@ then the rules, so no packet is sent to a table that is being emptied, then the
 routes; sysctls go back to the values found before markroute changed them, unless
 someone else has changed them since, and forwarding is never turned off
 (`markroute.kernel.restore` says why).
+
+An apply that was killed before its commit is undone first (`journal.recover`), so
+its sysctls go back too. Down holds the namespace's lock and, once it has the lock,
+always completes: SIGINT, SIGTERM and SIGHUP are noted and reported after it
+(`commands/down.py`). Down killed outright is finished by the next down: every step
+removes only what is still there.
 """
 
 from __future__ import annotations
@@ -16,7 +22,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
-from markroute.kernel import KernelError, nft, nftnetlink, restore, state
+from markroute.kernel import (
+    KernelError,
+    interrupt,
+    journal,
+    nft,
+    nftnetlink,
+    restore,
+    state,
+)
 from markroute.kernel import netns as namespaces
 from markroute.kernel.apply import route_text, rule_text
 from markroute.kernel.rpdb import Rpdb, route_key
@@ -40,7 +54,10 @@ def down(netns: str | None = None, rule_priority: int | None = None, force: bool
     put back.
     """
     report = DownReport()
-    with state.locked(netns):
+    with state.locked(netns, "markroute down"):
+        recovery = journal.recover(netns)
+        if recovery is not None:
+            report.warnings += recovery.messages()
         salvaged: state.Salvage | None = None
         try:
             recorded = state.load(netns, report.warnings.append)
@@ -89,12 +106,17 @@ def forget_vanished(netns: str) -> bool:
 
     A namespace deleted without `down` took markroute's table, rules, routes and
     sysctls with it, so nothing is left to remove but its record under /run/markroute
-    (which would otherwise stay until the next boot).
+    (which would otherwise stay until the next boot), and the journal and temporary
+    files of an apply cut short there.
     """
-    if namespaces.path(netns).exists() or not (state.directory(netns) / state.STATE_RECORD).exists():
+    directory = state.directory(netns)
+    if namespaces.path(netns).exists() or not any((directory / name).exists()
+                                                  for name in (state.STATE_RECORD, state.JOURNAL)):
         return False
-    with state.locked(netns):
+    with state.locked(netns, "markroute down"):
         state.remove(netns)
+        state.remove_journal(netns)  # what an apply cut short there changed went with the namespace
+        state.remove_leftovers(netns)
     return True
 
 
@@ -118,7 +140,8 @@ def _restore_sysctl(path: str, original: str, applied: str | None, report: DownR
 
 
 def _attempt(report: DownReport, step: Callable[[], None], change: str | None) -> None:
-    """Run one removal; a failure is recorded and the others still run."""
+    """Run one removal; a failure is recorded and the others still run. No signal stops down
+    between two (`interrupt.fault_point`: only the test hook)."""
     try:
         step()
     except KernelError as exc:
@@ -126,3 +149,4 @@ def _attempt(report: DownReport, step: Callable[[], None], change: str | None) -
     else:
         if change is not None:
             report.changes.append(change)
+    interrupt.fault_point(f"down: {change or 'a removal'}")

@@ -145,11 +145,11 @@ def hand_over(role: Role, config: str | None, table: str | None, netns: str | No
     when it holds the hold sets, else None.
     """
     if role != "master":
-        with state.locked(netns):
+        with state.locked(netns, f"markroute ha {role}"):
             save(netns, HaRecord(role, time.time(), config))
             hold_error = _change_hold(table, True)
     steps = tuple(conntrackd(config, *step) for step in STEPS[role]) if config else ()
-    with state.locked(netns):
+    with state.locked(netns, f"markroute ha {role}"):
         if role == "master":
             save(netns, HaRecord(role, time.time(), config, steps))
             hold_error = _change_hold(table, False)

@@ -1,31 +1,218 @@
-"""An undo log: every completed step of a change registers how to take it back.
+"""The write-ahead undo log of an apply: how to take back each step, on disk before the step runs.
 
-Netlink has no transactions, so `apply` makes its own: on failure the steps done so
-far are undone newest first, and each undo that fails is reported rather than stopping
-the others.
+Netlink has no transactions, so apply makes its own. Before its first change apply
+opens the journal (`Journal.begin`: the file `journal` in the namespace's state
+directory, naming the state.json in force); before each step it appends how to undo
+that step (`Journal.will`, an `Undo`), and after the step a line saying it is done
+(`Journal.did`). A failure or an interrupt undoes the done steps newest first
+(`rollback`); an undo that fails is reported and the others still run. The commit is
+the new state.json (`state.save`); then the journal goes (`close`).
+
+A process that dies (SIGKILL, a crash) leaves the file. The next apply or down holds
+the lock and calls `recover` first: if state.json is still the one the journal named,
+that apply never committed, and every step it wrote down is undone, newest first:
+the done ones as they are, the one in flight (written, not marked done: it may or may
+not have happened) only as far as it did. Every undo is safe either way: rules and
+routes are looked for first, a sysctl is put back only while it still holds the value
+apply wrote (kernel/restore.py), nftables batches set a whole table or chain, and an element update that never happened is refused whole.
+
+Undos are data (`Undo`), not closures, so the same code undoes a step in the process
+that made it and in the next one, from the file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import os
+from dataclasses import asdict, dataclass
+from typing import IO, Any
 
-from markroute.kernel import KernelError
+from markroute.kernel import KernelError, nft, nftnetlink, restore, state
+from markroute.kernel.rpdb import Rpdb, route_key
+from markroute.plan import IpRule, Route
+from markroute.plan.nftjson import json_default
+
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Undo:
+    """How to take back one step: `action` with its `args` (see `perform`); `what` names the step."""
+
+    what: str
+    action: str
+    args: dict[str, Any]
+
+    @classmethod
+    def sysctl(cls, what: str, path: str, value: str, written: str) -> Undo:
+        """Put VALUE back into PATH, but only while it still holds WRITTEN (`restore.undo`)."""
+        return cls(what, "sysctl", {"path": path, "value": value, "written": written})
+
+    @classmethod
+    def rule(cls, what: str, present: bool, rule: IpRule) -> Undo:
+        """Make RULE present (it was deleted) or absent (it was added)."""
+        return cls(what, "add_rule" if present else "delete_rule", {"rule": asdict(rule)})
+
+    @classmethod
+    def route(cls, what: str, present: bool, route: Route) -> Undo:
+        return cls(what, "add_route" if present else "delete_route", {"route": asdict(route)})
+
+    @classmethod
+    def nft_batch(cls, what: str, commands: list[dict[str, Any]]) -> Undo:
+        return cls(what, "nft_batch", {"commands": commands})
+
+    @classmethod
+    def set_update(cls, what: str, table: str, changes: list[nftnetlink.SetChange]) -> Undo:
+        return cls(what, "set_update", {"table": table, "changes": [asdict(change) for change in changes]})
+
+    def to_json(self) -> dict[str, Any]:
+        return {"undo": asdict(self)}
+
+
+def perform(undo: Undo, rpdb: Rpdb | None) -> None:
+    """Take back one step, whether or not it got as far as the kernel (module doc).
+
+    RPDB is None only when apply failed before it had a routing socket (and so before
+    any rule or route step)."""
+    args = undo.args
+    if rpdb is None and undo.action in ("add_rule", "delete_rule", "add_route", "delete_route"):
+        raise KernelError("no routing socket to undo it with")
+    if undo.action == "sysctl":
+        restore.undo(args["path"], args["value"], args["written"])
+    elif undo.action in ("add_rule", "delete_rule") and rpdb is not None:
+        rule = IpRule(**args["rule"])
+        present = rule in rpdb.own_rules()
+        if undo.action == "add_rule" and not present:
+            rpdb.add_rule(rule)
+        elif undo.action == "delete_rule" and present:
+            rpdb.delete_rule(rule)
+    elif undo.action in ("add_route", "delete_route") and rpdb is not None:
+        route = Route(**args["route"])
+        present = route_key(route) in {route_key(r) for r in rpdb.own_routes()}
+        if undo.action == "add_route" and not present:
+            rpdb.add_route(route)
+        elif undo.action == "delete_route" and present:
+            rpdb.delete_route(route)
+    elif undo.action == "nft_batch":
+        nft.run_batch(args["commands"])
+    elif undo.action == "set_update":
+        nftnetlink.update(args["table"], [
+            nftnetlink.SetChange(c["name"], c["version"], tuple(map(tuple, c["removed"])), tuple(map(tuple, c["added"])))
+            for c in args["changes"]
+        ])
+    else:
+        raise KernelError(f"journal: unknown undo {undo.action!r}")
+
+
+@dataclass
+class _Entry:
+    undo: Undo
+    done: bool = False
 
 
 class Journal:
-    def __init__(self) -> None:
-        self._undo: list[tuple[str, Callable[[], None]]] = []
+    """The journal of one apply in this process (module doc); held under the namespace's lock."""
 
-    def done(self, undo_what: str, undo: Callable[[], None]) -> None:
-        self._undo.append((undo_what, undo))
+    def __init__(self, netns: str | None, handle: IO[str]) -> None:
+        self.netns = netns
+        self.handle = handle
+        self.entries: list[_Entry] = []
 
-    def rollback(self) -> list[str]:
-        """Undo everything, newest first; the messages of the undos that failed."""
+    @classmethod
+    def begin(cls, netns: str | None) -> Journal:
+        """Open the journal before the first change; it names the state.json in force."""
+        assert state.holds_lock(netns)
+        written = state.written(netns)
+        header = {"format": FORMAT, "pid": os.getpid(), "state": list(written) if written else None}
+        return cls(netns, state.start_journal(netns, header))
+
+    def will(self, undo: Undo) -> int:
+        """Write down how to undo the step about to run; its number, for `did`."""
+        self._line(undo.to_json())
+        self.entries.append(_Entry(undo))
+        return len(self.entries) - 1
+
+    def did(self, number: int) -> None:
+        """The step numbered NUMBER is done."""
+        self.entries[number].done = True
+        self._line({"done": number})
+
+    def _line(self, data: dict[str, Any]) -> None:
+        # flushed, not synced: /run is in memory, so a power loss takes the kernel state with it
+        try:
+            self.handle.write(json.dumps(data, default=json_default) + "\n")
+            self.handle.flush()
+        except OSError as exc:
+            raise KernelError(f"cannot write the journal in {state.directory(self.netns)}: {exc.strerror}") from exc
+
+    def rollback(self, rpdb: Rpdb | None) -> list[str]:
+        """Undo every done step, newest first; the messages of the undos that failed."""
         problems: list[str] = []
-        while self._undo:
-            what, undo = self._undo.pop()
-            try:
-                undo()
-            except KernelError as exc:
-                problems.append(f"{what}: {exc}")
+        for entry in reversed(self.entries):
+            if entry.done:
+                _undo(entry.undo, rpdb, problems)
+        self.entries = []
         return problems
+
+    def close(self) -> None:
+        """The apply committed or was rolled back: the journal goes."""
+        self.handle.close()
+        state.remove_journal(self.netns)
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What `recover` found and did: the pid of the apply that died, the steps undone, the undos that failed."""
+
+    pid: int
+    committed: bool
+    undone: list[str]
+    problems: list[str]
+
+    def messages(self) -> list[str]:
+        if self.committed:
+            return [f"an apply (pid {self.pid}) was cut short just after it committed: its journal was removed"]
+        lines = [f"an apply (pid {self.pid}) was cut short: undid its {len(self.undone)} steps"]
+        return lines + [f"could not undo {problem}" for problem in self.problems]
+
+
+def recover(netns: str | None) -> Recovery | None:
+    """Finish what an apply that died left (module doc): under the lock, before anything else."""
+    assert state.holds_lock(netns)
+    state.remove_leftovers(netns)
+    lines = state.read_journal(netns)
+    if lines is None:
+        return None
+    header = lines[0] if lines and lines[0].get("format") == FORMAT else {}
+    written = state.written(netns)
+    pid = int(header.get("pid", 0))
+    if header and header.get("state") != (list(written) if written else None):
+        state.remove_journal(netns)
+        return Recovery(pid, True, [], [])
+    entries: list[_Entry] = []
+    for line in lines[1:]:
+        if "undo" in line:
+            entries.append(_Entry(Undo(**line["undo"])))
+        elif "done" in line and 0 <= line["done"] < len(entries):
+            entries[line["done"]].done = True
+    undone: list[str] = []
+    problems: list[str] = []
+    with Rpdb() as rpdb:
+        for entry in reversed(entries):
+            if entry.done:
+                _undo(entry.undo, rpdb, problems)
+            else:
+                try:
+                    perform(entry.undo, rpdb)
+                except KernelError:
+                    pass  # the step in flight never reached the kernel: its undo is refused, nothing to do
+            undone.append(entry.undo.what)
+    state.remove_journal(netns)
+    return Recovery(pid, False, undone, problems)
+
+
+def _undo(undo: Undo, rpdb: Rpdb | None, problems: list[str]) -> None:
+    try:
+        perform(undo, rpdb)
+    except KernelError as exc:
+        problems.append(f"{undo.what}: {exc}")

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from markroute.compile.ha import HOLD_SETS
-from markroute.kernel import KernelError
+from markroute.kernel import KernelError, nftnetlink
 from markroute.plan.nftjson import FAMILY, json_default
 
 Obj = dict[str, Any]
@@ -44,6 +44,7 @@ def _run(argv: list[str], stdin: str | None = None) -> str:
 def run_batch(commands: Iterable[Obj]) -> None:
     """Load one JSON batch (`nft -j -f -`): one kernel transaction, all or nothing."""
     _run(["-j", "-f", "-"], json.dumps({"nftables": list(commands)}, default=json_default))
+    nftnetlink.count_commit()
 
 
 def list_ruleset() -> dict[str, Any]:
@@ -71,6 +72,23 @@ def table_structure(name: str) -> list[Obj] | None:
     """Table `inet NAME` without set elements (`nft -t`): milliseconds even for huge sets."""
     document = json.loads(_run(["-t", "-j", "list", "ruleset"]) or '{"nftables": []}')
     return list_table(name, document)
+
+
+def shape(objects: Iterable[Obj]) -> tuple[list[str], list[tuple[str, str, int, tuple[str | None, ...]]]]:
+    """What a plan and the listing nft makes of it share, whatever nft normalises: the names of
+    the sets, and per chain its kind and each rule's comment (in order). A rule, chain or set
+    added or removed by someone else changes it."""
+    objects = list(objects)
+    sets = sorted(body["name"] for obj in objects for kind, body in obj.items() if kind in ("set", "map"))
+    comments: dict[str, list[str | None]] = {}
+    for obj in objects:
+        if "rule" in obj:
+            comments.setdefault(obj["rule"]["chain"], []).append(obj["rule"].get("comment"))
+    chains = sorted(
+        (body["name"], str(body.get("hook", "")), len(comments.get(body["name"], [])), tuple(comments.get(body["name"], [])))
+        for obj in objects for kind, body in obj.items() if kind == "chain"
+    )
+    return sets, chains
 
 
 def without_elements(objects: Iterable[Obj]) -> list[Obj]:
@@ -124,14 +142,23 @@ def _sorted(objects: list[Obj]) -> list[str]:
 
 def replace_table(name: str, objects: Iterable[Obj]) -> None:
     """Swap table `inet NAME` for OBJECTS (which include the table itself) in one transaction."""
-    table = {"table": {"family": FAMILY, "name": name}}
-    run_batch([{"add": table}, {"delete": table}, *({"add": obj} for obj in objects)])
+    run_batch(replacement(name, objects))
+
+
+def replacement(name: str, objects: Iterable[Obj]) -> list[Obj]:
+    """The batch of `replace_table` (also what apply's journal keeps to undo a step)."""
+    return [*deletion(name), *({"add": obj} for obj in objects)]
 
 
 def delete_table(name: str) -> None:
     """Remove table `inet NAME` if it exists (the `add` first makes the delete unconditional)."""
+    run_batch(deletion(name))
+
+
+def deletion(name: str) -> list[Obj]:
+    """The batch of `delete_table`."""
     table = {"table": {"family": FAMILY, "name": name}}
-    run_batch([{"add": table}, {"delete": table}])
+    return [{"add": table}, {"delete": table}]
 
 
 def loadable(listing: Iterable[Obj]) -> list[Obj]:

@@ -22,9 +22,11 @@ interval that reaches the top of the address space has no end element, and its s
 carries nft's "open interval" user data instead.
 
 **The ruleset generation.** The kernel counts committed nf_tables transactions, anyone's,
-in every table. apply records the count after its own; while it is unchanged nothing in
-nftables has changed since, so checking an unchanged config needs no listing of 100,000
-elements (which takes nft seconds).
+in every table. apply reads it before its first transaction and records the count
+after its own only if it moved by exactly the transactions apply committed (`commits`):
+otherwise someone else committed meanwhile, and nothing is recorded. While the
+recorded count is unchanged nothing in nftables has changed since, so checking an
+unchanged config needs no listing of 100,000 elements (which takes nft seconds).
 """
 
 from __future__ import annotations
@@ -96,6 +98,22 @@ def update(table: str, changes: Iterable[SetChange]) -> None:
                 messages.append((kind, _list_message(table, change.name, body), change.name))
     if messages:
         _commit(messages)
+        count_commit()
+
+
+_commits = 0  # nf_tables transactions this process committed (`count_commit`)
+
+
+def count_commit() -> None:
+    """One more nf_tables transaction committed by this process (nft batches and `update`)."""
+    global _commits
+    _commits += 1
+
+
+def commits() -> int:
+    """How many nf_tables transactions this process committed: apply compares the generation's
+    move with its own count to know whether anyone else committed meanwhile."""
+    return _commits
 
 
 def generation() -> int:

@@ -23,13 +23,18 @@ has exactly one writer, and readers combine them through this module:
   to delete) and `status`.
 
 Files are written atomically (temporary file, then rename), so a crash leaves either
-the old record or the new one. They steer what root's `down` writes, so they are
+the old record or the new one (and maybe the temporary file, which the next apply or
+down removes: `remove_leftovers`). They steer what root's `down` writes, so they are
 private (directories 0700, files 0600, whatever the umask), opened level by level with
 O_NOFOLLOW (a planted symlink is never followed) and type-checked on read
 (`records.typed`): a damaged `state.json` raises `DamagedState` naming the file and
 the field, a damaged `table.json` or `daemon.json` is ignored with a warning, a damaged
-`ha.json` is a `KernelError` naming the file and the field. The elements of address
-sets (maybe 100,000 intervals) are kept packed, base64 of fixed-width (first, last) pairs per set (`nft_elements`),
+`ha.json` is a `KernelError` naming the file and the field. Two more
+files, private the same way: `lock`, which every writer of the namespace holds
+(`locked`: apply, down, the daemon's failover step and `amend`), and `journal`, the
+undo log of an apply in progress, left behind only by one that died before its commit
+(`kernel.journal`). The elements of address sets (maybe 100,000 intervals)
+are kept packed, base64 of fixed-width (first, last) pairs per set (`nft_elements`),
 not as nft JSON: writing, reading and comparing them then costs milliseconds.
 """
 
@@ -42,13 +47,14 @@ import json
 import os
 import re
 import stat
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
-from markroute.kernel import KernelError, nft, sysctl
+from markroute.kernel import KernelError, interrupt, nft, sysctl
 from markroute.kernel.records import RecordError, typed, value_of
 from markroute.plan import GroupPlan, IpRule, Route, UplinkPlan
 from markroute.plan.nftjson import SET_VERSIONS, AddressElements, json_default
@@ -61,6 +67,10 @@ TABLE_AMENDMENT = "table.json"  # written by `markroute run`
 DAEMON_RECORD = "daemon.json"  # written by `markroute run`
 HA_RECORD = "ha.json"  # written by `markroute ha` (`kernel.ha`)
 DAEMON_FORMAT = 1
+JOURNAL = "journal"  # an apply in progress, or one that died before its commit (kernel.journal)
+LOCK = "lock"  # flock'd by every writer of the namespace (`locked`)
+LOCK_WAIT = 10.0  # seconds a second writer waits before it names the holder and gives up
+LOCK_POLL = 0.05
 # the daemon's verdict on an uplink (daemon.uplinkstate); "unknown": not probed enough yet, carries no traffic
 UplinkState = Literal["up", "degraded", "down", "unknown"]
 UPLINK_STATES: tuple[UplinkState, ...] = ("up", "degraded", "down", "unknown")
@@ -282,13 +292,7 @@ class DaemonRecord:
     @property
     def running(self) -> bool:
         """Whether the process that wrote this record still runs."""
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return _running(self.pid)
 
 
 def directory(netns: str | None) -> Path:
@@ -379,15 +383,17 @@ def _ignored(netns: str | None, name: str, why: str, warn: Warn | None) -> None:
         warn(f"{directory(netns) / name} is damaged and ignored: {why}")
 
 
-def amend(netns: str | None, plan_digest: str, table: TableRewrite | None = None) -> bool:
+def amend(netns: str | None, plan_digest: str, table: TableRewrite | None = None,
+          against: tuple[int, int] | None = None) -> bool:
     """The daemon's side of the record (its only writer): the config's digest and, after a rewrite, the table.
 
     Without TABLE, a rewrite already recorded against the same `state.json` is kept.
-    False (and nothing written) when nothing is applied.
+    False (and nothing written) when nothing is applied, or when AGAINST names a
+    state.json that is no longer there (the table was listed after another apply).
     """
-    with locked(netns):
+    with locked(netns, "markroute run (record)"):
         amends = written(netns)
-        if amends is None:
+        if amends is None or (against is not None and against != amends):
             return False
         if table is None:
             current = _load_amendment(netns)
@@ -429,7 +435,9 @@ def write(netns: str | None, name: str, data: dict[str, Any]) -> None:
 
     The file is created 0600 inside the directory's descriptor (`secure_directory`),
     never through a symlink, so neither the umask nor a planted link decides where
-    root writes or who may edit what `down` later trusts.
+    root writes or who may edit what `down` later trusts. Whatever stops it before the
+    rename (an error, `interrupt.Interrupted`) removes the temporary file; a SIGKILL
+    leaves it to `remove_leftovers`.
     """
     temporary = f".{name}.{os.getpid()}"
     try:
@@ -437,16 +445,18 @@ def write(netns: str | None, name: str, data: dict[str, Any]) -> None:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
                          FILE_MODE, dir_fd=parent)
             try:
-                os.fchmod(fd, FILE_MODE)
-                with os.fdopen(fd, "w", encoding="utf-8", closefd=False) as handle:
-                    handle.write(json.dumps(data, default=json_default))  # compact and via dumps: C encoder
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            try:
+                try:
+                    os.fchmod(fd, FILE_MODE)
+                    with os.fdopen(fd, "w", encoding="utf-8", closefd=False) as handle:
+                        handle.write(json.dumps(data, default=json_default))  # compact and via dumps: C encoder
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                interrupt.point(f"{name} written, not yet renamed")
                 os.replace(temporary, name, src_dir_fd=parent, dst_dir_fd=parent)
-            except OSError:
-                os.unlink(temporary, dir_fd=parent)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary, dir_fd=parent)
                 raise
     except OSError as exc:
         raise KernelError(f"cannot record state in {directory(netns)}: {exc.strerror or exc}") from exc
@@ -524,21 +534,203 @@ def remove(netns: str | None) -> None:
         raise KernelError(f"cannot remove the records in {directory(netns)}: {exc.strerror or exc}") from exc
 
 
-@contextmanager
-def locked(netns: str | None) -> Iterator[None]:
-    """Serialise apply/down per namespace: two runs at once would each undo the other's work.
+@dataclass
+class _Hold:
+    descriptor: int
+    depth: int = 1
 
-    Under --netns the directory is removed again when no state is left, so namespaces
-    that come and go (labs, containers) leave nothing behind in /run.
+
+_held: dict[Path, _Hold] = {}  # the namespaces whose lock this process holds (`locked` nests)
+
+
+@contextmanager
+def locked(netns: str | None, purpose: str, wait: float = LOCK_WAIT) -> Iterator[None]:
+    """One writer at a time per namespace: apply, down and the daemon's failover step.
+
+    `flock` on the file `lock`, which is never removed while anyone may hold it: under
+    --netns it goes (with the directory, so namespaces that come and go leave nothing in
+    /run) only by its holder, when no state is left, and a waiter that then gets the lock
+    of a removed file tries again on the new one. A second writer waits up to WAIT
+    seconds, then fails naming the holder (pid and PURPOSE, which the holder writes into
+    the file). A signal noted while waiting (`interrupt`) ends the wait: nothing changed
+    yet. Taking the lock again in the same process (the daemon's failover running
+    apply) nests.
     """
     target = directory(netns)
-    target.mkdir(parents=True, exist_ok=True)
-    try:
-        with open(target / "lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+    hold = _held.get(target)
+    if hold is not None:
+        hold.depth += 1
+        try:
             yield
+        finally:
+            hold.depth -= 1
+        return
+    descriptor = _acquire(netns, purpose, wait)
+    _held[target] = _Hold(descriptor)
+    try:
+        yield
     finally:
-        if netns and not (target / STATE_RECORD).exists():
-            (target / "lock").unlink(missing_ok=True)
+        del _held[target]
+        _release(target, descriptor, bool(netns))
+
+
+def _acquire(netns: str | None, purpose: str, wait: float) -> int:
+    """The locked descriptor of the namespace's `lock`, in its private directory (`_directory_fd`)."""
+    path = directory(netns) / LOCK
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            with _directory_fd(netns, create=True) as parent:
+                descriptor = os.open(LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE,
+                                     dir_fd=parent)
+        except FileNotFoundError:
+            continue  # its holder just removed the directory: make it again
+        except OSError as exc:
+            raise KernelError(f"cannot lock {path}: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(descriptor)
+            os.close(descriptor)
+            if time.monotonic() >= deadline:
+                raise KernelError(
+                    f"another markroute command is changing this namespace ({holder}); "
+                    f"waited {wait:g} s for it: try again when it is done"
+                ) from None
+            if interrupt.received() is not None:
+                raise KernelError(f"{interrupt.Interrupted(interrupt.received() or 0)} while waiting for the lock "
+                                  f"({holder}): nothing was changed")
+            time.sleep(LOCK_POLL)
+            continue
+        if _same_file(descriptor, path):
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, f"{os.getpid()} {purpose}\n".encode(), 0)
+            return descriptor
+        os.close(descriptor)  # its last holder removed it while we waited: lock the new one
+
+
+def _same_file(descriptor: int, path: Path) -> bool:
+    try:
+        return os.fstat(descriptor).st_ino == os.stat(path, follow_symlinks=False).st_ino
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
+def _holder(descriptor: int) -> str:
+    """Who holds the lock open at DESCRIPTOR, as it wrote itself there: "pid N (what)"."""
+    try:
+        pid, _, purpose = os.pread(descriptor, 4096, 0).decode(errors="replace").strip().partition(" ")
+    except OSError:
+        return "holder unknown"
+    return f"pid {pid} ({purpose})" if pid.isdigit() else "holder unknown"
+
+
+def _release(target: Path, descriptor: int, removable: bool) -> None:
+    """Let go of the lock; under --netns with nothing left to remember, remove it (while held) and the directory."""
+    try:
+        if removable and not any((target / name).exists() for name in (STATE_RECORD, JOURNAL)):
+            (target / LOCK).unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 target.rmdir()
+        else:
+            os.ftruncate(descriptor, 0)
+    finally:
+        os.close(descriptor)
+
+
+def holds_lock(netns: str | None) -> bool:
+    """Whether this process holds the namespace's lock (what writes under it assert)."""
+    return directory(netns) in _held
+
+
+# -- the journal of an apply in progress (kernel.journal) -------------------------------
+
+def start_journal(netns: str | None, header: dict[str, Any]) -> IO[str]:
+    """Create the journal file with HEADER as its first line; it is appended to line by line."""
+    path = directory(netns) / JOURNAL
+    try:
+        with _directory_fd(netns, create=True) as parent:
+            fd = os.open(JOURNAL, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE,
+                         dir_fd=parent)
+        handle = os.fdopen(fd, "w", encoding="utf-8")
+        handle.write(json.dumps(header) + "\n")
+        handle.flush()
+    except OSError as exc:
+        raise KernelError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    return handle
+
+
+def read_journal(netns: str | None) -> list[dict[str, Any]] | None:
+    """The lines of a journal left behind (a torn last line is dropped), or None when there is none."""
+    path = directory(netns) / JOURNAL
+    try:
+        text = read_record(netns, JOURNAL)
+    except OSError as exc:
+        raise KernelError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if text is None:
+        return None
+    lines: list[dict[str, Any]] = []
+    for line in text.splitlines():
+        try:
+            value = json.loads(line)
+        except ValueError:
+            break  # written when the process died
+        if not isinstance(value, dict):
+            break
+        lines.append(value)
+    return lines
+
+
+def abandoned_journal(netns: str | None) -> int | None:
+    """The pid of an apply that died before its commit and left its journal, or None.
+
+    A journal is also there while an apply runs: then the lock is held, and this (a
+    reader, which takes no lock) says nothing."""
+    if not (directory(netns) / JOURNAL).exists():
+        return None
+    try:
+        descriptor = os.open(directory(netns) / LOCK, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        descriptor = None
+    if descriptor is not None:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None  # an apply is running
+        finally:
+            os.close(descriptor)
+    lines = read_journal(netns) or [{}]
+    pid = lines[0].get("pid")
+    return pid if isinstance(pid, int) else 0
+
+
+def remove_journal(netns: str | None) -> None:
+    (directory(netns) / JOURNAL).unlink(missing_ok=True)
+
+
+def remove_leftovers(netns: str | None) -> list[str]:
+    """Temporary files of records whose writer died before its rename; their names.
+
+    Only this process (holding the lock) writes state.json and table.json, so theirs
+    are all stale; daemon.json's only when the daemon that wrote it is gone.
+    """
+    removed: list[str] = []
+    for path in directory(netns).glob(".*.json.*"):
+        name, _, pid = path.name[1:].rpartition(".")
+        if not pid.isdigit() or name not in (STATE_RECORD, TABLE_AMENDMENT, DAEMON_RECORD):
+            continue
+        if name == DAEMON_RECORD and _running(int(pid)):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path.name)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

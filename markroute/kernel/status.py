@@ -211,6 +211,10 @@ def collect(netns: str | None, plan: Plan | None, warn: state.Warn | None = None
         if plan is not None and digest.plan_digest(plan) != recorded.plan_digest:
             drift.insert(0, "the config differs from the applied one (run markroute apply)")
 
+    cut_short = state.abandoned_journal(netns)
+    if cut_short is not None:
+        drift.insert(0, f"an apply (pid {cut_short}) was cut short before its commit: "
+                        "the next markroute apply or down undoes what it changed")
     daemon = state.load_daemon_record(netns, warn)
 
     return StatusReport(

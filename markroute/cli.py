@@ -26,6 +26,7 @@ COMMANDS = {
     "trace": "Simulate the path of one packet, step by step, offline or live.",
     "run": "Apply the config and keep it true: probe uplinks, fail over, expose state.",
     "demo": "Run markroute on a throwaway lab router with real traffic (namespaces only).",
+    "set": "Add, remove or list the elements of a dynamic set.",
 }
 
 

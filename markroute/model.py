@@ -25,6 +25,7 @@ class Addresses:
 
     addresses: AddressList
     set_name: str | None = None
+    dynamic: bool = False  # a `sets:` entry others fill at run time: its elements are unknown here
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class Match:
         """IP versions this match can apply to, judged by its addresses."""
         versions = frozenset({4, 6})
         for addresses in (self.src, self.dst):
-            if addresses is not None:
+            if addresses is not None and not addresses.dynamic:
                 versions &= addresses.addresses.versions
         if self.protocols is not None:
             if all(p == 1 for p in self.protocols):
@@ -59,6 +60,22 @@ class Match:
             elif all(p == 58 for p in self.protocols):
                 versions &= {6}
         return versions
+
+
+@dataclass(frozen=True)
+class DynamicSet:
+    """A `sets:` entry whose elements others add at run time (a resolver, a script, `markroute set add`).
+
+    markroute declares it (one kernel set per IP family, `NAME_v4`/`NAME_v6`) and never
+    touches its elements; `timeout` (seconds) is the default lifetime of an element added
+    without one, None for elements that stay until removed. `domains`: the names whose
+    resolved addresses fill it (`markroute.domains`), empty for a plain dynamic set.
+    """
+
+    name: str
+    where: Where
+    timeout: int | None = None
+    domains: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -156,6 +173,7 @@ class Model:
     policies: tuple[Policy, ...] = ()
     sets: dict[str, AddressList] = field(default_factory=dict)
     settings: Settings = Settings()
+    dynamic_sets: dict[str, DynamicSet] = field(default_factory=dict)
 
     def target_versions(self, target: str) -> frozenset[int]:
         """IP versions a `via` target can carry (a group: any member's)."""

@@ -71,6 +71,9 @@ def render(report: dict[str, Any]) -> str:
     if report["policies"]:
         lines += ["", "policies:"]
         lines += [f"  {p['name']:<24} {p['packets']:>10} packets {p['bytes']:>12} bytes" for p in report["policies"]]
+    if report.get("dynamic_sets"):
+        lines += ["", "dynamic sets (filled by others):"]
+        lines += [f"  {name:<24} {count:>10} elements" for name, count in report["dynamic_sets"].items()]
     connections = report["connections"]
     lines += ["", f"connections: {connections['total']} tracked, {connections['other']} without an uplink mark"]
     if report["drift"]:

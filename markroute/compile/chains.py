@@ -84,7 +84,7 @@ class Compiler:
         self.numbers = {id(policy): n for n, policy in enumerate(model.policies, 1)}
         self.mask = model.settings.mark_mask
         self.table = "markroute"
-        self.named_sets = NamedSets(self.table)
+        self.named_sets = NamedSets(self.table, model.dynamic_sets)
         self.chains: dict[str, list[Expr]] = {}
         self.base: dict[str, Expr] = {}
         self.negations = 0
@@ -92,6 +92,7 @@ class Compiler:
     # -- entry point ------------------------------------------------------------------
 
     def plan(self) -> Plan:
+        self.named_sets.declare_dynamic()
         self.define_base_chains()
         self.prerouting()
         self.output()

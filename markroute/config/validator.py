@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from markroute import marks
 from markroute import match as match_keys
+from markroute.config import dynamicsets
 from markroute.config.source import Node, SourceError, byte_position, load
 from markroute.config.warnings import model_warnings
 from markroute.diagnostics import Diagnostic, Diagnostics, Where
@@ -28,6 +29,7 @@ from markroute.match import NOT, MatchKey
 from markroute.model import (
     SPECIAL_TARGETS,
     Addresses,
+    DynamicSet,
     Group,
     HealthCheck,
     Inbound,
@@ -134,6 +136,7 @@ class Validator:
         self.sets: dict[str, AddressList] = {}
         self.set_where: dict[str, Where] = {}
         self.used_sets: set[str] = set()
+        self.dynamic_sets: dict[str, DynamicSet] = {}
         self.broken: set[str] = set()  # declared uplinks/groups that are invalid: reported already
 
     # -- generic helpers -------------------------------------------------------------
@@ -154,7 +157,7 @@ class Validator:
         policies = self.policies(root.items.get("policies"), uplinks, groups)
         if self.diag.errors:
             return None, self.diag.sorted()
-        model = Model(self.path, uplinks, groups, tuple(policies), dict(self.sets), settings)
+        model = Model(self.path, uplinks, groups, tuple(policies), dict(self.sets), settings, dict(self.dynamic_sets))
         self.warn_unused_sets()
         self.warn_model(model)
         return model, self.diag.sorted()
@@ -299,6 +302,12 @@ class Validator:
             if not self.name(key, where, "a set"):
                 continue
             self.set_where[key] = where
+            if dynamicsets.is_dynamic(value):
+                dynamic = dynamicsets.read(self, key, value, where)
+                if dynamic is not None:
+                    self.dynamic_sets[key] = dynamic
+                    self.sets[key] = AddressList()
+                continue
             if value.kind == "map":
                 self.known_keys(value, ("file",), f"set '{key}'")
                 file_node = value.items.get("file")
@@ -474,7 +483,11 @@ class Validator:
         if not ok:
             return None
         if len(elements) == 1 and set_names:
-            return Addresses(self.sets[set_names[0]], set_names[0])
+            return Addresses(self.sets[set_names[0]], set_names[0], dynamic=set_names[0] in self.dynamic_sets)
+        if any(name in self.dynamic_sets for name in set_names):
+            self.diag.error(node.where, f"{what}: a dynamic set must be used alone, its elements are not known here",
+                            "write one policy for the set and one for the other addresses")
+            return None
         collected: Addresses = key.collect(items)
         return collected
 

@@ -32,7 +32,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 
-from markroute.kernel import KernelError, digest, nft, nftnetlink, state, sysctl
+from markroute.kernel import (
+    KernelError,
+    digest,
+    dynsets,
+    nft,
+    nftnetlink,
+    state,
+    sysctl,
+)
 from markroute.kernel.journal import Journal
 from markroute.kernel.links import Link, link_state, links
 from markroute.kernel.rpdb import Rpdb, route_key
@@ -316,8 +324,8 @@ class _Apply:
             self.create_table()
         else:
             self.step(
-                partial(nft.replace_table, name, self.plan.nft),
-                partial(nft.delete_table, name) if before is None else partial(nft.replace_table, name, nft.loadable(before)),
+                partial(dynsets.replace_table, name, self.plan.nft),
+                partial(nft.delete_table, name) if before is None else partial(dynsets.replace_table, name, nft.loadable(before)),
                 f"nftables table inet {name} replaced",
             )
         return self.live_listing()

@@ -10,7 +10,7 @@ from dataclasses import asdict
 from typing import Any
 
 from markroute.daemon import record
-from markroute.kernel import digest, nft, state
+from markroute.kernel import digest, dynsets, nft, state
 from markroute.kernel.conntrack import count_by_mark
 from markroute.kernel.drift import differences
 from markroute.kernel.links import links
@@ -28,7 +28,8 @@ def collect(netns: str | None, plan: Plan | None) -> dict[str, Any]:
     ``[{name, packets, bytes}]`` summed over every rule commented ``policy NAME``;
     ``connections``: ``{total, other}`` (other: no uplink mark); ``drift``: one sentence
     per difference, empty when none; ``daemon``: ``{pid, running, started,
-    rule_changes}`` of `markroute run`, or null.
+    rule_changes}`` of `markroute run`, or null; ``dynamic_sets``: ``{KERNEL_SET_NAME:
+    elements}`` of the sets others fill (their elements are never drift).
     """
     recorded = state.load(netns)
     with Rpdb() as rpdb:
@@ -86,6 +87,7 @@ def collect(netns: str | None, plan: Plan | None) -> dict[str, Any]:
         },
         "drift": drift,
         "daemon": daemon_json(daemon),
+        "dynamic_sets": dynsets.element_counts(table_name) if table_name and live_table else {},
     }
 
 

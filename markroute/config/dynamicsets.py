@@ -1,0 +1,89 @@
+"""`sets:` entries that others fill at run time: `{dynamic: true, timeout: 6h}` and `{domains: [...]}`.
+
+A dynamic set has no elements in the config: a resolver (`domains:`), a script, `nft add
+element` or `markroute set add` adds them, each with a lifetime. The config only says
+that the set exists and how long an element lives by default, so an empty dynamic set
+is valid, and a dynamic set cannot be mixed into a list of addresses (its elements are
+not known when the list would be merged).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from markroute.config.source import Node
+from markroute.diagnostics import Where
+from markroute.model import DynamicSet, Match, Model
+from markroute.values import parse_bool, parse_duration, yaml_text
+
+if TYPE_CHECKING:
+    from markroute.config.validator import Validator
+
+DYNAMIC_KEYS = ("dynamic", "timeout", "domains")
+DOMAIN_TIMEOUT = 6 * 3600  # a domain set's default: outlives hourly re-resolutions with room to spare
+LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+
+
+def is_dynamic(node: Node) -> bool:
+    """Whether a `sets:` mapping describes a dynamic set (rather than `{file: PATH}`)."""
+    return node.kind == "map" and any(key in node.items for key in DYNAMIC_KEYS)
+
+
+def read(validator: Validator, name: str, node: Node, where: Where) -> DynamicSet | None:
+    """The dynamic set `name` from its mapping, or None after reporting what is wrong."""
+    validator.known_keys(node, DYNAMIC_KEYS, f"set '{name}'")
+    items = node.items
+    domains: tuple[str, ...] = ()
+    if "domains" in items:
+        listed = validator.one_or_many(items["domains"], f"'domains' of set '{name}'", parse_domain)
+        if listed is None:
+            return None
+        domains = tuple(dict.fromkeys(listed))
+    elif "dynamic" in items:
+        dynamic = validator.scalar(items["dynamic"], "dynamic", parse_bool)
+        if dynamic is None:
+            return None
+        if not dynamic:
+            validator.diag.error(items["dynamic"].where, f"set '{name}' with 'dynamic: false' has no elements",
+                                 "list its addresses, or give 'file:'")
+            return None
+    else:
+        validator.diag.error(node.where, f"set '{name}' with 'timeout' alone is not dynamic",
+                             "add 'dynamic: true' (others fill it) or 'domains:'")
+        return None
+    timeout: int | None = DOMAIN_TIMEOUT if domains else None
+    if "timeout" in items:
+        timeout = validator.scalar(items["timeout"], "timeout", parse_duration)
+        if timeout is None:
+            return None
+    return DynamicSet(name, where, timeout, domains)
+
+
+def parse_domain(value: object) -> str:
+    """A DNS name as a resolver compares it: lower case, no trailing dot, IDNA for non-ASCII."""
+    text = yaml_text(value).lower().removesuffix(".")
+    try:
+        text = text.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise ValueError(f"'{yaml_text(value)}' is not a domain name") from None
+    labels = text.split(".")
+    if len(text) > 253 or len(labels) < 2 or not all(LABEL.match(label) for label in labels):
+        raise ValueError(f"'{yaml_text(value)}' is not a domain name (e.g. netflix.com)")
+    return text
+
+
+def dynamic_policies(model: Model) -> set[str]:
+    """Policies that test a dynamic set: whether a packet matches depends on what others added.
+
+    The offline simulator sees such a set empty, so its reachability findings say nothing
+    about these policies (or the uplinks only they lead to).
+    """
+    found: set[str] = set()
+    for policy in model.policies:
+        match: Match | None = policy.match
+        while match is not None:
+            if any(a is not None and a.dynamic for a in (match.src, match.dst)):
+                found.add(policy.name)
+            match = match.negated
+    return found

@@ -36,7 +36,7 @@ from typing import Any
 
 from markroute import marks
 from markroute import match as match_keys
-from markroute.compile import policymaps
+from markroute.compile import bound, policymaps
 from markroute.compile.namedsets import NamedSets
 from markroute.compile.policymaps import PolicyKey
 from markroute.model import Match, Model, Policy, Uplink
@@ -88,6 +88,7 @@ class Compiler:
         self.chains: dict[str, list[Expr]] = {}
         self.base: dict[str, Expr] = {}
         self.negations = 0
+        self.pinned = False  # whether `bound_sockets` wrote its rules
 
     # -- entry point ------------------------------------------------------------------
 
@@ -112,6 +113,7 @@ class Compiler:
             sysctls=self.sysctls(),
             uplinks=self.uplink_plans(),
             policies=tuple(p.name for p in self.model.policies),
+            pin_bound=self.pinned,
         )
 
     # -- chains -----------------------------------------------------------------------
@@ -183,7 +185,12 @@ class Compiler:
     def policy_rules(self, chain: str, local: bool) -> None:
         """The policies of one direction, in order: first match wins; long same-shape runs share a map."""
         run: list[tuple[Policy, dict[int, PolicyKey]]] = []
+        pin = local
         for policy in self.applicable(local):
+            if pin and not bound.decides_first(policy):
+                self.policy_run(chain, run)
+                run, pin = [], False
+                self.bound_sockets(chain)
             keys = self.policy_keys(policy)
             if run and (keys is None or _fields(keys) != _fields(run[0][1])):
                 self.policy_run(chain, run)
@@ -193,6 +200,15 @@ class Compiler:
             else:
                 run.append((policy, keys))
         self.policy_run(chain, run)
+        if pin:
+            self.bound_sockets(chain)
+
+    def bound_sockets(self, chain: str) -> None:
+        """A socket bound to an uplink's address keeps that uplink (`markroute.compile.bound`)."""
+        for uplink, realm in bound.pinned(self.model):
+            self.pinned = True
+            self.add(chain, [nj.match(nj.meta("rtclassid"), realm), nj.counter(),
+                             nj.verdict("goto", self.mark_chain(uplink.name))], f"bound to {uplink.name}")
 
     def policy_versions(self, policy: Policy) -> frozenset[int]:
         return policy.match.versions & self.model.target_versions(policy.via)
@@ -439,7 +455,8 @@ class Compiler:
         for uplink in self.model.uplinks.values():
             for version, gateway in ((4, uplink.gateway), (6, uplink.gateway6)):
                 if version in uplink.versions:
-                    routes.append(Route(version, uplink.table, "default", uplink.interface, gateway))
+                    realm = bound.realm(uplink) if version == 4 else None
+                    routes.append(Route(version, uplink.table, "default", uplink.interface, gateway, realm=realm))
         return routes
 
     def sysctls(self) -> tuple[Sysctl, ...]:

@@ -686,6 +686,8 @@ class Compiler:
             return Value(owner, "integer", text)
         if key == "nftrace":
             return Value(lambda p: 0, "integer", text)
+        if key == "rtclassid":
+            return Value(lambda p: p.realm if p.table is not None else MISSING, "integer", text)
         return Value(_unknown(text, f"meta {key} is not modelled"), "integer", text)
 
     def ct(self, body: dict[str, Any], text: str) -> Value:

@@ -192,6 +192,7 @@ class Packet:
     oif: str | None = None
     next_hop: int | None = None
     table: str | None = None
+    realm: int = 0  # of the route the packet took: what `meta rtclassid` reads
     hook: str = ""
     ct: Conntrack | None = None
     ct_state: int = CT_INVALID

@@ -40,6 +40,8 @@ class Match:
     iifs: tuple[str, ...] | None = None
     macs: tuple[str, ...] | None = None
     dscps: tuple[int, ...] | None = None
+    uids: tuple[int, ...] | None = None  # owner of the local socket (`match/owner.py`)
+    gids: tuple[int, ...] | None = None
     local: bool | None = None
     negated: Match | None = None
 
@@ -163,6 +165,7 @@ class Settings:
     reply_via_ingress: bool = True
     forwarding: bool | None = None
     on_change: tuple[str, ...] = ()  # argv `markroute run` executes on each uplink state change
+    exec: bool = False  # `markroute exec` may pin commands to an uplink or group (`compile/execs.py`)
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from typing import Any
 
 from markroute import marks
 from markroute import match as match_keys
-from markroute.compile import bound, policymaps
+from markroute.compile import bound, execs, policymaps
 from markroute.compile.namedsets import NamedSets
 from markroute.compile.policymaps import PolicyKey
 from markroute.model import Match, Model, Policy, Uplink
@@ -155,6 +155,7 @@ class Compiler:
 
     def output(self) -> None:
         self.restore_rules("output")
+        self.exec_rule()
         if self.applicable(local=True):
             self.add("output", [nj.match(nj.band(nj.meta("mark"), self.mask), 0, "!="), nj.verdict("accept")],
                      "socket chose its uplink")
@@ -202,6 +203,13 @@ class Compiler:
         self.policy_run(chain, run)
         if pin:
             self.bound_sockets(chain)
+
+    def exec_rule(self) -> None:
+        """New connections of `markroute exec` commands: to their target, whatever the policies say."""
+        if not self.model.settings.exec:
+            return
+        entries = [(execs.gid(self.model, t), self.member_target(t)) for t in execs.targets(self.model)]
+        self.add("output", [nj.vmap(nj.meta("skgid"), entries)], "markroute exec")
 
     def bound_sockets(self, chain: str) -> None:
         """A socket bound to an uplink's address keeps that uplink (`markroute.compile.bound`)."""

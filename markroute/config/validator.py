@@ -72,7 +72,7 @@ MATCH_KEYS = match_keys.YAML_KEYS
 POLICY_KEYS = ("name", "via", *MATCH_KEYS)
 SETTINGS_KEYS = (
     "mark_mask", "rule_priority", "table_base", "rp_filter", "last_resort",
-    "reply_via_ingress", "forwarding", "on_change",
+    "reply_via_ingress", "forwarding", "on_change", "exec",
 )
 CHECK_KEYS = ("targets", "method", "interval", "timeout", "down", "up", "max_loss", "max_rtt")
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,30}$")
@@ -271,7 +271,7 @@ class Validator:
             values["rp_filter"] = self.choice(items["rp_filter"], "rp_filter", ("loose", "strict", "off"))
         if "last_resort" in items:
             values["last_resort"] = self.choice(items["last_resort"], "last_resort", SPECIAL_TARGETS)
-        for key in ("reply_via_ingress", "forwarding"):
+        for key in ("reply_via_ingress", "forwarding", "exec"):
             if key in items:
                 values[key] = self.boolean(items[key], key)
         if "on_change" in items:

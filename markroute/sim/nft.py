@@ -679,10 +679,15 @@ class Compiler:
         if key == "pkttype":
             return Value(_pkttype, "pkttype", text)
         if key in ("skuid", "skgid"):
+            option = "--user" if key == "skuid" else "--group"
+
             def owner(p: Packet) -> Any:
                 if not p.local_out:
                     return MISSING
-                raise Indeterminate(text, "the owner of the local socket is not known")
+                known = p.uid if key == "skuid" else p.gid
+                if known is None:
+                    raise Indeterminate(text, f"the owner of the local socket is not known: pass {option}")
+                return known
             return Value(owner, "integer", text)
         if key == "nftrace":
             return Value(lambda p: 0, "integer", text)

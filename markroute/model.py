@@ -166,6 +166,9 @@ class Settings:
     forwarding: bool | None = None
     on_change: tuple[str, ...] = ()  # argv `markroute run` executes on each uplink state change
     exec: bool = False  # `markroute exec` may pin commands to an uplink or group (`compile/execs.py`)
+    dns: Literal["markroute", "dnsmasq", "none"] = "markroute"  # who fills domain sets (`config/dynamicsets.py`)
+    dnsmasq_conf: str | None = None
+    dnsmasq_restart: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

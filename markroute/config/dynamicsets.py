@@ -87,3 +87,34 @@ def dynamic_policies(model: Model) -> set[str]:
                 found.add(policy.name)
             match = match.negated
     return found
+
+
+DNS_KEYS = ("dns", "dnsmasq_conf", "dnsmasq_restart")
+DNS_MODES = ("markroute", "dnsmasq", "none")
+
+
+def dns_settings(validator: Validator, items: dict[str, Node]) -> dict[str, object]:
+    """`settings.dns` and its dnsmasq options: who fills the domain sets (see `markroute.daemon.dnsmasq`).
+
+    `markroute` (default): `markroute run` resolves the names itself; `dnsmasq`: the LAN's
+    dnsmasq adds every answer it forwards, from the `nftset=` lines markroute writes to
+    `dnsmasq_conf`, and `dnsmasq_restart` (an argv, no shell) makes dnsmasq read them;
+    `none`: someone else fills them.
+    """
+    values: dict[str, object] = {}
+    if "dns" in items:
+        values["dns"] = validator.choice(items["dns"], "dns", DNS_MODES)
+    if "dnsmasq_conf" in items:
+        path = validator.scalar(items["dnsmasq_conf"], "dnsmasq_conf", yaml_text)
+        if path is not None and not path.startswith("/"):
+            validator.diag.error(items["dnsmasq_conf"].where, "dnsmasq_conf must be an absolute path",
+                                 "for example /etc/dnsmasq.d/markroute.conf")
+            path = None
+        values["dnsmasq_conf"] = path
+    if "dnsmasq_restart" in items:
+        values["dnsmasq_restart"] = validator.command(items["dnsmasq_restart"], "dnsmasq_restart")
+    if values.get("dns") == "dnsmasq" and not values.get("dnsmasq_conf"):
+        if "dnsmasq_conf" not in items:
+            validator.diag.error(items["dns"].where, "dns: dnsmasq needs 'dnsmasq_conf:', the file markroute writes",
+                                 "for example dnsmasq_conf: /etc/dnsmasq.d/markroute.conf")
+    return values

@@ -72,7 +72,7 @@ MATCH_KEYS = match_keys.YAML_KEYS
 POLICY_KEYS = ("name", "via", *MATCH_KEYS)
 SETTINGS_KEYS = (
     "mark_mask", "rule_priority", "table_base", "rp_filter", "last_resort",
-    "reply_via_ingress", "forwarding", "on_change", "exec",
+    "reply_via_ingress", "forwarding", "on_change", "exec", *dynamicsets.DNS_KEYS,
 )
 CHECK_KEYS = ("targets", "method", "interval", "timeout", "down", "up", "max_loss", "max_rtt")
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,30}$")
@@ -276,6 +276,7 @@ class Validator:
                 values[key] = self.boolean(items[key], key)
         if "on_change" in items:
             values["on_change"] = self.command(items["on_change"], "on_change")
+        values.update(dynamicsets.dns_settings(self, items))
         return Settings(**{k: v for k, v in values.items() if v is not None})
 
     def command(self, node: Node, what: str) -> tuple[str, ...] | None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from markroute.compile import Health, compile_plan
-from markroute.daemon import record
+from markroute.daemon import dnsmasq, record
 from markroute.daemon.failover import (
     TableRecorder,
     chain_batch,
@@ -309,6 +309,11 @@ class Daemon:
         for warning in report.warnings:
             self.log.debug("apply: %s", warning)
         self.installed, self.installed_health = plan, health
+        synced = dnsmasq.sync(self.model)  # domain sets filled by dnsmasq: its nftset= lines
+        for line in synced.changes:
+            self.log.info("apply: %s", line)
+        for line in synced.warnings:
+            self.log.warning("%s", line)
         self.nominal = digest.plan_digest(compile_plan(self.model))
         self.recorder.stamp(self.nominal)
         self.note_state()

@@ -168,6 +168,7 @@ class Settings:
     exec: bool = False  # `markroute exec` may pin commands to an uplink or group (`compile/execs.py`)
     dns: Literal["markroute", "dnsmasq", "none"] = "markroute"  # who fills domain sets (`config/dynamicsets.py`)
     dnsmasq_conf: str | None = None
+    dns_server: str | None = None  # whom `markroute run` asks for domain sets (dns: markroute)
     dnsmasq_restart: tuple[str, ...] = ()
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon_helpers import DaemonLab, dlab  # noqa: F401 (dlab: a fixture)
 from kernelhelp import markroute
 
 from markroute.lab import Lab, router_lab
@@ -81,3 +82,43 @@ def test_check_refuses_dnsmasq_without_its_file(tmp_path: Path) -> None:
     path.write_text("uplinks:\n  a: {interface: eth0, gateway: 10.0.0.1}\nsettings:\n  dns: dnsmasq\n")
     proc = markroute("check", "-c", str(path))
     assert proc.returncode == 1 and "dns: dnsmasq needs 'dnsmasq_conf:'" in proc.stderr, proc.stderr
+
+
+def test_run_resolves_the_names_itself_and_renews_them(dlab: DaemonLab, tmp_path: Path) -> None:  # noqa: F811
+    """The built-in resolver (`dns: markroute`) asks the router's dnsmasq, which forwards to the zone."""
+    d, r = dlab, dlab.router
+    lab = r.lab
+    lab.addr(r.net, "lo", f"{ZONE_SERVER}/32")
+    zone_dir, router_dir = tmp_path / "zone", tmp_path / "router"
+    zone_dir.mkdir()
+    router_dir.mkdir()
+    serve_zone(lab, r.net, zone_dir, ZONE_SERVER, {"stream.test": r.server}, ttl=2)
+    empty = router_dir / "empty.conf"
+    empty.write_text("")
+    forwarder(lab, r.rtr, router_dir, r.rtr_lan_v4, ZONE_SERVER, empty)
+    path = d.write(r.uplinks_yaml(["isp_a", "isp_b"]) + f"""
+sets:
+  streaming: {{domains: [stream.test], timeout: 30s}}
+policies:
+  - {{name: streaming, to: "@streaming", via: isp_b}}
+settings:
+  dns_server: {r.rtr_lan_v4}
+""")
+    d.start(path)
+    deadline = time.monotonic() + 15
+    while r.server not in (elements := listed(d.rtr)):
+        assert time.monotonic() < deadline, d.log()
+        time.sleep(0.2)
+    assert d.isp_of(set(lab.probe(r.lan, "tcp", r.server, d.port, count=4)["seen"])) == {1}
+    first = elements[r.server]
+    time.sleep(12)  # past the TTL (2 s; asked again after MIN_REFRESH = 5 s plus the queries' time)
+    renewed = listed(d.rtr)[r.server]
+    assert first is not None and renewed is not None and renewed > first - 12 + 3, (first, renewed, d.log())
+
+
+def listed(ns: str) -> dict[str, int | None]:
+    import json
+
+    proc = markroute("set", "list", "streaming", "--netns", ns, "--json")
+    assert proc.returncode == 0, proc.stderr
+    return {row["element"]: row["expires"] for row in json.loads(proc.stdout)}

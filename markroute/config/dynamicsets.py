@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from markroute.config.source import Node
 from markroute.diagnostics import Where
 from markroute.model import DynamicSet, Match, Model
-from markroute.values import parse_bool, parse_duration, yaml_text
+from markroute.values import parse_bool, parse_duration, parse_ip, yaml_text
 
 if TYPE_CHECKING:
     from markroute.config.validator import Validator
@@ -89,7 +89,7 @@ def dynamic_policies(model: Model) -> set[str]:
     return found
 
 
-DNS_KEYS = ("dns", "dnsmasq_conf", "dnsmasq_restart")
+DNS_KEYS = ("dns", "dnsmasq_conf", "dnsmasq_restart", "dns_server")
 DNS_MODES = ("markroute", "dnsmasq", "none")
 
 
@@ -111,6 +111,8 @@ def dns_settings(validator: Validator, items: dict[str, Node]) -> dict[str, obje
                                  "for example /etc/dnsmasq.d/markroute.conf")
             path = None
         values["dnsmasq_conf"] = path
+    if "dns_server" in items:
+        values["dns_server"] = validator.scalar(items["dns_server"], "dns_server", parse_ip)
     if "dnsmasq_restart" in items:
         values["dnsmasq_restart"] = validator.command(items["dnsmasq_restart"], "dnsmasq_restart")
     if values.get("dns") == "dnsmasq" and not values.get("dnsmasq_conf"):

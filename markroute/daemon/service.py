@@ -49,6 +49,7 @@ from markroute.daemon.netlink import LinkWatcher
 from markroute.daemon.probes import Egress
 from markroute.daemon.reactor import Reactor, Timer
 from markroute.daemon.record import DaemonRecord, UplinkRecord
+from markroute.daemon.resolver import DomainResolver
 from markroute.kernel import EnvironmentProblem, KernelError, digest, nft, state
 from markroute.kernel.apply import apply
 from markroute.kernel.down import down
@@ -86,6 +87,7 @@ class Daemon:
         self.monitors: dict[str, UplinkMonitor] = {}
         self.recorder = TableRecorder(self.reactor, self.netns, self.log.error, self.note_state)
         self.hooks = Hooks(model.settings.on_change, self.netns, log)
+        self.domains = DomainResolver(log)  # domain sets the daemon fills itself (dns: markroute)
         self.installed: Plan | None = None
         self.installed_health = Health()
         self.unmoved: frozenset[str] = frozenset()  # uplinks down whose flows are still to be deleted
@@ -159,6 +161,7 @@ class Daemon:
         while not self.recorder.idle and time.monotonic() < deadline:
             self.reactor.turn()
         self.recorder.close()
+        self.domains.stop()
         if self.options.down_on_exit:
             report = down(self.netns)
             for line in report.changes:
@@ -309,6 +312,7 @@ class Daemon:
         for warning in report.warnings:
             self.log.debug("apply: %s", warning)
         self.installed, self.installed_health = plan, health
+        self.domains.update(self.model)
         synced = dnsmasq.sync(self.model)  # domain sets filled by dnsmasq: its nftset= lines
         for line in synced.changes:
             self.log.info("apply: %s", line)

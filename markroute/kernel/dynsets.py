@@ -109,7 +109,13 @@ def kernel_sets(table: str, name: str) -> dict[int, str]:
 
 
 def change(table: str, name: str, elements: list[tuple[int, Interval]], timeout: int | None, remove: bool) -> None:
-    """Add (with TIMEOUT, else the set's default) or remove ELEMENTS of dynamic set NAME, in one transaction."""
+    """Add (with TIMEOUT, else the set's default lifetime) or remove ELEMENTS of dynamic set NAME.
+
+    One transaction. An element that is already there gets a fresh lifetime: the kernel
+    (6.18, measured) renews an existing element on a new add only when the add changes its
+    timeout value, so each added element is added, deleted and added again in the same
+    transaction: packets never see it missing, and its lifetime starts over.
+    """
     sets = kernel_sets(table, name)
     by_set: dict[str, list[Any]] = {}
     for version, interval in elements:
@@ -119,9 +125,16 @@ def change(table: str, name: str, elements: list[tuple[int, Interval]], timeout:
         if timeout is not None and not remove:
             element = {"elem": {"val": element, "timeout": timeout}}
         by_set.setdefault(sets[version], []).append(element)
-    verb = "delete" if remove else "add"
-    nft.run_batch({verb: {"element": {"family": FAMILY, "table": table, "name": set_name, "elem": elems}}}
-                  for set_name, elems in by_set.items())
+    commands: list[Obj] = []
+    for set_name, elems in by_set.items():
+        def command(verb: str, items: list[Any], target: str = set_name) -> Obj:
+            return {verb: {"element": {"family": FAMILY, "table": table, "name": target, "elem": items}}}
+        if remove:
+            commands.append(command("delete", elems))
+        else:
+            plain = [e["elem"]["val"] if isinstance(e, dict) and "elem" in e else e for e in elems]
+            commands += [command("add", elems), command("delete", plain), command("add", elems)]
+    nft.run_batch(commands)
 
 
 def described(element: Any) -> tuple[str, int | None]:

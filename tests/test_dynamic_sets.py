@@ -49,6 +49,13 @@ def ok(*args: str) -> str:
     return proc.stdout
 
 
+def trace(*args: str) -> dict[str, Any]:
+    proc = markroute("trace", *args, "--iif", "lan0", "--proto", "tcp", "--dport", str(PORT), "--json")
+    assert proc.returncode in (0, 3), proc.stderr
+    found: dict[str, Any] = json.loads(proc.stdout)
+    return found
+
+
 def isps(r: Any, lab: Lab, address: str, port: int = PORT) -> dict[int | None, int]:
     counts: dict[int | None, int] = r.isp_counts(lab.probe(r.lan, "tcp", address, port, count=4)["seen"])
     return counts
@@ -64,6 +71,12 @@ def test_elements_survive_apply_and_are_not_drift(lab: Lab, markroute_cli: Any) 
     ok("set", "add", "vpn", "198.18.0.0/24", "--timeout", "2h", "--netns", r.rtr)
     assert isps(r, lab, r.server) == {1: 4}
     assert isps(r, lab, "198.18.0.10") == {1: 4}
+    for address, policy, oif in ((r.server, "vpn-via-b", "wan1"), ("198.18.1.10", None, "wan0")):
+        live = trace("--live", "--netns", r.rtr, "--from", r.client_v4, "--to", address)
+        assert (live["verdict"], live["policy"], live["oif"]) == ("forward", policy, oif), live
+    offline = trace("-c", markroute_cli.write(config(r)), "--from", r.client_v4, "--to", r.server,
+                    "--addr", f"lan0={r.rtr_lan_v4}/24", "--addr", f"wan0={r.rtr_wan_v4[0]}/24")
+    assert offline["verdict"] == "indeterminate" and "dynamic set vpn_v4" in offline["reason"], offline
     report = markroute_cli.status(r.rtr)  # fails the test on drift
     assert report["drift"] == [] and report["dynamic_sets"] == {"vpn_v4": 2, "vpn_v6": 0, "unused_v4": 0,
                                                                  "unused_v6": 0}

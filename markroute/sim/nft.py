@@ -21,7 +21,7 @@ from functools import cached_property
 from typing import Any
 
 from markroute.plan import nfttext
-from markroute.plan.nftjson import AddressElements
+from markroute.plan.nftjson import AddressElements, is_dynamic
 from markroute.sim.datatypes import (
     BITMASK_TYPES,
     CT_STATUS,
@@ -156,8 +156,9 @@ class Value:
 class Ruleset:
     """A compiled ruleset: base chains per hook, in the order the kernel runs them."""
 
-    def __init__(self, document: dict[str, Any], system: System) -> None:
+    def __init__(self, document: dict[str, Any], system: System, offline: bool = False) -> None:
         self.system = system
+        self.offline = offline  # a plan, not a live table: dynamic sets' elements are not known
         self.chains: dict[tuple[str, str, str], Chain] = {}
         self.sets: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.ignored: list[str] = []
@@ -397,11 +398,14 @@ class Compiler:
         test = self.test(left, op, right)
         lookup = self.set_lookup(left.dtype, right) if _is_set(right) else None
         get = left.get
+        unknown = self.filled_at_run_time(right)
 
         def match(p: Packet) -> Any:
             value = get(p)
             if value is MISSING:
                 return BREAK
+            if unknown is not None:
+                raise Indeterminate(text, unknown)
             if type(value) is Partial:
                 if lookup is None:
                     raise value.reason
@@ -446,6 +450,16 @@ class Compiler:
         if op not in comparisons:
             raise UnsupportedValue(f"operator {op}")
         return comparisons[op]
+
+    def filled_at_run_time(self, right: Any) -> str | None:
+        """Offline, why a match on a dynamic set cannot be decided (None: it can)."""
+        if not self.ruleset.offline or not isinstance(right, str) or not right.startswith("@"):
+            return None
+        body = self.ruleset.sets.get((self.chain.family, self.chain.table, right[1:]))
+        if body is None or not is_dynamic(body):
+            return None
+        return (f"depends on what was added to dynamic set {right[1:]} at run time (for a domain set: "
+                "what the resolver answered); `trace --live` sees its current elements")
 
     def set_lookup(self, dtype: Any, right: Any) -> Lookup:
         if isinstance(right, str):

@@ -128,6 +128,8 @@ def test_run_sighup_and_restart_keep_the_elements(dlab: DaemonLab, tmp_path: Pat
     d.wait_states({"isp_a": "up", "isp_b": "up"})
     ok("set", "add", "vpn", r.server, "--netns", d.rtr)
     assert isps(r, r.lab, r.server, d.port) == {1: 4}
+    flow = d.flow("tcp", r.server, duration=12, interval=0.05)  # one connection across reload and restart
+    time.sleep(1)
 
     path.write_text(config(r, "2h"))  # a set definition changed: the reload replaces the table
     daemon.send_signal(signal.SIGHUP)
@@ -144,5 +146,8 @@ def test_run_sighup_and_restart_keep_the_elements(dlab: DaemonLab, tmp_path: Pat
     d.wait_states({"isp_a": "up", "isp_b": "up"})
     assert set(listed(d.rtr)) == {r.server}
     assert isps(r, r.lab, r.server, d.port) == {1: 4}
+    seen = flow.result()
+    assert d.isp_of(seen.sources()) == {1} and not seen.errors, seen.errors
+    assert seen.gap() < 3, "the connection kept flowing through isp_b across SIGHUP and the restart"
     proc = markroute("status", "--netns", d.rtr, "--json", "-c", str(path))
     assert proc.returncode == 0, proc.stdout + proc.stderr

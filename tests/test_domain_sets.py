@@ -77,6 +77,37 @@ settings:
     markroute_cli.down(r.rtr)
 
 
+def test_dnsmasq_fills_the_ipv6_half_from_aaaa_answers(lab: Lab, markroute_cli: Any, tmp_path: Path) -> None:
+    r = router_lab(lab, isps=2, ipv6=True)
+    assert r.server6 is not None and r.client_v6 is not None and r.rtr_lan_v6 is not None
+    lab.serve_echo(r.net, PORT)
+    lab.addr(r.net, "lo", f"{ZONE_SERVER}/32")
+    zone_dir, router_dir = tmp_path / "zone", tmp_path / "router"
+    zone_dir.mkdir()
+    router_dir.mkdir()
+    serve_zone(lab, r.net, zone_dir, ZONE_SERVER, {"stream.test": r.server6}, ttl=60)
+    conf = router_dir / "markroute-dnsmasq.conf"
+    markroute_cli.apply(r.rtr, r.uplinks_yaml(["isp_a", "isp_b"]) + f"""
+sets:
+  streaming: {{domains: [stream.test]}}
+policies:
+  - {{name: streaming, to: "@streaming", via: isp_b}}
+settings: {{dns: dnsmasq, dnsmasq_conf: {conf}}}
+""")
+    forwarder(lab, r.rtr, router_dir, r.rtr_lan_v4, ZONE_SERVER, conf)
+
+    def v6_isps() -> dict[int | None, int]:
+        counts: dict[int | None, int] = r.isp_counts(lab.probe(r.lan, "tcp", r.server6, PORT, count=4)["seen"])
+        return counts
+
+    assert v6_isps() == {0: 4}
+    assert ask(lab, r.lan, r.rtr_lan_v4, "stream.test", version=6) == [(r.server6, 60)]
+    assert v6_isps() == {1: 4}, "the AAAA answer went into streaming_v6"
+    report = markroute_cli.status(r.rtr)
+    assert report["dynamic_sets"]["streaming_v6"] == 1 and report["dynamic_sets"]["streaming_v4"] == 0
+    markroute_cli.down(r.rtr)
+
+
 def test_check_refuses_dnsmasq_without_its_file(tmp_path: Path) -> None:
     path = tmp_path / "markroute.yaml"
     path.write_text("uplinks:\n  a: {interface: eth0, gateway: 10.0.0.1}\nsettings:\n  dns: dnsmasq\n")

@@ -151,3 +151,30 @@ def test_run_sighup_and_restart_keep_the_elements(dlab: DaemonLab, tmp_path: Pat
     assert seen.gap() < 3, "the connection kept flowing through isp_b across SIGHUP and the restart"
     proc = markroute("status", "--netns", d.rtr, "--json", "-c", str(path))
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_a_rolled_back_table_replacement_keeps_the_elements(lab: Lab, markroute_cli: Any,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from markroute.compile import compile_plan
+    from markroute.config import load_model
+    from markroute.kernel import KernelError
+    from markroute.kernel.apply import ApplyFailed, _Apply, apply
+    from markroute.kernel.netns import inside
+
+    r = router_lab(lab, isps=2)
+    markroute_cli.apply(r.rtr, config(r))
+    ok("set", "add", "vpn", r.server, "--netns", r.rtr)
+    changed, _ = load_model(markroute_cli.write(config(r, "2h")))
+    assert changed is not None
+
+    def refuse(self: object, *args: object) -> None:
+        raise KernelError("injected failure after the table was replaced")
+
+    monkeypatch.setattr(_Apply, "restore_unwanted_sysctls", refuse)
+    with inside(r.rtr), pytest.raises(ApplyFailed) as failure:
+        apply(compile_plan(changed), r.rtr)
+    assert "injected failure" in str(failure.value) and failure.value.undo_problems == []
+    assert "timeout 1h" in lab.run(r.rtr, ["nft", "list", "set", "inet", "markroute", "vpn_v4"]).stdout
+    assert set(listed(r.rtr)) == {r.server}, "the rollback put the table back with the element"
+    assert markroute_cli.status(r.rtr)["drift"] == []
+    markroute_cli.down(r.rtr)

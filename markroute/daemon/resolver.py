@@ -21,8 +21,8 @@ import threading
 import time
 from pathlib import Path
 
-from markroute.daemon.dnswire import DnsError, resolve
 from markroute.kernel import KernelError, dynsets
+from markroute.kernel.dnswire import DnsError, resolve
 from markroute.model import Model
 from markroute.values import parse_address
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from markroute.daemon.dnswire import DnsError, resolve
+from markroute.kernel.dnswire import DnsError, resolve
 from markroute.lab.netns import Lab, LabError, _python_env
 
 

@@ -93,3 +93,10 @@ policies:
 @pytest.mark.parametrize("text, seconds", [(3600, 3600), ("90s", 90), ("30m", 1800), ("6h", 21600), ("1d", 86400)])
 def test_durations(text: object, seconds: int) -> None:
     assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("extra", ["iif: lan0", "mac: '02:00:00:00:00:01'", "local: false"])
+def test_user_and_group_refuse_what_selects_forwarded_traffic(tmp_path: Path, extra: str) -> None:
+    for key in ("user: root", "group: 0"):
+        model, messages = load(tmp_path, f"policies:\n  - {{name: p, {key}, {extra}, via: isp_a}}\n")
+        assert model is None and any("no packet has both" in m for m in messages), messages

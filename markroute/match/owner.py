@@ -51,9 +51,13 @@ def _key(key: str, field: str, meta: str, flow_field: str, option: str,
         return [nj.match(nj.meta(meta), nj.setvalue(list(ids)))] if ids else []
 
     def needs(match: Match) -> Problem | None:
-        if getattr(match, field) and match.local is False:
-            return (f"'{key}' matches only connections this machine originates, never forwarded ones",
-                    "remove 'local: false'")
+        """Keys that select forwarded traffic only (`local: false`, `iif`, `mac`) leave nothing for this one."""
+        if not getattr(match, field):
+            return None
+        forwarded = [k for k, v in (("local: false", match.local is False), ("iif", match.iifs), ("mac", match.macs)) if v]
+        if forwarded:
+            return (f"'{key}' matches only connections this machine originates, "
+                    f"'{forwarded[0]}' only forwarded ones: no packet has both", "remove one of them")
         return None
 
     return MatchKey(

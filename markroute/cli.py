@@ -26,6 +26,8 @@ COMMANDS = {
     "trace": "Simulate the path of one packet, step by step, offline or live.",
     "run": "Apply the config and keep it true: probe uplinks, fail over, expose state.",
     "demo": "Run markroute on a throwaway lab router with real traffic (namespaces only).",
+    "set": "Add, remove or list the elements of a dynamic set.",
+    "exec": "Run a command whose every connection goes through one uplink or group.",
     "manpage": "Print the markroute(8) man page (hidden: the installer writes it).",
 }
 

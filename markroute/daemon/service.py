@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from markroute.compile import UplinkAvailability, compile_plan
-from markroute.daemon import churn
+from markroute.daemon import churn, dnsmasq
 from markroute.daemon.churn import ChurnLog
 from markroute.daemon.failover import (
     TableRecorder,
@@ -54,6 +54,7 @@ from markroute.daemon.metrics import Exposed, MetricsServer
 from markroute.daemon.monitor import UplinkMonitor, probe_targets
 from markroute.daemon.netlink import LinkWatcher
 from markroute.daemon.reactor import Reactor, Timer
+from markroute.daemon.resolver import DomainResolver
 from markroute.daemon.uplinkstate import State, Transition, UplinkHealth
 from markroute.diagnostics import Diagnostic
 from markroute.kernel import EnvironmentProblem, KernelError, digest, nft, state
@@ -101,6 +102,7 @@ class Daemon:
         self.monitors: dict[str, UplinkMonitor] = {}
         self.recorder = TableRecorder(self.reactor, self.netns, self.log.error)
         self.hooks = Hooks(model.settings.on_change, self.netns, log)
+        self.domains = DomainResolver(log)  # domain sets the daemon fills itself (dns: markroute)
         self.installed: Plan | None = None
         self.installed_availability = UplinkAvailability()
         self.unmoved: frozenset[str] = frozenset()  # uplinks down whose flows are still to be deleted
@@ -176,6 +178,7 @@ class Daemon:
         while not self.recorder.idle and time.monotonic() < deadline:
             self.reactor.turn()
         self.recorder.close()
+        self.domains.stop()
         if self.options.down_on_exit:
             report = down(self.netns)
             for line in report.changes:
@@ -329,6 +332,12 @@ class Daemon:
         for warning in report.warnings:
             self.log.debug("apply: %s", warning)
         self.installed, self.installed_availability = plan, availability
+        self.domains.update(self.model)
+        synced = dnsmasq.sync(self.model)  # domain sets filled by dnsmasq: its nftset= lines
+        for line in synced.changes:
+            self.log.info("apply: %s", line)
+        for line in synced.warnings:
+            self.log.warning("%s", line)
         self.note_nominal(plan, availability)
         self.recorder.stamp(self.nominal)
         self.note_state()

@@ -36,6 +36,7 @@ from typing import Literal
 from markroute.kernel import (
     KernelError,
     digest,
+    dynsets,
     nft,
     nftnetlink,
     restore,
@@ -320,9 +321,9 @@ class _Apply:
                 return self.live_listing()
         name = self.plan.table_name
         before = change.before
-        self.step(
-            partial(nft.replace_table, name, self.plan.nft),
-            partial(nft.delete_table, name) if before is None else partial(nft.replace_table, name, nft.loadable(before)),
+        self.step(  # dynsets: the live elements of dynamic sets are carried into the new table
+            partial(dynsets.replace_table, name, self.plan.nft),
+            partial(nft.delete_table, name) if before is None else partial(dynsets.replace_table, name, nft.loadable(before)),
             f"nftables table inet {name} replaced",
         )
         return self.live_listing()

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from markroute.kernel import KernelError
-from markroute.plan.nftjson import FAMILY, json_default
+from markroute.plan.nftjson import FAMILY, is_dynamic, json_default
 
 Obj = dict[str, Any]
 NFT = "nft"
@@ -63,6 +63,12 @@ def _in_table(item: Obj, name: str) -> bool:
             return False
         return body.get("name" if kind == "table" else "table") == name
     return False
+
+
+def list_set(table: str, name: str) -> list[Obj]:
+    """Set NAME of table `inet TABLE` with its elements, as `nft -j list set` gives it."""
+    document = json.loads(_run(["-j", "list", "set", FAMILY, table, name]) or '{"nftables": []}')
+    return [item for item in document["nftables"] if "set" in item]
 
 
 def table_structure(name: str) -> list[Obj] | None:
@@ -133,8 +139,10 @@ def delete_table(name: str) -> None:
 
 
 def loadable(listing: Iterable[Obj]) -> list[Obj]:
-    """A listing made fit to be added again: kernel handles dropped, counter values kept."""
-    return [_without(obj, ("handle",)) for obj in listing]
+    """A listing made fit to be added again: kernel handles dropped, counter values kept; the
+    elements of dynamic sets too, which `dynsets.replace_table` carries with their lifetimes."""
+    return [_without(obj, ("handle", "elem")) if "set" in obj and is_dynamic(obj["set"]) else _without(obj, ("handle",))
+            for obj in listing]
 
 
 def normalise(listing: Iterable[Obj]) -> list[Obj]:
@@ -143,9 +151,13 @@ def normalise(listing: Iterable[Obj]) -> list[Obj]:
     back by a rollback comes last). Tables, then sets, chains and their rules by name; the
     order of rules within a chain is kept, it is what they mean.
 
-    Only rules hold counters, so sets (their elements can be 100,000) are not walked.
+    Only rules hold counters, so sets (their elements can be 100,000) are not walked. The
+    elements of dynamic sets belong to whoever added them (`nftjson.is_dynamic`), so they
+    are left out like counters: they are not markroute's to compare, record or restore.
     """
-    objects = [_zero_counters(_without(obj, ("handle",))) if "rule" in obj else _without(obj, ("handle",))
+    objects = [_zero_counters(_without(obj, ("handle",))) if "rule" in obj
+               else _without(obj, ("handle", "elem")) if "set" in obj and is_dynamic(obj["set"])
+               else _without(obj, ("handle",))
                for obj in listing]
     return sorted(objects, key=_listing_order)  # stable: rules of a chain keep their order
 

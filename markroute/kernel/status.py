@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from markroute.kernel import digest, nft, state
+from markroute.kernel import digest, dynsets, nft, state
 from markroute.kernel.conntrack import count_by_mark
 from markroute.kernel.drift import differences
 from markroute.kernel.links import Link, links
@@ -90,7 +90,9 @@ class StatusReport:
     """Everything `markroute status` shows; `to_json` is its `--json` form.
 
     `connections_total` and `connections_other` (no uplink mark) are None when not
-    counted; `drift` has one sentence per difference, empty when none.
+    counted; `drift` has one sentence per difference, empty when none; `dynamic_sets`:
+    the elements each dynamic set holds now, by kernel set name (others fill them, so
+    they are never drift).
     """
 
     namespace: str | None
@@ -102,6 +104,7 @@ class StatusReport:
     connections_other: int | None = None
     drift: tuple[str, ...] = ()
     daemon: DaemonStatus | None = None
+    dynamic_sets: Mapping[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The report `status --json` prints.
@@ -113,7 +116,8 @@ class StatusReport:
         ``[{name, packets, bytes}]`` summed over every rule commented ``policy NAME``;
         ``connections``: ``{total, other}`` (other: no uplink mark); ``drift``: one sentence
         per difference, empty when none; ``daemon``: ``{pid, running, started,
-        rule_changes}`` of `markroute run`, or null.
+        rule_changes}`` of `markroute run`, or null; ``dynamic_sets``: ``{KERNEL_SET_NAME:
+        elements}`` of the sets others fill (their elements are never drift).
         """
         return {
             "namespace": self.namespace,
@@ -124,6 +128,7 @@ class StatusReport:
             "connections": {"total": self.connections_total or 0, "other": self.connections_other or 0},
             "drift": list(self.drift),
             "daemon": asdict(self.daemon) if self.daemon else None,
+            "dynamic_sets": dict(self.dynamic_sets),
         }
 
 
@@ -163,6 +168,7 @@ def collect(netns: str | None, plan: Plan | None) -> StatusReport:
         connections_other=connections[0] if connections is not None else None,
         drift=tuple(drift),
         daemon=DaemonStatus(daemon.pid, daemon.running, daemon.started, daemon.rule_changes) if daemon else None,
+        dynamic_sets=dynsets.element_counts(table_name) if table_name and live_table else {},
     )
 
 

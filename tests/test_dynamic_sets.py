@@ -178,3 +178,38 @@ def test_a_rolled_back_table_replacement_keeps_the_elements(lab: Lab, markroute_
     assert set(listed(r.rtr)) == {r.server}, "the rollback put the table back with the element"
     assert markroute_cli.status(r.rtr)["drift"] == []
     markroute_cli.down(r.rtr)
+
+
+NEIGHBOURLY = """
+settings: {exec: true}
+sets:
+  vpn: {dynamic: true}
+policies:
+  - name: vpn-via-b
+    to: "@vpn"
+    via: isp_b
+  - name: root-via-a
+    user: 0
+    via: isp_a
+"""
+
+
+def test_live_neighbour_check_reads_dynamic_sets_empty_or_filled(lab: Lab, markroute_cli: Any) -> None:
+    """`check --live` and `status` simulate the live table: a dynamic set (empty, then filled), a
+    `meta skuid` policy and the exec map must neither break them nor be called a neighbour's doing."""
+    r = router_lab(lab, isps=2)
+    path = markroute_cli.write(str(r.uplinks_yaml(["isp_a", "isp_b"])) + NEIGHBOURLY)
+    before = markroute("check", "--live", "-c", path, "--netns", r.rtr)
+    assert before.returncode == 0 and "Traceback" not in before.stderr, before.stderr
+    assert markroute("apply", "-c", path, "--netns", r.rtr).returncode == 0
+    for step in ("empty", "filled"):
+        checked = markroute("check", "--live", "-c", path, "--netns", r.rtr)
+        assert checked.returncode == 0 and "Traceback" not in checked.stderr, (step, checked.stderr)
+        status = markroute("status", "--netns", r.rtr, "--json")
+        assert status.returncode == 0, (step, status.stdout, status.stderr)
+        report = json.loads(status.stdout)
+        assert report["neighbours"] == [], (step, report["neighbours"])
+        assert report["dynamic_sets"] == {"vpn_v4": 0 if step == "empty" else 1, "vpn_v6": 0}, report
+        if step == "empty":
+            ok("set", "add", "vpn", "198.18.0.0/24", "--netns", r.rtr)
+    assert "dynamic sets (filled by others):" in ok("status", "--netns", r.rtr)

@@ -34,6 +34,15 @@ RESERVED_TABLES = {0: "unspec", 253: "default", 254: "main", 255: "local"}
 FOREIGN_TABLES = {52: "Tailscale", 51820: "wg-quick"}  # routing tables other software fills on its own
 
 _INTERFACE = re.compile(r"^[^\s/:'\"]{1,15}$")
+IFNAME_BYTES = 15  # IFNAMSIZ less the terminating NUL: the kernel's and nftables' limit, in bytes
+# Words nftables' JSON parser reads as a protocol wherever a value is expected, even where an
+# interface name is (`iifname "tcp"` fails with "datatype mismatch"): found by `nft -j -c`.
+NFT_PROTOCOL_WORDS = frozenset(
+    ("ah", "comp", "dccp", "esp", "icmp", "icmpv6", "redirect", "sctp", "tcp", "udp", "udplite"))
+POLICY_NAME_CHARS = 64
+# nftables keeps a rule comment of at most 128 bytes; a policy's name goes into "policy NAME" and
+# "N policies from NAME" (a merged run), so 100 bytes leave room for either.
+POLICY_NAME_BYTES = 100
 _MAC = re.compile(r"^[0-9a-fA-F]{2}([:-])[0-9a-fA-F]{2}(\1[0-9a-fA-F]{2}){4}$")
 
 
@@ -285,13 +294,28 @@ def parse_table(value: object) -> int:
     return number
 
 
+def shown(text: str, limit: int = 40) -> str:
+    """TEXT for a message: control characters escaped, at most LIMIT characters (hostile input stays short)."""
+    escaped = text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
+    return escaped if len(escaped) <= limit else escaped[:limit] + "..."
+
+
 def parse_interface(value: object) -> str:
-    """A network interface name as the kernel allows it."""
+    """A network interface name as both the kernel and nftables (text and JSON) take it."""
     text = yaml_text(value)
-    if not isinstance(value, (str, int)) or isinstance(value, bool) or not _INTERFACE.match(text):
-        raise ValueError(f"'{text}' is not a valid interface name (1-15 characters, no spaces, '/' or ':')")
+    if not isinstance(value, (str, int)) or isinstance(value, bool) or not _INTERFACE.match(text) \
+            or not text.isprintable() or text in (".", ".."):
+        raise ValueError(f"'{shown(text)}' is not a valid interface name "
+                         "(1-15 printable characters, no spaces, quotes, '/' or ':')")
+    if len(text.encode()) > IFNAME_BYTES:
+        raise ValueError(f"'{text}' is {len(text.encode())} bytes in UTF-8; an interface name has at most "
+                         f"{IFNAME_BYTES}")
     if text.startswith("@"):
         raise ValueError(f"'{text}' starts with '@', which nftables reads as a set name")
+    if text == "*":
+        raise ValueError("'*' alone is nftables' wildcard for every name, which it refuses; name an interface")
+    if text in NFT_PROTOCOL_WORDS:
+        raise ValueError(f"'{text}' is a protocol name to nftables, which cannot match an interface called so")
     return text
 
 
@@ -396,9 +420,13 @@ def parse_argument(value: object) -> str:
 def parse_policy_name(value: object) -> str:
     """A policy name; it ends up in nft comments, so no quotes or backslashes."""
     text = yaml_text(value)
-    if value is None or isinstance(value, bool) or not text or len(text) > 64 or '"' in text or "\\" in text \
-            or not text.isprintable():
-        raise ValueError(f"'{text}' is not a usable policy name (1-64 printable characters, no quotes)")
+    if value is None or isinstance(value, bool) or not text or len(text) > POLICY_NAME_CHARS or '"' in text \
+            or "\\" in text or not text.isprintable():
+        raise ValueError(f"'{shown(text)}' is not a usable policy name "
+                         f"(1-{POLICY_NAME_CHARS} printable characters, no quotes)")
+    if len(text.encode()) > POLICY_NAME_BYTES:
+        raise ValueError(f"'{shown(text)}' is {len(text.encode())} bytes in UTF-8; nftables keeps a policy name "
+                         f"of at most {POLICY_NAME_BYTES} bytes in its rule comments")
     return text
 
 

@@ -98,9 +98,13 @@ def test_down_without_state_removes_only_markroutes_own(router: RouterLab, tmp_p
     assert markroute("apply", "-c", config, "--netns", r.rtr).returncode == 0
     (directory(r.rtr) / "state.json").unlink()
 
-    removed = markroute("down", "--netns", r.rtr)
+    unsure = markroute("down", "--netns", r.rtr)
+    assert unsure.returncode == 1 and "down --force" in unsure.stderr, unsure.stderr
+    assert "table inet markroute" in unsure.stderr, "a table without a record may be someone else's"
+    assert own_rules(r.lab, r.rtr) == [] and own_routes(r.lab, r.rtr) == [], "protocol-77 objects are provably ours"
+    assert "markroute" in r.lab.run(r.rtr, ["nft", "list", "tables"]).stdout
+    removed = markroute("down", "--force", "--netns", r.rtr)
     assert removed.returncode == 0, removed.stderr
-    assert own_rules(r.lab, r.rtr) == [] and own_routes(r.lab, r.rtr) == []
     after = view(r.lab, r.rtr)
     assert after["nftables"] == before["nftables"]
     assert after["rules"] == before["rules"]

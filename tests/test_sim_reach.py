@@ -69,3 +69,15 @@ policies:
   - {name: rest, via: a}
 """, {"many.txt": prefixes})
     assert reachability(plan).unreachable_policies == []
+
+
+def test_router_originated_packets_reach_local_policies(tmp_path: Path) -> None:
+    """Issue #12 (11): `local: true` policies see only packets this router sends; they were never tried."""
+    plan = plan_of(tmp_path, UPLINKS + """
+policies:
+  - {name: mine, local: true, via: a}
+  - {name: mine-web, local: true, proto: tcp, dport: 443, from: 192.0.2.7, via: b}
+  - {name: rest, via: b}
+  - {name: late-mine, local: true, to: 203.0.113.0/24, via: a}
+""")
+    assert reachability(plan).unreachable_policies == ["mine-web", "late-mine"]

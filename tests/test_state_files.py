@@ -8,11 +8,15 @@ forget the amendment as soon as apply writes state.json again.
 from __future__ import annotations
 
 import json
+import os
+import stat
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from markroute.kernel import state
+from markroute.kernel import KernelError, state, sysctl
 from markroute.kernel.state import DaemonRecord, State, TableRewrite, UplinkRecord
 
 LISTING = [{"table": {"family": "inet", "name": "markroute"}}]
@@ -85,3 +89,135 @@ def test_daemon_record_round_trip_and_unusable_records() -> None:
     state.write(None, state.DAEMON_RECORD, data)
     loaded = state.load_daemon_record(None)
     assert loaded is not None and loaded.uplinks == {}, "an uplink in an unknown state is forgotten"
+
+
+# -- issue #12: damaged and hostile records -----------------------------------------------
+
+def test_records_are_private_whatever_the_umask(run_dir: Path) -> None:
+    old = os.umask(0)
+    try:
+        state.save("lab", applied())
+    finally:
+        os.umask(old)
+    for level in (run_dir, run_dir / "netns", run_dir / "netns" / "lab"):
+        assert stat.S_IMODE(level.stat().st_mode) == 0o700, level
+    assert stat.S_IMODE((run_dir / "netns" / "lab" / state.STATE_RECORD).stat().st_mode) == 0o600
+
+
+def test_a_directory_left_wide_open_is_closed_again(run_dir: Path) -> None:
+    run_dir.mkdir()
+    run_dir.chmod(0o777)
+    state.save(None, applied())
+    assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
+
+
+def test_records_are_never_followed_through_symlinks(run_dir: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("do not touch")
+    run_dir.mkdir(mode=0o700)
+    (run_dir / state.STATE_RECORD).symlink_to(secret)
+    with pytest.raises(state.DamagedState, match="cannot read"):
+        state.load(None)
+    state.save(None, applied())
+    assert secret.read_text() == "do not touch", "the link is replaced, its target not written"
+    assert not (run_dir / state.STATE_RECORD).is_symlink()
+
+
+def test_a_symlinked_state_directory_is_refused(run_dir: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run_dir.symlink_to(elsewhere)
+    with pytest.raises(KernelError, match="cannot record state"):
+        state.save(None, applied())
+    assert not any(elsewhere.iterdir())
+
+
+def wrong_typed() -> Iterator[tuple[str, dict[str, Any]]]:
+    """state.json with one field at a time of the wrong type, or missing, or out of bounds."""
+    good = applied().to_json()
+    for name, value in good.items():
+        if name == "format":
+            continue
+        for bad in (None, "text", 7, [1], {"a": 1}, True):
+            if type(bad) is not type(value) and not (name == "nft_generation" and bad in (7, None)) \
+                    and not (name == "warnings" and bad == []):
+                yield name, {**good, name: bad}
+        yield name, {k: v for k, v in good.items() if k != name}
+    yield "sysctls_original", {**good, "sysctls_original": {"../../../etc/passwd": "x"}}
+    yield "sysctls_original", {**good, "sysctls_original": {"/etc/shadow": "x"}}
+    yield "sysctls_applied", {**good, "sysctls_applied": {"net/ipv4/ip_forward": "1\nroot"}}
+    yield "rules", {**good, "rules": [{"version": 4, "priority": "high"}]}
+    yield "uplinks", {**good, "uplinks": [{"name": 5}]}
+    yield "mask", {**good, "mask": -1}
+    yield "table_name", {**good, "table_name": "x; flush ruleset"}
+    yield "nft_listing", {**good, "nft_listing": [[]]}
+
+
+@pytest.mark.parametrize(("field", "data"), list(wrong_typed()))
+def test_a_damaged_field_is_named_never_a_traceback(field: str, data: dict[str, Any]) -> None:
+    state.write(None, state.STATE_RECORD, data)
+    if field in ("warnings", "nft_generation", "nft_elements") and field not in data:
+        assert state.load(None) is not None, "a field with a default may be missing"
+        return
+    with pytest.raises(state.DamagedState, match=field):
+        state.load(None)
+
+
+@pytest.mark.parametrize("text", ["", "null", "[]", "1", '"x"', "{", "\x00\xff", "[" * 100_000])
+def test_a_state_file_that_is_no_record_is_damaged(run_dir: Path, text: str) -> None:
+    run_dir.mkdir(mode=0o700)
+    (run_dir / state.STATE_RECORD).write_text(text)
+    with pytest.raises(state.DamagedState, match="down --force"):
+        state.load(None)
+
+
+@pytest.mark.parametrize("text", ["", "null", "[]", "1", "{", '{"format": 1, "pid": "me"}',
+                                  '{"format": 1, "pid": 1, "started": 0, "uplinks": []}'])
+def test_a_damaged_daemon_record_is_ignored_with_a_warning(run_dir: Path, text: str) -> None:
+    run_dir.mkdir(mode=0o700)
+    (run_dir / state.DAEMON_RECORD).write_text(text)
+    heard: list[str] = []
+    assert state.load_daemon_record(None, heard.append) is None
+    assert heard and state.DAEMON_RECORD in heard[0] and "ignored" in heard[0]
+
+
+@pytest.mark.parametrize("text", ["null", "[]", '{"format": 2, "amends": "x", "plan_digest": 1}',
+                                  '{"format": 2, "amends": [1, 2], "plan_digest": "d", "table": []}'])
+def test_a_damaged_amendment_is_ignored_with_a_warning(run_dir: Path, text: str) -> None:
+    state.save(None, applied())
+    (run_dir / state.TABLE_AMENDMENT).write_text(text)
+    heard: list[str] = []
+    assert state.load(None, heard.append) == applied()
+    assert heard and state.TABLE_AMENDMENT in heard[0]
+
+
+@pytest.mark.parametrize("path", ["../../etc/passwd", "/etc/passwd", "net/../../etc/passwd", "kernel/core_pattern",
+                                  "net//ipv4", "net/ipv4/conf/eth0/../../../../etc/x", "net/ipv4/x\x00y"])
+def test_sysctl_paths_outside_proc_sys_net_are_refused(path: str) -> None:
+    assert not sysctl.valid_path(path)
+    with pytest.raises(KernelError, match="refusing sysctl path"):
+        sysctl.write(path, "1")
+
+
+def test_networking_sysctl_paths_are_valid() -> None:
+    assert sysctl.valid_path("net/ipv4/conf/eth0.100/rp_filter")
+    assert sysctl.valid_path("net/ipv6/conf/all/forwarding")
+
+
+def test_down_force_salvages_only_intact_sysctl_fields() -> None:
+    good = {**applied().to_json(), "sysctls_original": {"net/ipv4/ip_forward": "0"},
+            "sysctls_applied": {"net/ipv4/ip_forward": "1"}}
+    state.write(None, state.STATE_RECORD, {**good, "uplinks": 3})
+    assert state.salvage(None) == state.Salvage({"net/ipv4/ip_forward": "0"}, {"net/ipv4/ip_forward": "1"})
+    state.write(None, state.STATE_RECORD, {**good, "sysctls_original": {"../../etc/shadow": "x"}})
+    assert state.salvage(None) is None
+    state.write(None, state.STATE_RECORD, {**good, "sysctls_applied": []})
+    assert state.salvage(None) is None
+
+
+@pytest.mark.parametrize("netns", ["../..", "..", "a/../../etc"])
+def test_a_namespace_name_never_leads_out_of_the_state_directory(run_dir: Path, netns: str) -> None:
+    with pytest.raises(KernelError, match="cannot record state"):
+        state.save(netns, applied())
+    with pytest.raises(KernelError, match="cannot name a directory"):
+        state.load(netns)

@@ -16,7 +16,10 @@ from markroute.plan import Plan
 @click.command("apply")
 @config_option
 @netns_option
-def command(config: str | None, netns: str | None) -> None:
+@click.option("--force", is_flag=True,
+              help="Take over others' routes and ip rules where markroute's go (they are deleted) and a table "
+                   "inet markroute markroute has no record of (it is replaced).")
+def command(config: str | None, netns: str | None, force: bool) -> None:
     """Install the config: nftables table, ip rules, routes and sysctls.
 
     Only what differs from the running system is changed, so applying the same config
@@ -38,7 +41,7 @@ def command(config: str | None, netns: str | None) -> None:
     plan = compile_plan(model)
     with exit_codes():
         netns = prepare(netns)
-        report = apply(plan, netns)
+        report = apply(plan, netns, force)
     domains = dnsmasq.sync(model)
     report.changes += domains.changes
     report.warnings += domains.warnings

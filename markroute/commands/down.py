@@ -13,7 +13,12 @@ from markroute.commands.cliutil import EXIT_FAILED, exit_codes, fail, netns_opti
     "--rule-priority", type=click.IntRange(1, 32700), default=None,
     help="Only if the state under /run/markroute is lost: the rule_priority the config used (default 10000).",
 )
-def command(netns: str | None, rule_priority: int | None) -> None:
+@click.option(
+    "--force", is_flag=True,
+    help="Also when the record is damaged or missing: remove the table inet markroute and markroute's "
+         "rules and routes found in the kernel (sysctls cannot be put back then).",
+)
+def command(netns: str | None, rule_priority: int | None, force: bool) -> None:
     """Remove markroute's nftables table, ip rules and routes; put back the sysctls.
 
     Needs no config: the record apply left under /run/markroute says what to remove.
@@ -33,7 +38,7 @@ def command(netns: str | None, rule_priority: int | None) -> None:
             click.echo(f"network namespace '{netns}' is gone: forgot what markroute had recorded for it")
             return
         netns = prepare(netns)
-        report = down(netns, rule_priority)
+        report = down(netns, rule_priority, force)
     for warning in report.warnings:
         click.echo(f"markroute: warning: {warning}", err=True)
     for change in report.changes:

@@ -52,7 +52,7 @@ def command(config: str | None, netns: str | None, as_json: bool) -> None:
     plan = compile_plan(load_model_or_exit(config, quiet_warnings=True)) if config else None
     with exit_codes():
         netns = prepare(netns)
-        report = collect(netns, plan)
+        report = collect(netns, plan, lambda message: click.echo(f"markroute: warning: {message}", err=True))
         found = neighbour_problems(plan, netns)
     if as_json:
         print_json(dict(report.to_json(), neighbours=neighbours.to_json(found)))

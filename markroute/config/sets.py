@@ -8,6 +8,8 @@ reported again as naming an unknown set.
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,10 +24,50 @@ from markroute.values import (
     address_list,
     ipv4_lines,
     parse_address,
+    shown,
     yaml_text,
 )
 
 MAX_BAD_SET_LINES = 10
+MAX_SET_FILE_BYTES = 64 * 1024 * 1024  # a million prefixes fit in a quarter of this
+QUOTED_PREFIX = 20  # characters of a bad line an error quotes: a set file may be something else entirely
+
+
+class SetFileError(Exception):
+    """The set file cannot be used as one (not a regular file, too large, unreadable)."""
+
+
+def read_set_file(path: Path) -> bytes:
+    """The bytes of a regular file, read once through one descriptor.
+
+    Opened non-blocking, so a FIFO fails here instead of hanging `check` (and with it the
+    daemon's reload); a device, socket or directory is refused before anything is read,
+    and a file over MAX_SET_FILE_BYTES is refused instead of exhausting memory (/dev/zero).
+    """
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a socket cannot even be opened: say what it is not
+            raise SetFileError(f"set file {path} is not a regular file")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SetFileError(f"cannot read set file {path}: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):  # replaced between the two looks
+            raise SetFileError(f"set file {path} is not a regular file")
+        if info.st_size > MAX_SET_FILE_BYTES:
+            raise SetFileError(f"set file {path} is {info.st_size} bytes; at most {MAX_SET_FILE_BYTES} are read")
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := os.read(fd, 1 << 20):
+            size += len(chunk)
+            if size > MAX_SET_FILE_BYTES:  # grew while being read
+                raise SetFileError(f"set file {path} is over {MAX_SET_FILE_BYTES} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise SetFileError(f"cannot read set file {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -79,9 +121,9 @@ def set_file(reader: Reader, name: str, node: Node) -> AddressList | None:
     if not path.is_absolute():
         path = Path(reader.path).parent / path
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        reader.diag.error(node.where, f"cannot read set file {path}: {exc.strerror or exc}")
+        data = read_set_file(path)
+    except SetFileError as exc:
+        reader.diag.error(node.where, str(exc), "name a regular file holding one address or prefix a line")
         return None
     try:
         lines = data.decode("utf-8").splitlines()
@@ -99,7 +141,8 @@ def set_file(reader: Reader, name: str, node: Node) -> AddressList | None:
             bad += 1
             if bad <= MAX_BAD_SET_LINES:
                 line = lines[number - 1]
-                reader.diag.error(Where(str(path), number, len(line) - len(line.lstrip()) + 1), str(exc))
+                message = str(exc).replace(text, shown(text, QUOTED_PREFIX))
+                reader.diag.error(Where(str(path), number, len(line) - len(line.lstrip()) + 1), message)
     if bad > MAX_BAD_SET_LINES:
         reader.diag.error(node.where, f"{bad} bad lines in set file {path} (first {MAX_BAD_SET_LINES} shown)")
     if bad:

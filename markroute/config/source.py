@@ -146,6 +146,9 @@ def explain_yaml_error(problem: str) -> tuple[str, str | None]:
     return f"YAML syntax: {problem}", None
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 class _Builder:
     """Turns composed YAML nodes into `Node`s, with the checks the composer leaves out.
 
@@ -221,15 +224,28 @@ class _Builder:
             is_null = getattr(value_node, "tag", "") == "tag:yaml.org,2002:null" and not value_node.value
             result.key_where[key] = key_where
             result.items[key] = self.build(value_node, key_where if is_null else None)
+        entered = id(node) not in self.active  # a merge is followed like an alias: `x: &x {<<: *x}` must not recurse
+        self.active.add(id(node))
         for source in merges:
             if not isinstance(source, MappingNode):
                 raise self.fail(source, "YAML: '<<' must merge a mapping or a list of mappings")
+            if id(source) in self.active:
+                raise self.fail(source, "YAML: '<<' merges the mapping that contains it", "remove the recursion")
+            if len(self.active) >= self.MAX_DEPTH:
+                raise self.fail(source, "YAML: merge keys are nested too deeply",
+                                f"no config needs more than {self.MAX_DEPTH} levels")
             self.fill(result, source, merged=True)
+        if entered:
+            self.active.discard(id(node))
 
     def scalar(self, node: Any) -> Any:
         """The value of a scalar as None, bool, int, float or str."""
         tag = node.tag
         if tag == "tag:yaml.org,2002:str":
+            surrogate = _SURROGATE.search(node.value)
+            if surrogate:  # only an escape like "\ud800" makes one; nothing downstream can encode it
+                raise self.fail(node, f"YAML: the escape \\u{ord(surrogate.group()):04x} is half of a UTF-16 "
+                                      "pair, not a character", "write the character itself, or \\U and 8 digits")
             return node.value
         try:
             value = self.constructor.construct_object(node, deep=True)

@@ -135,7 +135,7 @@ class Daemon:
             except OSError as exc:
                 raise EnvironmentProblem(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from exc
         self.catch_signals()  # a stop request during start-up waits for the loop, never cuts an apply short
-        previous = state.load_daemon_record(self.netns)
+        previous = state.load_daemon_record(self.netns, self.log.warning)
         interfaces = self.read_links()
         self.build_monitors(previous.uplinks if previous else {}, interfaces)
         self.install()

@@ -37,6 +37,7 @@ from markroute.kernel import (
     KernelError,
     digest,
     dynsets,
+    foreign,
     nft,
     nftnetlink,
     restore,
@@ -85,15 +86,21 @@ class ApplyFailed(KernelError):
         super().__init__(message)
 
 
-def apply(plan: Plan, netns: str | None = None) -> ApplyReport:
+def apply(plan: Plan, netns: str | None = None, force: bool = False) -> ApplyReport:
     """Converge the kernel of the current namespace to PLAN; NETNS only names the state file.
 
     On a first apply (no record, no table) the new table's sets start filling in the
     background at once (`NewTable.start`), while pyroute2 is imported and sysctls,
-    routes and rules go in.
+    routes and rules go in. Others' routes and rules where markroute's go, or a table
+    of markroute's name it has no record of, stop apply (`foreign`) unless FORCE.
     """
     with state.locked(netns):
         previous = state.load(netns)
+        with Rpdb() as rpdb:
+            in_the_way = foreign.in_the_way(plan, previous, rpdb)
+            if in_the_way and not force:
+                raise KernelError(foreign.refusal(in_the_way))
+            adopted = foreign.adopt(in_the_way, rpdb)
         new_table = None
         if previous is None and any("set" in obj for obj in plan.nft) and not nftnetlink.table_exists(plan.table_name):
             new_table = NewTable(plan)
@@ -105,7 +112,9 @@ def apply(plan: Plan, netns: str | None = None) -> ApplyReport:
                 new_table.discard()
             raise
         with rpdb:
-            return _Apply(plan, netns, previous, rpdb, new_table).run()
+            report = _Apply(plan, netns, previous, rpdb, new_table).run()
+        report.warnings[:0] = adopted
+        return report
 
 
 def rule_text(rule: IpRule) -> str:

@@ -31,11 +31,28 @@ class DownReport:
     errors: list[str] = field(default_factory=list)
 
 
-def down(netns: str | None = None, rule_priority: int | None = None) -> DownReport:
-    """Remove markroute from the current namespace; RULE_PRIORITY helps only when the state is lost."""
+def down(netns: str | None = None, rule_priority: int | None = None, force: bool = False) -> DownReport:
+    """Remove markroute from the current namespace; RULE_PRIORITY helps only when the state is lost.
+
+    Without a record, the table `inet markroute` may be someone else's: only FORCE
+    removes it. A damaged record stops `down` unless FORCE, which then removes what is
+    provably markroute's, as if the record were lost, and says which sysctls it cannot
+    put back.
+    """
     report = DownReport()
     with state.locked(netns):
-        recorded = state.load(netns)
+        salvaged: state.Salvage | None = None
+        try:
+            recorded = state.load(netns, report.warnings.append)
+        except state.DamagedState as exc:
+            if not force:
+                raise
+            report.warnings.append(f"{exc}; removing what markroute installed without it")
+            salvaged = state.salvage(netns)
+            if salvaged is None:
+                report.warnings.append("the sysctls markroute changed are left as they are: their original values "
+                                       "were in the damaged record (see `markroute plan` for which ones)")
+            recorded = None
         with Rpdb() as rpdb:
             live_rules = rpdb.own_rules()
             live_routes = rpdb.own_routes()
@@ -48,14 +65,19 @@ def down(netns: str | None = None, rule_priority: int | None = None) -> DownRepo
                 rules = [r for r in live_rules if r in installed_rules]
                 routes = [r for r in live_routes if route_key(r) in installed_routes]
                 table = recorded.table_name
-            _attempt(report, partial(_drop_table, table, report), None)
+            if recorded is not None or force:
+                _attempt(report, partial(_drop_table, table, report), None)
+            elif nftnetlink.table_exists(table):
+                report.errors.append(f"nftables table inet {table} is left in place: markroute has no record of "
+                                     "installing it (another program's?); `markroute down --force` removes it")
             for rule in rules:
                 _attempt(report, partial(rpdb.delete_rule, rule), f"- rule {rule_text(rule)}")
             for route in sorted(routes, key=lambda r: r.gateway is None):
                 _attempt(report, partial(rpdb.delete_route, route), f"- route {route_text(route)}")
-        if recorded is not None:
-            for path, original in recorded.sysctls_original.items():
-                applied = recorded.sysctls_applied.get(path)
+        sysctls = recorded or salvaged
+        if sysctls is not None:
+            for path, original in sysctls.sysctls_original.items():
+                applied = sysctls.sysctls_applied.get(path)
                 _attempt(report, partial(_restore_sysctl, path, original, applied, report), None)
         if not report.errors:
             state.remove(netns)

@@ -20,7 +20,11 @@ has exactly one writer, and readers combine them through this module:
   written only by `markroute run`, read by `status` and by the next daemon start.
 
 Files are written atomically (temporary file, then rename), so a crash leaves either
-the old record or the new one. The elements of address sets (maybe 100,000 intervals)
+the old record or the new one. They steer what root's `down` writes, so they are
+private (directories 0700, files 0600, whatever the umask), opened level by level with
+O_NOFOLLOW (a planted symlink is never followed) and type-checked on read
+(`records.typed`): a damaged `state.json` raises `DamagedState` naming the file and
+the field, a damaged `table.json` or `daemon.json` is ignored with a warning. The elements of address sets (maybe 100,000 intervals)
 are kept packed, base64 of fixed-width (first, last) pairs per set (`nft_elements`),
 not as nft JSON: writing, reading and comparing them then costs milliseconds.
 """
@@ -28,16 +32,20 @@ not as nft JSON: writing, reading and comparing them then costs milliseconds.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
-from collections.abc import Iterator
+import re
+import stat
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from markroute.kernel import KernelError, nft
+from markroute.kernel import KernelError, nft, sysctl
+from markroute.kernel.records import RecordError, typed, value_of
 from markroute.plan import IpRule, Route, UplinkPlan
 from markroute.plan.nftjson import SET_VERSIONS, AddressElements, json_default
 
@@ -52,6 +60,17 @@ UplinkState = Literal["up", "degraded", "down"]  # the daemon's verdict on an up
 UPLINK_STATES: tuple[UplinkState, ...] = ("up", "degraded", "down")
 
 Listing = list[dict[str, Any]]
+Warn = Callable[[str], None]
+DIRECTORY_MODE = 0o700  # whatever the umask: the records steer what root's `down` writes
+FILE_MODE = 0o600
+MAX_RECORD_BYTES = 256 * 1024 * 1024  # far above a state with a million set elements
+
+
+class DamagedState(KernelError):
+    """`state.json` exists but cannot be used; `down --force` removes what is found instead."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"{problem} (`markroute down --force` removes what markroute installed without it)")
 
 
 @dataclass
@@ -80,12 +99,73 @@ class State:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> State:
-        fields = {k: v for k, v in data.items() if k not in ("format", "nft_elements")}
-        fields["nft_listing"] = _unpacked(data["nft_listing"], data.get("nft_elements", {}))
-        fields["rules"] = [IpRule(**r) for r in data["rules"]]
-        fields["routes"] = [Route(**r) for r in data["routes"]]
-        fields["uplinks"] = [UplinkPlan(**{**u, "versions": tuple(u["versions"])}) for u in data["uplinks"]]
-        return cls(**fields)
+        """The record read back, every field type-checked (`records.typed`) and its values sane.
+
+        A damaged field raises `RecordError` naming it: the sysctl paths `down` would write
+        to are confined to /proc/sys/net, the table name is one markroute could have written.
+        """
+        recorded = typed(cls, data, ignore=("format", "nft_elements"))
+        packed = value_of(dict[str, str], data.get("nft_elements", {}), "nft_elements")
+        _check_listing(recorded.nft_listing, "nft_listing")
+        for name in ("sysctls_original", "sysctls_applied"):
+            _check_sysctls(name, getattr(recorded, name))
+        if not _TABLE_NAME.match(recorded.table_name):
+            raise RecordError("table_name", "is not a name markroute gives its table")
+        for name in ("mask", "rule_priority"):
+            if not 0 <= getattr(recorded, name) <= 0xFFFFFFFF:
+                raise RecordError(name, "is out of range")
+        try:
+            recorded.nft_listing = _unpacked(recorded.nft_listing, packed)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RecordError("nft_elements", f"cannot be unpacked ({exc})") from None
+        return recorded
+
+
+_SYSCTL_VALUE = re.compile(r"^[^\n\x00]{0,256}$")
+_TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+
+
+def _check_sysctls(name: str, values: dict[str, str]) -> None:
+    """Sysctl paths confined to /proc/sys/net and one-line values: `down` writes them as root."""
+    for path, value in values.items():
+        if not sysctl.valid_path(path):
+            raise RecordError(name, f"names '{path[:80]}', which is not a networking sysctl")
+        if not _SYSCTL_VALUE.match(value):
+            raise RecordError(f"{name}.{path}", "is not a sysctl value")
+
+
+@dataclass(frozen=True)
+class Salvage:
+    """What `down --force` can still use of a damaged `state.json`: the sysctls to put back, if intact."""
+
+    sysctls_original: dict[str, str]
+    sysctls_applied: dict[str, str]
+
+
+def salvage(netns: str | None) -> Salvage | None:
+    """The sysctl fields of a damaged `state.json` if both still pass their checks, else None."""
+    try:
+        text = read_record(netns, STATE_RECORD)
+        data = json.loads(text) if text is not None else None
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    try:
+        fields = {name: value_of(dict[str, str], data.get(name), name)
+                  for name in ("sysctls_original", "sysctls_applied")}
+        for name, values in fields.items():
+            _check_sysctls(name, values)
+    except RecordError:
+        return None
+    return Salvage(fields["sysctls_original"], fields["sysctls_applied"])
+
+
+def _check_listing(listing: Listing, where: str) -> None:
+    """Each entry of an nft listing is one object `{KIND: {...}}`; what is inside is nft's business."""
+    for index, entry in enumerate(listing):
+        if len(entry) != 1 or not all(isinstance(v, dict) for v in entry.values()):
+            raise RecordError(f"{where}[{index}]", "is not an nftables object")
 
 
 def _packed(listing: Listing) -> tuple[Listing, dict[str, str]]:
@@ -137,13 +217,19 @@ class TableAmendment:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TableAmendment:
-        table = data.get("table")
-        return cls(
-            (int(data["amends"][0]), int(data["amends"][1])),
-            str(data["plan_digest"]),
-            TableRewrite(table["nft_digest"], _unpacked(table["nft_listing"], table["nft_elements"]),
-                         table["nft_generation"]) if table else None,
-        )
+        amends = value_of(tuple[int, ...], data.get("amends"), "amends")
+        if len(amends) != 2:
+            raise RecordError("amends", "must hold an inode and a time")
+        table = value_of(dict[str, Any] | None, data.get("table"), "table")
+        rewrite = None
+        if table is not None:
+            listing = value_of(list[dict[str, Any]], table.get("nft_listing"), "table.nft_listing")
+            _check_listing(listing, "table.nft_listing")
+            packed = value_of(dict[str, str], table.get("nft_elements"), "table.nft_elements")
+            rewrite = TableRewrite(value_of(str, table.get("nft_digest"), "table.nft_digest"),
+                                   _unpacked(listing, packed),
+                                   value_of(int | None, table.get("nft_generation"), "table.nft_generation"))
+        return cls((amends[0], amends[1]), value_of(str, data.get("plan_digest"), "plan_digest"), rewrite)
 
     def applied_to(self, recorded: State) -> State:
         if self.table is None:
@@ -201,32 +287,41 @@ def directory(netns: str | None) -> Path:
     return RUN_DIR / "netns" / netns if netns else RUN_DIR
 
 
-def load(netns: str | None) -> State | None:
-    """What is installed: `state.json` with the daemon's current amendment applied (module doc)."""
+def load(netns: str | None, warn: Warn | None = None) -> State | None:
+    """What is installed: `state.json` with the daemon's current amendment applied (module doc).
+
+    WARN hears about a damaged `table.json`, which is then ignored.
+    """
     recorded = load_applied(netns)
     if recorded is None:
         return None
-    amendment = _load_amendment(netns)
+    amendment = _load_amendment(netns, warn)
     if amendment is None or amendment.amends != written(netns):
         return recorded
     return amendment.applied_to(recorded)
 
 
 def load_applied(netns: str | None) -> State | None:
-    """`state.json` as apply wrote it."""
+    """`state.json` as apply wrote it; `DamagedState` naming the file and the field if it cannot be used."""
     path = directory(netns) / STATE_RECORD
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
+        text = read_record(netns, STATE_RECORD)
+    except OSError as exc:
+        raise DamagedState(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if text is None:
         return None
-    except (OSError, ValueError) as exc:
-        raise KernelError(f"cannot read {path}: {exc}") from exc
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise DamagedState(f"{path} is damaged: not JSON ({str(exc)[:80]})") from None
+    if not isinstance(data, dict):
+        raise DamagedState(f"{path} is damaged: it holds {type(data).__name__}, not a record")
     if data.get("format") not in READABLE_FORMATS:
-        raise KernelError(f"{path} was written by another markroute version (format {data.get('format')})")
+        raise DamagedState(f"{path} was written by another markroute version (format {str(data.get('format'))[:20]})")
     try:
         return State.from_json(data)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise KernelError(f"{path} is damaged: {exc}") from exc
+    except RecordError as exc:
+        raise DamagedState(f"{path} is damaged: {exc}") from None
 
 
 def save(netns: str | None, state: State) -> None:
@@ -237,19 +332,43 @@ def save(netns: str | None, state: State) -> None:
 def written(netns: str | None) -> tuple[int, int] | None:
     """Which `state.json` is there (inode, mtime_ns), or None: a change means apply wrote it again."""
     try:
-        stat = (directory(netns) / STATE_RECORD).stat()
-    except FileNotFoundError:
+        info = os.stat(directory(netns) / STATE_RECORD, follow_symlinks=False)
+    except (FileNotFoundError, NotADirectoryError):
         return None
-    return stat.st_ino, stat.st_mtime_ns
+    return info.st_ino, info.st_mtime_ns
 
 
-def _load_amendment(netns: str | None) -> TableAmendment | None:
+def _load_amendment(netns: str | None, warn: Warn | None = None) -> TableAmendment | None:
     """The daemon's amendment, or None if there is none or it cannot be used (then `state.json` stands)."""
-    try:
-        data = json.loads((directory(netns) / TABLE_AMENDMENT).read_text())
-        return TableAmendment.from_json(data) if data.get("format") == FORMAT else None
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
+    data = _optional_record(netns, TABLE_AMENDMENT, warn)
+    if data is None or data.get("format") != FORMAT:
         return None
+    try:
+        return TableAmendment.from_json(data)
+    except (RecordError, KeyError, TypeError, ValueError) as exc:
+        _ignored(netns, TABLE_AMENDMENT, str(exc), warn)
+        return None
+
+
+def _optional_record(netns: str | None, name: str, warn: Warn | None) -> dict[str, Any] | None:
+    """A record the daemon keeps (amendment, uplinks) as a JSON object, or None: a damaged one is ignored."""
+    try:
+        text = read_record(netns, name)
+        if text is None:
+            return None
+        data = json.loads(text)
+    except (OSError, ValueError, RecursionError) as exc:
+        _ignored(netns, name, str(exc)[:80], warn)
+        return None
+    if not isinstance(data, dict):
+        _ignored(netns, name, f"it holds {type(data).__name__}, not a record", warn)
+        return None
+    return data
+
+
+def _ignored(netns: str | None, name: str, why: str, warn: Warn | None) -> None:
+    if warn is not None:
+        warn(f"{directory(netns) / name} is damaged and ignored: {why}")
 
 
 def amend(netns: str | None, plan_digest: str, table: TableRewrite | None = None) -> bool:
@@ -272,19 +391,23 @@ def amend(netns: str | None, plan_digest: str, table: TableRewrite | None = None
         return True
 
 
-def load_daemon_record(netns: str | None) -> DaemonRecord | None:
-    """`daemon.json`, or None if there is none or it cannot be used (a fresh start is then safe)."""
-    path = directory(netns) / DAEMON_RECORD
+def load_daemon_record(netns: str | None, warn: Warn | None = None) -> DaemonRecord | None:
+    """`daemon.json`, or None if there is none or it cannot be used (a fresh start is then safe).
+
+    WARN hears why a damaged record was ignored.
+    """
+    data = _optional_record(netns, DAEMON_RECORD, warn)
+    if data is None or data.get("format") != DAEMON_FORMAT:
+        return None
     try:
-        data = json.loads(path.read_text())
-        if data.get("format") != DAEMON_FORMAT:
-            return None
-        uplinks = {
-            name: UplinkRecord(**fields)
-            for name, fields in data["uplinks"].items() if fields.get("state") in UPLINK_STATES
-        }
-        return DaemonRecord(int(data["pid"]), float(data["started"]), int(data["rule_changes"]), uplinks)
-    except (OSError, ValueError, KeyError, TypeError):
+        uplinks = value_of(dict[str, dict[str, Any]], data.get("uplinks", {}), "uplinks")
+        return DaemonRecord(
+            value_of(int, data.get("pid"), "pid"), value_of(float, data.get("started"), "started"),
+            value_of(int, data.get("rule_changes", 0), "rule_changes"),
+            {name: typed(UplinkRecord, fields, f"uplinks.{name}")
+             for name, fields in uplinks.items() if fields.get("state") in UPLINK_STATES})
+    except RecordError as exc:
+        _ignored(netns, DAEMON_RECORD, str(exc), warn)
         return None
 
 
@@ -294,25 +417,103 @@ def save_daemon_record(netns: str | None, record: DaemonRecord) -> None:
 
 
 def write(netns: str | None, name: str, data: dict[str, Any]) -> None:
-    """Write one JSON record of the namespace atomically: a temporary file, then rename."""
-    target = directory(netns)
-    target.mkdir(parents=True, exist_ok=True)
-    temporary = target / f".{name}.{os.getpid()}"
+    """Write one JSON record of the namespace atomically: a temporary file, then rename.
+
+    The file is created 0600 inside the directory's descriptor (`secure_directory`),
+    never through a symlink, so neither the umask nor a planted link decides where
+    root writes or who may edit what `down` later trusts.
+    """
+    temporary = f".{name}.{os.getpid()}"
     try:
-        with open(temporary, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(data, default=json_default))  # compact and via dumps: only that path has json's C encoder
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target / name)
+        with _directory_fd(netns, create=True) as parent:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         FILE_MODE, dir_fd=parent)
+            try:
+                os.fchmod(fd, FILE_MODE)
+                with os.fdopen(fd, "w", encoding="utf-8", closefd=False) as handle:
+                    handle.write(json.dumps(data, default=json_default))  # compact and via dumps: C encoder
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.replace(temporary, name, src_dir_fd=parent, dst_dir_fd=parent)
+            except OSError:
+                os.unlink(temporary, dir_fd=parent)
+                raise
     except OSError as exc:
-        temporary.unlink(missing_ok=True)
-        raise KernelError(f"cannot record state in {target}: {exc.strerror}") from exc
+        raise KernelError(f"cannot record state in {directory(netns)}: {exc.strerror or exc}") from exc
+
+
+def read_record(netns: str | None, name: str) -> str | None:
+    """The text of record NAME, or None if there is none; never read through a symlink or from a non-file."""
+    try:
+        with _directory_fd(netns, create=False) as parent:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=parent)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_RECORD_BYTES:
+            raise OSError(f"{name} is not a regular file of at most {MAX_RECORD_BYTES} bytes")
+        return handle.read().decode("utf-8", errors="replace")
+
+
+def secure_directory(netns: str | None) -> Path:
+    """The namespace's directory, created 0700 whatever the umask; an unsafe one is an error.
+
+    Each level is opened without following symlinks; a directory markroute (root) does
+    not own, or that others may write to, is refused rather than trusted.
+    """
+    try:
+        with _directory_fd(netns, create=True):
+            pass
+    except OSError as exc:
+        raise KernelError(f"cannot use {directory(netns)}: {exc.strerror or exc}") from exc
+    return directory(netns)
+
+
+@contextmanager
+def _directory_fd(netns: str | None, create: bool) -> Iterator[int]:
+    """A descriptor of the namespace's directory, reached level by level with O_NOFOLLOW."""
+    if netns is not None and ("/" in netns or "\0" in netns or netns in ("", ".", "..")):
+        raise OSError(errno.EINVAL, f"'{netns[:80]}' cannot name a directory under {RUN_DIR / 'netns'}")
+    parts = [RUN_DIR.name] + (["netns", netns] if netns else [])
+    fd = os.open(RUN_DIR.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts:
+            if create:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, DIRECTORY_MODE, dir_fd=fd)
+            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = child
+            if create:
+                _secured(fd, part)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _secured(fd: int, name: str) -> None:
+    """Make a directory markroute owns 0700 (an older version or a lax umask made it wider)."""
+    info = os.fstat(fd)
+    if info.st_uid != os.geteuid():
+        raise PermissionError(0, f"{name} belongs to uid {info.st_uid}, not to this user")
+    if stat.S_IMODE(info.st_mode) != DIRECTORY_MODE:
+        os.fchmod(fd, DIRECTORY_MODE)
 
 
 def remove(netns: str | None) -> None:
     """Forget what was installed, the daemon's amendment to it and its view of the uplinks."""
-    for name in (STATE_RECORD, TABLE_AMENDMENT, DAEMON_RECORD):
-        (directory(netns) / name).unlink(missing_ok=True)
+    try:
+        with _directory_fd(netns, create=False) as parent:
+            for name in (STATE_RECORD, TABLE_AMENDMENT, DAEMON_RECORD):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=parent)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as exc:
+        raise KernelError(f"cannot remove the records in {directory(netns)}: {exc.strerror or exc}") from exc
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from markroute.kernel import digest, dynsets, nft, state
+from markroute.kernel import digest, dynsets, foreign, nft, state
 from markroute.kernel.conntrack import count_by_mark
 from markroute.kernel.drift import differences
 from markroute.kernel.links import Link, links
@@ -132,14 +132,18 @@ class StatusReport:
         }
 
 
-def collect(netns: str | None, plan: Plan | None) -> StatusReport:
-    """The report for the current namespace (NETNS names its state); PLAN: the config's, if given."""
-    recorded = state.load(netns)
+def collect(netns: str | None, plan: Plan | None, warn: state.Warn | None = None) -> StatusReport:
+    """The report for the current namespace (NETNS names its state); PLAN: the config's, if given.
+
+    WARN hears about damaged daemon records, which are ignored.
+    """
+    recorded = state.load(netns, warn)
     with Rpdb() as rpdb:
         interfaces = links(rpdb)
         live_rules = rpdb.own_rules()
         live_routes = rpdb.own_routes()
         routes_json = rpdb.routes_json()
+        others_in_the_way = foreign.in_recorded_space(recorded, rpdb) if recorded else []
     table_name = plan.table_name if plan else recorded.table_name if recorded else None
     live_table = nft.list_table(table_name) if table_name else None
     uplinks: list[UplinkPlan] = list(plan.uplinks) if plan else recorded.uplinks if recorded else []
@@ -152,11 +156,11 @@ def collect(netns: str | None, plan: Plan | None) -> StatusReport:
         if plan is not None:
             drift.append("markroute is not applied in this namespace")
     else:
-        drift = differences(recorded, live_table, live_rules, live_routes)
+        drift = differences(recorded, live_table, live_rules, live_routes) + others_in_the_way
         if plan is not None and digest.plan_digest(plan) != recorded.plan_digest:
             drift.insert(0, "the config differs from the applied one (run markroute apply)")
 
-    daemon = state.load_daemon_record(netns)
+    daemon = state.load_daemon_record(netns, warn)
 
     return StatusReport(
         namespace=netns,

@@ -1,7 +1,12 @@
-"""Reading and writing sysctls under /proc/sys of the current network namespace."""
+"""Reading and writing sysctls under /proc/sys of the current network namespace.
+
+Every path is checked before it is opened: the paths `down` writes come from a state
+file, and a sysctl path must never lead out of /proc/sys/net (`../../etc/...`).
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from markroute.kernel import KernelError
@@ -9,6 +14,19 @@ from markroute.kernel import KernelError
 PROC_SYS = Path("/proc/sys")
 PER_INTERFACE = ("net/ipv4/conf/", "net/ipv6/conf/", "net/ipv4/neigh/", "net/ipv6/neigh/")
 SHARED = ("all", "default")
+_PART = re.compile(r"^[^/\x00\s]{1,64}$")  # an interface name or a key: never empty, no '/'
+
+
+def valid_path(path: str) -> bool:
+    """Whether PATH names a networking sysctl: `net/...`, parts without '/', '.' or '..'."""
+    parts = path.split("/")
+    return len(parts) >= 3 and parts[0] == "net" and all(_PART.match(p) and p not in (".", "..") for p in parts)
+
+
+def _at(path: str) -> Path:
+    if not valid_path(path):
+        raise KernelError(f"refusing sysctl path '{path[:80]}': not a networking sysctl under {PROC_SYS}/net")
+    return PROC_SYS / path
 
 
 def interface_of(path: str) -> str | None:
@@ -21,18 +39,18 @@ def interface_of(path: str) -> str | None:
 
 
 def exists(path: str) -> bool:
-    return (PROC_SYS / path).is_file()
+    return _at(path).is_file()
 
 
 def read(path: str) -> str:
     try:
-        return (PROC_SYS / path).read_text().strip()
+        return _at(path).read_text().strip()
     except OSError as exc:
         raise KernelError(f"cannot read sysctl {path}: {exc.strerror}") from exc
 
 
 def write(path: str, value: str) -> None:
     try:
-        (PROC_SYS / path).write_text(f"{value}\n")
+        _at(path).write_text(f"{value}\n")
     except OSError as exc:
         raise KernelError(f"cannot set sysctl {path} to {value}: {exc.strerror}") from exc

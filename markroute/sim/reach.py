@@ -9,8 +9,12 @@ that partition are treated alike by every plain comparison, so these witnesses s
 for all packets; each policy also gets witnesses built from its own constants first.
 
 It is a search, not a proof: a policy is reported when none of the witnesses (at most
-`BUDGET` per policy) reaches it. Routing is not consulted (policies decide before
-routing), so the host is modelled as owning none of the witnesses' addresses.
+`BUDGET` per policy) reaches it. Every witness is tried both as a packet arriving on an
+interface and as one this router sends (`local: true` policies see only those). Routing
+is not consulted (policies decide before routing), so the host is modelled as owning
+none of the witnesses' addresses, except the source of the packet it is sending itself
+(`SendingHost`): a local socket can only send from one of the host's addresses, and it
+may bind any of them.
 """
 
 from __future__ import annotations
@@ -53,6 +57,17 @@ LIMITS = {"src4": 2**32 - 1, "dst4": 2**32 - 1, "src6": 2**128 - 1, "dst6": 2**1
           "sport": 65535, "dport": 65535, "proto": 255}
 
 
+class SendingHost(Rpdb):
+    """The witnesses' RPDB: the host owns the source address of the packet it is sending now, nothing else."""
+
+    sending_from: tuple[int, int] | None = None  # (IP version, address) of the witness being sent
+
+    def address_type(self, version: int, address: int, dev: str | None = None) -> str:
+        if (version, address) == self.sending_from and dev is None:
+            return "local"
+        return super().address_type(version, address, dev)
+
+
 @dataclass
 class Candidates:
     """Witness values per field: all the ruleset's, and those of each commented rule (policy, ingress).
@@ -92,7 +107,7 @@ def reachability(plan: Plan) -> Reach:
 
 def _search(plan: Plan) -> tuple[set[str], set[int]]:
     """Run witnesses until every policy and uplink mark is seen, or the budgets are spent."""
-    system = _system(plan)
+    rpdb, system = _system(plan)
     simulator = Simulator(Ruleset(plan.nft_document(), system), system)
     candidates = _candidates(plan.nft_document())
     reached: set[str] = set()
@@ -112,6 +127,7 @@ def _search(plan: Plan) -> tuple[set[str], set[int]]:
         if done(target):
             continue
         for flow in itertools.islice(_witnesses(candidates, target, rng), BUDGET):
+            rpdb.sending_from = (flow.version, flow.src) if flow.local else None
             for leaf in simulator.explore(flow, record=False, with_reply=False):
                 outcome = leaf.path.outcome
                 if outcome.policy is not None:
@@ -124,8 +140,8 @@ def _search(plan: Plan) -> tuple[set[str], set[int]]:
     return reached, marks
 
 
-def _system(plan: Plan) -> System:
-    """A host that owns none of the witnesses' addresses and routes everything by main."""
+def _system(plan: Plan) -> tuple[SendingHost, System]:
+    """A host that owns none of the witnesses' addresses (but the one it sends from) and routes everything by main."""
     rules = [dict(r.to_json(), family=FAMILY_NAMES[r.version]) for r in plan.rules]
     rules += [dict(r, family=f) for r in KERNEL_RULES for f in ("inet", "inet6")]
     routes: list[dict[str, Any]] = [dict(r.to_json(), family=FAMILY_NAMES[r.version]) for r in plan.routes]
@@ -133,7 +149,8 @@ def _system(plan: Plan) -> System:
     routes += [{"family": "inet", "type": "local", "dst": "127.0.0.0/8", "dev": "lo", "table": "local"},
                {"family": "inet6", "type": "local", "dst": "::1", "dev": "lo", "table": "local"}]
     host = Host(links={}, sysctls={s.path: s.value for s in plan.sysctls}, source="config")
-    return System(Rpdb(rules, routes), host)
+    rpdb = SendingHost(rules, routes)
+    return rpdb, System(rpdb, host)
 
 
 def _candidates(document: dict[str, Any]) -> Candidates:

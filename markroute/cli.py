@@ -30,6 +30,8 @@ COMMANDS = {
     "run": "Apply the config and keep it true: probe uplinks, fail over, expose state.",
     "ha": "keepalived's notify hook: take the VRRP role, hand connections over with conntrackd.",
     "demo": "Run markroute on a throwaway lab router with real traffic (namespaces only).",
+    "set": "Add, remove or list the elements of a dynamic set.",
+    "exec": "Run a command whose every connection goes through one uplink or group.",
     "manpage": "Print the markroute(8) man page (hidden: the installer writes it).",
 }
 

@@ -25,6 +25,7 @@ class Addresses:
 
     addresses: AddressList
     set_name: str | None = None
+    dynamic: bool = False  # a `sets:` entry others fill at run time: its elements are unknown here
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class Match:
     iifs: tuple[str, ...] | None = None
     macs: tuple[str, ...] | None = None
     dscps: tuple[int, ...] | None = None
+    uids: tuple[int, ...] | None = None  # owner of the local socket (`match/owner.py`)
+    gids: tuple[int, ...] | None = None
     local: bool | None = None
     negated: Match | None = None
 
@@ -51,7 +54,7 @@ class Match:
         """IP versions this match can apply to, judged by its addresses."""
         versions = frozenset({4, 6})
         for addresses in (self.src, self.dst):
-            if addresses is not None:
+            if addresses is not None and not addresses.dynamic:
                 versions &= addresses.addresses.versions
         if self.protocols is not None:
             if all(p == 1 for p in self.protocols):
@@ -59,6 +62,22 @@ class Match:
             elif all(p == 58 for p in self.protocols):
                 versions &= {6}
         return versions
+
+
+@dataclass(frozen=True)
+class DynamicSet:
+    """A `sets:` entry whose elements others add at run time (a resolver, a script, `markroute set add`).
+
+    markroute declares it (one kernel set per IP family, `NAME_v4`/`NAME_v6`) and never
+    touches its elements; `timeout` (seconds) is the default lifetime of an element added
+    without one, None for elements that stay until removed. `domains`: the names whose
+    resolved addresses fill it (`markroute.domains`), empty for a plain dynamic set.
+    """
+
+    name: str
+    where: Where
+    timeout: int | None = None
+    domains: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -194,6 +213,11 @@ class Settings:
     forwarding: bool | None = None
     on_change: tuple[str, ...] = ()  # argv `markroute run` executes on each uplink state change
     ha: HaSettings | None = None
+    exec: bool = False  # `markroute exec` may pin commands to an uplink or group (`compile/execs.py`)
+    dns: Literal["markroute", "dnsmasq", "none"] = "markroute"  # who fills domain sets (`config/dynamicsets.py`)
+    dnsmasq_conf: str | None = None
+    dns_server: str | None = None  # whom `markroute run` asks for domain sets (dns: markroute)
+    dnsmasq_restart: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -203,6 +227,7 @@ class Model:
     policies: tuple[Policy, ...] = ()
     sets: dict[str, AddressList] = field(default_factory=dict)
     settings: Settings = Settings()
+    dynamic_sets: dict[str, DynamicSet] = field(default_factory=dict)
 
     def target_versions(self, target: str) -> frozenset[int]:
         """IP versions a `via` target can carry (a group: any member's)."""

@@ -428,3 +428,25 @@ def parse_policy_name(value: object) -> str:
         raise ValueError(f"'{shown(text)}' is {len(text.encode())} bytes in UTF-8; nftables keeps a policy name "
                          f"of at most {POLICY_NAME_BYTES} bytes in its rule comments")
     return text
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: object) -> int:
+    """A lifetime in whole seconds: a number, or text such as `90s`, `30m`, `6h`, `1d`.
+
+    Set element timeouts are whole seconds in the kernel's eyes; up to 30 days, so a typo
+    of an extra zero is caught rather than keeping stale addresses for a year.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"'{yaml_text(value)}' is not a duration (e.g. 3600, 90s, 30m, 6h, 1d)")
+    text = yaml_text(value)
+    factor = DURATION_UNITS.get(text[-1:], 1) if text else 1
+    digits = text[:-1] if text[-1:] in DURATION_UNITS else text
+    if not digits.isdigit():
+        raise ValueError(f"'{text}' is not a duration (e.g. 3600, 90s, 30m, 6h, 1d)")
+    seconds = int(digits) * factor
+    if not 1 <= seconds <= 30 * 86400:
+        raise ValueError(f"{text} is out of range (1 s to 30 d)")
+    return seconds

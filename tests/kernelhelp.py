@@ -24,7 +24,7 @@ from markroute.lab import Lab, RouterLab, router_lab
 REPO = Path(__file__).resolve().parents[1]
 NO_NAMESPACES = os.geteuid() != 0 and os.environ.get("CI") != "true"
 KERNEL = pytest.mark.kernel  # skipped without root outside CI by conftest's collection hook
-VOLATILE_SYSCTLS = ("net.netfilter.nf_conntrack_count",)
+VOLATILE_SYSCTLS = ("net.netfilter.nf_conntrack_count", "net.ipv4.tcp_fastopen_key")  # the key: set by the kernel for the first TCP listener
 OWN_PROTOCOL = "77"
 
 TWO_UPLINKS = """

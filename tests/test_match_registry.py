@@ -42,6 +42,7 @@ class Sample:
     miss: dict[str, Any] = field(default_factory=dict)
 
 
+LOCAL_FLOW = {"local": True, "iif": None, "mac": None, "src": "10.0.0.2"}  # sent by the router itself
 SAMPLES = {
     "from": Sample("10.1.0.0/16", ("10.2.0.0/16", "10.3.0.0/16", "10.4.0.0/16"), "10.1.0.300",
                    {"src": "10.1.2.3"}, {"src": "10.9.0.1"}),
@@ -55,6 +56,8 @@ SAMPLES = {
                   "02:00:00:00:00", {"mac": "02:00:00:00:00:02"}, {"mac": "02:00:00:00:00:01"}),
     "dscp": Sample("ef", ("af11", "af21", "cs1"), 99, {"dscp": "ef"}, {"dscp": "cs0"}),
     "local": Sample(True, (), "maybe", {"local": True, "iif": None, "mac": None, "src": "10.0.0.2"}, {"local": False}),
+    "user": Sample("root", (1, 2, 3), "no-such-user-here", {**LOCAL_FLOW, "uid": 0}, {**LOCAL_FLOW, "uid": 1}),
+    "group": Sample(0, (1, 2, 3), "no-such-group-here", {**LOCAL_FLOW, "gid": 0}, {**LOCAL_FLOW, "gid": 1}),
 }
 FLOW = {"src": "10.1.2.3", "dst": "192.0.2.7", "proto": "tcp", "sport": 40000, "dport": 80, "iif": "lan0",
         "mac": "02:00:00:00:00:01", "dscp": None, "local": False}
@@ -125,6 +128,9 @@ def test_compile_emits_every_key(tmp_path: Path, key: MatchKey) -> None:
     if key.map_field is Unmerged.CHAIN:
         assert (len(forwarded), len(local)) == (0, 1), "the key picks the chain"
         return
+    if not key.applies(key.value(model(tmp_path, [policy(key, SAMPLES[key.key].value)]).policies[0].match), False):
+        assert not forwarded, f"{key.key}: forwarded packets have no local socket"
+        forwarded = local
     assert forwarded
     for rule in forwarded:
         tests = [e["match"] for e in rule["expr"] if "match" in e and e["match"]["left"] != {"meta": {"key": "nfproto"}}]

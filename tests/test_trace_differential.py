@@ -603,7 +603,8 @@ def test_dual_stack_groups_sets_and_merged_policies(lab: Lab, run_scenario: Call
     """Not a seed: IPv6 next to IPv4, a named set, DSCP, failover and balance groups, merged policy maps."""
     _, scenario = router_scenario(lab, "dual stack", ipv6=True)
     stats = run_scenario(scenario, DUAL_STACK, seed=6, local=200)
-    assert stats["balanced"] >= 100 and stats["replies"] > 100
+    # local flows from a non-main uplink's address are pinned to it (compile.bound), not balanced
+    assert stats["balanced"] >= 80 and stats["replies"] > 100
 
 
 def test_seed_002_reply_via_second_router(lab: Lab, run_scenario: Callable[..., dict[str, int]]) -> None:

@@ -38,15 +38,20 @@ def command(config: str | None, netns: str | None, force: bool) -> None:
     """
     from markroute.compile import compile_plan
     from markroute.config import config_path
+    from markroute.daemon import dnsmasq
     from markroute.kernel import interrupt
     from markroute.kernel.apply import apply
     from markroute.kernel.environment import prepare
 
     with interrupt.noted():  # from the start: a signal while the config loads rolls back at the first step
-        plan = compile_plan(load_model_or_exit(config_path(config)))
+        model = load_model_or_exit(config_path(config))
+        plan = compile_plan(model)
         with exit_codes():
             netns = prepare(netns)
             report = apply(plan, netns, force)
+        domains = dnsmasq.sync(model)
+        report.changes += domains.changes
+        report.warnings += domains.warnings
         for warning in report.warnings + neighbour_warnings(plan):
             click.echo(f"markroute: warning: {warning}", err=True)
         late = interrupt.received()

@@ -42,13 +42,16 @@ def simulated_warnings(model: Model) -> Iterator[Warning]:
     already explain is not reported twice; a failover standby is unused by design.
     """
     from markroute.compile import compile_plan
+    from markroute.config import dynamicsets
     from markroute.sim import reachability
 
     found = reachability(compile_plan(model))
     explained = {where for where, _, _ in (*shadowed_policies(model), *shadowed_ingress(model))}
     by_name = {p.name: p for p in model.policies}
+    unknowable = dynamicsets.dynamic_policies(model)
+    explained |= {model.uplinks[u].where for name in unknowable for u in model.uplinks_of(by_name[name].via)}
     for name in found.unreachable_policies:
-        if by_name[name].where not in explained:
+        if by_name[name].where not in explained and name not in unknowable:
             yield (
                 by_name[name].where,
                 f"policy '{name}' can never match: no packet reaches it past the rules before it",

@@ -142,6 +142,9 @@ def render(report: StatusReport) -> str:
         lines += ["", "policies:"]
         lines += [f"  {p.name:<24} -> {p.target or '?':<12} {p.packets:>10} packets {p.bytes:>12} bytes"
                   for p in report.policies]
+    if report.dynamic_sets:
+        lines += ["", "dynamic sets (filled by others):"]
+        lines += [f"  {name:<24} {count:>10} elements" for name, count in report.dynamic_sets.items()]
     lines += ["", f"connections: {report.connections_total or 0} tracked, "
                   f"{report.connections_other or 0} without an uplink mark"]
     if report.drift:

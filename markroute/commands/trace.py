@@ -34,6 +34,8 @@ from markroute.commands.cliutil import (
 @click.option("--local", is_flag=True, help="The packet is sent by this host.")
 @click.option("--mac", metavar="MAC", default=None, help="Source MAC address of an arriving packet.")
 @click.option("--dscp", metavar="D", default=None, help="DSCP value or class (ef, cs1, af21 ...).")
+@click.option("--user", "uid", metavar="USER", default=None, help="Owner (name or uid) of the local socket (--local).")
+@click.option("--group", "gid", metavar="GROUP", default=None, help="Group (name or gid) of the local socket (--local).")
 @click.option("--reply", is_flag=True, help="Trace a reply packet of the connection instead of its first packet.")
 @click.option("--flows", metavar="N", type=click.IntRange(min=1), default=None,
               help="Sample N new connections and print the expected and sampled split.")
@@ -45,7 +47,7 @@ from markroute.commands.cliutil import (
 @json_option
 def command(config: str | None, live: bool, netns: str | None, src: str, dst: str, proto: str | None,
             sport: str | None, dport: str | None, iif: str | None, local: bool, mac: str | None, dscp: str | None,
-            reply: bool, flows: int | None, seed: int | None, addresses: tuple[str, ...], routes: tuple[str, ...],
+            uid: str | None, gid: str | None, reply: bool, flows: int | None, seed: int | None, addresses: tuple[str, ...], routes: tuple[str, ...],
             as_json: bool) -> None:
     """Show, step by step, how this host would handle a connection's first packet (or a reply).
 
@@ -65,7 +67,7 @@ def command(config: str | None, live: bool, netns: str | None, src: str, dst: st
     if live and (addresses or routes):
         fail("--addr and --route describe the host offline; with --live it is read from the system", EXIT_USAGE)
     try:
-        flow = make_flow(src, dst, proto, sport, dport, iif, local, mac, dscp, reply)
+        flow = make_flow(src, dst, proto, sport, dport, iif, local, mac, dscp, reply, uid, gid)
     except ValueError as exc:
         fail(str(exc), EXIT_USAGE)
     if live:

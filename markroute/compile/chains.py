@@ -38,7 +38,7 @@ from typing import Any
 
 from markroute import marks
 from markroute import match as match_keys
-from markroute.compile import ha, policymaps, routing
+from markroute.compile import bound, execs, ha, policymaps, routing
 from markroute.compile.namedsets import NamedSets
 from markroute.compile.policymaps import PolicyKey
 from markroute.model import Match, Model, Policy, Uplink
@@ -87,14 +87,16 @@ class Compiler:
         self.numbers = {id(policy): n for n, policy in enumerate(model.policies, 1)}
         self.mask = model.settings.mark_mask
         self.table = TABLE_NAME
-        self.named_sets = NamedSets(self.table)
+        self.named_sets = NamedSets(self.table, model.dynamic_sets)
         self.chains: dict[str, list[Expr]] = {}
         self.base: dict[str, Expr] = {}
         self.negations = 0
+        self.pinned = False  # whether `bound_sockets` wrote its rules
 
     # -- entry point ------------------------------------------------------------------
 
     def plan(self) -> Plan:
+        self.named_sets.declare_dynamic()
         self.define_base_chains()
         self.prerouting()
         self.output()
@@ -121,6 +123,7 @@ class Compiler:
             uplinks=routing.uplink_plans(self.model),
             policies=tuple(p.name for p in self.model.policies),
             groups=routing.group_plans(self.model),
+            pin_bound=self.pinned,
         )
 
     # -- chains -----------------------------------------------------------------------
@@ -162,6 +165,7 @@ class Compiler:
 
     def output(self) -> None:
         self.restore_rules("output")
+        self.exec_rule()
         if self.applicable(local=True):
             self.add("output", [nj.match(nj.band(nj.meta("mark"), self.mask), 0, "!="), nj.verdict("accept")],
                      "socket chose its uplink")
@@ -196,7 +200,12 @@ class Compiler:
     def policy_rules(self, chain: str, local: bool) -> None:
         """The policies of one direction, in order: first match wins; long same-shape runs share a map."""
         run: list[tuple[Policy, dict[int, PolicyKey]]] = []
+        pin = local
         for policy in self.applicable(local):
+            if pin and not bound.decides_first(policy):
+                self.policy_run(chain, run)
+                run, pin = [], False
+                self.bound_sockets(chain)
             keys = self.policy_keys(policy)
             if run and (keys is None or _fields(keys) != _fields(run[0][1])):
                 self.policy_run(chain, run)
@@ -206,6 +215,22 @@ class Compiler:
             else:
                 run.append((policy, keys))
         self.policy_run(chain, run)
+        if pin:
+            self.bound_sockets(chain)
+
+    def exec_rule(self) -> None:
+        """New connections of `markroute exec` commands: to their target, whatever the policies say."""
+        if not self.model.settings.exec:
+            return
+        entries = [(execs.gid(self.model, t), self.member_target(t)) for t in execs.targets(self.model)]
+        self.add("output", [nj.vmap(nj.meta("skgid"), entries)], "markroute exec")
+
+    def bound_sockets(self, chain: str) -> None:
+        """A socket bound to an uplink's address keeps that uplink (`markroute.compile.bound`)."""
+        for uplink, realm in bound.pinned(self.model):
+            self.pinned = True
+            self.add(chain, [nj.match(nj.meta("rtclassid"), realm), nj.counter(),
+                             nj.verdict("goto", self.mark_chain(uplink.name))], f"bound to {uplink.name}")
 
     def policy_versions(self, policy: Policy) -> frozenset[int]:
         return policy.match.versions & self.model.target_versions(policy.via)

@@ -6,9 +6,10 @@ named nft set, declared once; `markroute.match` asks it for the value of each `f
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from markroute.model import Addresses
+from markroute.model import Addresses, DynamicSet
 from markroute.plan import nftjson as nj
 
 Expr = dict[str, Any]
@@ -18,13 +19,29 @@ INLINE_LIMIT = 16
 class NamedSets:
     """The named sets of one table, created on first use, in the order they were first used."""
 
-    def __init__(self, table: str) -> None:
+    def __init__(self, table: str, dynamic: Mapping[str, DynamicSet] | None = None) -> None:
         self.table = table
         self.declared: dict[str, Expr] = {}  # name -> nft set object, for the plan
         self.names: dict[tuple[Any, int], str] = {}
+        self.dynamic = dict(dynamic or {})
+
+    def declare_dynamic(self) -> None:
+        """Every dynamic set, for both families, used or not: whoever fills it needs it to exist.
+
+        Their kernel names are fixed, `NAME_v4` and `NAME_v6`: resolvers and scripts are
+        configured with them.
+        """
+        for name, dynamic in self.dynamic.items():
+            for version in (4, 6):
+                set_name = dynamic_set_name(name, version)
+                self.names[(name, version)] = set_name
+                self.declared[set_name] = nj.dynamic_set(
+                    self.table, set_name, nj.ADDRESS_SET_TYPES[version], dynamic.timeout)
 
     def address_value(self, addresses: Addresses, version: int) -> Any:
         """An anonymous set of few addresses, or `@name` of the named set holding them."""
+        if addresses.dynamic:
+            return f"@{self.names[(addresses.set_name, version)]}"
         intervals = addresses.addresses.family(version)
         if addresses.set_name is None and len(intervals) <= INLINE_LIMIT:
             return nj.setvalue([nj.address_element(version, iv) for iv in intervals])
@@ -36,3 +53,8 @@ class NamedSets:
             elements = nj.AddressElements(version, intervals)
             self.declared[name] = nj.named_set(self.table, name, nj.ADDRESS_SET_TYPES[version], elements)
         return f"@{self.names[key]}"
+
+
+def dynamic_set_name(name: str, version: int) -> str:
+    """The kernel name of dynamic set NAME's IPv4 or IPv6 half: documented, stable."""
+    return f"{name}_v{version}"

@@ -9,7 +9,7 @@ priority band.
 from __future__ import annotations
 
 from markroute import marks
-from markroute.compile import failclosed, ha
+from markroute.compile import bound, failclosed, ha
 from markroute.model import Model
 from markroute.plan import (
     RESERVED_RULE_OFFSET,
@@ -62,12 +62,17 @@ def reserved_actions(model: Model) -> list[str]:
 
 
 def routes(model: Model) -> list[Route]:
-    """The default route of each uplink and family, in the uplink's own table."""
+    """The default route of each uplink and family, in the uplink's own table.
+
+    The IPv4 route carries the uplink's realm, which `meta rtclassid` reads to keep
+    sockets bound to the uplink's address on it (`markroute.compile.bound`).
+    """
     found: list[Route] = []
     for uplink in model.uplinks.values():
         for version, gateway in ((4, uplink.gateway), (6, uplink.gateway6)):
             if version in uplink.versions:
-                found.append(Route(version, uplink.table, "default", uplink.interface, gateway))
+                realm = bound.realm(uplink) if version == 4 else None
+                found.append(Route(version, uplink.table, "default", uplink.interface, gateway, realm=realm))
     return found
 
 

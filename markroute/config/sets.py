@@ -1,4 +1,5 @@
-"""The `sets:` section: named address lists, written inline or kept in a file a line each.
+"""The `sets:` section: named address lists, written inline or kept in a file a line each,
+and dynamic sets others fill at run time (`markroute.config.dynamicsets`).
 
 Sets are read before anything refers to them. A set that is itself wrong is reported
 where it is defined; it stays in `DeclaredSets.where` so a policy naming it is not
@@ -12,9 +13,11 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from markroute.config import dynamicsets
 from markroute.config.reader import Reader
 from markroute.config.source import Node, byte_position
 from markroute.diagnostics import Where
+from markroute.model import DynamicSet
 from markroute.values import (
     AddressList,
     Interval,
@@ -69,10 +72,14 @@ def read_set_file(path: Path) -> bytes:
 
 @dataclass
 class DeclaredSets:
-    """The valid sets' addresses, and where every declared set (valid or not) was named."""
+    """The valid sets' addresses, and where every declared set (valid or not) was named.
+
+    A dynamic set is in `dynamic` and, empty, in `addresses` (a policy may name it).
+    """
 
     addresses: dict[str, AddressList] = field(default_factory=dict)
     where: dict[str, Where] = field(default_factory=dict)
+    dynamic: dict[str, DynamicSet] = field(default_factory=dict)
 
 
 def read_sets(reader: Reader, node: Node | None) -> DeclaredSets:
@@ -84,6 +91,12 @@ def read_sets(reader: Reader, node: Node | None) -> DeclaredSets:
         if not reader.name(key, where, "a set"):
             continue
         declared.where[key] = where
+        if dynamicsets.is_dynamic(value):
+            dynamic = dynamicsets.read(reader, key, value, where)
+            if dynamic is not None:
+                declared.dynamic[key] = dynamic
+                declared.addresses[key] = AddressList()
+            continue
         if value.kind == "map":
             reader.known_keys(value, ("file",), f"set '{key}'")
             file_node = value.items.get("file")

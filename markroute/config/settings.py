@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from markroute import marks
+from markroute.config import dynamicsets
 from markroute.config.reader import Reader
 from markroute.config.source import Node
 from markroute.model import SPECIAL_TARGETS, HaSettings, Settings
@@ -12,7 +13,7 @@ from markroute.values import parse_argument, parse_mark
 
 SETTINGS_KEYS = (
     "mark_mask", "rule_priority", "table_base", "rp_filter", "last_resort",
-    "reply_via_ingress", "forwarding", "on_change", "ha",
+    "reply_via_ingress", "forwarding", "on_change", "ha", "exec", *dynamicsets.DNS_KEYS,
 )
 
 
@@ -46,13 +47,14 @@ def read_settings(reader: Reader, node: Node | None) -> Settings:
         values["rp_filter"] = reader.choice(items["rp_filter"], "rp_filter", ("loose", "strict", "off"))
     if "last_resort" in items:
         values["last_resort"] = reader.choice(items["last_resort"], "last_resort", SPECIAL_TARGETS)
-    for key in ("reply_via_ingress", "forwarding"):
+    for key in ("reply_via_ingress", "forwarding", "exec"):
         if key in items:
             values[key] = reader.boolean(items[key], key)
     if "on_change" in items:
         values["on_change"] = reader.command(items["on_change"], "on_change")
     if "ha" in items:
         values["ha"] = read_ha_settings(reader, items["ha"])
+    values.update(dynamicsets.dns_settings(reader, items))
     return Settings(**{k: v for k, v in values.items() if v is not None})
 
 

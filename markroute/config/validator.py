@@ -33,6 +33,7 @@ from markroute.diagnostics import Diagnostic, Where
 from markroute.match import NOT, MatchKey
 from markroute.model import (
     Addresses,
+    DynamicSet,
     Match,
     Model,
 )
@@ -72,6 +73,7 @@ class Validator(Reader):
         self.sets: dict[str, AddressList] = {}
         self.set_where: dict[str, Where] = {}
         self.used_sets: set[str] = set()
+        self.dynamic_sets: dict[str, DynamicSet] = {}
 
     def run(self, root: Node) -> tuple[Model | None, list[Diagnostic]]:
         if root.kind == "map" and not root.items and not root.odd_keys:
@@ -86,6 +88,7 @@ class Validator(Reader):
         settings = read_settings(self, root.items.get("settings"))
         declared = read_sets(self, root.items.get("sets"))
         self.sets, self.set_where = declared.addresses, declared.where
+        self.dynamic_sets = declared.dynamic
         drafts = read_uplinks(self, root.items.get("uplinks"), root, self.match)
         allocated = allocate(self.diag, drafts.drafts, settings)
         uplinks = allocated.uplinks
@@ -96,7 +99,7 @@ class Validator(Reader):
                                  self.match, POLICY_KEYS)
         if self.diag.errors:
             return None, self.diag.sorted()
-        model = Model(uplinks, groups, tuple(policies), dict(self.sets), settings)
+        model = Model(uplinks, groups, tuple(policies), dict(self.sets), settings, dict(self.dynamic_sets))
         warn_unused_sets(self, self.set_where, self.used_sets)
         for where, message, hint in model_warnings(model):
             self.diag.warning(where, message, hint)
@@ -219,6 +222,10 @@ class Validator(Reader):
         if not ok:
             return None
         if len(elements) == 1 and set_names:
-            return Addresses(self.sets[set_names[0]], set_names[0])
+            return Addresses(self.sets[set_names[0]], set_names[0], dynamic=set_names[0] in self.dynamic_sets)
+        if any(name in self.dynamic_sets for name in set_names):
+            self.diag.error(node.where, f"{what}: a dynamic set must be used alone, its elements are not known here",
+                            "write one policy for the set and one for the other addresses")
+            return None
         collected: Addresses = key.collect(items)
         return collected

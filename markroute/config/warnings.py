@@ -123,7 +123,9 @@ def shadowed_ingress(model: Model) -> Iterator[Warning]:
 
 
 def unused_groups(model: Model) -> Iterator[Warning]:
-    """Groups no policy reaches, directly or through other groups."""
+    """Groups no policy reaches, directly or through other groups (with `exec: true` every group is usable)."""
+    if model.settings.exec:
+        return
     reached: set[str] = set()
     pending = [p.via for p in model.policies]
     while pending:

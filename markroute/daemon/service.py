@@ -46,7 +46,7 @@ from functools import partial
 from types import FrameType
 
 from markroute.compile import UplinkAvailability, compile_plan
-from markroute.daemon import churn, failback, logs
+from markroute.daemon import churn, dnsmasq, failback, logs
 from markroute.daemon.churn import ChurnLog
 from markroute.daemon.failback import FailbackClock
 from markroute.daemon.failover import (
@@ -62,6 +62,7 @@ from markroute.daemon.metrics import Exposed, MetricsServer
 from markroute.daemon.monitor import UplinkMonitor, probe_targets
 from markroute.daemon.netlink import LinkWatcher
 from markroute.daemon.reactor import Reactor, Timer
+from markroute.daemon.resolver import DomainResolver
 from markroute.daemon.uplinkstate import State, Transition, UplinkHealth
 from markroute.diagnostics import Diagnostic
 from markroute.kernel import (
@@ -117,6 +118,7 @@ class Daemon:
         self.monitors: dict[str, UplinkMonitor] = {}
         self.recorder = TableRecorder(self.reactor, self.netns, self.log.error)
         self.hooks = Hooks(model.settings.on_change, self.netns, log)
+        self.domains = DomainResolver(log)  # domain sets the daemon fills itself (dns: markroute)
         self.installed: Plan | None = None
         self.installed_availability = UplinkAvailability()
         self.unmoved: frozenset[str] = frozenset()  # uplinks down whose flows are still to be deleted
@@ -196,6 +198,7 @@ class Daemon:
         while not self.recorder.idle and time.monotonic() < deadline:
             self.reactor.turn()
         self.recorder.close()
+        self.domains.stop()
         if self.options.down_on_exit:
             report = down(self.netns)
             for line in report.changes:
@@ -426,6 +429,12 @@ class Daemon:
             self.note_nominal(plan, availability)
             self.recorder.stamp(self.nominal)
             self.note_state(report.nft_generation)
+        self.domains.update(self.model)
+        synced = dnsmasq.sync(self.model)  # domain sets filled by dnsmasq: its nftset= lines
+        for line in synced.changes:
+            self.log.info("apply: %s", line)
+        for line in synced.warnings:
+            self.log.warning("%s", line)
 
     def note_nominal(self, plan: Plan, availability: UplinkAvailability) -> None:
         """`nominal` for the current model: PLAN's own digest when every uplink is up, else compiled once per model."""

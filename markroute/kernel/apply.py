@@ -43,6 +43,7 @@ from typing import Literal
 from markroute.kernel import (
     KernelError,
     digest,
+    dynsets,
     foreign,
     ha,
     interrupt,
@@ -387,9 +388,10 @@ class _Apply:
                 return self.live_listing()
         name = self.plan.table_name
         before = change.before
-        what = f"nftables table inet {name} replaced"
-        back = nft.deletion(name) if before is None else nft.replacement(name, nft.loadable(before))
-        self.step(partial(nft.replace_table, name, self.plan.nft), Undo.nft_batch(what, back), what)
+        what = f"nftables table inet {name} replaced"  # dynsets: dynamic sets' live elements are carried over
+        back = (Undo.nft_batch(what, nft.deletion(name)) if before is None
+                else Undo.table_replace(what, name, nft.loadable(before)))
+        self.step(partial(dynsets.replace_table, name, self.plan.nft), back, what)
         return self.live_listing()
 
     def table_change(self) -> TableChange:

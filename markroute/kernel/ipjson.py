@@ -154,6 +154,9 @@ def route_json(msg: Message, ifname: Callable[[int], str]) -> dict[str, Any]:
     metric = msg.get_attr("RTA_PRIORITY")
     if metric is not None:
         data["metric"] = metric
+    flow = msg.get_attr("RTA_FLOW")
+    if flow:  # realms, as `ip -j` prints them: what `meta rtclassid` reads (`compile.bound`)
+        data["flow"] = {"to": str(flow & 0xFFFF)}
     data["flags"] = _flags(msg["flags"])
     multipath = msg.get_attr("RTA_MULTIPATH")
     if multipath:

@@ -27,7 +27,7 @@ import os
 from dataclasses import asdict, dataclass
 from typing import IO, Any
 
-from markroute.kernel import KernelError, nft, nftnetlink, restore, state
+from markroute.kernel import KernelError, dynsets, nft, nftnetlink, restore, state
 from markroute.kernel.rpdb import Rpdb, route_key
 from markroute.plan import IpRule, Route
 from markroute.plan.nftjson import json_default
@@ -60,6 +60,11 @@ class Undo:
     @classmethod
     def nft_batch(cls, what: str, commands: list[dict[str, Any]]) -> Undo:
         return cls(what, "nft_batch", {"commands": commands})
+
+    @classmethod
+    def table_replace(cls, what: str, table: str, objects: list[dict[str, Any]]) -> Undo:
+        """Put the table back as OBJECTS say, keeping the live elements of dynamic sets (`dynsets`)."""
+        return cls(what, "replace_table", {"table": table, "objects": objects})
 
     @classmethod
     def set_update(cls, what: str, table: str, changes: list[nftnetlink.SetChange]) -> Undo:
@@ -95,6 +100,8 @@ def perform(undo: Undo, rpdb: Rpdb | None) -> None:
             rpdb.delete_route(route)
     elif undo.action == "nft_batch":
         nft.run_batch(args["commands"])
+    elif undo.action == "replace_table":
+        dynsets.replace_table(args["table"], args["objects"])
     elif undo.action == "set_update":
         nftnetlink.update(args["table"], [
             nftnetlink.SetChange(c["name"], c["version"], tuple(map(tuple, c["removed"])), tuple(map(tuple, c["added"])))

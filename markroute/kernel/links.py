@@ -68,8 +68,11 @@ def link_state(rpdb: Rpdb, known: dict[str, Link] | None = None) -> LinkState:
     """The `LinkState` for `plan.resolve`: each interface's addresses and main's connected routes."""
     interfaces = links(rpdb) if known is None else known
     connected: list[Route] = []
+    defaults: set[tuple[int, str]] = set()
     for msg in rpdb.ipr.get_routes(family=ALL_FAMILIES):
         family = msg["family"]
+        if family in VERSIONS and table_of(msg, "RTA_TABLE") == RT_TABLE_MAIN and msg["dst_len"] == 0:
+            defaults |= main_default_interfaces(rpdb, msg)
         if (
             family not in VERSIONS
             or table_of(msg, "RTA_TABLE") != RT_TABLE_MAIN
@@ -85,7 +88,18 @@ def link_state(rpdb: Rpdb, known: dict[str, Link] | None = None) -> LinkState:
     return LinkState(
         addresses={name: tuple((v, a) for v, a, _ in link.addresses) for name, link in interfaces.items()},
         connected=tuple(connected),
+        main_defaults=frozenset(defaults),
     )
+
+
+def main_default_interfaces(rpdb: Rpdb, msg: Any) -> set[tuple[int, str]]:
+    """(version, interface) of each next hop of one of main's default routes."""
+    version = VERSIONS[msg["family"]]
+    multipath = msg.get_attr("RTA_MULTIPATH")
+    if msg["type"] != RTN_UNICAST:
+        return set()
+    indexes = [hop["oif"] for hop in multipath] if multipath else [msg.get_attr("RTA_OIF")]
+    return {(version, rpdb.ifname(index)) for index in indexes if index is not None}
 
 
 def interface_counters(rpdb: Rpdb) -> dict[str, dict[str, int]]:

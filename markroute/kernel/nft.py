@@ -23,7 +23,7 @@ from typing import Any
 
 from markroute.compile.ha import HOLD_SETS
 from markroute.kernel import KernelError, nftnetlink
-from markroute.plan.nftjson import FAMILY, json_default
+from markroute.plan.nftjson import FAMILY, is_dynamic, json_default
 
 Obj = dict[str, Any]
 NFT = "nft"
@@ -66,6 +66,12 @@ def _in_table(item: Obj, name: str) -> bool:
             return False
         return body.get("name" if kind == "table" else "table") == name
     return False
+
+
+def list_set(table: str, name: str) -> list[Obj]:
+    """Set NAME of table `inet TABLE` with its elements, as `nft -j list set` gives it."""
+    document = json.loads(_run(["-j", "list", "set", FAMILY, table, name]) or '{"nftables": []}')
+    return [item for item in document["nftables"] if "set" in item]
 
 
 def table_structure(name: str) -> list[Obj] | None:
@@ -162,8 +168,10 @@ def deletion(name: str) -> list[Obj]:
 
 
 def loadable(listing: Iterable[Obj]) -> list[Obj]:
-    """A listing made fit to be added again: kernel handles dropped, counter values kept."""
-    return [_without(obj, ("handle",)) for obj in listing]
+    """A listing made fit to be added again: kernel handles dropped, counter values kept; the
+    elements of dynamic sets too, which `dynsets.replace_table` carries with their lifetimes."""
+    return [_without(obj, ("handle", "elem")) if "set" in obj and is_dynamic(obj["set"]) else _without(obj, ("handle",))
+            for obj in listing]
 
 
 def normalise(listing: Iterable[Obj]) -> list[Obj]:
@@ -173,10 +181,13 @@ def normalise(listing: Iterable[Obj]) -> list[Obj]:
     order of rules within a chain is kept, it is what they mean.
 
     Only rules hold counters, so sets (their elements can be 100,000) are not walked. The
-    hold sets' elements are the HA role, not the config (`compile.ha`): left out.
+    hold sets' elements are the HA role, not the config (`compile.ha`), and the elements of
+    dynamic sets belong to whoever added them (`nftjson.is_dynamic`): both are left out like
+    counters, they are not markroute's to compare, record or restore.
     """
     objects = [_zero_counters(_without(obj, ("handle",))) if "rule" in obj
-               else _without(obj, ("handle", "elem")) if obj.get("set", {}).get("name") in RUNTIME_SETS
+               else _without(obj, ("handle", "elem"))
+               if "set" in obj and (obj["set"].get("name") in RUNTIME_SETS or is_dynamic(obj["set"]))
                else _without(obj, ("handle",))
                for obj in listing]
     return sorted(objects, key=_listing_order)  # stable: rules of a chain keep their order

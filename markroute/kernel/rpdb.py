@@ -32,12 +32,13 @@ RTM_F_CLONED = 0x200
 RT_SCOPE_LINK = 253
 ALL_FAMILIES = 255  # pyroute2's way to dump the routes of every family in one request
 
-RouteKey = tuple[int, int, str, str, str | None, str]
+RouteKey = tuple[int, int, str, str, str | None, str, int | None]
 
 
 def route_key(route: Route) -> RouteKey:
     """What identifies a route in the kernel; IPv6 keeps no scope, so it is left out there."""
-    return (route.version, route.table, route.dst, route.dev, route.gateway, route.scope if route.version == 4 else "")
+    return (route.version, route.table, route.dst, route.dev, route.gateway, route.scope if route.version == 4 else "",
+            route.realm)
 
 
 class Rpdb:
@@ -118,6 +119,7 @@ class Rpdb:
             dev=self.ifname(msg.get_attr("RTA_OIF")),
             gateway=msg.get_attr("RTA_GATEWAY"),
             scope="link" if msg["scope"] == RT_SCOPE_LINK else "universe",
+            realm=(msg.get_attr("RTA_FLOW") & 0xFFFF) or None if msg.get_attr("RTA_FLOW") else None,
         )
 
     # -- changing --------------------------------------------------------------------
@@ -172,6 +174,8 @@ class Rpdb:
             fields["gateway"] = route.gateway
         if route.scope == "link":
             fields["scope"] = RT_SCOPE_LINK
+        if route.realm is not None:
+            fields["flow"] = route.realm
         self._call(self.ipr.route, command, fields, what)
 
     @staticmethod

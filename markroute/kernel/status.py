@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from markroute.kernel import digest, foreign, nft, state
+from markroute.kernel import digest, dynsets, foreign, nft, state
 from markroute.kernel.conntrack import count_by_mark
 from markroute.kernel.drift import differences
 from markroute.kernel.groups import group_chains, policy_targets
@@ -137,7 +137,9 @@ class StatusReport:
     """Everything `markroute status` shows; `to_json` is its `--json` form.
 
     `connections_total` and `connections_other` (no uplink mark) are None when not
-    counted; `drift` has one sentence per difference, empty when none.
+    counted; `drift` has one sentence per difference, empty when none; `dynamic_sets`:
+    the elements each dynamic set holds now, by kernel set name (others fill them, so
+    they are never drift).
     """
 
     namespace: str | None
@@ -151,6 +153,7 @@ class StatusReport:
     daemon: DaemonStatus | None = None
     groups: tuple[GroupStatus, ...] = ()
     ha: HaStatus | None = None
+    dynamic_sets: Mapping[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The report `status --json` prints.
@@ -165,8 +168,9 @@ class StatusReport:
         rule_changes}`` of `markroute run`, or null; ``ha``: ``{role, since, held, steps,
         sync}`` once `markroute ha` ran (`kernel.hastatus`), or null; ``groups``: ``[{name, kind,
         members: [{name, weight, effective, state}], active, last_resort, changed, why}]``;
-        ``version``: the schema's version. docs/status.schema.json is the schema (`status --json`
-        adds ``neighbours`` and ``problems``).
+        ``dynamic_sets``: ``{KERNEL_SET_NAME: elements}`` of the sets others fill (their elements
+        are never drift); ``version``: the schema's version. docs/status.schema.json is the
+        schema (`status --json` adds ``neighbours`` and ``problems``).
         """
         return {
             "version": SCHEMA_VERSION,
@@ -180,6 +184,7 @@ class StatusReport:
             "daemon": asdict(self.daemon) if self.daemon else None,
             "groups": [g.to_json() for g in self.groups],
             "ha": self.ha.to_json() if self.ha else None,
+            "dynamic_sets": dict(self.dynamic_sets),
         }
 
 
@@ -230,6 +235,7 @@ def collect(netns: str | None, plan: Plan | None, warn: state.Warn | None = None
         groups=group_statuses(list(plan.groups) if plan else recorded.groups if recorded else [], live_table or [],
                               daemon),
         ha=ha_status(netns, table_name),
+        dynamic_sets=dynsets.element_counts(table_name) if table_name and live_table else {},
     )
 
 

@@ -29,6 +29,9 @@ def collect(items: list[tuple[int, Interval]]) -> Addresses:
 
 
 def covers(a: Addresses, b: Addresses | None) -> bool:
+    """Whether every address of b is in a; a dynamic set's elements are unknown, it covers only itself."""
+    if b is not None and (a.dynamic or b.dynamic):
+        return a == b
     return b is not None and a.addresses.covers(b.addresses)
 
 

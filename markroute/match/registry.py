@@ -14,11 +14,12 @@ from markroute.match.iif import IIF
 from markroute.match.key import AddressSets, Expr, MatchKey
 from markroute.match.local import LOCAL
 from markroute.match.mac import MAC
+from markroute.match.owner import GROUP, USER
 from markroute.match.ports import DPORT, SPORT
 from markroute.match.proto import PROTO
 from markroute.model import Match
 
-KEYS: tuple[MatchKey, ...] = (SOURCE, DESTINATION, PROTO, SPORT, DPORT, IIF, MAC, DSCP, LOCAL)
+KEYS: tuple[MatchKey, ...] = (SOURCE, DESTINATION, PROTO, SPORT, DPORT, IIF, MAC, DSCP, USER, GROUP, LOCAL)
 NOT = "not"
 YAML_KEYS = tuple(k.key for k in KEYS) + (NOT,)
 

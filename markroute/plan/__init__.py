@@ -78,6 +78,7 @@ class Route:
     dev: str
     gateway: str | None = None
     scope: Literal["universe", "link"] = "universe"
+    realm: int | None = None  # IPv4 only: what `meta rtclassid` reads of a packet routed by it (`compile.bound`)
 
     def to_json(self) -> dict[str, Any]:
         """The object `ip -j route show table all` prints for this route."""
@@ -89,13 +90,16 @@ class Route:
         data["protocol"] = str(RULE_PROTOCOL)
         if self.scope == "link":
             data["scope"] = "link"
+        if self.realm is not None:
+            data["flow"] = {"to": str(self.realm)}
         data["flags"] = []
         return data
 
     def text(self) -> str:
         via = f" via {self.gateway}" if self.gateway else ""
         scope = " scope link" if self.scope == "link" else ""
-        return f"{self.dst}{via} dev {self.dev} table {self.table}{scope}"
+        realm = f" realm {self.realm}" if self.realm is not None else ""
+        return f"{self.dst}{via} dev {self.dev} table {self.table}{scope}{realm}"
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,9 @@ class Plan:
     groups: tuple[GroupPlan, ...] = ()
     table_name: str = TABLE_NAME
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    #: Local policies may re-route the router's unbound traffic and bound sockets are pinned
+    #: by realm (`compile.bound`): then main's default source gets no `from` rule (`resolve`).
+    pin_bound: bool = False
 
     def nft_document(self) -> dict[str, Any]:
         """The ruleset in `nft -j list` form; set elements stay `AddressElements` (`json_default` writes them)."""
@@ -167,6 +174,7 @@ class Plan:
             "rules": [rule.to_json() for rule in self.rules],
             "routes": [route.to_json() for route in self.routes],
             "sysctls": {s.name: s.value for s in self.sysctls},
+            "pin_bound_sockets": self.pin_bound,
             "uplinks": [
                 {
                     "name": u.name,
@@ -191,15 +199,30 @@ class LinkState:
 
     addresses: dict[str, tuple[tuple[int, str], ...]]
     connected: tuple[Route, ...]
+    #: (IP version, interface) of main's default routes: the source an unbound socket gets is
+    #: that interface's address, so no `from ADDRESS` rule pins it (`compile.bound`).
+    main_defaults: frozenset[tuple[int, str]] = frozenset()
 
 
 def resolve(plan: Plan, links: LinkState) -> tuple[tuple[IpRule, ...], tuple[Route, ...]]:
-    """The complete rules and routes for this system: static plan plus the live-derived parts."""
-    rules = list(plan.rules)
+    """The complete rules and routes for this system: static plan plus the live-derived parts.
+
+    When the plan pins bound sockets (`pin_bound`), no `from ADDRESS` rule is written for an
+    address of the interface main's default route leaves by: that is the source an unbound
+    socket gets, and such a rule would make its connections look bound
+    (`markroute.compile.bound`). Without local policies nothing re-routes unbound traffic,
+    and every address keeps its rule (a multihomed host's bound sockets use their interface).
+    """
+    unbound = {(v, a) for name, found in links.addresses.items() for v, a in found
+               if plan.pin_bound and (v, name) in links.main_defaults}
+    rules = [r for r in plan.rules if not (r.priority == plan.rule_priority + SOURCE_RULE_OFFSET
+                                          and (r.version, r.src) in unbound)]
     routes = list(plan.routes)
     for uplink in plan.uplinks:
         if uplink.source_rules:
             for version, address in links.addresses.get(uplink.interface, ()):
+                if (version, address) in unbound:
+                    continue
                 if version in uplink.versions and not ipaddress.ip_address(address).is_link_local:
                     rules.append(IpRule(version, plan.rule_priority + SOURCE_RULE_OFFSET, table=uplink.table, src=address))
         for route in links.connected:

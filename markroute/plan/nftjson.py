@@ -129,6 +129,23 @@ def named_set(table_name: str, name: str, kind: str, elements: AddressElements) 
     }
 
 
+def dynamic_set(table_name: str, name: str, kind: str, timeout: int | None) -> Expr:
+    """A set others fill: intervals (an admin may add a prefix), elements with a lifetime.
+
+    The `timeout` flag is what tells markroute's own code that a set's elements are not
+    its own (`is_dynamic`); `timeout`, when given, is the lifetime of an element added without one.
+    """
+    body: Expr = {"family": FAMILY, "table": table_name, "name": name, "type": kind, "flags": ["interval", "timeout"]}
+    if timeout is not None:
+        body["timeout"] = timeout
+    return {"set": body}
+
+
+def is_dynamic(body: Expr) -> bool:
+    """Whether a set (a plan's or a listing's body) is one others fill (`dynamic_set`)."""
+    return "timeout" in body.get("flags", ())
+
+
 def address_element(version: int, interval: Interval) -> Any:
     """An address interval as nft JSON: an address, a prefix, or a range (fast: no `ipaddress`)."""
     first, last = interval

@@ -73,6 +73,8 @@ def _set_text(kind: str, body: dict[str, Any]) -> str:
     if body.get("flags"):
         flags = body["flags"]
         lines.append(f"\t\tflags {', '.join(flags if isinstance(flags, list) else [flags])}")
+    if body.get("timeout"):
+        lines.append(f"\t\ttimeout {body['timeout']}s")
     elements = body.get("elem", [])
     if elements:
         lines.append("\t\telements = { " + ",\n\t\t\t     ".join(_element(kind, e) for e in elements) + " }")

@@ -31,7 +31,7 @@ __all__ = ["Reach", "Simulator", "live", "offline", "reachability"]
 def offline(plan: Plan, addresses: list[str] | None = None, routes: list[str] | None = None) -> Simulator:
     """A simulator of `plan`, with the host's addresses and main's routes as far as they are given."""
     system = from_plan(plan, addresses, routes)
-    return Simulator(Ruleset(plan.nft_document(), system), system)
+    return Simulator(Ruleset(plan.nft_document(), system, offline=True), system)
 
 
 def live(snapshot: dict[str, Any], sysctls: dict[str, str]) -> Simulator:

@@ -20,7 +20,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from markroute.plan import nfttext
-from markroute.plan.nftjson import AddressElements
+from markroute.plan.nftjson import AddressElements, is_dynamic
 from markroute.sim.datatypes import (
     BITMASK_TYPES,
     CT_STATUS,
@@ -172,9 +172,12 @@ class Value:
 class Ruleset:
     """A compiled ruleset: base chains per hook, in the order the kernel runs them."""
 
-    def __init__(self, document: dict[str, Any], system: System, iptables: Iptables | None = None) -> None:
+    def __init__(
+        self, document: dict[str, Any], system: System, iptables: Iptables | None = None, offline: bool = False
+    ) -> None:
         self.system = system
         self.iptables = iptables  # iptables-nft-save's view, to read the options of `xt` expressions
+        self.offline = offline  # a plan, not a live table: dynamic sets' elements are not known
         self.chains: dict[tuple[str, str, str], Chain] = {}
         self.sets: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.ignored: list[str] = []
@@ -449,11 +452,14 @@ class RuleBuilder:
         test = self.test(left, op, right)
         lookup = self.set_lookup(left.dtype, right) if _is_set(right) else None
         get = left.get
+        unknown = self.filled_at_run_time(right)
 
         def match(p: Packet) -> Any:
             value = get(p)
             if value is MISSING:
                 return BREAK
+            if unknown is not None:
+                raise Indeterminate(text, unknown)
             if type(value) is Partial:
                 if lookup is None:
                     raise value.reason
@@ -498,6 +504,16 @@ class RuleBuilder:
         if op not in comparisons:
             raise UnsupportedValue(f"operator {op}")
         return comparisons[op]
+
+    def filled_at_run_time(self, right: Any) -> str | None:
+        """Offline, why a match on a dynamic set cannot be decided (None: it can)."""
+        if not self.ruleset.offline or not isinstance(right, str) or not right.startswith("@"):
+            return None
+        body = self.ruleset.sets.get((self.chain.family, self.chain.table, right[1:]))
+        if body is None or not is_dynamic(body):
+            return None
+        return (f"depends on what was added to dynamic set {right[1:]} at run time (for a domain set: "
+                "what the resolver answered); `trace --live` sees its current elements")
 
     def set_lookup(self, dtype: Any, right: Any) -> Lookup:
         if isinstance(right, str):
@@ -734,13 +750,20 @@ class RuleBuilder:
         if key == "pkttype":
             return Value(_pkttype, "pkttype", text)
         if key in ("skuid", "skgid"):
+            option = "--user" if key == "skuid" else "--group"
+
             def owner(p: Packet) -> Any:
                 if not p.local_out:
                     return MISSING
-                raise Indeterminate(text, "the owner of the local socket is not known")
+                known = p.uid if key == "skuid" else p.gid
+                if known is None:
+                    raise Indeterminate(text, f"the owner of the local socket is not known: pass {option}")
+                return known
             return Value(owner, "integer", text)
         if key == "nftrace":
             return Value(lambda p: 0, "integer", text)
+        if key == "rtclassid":
+            return Value(lambda p: p.realm if p.table is not None else MISSING, "integer", text)
         return Value(_unknown(text, f"meta {key} is not modelled"), "integer", text)
 
     def ct(self, body: dict[str, Any], text: str) -> Value:

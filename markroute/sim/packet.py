@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable
 
+from markroute.match.owner import GROUP, USER
 from markroute.values import (
     PORT_PROTOCOLS,
     PROTOCOL_NAMES,
@@ -62,7 +63,8 @@ class Flow:
     mac: str | None = None
     dscp: int = 0
     reply: bool = False
-
+    uid: int | None = None  # owner of the local socket, None: not known
+    gid: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -76,6 +78,8 @@ class Flow:
             "mac": self.mac,
             "dscp": self.dscp,
             "reply": self.reply,
+            "user": self.uid,
+            "group": self.gid,
         }
 
 
@@ -90,6 +94,8 @@ def make_flow(
     mac: str | None = None,
     dscp: str | int | None = None,
     reply: bool = False,
+    uid: str | int | None = None,
+    gid: str | int | None = None,
 ) -> Flow:
     """A validated `Flow` from user input; raises ValueError with a message fit for that user."""
     source = _address(src, "--from")
@@ -118,6 +124,9 @@ def make_flow(
         ports.append(first)
     if mac is not None and local:
         raise ValueError("--mac describes the sender of an arriving packet; it has no meaning with --local")
+    owners = [owner.parse(value) if value is not None else None for owner, value in ((USER, uid), (GROUP, gid))]
+    if not local and any(value is not None for value in owners):
+        raise ValueError("--user and --group describe the socket of a connection this host sends: give --local")
     return Flow(
         version=source.version,
         src=int(source),
@@ -130,6 +139,8 @@ def make_flow(
         mac=parse_mac(mac) if mac is not None else None,
         dscp=parse_dscp(dscp) if dscp is not None else 0,
         reply=reply,
+        uid=owners[0],
+        gid=owners[1],
     )
 
 
@@ -193,6 +204,9 @@ class Packet:
     oif: str | None = None
     next_hop: int | None = None
     table: str | None = None
+    realm: int = 0  # of the route the packet took: what `meta rtclassid` reads
+    uid: int | None = None  # owner of the local socket (None: not known)
+    gid: int | None = None
     hook: str = ""
     ct: Conntrack | None = None
     ct_state: int = CT_INVALID
@@ -220,6 +234,8 @@ class Packet:
             mac=flow.mac,
             iif=None if flow.local else flow.iif,
             local_out=flow.local,
+            uid=flow.uid,
+            gid=flow.gid,
             choose=choose,
             icmp_type=icmp,
             tcp_flags=TCP_SYN if flow.proto == TCP else None,

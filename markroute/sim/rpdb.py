@@ -223,6 +223,7 @@ class RouteSpec:
     prefsrc: int | None = None
     dead: bool = False
     text: str = ""
+    realm: int = 0  # the route's destination realm (`ip route ... realm N`, JSON "flow": {"to": N})
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> RouteSpec:
@@ -253,6 +254,7 @@ class RouteSpec:
             prefsrc=prefsrc,
             dead=dead,
             text=_route_text(version, obj, table),
+            realm=_number(obj.get("flow", {}).get("to", 0)),
         )
 
 

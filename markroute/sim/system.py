@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from markroute.plan import FAMILY_NAMES, LinkState, Plan, Route, resolve
-from markroute.sim.rpdb import Rpdb
+from markroute.sim.rpdb import Rpdb, family_of
 
 KERNEL_RULES = (
     {"priority": 0, "src": "all", "table": "local"},
@@ -141,6 +141,19 @@ def parse_addr_hint(text: str) -> tuple[str, int, str]:
     return name.strip(), interface.version, str(interface)
 
 
+def _main_defaults(routes: list[dict[str, Any]]) -> frozenset[tuple[int, str]]:
+    """(version, interface) of the default routes given with --route (`LinkState.main_defaults`)."""
+    found: set[tuple[int, str]] = set()
+    for route in routes:
+        if route.get("dst") != "default" or not route.get("dev") or route.get("type", "unicast") != "unicast":
+            continue
+        try:
+            found.add((family_of(route), route["dev"]))
+        except ValueError:  # `default dev IF`: either family
+            found |= {(4, route["dev"]), (6, route["dev"])}
+    return frozenset(found)
+
+
 def parse_route_hint(text: str) -> dict[str, Any]:
     """`DST [via GW] dev IF` (or `TYPE DST` for unreachable/blackhole/prohibit) as an `ip -j route` object."""
     words = text.split()
@@ -217,6 +230,7 @@ def from_plan(plan: Plan, addresses: list[str] | None = None, routes: list[str] 
         addresses={name: tuple((v, str(ipaddress.ip_address(a))) for v, a, _ in link.addresses)
                    for name, link in (links or {}).items()},
         connected=tuple(connected),
+        main_defaults=_main_defaults(extra),
     )
     rules, plan_routes = resolve(plan, state)
     rule_objects = [dict(r.to_json(), family=FAMILY_NAMES[r.version]) for r in rules]

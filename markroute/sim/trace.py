@@ -346,6 +346,7 @@ class Simulator:
     def _take_route(self, p: Packet, result: Lookup) -> None:
         p.oif = result.dev
         p.table = result.table
+        p.realm = result.route.realm if result.route is not None else 0
         p.next_hop = result.gateway if result.gateway is not None else p.dst
         p.delivered = result.delivered
 

@@ -207,8 +207,9 @@ def test_man_page_lists_every_command_and_option(root: Path) -> None:
     for name, command in visible_commands():
         assert f"markroute {name} [OPTIONS]" in by_command[name]
         for param in command.params:
-            # an argument appears in the synopsis as its metavar (`TARGET`), an option by its flags
-            names = [param.human_readable_name] if isinstance(param, click.Argument) else param.opts + param.secondary_opts
+            # an argument appears in the synopsis as click shows it in usage (`TARGET`, `{a|b}`), an option by its flags
+            names = ([param.make_metavar(click.Context(command)).rstrip(".")] if isinstance(param, click.Argument)
+                     else param.opts + param.secondary_opts)
             for option in names:
                 assert re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", by_command[name]), (name, option)
         if command.help:

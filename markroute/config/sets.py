@@ -114,13 +114,13 @@ def set_file(reader: Reader, name: str, node: Node) -> AddressList | None:
         reader.diag.error(node.where, str(exc), "name a regular file holding one address or prefix a line")
         return None
     try:
-        text = data.decode("utf-8")
+        content = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         reader.diag.error(byte_position(str(path), data, exc.start),
                           f"set file is not UTF-8 text (byte {data[exc.start]:#04x})", "save it as UTF-8")
         return None
     del data  # 15 MB for 1,000,000 prefixes, not needed past the decoding
-    v4, others = ipv4_lines(_lines(text))
+    v4, others = ipv4_lines(_lines(content))
     lines: list[str] = []  # split again only to word errors
     items: list[tuple[int, Interval]] = []
     bad = 0
@@ -130,7 +130,7 @@ def set_file(reader: Reader, name: str, node: Node) -> AddressList | None:
         except ValueError as exc:
             bad += 1
             if bad <= MAX_BAD_SET_LINES:
-                lines = lines or text.splitlines()
+                lines = lines or content.splitlines()
                 line = lines[number - 1]
                 message = str(exc).replace(text, shown(text, QUOTED_PREFIX))
                 reader.diag.error(Where(str(path), number, len(line) - len(line.lstrip()) + 1), message)

@@ -3,8 +3,8 @@
 Run by bench_apply.py as a child process (so its peak RSS is its own):
     python3 benchmarks/kernel_batch.py NETNS TABLE SET PREFIX_FILE
 The set `inet TABLE SET` (ipv4_addr, flags interval) must exist and be empty. The
-prefixes become the same netlink element messages markroute's apply sends
-(`markroute.kernel.nftnetlink`), all built before the clock starts; what is timed is
+prefixes become the same netlink element batch markroute's apply sends
+(`markroute.kernel.nftnetlink.element_batch`), built before the clock starts; what is timed is
 sending them as one batch and the kernel committing it. Prints the wall seconds and the CPU
 seconds of that (the kernel's work on a netlink batch runs in the sending thread, as system time).
 """
@@ -27,12 +27,10 @@ def main() -> None:
     for line in Path(prefix_file).read_text().split():
         network = ipaddress.IPv4Network(line)
         intervals.append((int(network.network_address), int(network.broadcast_address)))
-    intervals.sort()
-    messages = [(nftnetlink.NFT_MSG_NEWSETELEM, nftnetlink._list_message(table, set_name, body), set_name)
-                for body in nftnetlink._element_lists(4, intervals)]
+    batch = nftnetlink.element_batch(table, [nftnetlink.SetChange(set_name, 4, added=tuple(sorted(intervals)))])
     with inside(netns):
         start, cpu = time.perf_counter(), time.process_time()
-        nftnetlink._commit(messages)
+        nftnetlink._commit(batch)
         print(f"{time.perf_counter() - start:.6f} {time.process_time() - cpu:.6f}")
 
 

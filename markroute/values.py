@@ -14,7 +14,9 @@ import difflib
 import ipaddress
 import re
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import islice
 
 Interval = tuple[int, int]
 
@@ -151,7 +153,7 @@ def _plain_prefix(text: str) -> tuple[int, Interval] | None:
     return version, (first, first + size - 1)
 
 
-def ipv4_lines(lines: list[str]) -> tuple[list[Interval], list[tuple[int, str]]]:
+def ipv4_lines(lines: Iterable[str]) -> tuple[list[Interval], list[tuple[int, str]]]:
     """The IPv4 addresses and prefixes of a set file's lines, read in bulk, and every other line.
 
     Set files hold 100,000 prefixes, so the common line, `a.b.c.d` or `a.b.c.d/len`
@@ -187,20 +189,24 @@ _IPV4_SIZES = {str(length): 1 << (32 - length) for length in range(33)}  # "24" 
 
 
 def merge(intervals: list[Interval]) -> tuple[Interval, ...]:
-    """Sort and join overlapping or adjacent intervals."""
+    """Sort and join overlapping or adjacent intervals.
+
+    An interval nothing joins is kept as the same tuple, not copied: a set file of
+    1,000,000 distinct prefixes would otherwise hold a second 1,000,000 tuples at once.
+    """
     ordered = sorted(intervals)
     if not ordered:
         return ()
     merged: list[Interval] = []
-    current_first, current_last = ordered[0]
-    for first, last in ordered:
-        if first <= current_last + 1:
-            if last > current_last:
-                current_last = last
+    current = ordered[0]
+    for interval in islice(ordered, 1, None):
+        if interval[0] <= current[1] + 1:
+            if interval[1] > current[1]:
+                current = (current[0], interval[1])
         else:
-            merged.append((current_first, current_last))
-            current_first, current_last = first, last
-    merged.append((current_first, current_last))
+            merged.append(current)
+            current = interval
+    merged.append(current)
     return tuple(merged)
 
 

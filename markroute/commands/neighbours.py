@@ -53,7 +53,7 @@ def findings(ours: Ours, plan: Plan | None = None, setup: bool = False) -> list[
     from markroute.kernel.snapshot import snapshot
 
     try:
-        state = snapshot()
+        state = snapshot(plan.table_name if plan is not None else None)
         if plan is not None:
             state = with_plan(state, plan)
         simulator = sim.live(state, _sysctls(state.get("links", {})))

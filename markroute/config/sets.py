@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,12 +127,14 @@ def set_file(reader: Reader, name: str, node: Node) -> AddressList | None:
         reader.diag.error(node.where, str(exc), "name a regular file holding one address or prefix a line")
         return None
     try:
-        lines = data.decode("utf-8").splitlines()
+        content = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         reader.diag.error(byte_position(str(path), data, exc.start),
                           f"set file is not UTF-8 text (byte {data[exc.start]:#04x})", "save it as UTF-8")
         return None
-    v4, others = ipv4_lines(lines)
+    del data  # 15 MB for 1,000,000 prefixes, not needed past the decoding
+    v4, others = ipv4_lines(_lines(content))
+    lines: list[str] = []  # split again only to word errors
     items: list[tuple[int, Interval]] = []
     bad = 0
     for number, text in others:
@@ -140,6 +143,7 @@ def set_file(reader: Reader, name: str, node: Node) -> AddressList | None:
         except ValueError as exc:
             bad += 1
             if bad <= MAX_BAD_SET_LINES:
+                lines = lines or content.splitlines()
                 line = lines[number - 1]
                 message = str(exc).replace(text, shown(text, QUOTED_PREFIX))
                 reader.diag.error(Where(str(path), number, len(line) - len(line.lstrip()) + 1), message)
@@ -152,6 +156,21 @@ def set_file(reader: Reader, name: str, node: Node) -> AddressList | None:
                           f"a policy using '@{name}' would never match; add one prefix a line")
         return None
     return address_list(items, v4)
+
+
+def _lines(text: str, chunk: int = 1 << 20) -> Iterator[str]:
+    """`text.splitlines()`, about a megabyte at a time: the list of a 1,000,000-line file's
+    lines held ~70 MB at once.
+
+    Each piece ends just after a newline, which ends a line wherever it stands, so the
+    pieces' lines are the whole text's lines, numbered alike.
+    """
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start + chunk)
+        end = len(text) if end < 0 else end + 1
+        yield from text[start:end].splitlines()
+        start = end
 
 
 def warn_unused_sets(reader: Reader, declared: dict[str, Where], used: set[str]) -> None:

@@ -9,8 +9,11 @@ from markroute.kernel.links import links
 from markroute.kernel.rpdb import Rpdb
 
 
-def snapshot() -> dict[str, Any]:
+def snapshot(planned: str | None = None) -> dict[str, Any]:
     """The current namespace's nftables ruleset, ip rules, routes and links.
+
+    PLANNED names markroute's table when the caller puts a plan in its place: its set
+    elements are then not listed (`nft.list_ruleset_but_elements_of`).
 
     Keys (a stable shape; the simulator consumes it):
 
@@ -32,11 +35,11 @@ def snapshot() -> dict[str, Any]:
         routes = rpdb.routes_json()
         interfaces = {name: link.to_json() for name, link in links(rpdb).items()}
     state: dict[str, Any] = {"rules": rules, "routes": routes, "links": interfaces}
-    state.update(_ruleset())
+    state.update(_ruleset(planned))
     return state
 
 
-def _ruleset(attempts: int = 3) -> dict[str, Any]:
+def _ruleset(planned: str | None, attempts: int = 3) -> dict[str, Any]:
     """The nft listing, and iptables-nft-save's view of the same generation where it is needed.
 
     The two are read one after the other; a transaction in between (Docker starting a
@@ -45,7 +48,7 @@ def _ruleset(attempts: int = 3) -> dict[str, Any]:
     """
     for _ in range(attempts):
         before = nftnetlink.generation()
-        document = nft.list_ruleset()
+        document = nft.list_ruleset() if planned is None else nft.list_ruleset_but_elements_of(planned)
         families = iptables.xt_families(document)
         if not families:
             return {"nftables": document}

@@ -278,6 +278,18 @@ def test_metrics_text_has_one_series_per_state_and_escapes_labels(tmp_path: obje
     assert 'x{l="a\\"b\\\\c"} 1.5' in families.text()
 
 
+def test_metrics_count_the_elements_of_sets_others_fill(tmp_path: object) -> None:
+    loaded = model(tmp_path)
+    record = DaemonRecord(1, 0.0, 0, {"isp_a": UplinkRecord("up", 1700000000.0, 0.01, 0.0, 0)})
+    kernel = KernelCounters(Counter(), {}, [], [], {"streaming_v4": 12, "streaming_v6": 0})
+    text = exposition(Exposed(record, compile_plan(loaded)), kernel)
+    assert 'markroute_dynamic_set_elements{set="streaming_v4"} 12' in text
+    assert 'markroute_dynamic_set_elements{set="streaming_v6"} 0' in text
+    assert text.count("# TYPE markroute_dynamic_set_elements gauge") == 1
+    unfilled = exposition(Exposed(record, compile_plan(loaded)), KernelCounters(Counter(), {}, []))
+    assert "markroute_dynamic_set_elements" not in unfilled
+
+
 def test_metrics_address_parsing() -> None:
     assert parse_address("127.0.0.1:9586") == ("127.0.0.1", 9586)
     assert parse_address("[::1]:9586") == ("::1", 9586)

@@ -13,7 +13,9 @@ which are the first packets of the connections it routed (markroute decides once
 per connection). `markroute_rule_changes_total`: nftables transactions made for
 health changes. Per group member: `markroute_group_member_weight` (the effective weight
 the live table draws with) and `markroute_group_member_active`; per group
-`markroute_group_last_resort`. `contrib/grafana-markroute.json` charts these names only.
+`markroute_group_last_resort`. Per dynamic set (filled by dnsmasq, the resolver or
+scripts): `markroute_dynamic_set_elements`. `contrib/grafana-markroute.json` charts these
+names only.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from markroute.kernel import KernelError, nft
+from markroute.kernel import KernelError, dynsets, nft
 from markroute.kernel.conntrack import count_by_mark
 from markroute.kernel.links import interface_counters
 from markroute.kernel.rpdb import Rpdb
@@ -40,6 +42,7 @@ from markroute.kernel.status import (
     uplink_statuses,
 )
 from markroute.plan import Plan
+from markroute.plan.nftjson import is_dynamic
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 INTERFACE_COUNTERS = (
@@ -89,6 +92,7 @@ class KernelCounters:
     interfaces: dict[str, dict[str, int]]
     rules: list[tuple[str, int, int]]
     table: list[dict[str, Any]] = field(default_factory=list)  # the table without set elements (group chains)
+    dynamic_sets: dict[str, int] = field(default_factory=dict)  # elements per set others fill
 
 
 def read_kernel(plan: Plan, log: logging.Logger) -> KernelCounters | None:
@@ -98,7 +102,9 @@ def read_kernel(plan: Plan, log: logging.Logger) -> KernelCounters | None:
         with Rpdb() as rpdb:
             interfaces = interface_counters(rpdb)
         table = nft.table_structure(plan.table_name) or []
-        return KernelCounters(connections, interfaces, nft.rule_counters(table), table)
+        filled = dynsets.element_counts(plan.table_name) if any(
+            "set" in obj and is_dynamic(obj["set"]) for obj in plan.nft) else {}
+        return KernelCounters(connections, interfaces, nft.rule_counters(table), table, filled)
     except (KernelError, OSError) as exc:
         log.debug("metrics: %s", exc)
         return None
@@ -116,6 +122,7 @@ def report(exposed: Exposed, kernel: KernelCounters | None) -> StatusReport:
         policies=policy_statuses(list(plan.policies), kernel.rules) if kernel else (),
         daemon=DaemonStatus(record.pid, True, record.started, record.rule_changes),
         groups=group_statuses(list(plan.groups), kernel.table, record) if kernel else (),
+        dynamic_sets=kernel.dynamic_sets if kernel else {},
     )
 
 
@@ -158,6 +165,10 @@ def render(status: StatusReport) -> str:
         families.add("markroute_policy_bytes_total", "counter", "Bytes of the packets the policy's rules counted.",
                      {"policy": policy.name}, policy.bytes)
     group_families(families, status)
+    for set_name, count in sorted(status.dynamic_sets.items()):
+        families.add("markroute_dynamic_set_elements", "gauge",
+                     "Elements a set others fill holds now (domain sets: addresses the resolver answered).",
+                     {"set": set_name}, count)
     rule_changes = status.daemon.rule_changes if status.daemon else 0
     families.add("markroute_rule_changes_total", "counter",
                  "nftables transactions the daemon made for uplink state changes.", {}, rule_changes)

@@ -48,10 +48,14 @@ MIN_LEASE_SECONDS = 120
 #: dnsmasq 2.90 replaced a renewal time (T1) of 1 s by its default (half the lease).
 MIN_RENEW_SECONDS = 2
 
-#: What the client asks for: address, gateway and timers only.
+#: What the client asks for: address, gateway and timers only; and retransmissions
+#: every second or two instead of dhclient's default backoff (up to 2 minutes), so
+#: a renewal to a vanished server turns into a rebind, and a lease, within seconds.
 _DHCLIENT_CONF = """\
 request subnet-mask, broadcast-address, routers,
         dhcp-lease-time, dhcp-renewal-time, dhcp-rebinding-time;
+initial-interval 1;
+backoff-cutoff 2;
 """
 
 #: Enter hook (sourced by dhclient-script, so it can redefine the script's functions):

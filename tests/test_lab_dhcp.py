@@ -178,6 +178,20 @@ def test_two_clients_without_metric_leave_one_default_route(lab: Lab) -> None:
 
 
 @pytest.mark.kernel
+def test_renewals_refresh_the_address_but_never_restore_a_deleted_default(lab: Lab) -> None:
+    """dhclient-script adds the default route only when an address is (re)bound, not on RENEW."""
+    r = dynamic_router_lab(lab)
+    client = r.dhcp_client(0, metric=50)
+    client.start()
+    lease = client.wait_lease(gateway="10.0.0.1")
+    lab.ip(r.rtr, "route", "del", "default", "via", "10.0.0.1", "dev", "wan0", "metric", "50")
+    wait_until(lambda: True if client.log_path.read_text().count("bound to") >= 3 else None, 20,
+               "two renewals")  # fmt: skip
+    assert default_routes(lab, r.rtr, "wan0") == []
+    assert [a["local"] for a in addresses(lab, r.rtr, "wan0")] == [lease.address]
+
+
+@pytest.mark.kernel
 def test_lost_lease_removes_address_and_default_route(lab: Lab) -> None:
     r = dynamic_router_lab(lab)
     client = r.dhcp_client(0)

@@ -20,6 +20,21 @@ Two things keep the host safe while the real script runs as root:
   :meth:`Lab.tempdir` and the overlay is removed by :meth:`Lab.on_close`,
   so teardown removes them all even when a test fails.
 
+What dhclient-script (isc-dhcp-client 4.4.3) does to the kernel, which the
+dynamic-gateway feature must expect (tests/test_lab_dhcp.py shows each):
+
+* BOUND/REBOOT: ``ip -4 addr add ADDR/LEN ... valid_lft LEASE dynamic``, then
+  ``ip -4 route add default via ROUTER dev IF [metric IF_METRIC]`` in main,
+  protocol ``boot`` (the ``ip`` default, shown as nothing), metric 0 unless
+  ``IF_METRIC`` (or several routers: 1, 2, ...); errors are hidden, so a
+  second client without a metric silently gets no default route.
+* RENEW/REBIND with the same address: ``ip addr change`` only (a new
+  RTM_NEWADDR every renewal); a default route deleted meanwhile is not re-added.
+* New address (renumbering): ``ip addr flush dev IF label IF`` (every address
+  labelled IF, not only the lease), then as BOUND.
+* STOP/RELEASE/EXPIRE: the same flush; the default route goes with the address.
+  A client killed without its script leaves both until the lease lifetime ends.
+
 dnsmasq never leases for less than 2 minutes, so a renumbered server would
 normally be noticed after a minute; the pool's renewal and rebinding times
 (DHCP options 58/59) are therefore seconds, and the client notices a new

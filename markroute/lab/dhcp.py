@@ -32,8 +32,9 @@ dynamic-gateway feature must expect (tests/test_lab_dhcp.py shows each):
   RTM_NEWADDR every renewal); a default route deleted meanwhile is not re-added.
 * New address (renumbering): ``ip addr flush dev IF label IF`` (every address
   labelled IF, not only the lease), then as BOUND.
-* STOP/RELEASE/EXPIRE: the same flush; the default route goes with the address.
-  A client killed without its script leaves both until the lease lifetime ends.
+* STOP/RELEASE/EXPIRE: the same flush; the kernel drops the default route
+  with the interface's last IPv4 address.  A client killed without running
+  its script leaves both until the address's lifetime (the lease) runs out.
 
 dnsmasq never leases for less than 2 minutes, so a renumbered server would
 normally be noticed after a minute; the pool's renewal and rebinding times

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from markroute.lab import Lab, dynamic_router_lab
-from markroute.lab.dhcp import NETNS_ETC, DhcpClient, DhcpPool, serve_dhcp
+from markroute.lab.dhcp import DhcpClient, DhcpPool, serve_dhcp
+from markroute.lab.netns import NETNS_ETC
 from markroute.lab.ra import Advertisement, live_ra_defaults, wait_ra_default
 from markroute.lab.topologies import isp_pool
 from markroute.lab.watch import addresses, default_routes, wait_until

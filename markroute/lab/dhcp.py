@@ -16,9 +16,9 @@ Two things keep the host safe while the real script runs as root:
   hostname updates: ``make_resolv_conf`` writes its temporary file next to
   the (bind-mounted) resolv.conf, i.e. in the host's ``/etc``, and the
   hostname is not per network namespace.
-* Every daemon is started with :meth:`Lab.spawn`, files live in
-  :meth:`Lab.tempdir` and the overlay is removed by :meth:`Lab.on_close`,
-  so teardown removes them all even when a test fails.
+* Every daemon is started with :meth:`Lab.spawn` and its files live in
+  :meth:`Lab.tempdir`; teardown stops and removes them, and the overlay goes
+  with its namespace, even when a test fails.
 
 What dhclient-script (isc-dhcp-client 4.4.3) does to the kernel, which the
 dynamic-gateway feature must expect (tests/test_lab_dhcp.py shows each):
@@ -44,21 +44,17 @@ server within them through the ordinary renew, rebind, NAK, discover path.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from markroute.lab.addresses import check_lab_address
-from markroute.lab.netns import Lab, LabError
+from markroute.lab.netns import NETNS_ETC, Lab, LabError
 from markroute.lab.watch import addresses, default_routes, wait_until
 
 DHCLIENT_SCRIPT = "/sbin/dhclient-script"
-#: Where ``ip netns exec NS`` finds files to bind-mount over ``/etc/NAME``.
-NETNS_ETC = Path("/etc/netns")
 #: dnsmasq refuses shorter leases.
 MIN_LEASE_SECONDS = 120
 #: dnsmasq 2.90 replaced a renewal time (T1) of 1 s by its default (half the lease).
@@ -208,10 +204,10 @@ def serve_dhcp(lab: Lab, ns: str, ifname: str, pool: DhcpPool) -> DhcpServer:
     return server
 
 
-def _netns_etc(lab: Lab, ns: str) -> Path:
+def _netns_etc(ns: str) -> Path:
     """Create the ``/etc/netns/NS`` overlay (own resolv.conf, only the lab's hook), once per ns.
 
-    Removed at teardown, with ``/etc/netns`` itself if no one else uses it.
+    :func:`~markroute.lab.netns.cleanup` removes it with the namespace.
     """
     overlay = NETNS_ETC / ns
     if overlay.exists():
@@ -220,13 +216,6 @@ def _netns_etc(lab: Lab, ns: str) -> Path:
     hooks.mkdir(parents=True)
     (hooks / "markroute-lab").write_text(_ENTER_HOOK)
     (overlay / "resolv.conf").write_text(f"# resolver of lab namespace {ns}\n")
-
-    def remove() -> None:
-        shutil.rmtree(overlay, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            NETNS_ETC.rmdir()
-
-    lab.on_close(remove)
     return overlay
 
 
@@ -264,7 +253,7 @@ class DhcpClient:
         """Start dhclient in the foreground; it configures the interface once it has a lease."""
         if self._proc is not None:
             raise LabError(f"dhclient already runs on {self.ns}/{self.ifname}")
-        _netns_etc(self.lab, self.ns)
+        _netns_etc(self.ns)
         with self.log_path.open("ab") as log:
             self._proc = self.lab.spawn(self.ns, self._argv("-d"), stderr=log)
 

@@ -58,6 +58,8 @@ _BASELINE_SYSCTLS: Mapping[str, str] = {
 }
 
 _NETNS_DIR = Path("/run/netns")
+#: Files ``ip netns exec NS`` bind-mounts over ``/etc`` come from ``NETNS_ETC/NS``.
+NETNS_ETC = Path("/etc/netns")
 _PROCESS_GRACE_SECONDS = 2.0
 
 
@@ -121,14 +123,26 @@ def _kill_namespace_processes(name: str) -> None:
             os.kill(int(pid), signal.SIGKILL)
 
 
-def cleanup(names: Iterable[str]) -> None:
-    """Kill processes in and delete the namespaces *names*, ignoring missing ones.
+def _remove_etc_overlay(name: str) -> None:
+    """Remove namespace *name*'s ``/etc`` overlay, and ``/etc/netns`` once it is empty."""
+    overlay = NETNS_ETC / name
+    if not overlay.exists():
+        return
+    shutil.rmtree(overlay, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        NETNS_ETC.rmdir()
 
+
+def cleanup(names: Iterable[str]) -> None:
+    """Kill processes in and delete the namespaces *names* and their ``/etc`` overlays.
+
+    Missing ones are ignored.
     Meant for namespaces a crashed run left behind when their names are
     known (e.g. printed by a failed test); it deliberately offers no
     pattern matching so it can never delete someone else's namespace.
     """
     for name in names:
+        _remove_etc_overlay(name)
         if not (_NETNS_DIR / name).exists():
             continue
         _kill_namespace_processes(name)

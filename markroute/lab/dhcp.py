@@ -21,7 +21,8 @@ Two things keep the host safe while the real script runs as root:
   with its namespace, even when a test fails.
 
 What dhclient-script (isc-dhcp-client 4.4.3) does to the kernel, which the
-dynamic-gateway feature must expect (tests/test_lab_dhcp.py shows each):
+dynamic-gateway feature must expect (read from the script; tests/test_lab_dhcp.py
+shows the route and address behaviour):
 
 * BOUND/REBOOT: ``ip -4 addr add ADDR/LEN ... valid_lft LEASE dynamic``, then
   ``ip -4 route add default via ROUTER dev IF [metric IF_METRIC]`` in main,
@@ -55,7 +56,7 @@ from markroute.lab.netns import NETNS_ETC, Lab, LabError
 from markroute.lab.watch import addresses, default_routes, wait_until
 
 DHCLIENT_SCRIPT = "/sbin/dhclient-script"
-#: dnsmasq refuses shorter leases.
+#: dnsmasq's minimum lease time (it lengthens shorter ones).
 MIN_LEASE_SECONDS = 120
 #: dnsmasq 2.90 replaced a renewal time (T1) of 1 s by its default (half the lease).
 MIN_RENEW_SECONDS = 2

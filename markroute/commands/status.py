@@ -16,6 +16,7 @@ from markroute.commands.cliutil import (
     netns_option,
     print_json,
 )
+from markroute.kernel.gateways import describe
 
 
 @click.command("status")
@@ -60,6 +61,8 @@ def render(report: dict[str, Any]) -> str:
         lines += ["", "uplinks:"]
         for u in report["uplinks"]:
             state = "up" if u["up"] else ("down" if u["exists"] else "missing")
+            if u.get("waiting"):
+                state = f"waiting ({describe(u['waiting'])})"
             gateways = ", ".join(u["default_routes"]) or "no default route installed"
             lines.append(
                 f"  {u['name']:<12} {u['interface']:<10} {state:<8} table {u['table']:<6} mark {u['mark']:<8} "

@@ -55,7 +55,7 @@ from markroute.plan import (
     ordered_rules,
 )
 from markroute.plan import nftjson as nj
-from markroute.values import PORT_PROTOCOLS, PROTOCOL_NAMES
+from markroute.values import AUTO_GATEWAY, PORT_PROTOCOLS, PROTOCOL_NAMES
 
 Expr = dict[str, Any]
 INLINE_LIMIT = 16
@@ -485,7 +485,7 @@ class Compiler:
         routes: list[Route] = []
         for uplink in self.model.uplinks.values():
             for version, gateway in ((4, uplink.gateway), (6, uplink.gateway6)):
-                if version in uplink.versions:
+                if version in uplink.versions and gateway != AUTO_GATEWAY:  # learned at apply (`plan.resolve`)
                     routes.append(Route(version, uplink.table, "default", uplink.interface, gateway))
         return routes
 

@@ -33,6 +33,7 @@ from markroute.compile import Health
 from markroute.daemon.health import DEGRADED_WEIGHT, State
 from markroute.daemon.reactor import Reactor
 from markroute.kernel import KernelError, conntrack, digest, nft, nftnetlink, state
+from markroute.kernel.waiting import stamp_nominal
 from markroute.plan import Plan
 from markroute.plan.nftjson import FAMILY
 
@@ -42,7 +43,7 @@ Obj = dict[str, Any]
 def health_of(states: Mapping[str, State]) -> Health:
     """The compiler's view of the uplinks' states."""
     return Health(
-        down=frozenset(name for name, current in states.items() if current == "down"),
+        down=frozenset(name for name, current in states.items() if current in ("down", "waiting")),
         weight_factor={name: DEGRADED_WEIGHT for name, current in states.items() if current == "degraded"},
     )
 
@@ -213,11 +214,7 @@ class TableRecorder:
     def stamp(self, nominal: str) -> None:
         """After an apply of a health plan: record the config's digest (see the class doc)."""
         self.nominal = nominal
-        with state.locked(self.netns):
-            recorded = state.load(self.netns)
-            if recorded is not None and recorded.plan_digest != nominal:
-                recorded.plan_digest = nominal
-                state.save(self.netns, recorded)
+        stamp_nominal(self.netns, nominal)
 
     def close(self) -> None:
         if self.running is not None:

@@ -33,8 +33,8 @@ from typing import Literal
 
 from markroute.model import HealthCheck
 
-State = Literal["up", "degraded", "down"]
-STATES: tuple[State, ...] = ("up", "degraded", "down")
+State = Literal["up", "degraded", "down", "waiting"]  # waiting: no address or next hop yet (kernel.gateways)
+STATES: tuple[State, ...] = ("up", "degraded", "down", "waiting")
 
 HALF_LIFE = 5.0
 SUPPRESS = 2.0

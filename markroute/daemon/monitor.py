@@ -8,7 +8,7 @@ overlap when the timeout is longer than the interval, so a dead uplink is notice
 
 What is probed when the config says nothing (`targets`):
 
-* `icmp` (default): the uplink's gateway(s);
+* `icmp` (default): the uplink's gateway(s), for `gateway: auto` the learned ones;
 * `arp`: its IPv4 gateway;
 * an uplink with no gateway and no targets (a point-to-point link, say) is not probed
   at all: its link state, followed through netlink, is its health.
@@ -17,7 +17,7 @@ What is probed when the config says nothing (`targets`):
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from markroute.daemon.health import Transition, UplinkHealth
 from markroute.daemon.probes import (
@@ -31,19 +31,28 @@ from markroute.daemon.probes import (
 )
 from markroute.daemon.reactor import Reactor, Timer
 from markroute.model import HealthCheck, Uplink
+from markroute.values import AUTO_GATEWAY
 
 OnTransition = Callable[[Transition], None]
 
 
-def probe_targets(uplink: Uplink) -> tuple[HealthCheck, tuple[str, ...]]:
-    """The check an uplink gets (its own or the defaults) and what it probes; () means link state only."""
+def probe_targets(uplink: Uplink, learned: Mapping[int, str | None] | None = None) -> tuple[HealthCheck, tuple[str, ...]]:
+    """The check an uplink gets (its own or the defaults) and what it probes; () means link state only.
+
+    A `gateway: auto` is probed at the next hop learned from the kernel (LEARNED: IP
+    version -> next hop), so the targets move with it.
+    """
     check = uplink.check or HealthCheck()
+    gateway, gateway6 = (
+        (learned or {}).get(version) if configured == AUTO_GATEWAY else configured
+        for version, configured in ((4, uplink.gateway), (6, uplink.gateway6))
+    )
     if check.targets:
         targets = check.targets
     elif check.method == "arp":
-        targets = (uplink.gateway,) if uplink.gateway else ()
+        targets = (gateway,) if gateway else ()
     elif check.method == "icmp":
-        targets = tuple(gateway for gateway in (uplink.gateway, uplink.gateway6) if gateway)
+        targets = tuple(address for address in (gateway, gateway6) if address)
     else:
         targets = ()
     return check, tuple(_canonical(target, check.method) for target in targets)
@@ -59,12 +68,13 @@ def _canonical(target: str, method: str) -> str:
 
 
 class UplinkMonitor:
-    def __init__(self, reactor: Reactor, uplink: Uplink, health: UplinkHealth, on_transition: OnTransition) -> None:
+    def __init__(self, reactor: Reactor, uplink: Uplink, health: UplinkHealth, on_transition: OnTransition,
+                 learned: Mapping[int, str | None] | None = None) -> None:
         self.reactor = reactor
         self.uplink = uplink
         self.health = health
         self.on_transition = on_transition
-        self.check, self.targets = probe_targets(uplink)
+        self.check, self.targets = probe_targets(uplink, learned)
         self.probers: dict[str, Prober] = {}
         self.egress: Egress | None = None
         self.rounds: set[int] = set()

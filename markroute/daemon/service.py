@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from markroute.compile import Health, compile_plan
-from markroute.daemon import record
+from markroute.daemon import follow, record
 from markroute.daemon.failover import (
     TableRecorder,
     chain_batch,
@@ -54,6 +54,7 @@ from markroute.kernel.apply import apply
 from markroute.kernel.down import down
 from markroute.kernel.links import Link, links
 from markroute.kernel.rpdb import Rpdb
+from markroute.kernel.waiting import current_survey, refuse_missing_gateways
 from markroute.model import Model, Uplink
 from markroute.plan import Plan
 
@@ -94,6 +95,7 @@ class Daemon:
         self.act_timer: Timer | None = None
         self.resync_timer: Timer | None = None
         self.link_usable: dict[str, bool | None] = {}  # None: the interface does not exist
+        self.follower = follow.Follower()  # waiting uplinks and learned next hops (`gateway: auto`)
         self.rule_changes = 0
         self.started = time.time()
         self.saved: DaemonRecord | None = None
@@ -118,6 +120,7 @@ class Daemon:
         self.catch_signals()  # a stop request during start-up waits for the loop, never cuts an apply short
         previous = record.load(self.netns)
         interfaces = self.read_links()
+        self.look()
         self.build_monitors(previous.uplinks if previous else {}, interfaces)
         self.install()
         self.log.info("markroute run: %d uplinks, %s", len(self.monitors), self.describe())
@@ -213,7 +216,7 @@ class Daemon:
                 keep[name].uplink = uplink
                 self.monitors[name] = keep[name]
                 continue
-            check, targets = probe_targets(uplink)
+            check, targets = probe_targets(uplink, self.follower.next_hops(name))
             last = seen.get(name)
             health = UplinkHealth(
                 name, check if targets else None,
@@ -221,7 +224,7 @@ class Daemon:
                 since=last.since if last else None,
                 transitions=last.transitions if last else 0,
             )
-            monitor = UplinkMonitor(self.reactor, uplink, health, self.on_transition)
+            monitor = UplinkMonitor(self.reactor, uplink, health, self.on_transition, self.follower.next_hops(name))
             self.monitors[name] = monitor
             link = interfaces.get(uplink.interface)
             self.link_usable[uplink.interface] = link.usable if link else None
@@ -253,6 +256,8 @@ class Daemon:
     # -- health changes ----------------------------------------------------------------
 
     def on_transition(self, transition: Transition) -> None:
+        if transition.uplink in self.follower.waiting and "waiting" not in (transition.old, transition.new):
+            return  # probes and link of a waiting uplink: it is out of use already
         self.log_transition(transition)
         self.pending.append(transition)
         if self.act_timer is None:
@@ -264,7 +269,8 @@ class Daemon:
         self.log.log(level, "uplink %s: %s -> %s%s", transition.uplink, transition.old, transition.new, reason)
 
     def health(self) -> dict[str, State]:
-        return {name: monitor.health.state for name, monitor in self.monitors.items()}
+        waiting = self.follower.waiting
+        return {name: "waiting" if name in waiting else monitor.health.state for name, monitor in self.monitors.items()}
 
     def act(self) -> None:
         """Make the rules follow the uplinks' states: one nft transaction, then the flows."""
@@ -331,6 +337,7 @@ class Daemon:
 
     def on_lost(self) -> None:
         self.log.warning("netlink events were lost: reading the links again")
+        self.follower.forget()
         self.relink()
         self.schedule_resync()
 
@@ -354,16 +361,52 @@ class Daemon:
     def converge(self) -> None:
         assert self.installed is not None
         try:
+            if not self.follow_kernel():
+                return  # nothing apply depends on changed (a DHCP renewal)
             report = apply(self.installed, self.netns)
             self.recorder.stamp(self.nominal)
             self.note_state()
         except KernelError as exc:
+            self.follower.forget()
             self.log.warning("resync failed: %s; trying again in %g s", exc, RETRY)
             self.schedule_resync(RETRY)
             return
         for change in report.changes:
             self.log.info("resync: %s", change)
         self.refresh_egress()
+
+    def look(self) -> None:
+        """Read the uplinks' readiness without acting on it (start, reload); refuse an uplink that needs a gateway."""
+        plan = compile_plan(self.model)
+        survey = current_survey(plan)
+        refuse_missing_gateways(plan, survey)
+        self.follower.observe(survey)
+
+    def follow_kernel(self) -> bool:
+        """Act on what changed in the uplinks' readiness (`follow`); False when nothing did.
+
+        Uplinks that begin waiting stop being probed and leave their groups; uplinks
+        ready again, or using another next hop, get a fresh monitor aimed at it (probes
+        bound to the new index and address by `refresh_egress`); every change is one
+        transition, so the chains move in one transaction and `on_change` runs once.
+        """
+        assert self.installed is not None
+        before = dict(self.follower.waiting)
+        news = self.follower.observe(current_survey(self.installed))
+        if news is None:
+            return False
+        for name, reason in news.waiting.items():
+            monitor = self.monitors[name]
+            monitor.stop()
+            old = "waiting" if name in before else monitor.health.state
+            self.on_transition(follow.waiting_transition(name, old, reason))
+        for name in (*news.ready, *(n for n in news.moved if n not in news.ready)):
+            old = "waiting" if name in news.ready else self.monitors[name].health.state
+            self.monitors[name] = follow.fresh_monitor(self.reactor, self.monitors[name].uplink, self.monitors[name],
+                                                       self.follower.next_hops(name), self.on_transition)
+            self.monitors[name].start(None)
+            self.on_transition(follow.back_transition(name, old, self.follower.next_hops(name), news.moved.get(name)))
+        return True
 
     def reload(self) -> None:
         from markroute.config import load_model
@@ -384,6 +427,7 @@ class Daemon:
                 monitor.stop()
         self.model = model
         self.hooks.argv = model.settings.on_change
+        self.look()
         self.build_monitors({}, self.read_links(), keep)
         self.recorder.when_idle(self.reinstall)
 
@@ -437,7 +481,8 @@ class Daemon:
             pid=os.getpid(),
             started=self.started,
             rule_changes=self.rule_changes,
-            uplinks={name: UplinkRecord.of(m.health.snapshot(), m.probed) for name, m in self.monitors.items()},
+            uplinks={name: UplinkRecord.of(follow.shown(m.health.snapshot(), self.follower.waiting.get(name)), m.probed)
+                     for name, m in self.monitors.items()},
         )
         if self.installed is not None:
             self.exposed = Exposed(current, self.installed)

@@ -20,8 +20,9 @@ The order never leaves traffic without a path:
 
 Only what differs is touched, so applying the same config twice changes nothing. Any
 failure undoes every completed step (`Journal`) and raises `ApplyFailed`. An uplink
-whose interface is missing or down gets no routes (its marked traffic then falls
-through to later rules and main) and a warning instead of a failure.
+that waits (`kernel.gateways`: interface missing or down, no address or next hop yet)
+gets no routes and a warning instead of a failure; `gateway: auto` uplinks get their
+default route via the next hop the kernel knows now.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 
 from markroute.kernel import KernelError, digest, nft, nftnetlink, state, sysctl
+from markroute.kernel.gateways import Survey, survey, waiting_text
 from markroute.kernel.journal import Journal
 from markroute.kernel.links import Link, link_state, links
 from markroute.kernel.rpdb import Rpdb, route_key
@@ -45,6 +47,7 @@ from markroute.plan.nftjson import set_elements
 class ApplyReport:
     changes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    waiting: dict[str, str] = field(default_factory=dict)  # uplink -> why it waits (a `kernel.gateways.REASONS` key)
 
     @property
     def changed(self) -> bool:
@@ -163,8 +166,9 @@ class _Apply:
     def run(self) -> ApplyReport:
         try:
             interfaces = links(self.rpdb)
-            rules, resolved = resolve(self.plan, link_state(self.rpdb, interfaces))
-            routes = self.usable_routes(resolved, interfaces)
+            now = survey(self.rpdb, self.plan.uplinks, link_state(self.rpdb, interfaces))
+            rules, resolved = resolve(self.plan, now.links)
+            routes = self.usable_routes(resolved, interfaces, now)
             sysctls = self.usable_sysctls(interfaces)
             originals = self.set_sysctls(sysctls)
             live_rules = set(self.rpdb.own_rules())
@@ -192,20 +196,20 @@ class _Apply:
 
     # -- what can be installed here ---------------------------------------------------
 
-    def usable_routes(self, routes: tuple[Route, ...], interfaces: dict[str, Link]) -> list[Route]:
-        """Routes whose interface is up, none for an uplink whose interface is missing or down."""
-        waiting: set[int] = set()
+    def usable_routes(self, routes: tuple[Route, ...], interfaces: dict[str, Link], now: Survey) -> list[Route]:
+        """Routes whose interface is up; none for an uplink IP version that cannot have its default route now.
+
+        A waiting uplink (`kernel.gateways`: interface missing or down, no address, no
+        next hop known yet) is reported, not an error: everything else is installed.
+        """
+        skipped: set[tuple[int, int]] = set()
         for uplink in self.plan.uplinks:
-            link = interfaces.get(uplink.interface)
-            if link is not None and link.up:
-                continue
-            waiting.add(uplink.table)
-            problem = "does not exist" if link is None else "is down"
-            self.report.warnings.append(
-                f"uplink '{uplink.name}': interface {uplink.interface} {problem}; its routes are skipped "
-                "and its traffic falls through to the main table until the next apply"
-            )
-        return [r for r in routes if r.table not in waiting and r.dev in interfaces and interfaces[r.dev].up]
+            readiness = now.uplinks[uplink.name]
+            skipped |= {(uplink.table, version) for version, _ in readiness.missing}
+            if readiness.reason is not None:
+                self.report.waiting[uplink.name] = readiness.reason
+                self.report.warnings.append(waiting_text(uplink.name, uplink.interface, readiness.reason))
+        return [r for r in routes if (r.table, r.version) not in skipped and r.dev in interfaces and interfaces[r.dev].up]
 
     def usable_sysctls(self, interfaces: dict[str, Link]) -> list[Sysctl]:
         usable: list[Sysctl] = []

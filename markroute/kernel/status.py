@@ -13,17 +13,22 @@ from markroute.daemon import record
 from markroute.kernel import digest, nft, state
 from markroute.kernel.conntrack import count_by_mark
 from markroute.kernel.drift import differences
-from markroute.kernel.links import links
+from markroute.kernel.gateways import survey
+from markroute.kernel.links import link_state, links
 from markroute.kernel.rpdb import Rpdb
-from markroute.plan import Plan, UplinkPlan
+from markroute.plan import FAMILY_NAMES, Plan, UplinkPlan
 
 
 def collect(netns: str | None, plan: Plan | None) -> dict[str, Any]:
     """The report `status --json` prints, for the current namespace (NETNS names its state).
 
     Keys: ``namespace``, ``applied`` (bool), ``applied_at``; ``uplinks``: a list of
-    ``{name, interface, exists, up, addresses, gateway, gateway6, default_routes, table,
-    mark, connections, health}`` (health: what `markroute run` last saw, ``{state,
+    ``{name, interface, exists, up, addresses, gateway, gateway6, waiting, next_hops,
+    default_routes, table, mark, connections, health}`` (gateway: an address, ``auto`` or
+    null; waiting: why the uplink cannot carry traffic now, a fixed word of
+    `kernel.gateways.REASONS` such as ``no-gateway``, or null; next_hops: the next hop
+    per family, ``inet``/``inet6``, that its default route uses now, learned for
+    ``auto``, null for on-link; health: what `markroute run` last saw, ``{state,
     since, rtt, loss, transitions, suppressed, probed}``, or null); ``policies``:
     ``[{name, packets, bytes}]`` summed over every rule commented ``policy NAME``;
     ``connections``: ``{total, other}`` (other: no uplink mark); ``drift``: one sentence
@@ -36,9 +41,10 @@ def collect(netns: str | None, plan: Plan | None) -> dict[str, Any]:
         live_rules = rpdb.own_rules()
         live_routes = rpdb.own_routes()
         routes_json = rpdb.routes_json()
+        uplinks: list[UplinkPlan] = list(plan.uplinks) if plan else recorded.uplinks if recorded else []
+        readiness = survey(rpdb, uplinks, link_state(rpdb, interfaces)).uplinks
     table_name = plan.table_name if plan else recorded.table_name if recorded else None
     live_table = nft.list_table(table_name) if table_name else None
-    uplinks: list[UplinkPlan] = list(plan.uplinks) if plan else recorded.uplinks if recorded else []
     policies: list[str] = list(plan.policies) if plan else recorded.policies if recorded else []
     mask = plan.mask if plan else recorded.mask if recorded else 0
     connections = count_by_mark(mask) if mask else None
@@ -67,6 +73,8 @@ def collect(netns: str | None, plan: Plan | None) -> dict[str, Any]:
             "addresses": link.to_json()["addresses"] if link else [],
             "gateway": u.gateway,
             "gateway6": u.gateway6,
+            "waiting": readiness[u.name].reason,
+            "next_hops": {FAMILY_NAMES[v]: hop for v, hop in readiness[u.name].ready},
             "default_routes": [r.get("gateway") or f"dev {r.get('dev')}" for r in installed],
             "table": u.table,
             "mark": hex(u.mark),

@@ -1,0 +1,71 @@
+"""Applying a config some of whose uplinks wait (`kernel.gateways`): their traffic fails over as if they were down.
+
+A waiting uplink (no lease yet at boot, interface not created yet) must not fail the
+whole apply, nor leave its traffic to fall through to main: `apply_model` compiles the
+plan with the waiting uplinks down, so failover lists skip them and balance groups
+leave them out (the last resort when nothing is left), exactly as for an uplink the
+daemon found dead. The record keeps the digest of the config's plan with every uplink
+up (`stamp_nominal`), so `status -c FILE` keeps comparing with the config, not with the
+uplinks' state of the moment.
+
+An uplink without a gateway on a link that resolves neighbours (Ethernet, veth) is a
+configuration error (`NeedsGateway`): `default dev IF` there sends every destination to
+ARP and nothing answers. `check` cannot see interfaces, so this is found where they are
+visible: `apply` and `markroute run` refuse such a config before changing anything.
+"""
+
+from __future__ import annotations
+
+from markroute.compile import Health, compile_plan
+from markroute.kernel import KernelError, digest, gateways, state
+from markroute.kernel.apply import ApplyReport, apply
+from markroute.kernel.links import link_state, links
+from markroute.kernel.rpdb import Rpdb
+from markroute.model import Model
+from markroute.plan import Plan
+
+
+class NeedsGateway(KernelError):
+    """An uplink without gateway sits on a broadcast link: the config must say `gateway: auto` or an address."""
+
+
+def current_survey(plan: Plan) -> gateways.Survey:
+    """Every uplink's readiness in the current namespace."""
+    with Rpdb() as rpdb:
+        return gateways.survey(rpdb, plan.uplinks, link_state(rpdb, links(rpdb)))
+
+
+def refuse_missing_gateways(plan: Plan, survey: gateways.Survey) -> None:
+    """Raise `NeedsGateway` naming every uplink that needs a gateway it was not given."""
+    uplinks = {u.name: u for u in plan.uplinks}
+    wrong = [name for name, reason in survey.waiting.items() if reason == "needs-gateway"]
+    if wrong:
+        described = "; ".join(
+            f"uplink '{name}' has no gateway but {uplinks[name].interface} is a broadcast link (it resolves "
+            "neighbours with ARP/NDP), so a default route without gateway would leave nothing answering"
+            for name in wrong
+        )
+        raise NeedsGateway(f"{described} (hint: write gateway: auto to follow DHCP/router advertisements, "
+                           "or gateway: ADDRESS)")
+
+
+def apply_model(model: Model, netns: str | None) -> ApplyReport:
+    """Apply MODEL with the uplinks that wait right now compiled as down; raise `NeedsGateway` first if due."""
+    nominal = compile_plan(model)
+    survey = current_survey(nominal)
+    refuse_missing_gateways(nominal, survey)
+    waiting = frozenset(survey.waiting)
+    plan = compile_plan(model, Health(down=waiting)) if waiting else nominal
+    report = apply(plan, netns)
+    if plan != nominal:
+        stamp_nominal(netns, digest.plan_digest(nominal))
+    return report
+
+
+def stamp_nominal(netns: str | None, nominal: str) -> None:
+    """Record NOMINAL (the digest of the config's plan with every uplink up) as the applied config."""
+    with state.locked(netns):
+        recorded = state.load(netns)
+        if recorded is not None and recorded.plan_digest != nominal:
+            recorded.plan_digest = nominal
+            state.save(netns, recorded)

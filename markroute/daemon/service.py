@@ -309,7 +309,7 @@ class Daemon:
         """Apply the config's plan for the current health, like `markroute apply`."""
         health = health_of(self.health())
         plan = compile_plan(self.model, health)
-        report = apply(plan, self.netns)
+        report = apply(plan, self.netns, following=True)
         for change in report.changes:
             self.log.info("apply: %s", change)
         for warning in report.warnings:
@@ -363,7 +363,7 @@ class Daemon:
         try:
             if not self.follow_kernel():
                 return  # nothing apply depends on changed (a DHCP renewal)
-            report = apply(self.installed, self.netns)
+            report = apply(self.installed, self.netns, following=True)
             self.recorder.stamp(self.nominal)
             self.note_state()
         except KernelError as exc:

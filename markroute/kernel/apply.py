@@ -67,8 +67,11 @@ class ApplyFailed(KernelError):
         super().__init__(message)
 
 
-def apply(plan: Plan, netns: str | None = None) -> ApplyReport:
+def apply(plan: Plan, netns: str | None = None, following: bool = False) -> ApplyReport:
     """Converge the kernel of the current namespace to PLAN; NETNS only names the state file.
+
+    FOLLOWING (the daemon, which follows the system): a fixed gateway that is not on its
+    link (renumbered under it) makes its uplink wait instead of failing the whole apply.
 
     On a first apply (no record, no table) the new table's sets start filling in the
     background at once (`NewTable.start`), while pyroute2 is imported and sysctls,
@@ -87,7 +90,7 @@ def apply(plan: Plan, netns: str | None = None) -> ApplyReport:
                 new_table.discard()
             raise
         with rpdb:
-            return _Apply(plan, netns, previous, rpdb, new_table).run()
+            return _Apply(plan, netns, previous, rpdb, new_table, following).run()
 
 
 def rule_text(rule: IpRule) -> str:
@@ -150,9 +153,11 @@ class NewTable:
 
 class _Apply:
     def __init__(
-        self, plan: Plan, netns: str | None, previous: State | None, rpdb: Rpdb, new_table: NewTable | None = None
+        self, plan: Plan, netns: str | None, previous: State | None, rpdb: Rpdb, new_table: NewTable | None = None,
+        following: bool = False,
     ) -> None:
         self.plan = plan
+        self.following = following
         self.netns = netns
         self.previous = previous
         self.rpdb = rpdb
@@ -166,7 +171,7 @@ class _Apply:
     def run(self) -> ApplyReport:
         try:
             interfaces = links(self.rpdb)
-            now = survey(self.rpdb, self.plan.uplinks, link_state(self.rpdb, interfaces))
+            now = survey(self.rpdb, self.plan.uplinks, link_state(self.rpdb, interfaces), self.following)
             rules, resolved = resolve(self.plan, now.links)
             routes = self.usable_routes(resolved, interfaces, now)
             sysctls = self.usable_sysctls(interfaces)

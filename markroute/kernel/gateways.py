@@ -15,9 +15,10 @@ touching the routes it learns from:
   (`ip addr add A peer B`), else the device itself (no next hop needed).
 
 An uplink is *waiting* when none of its IP versions can have a default route now:
-its interface is missing or down, it has no address of that version (auto), no next
-hop is known (auto), or a fixed gateway is not reachable on the link (no connected
-route covers it: the kernel would refuse the route, "Network is unreachable"). A
+its interface is missing or down, it has no address of that version, no next hop is
+known (auto), or, while `markroute run` follows the system, a fixed gateway is no
+longer on its link (no connected route covers it: renumbered under it; the kernel
+would refuse the route, "Network is unreachable"; `apply` still fails on it). A
 waiting uplink is not an error: `apply` installs everything else and its traffic
 follows the same rules as for a down uplink. An uplink without any gateway on a link
 that resolves neighbours (Ethernet, veth: ARP/NDP) also waits, for `needs-gateway`:
@@ -108,10 +109,12 @@ class Survey:
         return {name: r.reason for name, r in self.uplinks.items() if r.reason is not None}
 
 
-def survey(rpdb: Rpdb, uplinks: Iterable[UplinkPlan], links: LinkState) -> Survey:
+def survey(rpdb: Rpdb, uplinks: Iterable[UplinkPlan], links: LinkState, following: bool = True) -> Survey:
     """Read interfaces and foreign routes once and judge every uplink; LINKS is `links.link_state`'s view.
 
     The result's `links` is LINKS with the learned next hops of the `auto` uplinks added.
+    Unless FOLLOWING (the daemon), a fixed gateway not on its link is left to the kernel
+    to refuse: `apply` of such a config fails and puts everything back, as it always did.
     """
     interfaces = read_interfaces(rpdb)
     routes = rpdb.route_messages()
@@ -119,7 +122,7 @@ def survey(rpdb: Rpdb, uplinks: Iterable[UplinkPlan], links: LinkState) -> Surve
     found: dict[str, Readiness] = {}
     gateways: dict[str, dict[int, str | None]] = {}
     for uplink in uplinks:
-        readiness = judge(uplink, interfaces.get(uplink.interface), learned, routes)
+        readiness = judge(uplink, interfaces.get(uplink.interface), learned, routes, following)
         found[uplink.name] = readiness
         for version, gateway in ((4, uplink.gateway), (6, uplink.gateway6)):
             if gateway == AUTO_GATEWAY and version in dict(readiness.ready):
@@ -180,7 +183,7 @@ def _expired(msg: Any) -> bool:
 
 
 def judge(uplink: UplinkPlan, interface: Interface | None, learned: dict[tuple[str, int], str | None],
-          routes: list[Any]) -> Readiness:
+          routes: list[Any], following: bool = True) -> Readiness:
     """Which of the uplink's versions can have a default route now, via what, and why not the others."""
     if interface is None or not interface.up:
         reason = "interface-missing" if interface is None else "interface-down"
@@ -195,6 +198,8 @@ def judge(uplink: UplinkPlan, interface: Interface | None, learned: dict[tuple[s
             outcome = ("needs-gateway", None) if interface.resolves_neighbours else ("", None)
         else:
             outcome = _fixed(interface, version, configured, routes)
+            if outcome[0] == "gateway-unreachable" and not following:
+                outcome = ("", configured)
         if outcome[0]:
             missing.append((version, outcome[0]))
         else:

@@ -29,10 +29,10 @@ class NeedsGateway(KernelError):
     """An uplink without gateway sits on a broadcast link: the config must say `gateway: auto` or an address."""
 
 
-def current_survey(plan: Plan) -> gateways.Survey:
-    """Every uplink's readiness in the current namespace."""
+def current_survey(plan: Plan, following: bool = True) -> gateways.Survey:
+    """Every uplink's readiness in the current namespace (FOLLOWING: as the daemon judges it)."""
     with Rpdb() as rpdb:
-        return gateways.survey(rpdb, plan.uplinks, link_state(rpdb, links(rpdb)))
+        return gateways.survey(rpdb, plan.uplinks, link_state(rpdb, links(rpdb)), following)
 
 
 def refuse_missing_gateways(plan: Plan, survey: gateways.Survey) -> None:
@@ -52,7 +52,7 @@ def refuse_missing_gateways(plan: Plan, survey: gateways.Survey) -> None:
 def apply_model(model: Model, netns: str | None) -> ApplyReport:
     """Apply MODEL with the uplinks that wait right now compiled as down; raise `NeedsGateway` first if due."""
     nominal = compile_plan(model)
-    survey = current_survey(nominal)
+    survey = current_survey(nominal, following=False)
     refuse_missing_gateways(nominal, survey)
     waiting = frozenset(survey.waiting)
     plan = compile_plan(model, Health(down=waiting)) if waiting else nominal

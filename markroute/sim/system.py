@@ -260,6 +260,7 @@ def learned_offline(plan: Plan, hints: list[dict[str, Any]]) -> tuple[dict[str, 
     gateways: dict[str, dict[int, str | None]] = {}
     unlearned: dict[str, str] = {}
     for uplink in plan.uplinks:
+        unknown: list[str] = []
         for version, gateway in ((4, uplink.gateway), (6, uplink.gateway6)):
             if gateway != AUTO_GATEWAY or version not in uplink.versions:
                 continue
@@ -269,10 +270,12 @@ def learned_offline(plan: Plan, hints: list[dict[str, Any]]) -> tuple[dict[str, 
             if found:
                 gateways.setdefault(uplink.interface, {})[version] = found[0][1] or None
             else:
-                unlearned[str(uplink.table)] = (
-                    f"uplink '{uplink.name}' learns its {FAMILY_NAMES[version]} gateway from the kernel at run time "
-                    f"(gateway: auto): use --live, or describe it with --route 'default via GW dev {uplink.interface}'"
-                )
+                unknown.append(FAMILY_NAMES[version])
+        if unknown:
+            unlearned[str(uplink.table)] = (
+                f"uplink '{uplink.name}' learns its {' and '.join(unknown)} gateway from the kernel at run time "
+                f"(gateway: auto): use --live, or describe it with --route 'default via GW dev {uplink.interface}'"
+            )
     return gateways, unlearned
 
 

@@ -181,6 +181,7 @@ def test_renumbered_lease_moves_table_rules_and_probes_in_one_step(daemon: tuple
         assert back < 4.0, f"ISP 0 carried new connections {back:.2f} s after the new lease"  # required: 2 s
 
         assert table_defaults(lab, r.rtr, table) == ["10.1.0.1"]
+        probed_up(d, "dhcp")  # the probes follow: 10.1.0.1 answers, from the new address
         sources = [x.get("src") for x in json.loads(lab.ip(r.rtr, "-j", "rule").stdout) if x.get("table") == str(table)]
         assert new.address in sources and old.address not in sources
         report = status(r.rtr)
@@ -339,6 +340,134 @@ def test_lost_lease_makes_the_uplink_wait_and_its_flows_fail_over(daemon: tuple[
         assert status(r.rtr)["drift"] == []
         assert events_of(events, "dhcp") == [["dhcp", "up", "waiting", "no address yet"]]
         assert isps_seen(d, r) == {1: 20}
+        assert "resync failed" not in d.log()
+    finally:
+        d.close()
+
+
+def test_apply_refuses_an_uplink_without_gateway_on_a_broadcast_link(daemon: tuple[Lab, Path]) -> None:
+    lab, tmp = daemon
+    r = dynamic_router_lab(lab, isps=1)
+    client = r.dhcp_client(0)
+    client.start()
+    client.wait_lease(gateway="10.0.0.1")
+    before = view(lab, r.rtr)
+    config = write_config(tmp, "uplinks:\n  isp: {interface: wan0, nat: masquerade}\npolicies:\n  - {name: all, via: isp}\n")
+    result = markroute("apply", "-c", config, "--netns", r.rtr)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "uplink 'isp' has no gateway but wan0 is a broadcast link" in result.stderr
+    assert "write gateway: auto" in result.stderr and "Traceback" not in result.stderr
+    assert view(lab, r.rtr) == before  # nothing changed
+
+
+FIXED_AT_BOOT = """
+uplinks:
+  isp0: {interface: wan0, gateway: 10.0.0.1, nat: masquerade}
+  isp1: {interface: wan1, gateway: 10.0.1.1, nat: masquerade}
+groups:
+  prefer0: {failover: [isp0, isp1]}
+policies:
+  - name: rest
+    via: prefer0
+"""
+
+
+def test_apply_before_any_lease_installs_the_rest_and_fails_the_waiting_uplink_over(
+    daemon: tuple[Lab, Path]
+) -> None:
+    lab, tmp = daemon
+    r = dynamic_router_lab(lab, isps=2)
+    lab.addr(r.rtr, "wan1", STATIC_WAN1)
+    d = DaemonLab(r, tmp)
+    lab.serve_echo(r.net, d.port)
+    try:
+        result = markroute("apply", "-c", write_config(tmp, FIXED_AT_BOOT), "--netns", r.rtr)
+        assert result.returncode == 0, result.stderr
+        assert "waiting: isp0 (no address yet)" in result.stdout
+        assert isps_seen(d, r) == {1: 20}  # the failover list skips the waiting uplink
+        report = status(r.rtr)
+        assert [u["waiting"] for u in report["uplinks"]] == ["no-address", None] and report["drift"] == []
+        check = markroute("status", "-c", write_config(tmp, FIXED_AT_BOOT), "--netns", r.rtr)
+        assert check.returncode == 0, check.stdout  # the applied config is the config, not its health
+    finally:
+        d.close()
+
+
+P2P_AUTO = """
+uplinks:
+  isp0: {interface: wan0, gateway: 10.0.0.1, nat: masquerade}
+  cheap: {interface: wan1, gateway: auto, nat: masquerade}
+policies:
+  - name: all
+    via: cheap
+"""
+
+
+def test_point_to_point_auto_uplink_uses_the_peer(daemon: tuple[Lab, Path]) -> None:
+    from markroute.lab import router_lab
+
+    lab, tmp = daemon
+    r = router_lab(lab, isps=2, p2p=[1])
+    lab.serve_echo(r.net, 7300)
+    result = markroute("apply", "-c", write_config(tmp, P2P_AUTO), "--netns", r.rtr)
+    assert result.returncode == 0, result.stderr
+    cheap = uplink_status(r.rtr, "cheap")
+    assert cheap["next_hops"] == {"inet": "10.0.1.1"} and cheap["default_routes"] == ["10.0.1.1"]
+    flows = lab.probe(r.lan, "tcp", r.server, 7300, count=10)
+    assert flows["ok"] == 10 and {r.which_isp(s) for s in flows["seen"]} == {1}, flows
+    live = markroute("trace", "--live", "--netns", r.rtr, "--from", r.client_v4, "--to", r.server,
+                     "--iif", r.rtr_lan_if, "--proto", "tcp", "--dport", "7300", "--json")
+    assert live.returncode == 0, live.stderr
+    assert (json.loads(live.stdout)["oif"], json.loads(live.stdout)["next_hop"]) == ("wan1", "10.0.1.1")
+    assert markroute("down", "--netns", r.rtr).returncode == 0
+
+
+def probed_up(d: DaemonLab, name: str) -> None:
+    """Wait until the uplink's probes are answered again (its monitor follows its next hop and address)."""
+    d.wait(lambda rec: rec is not None and rec.uplinks[name].state == "up" and rec.uplinks[name].rtt is not None
+           and rec.uplinks[name].loss == 0.0, f"answered probes of {name}", timeout=10)
+
+
+def ifindex(lab: Lab, ns: str, name: str) -> int:
+    return int(json.loads(lab.ip(ns, "-j", "link", "show", name).stdout)[0]["ifindex"])
+
+
+def test_recreated_interface_with_a_new_index_is_followed(daemon: tuple[Lab, Path]) -> None:
+    lab, tmp = daemon
+    r = dynamic_router_lab(lab, isps=2)
+    lab.addr(r.rtr, "wan1", STATIC_WAN1)
+    d = DaemonLab(r, tmp)
+    lab.serve_echo(r.net, d.port)
+    events = tmp / "events"
+    try:
+        client = r.dhcp_client(0)
+        client.start()
+        client.wait_lease(gateway="10.0.0.1")
+        d.start(d.write(hook_config(PREFERRED, events)))
+        d.wait_states({"dhcp": "up", "fixed": "up"})
+        old_index = ifindex(lab, r.rtr, "wan0")
+
+        client.stop()
+        r.dhcp[0].stop()
+        lab.ip(r.rtr, "link", "del", "wan0")  # the peer, ISP 0's down0, goes with it
+        d.wait_states({"dhcp": "waiting"}, timeout=10)
+        wait_until(lambda: True if uplink_status(r.rtr, "dhcp")["waiting"] == "interface-missing" else None, 10,
+                   "the uplink to wait for its interface", seen=d.log)
+        assert "waiting (interface missing)" in markroute("status", "--netns", r.rtr).stdout
+        assert isps_seen(d, r) == {1: 20}
+
+        lab.veth(r.isps[0], "down0", r.rtr, "wan0")
+        lab.addr(r.isps[0], "down0", r.dhcp[0].pool.gateway)
+        r.dhcp[0].start()
+        client = r.dhcp_client(0)
+        client.start()
+        client.wait_lease(gateway="10.0.0.1")
+        assert ifindex(lab, r.rtr, "wan0") != old_index
+        first_working(d, r, 0, timeout=15)
+        probed_up(d, "dhcp")
+        report = status(r.rtr)
+        assert report["drift"] == [] and [u["waiting"] for u in report["uplinks"]] == [None, None]
+        assert events_of(events, "dhcp")[-1][1:3] == ["waiting", "up"]
         assert "resync failed" not in d.log()
     finally:
         d.close()

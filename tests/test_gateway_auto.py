@@ -471,3 +471,36 @@ def test_recreated_interface_with_a_new_index_is_followed(daemon: tuple[Lab, Pat
         assert "resync failed" not in d.log()
     finally:
         d.close()
+
+
+FIXED_ON_DHCP = PREFERRED.replace("gateway: auto", "gateway: 10.0.0.1")
+
+
+def test_fixed_gateway_renumbered_away_waits_without_an_error_loop(daemon: tuple[Lab, Path]) -> None:
+    """The issue's report: a fixed gateway on a DHCP link, the link renumbered; no retry loop, no drift."""
+    lab, tmp = daemon
+    r = dynamic_router_lab(lab, isps=2)
+    lab.addr(r.rtr, "wan1", STATIC_WAN1)
+    d = DaemonLab(r, tmp)
+    lab.serve_echo(r.net, d.port)
+    try:
+        client = r.dhcp_client(0)
+        client.start()
+        old = client.wait_lease(gateway="10.0.0.1")
+        d.start(d.write(FIXED_ON_DHCP))
+        d.wait_states({"dhcp": "up", "fixed": "up"})
+        r.dhcp[0].renumber(isp_pool(0, generation=1))
+        client.wait_lease(gateway="10.1.0.1", timeout=30)
+        d.wait_states({"dhcp": "waiting"}, timeout=10)
+        time.sleep(2.5)  # an error loop would log every second
+        report = status(r.rtr)
+        dhcp = next(u for u in report["uplinks"] if u["name"] == "dhcp")
+        assert dhcp["waiting"] == "gateway-unreachable" and report["drift"] == [], report
+        assert "waiting (gateway not on link)" in markroute("status", "--netns", r.rtr).stdout
+        rules = [x.get("src") for x in json.loads(lab.ip(r.rtr, "-j", "rule").stdout)]
+        assert old.address not in rules  # the old `from ADDRESS` rule went with the address
+        assert isps_seen(d, r) == {1: 20}
+        log = d.log()
+        assert "resync failed" not in log and "cannot" not in log, log
+    finally:
+        d.close()

@@ -54,7 +54,11 @@ from markroute.kernel.apply import apply
 from markroute.kernel.down import down
 from markroute.kernel.links import Link, links
 from markroute.kernel.rpdb import Rpdb
-from markroute.kernel.waiting import current_survey, refuse_missing_gateways
+from markroute.kernel.waiting import (
+    NeedsGateway,
+    current_survey,
+    refuse_missing_gateways,
+)
 from markroute.model import Model, Uplink
 from markroute.plan import Plan
 
@@ -120,7 +124,7 @@ class Daemon:
         self.catch_signals()  # a stop request during start-up waits for the loop, never cuts an apply short
         previous = record.load(self.netns)
         interfaces = self.read_links()
-        self.look()
+        self.look(self.model)
         self.build_monitors(previous.uplinks if previous else {}, interfaces)
         self.install()
         self.log.info("markroute run: %d uplinks, %s", len(self.monitors), self.describe())
@@ -375,9 +379,9 @@ class Daemon:
             self.log.info("resync: %s", change)
         self.refresh_egress()
 
-    def look(self) -> None:
-        """Read the uplinks' readiness without acting on it (start, reload); refuse an uplink that needs a gateway."""
-        plan = compile_plan(self.model)
+    def look(self, model: Model) -> None:
+        """Read MODEL's uplinks' readiness without acting on it (start, reload); refuse an uplink needing a gateway."""
+        plan = compile_plan(model)
         survey = current_survey(plan)
         refuse_missing_gateways(plan, survey)
         self.follower.observe(survey)
@@ -417,6 +421,11 @@ class Daemon:
                 self.log.error("reload: %s", diagnostic.render())
             self.log.error("reload: the config is invalid; still running the previous one")
             return
+        try:
+            self.look(model)
+        except NeedsGateway as exc:
+            self.log.error("reload: %s; still running the previous config", exc)
+            return
         old = self.monitors
         keep = {
             name: monitor for name, monitor in old.items()
@@ -427,7 +436,6 @@ class Daemon:
                 monitor.stop()
         self.model = model
         self.hooks.argv = model.settings.on_change
-        self.look()
         self.build_monitors({}, self.read_links(), keep)
         self.recorder.when_idle(self.reinstall)
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 
 from markroute.kernel import KernelError, digest, nft, nftnetlink, state, sysctl
-from markroute.kernel.gateways import Survey, survey, waiting_text
+from markroute.kernel.gateways import Survey, missing_text, survey, waiting_text
 from markroute.kernel.journal import Journal
 from markroute.kernel.links import Link, link_state, links
 from markroute.kernel.rpdb import Rpdb, route_key
@@ -214,6 +214,8 @@ class _Apply:
             if readiness.reason is not None:
                 self.report.waiting[uplink.name] = readiness.reason
                 self.report.warnings.append(waiting_text(uplink.name, uplink.interface, readiness.reason))
+            elif readiness.missing:
+                self.report.warnings.append(missing_text(uplink.name, uplink.interface, readiness.missing))
         return [r for r in routes if (r.table, r.version) not in skipped and r.dev in interfaces and interfaces[r.dev].up]
 
     def usable_sysctls(self, interfaces: dict[str, Link]) -> list[Sysctl]:

@@ -245,3 +245,9 @@ def waiting_text(uplink: str, interface: str, reason: str) -> str:
         detail = f"{describe(reason)} on {interface}"
     return (f"uplink '{uplink}' waits: {detail}; its routes are skipped and its traffic follows "
             "failover and the last resort until it is ready")
+
+
+def missing_text(uplink: str, interface: str, missing: tuple[tuple[int, str], ...]) -> str:
+    """The warning for an uplink ready in one IP version only: the other gets no default route yet."""
+    parts = ", ".join(f"IPv{version}: {describe(reason)}" for version, reason in missing)
+    return f"uplink '{uplink}' on {interface} carries only part of its traffic for now ({parts}); no default route for it yet"

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from markroute.cli import main
 from markroute.compile import compile_plan
 from markroute.config import load_model
-from markroute.daemon.follow import Follower, back_transition
+from markroute.daemon.follow import Follower
 from markroute.kernel.gateways import (
     Interface,
     Readiness,
@@ -198,8 +198,20 @@ def test_follower_reports_only_real_changes_and_gateway_moves_across_a_wait() ->
     news = follower.observe(survey(dhcp=ready("10.1.0.1")))
     assert news is not None and news.ready == ("dhcp",)
     assert news.moved == {"dhcp": ({4: "10.0.0.1"}, {4: "10.1.0.1"})}
-    transition = back_transition("dhcp", "waiting", {4: "10.1.0.1"}, news.moved["dhcp"])
-    assert (transition.old, transition.new, transition.reason) == ("waiting", "up", "gateway 10.0.0.1 -> 10.1.0.1")
+    assert follower.waiting == {} and follower.next_hops("dhcp") == {4: "10.1.0.1"}
     follower.forget()
     again = follower.observe(survey(dhcp=ready("10.1.0.1")))
     assert again is not None and again.moved == {} and again.waiting == {}
+
+
+
+def test_a_lost_link_is_left_to_the_health_machine() -> None:
+    """A missing or down interface takes the uplink down (flap damping), it does not make it wait."""
+    follower = Follower()
+    follower.observe(survey(dhcp=WAITING))
+    missing = Readiness("dhcp", "wan0", (), ((4, "interface-missing"),))
+    news = follower.observe(survey(dhcp=missing))
+    assert news is not None and news.ready == ("dhcp",) and news.waiting == {} and follower.waiting == {}
+    assert follower.reason("dhcp") == "interface-missing"
+    news = follower.observe(survey(dhcp=WAITING))
+    assert news is not None and news.waiting == {"dhcp": "no-address"}

@@ -4,7 +4,9 @@ The daemon looks at the kernel (`kernel.gateways.survey`) at start and after eve
 burst of netlink events. A DHCP client renews its lease every few seconds with an
 `ip addr change`, which changes nothing markroute depends on: two equal surveys mean
 there is nothing to do (`Follower.observe` returns None) and no apply runs. Otherwise
-the news says which uplinks began or stopped waiting and which ready uplinks now use
+the news says which uplinks began or stopped waiting (a missing or down interface is
+not waiting here: the link is lost, and the health machine takes the uplink down with
+flap damping, as for any link) and which ready uplinks now use
 another next hop (a new lease, a new router address), so the daemon can act on all of
 it in one step: the routes and `from ADDRESS` rules by one apply, the chains by one
 failover transaction, the probes by a fresh monitor aimed at the new gateway from the
@@ -19,9 +21,10 @@ from markroute.daemon.health import Snapshot, State, Transition, UplinkHealth
 from markroute.daemon.monitor import OnTransition, UplinkMonitor, probe_targets
 from markroute.daemon.reactor import Reactor
 from markroute.kernel.gateways import Survey, describe
-from markroute.model import Uplink
 
 NextHops = dict[int, str | None]  # IP version -> next hop (None: on-link)
+#: A missing or down interface is a lost link: the health machine takes the uplink down, with flap damping.
+LINK_REASONS = (None, "interface-missing", "interface-down")
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,14 @@ class Follower:
 
     @property
     def waiting(self) -> dict[str, str]:
-        return self.survey.waiting if self.survey is not None else {}
+        """Uplinks out of use until the kernel has what they need; a lost link is the health machine's."""
+        if self.survey is None:
+            return {}
+        return {name: reason for name, reason in self.survey.waiting.items() if reason not in LINK_REASONS}
+
+    def reason(self, uplink: str) -> str | None:
+        readiness = self.survey.uplinks.get(uplink) if self.survey is not None else None
+        return readiness.reason if readiness is not None else None
 
     def next_hops(self, uplink: str) -> NextHops:
         """The next hops the uplink's default routes use now (learned or fixed)."""
@@ -64,21 +74,22 @@ class Follower:
         if before == survey and not self.stale:
             return None
         self.stale = False
-        old = before.uplinks if before is not None else {}
+        old = {name: reason for name, reason in before.waiting.items() if reason not in LINK_REASONS} if before else {}
         news = News()
         ready: list[str] = []
         for name, now in survey.uplinks.items():
-            was = old.get(name)
-            if now.reason is not None:
-                if was is None or was.reason != now.reason:
-                    news.waiting[name] = now.reason
+            reason = now.reason if now.reason not in LINK_REASONS else None
+            if reason is not None:
+                if old.get(name) != reason:
+                    news.waiting[name] = reason
                 continue
-            hops = dict(now.ready)
-            if was is not None and was.reason is not None:
+            if name in old:
                 ready.append(name)
-            if name in self.known and self.known[name] != hops:
+            hops = dict(now.ready)
+            if hops and name in self.known and self.known[name] != hops:
                 news.moved[name] = (self.known[name], hops)
-            self.known[name] = hops
+            if hops:
+                self.known[name] = hops
         return News(news.waiting, tuple(ready), news.moved)
 
 
@@ -96,24 +107,40 @@ def waiting_transition(name: str, state: State, reason: str) -> Transition:
     return Transition(name, state, "waiting", describe(reason))
 
 
-def back_transition(name: str, old: State, hops: NextHops, moved: tuple[NextHops, NextHops] | None) -> Transition:
-    """An uplink ready again, or moved to another next hop: up (probes decide from here), and why.
+def back_transition(monitor: UplinkMonitor, old: State, follower: Follower,
+                    moved: tuple[NextHops, NextHops] | None) -> Transition:
+    """An uplink that stopped waiting, or moved to another next hop, now in its monitor's state, and why.
 
     A gateway change says both values, `gateway 10.0.0.1 -> 10.1.0.1`: it is logged
     and handed to `on_change` once, whatever happened in between.
     """
-    reason = f"gateway {hops_text(moved[0])} -> {hops_text(moved[1])}" if moved else f"ready via {hops_text(hops)}"
-    return Transition(name, old, "up", reason)
+    name = monitor.uplink.name
+    hops = follower.next_hops(name)
+    if moved:
+        reason = f"gateway {hops_text(moved[0])} -> {hops_text(moved[1])}"
+    elif hops:
+        reason = f"ready via {hops_text(hops)}"
+    else:
+        reason = describe(follower.reason(name) or "")
+    return Transition(name, old, monitor.health.state, reason)
 
 
-def fresh_monitor(reactor: Reactor, uplink: Uplink, old: UplinkMonitor, hops: NextHops,
-                  on_transition: OnTransition) -> UplinkMonitor:
-    """A monitor for an uplink that is ready again or moved: probes aimed at its next hops now, health up.
+def resume(reactor: Reactor, monitor: UplinkMonitor, hops: NextHops, moved: bool, usable: bool,
+           on_transition: OnTransition) -> UplinkMonitor:
+    """The monitor of an uplink that stopped waiting or moved, probing again.
 
-    Its earlier results were about another gateway or none at all, so they are not
-    kept; only the count of transitions carries over (status shows it).
+    The same monitor, health and flap damping included, when it probes the same
+    targets or has no next hop at all (its interface is missing or down); a fresh one aimed at the new next hops otherwise: earlier results were
+    about another gateway or none at all. Only the count of transitions carries over,
+    and the fresh health starts from the link's state (USABLE).
     """
-    old.stop()
-    check, targets = probe_targets(uplink, hops)
-    health = UplinkHealth(uplink.name, check if targets else None, transitions=old.health.transitions)
-    return UplinkMonitor(reactor, uplink, health, on_transition, hops)
+    monitor.stop()
+    check, targets = probe_targets(monitor.uplink, hops)
+    if not moved and (targets == monitor.targets or not hops):  # no next hop: its link is lost, it stays down
+        resumed = monitor
+    else:
+        health = UplinkHealth(monitor.uplink.name, check if targets else None, transitions=monitor.health.transitions)
+        health.link(usable, reactor.now())
+        resumed = UplinkMonitor(reactor, monitor.uplink, health, on_transition, hops)
+    resumed.start(None)
+    return resumed

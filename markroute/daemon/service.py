@@ -131,6 +131,8 @@ class Daemon:
         self.watcher = LinkWatcher(self.reactor, self.on_link, self.on_change, self.on_lost)
         self.relink()  # what changed between the first look and the watcher's first event
         self.refresh_egress(start=True)
+        for name in self.follower.waiting:
+            self.monitors[name].stop()  # nothing to probe until it is ready
         if self.metrics:
             self.metrics.start()
             self.log.info("metrics on http://%s:%d/metrics", *self.metrics.address)
@@ -151,7 +153,7 @@ class Daemon:
         for name, monitor in self.monitors.items():
             how = (f"{monitor.check.method} {', '.join(monitor.targets)} every {monitor.check.interval:g} s"
                    if monitor.probed else "link state only")
-            parts.append(f"{name} {monitor.health.state} ({how})")
+            parts.append(f"{name} {self.health()[name]} ({how})")
         return "; ".join(parts)
 
     def shutdown(self) -> None:
@@ -334,6 +336,7 @@ class Daemon:
         for monitor in self.monitors.values():
             if monitor.uplink.interface == interface:
                 monitor.link(bool(usable))
+        self.follower.forget()  # a link down and up again takes markroute's routes with it: always apply
         self.schedule_resync()
 
     def on_change(self) -> None:
@@ -367,6 +370,7 @@ class Daemon:
         try:
             if not self.follow_kernel():
                 return  # nothing apply depends on changed (a DHCP renewal)
+            self.log.debug("resync: the system changed; applying the installed plan")
             report = apply(self.installed, self.netns, following=True)
             self.recorder.stamp(self.nominal)
             self.note_state()
@@ -390,9 +394,10 @@ class Daemon:
         """Act on what changed in the uplinks' readiness (`follow`); False when nothing did.
 
         Uplinks that begin waiting stop being probed and leave their groups; uplinks
-        ready again, or using another next hop, get a fresh monitor aimed at it (probes
-        bound to the new index and address by `refresh_egress`); every change is one
-        transition, so the chains move in one transaction and `on_change` runs once.
+        ready again are probed again, through a fresh monitor aimed at the next hop when
+        it changed (probes bound to the new index and address by `refresh_egress`);
+        every change is one transition, so the chains move in one transaction and
+        `on_change` runs once.
         """
         assert self.installed is not None
         before = dict(self.follower.waiting)
@@ -405,11 +410,12 @@ class Daemon:
             old = "waiting" if name in before else monitor.health.state
             self.on_transition(follow.waiting_transition(name, old, reason))
         for name in (*news.ready, *(n for n in news.moved if n not in news.ready)):
-            old = "waiting" if name in news.ready else self.monitors[name].health.state
-            self.monitors[name] = follow.fresh_monitor(self.reactor, self.monitors[name].uplink, self.monitors[name],
-                                                       self.follower.next_hops(name), self.on_transition)
-            self.monitors[name].start(None)
-            self.on_transition(follow.back_transition(name, old, self.follower.next_hops(name), news.moved.get(name)))
+            monitor = self.monitors[name]
+            old = "waiting" if name in news.ready else monitor.health.state
+            usable = bool(self.link_usable.get(monitor.uplink.interface))
+            self.monitors[name] = follow.resume(self.reactor, monitor, self.follower.next_hops(name),
+                                                name in news.moved, usable, self.on_transition)
+            self.on_transition(follow.back_transition(self.monitors[name], old, self.follower, news.moved.get(name)))
         return True
 
     def reload(self) -> None:

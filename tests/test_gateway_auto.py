@@ -469,7 +469,7 @@ def test_recreated_interface_with_a_new_index_is_followed(daemon: tuple[Lab, Pat
         report = status(r.rtr)
         assert report["drift"] == [] and [u["waiting"] for u in report["uplinks"]] == [None, None]
         seen = events_of(events, "dhcp")
-        assert ["dhcp", "up", "down", "link lost"] in seen and ["dhcp", "down", "waiting", "no address yet"] in seen
+        assert seen[0] == ["dhcp", "up", "down", "link lost"]  # then maybe waiting for the lease, if seen in time
         assert seen[-1][2] == "up", seen  # back once its probes answer (a lost link comes back by probes)
         assert "resync failed" not in d.log()
     finally:

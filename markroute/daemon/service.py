@@ -226,7 +226,7 @@ class Daemon:
             last = seen.get(name)
             health = UplinkHealth(
                 name, check if targets else None,
-                state=last.state if last else "up",
+                state=last.state if last and last.state != "waiting" else "up",  # waiting: read afresh
                 since=last.since if last else None,
                 transitions=last.transitions if last else 0,
             )

@@ -49,7 +49,8 @@ def uplink_status(ns: str, name: str) -> dict[str, Any]:
 def table_defaults(lab: Lab, ns: str, table: int, ipv6: bool = False) -> list[str]:
     """Next hops of markroute's default routes in TABLE (`dev IF` when on-link)."""
     family = "-6" if ipv6 else "-4"
-    routes = json.loads(lab.ip(ns, "-j", family, "route", "show", "table", str(table)).stdout or "[]")
+    shown = lab.run(ns, ["ip", "-j", family, "route", "show", "table", str(table)], check=False)
+    routes = json.loads(shown.stdout or "[]") if shown.returncode == 0 else []  # no route yet: no table yet
     return [r.get("gateway") or f"dev {r['dev']}" for r in routes if r["dst"] == "default"]
 
 
@@ -97,11 +98,11 @@ def test_boot_order_static_uplink_at_once_dhcp_uplink_joins_after_its_lease(daem
         assert isps_seen(d, r) == {1: 20}  # the static uplink works at once, alone
         assert foreign(lab, r.rtr) == before  # nothing foreign touched
 
+        table = uplink_status(r.rtr, "dhcp")["table"]
         client = r.dhcp_client(0)
         client.start()
         lease = client.wait_lease(gateway="10.0.0.1")
         leased = time.monotonic()
-        table = uplink_status(r.rtr, "dhcp")["table"]
         wait_until(lambda: True if table_defaults(lab, r.rtr, table) == ["10.0.0.1"] else None, 10,
                    "the DHCP uplink's default route", seen=d.log)
         joined = time.monotonic() - leased
@@ -113,7 +114,7 @@ def test_boot_order_static_uplink_at_once_dhcp_uplink_joins_after_its_lease(daem
         assert f"{lease.address}/24" in report["addresses"]
         assert any(rule.get("src") == lease.address for rule in json.loads(lab.ip(r.rtr, "-j", "rule").stdout))
         assert status(r.rtr)["drift"] == []
-        assert joined < 5.0, f"joined {joined:.2f} s after the lease"  # measured well under 1 s; loose bound
+        assert joined < 3.0, f"joined {joined:.2f} s after the lease"  # required 1 s, measured ~0.15 s; loose bound
         assert "resync failed" not in d.log()
         # dhclient's own default route in main is as it put it: markroute never edits it
         assert [x for x in foreign(lab, r.rtr)["routes"] if x["dst"] == "default"] == [
@@ -178,7 +179,7 @@ def test_renumbered_lease_moves_table_rules_and_probes_in_one_step(daemon: tuple
         r.dhcp[0].renumber(new_pool)
         new = client.wait_lease(gateway=new_pool.router, timeout=30)
         back = first_working(d, r, 0, timeout=15)
-        assert back < 4.0, f"ISP 0 carried new connections {back:.2f} s after the new lease"  # required: 2 s
+        assert back < 4.0, f"ISP 0 carried new connections {back:.2f} s after the new lease"  # required 2 s, measured ~0.5 s
 
         assert table_defaults(lab, r.rtr, table) == ["10.1.0.1"]
         probed_up(d, "dhcp")  # the probes follow: 10.1.0.1 answers, from the new address

@@ -324,6 +324,9 @@ def parse_gateway(value: object, version: int) -> str:
     """A next hop of the given family, or `auto`; the other family's address names the other key."""
     if value == AUTO_GATEWAY:
         return AUTO_GATEWAY
+    if isinstance(value, str) and value.strip().isalpha():
+        raise ValueError(f"'{value}' is not an IP address; write 'auto' to learn the gateway from the kernel "
+                         "(DHCP, router advertisements, a tunnel's peer)")
     address = ipaddress.ip_address(parse_ip(value))
     if address.version != version:
         other = "gateway6" if version == 4 else "gateway"

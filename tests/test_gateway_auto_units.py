@@ -67,8 +67,8 @@ def test_auto_is_a_valid_gateway_and_leaves_the_default_route_to_apply(config: s
 
 
 @pytest.mark.parametrize("value, message", [
-    ("gateway: Auto", "'Auto' is not an IP address"),
-    ("gateway: dhcp", "'dhcp' is not an IP address"),
+    ("gateway: Auto", "'Auto' is not an IP address; write 'auto'"),
+    ("gateway: dhcp", "'dhcp' is not an IP address; write 'auto' to learn the gateway from the kernel"),
     ("gateway6: 10.0.0.1", "write it as 'gateway:'"),
 ])
 def test_other_words_are_still_refused(tmp_path: Path, value: str, message: str) -> None:

@@ -229,16 +229,24 @@ def test_two_dhcp_uplinks_balance_one_to_one(daemon: tuple[Lab, Path], weighted_
         for i, client in enumerate(clients):
             client.wait_lease(gateway=f"10.0.{i}.1")
         before = foreign(lab, r.rtr)
-        result = markroute("apply", "-c", write_config(tmp, TWO_DHCP), "--netns", r.rtr)
-        assert result.returncode == 0 and "waiting" not in result.stdout, result.stdout + result.stderr
+        d.start(d.write(TWO_DHCP))
+        d.wait_states({"a": "up", "b": "up"})
         report = status(r.rtr)
         assert [(u["name"], u["next_hops"], u["default_routes"]) for u in report["uplinks"]] == [
             ("a", {"inet": "10.0.0.1"}, ["10.0.0.1"]), ("b", {"inet": "10.0.1.1"}, ["10.0.1.1"]),
         ]
+        assert [u["health"]["probed"] for u in report["uplinks"]] == [True, True]  # each probes its learned gateway
         seen = isps_seen(d, r, count=400)
         weighted_split(seen, {0: 1, 1: 1})
+        live = markroute("trace", "--live", "--netns", r.rtr, "--from", r.clients[0].v4, "--to", r.server,
+                         "--iif", r.rtr_lan_if, "--proto", "tcp", "--dport", str(d.port), "--json")
+        assert live.returncode == 0, live.stderr
+        paths = json.loads(live.stdout)["paths"]
+        assert sorted((p["oif"], p["next_hop"], p["probability"]) for p in paths) == [
+            ("wan0", "10.0.0.1", 0.5), ("wan1", "10.0.1.1", 0.5),
+        ]
         assert foreign(lab, r.rtr) == before  # both clients' default routes in main untouched
-        assert markroute("down", "--netns", r.rtr).returncode == 0
+        d.close()  # markroute down
         assert foreign(lab, r.rtr) == before
     finally:
         d.close()

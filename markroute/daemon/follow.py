@@ -99,7 +99,7 @@ def shown(snapshot: Snapshot, waiting: str | None) -> Snapshot:
 
 
 def hops_text(hops: NextHops) -> str:
-    """`10.0.0.1, fe80::1` or `dev` for on-link, `none` when there is none."""
+    """`10.0.0.1, fe80::1`, `on-link` for a device route, `none` when there is none."""
     return ", ".join(hop or "on-link" for _, hop in sorted(hops.items())) or "none"
 
 
@@ -130,13 +130,15 @@ def resume(reactor: Reactor, monitor: UplinkMonitor, hops: NextHops, moved: bool
     """The monitor of an uplink that stopped waiting or moved, probing again.
 
     The same monitor, health and flap damping included, when it probes the same
-    targets or has no next hop at all (its interface is missing or down); a fresh one aimed at the new next hops otherwise: earlier results were
-    about another gateway or none at all. Only the count of transitions carries over,
-    and the fresh health starts from the link's state (USABLE).
+    targets or has no next hop at all (its interface is missing or down: the link is
+    lost, and it stays down until it answers again); a fresh one aimed at the new next
+    hops otherwise, since earlier results were about another gateway or none at all.
+    Only the count of transitions carries over, and the fresh health starts from the
+    link's state (USABLE).
     """
     monitor.stop()
     check, targets = probe_targets(monitor.uplink, hops)
-    if not moved and (targets == monitor.targets or not hops):  # no next hop: its link is lost, it stays down
+    if not moved and (targets == monitor.targets or not hops):
         resumed = monitor
     else:
         health = UplinkHealth(monitor.uplink.name, check if targets else None, transitions=monitor.health.transitions)

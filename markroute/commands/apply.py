@@ -28,20 +28,29 @@ def command(config: str | None, netns: str | None, force: bool) -> None:
     failure every completed step is undone. What was installed (and the sysctl values
     replaced) is recorded under /run/markroute for `down` and `status`.
 
-    Exit codes: 0 applied or already up to date; 1 invalid config, or apply failed and
-    was rolled back; 4 not root, nft missing or no such namespace.
+    An uplink that waits (interface missing or down, no address or gateway yet, as at
+    boot before a DHCP lease) is not an error: everything else is installed, its
+    traffic fails over as for a down uplink, and a `waiting:` line says what it waits for.
+
+    Exit codes: 0 applied or already up to date (uplinks may wait); 1 invalid config, an
+    uplink without gateway on a broadcast link, or apply failed and was rolled back; 4
+    not root, nft missing or no such namespace.
     """
     from markroute.compile import compile_plan
     from markroute.config import config_path
-    from markroute.kernel.apply import apply
     from markroute.kernel.environment import prepare
+    from markroute.kernel.gateways import describe
+    from markroute.kernel.waiting import apply_model
 
-    plan = compile_plan(load_model_or_exit(config_path(config)))
+    model = load_model_or_exit(config_path(config))
+    plan = compile_plan(model)
     with exit_codes():
         netns = prepare(netns)
-        report = apply(plan, netns, force)
+        report = apply_model(model, plan, netns, force)
     for warning in report.warnings + neighbour_warnings(plan):
         click.echo(f"markroute: warning: {warning}", err=True)
+    for name, reason in report.waiting.items():
+        click.echo(f"waiting: {name} ({describe(reason)})")
     if not report.changed:
         click.echo("already up to date: nothing changed")
         return

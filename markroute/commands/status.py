@@ -18,6 +18,7 @@ from markroute.commands.cliutil import (
     netns_option,
     print_json,
 )
+from markroute.kernel.gateways import describe
 from markroute.plan import Plan
 from markroute.sim.neighbours import Finding
 
@@ -91,6 +92,8 @@ def render(report: StatusReport) -> str:
         lines += ["", "uplinks:"]
         for u in report.uplinks:
             state = "up" if u.up else ("down" if u.exists else "missing")
+            if u.waiting:
+                state = f"waiting ({describe(u.waiting)})"
             gateways = ", ".join(u.default_routes) or "no default route installed"
             lines.append(
                 f"  {u.name:<12} {u.interface:<10} {state:<8} table {u.table:<6} mark {hex(u.mark):<8} "

@@ -20,8 +20,9 @@ The order never leaves traffic without a path:
 
 Only what differs is touched, so applying the same config twice changes nothing. Any
 failure undoes every completed step (`Journal`) and raises `ApplyFailed`. An uplink
-whose interface is missing or down gets no routes (its marked traffic then falls
-through to later rules and main) and a warning instead of a failure.
+that waits (`kernel.gateways`: interface missing or down, no address or next hop yet)
+gets no routes and a warning instead of a failure; `gateway: auto` uplinks get their
+default route via the next hop the kernel knows now.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from markroute.kernel import (
     state,
     sysctl,
 )
+from markroute.kernel.gateways import Survey, missing_text, survey, waiting_text
 from markroute.kernel.journal import Journal
 from markroute.kernel.links import Link, link_state, links
 from markroute.kernel.rpdb import Rpdb, route_key
@@ -55,6 +57,7 @@ from markroute.plan.nftjson import set_elements
 class ApplyReport:
     changes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    waiting: dict[str, str] = field(default_factory=dict)  # uplink -> why it waits (a `kernel.gateways.REASONS` key)
 
     @property
     def changed(self) -> bool:
@@ -85,8 +88,16 @@ class ApplyFailed(KernelError):
         super().__init__(message)
 
 
-def apply(plan: Plan, netns: str | None = None, force: bool = False) -> ApplyReport:
+def apply(
+    plan: Plan, netns: str | None = None, force: bool = False, following: bool = False, nominal: str | None = None
+) -> ApplyReport:
     """Converge the kernel of the current namespace to PLAN; NETNS only names the state file.
+
+    FOLLOWING (the daemon, which follows the system): a fixed gateway that is not on its
+    link (renumbered under it) makes its uplink wait instead of failing the whole apply.
+    NOMINAL: the digest recorded as the applied config when PLAN is that config compiled
+    with waiting uplinks down (`kernel.waiting.apply_model`), so `status -c FILE` still
+    compares with the config; by default PLAN's own.
 
     On a first apply (no record, no table) the new table's sets start filling in the
     background at once (`NewTable.start`), while pyroute2 is imported and sysctls,
@@ -111,7 +122,7 @@ def apply(plan: Plan, netns: str | None = None, force: bool = False) -> ApplyRep
                 new_table.discard()
             raise
         with rpdb:
-            report = _Apply(plan, netns, previous, rpdb, new_table).run()
+            report = _Apply(plan, netns, previous, rpdb, new_table, following, nominal).run()
         report.warnings[:0] = adopted
         return report
 
@@ -176,9 +187,12 @@ class NewTable:
 
 class _Apply:
     def __init__(
-        self, plan: Plan, netns: str | None, previous: State | None, rpdb: Rpdb, new_table: NewTable | None = None
+        self, plan: Plan, netns: str | None, previous: State | None, rpdb: Rpdb, new_table: NewTable | None = None,
+        following: bool = False, nominal: str | None = None,
     ) -> None:
         self.plan = plan
+        self.following = following
+        self.nominal = nominal
         self.netns = netns
         self.previous = previous
         self.rpdb = rpdb
@@ -192,8 +206,9 @@ class _Apply:
     def run(self) -> ApplyReport:
         try:
             interfaces = links(self.rpdb)
-            rules, resolved = resolve(self.plan, link_state(self.rpdb, interfaces))
-            routes = self.usable_routes(resolved, interfaces)
+            now = survey(self.rpdb, self.plan.uplinks, link_state(self.rpdb, interfaces), self.following)
+            rules, resolved = resolve(self.plan, now.links)
+            routes = self.usable_routes(resolved, interfaces, now)
             sysctls = self.usable_sysctls(interfaces)
             originals = self.set_sysctls(sysctls)
             live_rules = set(self.rpdb.own_rules())
@@ -221,20 +236,22 @@ class _Apply:
 
     # -- what can be installed here ---------------------------------------------------
 
-    def usable_routes(self, routes: tuple[Route, ...], interfaces: dict[str, Link]) -> list[Route]:
-        """Routes whose interface is up, none for an uplink whose interface is missing or down."""
-        waiting: set[int] = set()
+    def usable_routes(self, routes: tuple[Route, ...], interfaces: dict[str, Link], now: Survey) -> list[Route]:
+        """Routes whose interface is up; none for an uplink IP version that cannot have its default route now.
+
+        A waiting uplink (`kernel.gateways`: interface missing or down, no address, no
+        next hop known yet) is reported, not an error: everything else is installed.
+        """
+        skipped: set[tuple[int, int]] = set()
         for uplink in self.plan.uplinks:
-            link = interfaces.get(uplink.interface)
-            if link is not None and link.up:
-                continue
-            waiting.add(uplink.table)
-            problem = "does not exist" if link is None else "is down"
-            self.report.warnings.append(
-                f"uplink '{uplink.name}': interface {uplink.interface} {problem}; its routes are skipped "
-                "and its traffic falls through to the main table until the next apply"
-            )
-        return [r for r in routes if r.table not in waiting and r.dev in interfaces and interfaces[r.dev].up]
+            readiness = now.uplinks[uplink.name]
+            skipped |= {(uplink.table, version) for version, _ in readiness.missing}
+            if readiness.reason is not None:
+                self.report.waiting[uplink.name] = readiness.reason
+                self.report.warnings.append(waiting_text(uplink.name, uplink.interface, readiness.reason))
+            elif readiness.missing:
+                self.report.warnings.append(missing_text(uplink.name, uplink.interface, readiness.missing))
+        return [r for r in routes if (r.table, r.version) not in skipped and r.dev in interfaces and interfaces[r.dev].up]
 
     def usable_sysctls(self, interfaces: dict[str, Link]) -> list[Sysctl]:
         usable: list[Sysctl] = []
@@ -459,7 +476,7 @@ class _Apply:
         listing: list[dict[str, object]],
     ) -> None:
         new = State(
-            plan_digest=digest.plan_digest(self.plan, self.nft_digest),
+            plan_digest=self.nominal or digest.plan_digest(self.plan, self.nft_digest),
             nft_digest=self.nft_digest,
             table_name=self.plan.table_name,
             mask=self.plan.mask,

@@ -56,8 +56,9 @@ STATE_RECORD = "state.json"  # written by apply
 TABLE_AMENDMENT = "table.json"  # written by `markroute run`
 DAEMON_RECORD = "daemon.json"  # written by `markroute run`
 DAEMON_FORMAT = 1
-UplinkState = Literal["up", "degraded", "down"]  # the daemon's verdict on an uplink (daemon.uplinkstate)
-UPLINK_STATES: tuple[UplinkState, ...] = ("up", "degraded", "down")
+# The daemon's verdict on an uplink (daemon.uplinkstate); waiting: no address or next hop yet (kernel.gateways).
+UplinkState = Literal["up", "degraded", "down", "waiting"]
+UPLINK_STATES: tuple[UplinkState, ...] = ("up", "degraded", "down", "waiting")
 
 Listing = list[dict[str, Any]]
 Warn = Callable[[str], None]

@@ -215,3 +215,49 @@ def test_a_lost_link_is_left_to_the_health_machine() -> None:
     assert follower.reason("dhcp") == "interface-missing"
     news = follower.observe(survey(dhcp=WAITING))
     assert news is not None and news.waiting == {"dhcp": "no-address"}
+
+
+# -- what status, metrics and the daemon's record show -------------------------------
+
+
+def test_default_targets_follow_the_learned_next_hop(config: str) -> None:
+    from markroute.daemon.monitor import probe_targets
+
+    model, _ = load_model(config)
+    assert model is not None
+    uplink = model.uplinks["dhcp"]
+    assert probe_targets(uplink)[1] == ()  # nothing learned yet: nothing to probe
+    assert probe_targets(uplink, {4: "10.0.0.1", 6: "fe80::1"})[1] == ("10.0.0.1", "fe80::1")
+    assert probe_targets(uplink, {4: "10.1.0.1"})[1] == ("10.1.0.1",)
+    assert probe_targets(model.uplinks["fixed"], {4: "10.9.9.9"})[1] == ("10.0.1.1",)  # a fixed gateway stays
+
+
+def test_status_and_metrics_carry_waiting_and_next_hops(config: str) -> None:
+    from markroute.daemon.metrics import Exposed, exposition
+    from markroute.kernel.state import DaemonRecord, UplinkRecord
+    from markroute.kernel.status import StatusReport, uplink_statuses
+
+    model, _ = load_model(config)
+    assert model is not None
+    plan = compile_plan(model)
+    readiness = {"dhcp": WAITING, "fixed": Readiness("fixed", "wan1", ((4, "10.0.1.1"),), ())}
+    record = DaemonRecord(1, 0.0, 0, {"dhcp": UplinkRecord("waiting", 1.0), "fixed": UplinkRecord("up", 1.0)})
+    uplinks = uplink_statuses(list(plan.uplinks), record, readiness=readiness)
+    shown = StatusReport(None, True, None, uplinks).to_json()["uplinks"]
+    assert [(u["name"], u["waiting"], u["next_hops"]) for u in shown] == [
+        ("dhcp", "no-address", {}), ("fixed", None, {"inet": "10.0.1.1"})]
+    text = exposition(Exposed(record, plan, readiness), None)
+    assert 'markroute_uplink_state{uplink="dhcp",state="waiting"} 1' in text
+    assert 'markroute_uplink_waiting{uplink="dhcp",reason="no-address"} 1' in text
+    assert 'markroute_uplink_waiting{uplink="fixed"' not in text
+    assert 'markroute_uplink_next_hop_info{uplink="fixed",family="inet",next_hop="10.0.1.1"} 1' in text
+
+
+def test_a_waiting_uplink_survives_the_daemon_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """daemon.json is type-checked on read (`records.typed`): `waiting` must be a state it accepts."""
+    from markroute.kernel import state
+
+    monkeypatch.setattr(state, "RUN_DIR", tmp_path / "run")
+    record = state.DaemonRecord(1, 0.0, 0, {"dhcp": state.UplinkRecord("waiting", 1.0, probed=False)})
+    state.save_daemon_record(None, record)
+    assert state.load_daemon_record(None) == record

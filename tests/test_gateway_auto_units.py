@@ -143,6 +143,8 @@ def test_foreign_defaults_prefer_low_metric_and_skip_own_and_expired_routes() ->
         default_route(3, "fe80::2", family=10, proto=9, metric=1024, expires=12),
     ]
     assert foreign_defaults(routes, {2: "wan0", 3: "wan1"}) == {("wan0", 4): "10.0.0.1", ("wan1", 6): "fe80::2"}
+    # a foreign route in markroute's own uplink table is kernel.foreign's to refuse, never a learned gateway
+    assert foreign_defaults(routes, {2: "wan0", 3: "wan1"}, {7})[("wan0", 4)] == "10.0.0.9"
 
 
 WAN0 = Interface("wan0", 2, True, True, ((4, "10.0.0.108", 24, None),))

@@ -6,8 +6,9 @@ auto` (and `gateway6: auto`) markroute learns the next hop from the kernel, neve
 touching the routes it learns from:
 
 * a default route another program put on the uplink's interface, in any routing
-  table (dhclient-script: main, protocol boot; the kernel's RA handling: main,
-  protocol ra, via the router's link-local address). Several candidates: the lowest
+  table but markroute's uplink tables (dhclient-script: main, protocol boot; the
+  kernel's RA handling: main, protocol ra, via the router's link-local address; one in
+  an uplink table is not learned from but refused as foreign, `kernel.foreign`). Several candidates: the lowest
   metric wins, then main's, then the lowest address, so the choice is stable. IPv6
   routes whose advertised lifetime ran out are listed by the kernel until its garbage
   collection removes them; they are ignored;
@@ -116,9 +117,10 @@ def survey(rpdb: Rpdb, uplinks: Iterable[UplinkPlan], links: LinkState, followin
     Unless FOLLOWING (the daemon), a fixed gateway not on its link is left to the kernel
     to refuse: `apply` of such a config fails and puts everything back, as it always did.
     """
+    uplinks = list(uplinks)
     interfaces = read_interfaces(rpdb)
     routes = rpdb.route_messages()
-    learned = foreign_defaults(routes, {i.index: i.name for i in interfaces.values()})
+    learned = foreign_defaults(routes, {i.index: i.name for i in interfaces.values()}, {u.table for u in uplinks})
     found: dict[str, Readiness] = {}
     gateways: dict[str, dict[int, str | None]] = {}
     for uplink in uplinks:
@@ -152,13 +154,19 @@ def read_interfaces(rpdb: Rpdb) -> dict[str, Interface]:
     return found
 
 
-def foreign_defaults(routes: list[Any], names: dict[int, str]) -> dict[tuple[str, int], str | None]:
-    """(interface, version) -> next hop of the best live default route someone else put there."""
+def foreign_defaults(routes: list[Any], names: dict[int, str],
+                     uplink_tables: set[int] | None = None) -> dict[tuple[str, int], str | None]:
+    """(interface, version) -> next hop of the best live default route someone else put there.
+
+    Routes in UPLINK_TABLES (markroute's) are never learned from: only markroute's own
+    belong there, and another's is `kernel.foreign`'s to refuse.
+    """
     candidates: dict[tuple[str, int], list[tuple[int, bool, str]]] = {}
     for msg in routes:
         family = msg["family"]
         if (family not in VERSIONS or msg["dst_len"] != 0 or msg["type"] != RTN_UNICAST
-                or msg["proto"] == RULE_PROTOCOL or _expired(msg)):
+                or msg["proto"] == RULE_PROTOCOL or _expired(msg)
+                or table_of(msg, "RTA_TABLE") in (uplink_tables or ())):
             continue
         metric = msg.get_attr("RTA_PRIORITY") or 0
         in_main = table_of(msg, "RTA_TABLE") == RT_TABLE_MAIN

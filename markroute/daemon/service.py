@@ -376,6 +376,7 @@ class Daemon:
         for port, what in foreign:
             self.churn.note(senders[port], what)
         if foreign:
+            self.follower.forget()  # the uplinks' readiness did not change, but the removed must go back
             self.schedule_resync()
 
     def on_lost(self) -> None:

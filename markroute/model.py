@@ -96,6 +96,8 @@ class HealthCheck:
     up: int = 5
     max_loss: float | None = None
     max_rtt: float | None = None
+    min_up: int = 1  # targets that must answer for a round to succeed (k of n)
+    expect: tuple[str, ...] = ()  # dns: addresses one of which the answer must hold; http: status codes
 
 
 @dataclass(frozen=True)
@@ -121,11 +123,28 @@ class Uplink:
 
 
 @dataclass(frozen=True)
+class Failback:
+    """How a failover group returns to a recovered member.
+
+    `hold`: seconds a recovered member must stay healthy before it is preferred again
+    (None: the uplink state machine's own hysteresis and flap damping only). `flows`:
+    `keep` leaves connections on the member they failed over to until they end; `move`
+    ends them (by mark) once the preferred member carries traffic again.
+    """
+
+    hold: float | None = None
+    flows: Literal["keep", "move"] = "keep"
+
+
+@dataclass(frozen=True)
 class Group:
     name: str
     kind: Literal["balance", "failover"]
     members: tuple[tuple[str, int], ...]
     where: Where
+    last_resort: LastResort | None = None  # None: settings.last_resort
+    failback: Failback = Failback()
+    inline: bool = False  # written in a policy's `via: {failover: [...]}`, named after the policy
 
 
 @dataclass(frozen=True)
@@ -166,6 +185,10 @@ class Model:
                 versions |= self.target_versions(member)
             return versions
         return frozenset({4, 6})
+
+    def last_resort_of(self, group: str) -> LastResort:
+        """Where GROUP's traffic goes when no member is usable: its own `last_resort`, else the global one."""
+        return self.groups[group].last_resort or self.settings.last_resort
 
     def uplinks_of(self, target: str) -> list[str]:
         """Every uplink a target can send traffic through, in declaration order."""

@@ -191,6 +191,23 @@ def python_env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH")))))
 
 
+# `python3 -c SENDER HOST PORT SECONDS`: one UDP datagram every 10 ms, each from a new socket (a new
+# connection each time, so every datagram is classified afresh); send errors are ignored.
+SENDER = """
+import socket, sys, time
+host, port, duration = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+end = time.monotonic() + duration
+while time.monotonic() < end:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a new flow each time: new connections too
+    try:
+        sock.sendto(b"x", (host, port))
+    except OSError:
+        pass
+    sock.close()
+    time.sleep(0.01)
+"""
+
+
 KILL_TABLE = "mrtestkill"
 KILL_RULES = f"""
 table inet {KILL_TABLE} {{
@@ -221,7 +238,8 @@ class DaemonLab:
         return path
 
     def start(self, config: Path, *args: str) -> subprocess.Popen[bytes]:
-        """`markroute run` for CONFIG in the router namespace; returns once every uplink has a state."""
+        """`markroute run` for CONFIG in the router namespace; returns once every uplink has been judged
+        (an uplink the daemon has not probed yet is `unknown` and carries no traffic)."""
         log = self.workdir / f"daemon{len(self.logs)}.log"
         with open(log, "wb") as stderr:
             process = subprocess.Popen(
@@ -230,7 +248,8 @@ class DaemonLab:
             )
         self.daemons.append(process)
         self.logs.append(log)
-        self.wait(lambda r: r is not None and r.pid == process.pid, "the daemon to start", process=process)
+        self.wait(lambda r: r is not None and r.pid == process.pid and r.uplinks
+                  and all(u.state != "unknown" for u in r.uplinks.values()), "the daemon to start", process=process)
         return process
 
     def record(self) -> Any:

@@ -131,8 +131,9 @@ def hook_config(base: str, events: Path) -> str:
 
 
 def events_of(path: Path, uplink: str) -> list[list[str]]:
+    """UPLINK's on_change calls, but for the first verdict on it (`unknown -> STATE`, issue 14), which every start makes."""
     lines = path.read_text().splitlines() if path.exists() else []
-    return [line.split("|") for line in lines if line.startswith(f"{uplink}|")]
+    return [fields for line in lines if line.startswith(f"{uplink}|") and (fields := line.split("|"))[1] != "unknown"]
 
 
 def first_working(d: DaemonLab, r: DynamicRouterLab, isp: int, timeout: float) -> float:

@@ -22,7 +22,8 @@ from markroute.probes import METHODS, default_targets
 from markroute.probes.method import Method
 
 SUPPORT = {"method", "sockets"}  # the package's modules that are not methods
-EXAMPLE = {"icmp": "192.0.2.1", "tcp": "[2001:db8::1]:443", "arp": "192.0.2.1"}
+EXAMPLE = {"icmp": "192.0.2.1", "tcp": "[2001:db8::1]:443", "arp": "192.0.2.1",
+           "dns": "probe.example@192.0.2.53", "http": "http://192.0.2.80/health"}
 
 
 def method_modules() -> list[str]:

@@ -134,6 +134,8 @@ def health_text(health: UplinkRecord) -> str:
         parts.append("held down: flapping")
     if not health.probed:
         parts.append("link state only")
+    if health.probe_bytes_per_day is not None:
+        parts.append(f"probes ~{health.probe_bytes_per_day / 1e6:.1f} MB/day")
     if health.rtt is not None:
         parts.append(f"rtt {health.rtt * 1000:.1f} ms")
     if health.loss is not None:

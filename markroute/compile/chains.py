@@ -60,6 +60,7 @@ class UplinkAvailability:
 
     down: frozenset[str] = frozenset()
     weight_factor: Mapping[str, float] = field(default_factory=dict)
+    held: frozenset[tuple[str, str]] = frozenset()  # (group, uplink): back up, but the group's failback hold runs
 
 
 def compile_plan(
@@ -254,9 +255,9 @@ class Compiler:
             return nj.verdict("goto", self.group_chain(member))
         return nj.verdict("goto", self.mark_chain(member))
 
-    def last_resort(self) -> Expr:
-        """Where traffic goes when its uplink, or every member of its group, is down."""
-        return self.target(self.model.settings.last_resort)
+    def last_resort(self, group: str | None = None) -> Expr:
+        """Where traffic goes when its uplink, or every member of GROUP, is down (the group's own, else global)."""
+        return self.target(self.model.last_resort_of(group) if group else self.model.settings.last_resort)
 
     def usable(self, target: str) -> bool:
         if target in self.model.groups:
@@ -296,7 +297,8 @@ class Compiler:
         self.chains[chain] = []
         group = self.model.groups[name]
         per_version = {
-            v: [(m, w) for m, w in group.members if v in self.model.target_versions(m) and self.usable(m)]
+            v: [(m, w) for m, w in group.members
+                if v in self.model.target_versions(m) and self.usable(m) and (name, m) not in self.health.held]
             for v in (4, 6)
         }
         versions = [v for v in (4, 6) if per_version[v]]
@@ -310,7 +312,7 @@ class Compiler:
                 self.add(chain, guard + [self.member_target(members[0][0])])
             else:
                 self.add(chain, guard + [self.balance_map(self.effective_weights(members))])
-        self.add(chain, [self.last_resort()], "last resort")
+        self.add(chain, [self.last_resort(name)], "last resort")
         return chain
 
     def effective_weights(self, members: list[tuple[str, int]]) -> list[tuple[str, int]]:

@@ -9,6 +9,7 @@ priority band.
 from __future__ import annotations
 
 from markroute import marks
+from markroute.compile import failclosed
 from markroute.model import Model
 from markroute.plan import (
     RESERVED_RULE_OFFSET,
@@ -43,14 +44,19 @@ def ip_rules(model: Model) -> list[IpRule]:
         value = marks.unreachable_mark(mask) if action == "unreachable" else marks.blackhole_mark(mask)
         for version in (4, 6):
             rules.append(IpRule(version, base + RESERVED_RULE_OFFSET, action=action, fwmark=value, fwmask=mask))  # type: ignore[arg-type]
+    for name, action in failclosed.floors(model).items():
+        for version in (4, 6):
+            rules.append(IpRule(version, base + RESERVED_RULE_OFFSET, action=action,
+                                fwmark=model.uplinks[name].mark, fwmask=mask))
     return rules
 
 
 def reserved_actions(model: Model) -> list[str]:
-    """unreachable/blackhole rules, when a policy or the last resort can send traffic there."""
+    """unreachable/blackhole rules, when a policy or a last resort can send traffic there."""
     used = {p.via for p in model.policies}
-    if used & (set(model.uplinks) | set(model.groups)):
+    if used & set(model.uplinks):
         used.add(model.settings.last_resort)
+    used |= {model.last_resort_of(group) for group in failclosed.used_groups(model)}
     return [a for a in ("unreachable", "blackhole") if a in used]
 
 

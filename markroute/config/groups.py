@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from markroute.config import groupoptions
 from markroute.config.reader import Reader, suggest
 from markroute.config.source import Node
 from markroute.diagnostics import Where
@@ -58,7 +59,7 @@ def read_group(
 ) -> Group | None:
     if not reader.kind(node, "map", f"group '{name}'"):
         return None
-    reader.known_keys(node, ("balance", "failover"), f"group '{name}'")
+    reader.known_keys(node, groupoptions.GROUP_KEYS, f"group '{name}'")
     kinds = [k for k in ("balance", "failover") if k in node.items]
     if len(kinds) != 1:
         reader.diag.error(node.where, f"group '{name}' needs exactly one of 'balance' or 'failover'",
@@ -66,7 +67,13 @@ def read_group(
         return None
     kind = kinds[0]
     members = group_members(reader, name, kind, node.items[kind])
-    if members is None:
+    split = groupoptions.split_last_resort(reader, name, members) if kind == "failover" and members else None
+    if kind == "failover" and members and split is None:
+        return None
+    members, ending = split if split is not None else (members, None)
+    valid, last_resort = groupoptions.group_last_resort(reader, name, node, ending)
+    failback = groupoptions.failback(reader, name, node, kind)
+    if members is None or not valid or failback is None:
         return None
     if not members:
         reader.diag.error(node.items[kind].where, f"group '{name}' has no members")
@@ -84,7 +91,8 @@ def read_group(
             ok = False
     if not ok:
         return None
-    return Group(name, kind, tuple((m, w) for m, w, _ in members), where)  # type: ignore[arg-type]
+    return Group(name, kind, tuple((m, w) for m, w, _ in members), where,  # type: ignore[arg-type]
+                 last_resort, failback)
 
 
 def group_members(reader: Reader, name: str, kind: str, node: Node) -> list[tuple[str, int, Where]] | None:

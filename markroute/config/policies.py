@@ -2,10 +2,15 @@
 
 Read last, since a policy names uplinks, groups and (through its match) sets. A policy
 whose `via` is an uplink or group that was itself wrong is skipped without a second report.
+A `via: {failover: [...]}` is read as a group of the policy's own (`read_inline_group`).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from markroute.config import groupoptions
+from markroute.config.groups import read_group
 from markroute.config.reader import MatchReader, Reader, suggest
 from markroute.config.source import Node
 from markroute.diagnostics import Where
@@ -39,13 +44,31 @@ def read_policies(
             continue
         names[name] = element.where
         found = match(element, f"policy '{name}'", keys_checked=True)
-        via = read_via(reader, element, name, targets, broken)
-        if found is None or via is None:
+        via = read_inline_group(reader, element, index, uplinks, groups, broken) or read_via(
+            reader, element, name, targets, broken)
+        if found is None or via is None or via in broken:
             continue
         policy = Policy(name, found, via, element.where)
         if reachable_family(reader, policy, uplinks, groups, element.items["via"]):
             policies.append(policy)
     return policies
+
+
+def read_inline_group(
+    reader: Reader, element: Node, index: int, uplinks: dict[str, Uplink], groups: dict[str, Group], broken: set[str],
+) -> str | None:
+    """`via: {failover: [...]}`: a group of the policy's own, added to GROUPS (or, when invalid, to
+    BROKEN, so the policy is skipped without a second report); its name, or None for a plain via."""
+    node = element.items.get("via")
+    if node is None or node.kind != "map":
+        return None
+    name = groupoptions.inline_group_name(index)
+    group = read_group(reader, name, node.where, node, uplinks, list(groups), {}, broken)
+    if group is None or any(member in broken for member, _ in group.members):
+        broken.add(name)
+        return name
+    groups[name] = replace(group, inline=True)
+    return name
 
 
 def read_via(reader: Reader, element: Node, name: str, targets: list[str], broken: set[str]) -> str | None:

@@ -28,7 +28,7 @@ from markroute.values import (
 )
 
 UPLINK_KEYS = ("interface", "gateway", "gateway6", "nat", "ingress", "inbound", "table", "mark", "check")
-CHECK_KEYS = ("targets", "method", "interval", "timeout", "down", "up", "max_loss", "max_rtt")
+CHECK_KEYS = ("targets", "method", "interval", "timeout", "down", "up", "max_loss", "max_rtt", "min_up", "expect")
 Draft = tuple[str, dict[str, Any], Node]  # name, Uplink fields (a pinned mark/table with its Where), node
 
 
@@ -177,14 +177,21 @@ def health_check(reader: Reader, node: Node, name: str) -> HealthCheck | None:
     for key in ("interval", "timeout", "max_rtt"):
         if key in items:
             fields[key] = reader.scalar(items[key], key, parse_seconds)
-    for key in ("down", "up"):
+    for key in ("down", "up", "min_up"):
         if key in items:
             fields[key] = reader.integer(items[key], key, 1, 100)
     if "max_loss" in items:
         fields["max_loss"] = reader.scalar(items["max_loss"], "max_loss", parse_fraction)
+    if "expect" in items:
+        expect = reader.one_or_many(items["expect"], "expect", method.parse_expect)
+        fields["expect"] = tuple(expect) if expect is not None else None
     if any(v is None for v in fields.values()):
         return None
     check = HealthCheck(**fields)
+    if check.min_up > max(1, len(check.targets)):
+        reader.diag.error(items["min_up"].where, f"min_up {check.min_up} but only {len(check.targets)} targets",
+                          "min_up counts the targets that must answer in a round; list at least that many")
+        return None
     problem = METHODS[check.method].invalid_targets(check.targets)
     if problem is not None:
         reader.diag.error(items.get("targets", node).where, problem)

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 from markroute import marks
 from markroute import match as match_keys
+from markroute.config.tunnelwarnings import tunnel_warnings
 from markroute.diagnostics import Where
 from markroute.model import Match, Model
 from markroute.values import AddressList, Interval, merge, parse_address
@@ -34,6 +35,7 @@ def model_warnings(model: Model) -> Iterator[Warning]:
     yield from shadowed_policies(model)
     yield from unused_groups(model)
     yield from private_without_nat(model)
+    yield from tunnel_warnings(model)
 
 
 def foreign_uplink_marks(model: Model) -> Iterator[Warning]:

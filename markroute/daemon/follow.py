@@ -142,7 +142,8 @@ def resume(reactor: Reactor, monitor: UplinkMonitor, hops: NextHops, moved: bool
         resumed = monitor
     else:
         health = UplinkHealth(monitor.uplink.name, check if targets else None, transitions=monitor.health.transitions)
+        health.announced = monitor.health.announced  # `on_change` already heard of the state it carries on from
         health.link(usable, reactor.now())
-        resumed = UplinkMonitor(reactor, monitor.uplink, health, on_transition, hops)
+        resumed = UplinkMonitor(reactor, monitor.uplink, health, on_transition, monitor.on_news, hops)
     resumed.start(None)
     return resumed

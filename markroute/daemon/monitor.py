@@ -1,8 +1,10 @@
 """Probing one uplink on a fixed schedule and feeding the results to its `UplinkHealth`.
 
 Every `check.interval` a round starts: one probe to each target, all with the same
-token. The first answer settles the round as a success with that RTT; if none comes
-within `check.timeout` (or no probe could even be sent) it is a failure. Rounds
+token. The `check.min_up`-th target to answer (the first, by default) settles the round
+as a success with that RTT; if fewer answer within `check.timeout` (or fewer probes
+could even be sent) it is a failure. k of n targets make one dead target (a resolver
+under maintenance) harmless while a dead path still fails every round. Rounds
 overlap when the timeout is longer than the interval, so a dead uplink is noticed
 `(down - 1) * interval + timeout` after its first lost probe, whatever the RTT was.
 
@@ -40,16 +42,17 @@ def probe_targets(uplink: Uplink, learned: Mapping[int, str | None] | None = Non
 
 class UplinkMonitor:
     def __init__(self, reactor: Reactor, uplink: Uplink, health: UplinkHealth, on_transition: OnTransition,
-                 learned: Mapping[int, str | None] | None = None) -> None:
+                 on_news: OnTransition, learned: Mapping[int, str | None] | None = None) -> None:
         self.reactor = reactor
         self.uplink = uplink
         self.health = health
-        self.on_transition = on_transition
+        self.on_transition = on_transition  # the rules must follow
+        self.on_news = on_news  # the known state changed (`UplinkHealth.news`): on_change
         self.check, self.targets = probe_targets(uplink, learned)
         self.method = METHODS[self.check.method]
         self.probers: dict[str, Prober] = {}
         self.egress: Egress | None = None
-        self.rounds: set[int] = set()
+        self.rounds: dict[int, set[str]] = {}  # token -> the targets that answered it so far
         self.token = 0
         self.next_round = 0.0
         self.ticker: Timer | None = None
@@ -58,6 +61,14 @@ class UplinkMonitor:
     @property
     def probed(self) -> bool:
         return bool(self.targets)
+
+    @property
+    def bytes_per_day(self) -> int | None:
+        """Probe traffic both ways at the configured rate: what a metered link pays for its checks."""
+        if not self.probed:
+            return None
+        per_round = sum(self.method.probe_bytes(target) for target in self.targets)
+        return round(per_round * 86400 / self.check.interval)
 
     def start(self, egress: Egress | None) -> None:
         """Begin probing through EGRESS (None: the interface does not exist right now)."""
@@ -92,7 +103,7 @@ class UplinkMonitor:
         return self.method.prober_key(target)
 
     def make_prober(self, egress: Egress, key: str) -> Prober:
-        return self.method.open_prober(self.reactor, egress, key, self.answered)
+        return self.method.open_prober(self.reactor, egress, key, self.answered, self.check)
 
     def close_probers(self) -> None:
         for prober in self.probers.values():
@@ -110,24 +121,30 @@ class UplinkMonitor:
         self.ticker = self.reactor.call_at(self.next_round, self.tick)
         self.token = (self.token + 1) & 0xFFFF
         token = self.token
-        sent = False
+        sent = 0
         for target in self.targets:
             prober = self.probers.get(self.prober_key(target))
             if prober is None:
                 continue
             try:
                 prober.send(target, token)
-                sent = True
+                sent += 1
             except OSError:
                 continue
-        if not sent:
+        if sent < self.check.min_up:
+            self.forget(token)
             self.report(self.health.probe(False, None, now))
             return
-        self.rounds.add(token)
+        self.rounds[token] = set()
         self.reactor.call_at(now + self.check.timeout, lambda: self.expired(token))
 
     def answered(self, target: str, token: int, rtt: float) -> None:
-        self.settle(token, rtt)
+        answers = self.rounds.get(token)
+        if answers is None:
+            return
+        answers.add(target)
+        if len(answers) >= self.check.min_up:
+            self.settle(token, rtt)
 
     def expired(self, token: int) -> None:
         self.settle(token, None)
@@ -136,7 +153,7 @@ class UplinkMonitor:
         """A round's first answer (RTT) or its timeout (None); later news of it is ignored."""
         if token not in self.rounds:
             return
-        self.rounds.discard(token)
+        del self.rounds[token]
         self.forget(token)
         self.report(self.health.probe(rtt is not None, rtt, self.reactor.now()))
 
@@ -154,6 +171,9 @@ class UplinkMonitor:
     def report(self, transition: Transition | None) -> None:
         if transition is not None:
             self.on_transition(transition)
+        news = self.health.news()
+        if news is not None:
+            self.on_news(news)
         wait = self.health.reuse_in(self.reactor.now())
         if wait is not None and self.review is None:
             self.review = self.reactor.call_later(wait + 0.01, self.reviewed)

@@ -36,12 +36,13 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import FrameType
 
 from markroute.compile import UplinkAvailability, compile_plan
-from markroute.daemon import churn, follow
+from markroute.daemon import churn, failback, follow
 from markroute.daemon.churn import ChurnLog
+from markroute.daemon.failback import FailbackClock
 from markroute.daemon.failover import (
     TableRecorder,
     availability_of,
@@ -112,7 +113,10 @@ class Daemon:
         self.nominal = ""  # digest of the config's plan with every uplink up (`TableRecorder`)
         self.nominal_model: Model | None = None  # the model `nominal` was computed for
         self.pending: list[Transition] = []
+        self.news: list[Transition] = []  # for on_change, in order (`UplinkHealth.news`)
         self.act_timer: Timer | None = None
+        self.release_timer: Timer | None = None
+        self.failback = FailbackClock()
         self.resync_timer: Timer | None = None
         self.link_usable: dict[str, bool | None] = {}  # None: the interface does not exist
         self.follower = follow.Follower()  # waiting uplinks and learned next hops (`gateway: auto`)
@@ -243,17 +247,16 @@ class Daemon:
             last = seen.get(name)
             health = UplinkHealth(
                 name, check if targets else None,
-                state=last.state if last and last.state != "waiting" else "up",  # waiting: read afresh
+                state=last.state if last and last.state != "waiting" else "unknown",  # waiting: read afresh
                 since=last.since if last else None,
                 transitions=last.transitions if last else 0,
             )
-            monitor = UplinkMonitor(self.reactor, uplink, health, self.on_transition, self.follower.next_hops(name))
+            monitor = UplinkMonitor(self.reactor, uplink, health, self.on_transition, self.on_news,
+                                    self.follower.next_hops(name))
             self.monitors[name] = monitor
             link = interfaces.get(uplink.interface)
             self.link_usable[uplink.interface] = link.usable if link else None
-            transition = health.link(bool(link and link.usable), self.reactor.now())
-            if transition is not None:
-                self.log_transition(transition)
+            monitor.link(bool(link and link.usable))
 
     def refresh_egress(self, start: bool = False) -> None:
         """Point every monitor's probes at its interface as it is now (index, addresses)."""
@@ -286,6 +289,14 @@ class Daemon:
         if self.act_timer is None:
             self.act_timer = self.reactor.call_at(self.reactor.now(), self.act)
 
+    def on_news(self, news: Transition) -> None:
+        """A known state changed: `on_change` runs once the rules reflect it (in `act`)."""
+        if news.uplink in self.follower.waiting and "waiting" not in (news.old, news.new):
+            return  # the link of a waiting uplink: it is out of use already
+        self.news.append(news)
+        if self.act_timer is None:
+            self.act_timer = self.reactor.call_at(self.reactor.now(), self.act)
+
     def log_transition(self, transition: Transition) -> None:
         level = logging.INFO if transition.new == "up" else logging.WARNING
         reason = f" ({transition.reason})" if transition.reason else ""
@@ -300,10 +311,15 @@ class Daemon:
         self.act_timer = None
         assert self.installed is not None
         transitions, self.pending = self.pending, []
-        availability = availability_of(self.uplink_states())
+        now = self.reactor.now()
+        for transition in transitions:
+            self.failback.note(transition, now)
+        availability = self.availability(now)
         wanted = compile_plan(self.model, availability)
         self.unmoved = (self.unmoved | (availability.down - self.installed_availability.down)) & availability.down
-        moved = f"; flows of {', '.join(sorted(self.unmoved))} moved" if self.unmoved else ""
+        ending = sorted(failback.with_destination(self.model, availability, self.unmoved)
+                        | failback.returning(self.model, self.installed_availability, availability))
+        moved = f"; flows of {', '.join(ending)} moved" if ending else ""
         try:
             try:
                 commands = chain_batch(self.installed, wanted)
@@ -317,20 +333,40 @@ class Daemon:
                     self.log.info("rules: rewrote %s in one transaction%s", ", ".join(changed_chains(commands)), moved)
                     self.recorder.refresh(wanted, self.nominal)
                 self.installed, self.installed_availability = wanted, availability
-            move_flows((self.model.uplinks[name].mark for name in sorted(self.unmoved)), self.model.settings.mark_mask)
-            self.unmoved = frozenset()
+            move_flows((self.model.uplinks[name].mark for name in ending), self.model.settings.mark_mask)
+            self.unmoved -= set(ending)
         except KernelError as exc:
             self.log.error("cannot act on the uplinks' states: %s; trying again in %g s", exc, RETRY)
             self.pending = transitions + self.pending
             self.act_timer = self.reactor.call_later(RETRY, self.act)
             return
+        self.schedule_release(now)
         self.save_record()
-        for transition in transitions:
-            self.hooks.run(transition)
+        news, self.news = self.news, []
+        for item in news:
+            self.hooks.run(item)
+
+    def availability(self, now: float) -> UplinkAvailability:
+        """What the compiler may use: the uplinks' states, and the failback holds still running."""
+        return replace(availability_of(self.uplink_states()), held=self.failback.held(self.model, now))
+
+    def schedule_release(self, now: float) -> None:
+        """Act again when the next failback hold ends (the group may then prefer its member again)."""
+        if self.release_timer is not None:
+            self.release_timer.cancel()
+            self.release_timer = None
+        wait = self.failback.next_release(self.model, now)
+        if wait is not None:
+            self.release_timer = self.reactor.call_later(wait + 0.01, self.released)
+
+    def released(self) -> None:
+        self.release_timer = None
+        if self.act_timer is None:
+            self.act_timer = self.reactor.call_at(self.reactor.now(), self.act)
 
     def install(self) -> None:
         """Apply the config's plan for the current uplink states, like `markroute apply`."""
-        availability = availability_of(self.uplink_states())
+        availability = self.availability(self.reactor.now())
         self.install_plan(compile_plan(self.model, availability), availability)
 
     def install_plan(self, plan: Plan, availability: UplinkAvailability) -> None:
@@ -445,15 +481,22 @@ class Daemon:
             monitor = self.monitors[name]
             monitor.stop()
             old = "waiting" if name in before else monitor.health.state
-            self.on_transition(follow.waiting_transition(name, old, reason))
+            self.follow_transition(follow.waiting_transition(name, old, reason))
         for name in (*news.ready, *(n for n in news.moved if n not in news.ready)):
             monitor = self.monitors[name]
             old = "waiting" if name in news.ready else monitor.health.state
             usable = bool(self.link_usable.get(monitor.uplink.interface))
             self.monitors[name] = follow.resume(self.reactor, monitor, self.follower.next_hops(name),
                                                 name in news.moved, usable, self.on_transition)
-            self.on_transition(follow.back_transition(self.monitors[name], old, self.follower, news.moved.get(name)))
+            self.follow_transition(follow.back_transition(self.monitors[name], old, self.follower,
+                                                          news.moved.get(name)))
         return True
+
+    def follow_transition(self, transition: Transition) -> None:
+        """A change `follow` found: the rules follow it, and `on_change` hears it (unless it is no verdict yet)."""
+        self.on_transition(transition)
+        if transition.new != "unknown":
+            self.on_news(transition)
 
     def reload(self) -> None:
         model, diagnostics = self.options.load()
@@ -475,17 +518,49 @@ class Daemon:
         for name, monitor in old.items():
             if name not in keep:
                 monitor.stop()
+        self.retire([name for name in old if name not in keep])
         self.model = model
         self.hooks.argv = model.settings.on_change
         self.build_monitors({}, self.read_links(), keep)
         self.recorder.when_idle(self.reinstall)
 
+    def retire(self, names: list[str]) -> None:
+        """Take uplinks a reload changes or removes out of service under the running config first:
+        their chains lead elsewhere and their connections end before the new config points their
+        table at a new next hop, which must not see traffic before it answers its first probes."""
+        carrying = [name for name in names if self.monitors[name].health.state not in ("down", "unknown")]
+        if not carrying or self.installed is None:
+            return
+        states = {**self.uplink_states(), **{name: "down" for name in carrying}}
+        availability = availability_of(states)  # type: ignore[arg-type]
+        wanted = compile_plan(self.model, availability)
+        try:
+            commands = chain_batch(self.installed, wanted)
+            if commands:
+                nft.run_batch(commands)
+                self.rule_changes += 1
+                self.recorder.refresh(wanted, self.nominal)
+            self.installed, self.installed_availability = wanted, availability
+            move_flows((self.model.uplinks[name].mark for name in carrying), self.model.settings.mark_mask)
+        except (KernelError, ValueError) as exc:
+            self.log.error("reload: cannot take %s out of service first: %s", ", ".join(carrying), exc)
+            return
+        self.log.info("reload: %s out of service until probed again", ", ".join(carrying))
+
     def reinstall(self) -> None:
+        """Apply the reloaded config; connections of an uplink that a reload made unknown (changed
+        gateway, interface, check) are ended, so none of them reaches a next hop before it was probed."""
+        usable_before = set(self.model.uplinks) - self.installed_availability.down
         try:
             self.install()
         except KernelError as exc:
             self.log.error("reload: %s", exc)
             return
+        unknown = sorted(usable_before & self.installed_availability.down)
+        try:
+            move_flows((self.model.uplinks[name].mark for name in unknown), self.model.settings.mark_mask)
+        except KernelError as exc:
+            self.log.error("reload: cannot end the connections of %s: %s", ", ".join(unknown), exc)
         self.refresh_egress(start=False)
         for monitor in self.monitors.values():
             if monitor.ticker is None and monitor.probed:
@@ -524,8 +599,8 @@ class Daemon:
             pid=os.getpid(),
             started=self.started,
             rule_changes=self.rule_changes,
-            uplinks={name: follow.shown(m.health.snapshot(), self.follower.waiting.get(name)).record(m.probed)
-                     for name, m in self.monitors.items()},
+            uplinks={name: follow.shown(m.health.snapshot(), self.follower.waiting.get(name)).record(
+                m.probed, m.bytes_per_day) for name, m in self.monitors.items()},
         )
         if self.installed is not None:
             self.exposed = Exposed(current, self.installed, self.follower.survey.uplinks if self.follower.survey else {})

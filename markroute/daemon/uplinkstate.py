@@ -16,6 +16,18 @@ holds the uplink down, and it is back 5 to 10 s (`MAX_PENALTY`) after the flappi
 stops: a link flapping for minutes costs about five rule changes instead of two per
 bounce.
 
+Unknown, and what `on_change` hears: an uplink the daemon has not judged yet (a fresh
+start without a record, or one whose definition a reload changed) is `unknown` and
+carries no traffic until `check.up` rounds in a row answer (or, for a link-only uplink,
+its link state says so); `check.down` unanswered rounds make it down. A restart takes
+each uplink's state from the daemon's record for the rules (nothing moves), but the
+state is still only "known" after the first such verdict. `news` reports each change of
+the known state exactly once, starting from `unknown`: the rules follow `Transition`s,
+the admin's `on_change` follows the news, so a state taken over from the record is
+announced (old state `unknown`) once probes confirm or refute it, and a reset on
+reload is never a silent `up` (a changed uplink once showed `up`, unprobed, then went
+`up -> down` 0.5 s later, which `on_change` saw as a second `up -> down` in a row).
+
 Degraded: among the results of the last `WINDOW_SECONDS`, loss above `check.max_loss`
 or a mean RTT above `check.max_rtt` makes an up uplink degraded; it is up again only
 when loss and RTT are back under `RECOVER` times their limits, so values hovering
@@ -68,9 +80,10 @@ class Snapshot:
     transitions: int
     suppressed: bool
 
-    def record(self, probed: bool) -> UplinkRecord:
+    def record(self, probed: bool, probe_bytes_per_day: int | None = None) -> UplinkRecord:
         """The snapshot as `daemon.json` keeps it."""
-        return UplinkRecord(self.state, self.since, self.rtt, self.loss, self.transitions, self.suppressed, probed)
+        return UplinkRecord(self.state, self.since, self.rtt, self.loss, self.transitions, self.suppressed, probed,
+                            probe_bytes_per_day)
 
 
 class UplinkHealth:
@@ -83,7 +96,10 @@ class UplinkHealth:
         self.state: State = state
         self.since = time.time() if since is None else since
         self.transitions = transitions
-        self.reachable = state != "down"
+        self.reachable = state not in ("down", "unknown")
+        self.known = False  # a verdict was reached since this machine was made (else `state` is assumed)
+        self.announced: State = "unknown"  # the state `news` last reported
+        self.reason = ""
         self.link_usable = True
         self.failures = 0
         self.successes = 0
@@ -105,28 +121,42 @@ class UplinkHealth:
             self.failures += 1
             self.successes = 0
         assert self.check is not None
-        if self.reachable and self.failures >= self.check.down:
-            self.become_unreachable(now)
+        if self.failures >= self.check.down and (self.reachable or not self.known):
+            self.known = True
+            if self.reachable:
+                self.become_unreachable(now)
             return self.settle(now, f"{self.failures} probes unanswered")
-        if not self.reachable and self.link_usable and self.successes >= self.check.up:
+        if self.successes >= self.check.up and self.link_usable and (not self.reachable or not self.known):
+            self.known = True
             self.reachable = True
             return self.settle(now, f"{self.successes} probes answered")
         return self.settle(now, None)
 
     def link(self, usable: bool, now: float) -> Transition | None:
         """The interface went away, lost its carrier or was set down (False), or came back (True)."""
-        if usable == self.link_usable:
+        first = not self.known and (self.check is None or not usable)  # the link alone decides
+        if usable == self.link_usable and not first:
             return None
         self.link_usable = usable
         self.successes = 0
         if not usable:
+            self.known = True
             if self.reachable:
                 self.become_unreachable(now)
             return self.settle(now, "link lost")
         if self.check is None:  # nothing to probe: the link is all there is to know
+            self.known = True
             self.reachable = True
-            return self.settle(now, "link back")
+            return self.settle(now, "link back" if not first else "link up")
         return None
+
+    def news(self) -> Transition | None:
+        """The change of the known state since the last news (from `unknown` at first), once."""
+        if not self.known or self.state == self.announced:
+            return None
+        transition = Transition(self.name, self.announced, self.state, self.reason)
+        self.announced = self.state
+        return transition
 
     def review(self, now: float) -> Transition | None:
         """Re-decide without new input: a suppression that has just expired lets the uplink up."""
@@ -170,9 +200,11 @@ class UplinkHealth:
         """Move to the state the inputs now call for; a Transition if that changed anything."""
         if self.suppressed and self.current_penalty(now) < REUSE:
             self.suppressed = False
+        if reason:
+            self.reason = reason
         if not self.reachable or self.suppressed:
-            wanted: State = "down"
-        elif self.state == "down":
+            wanted: State = "down" if self.known or self.state != "unknown" else "unknown"
+        elif self.state in ("down", "unknown"):
             wanted = "up"
             reason = reason or "flap damping over"
             self.window.clear()  # the failures that took it down say nothing about its quality now
@@ -182,9 +214,10 @@ class UplinkHealth:
         if wanted == self.state:
             return None
         transition = Transition(self.name, self.state, wanted, reason or "")
+        self.reason = transition.reason
+        self.transitions += self.state != "unknown"  # learning the first state is no change of the uplink
         self.state = wanted
         self.since = time.time()
-        self.transitions += 1
         return transition
 
     def quality(self, current: State) -> State:

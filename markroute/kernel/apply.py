@@ -247,8 +247,9 @@ class _Apply:
             readiness = now.uplinks[uplink.name]
             skipped |= {(uplink.table, version) for version, _ in readiness.missing}
             if readiness.reason is not None:
+                closed = any(rule.action != "lookup" and rule.fwmark == uplink.mark for rule in self.plan.rules)
                 self.report.waiting[uplink.name] = readiness.reason
-                self.report.warnings.append(waiting_text(uplink.name, uplink.interface, readiness.reason))
+                self.report.warnings.append(waiting_text(uplink.name, uplink.interface, readiness.reason, closed))
             elif readiness.missing:
                 self.report.warnings.append(missing_text(uplink.name, uplink.interface, readiness.missing))
         return [r for r in routes if (r.table, r.version) not in skipped and r.dev in interfaces and interfaces[r.dev].up]

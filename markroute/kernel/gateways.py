@@ -245,14 +245,14 @@ def describe(reason: str) -> str:
     return REASONS.get(reason, reason)
 
 
-def waiting_text(uplink: str, interface: str, reason: str) -> str:
-    """The warning `apply` gives for a waiting uplink."""
+def waiting_text(uplink: str, interface: str, reason: str, closed: bool = False) -> str:
+    """The warning `apply` gives for a waiting uplink; CLOSED: its traffic fails closed (is dropped)."""
     if reason in ("interface-missing", "interface-down"):
         detail = f"interface {interface} {'does not exist' if reason == 'interface-missing' else 'is down'}"
     else:
         detail = f"{describe(reason)} on {interface}"
-    return (f"uplink '{uplink}' waits: {detail}; its routes are skipped and its traffic follows "
-            "failover and the last resort until it is ready")
+    fate = "is dropped (it fails closed)" if closed else "follows failover and the last resort"
+    return f"uplink '{uplink}' waits: {detail}; its routes are skipped and its traffic {fate} until it is ready"
 
 
 def missing_text(uplink: str, interface: str, missing: tuple[tuple[int, str], ...]) -> str:

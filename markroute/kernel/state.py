@@ -56,9 +56,10 @@ STATE_RECORD = "state.json"  # written by apply
 TABLE_AMENDMENT = "table.json"  # written by `markroute run`
 DAEMON_RECORD = "daemon.json"  # written by `markroute run`
 DAEMON_FORMAT = 1
-# The daemon's verdict on an uplink (daemon.uplinkstate); waiting: no address or next hop yet (kernel.gateways).
-UplinkState = Literal["up", "degraded", "down", "waiting"]
-UPLINK_STATES: tuple[UplinkState, ...] = ("up", "degraded", "down", "waiting")
+# The daemon's verdict on an uplink (daemon.uplinkstate); "unknown": not probed enough yet, carries no
+# traffic; "waiting": no address or next hop yet (kernel.gateways), carries no traffic either.
+UplinkState = Literal["up", "degraded", "down", "unknown", "waiting"]
+UPLINK_STATES: tuple[UplinkState, ...] = ("up", "degraded", "down", "unknown", "waiting")
 
 Listing = list[dict[str, Any]]
 Warn = Callable[[str], None]
@@ -250,6 +251,7 @@ class UplinkRecord:
     transitions: int = 0
     suppressed: bool = False
     probed: bool = True
+    probe_bytes_per_day: int | None = None  # probe traffic both ways at the configured rate (metered links)
 
 
 @dataclass(frozen=True)

@@ -121,7 +121,7 @@ class StatusReport:
         `kernel.gateways.REASONS` such as ``no-gateway``, or null; next_hops: the next hop
         per family, ``inet``/``inet6``, that its default route uses now, learned for
         ``auto``, null for on-link; health: what `markroute run` last saw, ``{state,
-        since, rtt, loss, transitions, suppressed, probed}``, or null); ``policies``:
+        since, rtt, loss, transitions, suppressed, probed, probe_bytes_per_day}``, or null); ``policies``:
         ``[{name, packets, bytes}]`` summed over every rule commented ``policy NAME``;
         ``connections``: ``{total, other}`` (other: no uplink mark); ``drift``: one sentence
         per difference, empty when none; ``daemon``: ``{pid, running, started,

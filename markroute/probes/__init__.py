@@ -20,11 +20,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from markroute.model import Uplink
-from markroute.probes import arp, icmp, tcp
+from markroute.probes import arp, dns, http, icmp, tcp
 from markroute.probes.method import Method
 from markroute.values import AUTO_GATEWAY
 
-METHODS: dict[str, Method] = {method.name: method for method in (icmp.METHOD, tcp.METHOD, arp.METHOD)}
+METHODS: dict[str, Method] = {method.name: method for method in (icmp.METHOD, tcp.METHOD, arp.METHOD, dns.METHOD, http.METHOD)}
 
 
 def default_targets(method: Method, uplink: Uplink, learned: Mapping[int, str | None] | None = None) -> tuple[str, ...]:

@@ -8,7 +8,8 @@ import socket
 import struct
 import time
 
-from markroute.probes.method import Answer, Egress, Loop, Method, any_targets
+from markroute.model import HealthCheck
+from markroute.probes.method import Answer, Egress, Loop, Method, any_targets, no_expect
 from markroute.probes.sockets import SO_TIMESTAMPNS, canonical_address, received_at
 from markroute.values import parse_probe_target
 
@@ -79,7 +80,7 @@ class ArpProber:
         self.sock.close()
 
 
-def open_prober(loop: Loop, egress: Egress, key: str, on_answer: Answer) -> ArpProber:
+def open_prober(loop: Loop, egress: Egress, key: str, on_answer: Answer, check: HealthCheck) -> ArpProber:
     return ArpProber(loop, egress, on_answer)
 
 
@@ -90,5 +91,7 @@ METHOD = Method(
     default_gateways=(4,),
     canonical=canonical_address,
     prober_key=lambda target: "arp",  # one packet socket for the interface
+    parse_expect=no_expect,
+    probe_bytes=lambda target: 2 * 60,  # request and reply, minimum Ethernet frames
     open_prober=open_prober,
 )

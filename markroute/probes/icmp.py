@@ -9,7 +9,8 @@ import socket
 import struct
 import time
 
-from markroute.probes.method import Answer, Egress, Loop, Method, any_targets
+from markroute.model import HealthCheck
+from markroute.probes.method import Answer, Egress, Loop, Method, any_targets, no_expect
 from markroute.probes.sockets import (
     SO_TIMESTAMPNS,
     address_tuple,
@@ -104,7 +105,7 @@ def prober_key(target: str) -> str:
     return f"icmp{version_of(target)}"
 
 
-def open_prober(loop: Loop, egress: Egress, key: str, on_answer: Answer) -> IcmpProber:
+def open_prober(loop: Loop, egress: Egress, key: str, on_answer: Answer, check: HealthCheck) -> IcmpProber:
     return IcmpProber(loop, egress, int(key.removeprefix("icmp")), on_answer)
 
 
@@ -115,5 +116,7 @@ METHOD = Method(
     default_gateways=(4, 6),
     canonical=canonical_address,
     prober_key=prober_key,
+    parse_expect=no_expect,
+    probe_bytes=lambda target: 2 * ((40 if ":" in target else 20) + 8 + len(PAYLOAD)),  # echo and reply
     open_prober=open_prober,
 )

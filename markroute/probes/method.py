@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from markroute.model import HealthCheck
+
 Answer = Callable[[str, int, float], None]  # on_answer(target, token, rtt)
 
 
@@ -59,7 +61,13 @@ class Method:
     * `canonical`: a target as the kernel reports the source of its answer, so answers
       match targets by plain equality;
     * `prober_key`: targets with the same key share one prober (one socket);
-    * `open_prober`: a prober for a key, pinned to an uplink's egress.
+    * `parse_expect`: one entry of `check.expect` (what an answer must say to count:
+      addresses for dns, status codes for http), as text; methods without answers to
+      judge raise ValueError;
+    * `probe_bytes`: IP bytes one probe to a target costs, both ways (for `status`: probe
+      traffic per day on metered links);
+    * `open_prober`: a prober for a key, pinned to an uplink's egress, given the uplink's
+      check (for `expect`).
     """
 
     name: str
@@ -68,7 +76,14 @@ class Method:
     default_gateways: tuple[int, ...]
     canonical: Callable[[str], str]
     prober_key: Callable[[str], str]
-    open_prober: Callable[[Loop, Egress, str, Answer], Prober]
+    parse_expect: Callable[[object], str]
+    probe_bytes: Callable[[str], int]
+    open_prober: Callable[[Loop, Egress, str, Answer, HealthCheck], Prober]
+
+
+def no_expect(value: object) -> str:
+    """`Method.parse_expect` of methods whose answers carry nothing to compare."""
+    raise ValueError("this method takes no expect: (only dns and http answers carry something to compare)")
 
 
 def any_targets(targets: tuple[str, ...]) -> str | None:

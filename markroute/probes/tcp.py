@@ -9,7 +9,8 @@ import socket
 import struct
 import time
 
-from markroute.probes.method import Answer, Egress, Loop, Method
+from markroute.model import HealthCheck
+from markroute.probes.method import Answer, Egress, Loop, Method, no_expect
 from markroute.probes.sockets import address_tuple, pinned, split_target, version_of
 from markroute.values import parse_probe_target
 
@@ -72,7 +73,7 @@ class TcpProber:
             self.forget(target, token)
 
 
-def open_prober(loop: Loop, egress: Egress, key: str, on_answer: Answer) -> TcpProber:
+def open_prober(loop: Loop, egress: Egress, key: str, on_answer: Answer, check: HealthCheck) -> TcpProber:
     return TcpProber(loop, egress, on_answer)
 
 
@@ -83,5 +84,7 @@ METHOD = Method(
     default_gateways=(),
     canonical=canonical,
     prober_key=lambda target: "tcp",  # one prober; each probe has its own socket
+    parse_expect=no_expect,
+    probe_bytes=lambda target: (60 if "[" in target else 0) + 60 + 60 + 40,  # SYN, SYN-ACK or RST, our RST
     open_prober=open_prober,
 )

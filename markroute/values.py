@@ -333,8 +333,17 @@ def parse_ip(value: object) -> str:
         raise ValueError(f"'{yaml_text(value)}' is not an IP address") from None
 
 
+#: `gateway: auto`: the next hop is learned from the kernel at apply time (DHCP, RA, a tunnel's peer).
+AUTO_GATEWAY = "auto"
+
+
 def parse_gateway(value: object, version: int) -> str:
-    """A next hop of the given family; the other family's address names the other key."""
+    """A next hop of the given family, or `auto`; the other family's address names the other key."""
+    if value == AUTO_GATEWAY:
+        return AUTO_GATEWAY
+    if isinstance(value, str) and value.strip().isalpha():
+        raise ValueError(f"'{value}' is not an IP address; write 'auto' to learn the gateway from the kernel "
+                         "(DHCP, router advertisements, a tunnel's peer)")
     address = ipaddress.ip_address(parse_ip(value))
     if address.version != version:
         other = "gateway6" if version == 4 else "gateway"

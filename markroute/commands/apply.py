@@ -31,29 +31,36 @@ def command(config: str | None, netns: str | None, force: bool) -> None:
     One command changes a namespace at a time: a second waits up to 10 s, then names
     the one holding the lock. SIGINT, SIGTERM or SIGHUP roll the apply back (or, past
     its commit, let it finish); an apply killed outright is undone by the next apply
-    or down.
+    or down. An uplink that waits (interface missing or down, no address or gateway
+    yet, as at boot before a DHCP lease) is not an error: everything else is installed,
+    its traffic fails over as for a down uplink, and a `waiting:` line says what it
+    waits for.
 
-    Exit codes: 0 applied or already up to date; 1 invalid config, or apply failed and
-    was rolled back; 4 not root, nft missing or no such namespace.
+    Exit codes: 0 applied or already up to date (uplinks may wait); 1 invalid config, an
+    uplink without gateway on a broadcast link, or apply failed and was rolled back; 4
+    not root, nft missing or no such namespace.
     """
     from markroute.compile import compile_plan
     from markroute.config import config_path
     from markroute.daemon import dnsmasq
     from markroute.kernel import interrupt
-    from markroute.kernel.apply import apply
     from markroute.kernel.environment import prepare
+    from markroute.kernel.gateways import describe
+    from markroute.kernel.waiting import apply_model
 
     with interrupt.noted():  # from the start: a signal while the config loads rolls back at the first step
         model = load_model_or_exit(config_path(config))
         plan = compile_plan(model)
         with exit_codes():
             netns = prepare(netns)
-            report = apply(plan, netns, force)
+            report = apply_model(model, plan, netns, force)
         domains = dnsmasq.sync(model)
         report.changes += domains.changes
         report.warnings += domains.warnings
         for warning in report.warnings + neighbour_warnings(plan):
             click.echo(f"markroute: warning: {warning}", err=True)
+        for name, reason in report.waiting.items():
+            click.echo(f"waiting: {name} ({describe(reason)})")
         late = interrupt.received()
         if late is not None:
             click.echo(f"markroute: {interrupt.signal_name(late)} came after the apply had committed: it completed",

@@ -19,6 +19,8 @@ from markroute.commands.cliutil import (
     netns_option,
     print_json,
 )
+from markroute.kernel.gateways import describe
+from markroute.kernel.status import UplinkStatus
 from markroute.plan import Plan
 from markroute.sim.neighbours import Finding
 
@@ -126,12 +128,14 @@ def render(report: StatusReport) -> str:
         lines += ["", "uplinks:"]
         for u in report.uplinks:
             link = "link up" if u.up else ("link down" if u.exists else "link missing")
+            if u.waiting:
+                link = f"waiting ({describe(u.waiting)})"
             health = f"health {u.health.state}" if u.health else "health not probed (markroute run is not running)"
             lines.append(
                 f"  {u.name:<12} {u.interface:<10} {link:<12} {health:<14} mark {hex(u.mark):<8} table {u.table:<6} "
                 f"connections {u.connections or 0}"
             )
-            gateways = ", ".join(filter(None, (u.gateway, u.gateway6))) or "none (point-to-point)"
+            gateways = gateway_text(u)
             routes = ", ".join(dict.fromkeys(u.default_routes)) or "none installed"
             lines.append(f"  {'':<12} gateway {gateways}; default route {routes}; "
                          f"addresses {', '.join(u.addresses) or 'none'}")
@@ -215,6 +219,15 @@ def problems_text(listed: list[Problem]) -> str:
 
 
 # -- what `markroute run` reports ------------------------------------------------------
+
+
+def gateway_text(u: UplinkStatus) -> str:
+    """Fixed gateways as written; `auto` ones as learned from the kernel now (or not yet)."""
+    learned = dict(u.next_hops)
+    shown = [gateway if gateway != "auto" else
+             f"{learned.get(version) or 'not known yet'} (learned)"
+             for version, gateway in ((4, u.gateway), (6, u.gateway6)) if gateway]
+    return ", ".join(shown) or "none (point-to-point)"
 
 
 def daemon_lines(report: StatusReport) -> list[str]:

@@ -18,13 +18,12 @@ a policy with `from:` placed before every policy without one still decides first
 from __future__ import annotations
 
 from markroute.model import Model, Policy, Uplink
-
-REALM_MAX = 0xFFFF  # realms are 16 bits; an uplink pinned to a larger table gets none
+from markroute.plan import table_realm
 
 
 def realm(uplink: Uplink) -> int | None:
     """The realm of uplink's IPv4 default route: its table id, unique among uplinks."""
-    return uplink.table if uplink.table <= REALM_MAX and 4 in uplink.versions else None
+    return table_realm(uplink.table) if 4 in uplink.versions else None
 
 
 def pinned(model: Model) -> list[tuple[Uplink, int]]:

@@ -21,6 +21,7 @@ from markroute.plan import (
     Sysctl,
     UplinkPlan,
 )
+from markroute.values import AUTO_GATEWAY
 
 RP_FILTER = {"strict": "1", "loose": "2", "off": "0"}
 
@@ -70,7 +71,7 @@ def routes(model: Model) -> list[Route]:
     found: list[Route] = []
     for uplink in model.uplinks.values():
         for version, gateway in ((4, uplink.gateway), (6, uplink.gateway6)):
-            if version in uplink.versions:
+            if version in uplink.versions and gateway != AUTO_GATEWAY:  # learned at apply (`plan.resolve`)
                 realm = bound.realm(uplink) if version == 4 else None
                 found.append(Route(version, uplink.table, "default", uplink.interface, gateway, realm=realm))
     return found

@@ -43,7 +43,7 @@ Obj = dict[str, Any]
 def availability_of(states: Mapping[str, State]) -> UplinkAvailability:
     """The compiler's view of the uplinks' states."""
     return UplinkAvailability(
-        down=frozenset(name for name, current in states.items() if current in ("down", "unknown")),
+        down=frozenset(name for name, current in states.items() if current in ("down", "unknown", "waiting")),
         weight_factor={name: DEGRADED_WEIGHT for name, current in states.items() if current == "degraded"},
     )
 

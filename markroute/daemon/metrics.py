@@ -8,7 +8,8 @@ change, which the server thread only reads. A scrape is the daemon's `StatusRepo
 
 Per uplink: state (one series per possible state, 1 for the current one), RTT, loss,
 since when, state changes, tracked connections, and the packets and bytes its
-interface received and sent. Per policy: the packets and bytes its rules counted,
+interface received and sent; for a waiting uplink why it waits, for a ready one the
+next hops its default routes use (learned for `gateway: auto`). Per policy: the packets and bytes its rules counted,
 which are the first packets of the connections it routed (markroute decides once
 per connection). `markroute_rule_changes_total`: nftables transactions made for
 health changes. Per group member: `markroute_group_member_weight` (the effective weight
@@ -24,13 +25,14 @@ import logging
 import socket
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from markroute.kernel import KernelError, dynsets, nft
 from markroute.kernel.conntrack import count_by_mark
+from markroute.kernel.gateways import Readiness
 from markroute.kernel.links import interface_counters
 from markroute.kernel.rpdb import Rpdb
 from markroute.kernel.state import UPLINK_STATES, DaemonRecord
@@ -41,7 +43,7 @@ from markroute.kernel.status import (
     policy_statuses,
     uplink_statuses,
 )
-from markroute.plan import Plan
+from markroute.plan import FAMILY_NAMES, Plan
 from markroute.plan.nftjson import is_dynamic
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -55,10 +57,11 @@ INTERFACE_COUNTERS = (
 
 @dataclass(frozen=True)
 class Exposed:
-    """What the daemon shows: its record and the plan installed (uplinks, policies, mask)."""
+    """What the daemon shows: its record, the plan installed (uplinks, policies, mask), the uplinks' readiness."""
 
     record: DaemonRecord
     plan: Plan
+    readiness: Mapping[str, Readiness] = field(default_factory=dict)  # `kernel.gateways.Survey.uplinks`
 
 
 @dataclass
@@ -118,7 +121,7 @@ def report(exposed: Exposed, kernel: KernelCounters | None) -> StatusReport:
         applied=True,
         applied_at=None,
         uplinks=uplink_statuses(list(plan.uplinks), record, connections=kernel.connections if kernel else None,
-                                traffic=kernel.interfaces if kernel else None),
+                                traffic=kernel.interfaces if kernel else None, readiness=exposed.readiness),
         policies=policy_statuses(list(plan.policies), kernel.rules) if kernel else (),
         daemon=DaemonStatus(record.pid, True, record.started, record.rule_changes),
         groups=group_statuses(list(plan.groups), kernel.table, record) if kernel else (),
@@ -139,7 +142,8 @@ def render(status: StatusReport) -> str:
             continue
         labels = {"uplink": uplink.name}
         for name in UPLINK_STATES:
-            families.add("markroute_uplink_state", "gauge", "1 for the uplink's current state (up, degraded, down).",
+            families.add("markroute_uplink_state", "gauge",
+                         "1 for the uplink's current state (up, degraded, down, waiting).",
                          {**labels, "state": name}, 1 if seen.state == name else 0)
         if seen.rtt is not None:
             families.add("markroute_uplink_rtt_seconds", "gauge", "Mean round-trip time of the recent probes.",
@@ -151,6 +155,15 @@ def render(status: StatusReport) -> str:
                      labels, seen.since)
         families.add("markroute_uplink_transitions_total", "counter", "State changes since the daemon first started.",
                      labels, seen.transitions)
+    for uplink in status.uplinks:
+        if uplink.waiting is not None:
+            families.add("markroute_uplink_waiting", "gauge",
+                         "1 while the uplink waits for an address or next hop; reason: why (kernel.gateways).",
+                         {"uplink": uplink.name, "reason": uplink.waiting}, 1)
+        for version, hop in uplink.next_hops:
+            families.add("markroute_uplink_next_hop_info", "gauge",
+                         "The next hop the uplink's default route uses now (learned for gateway: auto).",
+                         {"uplink": uplink.name, "family": FAMILY_NAMES[version], "next_hop": hop or "on-link"}, 1)
     for uplink in status.uplinks:
         if uplink.connections is not None:
             families.add("markroute_uplink_connections", "gauge", "Tracked connections carrying the uplink's mark.",

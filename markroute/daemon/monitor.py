@@ -9,15 +9,15 @@ overlap when the timeout is longer than the interval, so a dead uplink is notice
 `(down - 1) * interval + timeout` after its first lost probe, whatever the RTT was.
 
 What is probed when the config says nothing (`targets`) is the method's business
-(`markroute.probes`): `icmp` (the default) probes the uplink's gateway(s), `arp` its
-IPv4 gateway, `tcp` nothing. An uplink with no targets (a point-to-point link without
-gateway, say) is not probed at all: its link state, followed through netlink, is its
-health.
+(`markroute.probes`): `icmp` (the default) probes the uplink's gateway(s), for
+`gateway: auto` the learned ones, `arp` its IPv4 gateway, `tcp` nothing. An uplink
+with no targets (a point-to-point link without gateway, say) is not probed at all:
+its link state, followed through netlink, is its health.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from markroute.daemon.reactor import Reactor, Timer
 from markroute.daemon.uplinkstate import Transition, UplinkHealth
@@ -28,23 +28,27 @@ from markroute.probes.method import Egress, Prober
 OnTransition = Callable[[Transition], None]
 
 
-def probe_targets(uplink: Uplink) -> tuple[HealthCheck, tuple[str, ...]]:
-    """The check an uplink gets (its own or the defaults) and what it probes; () means link state only."""
+def probe_targets(uplink: Uplink, learned: Mapping[int, str | None] | None = None) -> tuple[HealthCheck, tuple[str, ...]]:
+    """The check an uplink gets (its own or the defaults) and what it probes; () means link state only.
+
+    A `gateway: auto` is probed at the next hop learned from the kernel (LEARNED: IP
+    version -> next hop), so the targets move with it.
+    """
     check = uplink.check or HealthCheck()
     method = METHODS[check.method]
-    targets = check.targets or default_targets(method, uplink)
+    targets = check.targets or default_targets(method, uplink, learned)
     return check, tuple(method.canonical(target) for target in targets)
 
 
 class UplinkMonitor:
     def __init__(self, reactor: Reactor, uplink: Uplink, health: UplinkHealth, on_transition: OnTransition,
-                 on_news: OnTransition) -> None:
+                 on_news: OnTransition, learned: Mapping[int, str | None] | None = None) -> None:
         self.reactor = reactor
         self.uplink = uplink
         self.health = health
         self.on_transition = on_transition  # the rules must follow
         self.on_news = on_news  # the known state changed (`UplinkHealth.news`): on_change
-        self.check, self.targets = probe_targets(uplink)
+        self.check, self.targets = probe_targets(uplink, learned)
         self.method = METHODS[self.check.method]
         self.probers: dict[str, Prober] = {}
         self.egress: Egress | None = None

@@ -8,8 +8,9 @@ it arrives (no polling). What the daemon is told:
   up with carrier, None means it no longer exists. A link that stops being usable
   takes its uplink down at once, before any probe could notice.
 * `on_change()`: something `apply` derives from the running system may have changed:
-  an address (DHCP renewed with another one), a connected route of main, an interface
-  that came back. The daemon answers with a resync (`apply` of the installed plan).
+  an address (DHCP renewed with another one), a connected route of main, a default
+  route in any table (the next hop of a `gateway: auto` uplink), an interface that
+  came back. The daemon answers with a resync (`apply` of the installed plan).
 * `on_removed([(port, what), ...])`: someone removed markroute's own ip rules or
   routes (`markroute.daemon.churn`); the daemon puts them back with a resync.
 
@@ -99,9 +100,10 @@ class LinkWatcher:
             elif event in ("RTM_NEWADDR", "RTM_DELADDR"):
                 changed = True
             elif event in ("RTM_NEWROUTE", "RTM_DELROUTE"):
-                # markroute's own routes change only through apply; main's decide the copies.
+                # markroute's own routes change only through apply; main's decide the copies, and
+                # default routes in any table give `gateway: auto` uplinks their next hop.
                 ours = message["proto"] == RULE_PROTOCOL
-                changed |= not ours and table_of(message, "RTA_TABLE") == RT_TABLE_MAIN
+                changed |= not ours and (table_of(message, "RTA_TABLE") == RT_TABLE_MAIN or message["dst_len"] == 0)
         if gone and self.on_removed is not None:
             self.on_removed(gone)
         if changed:

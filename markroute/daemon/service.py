@@ -46,7 +46,7 @@ from functools import partial
 from types import FrameType
 
 from markroute.compile import UplinkAvailability, compile_plan
-from markroute.daemon import churn, dnsmasq, failback, logs
+from markroute.daemon import churn, dnsmasq, failback, follow, logs
 from markroute.daemon.churn import ChurnLog
 from markroute.daemon.failback import FailbackClock
 from markroute.daemon.failover import (
@@ -78,6 +78,11 @@ from markroute.kernel.down import down
 from markroute.kernel.links import Link, links
 from markroute.kernel.rpdb import Rpdb
 from markroute.kernel.state import DaemonRecord, UplinkRecord
+from markroute.kernel.waiting import (
+    NeedsGateway,
+    current_survey,
+    refuse_missing_gateways,
+)
 from markroute.model import Model, Uplink
 from markroute.plan import Plan
 from markroute.probes.method import Egress
@@ -131,6 +136,7 @@ class Daemon:
         self.failback = FailbackClock()
         self.resync_timer: Timer | None = None
         self.link_usable: dict[str, bool | None] = {}  # None: the interface does not exist
+        self.follower = follow.Follower()  # waiting uplinks and learned next hops (`gateway: auto`)
         self.rule_changes = 0
         self.started = time.time()
         self.saved: DaemonRecord | None = None
@@ -157,12 +163,15 @@ class Daemon:
         self.catch_signals()  # a stop request during start-up waits for the loop, never cuts an apply short
         previous = state.load_daemon_record(self.netns, self.log.warning)
         interfaces = self.read_links()
+        self.look(self.model)
         self.build_monitors(previous.uplinks if previous else {}, interfaces)
         self.install()
         self.log.info("markroute run: %d uplinks, %s", len(self.monitors), self.describe())
         self.watcher = LinkWatcher(self.reactor, self.on_link, self.on_change, self.on_lost, self.on_removed)
         self.relink()  # what changed between the first look and the watcher's first event
         self.refresh_egress(start=True)
+        for name in self.follower.waiting:
+            self.monitors[name].stop()  # nothing to probe until it is ready
         if self.metrics:
             self.metrics.start()
             self.log.info("metrics on http://%s:%d/metrics", *self.metrics.address)
@@ -183,7 +192,7 @@ class Daemon:
         for name, monitor in self.monitors.items():
             how = (f"{monitor.check.method} {', '.join(monitor.targets)} every {monitor.check.interval:g} s"
                    if monitor.probed else "link state only")
-            parts.append(f"{name} {monitor.health.state} ({how})")
+            parts.append(f"{name} {self.uplink_states()[name]} ({how})")
         return "; ".join(parts)
 
     def shutdown(self) -> None:
@@ -253,15 +262,16 @@ class Daemon:
                 keep[name].uplink = uplink
                 self.monitors[name] = keep[name]
                 continue
-            check, targets = probe_targets(uplink)
+            check, targets = probe_targets(uplink, self.follower.next_hops(name))
             last = seen.get(name)
             health = UplinkHealth(
                 name, check if targets else None,
-                state=last.state if last else "unknown",
+                state=last.state if last and last.state != "waiting" else "unknown",  # waiting: read afresh
                 since=last.since if last else None,
                 transitions=last.transitions if last else 0,
             )
-            monitor = UplinkMonitor(self.reactor, uplink, health, self.on_transition, self.on_news)
+            monitor = UplinkMonitor(self.reactor, uplink, health, self.on_transition, self.on_news,
+                                    self.follower.next_hops(name))
             self.monitors[name] = monitor
             link = interfaces.get(uplink.interface)
             self.link_usable[uplink.interface] = link.usable if link else None
@@ -291,6 +301,8 @@ class Daemon:
     # -- health changes ----------------------------------------------------------------
 
     def on_transition(self, transition: Transition) -> None:
+        if transition.uplink in self.follower.waiting and "waiting" not in (transition.old, transition.new):
+            return  # probes and link of a waiting uplink: it is out of use already
         self.log_transition(transition)
         self.pending.append(transition)
         if self.act_timer is None:
@@ -298,6 +310,8 @@ class Daemon:
 
     def on_news(self, news: Transition) -> None:
         """A known state changed: `on_change` runs once the rules reflect it (in `act`)."""
+        if news.uplink in self.follower.waiting and "waiting" not in (news.old, news.new):
+            return  # the link of a waiting uplink: it is out of use already
         self.news.append(news)
         if self.act_timer is None:
             self.act_timer = self.reactor.call_at(self.reactor.now(), self.act)
@@ -310,7 +324,8 @@ class Daemon:
                    reason=transition.reason)
 
     def uplink_states(self) -> dict[str, State]:
-        return {name: monitor.health.state for name, monitor in self.monitors.items()}
+        waiting = self.follower.waiting
+        return {name: "waiting" if name in waiting else monitor.health.state for name, monitor in self.monitors.items()}
 
     def act(self) -> None:
         """Make the rules follow the uplinks' states: one nft transaction, then the flows.
@@ -420,7 +435,7 @@ class Daemon:
         The lock is held until the records say what this apply left (`note_state`), so no
         other apply can slip in between unnoticed."""
         with state.locked(self.netns, "markroute run"):
-            report = apply(plan, self.netns)
+            report = apply(plan, self.netns, following=True)
             for change in report.changes:
                 self.log.info("apply: %s", change)
             for warning in report.warnings:
@@ -454,6 +469,7 @@ class Daemon:
         for monitor in self.monitors.values():
             if monitor.uplink.interface == interface:
                 monitor.link(bool(usable))
+        self.follower.forget()  # a link down and up again takes markroute's routes with it: always apply
         self.schedule_resync()
 
     def on_change(self) -> None:
@@ -466,10 +482,12 @@ class Daemon:
         for port, what in foreign:
             self.churn.note(senders[port], what)
         if foreign:
+            self.follower.forget()  # the uplinks' readiness did not change, but the removed must go back
             self.schedule_resync()
 
     def on_lost(self) -> None:
         self.log.warning("netlink events were lost: reading the links again")
+        self.follower.forget()
         self.relink()
         self.schedule_resync()
 
@@ -493,11 +511,15 @@ class Daemon:
     def converge(self) -> None:
         assert self.installed is not None
         try:
+            if not self.follow_kernel():
+                return  # nothing apply depends on changed (a DHCP renewal)
+            self.log.debug("resync: the system changed; applying the installed plan")
             with state.locked(self.netns, "markroute run (resync)"):
-                report = apply(self.installed, self.netns)
+                report = apply(self.installed, self.netns, following=True)
                 self.recorder.stamp(self.nominal)
                 self.note_state(report.nft_generation)
         except KernelError as exc:
+            self.follower.forget()
             self.log.warning("resync failed: %s; trying again in %g s", exc, RETRY)
             self.schedule_resync(RETRY)
             return
@@ -524,12 +546,59 @@ class Daemon:
             return
         self.log.info("reload: %s out of service until probed again", ", ".join(carrying))
 
+    def look(self, model: Model) -> None:
+        """Read MODEL's uplinks' readiness without acting on it (start, reload); refuse an uplink needing a gateway."""
+        plan = compile_plan(model)
+        survey = current_survey(plan)
+        refuse_missing_gateways(plan, survey)
+        self.follower.observe(survey)
+
+    def follow_kernel(self) -> bool:
+        """Act on what changed in the uplinks' readiness (`follow`); False when nothing did.
+
+        Uplinks that begin waiting stop being probed and leave their groups; uplinks
+        ready again are probed again, through a fresh monitor aimed at the next hop when
+        it changed (probes bound to the new index and address by `refresh_egress`);
+        every change is one transition, so the chains move in one transaction and
+        `on_change` runs once.
+        """
+        assert self.installed is not None
+        before = dict(self.follower.waiting)
+        news = self.follower.observe(current_survey(self.installed))
+        if news is None:
+            return False
+        for name, reason in news.waiting.items():
+            monitor = self.monitors[name]
+            monitor.stop()
+            old = "waiting" if name in before else monitor.health.state
+            self.follow_transition(follow.waiting_transition(name, old, reason))
+        for name in (*news.ready, *(n for n in news.moved if n not in news.ready)):
+            monitor = self.monitors[name]
+            old = "waiting" if name in news.ready else monitor.health.state
+            usable = bool(self.link_usable.get(monitor.uplink.interface))
+            self.monitors[name] = follow.resume(self.reactor, monitor, self.follower.next_hops(name),
+                                                name in news.moved, usable, self.on_transition)
+            self.follow_transition(follow.back_transition(self.monitors[name], old, self.follower,
+                                                          news.moved.get(name)))
+        return True
+
+    def follow_transition(self, transition: Transition) -> None:
+        """A change `follow` found: the rules follow it, and `on_change` hears it (unless it is no verdict yet)."""
+        self.on_transition(transition)
+        if transition.new != "unknown":
+            self.on_news(transition)
+
     def reload(self) -> None:
         model, diagnostics = self.options.load()
         if model is None:
             for diagnostic in diagnostics:
                 self.log.error("reload: %s", diagnostic.render())
             self.log.error("reload: the config is invalid; still running the previous one")
+            return
+        try:
+            self.look(model)
+        except NeedsGateway as exc:
+            self.log.error("reload: %s; still running the previous config", exc)
             return
         self.recorder.when_idle(partial(self.reinstall, model))
 
@@ -603,10 +672,11 @@ class Daemon:
             pid=os.getpid(),
             started=self.started,
             rule_changes=self.rule_changes,
-            uplinks={name: m.health.snapshot().record(m.probed, m.bytes_per_day) for name, m in self.monitors.items()},
+            uplinks={name: follow.shown(m.health.snapshot(), self.follower.waiting.get(name)).record(
+                m.probed, m.bytes_per_day) for name, m in self.monitors.items()},
         )
         if self.installed is not None:
-            self.exposed = Exposed(current, self.installed)
+            self.exposed = Exposed(current, self.installed, self.follower.survey.uplinks if self.follower.survey else {})
         if current == self.saved:
             return
         try:

@@ -33,6 +33,11 @@ or a mean RTT above `check.max_rtt` makes an up uplink degraded; it is up again 
 when loss and RTT are back under `RECOVER` times their limits, so values hovering
 around a limit do not flap. A degraded uplink keeps its place in failover lists but
 gets `DEGRADED_WEIGHT` of its weight in balance groups.
+
+Waiting (`State`'s fourth value): an uplink without an address or next hop yet
+(`kernel.gateways`, `gateway: auto` before its lease) is out of use like a down one
+but not judged by this machine: the daemon's `follow.Follower` says so, its probes
+stop, and status, metrics and the record show `waiting` (`follow.shown`).
 """
 
 from __future__ import annotations

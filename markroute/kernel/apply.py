@@ -26,9 +26,10 @@ step before taking it (`journal`). Any failure, and SIGINT, SIGTERM or SIGHUP (n
 by `interrupt`, obeyed between steps), undoes every completed step and raises
 `ApplyFailed`; the new state.json is the commit, after which a signal no longer stops
 it. An apply killed outright leaves the journal, and the next apply or down undoes
-what it did before doing anything else (`journal.recover`). An uplink
-whose interface is missing or down gets no routes (its marked traffic then falls
-through to later rules and main) and a warning instead of a failure.
+what it did before doing anything else (`journal.recover`). An uplink that waits
+(`kernel.gateways`: interface missing or down, no address or next hop yet) gets no
+routes and a warning instead of a failure; `gateway: auto` uplinks get their default
+route via the next hop the kernel knows now.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from markroute.kernel import (
     state,
     sysctl,
 )
+from markroute.kernel.gateways import Survey, missing_text, survey, waiting_text
 from markroute.kernel.journal import Journal, Undo
 from markroute.kernel.links import Link, link_state, links
 from markroute.kernel.rpdb import Rpdb, route_key
@@ -67,6 +69,7 @@ class ApplyReport:
     changes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     nft_generation: int | None = None  # as recorded: None when someone else committed during the apply
+    waiting: dict[str, str] = field(default_factory=dict)  # uplink -> why it waits (a `kernel.gateways.REASONS` key)
 
     @property
     def changed(self) -> bool:
@@ -97,13 +100,21 @@ class ApplyFailed(KernelError):
         super().__init__(message)
 
 
-def apply(plan: Plan, netns: str | None = None, force: bool = False) -> ApplyReport:
+def apply(
+    plan: Plan, netns: str | None = None, force: bool = False, following: bool = False, nominal: str | None = None
+) -> ApplyReport:
     """Converge the kernel of the current namespace to PLAN; NETNS only names the state file.
 
     Under the namespace's lock: first what an apply that died left is undone
     (`journal.recover`), then the journal of this one is opened (module doc).
     Others' routes and rules where markroute's go, or a table of markroute's name it
     has no record of, stop apply (`foreign`) unless FORCE.
+
+    FOLLOWING (the daemon, which follows the system): a fixed gateway that is not on its
+    link (renumbered under it) makes its uplink wait instead of failing the whole apply.
+    NOMINAL: the digest recorded as the applied config when PLAN is that config compiled
+    with waiting uplinks down (`kernel.waiting.apply_model`), so `status -c FILE` still
+    compares with the config; by default PLAN's own.
     """
     with state.locked(netns, "markroute apply"):
         recovery = journal.recover(netns)
@@ -115,7 +126,7 @@ def apply(plan: Plan, netns: str | None = None, force: bool = False) -> ApplyRep
             adopted = foreign.adopt(in_the_way, rpdb)
         log = Journal.begin(netns)
         report = ApplyReport(warnings=(recovery.messages() if recovery else []) + adopted + list(plan.warnings))
-        report = _Apply(plan, netns, previous, log, report).run()
+        report = _Apply(plan, netns, previous, log, report, following, nominal).run()
         ha.restore_hold(plan, netns)  # a new table's hold sets are empty: the role decides
         return report
 
@@ -178,8 +189,13 @@ class NewTable:
 
 
 class _Apply:
-    def __init__(self, plan: Plan, netns: str | None, previous: State | None, log: Journal, report: ApplyReport) -> None:
+    def __init__(
+        self, plan: Plan, netns: str | None, previous: State | None, log: Journal, report: ApplyReport,
+        following: bool = False, nominal: str | None = None,
+    ) -> None:
         self.plan = plan
+        self.following = following
+        self.nominal = nominal
         self.netns = netns
         self.previous = previous
         self.rpdb: Rpdb | None = None
@@ -219,8 +235,9 @@ class _Apply:
 
     def converge(self, rpdb: Rpdb) -> None:
         interfaces = links(rpdb)
-        rules, resolved = resolve(self.plan, link_state(rpdb, interfaces))
-        routes = self.usable_routes(resolved, interfaces)
+        now = survey(rpdb, self.plan.uplinks, link_state(rpdb, interfaces), self.following)
+        rules, resolved = resolve(self.plan, now.links)
+        routes = self.usable_routes(resolved, interfaces, now)
         sysctls = self.usable_sysctls(interfaces)
         originals = self.set_sysctls(sysctls)
         live_rules = set(rpdb.own_rules())
@@ -271,22 +288,23 @@ class _Apply:
 
     # -- what can be installed here ---------------------------------------------------
 
-    def usable_routes(self, routes: tuple[Route, ...], interfaces: dict[str, Link]) -> list[Route]:
-        """Routes whose interface is up, none for an uplink whose interface is missing or down."""
-        waiting: set[int] = set()
+    def usable_routes(self, routes: tuple[Route, ...], interfaces: dict[str, Link], now: Survey) -> list[Route]:
+        """Routes whose interface is up; none for an uplink IP version that cannot have its default route now.
+
+        A waiting uplink (`kernel.gateways`: interface missing or down, no address, no
+        next hop known yet) is reported, not an error: everything else is installed.
+        """
+        skipped: set[tuple[int, int]] = set()
         for uplink in self.plan.uplinks:
-            link = interfaces.get(uplink.interface)
-            if link is not None and link.up:
-                continue
-            waiting.add(uplink.table)
-            problem = "does not exist" if link is None else "is down"
-            closed = any(rule.action != "lookup" and rule.fwmark == uplink.mark for rule in self.plan.rules)
-            fate = "is dropped (it fails closed)" if closed else "falls through to the main table"
-            self.report.warnings.append(
-                f"uplink '{uplink.name}': interface {uplink.interface} {problem}; its routes are skipped "
-                f"and its traffic {fate} until the next apply"
-            )
-        return [r for r in routes if r.table not in waiting and r.dev in interfaces and interfaces[r.dev].up]
+            readiness = now.uplinks[uplink.name]
+            skipped |= {(uplink.table, version) for version, _ in readiness.missing}
+            if readiness.reason is not None:
+                closed = any(rule.action != "lookup" and rule.fwmark == uplink.mark for rule in self.plan.rules)
+                self.report.waiting[uplink.name] = readiness.reason
+                self.report.warnings.append(waiting_text(uplink.name, uplink.interface, readiness.reason, closed))
+            elif readiness.missing:
+                self.report.warnings.append(missing_text(uplink.name, uplink.interface, readiness.missing))
+        return [r for r in routes if (r.table, r.version) not in skipped and r.dev in interfaces and interfaces[r.dev].up]
 
     def usable_sysctls(self, interfaces: dict[str, Link]) -> list[Sysctl]:
         usable: list[Sysctl] = []
@@ -535,7 +553,7 @@ class _Apply:
         listing: list[dict[str, object]],
     ) -> None:
         new = State(
-            plan_digest=digest.plan_digest(self.plan, self.nft_digest),
+            plan_digest=self.nominal or digest.plan_digest(self.plan, self.nft_digest),
             nft_digest=self.nft_digest,
             table_name=self.plan.table_name,
             mask=self.plan.mask,

@@ -71,9 +71,10 @@ JOURNAL = "journal"  # an apply in progress, or one that died before its commit 
 LOCK = "lock"  # flock'd by every writer of the namespace (`locked`)
 LOCK_WAIT = 10.0  # seconds a second writer waits before it names the holder and gives up
 LOCK_POLL = 0.05
-# the daemon's verdict on an uplink (daemon.uplinkstate); "unknown": not probed enough yet, carries no traffic
-UplinkState = Literal["up", "degraded", "down", "unknown"]
-UPLINK_STATES: tuple[UplinkState, ...] = ("up", "degraded", "down", "unknown")
+# The daemon's verdict on an uplink (daemon.uplinkstate); "unknown": not probed enough yet, carries no
+# traffic; "waiting": no address or next hop yet (kernel.gateways), carries no traffic either.
+UplinkState = Literal["up", "degraded", "down", "unknown", "waiting"]
+UPLINK_STATES: tuple[UplinkState, ...] = ("up", "degraded", "down", "unknown", "waiting")
 
 Listing = list[dict[str, Any]]
 Warn = Callable[[str], None]

@@ -20,12 +20,13 @@ from typing import Any
 from markroute.kernel import digest, dynsets, foreign, nft, state
 from markroute.kernel.conntrack import count_by_mark
 from markroute.kernel.drift import differences
+from markroute.kernel.gateways import Readiness, survey
 from markroute.kernel.groups import group_chains, policy_targets
 from markroute.kernel.hastatus import HaStatus, ha_status
-from markroute.kernel.links import Link, links
+from markroute.kernel.links import Link, link_state, links
 from markroute.kernel.rpdb import Rpdb
 from markroute.kernel.state import DaemonRecord, UplinkRecord
-from markroute.plan import GroupPlan, Plan, UplinkPlan
+from markroute.plan import FAMILY_NAMES, GroupPlan, Plan, UplinkPlan
 
 SCHEMA_VERSION = 1  # of `status --json` (docs/status.schema.json): raised when a key changes meaning or goes
 
@@ -36,7 +37,10 @@ class UplinkStatus:
 
     `connections` is None when they were not counted (the metrics could not read
     conntrack); `traffic` holds the interface's packet and byte counters
-    (`links.COUNTER_KEYS`), None when unknown.
+    (`links.COUNTER_KEYS`), None when unknown. `waiting`: why the uplink cannot carry
+    traffic now (a `kernel.gateways.REASONS` key), None when it can or was not read;
+    `next_hops`: (IP version, next hop) its default routes use now, learned for
+    `gateway: auto`, None for on-link.
     """
 
     name: str
@@ -52,6 +56,8 @@ class UplinkStatus:
     connections: int | None = None
     traffic: Mapping[str, int] | None = None
     health: UplinkRecord | None = None
+    waiting: str | None = None
+    next_hops: tuple[tuple[int, str | None], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -62,6 +68,8 @@ class UplinkStatus:
             "addresses": list(self.addresses),
             "gateway": self.gateway,
             "gateway6": self.gateway6,
+            "waiting": self.waiting,
+            "next_hops": {FAMILY_NAMES[version]: hop for version, hop in self.next_hops},
             "default_routes": list(self.default_routes),
             "table": self.table,
             "mark": hex(self.mark),
@@ -159,8 +167,12 @@ class StatusReport:
         """The report `status --json` prints.
 
         Keys: ``namespace``, ``applied`` (bool), ``applied_at``; ``uplinks``: a list of
-        ``{name, interface, exists, up, addresses, gateway, gateway6, default_routes, table,
-        mark, connections, health}`` (health: what `markroute run` last saw, ``{state,
+        ``{name, interface, exists, up, addresses, gateway, gateway6, waiting, next_hops,
+        default_routes, table, mark, connections, health}`` (gateway: an address, ``auto`` or
+        null; waiting: why the uplink cannot carry traffic now, a fixed word of
+        `kernel.gateways.REASONS` such as ``no-gateway``, or null; next_hops: the next hop
+        per family, ``inet``/``inet6``, that its default route uses now, learned for
+        ``auto``, null for on-link; health: what `markroute run` last saw, ``{state,
         since, rtt, loss, transitions, suppressed, probed, probe_bytes_per_day}``, or null); ``policies``:
         ``[{name, packets, bytes}]`` summed over every rule commented ``policy NAME``;
         ``connections``: ``{total, other}`` (other: no uplink mark); ``drift``: one sentence
@@ -200,9 +212,10 @@ def collect(netns: str | None, plan: Plan | None, warn: state.Warn | None = None
         live_routes = rpdb.own_routes()
         routes_json = rpdb.routes_json()
         others_in_the_way = foreign.in_recorded_space(recorded, rpdb) if recorded else []
+        uplinks: list[UplinkPlan] = list(plan.uplinks) if plan else recorded.uplinks if recorded else []
+        readiness = survey(rpdb, uplinks, link_state(rpdb, interfaces)).uplinks
     table_name = plan.table_name if plan else recorded.table_name if recorded else None
     live_table = nft.list_table(table_name) if table_name else None
-    uplinks: list[UplinkPlan] = list(plan.uplinks) if plan else recorded.uplinks if recorded else []
     policies: list[str] = list(plan.policies) if plan else recorded.policies if recorded else []
     mask = plan.mask if plan else recorded.mask if recorded else 0
     connections = count_by_mark(mask) if mask else None
@@ -226,7 +239,8 @@ def collect(netns: str | None, plan: Plan | None, warn: state.Warn | None = None
         namespace=netns,
         applied=recorded is not None,
         applied_at=recorded.applied_at if recorded else None,
-        uplinks=uplink_statuses(uplinks, daemon, connections=connections, interfaces=interfaces, routes=routes_json),
+        uplinks=uplink_statuses(uplinks, daemon, connections=connections, interfaces=interfaces, routes=routes_json,
+                                readiness=readiness),
         policies=policy_statuses(policies, nft.rule_counters(live_table or []), policy_targets(live_table or [])),
         connections_total=sum(connections.values()) if connections is not None else None,
         connections_other=connections[0] if connections is not None else None,
@@ -247,17 +261,20 @@ def uplink_statuses(
     traffic: Mapping[str, Mapping[str, int]] | None = None,
     interfaces: Mapping[str, Link] | None = None,
     routes: list[dict[str, Any]] | None = None,
+    readiness: Mapping[str, Readiness] | None = None,
 ) -> tuple[UplinkStatus, ...]:
     """Each uplink of the plan with what is known of it; None: not read.
 
     CONNECTIONS: by mark; TRAFFIC: interface counters by interface (metrics);
-    INTERFACES and ROUTES (`Rpdb.routes_json`): links and default routes (status).
+    INTERFACES and ROUTES (`Rpdb.routes_json`): links and default routes (status);
+    READINESS (`kernel.gateways.Survey.uplinks`): which uplinks wait, and their next hops.
     """
     interfaces = interfaces or {}
     found = []
     for u in uplinks:
         link = interfaces.get(u.interface)
         table = str(u.table)
+        now = readiness.get(u.name) if readiness is not None else None
         installed = [r for r in routes or [] if r.get("table") == table and r.get("dst") == "default"]
         found.append(UplinkStatus(
             name=u.name,
@@ -273,6 +290,8 @@ def uplink_statuses(
             connections=connections[u.mark] if connections is not None else None,
             traffic=traffic.get(u.interface) if traffic is not None else None,
             health=daemon.uplinks.get(u.name) if daemon else None,
+            waiting=now.reason if now else None,
+            next_hops=now.ready if now else (),
         ))
     return tuple(found)
 

@@ -16,10 +16,12 @@ between them and always tears everything down again.  See
 from markroute.lab.addresses import AddressGuardError, check_lab_address
 from markroute.lab.netns import CommandError, Lab, LabError, cleanup
 from markroute.lab.topologies import (
+    DynamicRouterLab,
     LanClient,
     MultiHomedLab,
     RouterLab,
     TwoRoutersLab,
+    dynamic_router_lab,
     lab_portforward,
     multihomed_lab,
     router_lab,
@@ -29,6 +31,7 @@ from markroute.lab.topologies import (
 __all__ = [
     "AddressGuardError",
     "CommandError",
+    "DynamicRouterLab",
     "Lab",
     "LabError",
     "LanClient",
@@ -37,6 +40,7 @@ __all__ = [
     "TwoRoutersLab",
     "check_lab_address",
     "cleanup",
+    "dynamic_router_lab",
     "lab_portforward",
     "multihomed_lab",
     "router_lab",

@@ -26,11 +26,13 @@ import os
 import re
 import secrets
 import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, Any
@@ -56,6 +58,8 @@ _BASELINE_SYSCTLS: Mapping[str, str] = {
 }
 
 _NETNS_DIR = Path("/run/netns")
+#: Files ``ip netns exec NS`` bind-mounts over ``/etc`` come from ``NETNS_ETC/NS``.
+NETNS_ETC = Path("/etc/netns")
 _PROCESS_GRACE_SECONDS = 2.0
 
 
@@ -119,14 +123,26 @@ def _kill_namespace_processes(name: str) -> None:
             os.kill(int(pid), signal.SIGKILL)
 
 
-def cleanup(names: Iterable[str]) -> None:
-    """Kill processes in and delete the namespaces *names*, ignoring missing ones.
+def _remove_etc_overlay(name: str) -> None:
+    """Remove namespace *name*'s ``/etc`` overlay, and ``/etc/netns`` once it is empty."""
+    overlay = NETNS_ETC / name
+    if not overlay.exists():
+        return
+    shutil.rmtree(overlay, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        NETNS_ETC.rmdir()
 
+
+def cleanup(names: Iterable[str]) -> None:
+    """Kill processes in and delete the namespaces *names* and their ``/etc`` overlays.
+
+    Missing ones are ignored.
     Meant for namespaces a crashed run left behind when their names are
     known (e.g. printed by a failed test); it deliberately offers no
     pattern matching so it can never delete someone else's namespace.
     """
     for name in names:
+        _remove_etc_overlay(name)
         if not (_NETNS_DIR / name).exists():
             continue
         _kill_namespace_processes(name)
@@ -217,6 +233,7 @@ class Lab:
         self.prefix = f"mr-{secrets.token_hex(3)}"
         self._namespaces: list[str] = []
         self._processes: list[subprocess.Popen[Any]] = []
+        self._on_close: list[Callable[[], None]] = []
         self._closed = False
         _REGISTRY.add(self)
 
@@ -366,10 +383,20 @@ class Lab:
         return proc
 
     def stop(self, proc: subprocess.Popen[Any]) -> None:
-        """Stop one process started by :meth:`spawn` now, not at teardown."""
+        """Stop one process :meth:`spawn` started (SIGTERM, then SIGKILL), now rather than at teardown.
+
+        SIGTERM first so daemons say goodbye the way they do on a real
+        shutdown (radvd sends a final advertisement with router lifetime 0).
+        """
         _stop_process(proc)
         if proc in self._processes:
             self._processes.remove(proc)
+
+    def tempdir(self, name: str) -> Path:
+        """A fresh private directory for a daemon's files, removed at teardown."""
+        path = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-{name}-"))
+        self.on_close(lambda: shutil.rmtree(path, ignore_errors=True))
+        return path
 
     def serve_echo(
         self,
@@ -450,6 +477,15 @@ class Lab:
 
     # -- teardown ---------------------------------------------------------
 
+    def on_close(self, action: Callable[[], None]) -> None:
+        """Run *action* at teardown, after the processes stop (last registered first).
+
+        For what the lab creates outside namespaces, e.g. a daemon's files or
+        the ``/etc/netns/NS`` overlay ``ip netns exec`` mounts: teardown must
+        remove them too, even when a test fails.
+        """
+        self._on_close.append(action)
+
     def release(self) -> tuple[str, ...]:
         """Give up ownership: namespaces and processes outlive this process.
 
@@ -468,6 +504,11 @@ class Lab:
         try:
             for proc in self._processes:
                 _stop_process(proc)
+            for action in reversed(self._on_close):
+                try:
+                    action()
+                except OSError as err:
+                    log.warning("lab teardown step failed: %s", err)
             cleanup(reversed(self._namespaces))
         finally:
             _REGISTRY.discard(self)

@@ -16,6 +16,9 @@ reproduce situations markroute must fix, *without* any markroute rules:
   so connections through the second router break.
 * :func:`multihomed_lab` - a host with two interfaces whose static route
   sends replies for the monitoring subnet out of the wrong interface.
+* :func:`dynamic_router_lab` - like :func:`router_lab`, but each ISP gives
+  the router its address and gateway by DHCP (dnsmasq, and radvd for IPv6),
+  so the router's uplinks only get a default route once a client runs.
 
 All addresses come from documentation/private ranges; "the internet" is the
 ``net`` namespace, which answers for whole server ranges through AnyIP
@@ -29,7 +32,9 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from markroute.lab.dhcp import DhcpClient, DhcpPool, DhcpServer, serve_dhcp
 from markroute.lab.netns import Lab
+from markroute.lab.ra import Advertisement, RaServer, accept_ra, serve_ra
 
 #: nft table the lab uses for its own NAT, kept apart from markroute's tables.
 LAB_NAT_TABLE = "mrlab"
@@ -580,4 +585,127 @@ def multihomed_lab(lab: Lab) -> MultiHomedLab:
         monitoring_net="203.0.113.0/24",
         gw0_public="198.51.100.2",
         gw1_public="198.51.100.6",
+    )
+
+
+# -- dynamic_router_lab ------------------------------------------------------
+
+
+def isp_pool(i: int, generation: int = 0) -> DhcpPool:
+    """ISP i's DHCP pool; each *generation* is a renumbering: 10.{generation}.{i}.0/24.
+
+    The ISP is .1 (the gateway), leases come from .100-.150.  Generation 0
+    uses the same subnet as ISP i in :func:`router_lab`.
+    """
+    return DhcpPool(
+        gateway=f"10.{generation}.{i}.1/24",
+        first=f"10.{generation}.{i}.100",
+        last=f"10.{generation}.{i}.150",
+    )
+
+
+@dataclass(frozen=True)
+class DynamicRouterLab:
+    """lan -- rtr -- isp0..ispN -- net, each ISP configuring rtr's wan{i} dynamically.
+
+    Every ISP runs a DHCP server (``dhcp[i]``, pool :func:`isp_pool`) and,
+    with IPv6, radvd (``ra[i]``) advertising 2001:db8:{i}::/64 from
+    ``isp_router6[i]``.  The router has no uplink address nor default route
+    until a test starts a client (:meth:`dhcp_client`), so a test chooses
+    whether that happens before or after markroute starts.  The ISPs
+    masquerade toward ``net``; the router does not, so LAN traffic needs
+    markroute's ``nat: masquerade`` to come back.
+    """
+
+    lab: Lab
+    ipv6: bool
+    clients: tuple[LanClient, ...]
+    rtr: str
+    isps: tuple[str, ...]
+    net: str
+    rtr_lan_if: str
+    rtr_wan_ifs: tuple[str, ...]
+    rtr_lan_v4: str
+    lan_v4_net: str
+    dhcp: tuple[DhcpServer, ...]
+    ra: tuple[RaServer, ...]
+    #: The link-local address radvd of ISP i advertises from (the router's IPv6 gateway).
+    isp_router6: tuple[str, ...]
+    #: Source address the server sees for traffic leaving through ISP i.
+    isp_public: tuple[str, ...]
+    isp_public_v6: tuple[str, ...]
+    server: str
+    server6: str | None
+
+    @property
+    def lan(self) -> str:
+        return self.clients[0].ns
+
+    def dhcp_client(self, i: int, metric: int | None = None) -> DhcpClient:
+        """A dhclient (not yet started) for the router's wan{i}, its default route at *metric*."""
+        return DhcpClient(self.lab, self.rtr, self.rtr_wan_ifs[i], metric=metric)
+
+    def which_isp(self, seen_source: str) -> int | None:
+        """ISP index whose public address is *seen_source*, or None."""
+        seen = _norm(seen_source)
+        for public in (self.isp_public, self.isp_public_v6):
+            if seen in public:
+                return public.index(seen)
+        return None
+
+
+def _build_dynamic_isp(lab: Lab, rtr: str, net: str, i: int, v6: bool) -> str:
+    """ISP i: down0 faces rtr's wan{i} with no address on the router side, up0 faces net."""
+    isp = lab.add_ns(f"isp{i}")
+    lab.veth(isp, "down0", rtr, f"wan{i}")
+    _uplink(lab, isp, net, f"ispl{i}", i, v6)
+    lab.forwarding(isp, ipv6=v6)
+    _masquerade(lab, isp, "up0")
+    if v6:
+        # Where de-NATed replies to the router's SLAAC address are routed.
+        lab.addr(isp, "down0", f"2001:db8:{i}::1/64")
+        accept_ra(lab, rtr, f"wan{i}")
+    return isp
+
+
+def dynamic_router_lab(lab: Lab, isps: int = 1, ipv6: bool = False) -> DynamicRouterLab:
+    """Build the router topology whose uplinks are configured by DHCP/RA (see :class:`DynamicRouterLab`).
+
+    DHCP servers and radvd run from the start; no client does.
+    """
+    if not 1 <= isps <= _MAX_ISPS:
+        raise ValueError(f"isps must be between 1 and {_MAX_ISPS}")
+    rtr = lab.add_ns("rtr")
+    clients, _ = _build_lan(lab, rtr, 1, ipv6)
+    lab.addr(rtr, "lan0", "192.168.1.1/24")
+    if ipv6:
+        lab.addr(rtr, "lan0", "fd00:1::1/64")
+    net = lab.add_ns("net")
+    isp_names = tuple(_build_dynamic_isp(lab, rtr, net, i, ipv6) for i in range(isps))
+    lab.forwarding(rtr, ipv6=ipv6)
+    _anyip(lab, net, SERVER_NETS_V4 + (SERVER_NETS_V6 if ipv6 else ()))
+    dhcp = tuple(serve_dhcp(lab, isp, "down0", isp_pool(i)) for i, isp in enumerate(isp_names))
+    routers6 = tuple("fe80::1" for _ in isp_names) if ipv6 else ()
+    ra = tuple(
+        serve_ra(lab, isp, "down0", Advertisement(f"2001:db8:{i}::/64"), router=routers6[i])
+        for i, isp in enumerate(isp_names)
+    ) if ipv6 else ()  # fmt: skip
+    return DynamicRouterLab(
+        lab=lab,
+        ipv6=ipv6,
+        clients=clients,
+        rtr=rtr,
+        isps=isp_names,
+        net=net,
+        rtr_lan_if="lan0",
+        rtr_wan_ifs=tuple(f"wan{i}" for i in range(isps)),
+        rtr_lan_v4="192.168.1.1",
+        lan_v4_net="192.168.1.0/24",
+        dhcp=dhcp,
+        ra=ra,
+        isp_router6=routers6,
+        isp_public=tuple(f"198.51.100.{4 * i + 2}" for i in range(isps)),
+        isp_public_v6=tuple(_norm(f"2001:db8:ff{i}::2") for i in range(isps)) if ipv6 else (),
+        server=SERVER_V4,
+        server6=SERVER_V6 if ipv6 else None,
     )

@@ -6,11 +6,12 @@ libnftables prints for `nft -j list` (table, set, chain, rule objects), and ip r
 routes render to the objects `ip -j rule` / `ip -j route` print, so a live dump and a
 compiled plan have the same shape.
 
-Two parts depend on the running system and are resolved at apply time from the
+Three parts depend on the running system and are resolved at apply time from the
 interfaces' state (`resolve`): main's connected routes are copied into every uplink
-table, so marked replies to LAN hosts stay on the LAN, and each uplink address gets a
-`from ADDR` rule, so unmarked traffic from it (sockets bound to it) leaves through it;
-a connection's mark is looked at first.
+table, so marked replies to LAN hosts stay on the LAN, each uplink address gets a
+`from ADDR` rule, so unmarked traffic from it (sockets bound to it) leaves through it
+(a connection's mark is looked at first), and a `gateway: auto` uplink's default route
+goes via the next hop the kernel knows for its interface now.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from markroute.plan.nftjson import plain
+from markroute.values import AUTO_GATEWAY
 
 RULE_PROTOCOL = 77  # tags every ip rule and route markroute installs, so it only ever removes its own
 # markroute's band of ip rules, from settings.rule_priority on: uplink fwmark rules, then
@@ -195,13 +197,21 @@ class Plan:
 
 @dataclass(frozen=True)
 class LinkState:
-    """What `resolve` needs from the running system: addresses and main's connected routes."""
+    """What `resolve` needs from the running system: addresses, main's connected routes, learned next hops.
+
+    `gateways` holds, per interface and IP version, the next hop of a `gateway: auto`
+    uplink as learned from the kernel (`kernel.gateways`); None there means on-link
+    (a point-to-point link without a peer address). A version missing has no known
+    next hop yet, and its uplink table gets no default route.
+    """
 
     addresses: dict[str, tuple[tuple[int, str], ...]]
     connected: tuple[Route, ...]
     #: (IP version, interface) of main's default routes: the source an unbound socket gets is
     #: that interface's address, so no `from ADDRESS` rule pins it (`compile.bound`).
     main_defaults: frozenset[tuple[int, str]] = frozenset()
+    #: learned next hops per interface and IP version (`gateway: auto`; None: on-link)
+    gateways: dict[str, dict[int, str | None]] = field(default_factory=dict)
 
 
 def resolve(plan: Plan, links: LinkState) -> tuple[tuple[IpRule, ...], tuple[Route, ...]]:
@@ -219,6 +229,7 @@ def resolve(plan: Plan, links: LinkState) -> tuple[tuple[IpRule, ...], tuple[Rou
                                           and (r.version, r.src) in unbound)]
     routes = list(plan.routes)
     for uplink in plan.uplinks:
+        routes += learned_routes(uplink, links)
         if uplink.source_rules:
             for version, address in links.addresses.get(uplink.interface, ()):
                 if (version, address) in unbound:
@@ -229,6 +240,25 @@ def resolve(plan: Plan, links: LinkState) -> tuple[tuple[IpRule, ...], tuple[Rou
             if route.version in uplink.versions:
                 routes.append(Route(route.version, uplink.table, route.dst, route.dev, None, "link"))
     return ordered_rules(rules), ordered_routes(routes)
+
+
+REALM_MAX = 0xFFFF  # route realms are 16 bits; an uplink pinned to a larger table gets none
+
+
+def table_realm(table: int) -> int | None:
+    """The realm an uplink's IPv4 default route carries (`compile.bound`): its table id, if it fits."""
+    return table if table <= REALM_MAX else None
+
+
+def learned_routes(uplink: UplinkPlan, links: LinkState) -> list[Route]:
+    """The default routes of a `gateway: auto` uplink, via the next hops known now (IPv4 with its realm)."""
+    learned = links.gateways.get(uplink.interface, {})
+    return [
+        Route(version, uplink.table, "default", uplink.interface, learned[version],
+              realm=table_realm(uplink.table) if version == 4 else None)
+        for version, gateway in ((4, uplink.gateway), (6, uplink.gateway6))
+        if gateway == AUTO_GATEWAY and version in uplink.versions and version in learned
+    ]
 
 
 def ordered_rules(rules: list[IpRule]) -> tuple[IpRule, ...]:

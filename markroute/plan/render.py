@@ -10,6 +10,7 @@ from markroute.plan import (
     Plan,
     nfttext,
 )
+from markroute.values import AUTO_GATEWAY
 
 
 def plan_text(plan: Plan) -> str:
@@ -27,6 +28,11 @@ def plan_text(plan: Plan) -> str:
     lines += ["", "# routes"]
     for route in plan.routes:
         lines.append(f"{FAMILY_NAMES[route.version]:6} {route.text()}")
+    for uplink in plan.uplinks:
+        for version, gateway in ((4, uplink.gateway), (6, uplink.gateway6)):
+            if gateway == AUTO_GATEWAY and version in uplink.versions:
+                lines.append(f"{FAMILY_NAMES[version]:6} default via <next hop learned from the kernel, at apply> "
+                             f"dev {uplink.interface} table {uplink.table}")
     for uplink in plan.uplinks:
         lines.append(f"       <main's connected routes, copied at apply> table {uplink.table}")
     lines += ["", "# sysctls"]

@@ -17,14 +17,24 @@ event loop is the `Loop` protocol, which `daemon.reactor.Reactor` satisfies.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from markroute.model import Uplink
 from markroute.probes import arp, dns, http, icmp, tcp
 from markroute.probes.method import Method
+from markroute.values import AUTO_GATEWAY
 
 METHODS: dict[str, Method] = {method.name: method for method in (icmp.METHOD, tcp.METHOD, arp.METHOD, dns.METHOD, http.METHOD)}
 
 
-def default_targets(method: Method, uplink: Uplink) -> tuple[str, ...]:
-    """What METHOD probes on UPLINK when its check names no targets: some of its gateways, or nothing."""
-    gateways = {4: uplink.gateway, 6: uplink.gateway6}
+def default_targets(method: Method, uplink: Uplink, learned: Mapping[int, str | None] | None = None) -> tuple[str, ...]:
+    """What METHOD probes on UPLINK when its check names no targets: some of its gateways, or nothing.
+
+    A `gateway: auto` is probed at the next hop learned from the kernel (LEARNED: IP
+    version -> next hop; none known, or on-link: nothing), so the targets move with it.
+    """
+    gateways = {
+        version: (learned or {}).get(version) if configured == AUTO_GATEWAY else configured
+        for version, configured in ((4, uplink.gateway), (6, uplink.gateway6))
+    }
     return tuple(gateway for version in method.default_gateways if (gateway := gateways[version]))

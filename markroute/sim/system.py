@@ -17,6 +17,7 @@ from typing import Any
 
 from markroute.plan import FAMILY_NAMES, LinkState, Plan, Route, resolve
 from markroute.sim.rpdb import Rpdb, family_of
+from markroute.values import AUTO_GATEWAY
 
 KERNEL_RULES = (
     {"priority": 0, "src": "all", "table": "local"},
@@ -226,11 +227,13 @@ def from_plan(plan: Plan, addresses: list[str] | None = None, routes: list[str] 
         ]
         links = {name: Link(name, True, None, tuple(found)) for name, found in grouped.items()}
         links.setdefault("lo", Link("lo", True, None, ((4, 0x7F000001, 8), (6, 1, 128))))
+    gateways, unlearned = learned_offline(plan, extra)
     state = LinkState(
         addresses={name: tuple((v, str(ipaddress.ip_address(a))) for v, a, _ in link.addresses)
                    for name, link in (links or {}).items()},
         connected=tuple(connected),
         main_defaults=_main_defaults(extra),
+        gateways=gateways,
     )
     rules, plan_routes = resolve(plan, state)
     rule_objects = [dict(r.to_json(), family=FAMILY_NAMES[r.version]) for r in rules]
@@ -248,6 +251,8 @@ def from_plan(plan: Plan, addresses: list[str] | None = None, routes: list[str] 
             partial[str(uplink.table)] = CONNECTED_UNKNOWN
     else:
         assumptions.append("the addresses given with --addr are all of this host's addresses, and its links are up")
+    for table, reason in unlearned.items():
+        partial.setdefault(table, reason)
     if extra:
         assumptions.append("main holds exactly the connected routes and those given with --route")
     else:
@@ -256,6 +261,36 @@ def from_plan(plan: Plan, addresses: list[str] | None = None, routes: list[str] 
             assumptions.append("main's unknown routes are less specific than its connected ones")
     host = Host(links, {s.path: s.value for s in plan.sysctls}, "config")
     return System(Rpdb(rule_objects, route_objects, partial, unknown), host, assumptions)
+
+
+def learned_offline(plan: Plan, hints: list[dict[str, Any]]) -> tuple[dict[str, dict[int, str | None]], dict[str, str]]:
+    """The next hops `gateway: auto` uplinks would learn from the default routes given with --route.
+
+    As on the live system (`kernel.gateways`), the default route with the lowest metric
+    on the uplink's interface gives its next hop. Returns those, and for every uplink
+    table still missing one, why its lookups are indeterminate: the gateway is only
+    known at run time, and guessing would be wrong.
+    """
+    gateways: dict[str, dict[int, str | None]] = {}
+    unlearned: dict[str, str] = {}
+    for uplink in plan.uplinks:
+        unknown: list[str] = []
+        for version, gateway in ((4, uplink.gateway), (6, uplink.gateway6)):
+            if gateway != AUTO_GATEWAY or version not in uplink.versions:
+                continue
+            found = sorted((int(h.get("metric", 0)), h.get("gateway") or "") for h in hints
+                           if h.get("dst") == "default" and h.get("dev") == uplink.interface
+                           and h.get("family") == FAMILY_NAMES[version] and "type" not in h)
+            if found:
+                gateways.setdefault(uplink.interface, {})[version] = found[0][1] or None
+            else:
+                unknown.append(FAMILY_NAMES[version])
+        if unknown:
+            unlearned[str(uplink.table)] = (
+                f"uplink '{uplink.name}' learns its {' and '.join(unknown)} gateway from the kernel at run time "
+                f"(gateway: auto): use --live, or describe it with --route 'default via GW dev {uplink.interface}'"
+            )
+    return gateways, unlearned
 
 
 def sysctl_paths(interfaces: list[str]) -> list[str]:

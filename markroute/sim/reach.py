@@ -22,9 +22,9 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 from markroute.plan import FAMILY_NAMES, Plan
 from markroute.plan.nftjson import AddressElements
@@ -116,17 +116,19 @@ def _search(plan: Plan) -> tuple[set[str], set[int]]:
     rng = random.Random(0)
     mark_of = {u.name: u.mark for u in plan.uplinks}
     targets = [None] + [f"policy {p}" for p in plan.policies] + [f"ingress {u.name}" for u in plan.uplinks]
+    policies = set(plan.policies)
+    common = {name: _Ordered(values) for name, values in candidates.common.items()}
 
     def done(target: str | None) -> bool:
         if target is None:
-            return set(plan.policies) <= reached and wanted_marks <= marks
+            return policies <= reached and wanted_marks <= marks
         kind, _, name = target.partition(" ")
         return name in reached if kind == "policy" else mark_of[name] in marks
 
     for target in targets:
         if done(target):
             continue
-        for flow in itertools.islice(_witnesses(candidates, target, rng), BUDGET):
+        for flow in itertools.islice(_witnesses(candidates, common, target, rng), BUDGET):
             rpdb.sending_from = (flow.version, flow.src) if flow.local else None
             for leaf in simulator.explore(flow, record=False, with_reply=False):
                 outcome = leaf.path.outcome
@@ -244,21 +246,70 @@ def _sampled(name: str, elements: list[Any] | AddressElements) -> Iterator[Any]:
             continue
 
 
-def _witnesses(candidates: Candidates, label: str | None, rng: random.Random) -> Iterator[Flow]:
+def _witnesses(candidates: Candidates, common: dict[str, _Ordered], label: str | None,
+               rng: random.Random) -> Iterator[Flow]:
     """Witness flows: the rule's own constants (by its comment) first, then all of the ruleset's."""
     own = candidates.own.get(label or "", {})
-    pool = {name: _sample(list(own.get(name, {})) + [v for v in values if v not in own.get(name, {})], rng)
-            for name, values in candidates.common.items()}
+    pool = {name: _sample(_OwnFirst(list(own.get(name, {})), values), rng) for name, values in common.items()}
     yield from _corners(pool)
     while True:
         yield from _flows({k: rng.choice(v) for k, v in pool.items()})
 
 
-def _sample(values: list[Any], rng: random.Random) -> list[Any]:
+class _Ordered:
+    """One field's common values, listed once for every target: with 10,000 policies, listing
+    them again per policy was the search's quadratic part."""
+
+    def __init__(self, values: dict[Any, None]) -> None:
+        self.values = list(values)
+        self.position = {value: index for index, value in enumerate(self.values)}
+
+
+class _OwnFirst(Sequence[Any]):
+    """A rule's own values, then the common values that are not among them, without copying the common ones.
+
+    `_sample` reads a few of them by index; every own value is also a common one.
+    """
+
+    def __init__(self, own: list[Any], common: _Ordered, start: int = 0) -> None:
+        self.own = own
+        self.common = common
+        self.skipped = sorted(common.position[value] for value in own)
+        self.start = start
+
+    def __len__(self) -> int:
+        return max(0, len(self.common.values) - self.start)
+
+    @overload
+    def __getitem__(self, index: int) -> Any: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Any]: ...
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            first, last, step = index.indices(len(self))
+            if step == 1 and last == len(self):
+                return _OwnFirst(self.own, self.common, self.start + first) if first else self
+            return [self[i] for i in range(first, last, step)]
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        index += self.start
+        if index < len(self.own):
+            return self.own[index]
+        position = index - len(self.own)
+        for skipped in self.skipped:  # the common index of the position-th value not skipped
+            if skipped > position:
+                break
+            position += 1
+        return self.common.values[position]
+
+
+def _sample(values: Sequence[Any], rng: random.Random) -> list[Any]:
     """At most PER_FIELD values: the first ones kept in order, a random sample of the rest."""
     if len(values) <= PER_FIELD:
-        return values
-    head = values[: PER_FIELD // 2]
+        return list(values)
+    head = list(values[: PER_FIELD // 2])
     return head + rng.sample(values[PER_FIELD // 2:], PER_FIELD - len(head))
 
 

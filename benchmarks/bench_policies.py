@@ -1,0 +1,173 @@
+"""How `check`, `plan` and the compile of `apply` grow with the number of policies (issue 15).
+
+Goal: `check` and `plan` of 10,000 policies each under 3 s, and ten times the policies
+costing at most twelve times the time. The config gives every policy its own `to:`,
+every other /24 from 11.0.0.0, so no two destinations touch; the other fields vary in
+runs of eight, so runs of one shape merge into a verdict map and others (DSCP with a
+port) stay rules of their own; every 50th policy repeats an earlier one's
+destination with a port, hidden when that policy matched its destination alone, so the
+shadowed-policy check has something to find.
+
+Without --mixed every policy is `to:` alone, the issue's config.
+Run: python3 benchmarks/bench_policies.py [--mixed] [--write] [--runs N] [--counts 1000,10000]
+     python3 benchmarks/bench_policies.py --config N [--mixed] > FILE   (just write the config, for profiling)
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import compile_bytecode, publish  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+MIXED = "--mixed" in sys.argv
+HEADER = """\
+uplinks:
+  isp_a: {interface: wan0, gateway: 10.0.0.1, gateway6: "fe80::1", nat: masquerade}
+  isp_b: {interface: wan1, gateway: 10.0.1.1, nat: masquerade}
+groups:
+  both:
+    balance: {isp_a: 1, isp_b: 1}
+policies:
+"""
+FIRST = int(ipaddress.ip_address("11.0.0.0"))
+VIAS = ("isp_a", "isp_b", "both")
+# The shapes a run of eight policies takes in turn; `{to}` is the policy's own /24.
+SHAPES = (
+    "to: {to}",
+    "to: {to}, dport: {port}",
+    "to: {to}, proto: udp, dport: [{port}, {port2}]",
+    "from: 172.16.{low}.0/24, to: {to}",
+    "to: {to}, iif: lan{low}",
+    "to: {to}, proto: tcp",
+    "to: {to}, dscp: {dscp}, dport: {port}",
+    "to: {to}, mac: \"02:00:00:00:{high:02x}:{low:02x}\", proto: tcp",
+    "to: {to}, sport: {port}-{port2}",
+)
+
+
+def destination(index: int) -> str:
+    """The `index`th of every other /24 from 11.0.0.0."""
+    return f"{ipaddress.ip_address(FIRST + 2 * index * 256)}/24"
+
+
+def policies_config(count: int, mixed: bool) -> str:
+    """A config of `count` policies: each `to:` alone (the issue's config), or `mixed` shapes (module docstring)."""
+    lines = [HEADER]
+    for index in range(count):
+        if not mixed:
+            lines.append(f"  - {{name: p{index}, to: {destination(index)}, via: {VIAS[index % 3]}}}\n")
+            continue
+        fields = {"to": destination(index), "port": 1000 + index % 5000, "port2": 7000 + index % 5000,
+                  "low": index % 256, "high": index // 256 % 256, "dscp": index % 64}
+        if index % 50 == 49:  # hidden when policy index - 49 matched its destination alone
+            match = f"to: {destination(index - 49)}, dport: 443"
+        else:
+            match = SHAPES[index // 8 % len(SHAPES)].format(**fields)
+        lines.append(f"  - {{name: p{index}, {match}, via: {VIAS[index % 3]}}}\n")
+    return "".join(lines)
+
+
+def timed(func: Callable[[], object], runs: int) -> list[float]:
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        func()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def cli(args: list[str]) -> Callable[[], object]:
+    """A markroute command as a user runs it; `check` exits 0 (warnings only)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return lambda: subprocess.run([sys.executable, "-m", "markroute", *args], check=True, capture_output=True,
+                                  env=env)
+
+
+def stages(config: Path, runs: int) -> list[tuple[str, list[float]]]:
+    """In-process stages: YAML, the whole load (with warnings), the shadowed-policy check, compile, search."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.main import CParser
+
+    from markroute.compile import compile_plan
+    from markroute.config import load_model
+    from markroute.config.source import load
+    from markroute.sim import reachability
+
+    model, _ = load_model(str(config))
+    assert model is not None
+    text = config.read_text()
+    rows = [
+        ("YAML to nodes (config/source.py)", timed(lambda: load(str(config)), runs)),
+        ("of which ruamel's pure-Python compose", timed(lambda: YAML(typ="safe", pure=True).compose(text), runs)),
+    ]
+    if CParser is not None:  # ruamel.yaml.clib installed: what its C parser would take for the same compose
+        rows.append(("ruamel's C compose instead (ruamel.yaml.clib, not a dependency)",
+                     timed(lambda: YAML(typ="safe", pure=False).compose(text), runs)))
+    return rows + [
+        ("load + validate, warnings included", timed(lambda: load_model(str(config)), runs)),
+        ("of which shadowed-policy check (uncached)", timed(lambda: shadowed_uncached(model), runs)),
+        ("compile to Plan (apply compiles the same)", timed(lambda: compile_plan(model), runs)),
+        ("reachability search of check (sim/reach.py)", timed(lambda: reachability(compile_plan(model)), runs)),
+    ]
+
+
+def shadowed_uncached(model: object) -> None:
+    """The shadowed-policy check as load_model runs it, not the result it keeps for `check`'s second ask."""
+    from markroute.config import warnings
+
+    warnings._last = None
+    list(warnings.shadowed_policies(model))  # type: ignore[arg-type]
+
+
+def median(samples: list[float]) -> str:
+    return f"{statistics.median(samples) * 1000:,.0f} ms ({min(samples) * 1000:,.0f}-{max(samples) * 1000:,.0f})"
+
+
+def main() -> None:
+    if "--config" in sys.argv:
+        sys.stdout.write(policies_config(int(sys.argv[sys.argv.index("--config") + 1]), MIXED))
+        return
+    runs = int(sys.argv[sys.argv.index("--runs") + 1]) if "--runs" in sys.argv else 3
+    counts = [int(c) for c in sys.argv[sys.argv.index("--counts") + 1].split(",")] if "--counts" in sys.argv \
+        else [1000, 10000]
+    compile_bytecode()
+    table: dict[str, dict[int, list[float]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for count in counts:
+            config = Path(tmp) / f"policies-{count}.yaml"
+            config.write_text(policies_config(count, MIXED))
+            rows = [("CLI `markroute check`", timed(cli(["check", "-c", str(config)]), runs)),
+                    ("CLI `markroute plan`", timed(cli(["plan", "-c", str(config)]), runs)),
+                    *stages(config, runs)]
+            for label, samples in rows:
+                table.setdefault(label, {})[count] = samples
+    head = "| stage | " + " | ".join(f"{c:,} policies" for c in counts)
+    if len(counts) > 1:
+        head += f" | {counts[-1] // counts[0]}x the policies costs"
+    lines = [head + " |", "|---" * (len(counts) + 1 + (len(counts) > 1)) + "|"]
+    for label, by_count in table.items():
+        cells = [median(by_count[c]) for c in counts]
+        if len(counts) > 1:
+            ratio = statistics.median(by_count[counts[-1]]) / statistics.median(by_count[counts[0]])
+            cells.append(f"{ratio:.1f}x")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    shape = ("other fields varied in runs of eight (some merge into verdict maps, DSCP with a port stays rules), "
+             "every 50th policy shadowed by an earlier one" if MIXED else "nothing else (one verdict map)")
+    body = (f"Config: `benchmarks/bench_policies.py --config N{' --mixed' if MIXED else ''}`: 2 uplinks, a balance "
+            f"group, N policies, each with its own `to:` (every other /24 from 11.0.0.0), {shape}. "
+            f"{runs} runs each; median (min-max).\n\n" + "\n".join(lines) + "\n")
+    publish(f"Plan and check with many policies{', mixed shapes' if MIXED else ''}", body)
+
+
+if __name__ == "__main__":
+    main()

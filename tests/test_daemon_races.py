@@ -74,18 +74,22 @@ def test_a_failover_racing_an_apply_of_another_config_is_not_silent(dlab: Daemon
 
 
 def test_a_reload_the_kernel_refuses_keeps_the_old_config_and_failover(dlab: DaemonLab) -> None:  # noqa: F811
-    """A config `check` accepts but the kernel refuses (a gateway no interface reaches), sent by
-    SIGHUP: the apply is rolled back, the daemon says once that it keeps the previous config,
-    and when isp_a then dies the failover still moves its traffic to isp_b."""
+    """A config `check` accepts but the system refuses, sent by SIGHUP: it moves isp_b to table
+    150, where another program already has a default route (apply will not take it over
+    silently). The daemon says once that it keeps the previous config, and when isp_a then
+    dies the failover still moves its traffic to isp_b. (A gateway no interface reaches is
+    no refusal under `run`: that uplink waits for its link, issue 13.)"""
     d, r = dlab, dlab.router
     path = d.write(CONFIG)
     daemon = d.start(path)
     d.wait_states({"isp_a": "up", "isp_b": "up"})
-    path.write_text(CONFIG.replace("gateway: 10.0.1.1", "gateway: 10.99.0.1"))
+    r.lab.ip(r.rtr, "route", "add", "default", "via", "10.0.1.1", "dev", "wan1", "table", "150")
+    path.write_text(CONFIG.replace("isp_b: {interface: wan1, gateway: 10.0.1.1, nat: masquerade}",
+                                   "isp_b: {interface: wan1, gateway: 10.0.1.1, nat: masquerade, table: 150}"))
     daemon.send_signal(signal.SIGHUP)
     wait_for(lambda: "still running the previous config" in d.log(), "the reload to fail", d)
     assert d.log().count("still running the previous config") == 1
-    assert "put back" in d.log()
+    assert "route default gateway 10.0.1.1 dev wan1 table 150" in d.log(), d.log()
     d.kill_upstream(0)
     d.wait_states({"isp_a": "down"})
     wait_for(lambda: d.isp_of(set(r.lab.probe(r.lan, "udp", r.server, d.port, count=3)["seen"])) == {1},

@@ -82,6 +82,14 @@ policies:
 """
 
 
+def source_rule_expected(lab: Lab, ns: str, interface: str) -> bool:
+    """Whether markroute writes a `from ADDRESS` rule for INTERFACE's address: not when main's
+    default route leaves by it, since an unbound socket gets that address too; sockets bound to
+    it are pinned by the route realm instead (`compile.bound`, issue 19)."""
+    defaults = json.loads(lab.ip(ns, "-j", "route", "show", "table", "main", "default").stdout)
+    return interface not in {route.get("dev") for route in defaults}
+
+
 def test_boot_order_static_uplink_at_once_dhcp_uplink_joins_after_its_lease(daemon: tuple[Lab, Path]) -> None:
     lab, tmp = daemon
     r = dynamic_router_lab(lab, isps=2)
@@ -112,7 +120,8 @@ def test_boot_order_static_uplink_at_once_dhcp_uplink_joins_after_its_lease(daem
         report = uplink_status(r.rtr, "dhcp")
         assert report["waiting"] is None and report["next_hops"] == {"inet": "10.0.0.1"}
         assert f"{lease.address}/24" in report["addresses"]
-        assert any(rule.get("src") == lease.address for rule in json.loads(lab.ip(r.rtr, "-j", "rule").stdout))
+        ruled = any(rule.get("src") == lease.address for rule in json.loads(lab.ip(r.rtr, "-j", "rule").stdout))
+        assert ruled == source_rule_expected(lab, r.rtr, "wan0")
         assert status(r.rtr)["drift"] == []
         assert joined < 3.0, f"joined {joined:.2f} s after the lease"  # required 1 s, measured ~0.15 s; loose bound
         assert "resync failed" not in d.log()
@@ -185,7 +194,7 @@ def test_renumbered_lease_moves_table_rules_and_probes_in_one_step(daemon: tuple
         assert table_defaults(lab, r.rtr, table) == ["10.1.0.1"]
         probed_up(d, "dhcp")  # the probes follow: 10.1.0.1 answers, from the new address
         sources = [x.get("src") for x in json.loads(lab.ip(r.rtr, "-j", "rule").stdout) if x.get("table") == str(table)]
-        assert new.address in sources and old.address not in sources
+        assert (new.address in sources) == source_rule_expected(lab, r.rtr, "wan0") and old.address not in sources
         report = status(r.rtr)
         assert report["drift"] == [], report["drift"]
         dhcp = next(u for u in report["uplinks"] if u["name"] == "dhcp")
@@ -194,7 +203,7 @@ def test_renumbered_lease_moves_table_rules_and_probes_in_one_step(daemon: tuple
         assert "resync failed" not in log and "cannot" not in log, log
         moved = [e for e in events_of(events, "dhcp") if "gateway" in e[3]]
         assert len(moved) == 1 and moved[0][2] == "up" and moved[0][3] == "gateway 10.0.0.1 -> 10.1.0.1", events
-        assert log.count("gateway 10.0.0.1 -> 10.1.0.1") == 1, log
+        assert sum("gateway 10.0.0.1 -> 10.1.0.1" in line for line in log.splitlines()) == 1, log  # one line (its reason= field repeats it)
         # Renewals go on every 2-3 s (each an RTM_NEWADDR): no apply follows them.
         applies = log.count("applying the installed plan")
         bound = client.log_path.read_text().count("bound to")

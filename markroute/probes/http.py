@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from markroute.model import HealthCheck
 from markroute.probes.method import Answer, Egress, Loop, Method, any_targets
-from markroute.probes.sockets import address_tuple, pinned, version_of
+from markroute.probes.sockets import address_tuple, drop_connection, pinned, version_of
 from markroute.values import parse_whole, yaml_text
 
 
@@ -124,10 +124,7 @@ class HttpProber:
             self.on_answer(key[0], key[1], time.time() - sent)
 
     def forget(self, target: str, token: int) -> None:
-        entry = self.pending.pop((target, token), None)
-        if entry is not None:
-            self.loop.unwatch(entry[0])
-            entry[0].close()
+        drop_connection(self.loop, self.pending, target, token)
 
     def close(self) -> None:
         for target, token in list(self.pending):

@@ -23,7 +23,7 @@ import struct
 import time
 from typing import Any
 
-from markroute.probes.method import Egress
+from markroute.probes.method import Egress, Loop
 
 SO_MARK = 36
 SO_BINDTODEVICE = 25
@@ -81,3 +81,11 @@ def received_at(ancillary: list[tuple[int, int, bytes]]) -> float:
             return float(seconds + nanoseconds / 1e9)
     return time.time()
 
+
+def drop_connection(loop: Loop, pending: dict[tuple[str, int], Any], target: str, token: int) -> None:
+    """Forget one connecting probe (tcp, http): PENDING maps (target, token) to a tuple whose
+    first item is its socket, which stops being watched and is closed."""
+    entry = pending.pop((target, token), None)
+    if entry is not None:
+        loop.unwatch(entry[0])
+        entry[0].close()

@@ -11,7 +11,13 @@ import time
 
 from markroute.model import HealthCheck
 from markroute.probes.method import Answer, Egress, Loop, Method, no_expect
-from markroute.probes.sockets import address_tuple, pinned, split_target, version_of
+from markroute.probes.sockets import (
+    address_tuple,
+    drop_connection,
+    pinned,
+    split_target,
+    version_of,
+)
 from markroute.values import parse_probe_target
 
 
@@ -63,10 +69,7 @@ class TcpProber:
             self.on_answer(key[0], key[1], time.time() - sent)
 
     def forget(self, target: str, token: int) -> None:
-        entry = self.pending.pop((target, token), None)
-        if entry is not None:
-            self.loop.unwatch(entry[0])
-            entry[0].close()
+        drop_connection(self.loop, self.pending, target, token)
 
     def close(self) -> None:
         for target, token in list(self.pending):

@@ -100,3 +100,37 @@ def test_user_and_group_refuse_what_selects_forwarded_traffic(tmp_path: Path, ex
     for key in ("user: root", "group: 0"):
         model, messages = load(tmp_path, f"policies:\n  - {{name: p, {key}, {extra}, via: isp_a}}\n")
         assert model is None and any("no packet has both" in m for m in messages), messages
+
+
+def test_check_has_no_false_warnings_for_user_and_group_policies(tmp_path: Path) -> None:
+    """The reachability search gives local witnesses socket owners, and an uplink without
+    NAT is not said to forward private traffic for a policy only the router's own sockets meet."""
+    path = tmp_path / "markroute.yaml"
+    path.write_text("""
+uplinks:
+  isp_a: {interface: eth0, gateway: 10.0.0.1}
+  isp_b: {interface: eth1, gateway: 10.0.1.1}
+policies:
+  - {name: backups, user: root, via: isp_b}
+  - {name: daemons, group: [0, 65534], to: 192.0.2.0/24, via: isp_a}
+  - {name: shadowed, user: 0, to: 198.51.100.0/24, via: isp_a}
+""")
+    proc = markroute("check", "-c", str(path))
+    warnings = [line for line in proc.stderr.splitlines() if "warning" in line]
+    assert proc.returncode == 0, proc.stderr
+    # the one true warning: uid 0 is root, so 'backups' takes all of 'shadowed' first
+    assert len(warnings) == 1 and "'shadowed' can never match: 'backups'" in warnings[0], warnings
+
+
+def test_a_forwarded_policy_beside_user_policies_still_warns_about_nat(tmp_path: Path) -> None:
+    path = tmp_path / "markroute.yaml"
+    path.write_text("""
+uplinks:
+  isp_a: {interface: eth0, gateway: 10.0.0.1}
+policies:
+  - {name: backups, user: root, via: isp_a}
+  - {name: lan, from: 192.168.1.0/24, via: isp_a}
+""")
+    proc = markroute("check", "-c", str(path))
+    assert "forwards traffic from private addresses (policy 'lan') without NAT" in proc.stderr, proc.stderr
+    assert "can never match" not in proc.stderr, proc.stderr

@@ -311,7 +311,7 @@ def private_without_nat(model: Model) -> Iterator[Warning]:
     """
     warned: set[str] = set()
     for policy in model.policies:
-        if policy.match.local is True:
+        if not match_keys.applies(policy.match, local=False):  # `local: true`, `user:`, ...: no forwarded traffic
             continue
         for name in model.uplinks_of(policy.via):
             uplink = model.uplinks[name]

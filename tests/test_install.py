@@ -33,6 +33,7 @@ import click
 import pytest
 from kernelhelp import REPO
 
+from markroute import exitcodes
 from markroute.cli import main as cli
 
 INSTALLER = REPO / "scripts/router-install"
@@ -192,17 +193,26 @@ def rendered_man_page(root: Path) -> str:
     return groff.stdout
 
 
-def visible_commands() -> list[tuple[str, click.Command]]:
-    ctx = click.Context(cli, info_name="markroute")
-    commands = [(name, cli.get_command(ctx, name)) for name in cli.list_commands(ctx)]
-    return [(name, command) for name, command in commands if command is not None and not command.hidden]
+def visible_commands(group: click.Group = cli, words: str = "") -> list[tuple[str, click.Command]]:
+    """Every command a user can type, depth first: `set`, then `set add`, `set del`, ..."""
+    ctx = click.Context(group, info_name="markroute")
+    found: list[tuple[str, click.Command]] = []
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        if command is None or command.hidden:
+            continue
+        found.append((words + name, command))
+        if isinstance(command, click.Group):
+            found += visible_commands(command, f"{words}{name} ")
+    return found
 
 
 def test_man_page_lists_every_command_and_option(root: Path) -> None:
     page = rendered_man_page(root)
     sections = re.split(r"\n {3}(?=\S)", page.split("\nCOMMANDS\n", 1)[1].split("\nEXIT STATUS\n", 1)[0])
-    by_command = {section.split()[0]: section for section in sections if section.strip()}
+    by_command = {section.split("\n", 1)[0].strip(): section for section in sections if section.strip()}
     assert list(by_command) == [name for name, _ in visible_commands()]
+    assert "set add" in by_command  # a command group's subcommands have sections of their own
     assert "manpage" not in by_command
     for name, command in visible_commands():
         assert f"markroute {name} [OPTIONS]" in by_command[name]
@@ -215,6 +225,9 @@ def test_man_page_lists_every_command_and_option(root: Path) -> None:
         if command.help:
             assert " ".join(command.help.split("\n\n")[0].split()) in " ".join(by_command[name].split())
     assert "--version" in page.split("\nCOMMANDS\n", 1)[0]
+    exit_status = page.split("\nEXIT STATUS\n", 1)[1].split("\nENVIRONMENT\n", 1)[0]
+    codes = {int(value) for name, value in vars(exitcodes).items() if name.isupper()}
+    assert codes == {int(line.split()[0]) for line in exit_status.splitlines() if line.strip()[:1].isdigit()}
     assert installed_markroute(root, "manpage") == (root / "usr/local/share/man/man8/markroute.8").read_text()
 
 

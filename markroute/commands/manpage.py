@@ -30,6 +30,7 @@ EXIT_STATUS = [
     (exitcodes.USAGE, "wrong usage"),
     (exitcodes.DRIFT, "the kernel no longer matches the applied plan"),
     (exitcodes.ENVIRONMENT, "something missing around markroute: not root, no nft, no such namespace"),
+    (exitcodes.NEIGHBOURS, "status: another program's rule drops, rejects or re-routes markroute's traffic"),
 ]
 
 
@@ -55,6 +56,8 @@ def option_entries(command: click.Command, ctx: click.Context) -> list[str]:
     """One tagged paragraph per visible option, worded exactly as `--help` words it."""
     lines = []
     for param in command.get_params(ctx):
+        if isinstance(param, click.Argument):  # shown in the synopsis; click gives arguments no help
+            continue
         record = param.get_help_record(ctx)
         if record is None:
             continue
@@ -79,6 +82,18 @@ def visible_subcommands(group: click.Group, ctx: click.Context) -> list[tuple[st
     return found
 
 
+def command_section(command: click.Command, ctx: click.Context, words: str) -> list[str]:
+    """One `.SS` section per command; a command group (`set`) is followed by one per subcommand
+    (`set add`), so nothing reachable from the command line is missing from the page."""
+    lines = [f'.SS "{escape(words)}"', synopsis(command, ctx, f"{PROG} {words}")]
+    lines += help_paragraphs(command.help or command.get_short_help_str(limit=200))
+    lines += option_entries(command, ctx)
+    if isinstance(command, click.Group):
+        for name, sub in visible_subcommands(command, ctx):
+            lines += command_section(sub, click.Context(sub, info_name=name, parent=ctx), f"{words} {name}")
+    return lines
+
+
 def render(group: click.Group) -> str:
     """The whole man page for `group` (markroute's root command) as troff source."""
     ctx = click.Context(group, info_name=PROG)
@@ -97,10 +112,7 @@ def render(group: click.Group) -> str:
         ".SH COMMANDS",
     ]
     for name, sub in visible_subcommands(group, ctx):
-        sub_ctx = click.Context(sub, info_name=name, parent=ctx)
-        lines += [f".SS {escape(name)}", synopsis(sub, sub_ctx, f"{PROG} {name}")]
-        lines += help_paragraphs(sub.help or sub.get_short_help_str(limit=200))
-        lines += option_entries(sub, sub_ctx)
+        lines += command_section(sub, click.Context(sub, info_name=name, parent=ctx), name)
     lines.append(".SH EXIT STATUS")
     for code, meaning in EXIT_STATUS:
         lines += [".TP", f"\\fB{code}\\fR", escape(meaning)]

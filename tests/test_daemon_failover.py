@@ -138,11 +138,9 @@ def test_recovered_uplink_takes_new_connections_and_breaks_nothing(dlab: DaemonL
 def test_flapping_link_changes_the_rules_only_a_handful_of_times(dlab: DaemonLab) -> None:  # noqa: F811
     d, r = dlab, dlab.router
     started(d, config())
-    flips = 0
-    end = time.time() + 10
-    while time.time() < end:
-        d.set_link(r.rtr, "wan0", up=flips % 2 == 1)
-        flips += 1
+    flips = 30  # a count, not a duration: on a loaded machine `ip link set` is slow and 10 s held fewer
+    for flip in range(flips):
+        d.set_link(r.rtr, "wan0", up=flip % 2 == 1)
         time.sleep(0.3)
     d.set_link(r.rtr, "wan0", up=True)
     during = d.record()
@@ -152,7 +150,6 @@ def test_flapping_link_changes_the_rules_only_a_handful_of_times(dlab: DaemonLab
     changes = d.log().count("uplink isp_a:") - d.log().count("uplink isp_a: unknown ->")  # the first verdict is no change
     transitions = during.uplinks["isp_a"].transitions
     print(f"{flips} link flips: {transitions} state changes, {during.rule_changes} rule changes")
-    assert flips >= 30
     assert during.rule_changes <= 5 and during.uplinks["isp_a"].transitions <= 5
     assert changes == after.uplinks["isp_a"].transitions, "one log line per state change, none per probe"
     assert fresh["ok"] == 5 and d.isp_of(set(fresh["seen"])) == {0}, "routes were back after the flapping"

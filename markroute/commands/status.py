@@ -209,6 +209,8 @@ def problems(report: StatusReport, found: list[Finding]) -> list[Problem]:
     for g in report.groups:
         if g.last_resort:
             listed.append(Problem("group", f"{g.name}: no usable member, traffic takes the last resort", 0))
+    listed += [Problem("cgroup", f"cgroup {c.path} does not exist: its policies match nothing until it does", 0)
+               for c in report.cgroups if not c.exists]
     return listed
 
 

@@ -108,6 +108,7 @@ class State:
     warnings: list[str] = field(default_factory=list)
     nft_generation: int | None = None  # nf_tables' transaction count after the apply (`nftnetlink.generation`)
     groups: list[GroupPlan] = field(default_factory=list)
+    cgroups: list[str] = field(default_factory=list)  # configured cgroup paths (their sets' elements are run-time data)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(replace(self, nft_listing=[]))  # the listing is JSON already: no deep copy of its 100,000 elements

@@ -1,0 +1,107 @@
+"""cgroup sets between markroute's form and nft's: paths relative to the cgroup2 root, and
+paths nft resolves under /sys/fs/cgroup.
+
+A plan's cgroup set (`nftjson.cgroup_set`) holds the configured paths. nft turns each
+element into the cgroup's 64-bit id when it loads it (stat of /sys/fs/cgroup/PATH: one
+missing path fails the whole batch), and lists an id back as its path, or as a bare
+number once that cgroup is gone. So what nft is handed is always "the configured paths
+that exist now", prefixed with where cgroup2 is mounted under /sys/fs/cgroup (hybrid
+systems: `unified/`); and what it lists is turned back into configured paths with the
+stale numbers dropped. nft 1.0.6 also cannot read `socket cgroupv2` in JSON and lists
+it without its level: `nft.run_batch` loads such batches as text (`plan.nfttext`), and
+`restore_level` puts the level back from the set's name.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from markroute.kernel import KernelError
+from markroute.match.cgroup import NFT_CGROUP_ROOT, cgroup2_place
+from markroute.plan.nftjson import cgroup_set_level, is_cgroup_set
+
+Obj = dict[str, Any]
+
+
+def place() -> str:
+    """cgroup2's mount point relative to /sys/fs/cgroup ("" or "unified"); KernelError when nft cannot reach it."""
+    found = cgroup2_place()
+    if found is None:
+        raise KernelError(f"cgroup v2 is not mounted under {NFT_CGROUP_ROOT}: nftables cannot match cgroups here")
+    return found
+
+
+def kernel_path(path: str, where: str) -> str:
+    """A configured PATH as nft resolves it (under /sys/fs/cgroup)."""
+    return f"{where}/{path}" if where else path
+
+
+def exists(path: str, where: str) -> bool:
+    return os.path.isdir(os.path.join(NFT_CGROUP_ROOT, kernel_path(path, where)))
+
+
+def configured(element: Any, where: str) -> str | None:
+    """A listed element as a configured path; None for a stale id (a number) or one outside cgroup2."""
+    if not isinstance(element, str) or element.isdigit():
+        return None
+    if not where:
+        return element
+    return element[len(where) + 1:] if element.startswith(where + "/") else None
+
+
+def involved(commands: Iterable[Obj]) -> bool:
+    """Whether a batch adds a cgroup set or a rule reading a socket's cgroup."""
+    return any(_mentions_cgroups(command) for command in commands)
+
+
+def _mentions_cgroups(value: Any) -> bool:
+    if isinstance(value, dict):
+        if "socket" in value and isinstance(value["socket"], dict) and value["socket"].get("key") == "cgroupv2":
+            return True
+        if "set" in value and isinstance(value["set"], dict) and is_cgroup_set(value["set"]):
+            return True
+        return any(_mentions_cgroups(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_mentions_cgroups(v) for v in value)
+    return False
+
+
+def resolved(commands: Iterable[Obj]) -> list[Obj]:
+    """COMMANDS with every added cgroup set holding the kernel paths of its configured ones that exist now."""
+    where: str | None = None
+    out: list[Obj] = []
+    for command in commands:
+        body = command.get("add", {}).get("set")
+        if body is not None and is_cgroup_set(body):
+            where = place() if where is None else where
+            present = [kernel_path(p, where) for p in body.get("elem", []) if exists(p, where)]
+            body = {k: v for k, v in body.items() if k != "elem"}
+            command = {"add": {"set": {**body, "elem": present} if present else body}}
+        out.append(command)
+    return out
+
+
+def restore_level(rule: Obj) -> Obj:
+    """A listed rule with the level of each `socket cgroupv2` put back from the set it is compared with."""
+    expr = rule.get("expr")
+    if not isinstance(expr, list):
+        return rule
+    fixed = []
+    for item in expr:
+        test = item.get("match") if isinstance(item, dict) else None
+        if test and test.get("left") == {"socket": {"key": "cgroupv2"}} and isinstance(test.get("right"), str):
+            level = cgroup_set_level(test["right"].lstrip("@"))
+            if level is not None:
+                item = {"match": {**test, "left": {"socket": {"key": "cgroupv2", "level": level}}}}
+        fixed.append(item)
+    return {**rule, "expr": fixed}
+
+
+def listed_as_configured(body: Obj) -> Obj:
+    """A listed cgroup set with its elements as configured paths (stale ids dropped): loadable again."""
+    where = cgroup2_place() or ""
+    paths = [p for p in (configured(e, where) for e in body.get("elem", [])) if p is not None]
+    plain = {k: v for k, v in body.items() if k != "elem"}
+    return {**plain, "elem": paths} if paths else plain

@@ -1,0 +1,139 @@
+"""`cgroup:` policies with real processes in a real cgroup, under `apply` and under `markroute run`.
+
+The test makes its own cgroup under the cgroup2 mount (named after the lab's unique
+prefix, removed at teardown whatever happened) and starts the probe in it by writing the
+child's pid into `cgroup.procs` before it execs. markroute and the probe enter the
+router's network namespace only (`--netns`, `nsenter --net`): `ip netns exec` would
+remount /sys, and cgroups would not be found there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from daemon_helpers import DaemonLab, daemon_lab, python_env
+from kernelhelp import markroute
+
+from markroute.kernel import nft
+from markroute.match.cgroup import NFT_CGROUP_ROOT, cgroup2_place
+
+pytestmark = pytest.mark.kernel
+COUNT = 4
+FOREIGN = """
+table inet mrtestforeign {
+    chain out { type filter hook output priority 10; policy accept; counter comment "theirs"; }
+}
+"""
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[tuple[DaemonLab, str, Path]]:
+    """The daemon lab, the test cgroup's configured path (depth 2) and its directory."""
+    place = cgroup2_place()
+    assert place is not None, "cgroup2 must be mounted under /sys/fs/cgroup for this test"
+    with daemon_lab(tmp_path) as dlab:
+        top = Path(NFT_CGROUP_ROOT, place, f"{dlab.router.lab.prefix}-cg")
+        top.mkdir()
+        try:
+            (top / "app").mkdir()
+            yield dlab, f"{top.name}/app", top / "app"
+        finally:
+            for directory in (top / "app", top):
+                for _ in range(50):  # a probe that just exited may take a moment to leave the cgroup
+                    try:
+                        directory.rmdir()
+                        break
+                    except FileNotFoundError:
+                        break
+                    except OSError:
+                        time.sleep(0.1)
+
+
+def probe(dlab: DaemonLab, cgroup: Path | None) -> dict[int | None, int]:
+    """Which ISP carried each of COUNT tcp connections from a probe in CGROUP (None: the test's own)."""
+    def enter() -> None:
+        assert cgroup is not None
+        (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+
+    argv = ["nsenter", f"--net=/run/netns/{dlab.rtr}", sys.executable, "-m", "markroute.lab.probe", "tcp",
+            dlab.router.server, str(dlab.port), "--count", str(COUNT)]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=python_env(), timeout=60, check=True,
+                          preexec_fn=enter if cgroup is not None else None)
+    counts: dict[int | None, int] = dlab.router.isp_counts(json.loads(proc.stdout)["seen"])
+    return counts
+
+
+def config(path: str, extra: str = "") -> str:
+    return f"""
+policies:
+  - {{name: app, cgroup: {path}, via: isp_a}}
+  - {{name: later, cgroup: {path.split('/')[0]}/missing, via: isp_a}}{extra}
+  - {{name: rest, local: true, via: isp_b}}
+"""
+
+
+def apply(dlab: DaemonLab, text: str) -> None:
+    path = dlab.write(dlab.router.uplinks_yaml(["isp_a", "isp_b"]) + text)
+    proc = markroute("apply", "-c", str(path), "--netns", dlab.rtr)
+    assert proc.returncode == 0, proc.stderr
+
+
+def status(dlab: DaemonLab) -> dict[str, Any]:
+    proc = markroute("status", "--netns", dlab.rtr, "--json")
+    report: dict[str, Any] = json.loads(proc.stdout)
+    return report
+
+
+def foreign(dlab: DaemonLab) -> Any:
+    listing = dlab.router.lab.run(dlab.rtr, ["nft", "-j", "list", "table", "inet", "mrtestforeign"]).stdout
+    return nft.normalise(o for o in json.loads(listing)["nftables"] if "rule" in o or "chain" in o)
+
+
+def test_a_cgroup_policy_steers_its_processes_and_survives_reapply_and_a_new_cgroup(
+        setup: tuple[DaemonLab, str, Path]) -> None:
+    dlab, path, directory = setup
+    dlab.router.lab.nft(dlab.rtr, FOREIGN)
+    theirs = foreign(dlab)
+    apply(dlab, config(path))
+    assert probe(dlab, directory) == {0: COUNT}, "in the cgroup: policy app, isp_a"
+    assert probe(dlab, None) == {1: COUNT}, "outside it: policy rest, isp_b"
+
+    cgroups = {c["path"]: c["exists"] for c in status(dlab)["cgroups"]}
+    missing = f"{path.split('/')[0]}/missing"
+    assert cgroups == {path: True, missing: False}
+    proc = markroute("status", "--netns", dlab.rtr)
+    assert f"cgroup {missing} does not exist" in proc.stdout
+    assert "drift: none" in proc.stdout and proc.returncode == 0, "a missing cgroup is a problem, not drift"
+
+    apply(dlab, config(path))  # unchanged: kept
+    apply(dlab, config(path, "\n  - {name: docs, local: true, to: 192.0.2.0/24, via: isp_b}"))  # chains rewritten
+    assert probe(dlab, directory) == {0: COUNT}
+    assert probe(dlab, None) == {1: COUNT}
+    assert status(dlab)["drift"] == []
+
+    directory.rmdir()  # the service stops ...
+    directory.mkdir()  # ... and starts again: a new cgroup, a new id, which the applied set does not hold
+    assert probe(dlab, directory) == {1: COUNT}, "nft keeps the old cgroup's id: without run, no match"
+    dlab.start(dlab.write(dlab.router.uplinks_yaml(["isp_a", "isp_b"]) + config(path), "run.yaml"))
+    deadline = time.monotonic() + 20
+    seen = probe(dlab, directory)
+    while seen != {0: COUNT} and time.monotonic() < deadline:
+        time.sleep(0.5)
+        seen = probe(dlab, directory)
+    assert seen == {0: COUNT}, f"the re-created cgroup is matched again under run; log:\n{dlab.log()}"
+    assert probe(dlab, None) == {1: COUNT}
+    directory.rmdir()
+    dlab.wait(lambda _: f"cgroup {path} is gone" in dlab.log(), "the daemon to log the cgroup's end")
+    directory.mkdir()
+    dlab.wait(lambda _: f"cgroup {path} appeared" in dlab.log(), "the daemon to log the cgroup's return")
+    assert probe(dlab, directory) == {0: COUNT}
+    assert status(dlab)["drift"] == [], "the daemon's set updates are not drift"
+    assert foreign(dlab) == theirs, "another table's rules are untouched"

@@ -143,3 +143,42 @@ def test_trace_follows_the_cgroup_and_its_sub_cgroups(tmp_path: Path) -> None:
     assert "pass --cgroup" in unknown[0].outcome.label()
     with pytest.raises(ValueError, match="--local"):
         make_flow("10.0.0.2", "192.0.2.1", iif="lan0", cgroup="a.slice")
+
+
+@pytest.mark.parametrize("line, place", [
+    ("30 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate", ""),
+    ("35 25 0:30 / /sys/fs/cgroup/unified rw,nosuid shared:10 - cgroup2 cgroup2 rw", "unified"),
+    ("35 25 0:30 / /mnt/cg2 rw shared:10 - cgroup2 cgroup2 rw", None),
+    ("25 23 0:22 / /sys/fs/cgroup rw shared:5 - tmpfs tmpfs rw,mode=755", None),
+])
+def test_where_cgroup2_is_mounted(tmp_path: Path, line: str, place: str | None) -> None:
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text("22 1 8:1 / / rw - ext4 /dev/sda1 rw\n" + line + "\n")
+    assert cgroup2_place(str(mountinfo)) == place
+    if place is not None:
+        assert cgroups.kernel_path("a.slice/b", place) == (f"{place}/a.slice/b" if place else "a.slice/b")
+        assert cgroups.configured(cgroups.kernel_path("a.slice/b", place), place) == "a.slice/b"
+        assert cgroups.configured("4242", place) is None, "a stale id lists as its number"
+
+
+def test_no_cgroup2_where_nft_looks_is_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from markroute.match import cgroup
+
+    monkeypatch.setattr(cgroup, "MOUNTINFO", str(tmp_path / "none"))
+    model, errors = load(tmp_path, "  - {name: p, via: vpn, cgroup: a.slice/b}\n")
+    assert model is None
+    assert any(":5:" in e and "cgroup v2 is not mounted under /sys/fs/cgroup" in e for e in errors), errors
+
+
+def test_resolved_batches_hold_only_the_cgroups_that_exist(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cgroups, "cgroup2_place", lambda: "unified")
+    monkeypatch.setattr(cgroups, "exists", lambda path, where: path == "a.slice/here")
+    body = nj.cgroup_set("t", nj.cgroup_set_name(1, 2), ["a.slice/here", "a.slice/gone"])["set"]
+    rule = nj.rule("t", "c", [nj.match(nj.socket_cgroup(2), "@_cgroup1_l2")])
+    batch = cgroups.resolved([{"add": {"set": body}}, {"add": rule}])
+    assert batch[0]["add"]["set"]["elem"] == ["unified/a.slice/here"]
+    assert batch[1] == {"add": rule}
+    assert cgroups.involved([{"add": rule}]) and cgroups.involved([{"add": {"set": body}}])
+    assert not cgroups.involved([{"add": nj.rule("t", "c", [nj.match(nj.meta("skuid"), 0)])}])
+    monkeypatch.setattr(cgroups, "exists", lambda path, where: False)
+    assert "elem" not in cgroups.resolved([{"add": {"set": body}}])[0]["add"]["set"], "nft refuses an empty list"

@@ -52,20 +52,25 @@ def configured(element: Any, where: str) -> str | None:
 
 
 def involved(commands: Iterable[Obj]) -> bool:
-    """Whether a batch adds a cgroup set or a rule reading a socket's cgroup."""
-    return any(_mentions_cgroups(command) for command in commands)
-
-
-def _mentions_cgroups(value: Any) -> bool:
-    if isinstance(value, dict):
-        if "socket" in value and isinstance(value["socket"], dict) and value["socket"].get("key") == "cgroupv2":
-            return True
-        if "set" in value and isinstance(value["set"], dict) and is_cgroup_set(value["set"]):
-            return True
-        return any(_mentions_cgroups(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_mentions_cgroups(v) for v in value)
+    """Whether a batch adds a cgroup set or a rule reading a socket's cgroup (sets are not walked:
+    their elements can be 100,000 addresses)."""
+    for command in commands:
+        for obj in command.values():
+            if not isinstance(obj, dict):
+                continue
+            if "set" in obj and is_cgroup_set(obj["set"]):
+                return True
+            if "rule" in obj and reads_cgroup(obj["rule"]):
+                return True
     return False
+
+
+def reads_cgroup(rule: Obj) -> bool:
+    """Whether a rule compares a socket's cgroup (which nft 1.0.6 reads only as text)."""
+    return any(isinstance(item, dict) and isinstance(item.get("match"), dict)
+               and isinstance(item["match"].get("left"), dict) and "socket" in item["match"]["left"]
+               and item["match"]["left"]["socket"].get("key") == "cgroupv2"
+               for item in rule.get("expr", []))
 
 
 def resolved(commands: Iterable[Obj]) -> list[Obj]:
@@ -105,3 +110,14 @@ def listed_as_configured(body: Obj) -> Obj:
     paths = [p for p in (configured(e, where) for e in body.get("elem", [])) if p is not None]
     plain = {k: v for k, v in body.items() if k != "elem"}
     return {**plain, "elem": paths} if paths else plain
+
+
+def readable(document: dict[str, Any]) -> dict[str, Any]:
+    """A ruleset listing as the simulator reads a plan: cgroup rules with their level, cgroup
+    sets holding configured paths (what `trace --cgroup` takes). Other objects are kept as they are."""
+    if not any("set" in obj and is_cgroup_set(obj["set"]) for obj in document.get("nftables", [])):
+        return document
+    objects = [{"rule": restore_level(obj["rule"])} if "rule" in obj
+               else {"set": listed_as_configured(obj["set"])} if "set" in obj and is_cgroup_set(obj["set"])
+               else obj for obj in document["nftables"]]
+    return {**document, "nftables": objects}

@@ -57,7 +57,7 @@ def run_batch(commands: Iterable[Obj]) -> None:
     for attempt in (1, 2):
         batch = cgroups.resolved(commands)
         try:
-            if any(_reads_cgroup(command) for command in batch):
+            if any(cgroups.reads_cgroup(command["add"]["rule"]) for command in batch if "rule" in command.get("add", {})):
                 try:
                     text = nfttext.batch(batch)
                 except ValueError as exc:
@@ -72,10 +72,6 @@ def run_batch(commands: Iterable[Obj]) -> None:
         break
     nftnetlink.count_commit()
 
-
-def _reads_cgroup(command: Obj) -> bool:
-    rule = command.get("add", {}).get("rule")
-    return rule is not None and '"cgroupv2"' in json.dumps(rule.get("expr", []), default=json_default)
 
 
 def list_ruleset() -> dict[str, Any]:

@@ -29,11 +29,11 @@ _NAME = re.compile(r"[A-Za-z0-9_.@:+=,-]+")  # what systemd and people name cgro
 MAX_DEPTH = 255  # the level is one byte
 
 
-def cgroup2_place(mountinfo: str = MOUNTINFO) -> str | None:
+def cgroup2_place(mountinfo: str | None = None) -> str | None:
     """Where cgroup2 is mounted relative to /sys/fs/cgroup: "" (pure v2), "unified" (hybrid),
     or None when it is not mounted there at all (nft could not resolve a path)."""
     try:
-        with open(mountinfo, encoding="utf-8") as lines:
+        with open(mountinfo or MOUNTINFO, encoding="utf-8") as lines:
             for line in lines:
                 fields = line.split()
                 if " - cgroup2 " not in line or len(fields) < 5:

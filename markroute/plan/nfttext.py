@@ -151,6 +151,8 @@ def statement(expr: dict[str, Any]) -> str:
         quoted = _is_name(body["left"])
         right = value(body["right"], hex_values, quoted)
         op = body["op"]
+        if op == "==" and _is_flags(body["left"]) and not isinstance(body["right"], (dict, list)):
+            return f"{left} == {right}"  # bare, nft reads a flag as "any of these bits" (`in`)
         return f"{left} {right}" if op in ("==", "in") else f"{left} {op} {right}"
     if kind == "mangle":
         return f"{expression(body['key'])} set {value(body['value'], _is_mark(body['key']))}"
@@ -199,6 +201,9 @@ def expression(expr: Any) -> str:
     if kind in ("&", "|", "^"):
         word = {"&": "and", "|": "or", "^": "xor"}[kind]
         left, right = body
+        names = _flag_names(right)
+        if names is not None:  # flags or'ed together, bracketed: `and` would bind first
+            return f"{expression(left)} {word} ({'|'.join(names)})"
         return f"{expression(left)} {word} {value(right, _is_mark(left))}"
     if kind == "numgen":
         offset = f" offset {body['offset']}" if body.get("offset") else ""
@@ -253,6 +258,31 @@ def _is_mark(expr: Any) -> bool:
     if kind in ("&", "|", "^"):
         return _is_mark(body[0])
     return False
+
+
+def _flag_names(item: Any) -> list[str] | None:
+    """`fin|syn|rst` as markroute writes it (nested `|` of names) or nft lists it (a list of
+    names) flattened; None for anything else."""
+    if isinstance(item, list) and item and all(isinstance(part, str) for part in item):
+        return list(item)
+    if not (isinstance(item, dict) and set(item) == {"|"}):
+        return None
+    names: list[str] = []
+    for part in item["|"]:
+        inner = [part] if isinstance(part, str) else _flag_names(part)
+        if inner is None:
+            return None
+        names += inner
+    return names
+
+
+def _is_flags(expr: Any) -> bool:
+    """A bitmask field, whose bare comparison nft takes as `in` rather than `==`."""
+    if not isinstance(expr, dict):
+        return False
+    kind, body = next(iter(expr.items()))
+    return (kind == "ct" and body.get("key") in ("state", "status")) or (
+        kind == "payload" and body.get("protocol") == "tcp" and body.get("field") == "flags")
 
 
 def _is_name(expr: Any) -> bool:

@@ -211,3 +211,34 @@ def test_the_text_batch_loads_every_example_as_the_json_batch_does(config_path: 
         assert sorted(levels) == [1, 2], "the level is back in the normalised listing"
         lab.run(ns, ["nft", "-f", "-"], input=nfttext.batch(nft.replacement(plan.table_name, nft.loadable(first))))
         assert listed() == first
+
+
+def test_failover_of_a_cgroup_policy_keeps_the_set_and_records_no_drift(setup: tuple[DaemonLab, str, Path]) -> None:
+    """The daemon's chain rewrite and its record go through listings holding cgroup sets and rules."""
+    dlab, path, directory = setup
+    uplinks = dlab.router.uplinks_yaml(["isp_a", "isp_b"]).replace(
+        "isp_a: {", "isp_a: {check: {interval: 0.2, down_after: 2, up_after: 2}, ", 1)
+    policies = f"""
+groups:
+  primary: {{failover: [isp_a, isp_b]}}
+policies:
+  - {{name: app, cgroup: {path}, via: primary}}
+  - {{name: rest, local: true, via: isp_b}}
+"""
+    dlab.start(dlab.write(uplinks + policies))
+    dlab.wait_states({"isp_a": "up", "isp_b": "up"})
+    assert probe(dlab, directory) == {0: COUNT}
+    dlab.kill_upstream(0)
+    dlab.wait_states({"isp_a": "down", "isp_b": "up"})
+    deadline = time.monotonic() + 10
+    while (seen := probe(dlab, directory)) != {1: COUNT} and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert seen == {1: COUNT}, f"the cgroup's policy fails over to isp_b; log:\n{dlab.log()}"
+    assert status(dlab)["drift"] == [], "the rewrite was recorded with the cgroup set"
+    dlab.revive_upstream(0)
+    dlab.wait_states({"isp_a": "up", "isp_b": "up"})
+    deadline = time.monotonic() + 10
+    while (seen := probe(dlab, directory)) != {0: COUNT} and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert seen == {0: COUNT}
+    assert status(dlab)["drift"] == []

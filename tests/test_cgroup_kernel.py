@@ -122,6 +122,8 @@ def test_a_cgroup_policy_steers_its_processes_and_survives_reapply_and_a_new_cgr
     assert cgroups == {path: True, missing: False}
     proc = markroute("status", "--netns", dlab.rtr)
     assert f"cgroup {missing} does not exist" in proc.stdout
+    assert [line.split() for line in proc.stdout.splitlines() if line.startswith(f"  {path.split('/')[0]}/")] == [
+        [path, "exists"], [missing, "missing"]]
     assert "drift: none" in proc.stdout and proc.returncode == 0, "a missing cgroup is a problem, not drift"
 
     assert "nftables" not in apply(dlab, config(path)), "unchanged: the table is kept"

@@ -149,6 +149,9 @@ def render(report: StatusReport) -> str:
     if report.dynamic_sets:
         lines += ["", "dynamic sets (filled by others):"]
         lines += [f"  {name:<24} {count:>10} elements" for name, count in report.dynamic_sets.items()]
+    if report.cgroups:
+        lines += ["", "cgroups (of cgroup: matches):"]
+        lines += [f"  {c.path:<40} {'exists' if c.exists else 'missing'}" for c in report.cgroups]
     lines += ["", f"connections: {report.connections_total or 0} tracked, "
                   f"{report.connections_other or 0} without an uplink mark"]
     if report.drift:

@@ -73,7 +73,6 @@ def run_batch(commands: Iterable[Obj]) -> None:
     nftnetlink.count_commit()
 
 
-
 def list_ruleset() -> dict[str, Any]:
     """The whole ruleset as `nft -j list ruleset` prints it."""
     document: dict[str, Any] = json.loads(_run(["-j", "list", "ruleset"]) or '{"nftables": []}')

@@ -42,6 +42,7 @@ class Match:
     dscps: tuple[int, ...] | None = None
     uids: tuple[int, ...] | None = None  # owner of the local socket (`match/owner.py`)
     gids: tuple[int, ...] | None = None
+    cgroups: tuple[str, ...] | None = None  # the local socket's cgroup v2 paths (`match/cgroup.py`)
     local: bool | None = None
     negated: Match | None = None
 

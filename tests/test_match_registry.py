@@ -58,6 +58,8 @@ SAMPLES = {
     "local": Sample(True, (), "maybe", {"local": True, "iif": None, "mac": None, "src": "10.0.0.2"}, {"local": False}),
     "user": Sample("root", (1, 2, 3), "no-such-user-here", {**LOCAL_FLOW, "uid": 0}, {**LOCAL_FLOW, "uid": 1}),
     "group": Sample(0, (1, 2, 3), "no-such-group-here", {**LOCAL_FLOW, "gid": 0}, {**LOCAL_FLOW, "gid": 1}),
+    "cgroup": Sample("system.slice/a.service", ("system.slice/b.service", "user.slice/c", "x/y"), "../etc",
+                     {**LOCAL_FLOW, "cgroup": "system.slice/a.service/sub"}, {**LOCAL_FLOW, "cgroup": "system.slice/b.service"}),
 }
 FLOW = {"src": "10.1.2.3", "dst": "192.0.2.7", "proto": "tcp", "sport": 40000, "dport": 80, "iif": "lan0",
         "mac": "02:00:00:00:00:01", "dscp": None, "local": False}

@@ -149,6 +149,9 @@ def render(report: StatusReport) -> str:
     if report.dynamic_sets:
         lines += ["", "dynamic sets (filled by others):"]
         lines += [f"  {name:<24} {count:>10} elements" for name, count in report.dynamic_sets.items()]
+    if report.cgroups:
+        lines += ["", "cgroups (of cgroup: matches):"]
+        lines += [f"  {c.path:<40} {'exists' if c.exists else 'missing'}" for c in report.cgroups]
     lines += ["", f"connections: {report.connections_total or 0} tracked, "
                   f"{report.connections_other or 0} without an uplink mark"]
     if report.drift:
@@ -209,6 +212,8 @@ def problems(report: StatusReport, found: list[Finding]) -> list[Problem]:
     for g in report.groups:
         if g.last_resort:
             listed.append(Problem("group", f"{g.name}: no usable member, traffic takes the last resort", 0))
+    listed += [Problem("cgroup", f"cgroup {c.path} does not exist: its policies match nothing until it does", 0)
+               for c in report.cgroups if not c.exists]
     return listed
 
 

@@ -36,6 +36,8 @@ from markroute.commands.cliutil import (
 @click.option("--dscp", metavar="D", default=None, help="DSCP value or class (ef, cs1, af21 ...).")
 @click.option("--user", "uid", metavar="USER", default=None, help="Owner (name or uid) of the local socket (--local).")
 @click.option("--group", "gid", metavar="GROUP", default=None, help="Group (name or gid) of the local socket (--local).")
+@click.option("--cgroup", metavar="PATH", default=None,
+              help="cgroup v2 path of the local socket (--local), e.g. system.slice/x.service.")
 @click.option("--reply", is_flag=True, help="Trace a reply packet of the connection instead of its first packet.")
 @click.option("--flows", metavar="N", type=click.IntRange(min=1), default=None,
               help="Sample N new connections and print the expected and sampled split.")
@@ -47,7 +49,7 @@ from markroute.commands.cliutil import (
 @json_option
 def command(config: str | None, live: bool, netns: str | None, src: str, dst: str, proto: str | None,
             sport: str | None, dport: str | None, iif: str | None, local: bool, mac: str | None, dscp: str | None,
-            uid: str | None, gid: str | None, reply: bool, flows: int | None, seed: int | None, addresses: tuple[str, ...], routes: tuple[str, ...],
+            uid: str | None, gid: str | None, cgroup: str | None, reply: bool, flows: int | None, seed: int | None, addresses: tuple[str, ...], routes: tuple[str, ...],
             as_json: bool) -> None:
     """Show, step by step, how this host would handle a connection's first packet (or a reply).
 
@@ -67,7 +69,7 @@ def command(config: str | None, live: bool, netns: str | None, src: str, dst: st
     if live and (addresses or routes):
         fail("--addr and --route describe the host offline; with --live it is read from the system", EXIT_USAGE)
     try:
-        flow = make_flow(src, dst, proto, sport, dport, iif, local, mac, dscp, reply, uid, gid)
+        flow = make_flow(src, dst, proto, sport, dport, iif, local, mac, dscp, reply, uid, gid, cgroup)
     except ValueError as exc:
         fail(str(exc), EXIT_USAGE)
     if live:

@@ -23,6 +23,7 @@ class NamedSets:
         self.table = table
         self.declared: dict[str, Expr] = {}  # name -> nft set object, for the plan
         self.names: dict[tuple[Any, int], str] = {}
+        self.cgroups: dict[tuple[tuple[str, ...], int], str] = {}
         self.dynamic = dict(dynamic or {})
 
     def declare_dynamic(self) -> None:
@@ -53,6 +54,14 @@ class NamedSets:
             elements = nj.AddressElements(version, intervals)
             self.declared[name] = nj.named_set(self.table, name, nj.ADDRESS_SET_TYPES[version], elements)
         return f"@{self.names[key]}"
+
+    def cgroup_value(self, paths: tuple[str, ...], level: int) -> str:
+        """`@name` of the set of cgroup PATHS (all of depth LEVEL), one set per distinct list."""
+        if (paths, level) not in self.cgroups:
+            name = nj.cgroup_set_name(len(self.cgroups) + 1, level)
+            self.cgroups[(paths, level)] = name
+            self.declared[name] = nj.cgroup_set(self.table, name, paths)
+        return f"@{self.cgroups[(paths, level)]}"
 
 
 def dynamic_set_name(name: str, version: int) -> str:

@@ -68,6 +68,7 @@ from markroute.diagnostics import Diagnostic
 from markroute.kernel import (
     EnvironmentProblem,
     KernelError,
+    cgroupsets,
     digest,
     nft,
     nftnetlink,
@@ -149,6 +150,7 @@ class Daemon:
         self.watcher: LinkWatcher | None = None
         self.metrics: MetricsServer | None = None
         self.churn = ChurnLog(log)
+        self.cgroups_present: set[str] | None = None  # configured cgroups that existed at the last look
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -647,10 +649,39 @@ class Daemon:
         self.reactor.call_later(HOUSEKEEPING, self.housekeeping)
         self.hooks.reap()
         self.save_record()
+        self.keep_cgroups()
         if self.recorder.idle and self.resync_timer is None and state.written(self.netns) != self.state_seen:
             self.log.warning("another markroute command changed what is applied: applying the running config "
                              "again for the uplinks' current states (change the config with SIGHUP instead)")
             self.reassert()
+
+    def keep_cgroups(self) -> None:
+        """Every second: the cgroup sets hold the configured cgroups that exist now (`kernel/cgroupsets.py`).
+
+        A change is logged once per cgroup that appeared or went; our own transaction leaves
+        `untouched` true if nobody else committed before it."""
+        installed = self.installed
+        sets = cgroupsets.configured(installed.nft) if installed is not None else {}
+        if installed is None or not sets:
+            return
+        ours = self.generation is not None and nftnetlink.generation() == self.generation
+        try:
+            with state.locked(self.netns, "markroute run"):
+                present = cgroupsets.keep(installed.table_name, sets)
+        except KernelError as exc:
+            self.log.error("cannot update the cgroup sets: %s", exc)
+            return
+        if ours:
+            self.generation = nftnetlink.generation()
+        before = self.cgroups_present
+        self.cgroups_present = present
+        configured = sorted({path for paths in sets.values() for path in paths})
+        for path in configured:
+            if before is None and path not in present:
+                self.log.warning("cgroup %s does not exist (yet): its policies match nothing until it does", path)
+            elif before is not None and (path in present) != (path in before):
+                self.log.info("cgroup %s %s", path, "appeared: its policies match it" if path in present
+                              else "is gone: its policies match nothing until it is back")
 
     def reassert(self) -> None:
         try:

@@ -43,6 +43,7 @@ from typing import Literal
 
 from markroute.kernel import (
     KernelError,
+    cgroupsets,
     digest,
     dynsets,
     foreign,
@@ -61,7 +62,7 @@ from markroute.kernel.links import Link, link_state, links
 from markroute.kernel.rpdb import Rpdb, route_key
 from markroute.kernel.state import State
 from markroute.plan import FAMILY_NAMES, IpRule, Plan, Route, Sysctl, resolve
-from markroute.plan.nftjson import set_elements
+from markroute.plan.nftjson import is_cgroup_set, set_elements
 
 
 @dataclass
@@ -155,8 +156,9 @@ class NewTable:
 
     def fill(self) -> None:
         name = self.plan.table_name
-        sets = [obj["set"] for obj in self.plan.nft if "set" in obj]
+        sets = [obj["set"] for obj in self.plan.nft if "set" in obj and not is_cgroup_set(obj["set"])]
         skeleton = [obj for obj in self.plan.nft if "table" in obj] + nft.without_elements({"set": body} for body in sets)
+        skeleton += [obj for obj in self.plan.nft if "set" in obj and is_cgroup_set(obj["set"])]  # resolved by nft.run_batch
         nft.run_batch({"add": obj} for obj in skeleton)
         loads: list[nftnetlink.SetChange] = []
         for body in sets:
@@ -502,10 +504,11 @@ class _Apply:
         the recorded ones. A refused update (someone changed the set behind our back)
         changes nothing and leads to replacing the table instead (None).
         """
-        recorded = {obj["set"]["name"]: set_elements(obj["set"]) for obj in previous.nft_listing if "set" in obj}
+        recorded = {obj["set"]["name"]: set_elements(obj["set"]) for obj in previous.nft_listing
+                    if "set" in obj and not is_cgroup_set(obj["set"])}
         changes: list[nftnetlink.SetChange] = []
         for obj in self.plan.nft:
-            if "set" in obj:
+            if "set" in obj and not is_cgroup_set(obj["set"]):  # its paths are in the structure's digest
                 wanted = set_elements(obj["set"])
                 before = recorded.get(obj["set"]["name"])
                 old, new = set(before.intervals if before is not None else ()), set(wanted.intervals)
@@ -566,6 +569,7 @@ class _Apply:
             uplinks=list(self.plan.uplinks),
             policies=list(self.plan.policies),
             groups=list(self.plan.groups),
+            cgroups=cgroupsets.paths(self.plan.nft),
             applied_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             warnings=self.report.warnings,
             nft_generation=self.generation_after(),

@@ -9,7 +9,7 @@ from typing import Any
 
 from markroute.kernel import nft
 from markroute.plan import Plan
-from markroute.plan.nftjson import set_elements
+from markroute.plan.nftjson import is_cgroup_set, set_elements
 
 
 def of(data: Any) -> str:
@@ -26,14 +26,21 @@ def nft_digest(plan: Plan) -> str:
     """`STRUCTURE.ELEMENTS`: STRUCTURE leaves set elements out, so apply can tell when only set contents changed.
 
     ELEMENTS hashes each set's packed intervals (the compiler's sets are `AddressElements`).
+    A cgroup set's configured paths count as both: what nft holds of them is resolved when
+    the set is loaded, so a change of paths replaces the table rather than updating elements
+    or rewriting chains.
     """
     elements = hashlib.sha256()
+    paths = {obj["set"]["name"]: obj["set"].get("elem", []) for obj in plan.nft if "set" in obj and is_cgroup_set(obj["set"])}
     for obj in plan.nft:
-        if "set" in obj:
+        if "set" in obj and not is_cgroup_set(obj["set"]):
             body = obj["set"]
             packed = set_elements(body).pack()
             elements.update(f"{body['name']} {len(packed)}\n".encode())
             elements.update(packed)
+    if paths:
+        elements.update(of(paths).encode())
+        return f"{of([nft.without_elements(plan.nft), paths])}.{elements.hexdigest()}"
     return f"{of(nft.without_elements(plan.nft))}.{elements.hexdigest()}"
 
 

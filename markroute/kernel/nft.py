@@ -22,8 +22,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from markroute.compile.ha import HOLD_SETS
-from markroute.kernel import KernelError, nftnetlink
-from markroute.plan.nftjson import FAMILY, is_dynamic, json_default
+from markroute.kernel import KernelError, cgroups, nftnetlink
+from markroute.plan import nfttext
+from markroute.plan.nftjson import FAMILY, is_cgroup_set, is_dynamic, json_default
 
 Obj = dict[str, Any]
 NFT = "nft"
@@ -42,8 +43,33 @@ def _run(argv: list[str], stdin: str | None = None) -> str:
 
 
 def run_batch(commands: Iterable[Obj]) -> None:
-    """Load one JSON batch (`nft -j -f -`): one kernel transaction, all or nothing."""
-    _run(["-j", "-f", "-"], json.dumps({"nftables": list(commands)}, default=json_default))
+    """Load one JSON batch (`nft -j -f -`): one kernel transaction, all or nothing.
+
+    A batch with cgroup sets gets their configured paths that exist now (`cgroups.resolved`);
+    one reading a socket's cgroup goes in as text, which nft 1.0.6 needs for it. A cgroup
+    that vanished between our look and nft's fails the batch: it is built again once.
+    """
+    commands = list(commands)
+    if not cgroups.involved(commands):
+        _run(["-j", "-f", "-"], json.dumps({"nftables": commands}, default=json_default))
+        nftnetlink.count_commit()
+        return
+    for attempt in (1, 2):
+        batch = cgroups.resolved(commands)
+        try:
+            if any(cgroups.reads_cgroup(command["add"]["rule"]) for command in batch if "rule" in command.get("add", {})):
+                try:
+                    text = nfttext.batch(batch)
+                except ValueError as exc:
+                    raise KernelError(str(exc)) from None
+                _run(["-f", "-"], text)
+            else:
+                _run(["-j", "-f", "-"], json.dumps({"nftables": batch}, default=json_default))
+        except KernelError as exc:
+            if attempt == 2 or "cgroupv2 path fails" not in str(exc):
+                raise
+            continue
+        break
     nftnetlink.count_commit()
 
 
@@ -127,8 +153,11 @@ def without_elements(objects: Iterable[Obj]) -> list[Obj]:
 
 
 def with_elements(structure: Iterable[Obj], source: Iterable[Obj]) -> list[Obj]:
-    """STRUCTURE (a listing without set elements) completed with the set elements of SOURCE, a plan's objects."""
-    elements = {obj["set"]["name"]: obj["set"]["elem"] for obj in source if obj.get("set", {}).get("elem")}
+    """STRUCTURE (a listing without set elements) completed with the set elements of SOURCE, a plan's objects.
+
+    Not a cgroup set's: its elements are what exists at run time (`normalise` leaves them out too)."""
+    elements = {obj["set"]["name"]: obj["set"]["elem"] for obj in source
+                if obj.get("set", {}).get("elem") and not is_cgroup_set(obj["set"])}
     return [
         {"set": {**obj["set"], "elem": elements[obj["set"]["name"]]}}
         if "set" in obj and obj["set"]["name"] in elements else obj
@@ -193,8 +222,14 @@ def deletion(name: str) -> list[Obj]:
 
 def loadable(listing: Iterable[Obj]) -> list[Obj]:
     """A listing made fit to be added again: kernel handles dropped, counter values kept; the
-    elements of dynamic sets too, which `dynsets.replace_table` carries with their lifetimes."""
-    return [_without(obj, ("handle", "elem")) if "set" in obj and is_dynamic(obj["set"]) else _without(obj, ("handle",))
+    elements of dynamic sets too, which `dynsets.replace_table` carries with their lifetimes;
+    cgroup sets' as configured paths (`run_batch` resolves them again) and the level of the
+    rules reading them put back."""
+    return [_without(obj, ("handle", "elem")) if "set" in obj and is_dynamic(obj["set"])
+            else {"set": cgroups.listed_as_configured(_without(obj, ("handle",))["set"])}
+            if "set" in obj and is_cgroup_set(obj["set"])
+            else {"rule": cgroups.restore_level(_without(obj, ("handle",))["rule"])} if "rule" in obj
+            else _without(obj, ("handle",))
             for obj in listing]
 
 
@@ -207,11 +242,14 @@ def normalise(listing: Iterable[Obj]) -> list[Obj]:
     Only rules hold counters, so sets (their elements can be 100,000) are not walked. The
     hold sets' elements are the HA role, not the config (`compile.ha`), and the elements of
     dynamic sets belong to whoever added them (`nftjson.is_dynamic`): both are left out like
-    counters, they are not markroute's to compare, record or restore.
+    counters, they are not markroute's to compare, record or restore. So are the elements of
+    cgroup sets (the cgroups that exist now, `kernel/cgroups.py`), and the level nft 1.0.6
+    leaves out of a `socket cgroupv2` rule is put back.
     """
-    objects = [_zero_counters(_without(obj, ("handle",))) if "rule" in obj
+    objects = [_zero_counters({"rule": cgroups.restore_level(_without(obj, ("handle",))["rule"])}) if "rule" in obj
                else _without(obj, ("handle", "elem"))
-               if "set" in obj and (obj["set"].get("name") in RUNTIME_SETS or is_dynamic(obj["set"]))
+               if "set" in obj and (obj["set"].get("name") in RUNTIME_SETS or is_dynamic(obj["set"])
+                                    or is_cgroup_set(obj["set"]))
                else _without(obj, ("handle",))
                for obj in listing]
     return sorted(objects, key=_listing_order)  # stable: rules of a chain keep their order

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from markroute.kernel import KernelError, iptables, nft, nftnetlink
+from markroute.kernel import KernelError, cgroups, iptables, nft, nftnetlink
 from markroute.kernel.links import links
 from markroute.kernel.rpdb import Rpdb
 
@@ -48,7 +48,8 @@ def _ruleset(planned: str | None, attempts: int = 3) -> dict[str, Any]:
     """
     for _ in range(attempts):
         before = nftnetlink.generation()
-        document = nft.list_ruleset() if planned is None else nft.list_ruleset_but_elements_of(planned)
+        document = cgroups.readable(
+            nft.list_ruleset() if planned is None else nft.list_ruleset_but_elements_of(planned))
         families = iptables.xt_families(document)
         if not families:
             return {"nftables": document}

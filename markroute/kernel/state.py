@@ -56,6 +56,7 @@ from typing import IO, Any, Literal
 
 from markroute.kernel import KernelError, interrupt, nft, sysctl
 from markroute.kernel.records import RecordError, typed, value_of
+from markroute.match.cgroup import parse_path as parse_cgroup_path
 from markroute.plan import GroupPlan, IpRule, Route, UplinkPlan
 from markroute.plan.nftjson import SET_VERSIONS, AddressElements, json_default
 
@@ -108,6 +109,7 @@ class State:
     warnings: list[str] = field(default_factory=list)
     nft_generation: int | None = None  # nf_tables' transaction count after the apply (`nftnetlink.generation`)
     groups: list[GroupPlan] = field(default_factory=list)
+    cgroups: list[str] = field(default_factory=list)  # configured cgroup paths (their sets' elements are run-time data)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(replace(self, nft_listing=[]))  # the listing is JSON already: no deep copy of its 100,000 elements
@@ -132,6 +134,11 @@ class State:
         for name in ("mask", "rule_priority"):
             if not 0 <= getattr(recorded, name) <= 0xFFFFFFFF:
                 raise RecordError(name, "is out of range")
+        for path in recorded.cgroups:  # status looks each up under /sys/fs/cgroup: plain relative paths only
+            try:
+                parse_cgroup_path(path)
+            except ValueError:
+                raise RecordError("cgroups", "holds something that is not a cgroup path") from None
         try:
             recorded.nft_listing = _unpacked(recorded.nft_listing, packed)
         except (KeyError, TypeError, ValueError) as exc:

@@ -17,7 +17,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from markroute.kernel import digest, dynsets, foreign, nft, state
+from markroute.kernel import cgroupsets, digest, dynsets, foreign, nft, state
+from markroute.kernel.cgroupsets import CgroupPresence
 from markroute.kernel.conntrack import count_by_mark
 from markroute.kernel.drift import differences
 from markroute.kernel.gateways import Readiness, survey
@@ -162,6 +163,7 @@ class StatusReport:
     groups: tuple[GroupStatus, ...] = ()
     ha: HaStatus | None = None
     dynamic_sets: Mapping[str, int] = field(default_factory=dict)
+    cgroups: tuple[CgroupPresence, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The report `status --json` prints.
@@ -181,7 +183,8 @@ class StatusReport:
         sync}`` once `markroute ha` ran (`kernel.hastatus`), or null; ``groups``: ``[{name, kind,
         members: [{name, weight, effective, state}], active, last_resort, changed, why}]``;
         ``dynamic_sets``: ``{KERNEL_SET_NAME: elements}`` of the sets others fill (their elements
-        are never drift); ``version``: the schema's version. docs/status.schema.json is the
+        are never drift); ``cgroups``: ``[{path, exists}]``, each configured cgroup and
+        whether it exists now (a missing one is a problem, not drift); ``version``: the schema's version. docs/status.schema.json is the
         schema (`status --json` adds ``neighbours`` and ``problems``).
         """
         return {
@@ -197,6 +200,7 @@ class StatusReport:
             "groups": [g.to_json() for g in self.groups],
             "ha": self.ha.to_json() if self.ha else None,
             "dynamic_sets": dict(self.dynamic_sets),
+            "cgroups": [asdict(c) for c in self.cgroups],
         }
 
 
@@ -250,6 +254,7 @@ def collect(netns: str | None, plan: Plan | None, warn: state.Warn | None = None
                               daemon),
         ha=ha_status(netns, table_name),
         dynamic_sets=dynsets.element_counts(table_name) if table_name and live_table else {},
+        cgroups=tuple(cgroupsets.presence(cgroupsets.paths(plan.nft) if plan else recorded.cgroups if recorded else [])),
     )
 
 

@@ -23,9 +23,12 @@ Read = Literal["addresses", "many", "one"]
 
 
 class AddressSets(Protocol):
-    """What an address key asks of the compiler: the nft value for a list (inline or a named set)."""
+    """What a key asks of the compiler: the nft value for an address list (inline or a named
+    set), and the named set holding cgroup paths of one depth (`match/cgroup.py`)."""
 
     def address_value(self, addresses: Addresses, version: int) -> Any: ...
+
+    def cgroup_value(self, paths: tuple[str, ...], level: int) -> str: ...
 
 
 class Unmerged(enum.Enum):

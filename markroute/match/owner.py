@@ -4,8 +4,7 @@
 of the process that created it), so the keys only ever see router-originated traffic:
 a policy using them goes to `policies_local` alone, and `local: false` with them is an
 error. Names are resolved when the config is read (`check` runs where markroute runs);
-a number is taken as it is. cgroups are not a key: nft 1.0.6's JSON has no `socket
-cgroupv2` (see README, "Who sends it").
+a number is taken as it is. The socket's cgroup is `match/cgroup.py`.
 """
 
 from __future__ import annotations
@@ -26,6 +25,16 @@ ID_MAX = 2**32 - 2  # (uid_t)-1 means "no owner"
 def local_only(value: Any, local: bool) -> bool:
     """`applies` of a key that tests the local socket: forwarded packets have none."""
     return not value or local
+
+
+def forwarded_conflict(key: str, match: Match) -> Problem | None:
+    """`needs` of a key testing the local socket: keys that select forwarded traffic only
+    (`local: false`, `iif`, `mac`) leave nothing for it."""
+    forwarded = [k for k, v in (("local: false", match.local is False), ("iif", match.iifs), ("mac", match.macs)) if v]
+    if forwarded:
+        return (f"'{key}' matches only connections this machine originates, "
+                f"'{forwarded[0]}' only forwarded ones: no packet has both", "remove one of them")
+    return None
 
 
 def parse_id(lookup: Callable[[str], int], what: str) -> Callable[[object], int]:
@@ -51,14 +60,7 @@ def _key(key: str, field: str, meta: str, flow_field: str, option: str,
         return [nj.match(nj.meta(meta), nj.setvalue(list(ids)))] if ids else []
 
     def needs(match: Match) -> Problem | None:
-        """Keys that select forwarded traffic only (`local: false`, `iif`, `mac`) leave nothing for this one."""
-        if not getattr(match, field):
-            return None
-        forwarded = [k for k, v in (("local: false", match.local is False), ("iif", match.iifs), ("mac", match.macs)) if v]
-        if forwarded:
-            return (f"'{key}' matches only connections this machine originates, "
-                    f"'{forwarded[0]}' only forwarded ones: no packet has both", "remove one of them")
-        return None
+        return forwarded_conflict(key, match) if getattr(match, field) else None
 
     return MatchKey(
         key=key,

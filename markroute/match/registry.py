@@ -9,6 +9,7 @@ themselves: they iterate `KEYS`, so a new key is one module plus one line here.
 from __future__ import annotations
 
 from markroute.match.addresses import DESTINATION, SOURCE
+from markroute.match.cgroup import CGROUP
 from markroute.match.dscp import DSCP
 from markroute.match.iif import IIF
 from markroute.match.key import AddressSets, Expr, MatchKey
@@ -19,7 +20,7 @@ from markroute.match.ports import DPORT, SPORT
 from markroute.match.proto import PROTO
 from markroute.model import Match
 
-KEYS: tuple[MatchKey, ...] = (SOURCE, DESTINATION, PROTO, SPORT, DPORT, IIF, MAC, DSCP, USER, GROUP, LOCAL)
+KEYS: tuple[MatchKey, ...] = (SOURCE, DESTINATION, PROTO, SPORT, DPORT, IIF, MAC, DSCP, USER, GROUP, CGROUP, LOCAL)
 NOT = "not"
 YAML_KEYS = tuple(k.key for k in KEYS) + (NOT,)
 

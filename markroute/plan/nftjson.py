@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import array
 import base64
+import re
 import socket
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -139,6 +140,44 @@ def dynamic_set(table_name: str, name: str, kind: str, timeout: int | None) -> E
     if timeout is not None:
         body["timeout"] = timeout
     return {"set": body}
+
+
+CGROUP_SET_TYPE = "cgroupsv2"
+_CGROUP_SET = re.compile(r"_cgroup\d+_l(\d+)")
+
+
+def socket_cgroup(level: int) -> Expr:
+    """The cgroup v2 id of the local socket's ancestor at depth LEVEL (root 0), as newer nft writes it.
+
+    nft 1.0.6 can neither read this form nor list the level (`kernel/nft` loads such
+    rules as text and puts the level back into listings from the set's name).
+    """
+    return {"socket": {"key": "cgroupv2", "level": level}}
+
+
+def cgroup_set_name(index: int, level: int) -> str:
+    """The name of the INDEXth set of cgroup paths; it carries the paths' depth, which
+    `cgroup_set_level` reads back (nft 1.0.6 lists the rule without it)."""
+    return f"_cgroup{index}_l{level}"
+
+
+def cgroup_set_level(name: str) -> int | None:
+    """The depth a `cgroup_set_name` stands for; None for any other set."""
+    found = _CGROUP_SET.fullmatch(name)
+    return int(found.group(1)) if found else None
+
+
+def cgroup_set(table_name: str, name: str, paths: Sequence[str]) -> Expr:
+    """A set of cgroup v2 paths (relative to the cgroup2 root). In a plan its elements are
+    the configured paths; nft resolves a path to the cgroup's id when it loads it, so the
+    kernel layer hands nft only the paths that exist then, and keeps the set true at run time."""
+    return {"set": {"family": FAMILY, "table": table_name, "name": name, "type": CGROUP_SET_TYPE,
+                    "elem": list(paths)}}
+
+
+def is_cgroup_set(body: Expr) -> bool:
+    """Whether a set (a plan's or a listing's body) holds cgroups: its elements are run-time data."""
+    return body.get("type") == CGROUP_SET_TYPE
 
 
 def is_dynamic(body: Expr) -> bool:

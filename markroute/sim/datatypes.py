@@ -83,7 +83,7 @@ NAMED = {
 }
 BITMASK_TYPES = frozenset({"ct_state", "ct_status", "tcp_flag"})
 ADDRESS_BITS = {"ipv4_addr": 32, "ipv6_addr": 128}
-STRING_TYPES = frozenset({"ifname", "iface_index", "ether_addr"})
+STRING_TYPES = frozenset({"ifname", "iface_index", "ether_addr", "cgroupsv2"})  # cgroups: paths (`match/cgroup.py`)
 
 
 def parse(dtype: str | tuple[str, ...], item: Any) -> Any:

@@ -666,6 +666,8 @@ class RuleBuilder:
             return self.fib(body, text)
         if kind == "rt":
             return self.rt(body, text)
+        if kind == "socket" and body.get("key") == "cgroupv2":
+            return self.socket_cgroup(int(body.get("level", 0)), text)
         if kind in ("&", "|", "^", "<<", ">>"):
             return self.binop(kind, body, text)
         if kind == "concat":
@@ -765,6 +767,18 @@ class RuleBuilder:
         if key == "rtclassid":
             return Value(lambda p: p.realm if p.table is not None else MISSING, "integer", text)
         return Value(_unknown(text, f"meta {key} is not modelled"), "integer", text)
+
+    def socket_cgroup(self, level: int, text: str) -> Value:
+        """The path of the local socket's ancestor cgroup at depth LEVEL (`trace --cgroup`);
+        a socket in a shallower cgroup has none, and the rule does not match."""
+        def ancestor(p: Packet) -> Any:
+            if not p.local_out:
+                return MISSING
+            if p.cgroup is None:
+                raise Indeterminate(text, "the cgroup of the local socket is not known: pass --cgroup")
+            parts = p.cgroup.split("/") if p.cgroup else []
+            return "/".join(parts[:level]) if 0 < level <= len(parts) else ("" if level == 0 else MISSING)
+        return Value(ancestor, "cgroupsv2", text)
 
     def ct(self, body: dict[str, Any], text: str) -> Value:
         key = body["key"]

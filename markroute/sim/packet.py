@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable
 
+from markroute.match.cgroup import parse_path as parse_cgroup_path
 from markroute.match.owner import GROUP, USER
 from markroute.values import (
     PORT_PROTOCOLS,
@@ -65,6 +66,7 @@ class Flow:
     reply: bool = False
     uid: int | None = None  # owner of the local socket, None: not known
     gid: int | None = None
+    cgroup: str | None = None  # cgroup v2 path of the local socket, None: not known
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -80,6 +82,7 @@ class Flow:
             "reply": self.reply,
             "user": self.uid,
             "group": self.gid,
+            "cgroup": self.cgroup,
         }
 
 
@@ -96,6 +99,7 @@ def make_flow(
     reply: bool = False,
     uid: str | int | None = None,
     gid: str | int | None = None,
+    cgroup: str | None = None,
 ) -> Flow:
     """A validated `Flow` from user input; raises ValueError with a message fit for that user."""
     source = _address(src, "--from")
@@ -127,6 +131,9 @@ def make_flow(
     owners = [owner.parse(value) if value is not None else None for owner, value in ((USER, uid), (GROUP, gid))]
     if not local and any(value is not None for value in owners):
         raise ValueError("--user and --group describe the socket of a connection this host sends: give --local")
+    if cgroup is not None and not local:
+        raise ValueError("--cgroup describes the socket of a connection this host sends: give --local")
+    path = _cgroup_path(cgroup) if cgroup is not None else None
     return Flow(
         version=source.version,
         src=int(source),
@@ -141,7 +148,14 @@ def make_flow(
         reply=reply,
         uid=owners[0],
         gid=owners[1],
+        cgroup=path,
     )
+
+
+def _cgroup_path(text: str) -> str:
+    """`--cgroup`: a path like the config's, or "/" (the root); a leading "/" as in /proc/PID/cgroup is fine."""
+    stripped = text.strip().strip("/")
+    return parse_cgroup_path(stripped) if stripped else ""
 
 
 def _address(text: str, option: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -207,6 +221,7 @@ class Packet:
     realm: int = 0  # of the route the packet took: what `meta rtclassid` reads
     uid: int | None = None  # owner of the local socket (None: not known)
     gid: int | None = None
+    cgroup: str | None = None  # cgroup v2 path of the local socket ("" the root; None: not known)
     hook: str = ""
     ct: Conntrack | None = None
     ct_state: int = CT_INVALID
@@ -236,6 +251,7 @@ class Packet:
             local_out=flow.local,
             uid=flow.uid,
             gid=flow.gid,
+            cgroup=flow.cgroup,
             choose=choose,
             icmp_type=icmp,
             tcp_flags=TCP_SYN if flow.proto == TCP else None,

@@ -2,8 +2,8 @@
 
 `markroute check` asks this of a compiled plan. The answer comes from the same
 interpreter `trace` uses, run on witness packets: every field a rule compares (source,
-destination, protocol, ports, ingress interface, MAC, DSCP, family, and the user and
-group that own a local witness's socket) takes values from
+destination, protocol, ports, ingress interface, MAC, DSCP, family, and a local socket's
+owner and cgroup) takes values from
 the ruleset's own constants (each interval's ends and the values just outside them)
 plus one value no rule mentions. Two packets whose fields fall in the same pieces of
 that partition are treated alike by every plain comparison, so these witnesses stand
@@ -40,6 +40,7 @@ BUDGET = 3000
 PER_FIELD = 256  # witness values kept per field: big sets are sampled, not enumerated
 WITNESS_MAC = "02:00:5e:00:53:99"
 WITNESS_IIF = "witness0"
+WITNESS_ID = 2**32 - 2  # the owner of a local socket no rule names
 FIELDS = {
     ("ip", "saddr"): "src4", ("ip", "daddr"): "dst4", ("ip6", "saddr"): "src6", ("ip6", "daddr"): "dst6",
     ("ip", "dscp"): "dscp", ("ip6", "dscp"): "dscp", ("ip", "protocol"): "proto", ("ip6", "nexthdr"): "proto",
@@ -47,13 +48,12 @@ FIELDS = {
 }
 DTYPES = {"src4": "ipv4_addr", "dst4": "ipv4_addr", "src6": "ipv6_addr", "dst6": "ipv6_addr", "dscp": "dscp",
           "proto": "inet_proto", "sport": "inet_service", "dport": "inet_service", "iif": "ifname",
-          "mac": "ether_addr", "version": "nf_proto", "uid": "integer", "gid": "integer"}
+          "mac": "ether_addr", "version": "nf_proto", "uid": "integer", "gid": "integer", "cgroup": "cgroupsv2"}
 DEFAULTS: dict[str, list[Any]] = {
     "src4": [int(ipaddress.ip_address("192.0.2.1"))], "dst4": [int(ipaddress.ip_address("198.51.100.1"))],
     "src6": [int(ipaddress.ip_address("2001:db8::1"))], "dst6": [int(ipaddress.ip_address("2001:db8:ffff::1"))],
     "dscp": [0], "proto": [6, 17, 1, 58], "sport": [40000], "dport": [443], "iif": [WITNESS_IIF],
-    "mac": [WITNESS_MAC], "version": [4, 6],
-    "uid": [0], "gid": [0],  # the owner of a local witness's socket: `user:`/`group:` policies add theirs
+    "mac": [WITNESS_MAC], "version": [4, 6], "uid": [WITNESS_ID], "gid": [WITNESS_ID], "cgroup": [""],
 }
 LIMITS = {"src4": 2**32 - 1, "dst4": 2**32 - 1, "src6": 2**128 - 1, "dst6": 2**128 - 1, "dscp": 63,
           "sport": 65535, "dport": 65535, "proto": 255, "uid": 2**32 - 1, "gid": 2**32 - 1}
@@ -211,6 +211,8 @@ def _field(left: Any) -> str | None:
     if "meta" in left:
         return {"l4proto": "proto", "iifname": "iif", "iif": "iif", "nfproto": "version",
                 "skuid": "uid", "skgid": "gid"}.get(left["meta"]["key"])
+    if "socket" in left and left["socket"].get("key") == "cgroupv2":
+        return "cgroup"  # a set's paths are as deep as the rule's level: each is its own witness
     return None
 
 
@@ -335,4 +337,4 @@ def _flows(values: dict[str, Any]) -> Iterator[Flow]:
                   sport=values["sport"] if ports else None, dport=values["dport"] if ports else None,
                   dscp=values["dscp"])
     yield Flow(iif=values["iif"], mac=values["mac"], **common)
-    yield Flow(local=True, uid=values["uid"], gid=values["gid"], **common)
+    yield Flow(local=True, uid=values["uid"], gid=values["gid"], cgroup=values["cgroup"], **common)

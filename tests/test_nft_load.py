@@ -24,7 +24,7 @@ from markroute.plan.nftjson import json_default
 
 pytestmark = KERNEL
 
-EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+EXAMPLES = sorted((REPO / "examples").glob("**/*.yaml"))  # examples/ha/ too: its hold sets are empty
 
 LONG_LIST = ", ".join(f"203.0.113.{2 * i}" for i in range(24))
 
@@ -117,7 +117,7 @@ def config_path(case: str, tmp_path: Path) -> Path:
     return path
 
 
-CASES = [f"example:{p.name}" for p in EXAMPLES] + sorted(INLINE)
+CASES = [f"example:{p.relative_to(REPO / 'examples')}" for p in EXAMPLES] + sorted(INLINE)
 
 
 @pytest.fixture(scope="module")

@@ -118,16 +118,12 @@ def rule(table_name: str, chain_name: str, expr: list[Expr], comment: str | None
 
 
 def named_set(table_name: str, name: str, kind: str, elements: AddressElements) -> Expr:
-    return {
-        "set": {
-            "family": FAMILY,
-            "table": table_name,
-            "name": name,
-            "type": kind,
-            "flags": ["interval"],
-            "elem": elements,
-        }
-    }
+    """An interval set holding ELEMENTS; an empty one has no `elem` key, as nft lists it
+    (nft 1.0.6's JSON parser refuses `"elem": []`: "Invalid set elem expression")."""
+    body: dict[str, Any] = {"family": FAMILY, "table": table_name, "name": name, "type": kind, "flags": ["interval"]}
+    if len(elements):
+        body["elem"] = elements
+    return {"set": body}
 
 
 def dynamic_set(table_name: str, name: str, kind: str, timeout: int | None) -> Expr:

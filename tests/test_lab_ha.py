@@ -467,7 +467,7 @@ def test_example_pair_compiles_one_plan_on_both_routers(tmp_path: Path) -> None:
     assert ("net/netfilter/nf_conntrack_tcp_be_liberal", "1") in {(s.path, s.value) for s in first.sysctls}
     chains = {o["chain"]["name"]: o["chain"] for o in first.nft if "chain" in o}
     assert (chains["ha_hold_forward"]["hook"], chains["ha_hold_input"]["hook"]) == ("forward", "input")
-    held = {o["set"]["name"]: list(o["set"]["elem"]) for o in first.nft if "set" in o}
+    held = {o["set"]["name"]: list(o["set"].get("elem", [])) for o in first.nft if "set" in o}
     assert held == {"ha_hold": [], "ha_hold6": []}, "the plan holds nothing: the role sets the hold"
     nat = [o["rule"] for o in first.nft if o.get("rule", {}).get("chain") == "postrouting"]
     assert [r["comment"] for r in nat] == ["nat isp0 own", "nat isp0", "nat isp1 own", "nat isp1"]

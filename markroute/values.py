@@ -19,7 +19,7 @@ from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain, islice, repeat
-from operator import add, itemgetter, lshift, lt, mod, or_, sub
+from operator import add, and_, itemgetter, lshift, lt, or_
 from typing import overload
 
 Interval = tuple[int, int]
@@ -222,7 +222,7 @@ def _plain_prefix(text: str) -> tuple[int, Interval] | None:
     version, family, bits = (6, socket.AF_INET6, 128) if ":" in address else (4, socket.AF_INET, 32)
     try:
         first = int.from_bytes(socket.inet_pton(family, address), "big")
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL in the text
         return None
     prefix_length = bits
     if slash:
@@ -255,19 +255,19 @@ def ipv4_lines(lines: Sequence[str], first_number: int = 1) -> tuple[Ipv4Interva
     others: list[tuple[int, str]] = []
     keep = found.append
     pton, family, to_int = socket.inet_pton, socket.AF_INET, int.from_bytes
-    sizes = _IPV4_SIZES
+    masks = _SUFFIX_MASKS
     for number, line in enumerate(lines, start=first_number):
         address, slash, length = line.partition("/")
-        size = sizes.get(slash + length)
-        if size is not None:
+        mask = masks.get(slash + length)
+        if mask is not None:
             try:
                 first = to_int(pton(family, address), "big")
-            except OSError:
+            except (OSError, ValueError):  # ValueError: a NUL in the line
                 pass
             else:
-                if first % size == 0:
+                if not first & mask:
                     keep(first)
-                    keep(first + size - 1)
+                    keep(first | mask)
                     continue
         text = line.partition("#")[0].strip()
         if text:
@@ -275,31 +275,72 @@ def ipv4_lines(lines: Sequence[str], first_number: int = 1) -> tuple[Ipv4Interva
     return Ipv4Intervals(found), others
 
 
+def ipv4_text(text: str, first_number: int = 1) -> tuple[Ipv4Intervals, list[tuple[int, str]], int]:
+    """`ipv4_lines` of TEXT's lines, and how many lines that is.
+
+    The usual set file, `a.b.c.d/len` on every line and nothing else, is cut at its
+    slashes and newlines in one go (`_prefix_text`), without a list of lines.
+    """
+    bulk = _prefix_text(text)
+    if bulk is not None:
+        return bulk, [], len(bulk)
+    lines = text.splitlines()
+    found, others = ipv4_lines(lines, first_number)
+    return found, others, len(lines)
+
+
+_TWO_SLASHES = re.compile(r"/[^\n/]*/")  # two slashes on one line
+
+
+def _prefix_text(text: str) -> Ipv4Intervals | None:
+    """TEXT read as one canonical IPv4 prefix a line by C loops alone, or None if it is anything else.
+
+    As many slashes as lines and no line with two means one slash on every line, so the
+    pieces between slashes and newlines are address, length, address, length...: any
+    other character (a space, `\\r`, another line break `str.splitlines` knows) lands
+    inside a piece, which `inet_pton` or the length table then refuses.
+    """
+    body = text[:-1] if text.endswith("\n") else text
+    if not body or body.count("/") != body.count("\n") + 1 or _TWO_SLASHES.search(body):
+        return None
+    pieces = body.replace("\n", "/").split("/")
+    return _packed_ipv4(pieces[0::2], list(map(_LENGTH_MASKS.get, pieces[1::2])))
+
+
 def _canonical_ipv4(lines: Sequence[str]) -> Ipv4Intervals | None:
     """LINES read as IPv4 addresses and prefixes by C loops alone (`map`), or None if any
     line is something else (then each line is looked at on its own)."""
     parts = list(map(str.partition, lines, repeat("/")))
-    sizes = list(map(_IPV4_SIZES.get, map(str.__add__, map(itemgetter(1), parts), map(itemgetter(2), parts))))
-    if None in sizes:
+    masks = list(map(_LENGTH_MASKS.get, map(itemgetter(2), parts)))  # every line a prefix: the length says it
+    if None in masks:  # a bare address, or something else
+        masks = list(map(_SUFFIX_MASKS.get, map(str.__add__, map(itemgetter(1), parts), map(itemgetter(2), parts))))
+    return _packed_ipv4(list(map(itemgetter(0), parts)), masks)
+
+
+def _packed_ipv4(addresses: list[str], masks: list[int | None]) -> Ipv4Intervals | None:
+    """ADDRESSES with the host-bit MASKS of their lengths as intervals, or None if an address
+    is not canonical IPv4, a length was not (a None mask) or host bits are set."""
+    if None in masks:
         return None
     try:
-        packed = b"".join(map(socket.inet_pton, repeat(socket.AF_INET), map(itemgetter(0), parts)))
-    except OSError:
+        packed = b"".join(map(socket.inet_pton, repeat(socket.AF_INET), addresses))
+    except (OSError, ValueError):  # ValueError: a NUL in a line
         return None
-    del parts
     firsts = array("I", packed)
     if sys.byteorder == "little":
         firsts.byteswap()
-    if any(map(mod, firsts, sizes)):  # host bits set: `parse_address` words that
+    if any(map(and_, firsts, masks)):  # host bits set: `parse_address` words that
         return None
     words = array("I", bytes(8 * len(firsts)))
     words[0::2] = firsts
-    words[1::2] = array("I", map(sub, map(add, firsts, sizes), repeat(1)))
+    words[1::2] = array("I", map(or_, firsts, masks))
     return Ipv4Intervals(words)
 
 
-# "/24" -> 256 addresses; "" (no length) -> 1; anything else ("/", "/33", "/08") is not canonical
-_IPV4_SIZES = {"": 1, **{f"/{length}": 1 << (32 - length) for length in range(33)}}
+# The host bits of a prefix length: "24" -> 0xff. With the slash (the partition's separator and length
+# joined): "/24" -> 0xff, "" (a bare address) -> 0; anything else ("/", "/33", "/08") is not canonical.
+_LENGTH_MASKS = {str(n): (1 << (32 - n)) - 1 for n in range(33)}
+_SUFFIX_MASKS = {"": 0, **{f"/{length}": mask for length, mask in _LENGTH_MASKS.items()}}
 
 
 def merge(intervals: list[Interval]) -> tuple[Interval, ...]:

@@ -21,7 +21,9 @@ from markroute.values import (
     Interval,
     Ipv4Intervals,
     _canonical_ipv4,
+    _prefix_text,
     ipv4_lines,
+    ipv4_text,
     merge,
     merge_ipv4,
     parse_address,
@@ -110,7 +112,8 @@ def canonical_line(rng: random.Random) -> tuple[str, Interval]:
 
 
 ODD = ["# a comment", "", "  10.0.0.0/8", "10.0.0.1/8", "2001:db8::/32", "1.2.3.4-1.2.3.9", "10.0.0.0/08", "10.0.0.0/",
-       "010.0.0.0/8", "10.0.0.0/24 # docs", "10.0.0.0/33", "10.0.0.0/8\r"]
+       "010.0.0.0/8", "10.0.0.0/24 # docs", "10.0.0.0/33", "10.0.0.0/8\r", "10.0.0.0\x00/8", "10.0.0.0/8/8",
+       "10.0.0.0/8\x0b10.0.0.0/8"]
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -123,15 +126,37 @@ def test_lines_read_in_bulk_are_the_lines_read_one_by_one(seed: int) -> None:
     assert taken == list(expected) and others == []
     assert _canonical_ipv4(list(lines)) == taken  # no Python step per line
     assert all(parse_address(line) == (4, interval) for line, interval in zip(lines, expected))
-    mixed = list(lines)
-    at = rng.randrange(len(mixed) + 1)
-    odd = rng.choice(ODD)
-    mixed.insert(at, odd)
-    taken, others = ipv4_lines(mixed, first_number=41)
-    assert _canonical_ipv4(mixed) is None
-    assert taken == list(expected)
-    text = odd.partition("#")[0].strip()
-    assert others == ([(41 + at, text)] if text else [])
+    for odd in ODD:
+        mixed = list(lines)
+        at = rng.randrange(len(mixed) + 1)
+        mixed.insert(at, odd)
+        taken, others = ipv4_lines(mixed, first_number=41)
+        assert _canonical_ipv4(mixed) is None, odd
+        assert taken == list(expected)
+        text = odd.partition("#")[0].strip()
+        assert others == ([(41 + at, text)] if text else []), odd
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_text_read_in_one_go_is_the_text_read_line_by_line(seed: int) -> None:
+    """`ipv4_text` cuts a text of prefix lines at its slashes and newlines; any other text it
+    reads as `ipv4_lines` reads its lines: same intervals, odd lines and line count."""
+    rng = random.Random(seed)
+    lines = [canonical_line(rng)[0] for _ in range(rng.randrange(1, 200))]
+    if seed % 2:  # prefixes only: the one-go path must take it
+        lines = [line if "/" in line else line + "/32" for line in lines]
+    else:
+        for _ in range(rng.randrange(3)):
+            lines.insert(rng.randrange(len(lines) + 1), rng.choice(ODD + ["10.0.0.0", "", "10.0.0.0/8/"]))
+    ending = rng.choice(("\n", "\r\n", "\n\n", ""))
+    text = ending.join(lines) + rng.choice((ending, ""))
+    if text.endswith("\n\n\n"):
+        text = text[:-1]
+    found, others, count = ipv4_text(text, first_number=7)
+    expected_found, expected_others = ipv4_lines(text.splitlines(), first_number=7)
+    assert (found, others, count) == (expected_found, expected_others, len(text.splitlines()))
+    if seed % 2 and ending == "\n":
+        assert _prefix_text(text) == found
 
 
 @pytest.mark.parametrize("count", [0, 1, 1637, 1638, 1639, 3276, 3277, 5000])
@@ -167,3 +192,9 @@ def test_lookup_of_packed_intervals_finds_what_the_lookup_of_spans_finds(seed: i
     if intervals:
         first, last = intervals[0][0], intervals[-1][1]
         assert sorted(packed.partition(first, last)) == sorted(plain.partition(first, last))
+
+
+def test_a_nul_in_a_line_is_a_bad_address_not_a_crash() -> None:
+    with pytest.raises(ValueError, match="is not an IP address"):
+        parse_address("10.0.0.0\x00/8")
+    assert ipv4_lines(["10.0.0.0\x00/8"]) == (Ipv4Intervals(), [(1, "10.0.0.0\x00/8")])

@@ -23,7 +23,7 @@ def test_lines_in_pieces_are_the_lines_of_the_whole() -> None:
     for _ in range(3000):
         text = "".join(rng.choice(PIECES) for _ in range(rng.randrange(40)))
         for chunk in (1, 2, 3, 7, 1 << 20):
-            assert [line for piece in _pieces(text, chunk) for line in piece] == text.splitlines(), (text, chunk)
+            assert [line for piece in _pieces(text, chunk) for line in piece.splitlines()] == text.splitlines(), (text, chunk)
 
 
 def test_merge_keeps_the_tuples_nothing_joins() -> None:

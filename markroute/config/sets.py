@@ -24,7 +24,7 @@ from markroute.values import (
     Interval,
     Ipv4Intervals,
     address_list,
-    ipv4_lines,
+    ipv4_text,
     parse_address,
     shown,
     yaml_text,
@@ -138,10 +138,10 @@ def set_file(reader: Reader, name: str, node: Node) -> AddressList | None:
     others: list[tuple[int, str]] = []
     number = 1
     for piece in _pieces(content):
-        found, odd = ipv4_lines(piece, number)
+        found, odd, count = ipv4_text(piece, number)
         v4.words.extend(found.words)
         others += odd
-        number += len(piece)
+        number += count
     lines: list[str] = []  # split again only to word errors
     items: list[tuple[int, Interval]] = []
     bad = 0
@@ -166,9 +166,8 @@ def set_file(reader: Reader, name: str, node: Node) -> AddressList | None:
     return address_list(items, v4)
 
 
-def _pieces(text: str, chunk: int = 1 << 20) -> Iterator[list[str]]:
-    """`text.splitlines()`, about a megabyte at a time: the list of a 1,000,000-line file's
-    lines held ~70 MB at once.
+def _pieces(text: str, chunk: int = 1 << 20) -> Iterator[str]:
+    """TEXT about a megabyte at a time: the list of a 1,000,000-line file's lines held ~70 MB at once.
 
     Each piece ends just after a newline, which ends a line wherever it stands, so the
     pieces' lines, one after the other, are the whole text's lines, numbered alike.
@@ -177,7 +176,7 @@ def _pieces(text: str, chunk: int = 1 << 20) -> Iterator[list[str]]:
     while start < len(text):
         end = text.find("\n", start + chunk)
         end = len(text) if end < 0 else end + 1
-        yield text[start:end].splitlines()
+        yield text[start:end]
         start = end
 
 

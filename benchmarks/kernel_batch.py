@@ -19,15 +19,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from markroute.kernel import nftnetlink  # noqa: E402
 from markroute.kernel.netns import inside  # noqa: E402
-from markroute.values import ipv4_text, merge_ipv4  # noqa: E402
+from markroute.values import Ipv4Intervals, ipv4_text, merge_ipv4  # noqa: E402
 
 
 def main() -> None:
     netns, table, set_name, prefix_file = sys.argv[1:5]
-    found, others, _ = ipv4_text(Path(prefix_file).read_text())
-    if others:
-        sys.exit(f"{prefix_file}: line {others[0][0]} is not a canonical IPv4 prefix")
-    batch = nftnetlink.element_batch(table, [nftnetlink.SetChange(set_name, 4, added=merge_ipv4(found))])
+    intervals = Ipv4Intervals()
+    with open(prefix_file) as lines:
+        while piece := lines.readlines(1 << 20):  # a megabyte of whole lines at a time, as apply reads them
+            found, others, _ = ipv4_text("".join(piece))
+            if others:
+                sys.exit(f"{prefix_file}: {others[0][1]!r} is not a canonical IPv4 prefix")
+            intervals.words.extend(found.words)
+    batch = nftnetlink.element_batch(table, [nftnetlink.SetChange(set_name, 4, added=merge_ipv4(intervals))])
     with inside(netns):
         start, cpu = time.perf_counter(), time.process_time()
         nftnetlink._commit(batch)

@@ -159,7 +159,11 @@ class AddressList:
 def _intervals_cover(outer: Sequence[Interval], inner: Sequence[Interval]) -> bool:
     import bisect
 
-    starts = outer.starts if isinstance(outer, Ipv4Intervals) else [first for first, _ in outer]
+    if isinstance(outer, Ipv4Intervals):  # firsts and lasts in turn, all in order: bisected as they lie
+        words = outer.words
+        return all((index := (bisect.bisect_right(words, first) - 1) // 2) >= 0 and words[2 * index + 1] >= last
+                   for first, last in inner)
+    starts = [first for first, _ in outer]
     for first, last in inner:
         index = bisect.bisect_right(starts, first) - 1
         if index < 0 or outer[index][1] < last:

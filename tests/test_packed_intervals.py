@@ -18,6 +18,7 @@ from markroute.kernel import nftnetlink
 from markroute.sim.datatypes import Span
 from markroute.sim.sets import Lookup
 from markroute.values import (
+    AddressList,
     Interval,
     Ipv4Intervals,
     _canonical_ipv4,
@@ -198,3 +199,15 @@ def test_a_nul_in_a_line_is_a_bad_address_not_a_crash() -> None:
     with pytest.raises(ValueError, match="is not an IP address"):
         parse_address("10.0.0.0\x00/8")
     assert ipv4_lines(["10.0.0.0\x00/8"]) == (Ipv4Intervals(), [(1, "10.0.0.0\x00/8")])
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_packed_covering_is_plain_covering(seed: int) -> None:
+    """`AddressList.covers` bisects the packed words in place: the same answers as over tuples."""
+    rng = random.Random(seed)
+    outer = merge(random_intervals(rng, rng.randrange(1, 40), spread=1 << 16))
+    packed = AddressList(v4=Ipv4Intervals.of(outer))
+    for _ in range(50):
+        inner = merge(random_intervals(rng, rng.randrange(1, 4), spread=1 << 16))
+        plain = all(any(lo <= first and last <= hi for lo, hi in outer) for first, last in inner)
+        assert packed.covers(AddressList(v4=Ipv4Intervals.of(inner))) == plain

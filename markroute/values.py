@@ -19,7 +19,7 @@ from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain, islice, repeat
-from operator import add, and_, itemgetter, lshift, lt, or_
+from operator import add, and_, itemgetter, lshift, lt, or_, rshift
 from typing import overload
 
 Interval = tuple[int, int]
@@ -378,7 +378,7 @@ def merge_ipv4(intervals: Ipv4Intervals) -> Ipv4Intervals:
     words = intervals.words
     if all(map(lt, map(add, words[1:-1:2], repeat(1)), words[2::2])):
         return intervals
-    keys = list(map(or_, map(lshift, words[0::2], repeat(32)), words[1::2]))
+    keys = list(_interval_keys(intervals))
     keys.sort()
     merged = array("I")
     keep = merged.append
@@ -395,6 +395,49 @@ def merge_ipv4(intervals: Ipv4Intervals) -> Ipv4Intervals:
     keep(first)
     keep(last)
     return Ipv4Intervals(merged)
+
+
+def interval_changes(old: Sequence[Interval], new: Sequence[Interval]) -> tuple[Sequence[Interval], Sequence[Interval]]:
+    """(removed, added): the intervals of OLD not in NEW and of NEW not in OLD, both sorted as OLD and NEW are.
+
+    Packed IPv4 intervals are walked side by side as one 64-bit number each (first,
+    last), in order: sets of 1,000,000 tuples on both sides took ~400 MB and over a
+    second for a change of 1,000 prefixes.
+    """
+    if not old or not new:  # all removed, or all added
+        return old, new
+    if not (isinstance(old, Ipv4Intervals) and isinstance(new, Ipv4Intervals)):
+        before, after = set(old), set(new)
+        return tuple(sorted(before - after)), tuple(sorted(after - before))
+    if old == new:
+        return Ipv4Intervals(), Ipv4Intervals()
+    removed: list[int] = []
+    added: list[int] = []
+    olds, news = _interval_keys(old), _interval_keys(new)
+    was, now = next(olds, None), next(news, None)
+    while was is not None and now is not None:
+        if was == now:
+            was, now = next(olds, None), next(news, None)
+        elif was < now:
+            removed.append(was)
+            was = next(olds, None)
+        else:
+            added.append(now)
+            now = next(news, None)
+    removed += [] if was is None else [was, *olds]
+    added += [] if now is None else [now, *news]
+    return _from_keys(removed), _from_keys(added)
+
+
+def _interval_keys(intervals: Ipv4Intervals) -> Iterator[int]:
+    return map(or_, map(lshift, intervals.starts, repeat(32)), intervals.ends)
+
+
+def _from_keys(keys: list[int]) -> Ipv4Intervals:
+    words = array("I", bytes(8 * len(keys)))
+    words[0::2] = array("I", map(rshift, keys, repeat(32)))
+    words[1::2] = array("I", map(and_, keys, repeat(0xFFFFFFFF)))
+    return Ipv4Intervals(words)
 
 
 def address_list(items: list[tuple[int, Interval]], v4: Ipv4Intervals | None = None) -> AddressList:

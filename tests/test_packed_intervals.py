@@ -9,12 +9,15 @@ the simulator's lookup.
 
 from __future__ import annotations
 
+import json
 import random
 import socket
 
 import pytest
 
 from markroute.kernel import nftnetlink
+from markroute.kernel.journal import Undo
+from markroute.plan.nftjson import json_default
 from markroute.sim.datatypes import Span
 from markroute.sim.sets import Lookup
 from markroute.values import (
@@ -23,6 +26,7 @@ from markroute.values import (
     Ipv4Intervals,
     _canonical_ipv4,
     _prefix_text,
+    interval_changes,
     ipv4_lines,
     ipv4_text,
     merge,
@@ -211,3 +215,23 @@ def test_packed_covering_is_plain_covering(seed: int) -> None:
         inner = merge(random_intervals(rng, rng.randrange(1, 4), spread=1 << 16))
         plain = all(any(lo <= first and last <= hi for lo, hi in outer) for first, last in inner)
         assert packed.covers(AddressList(v4=Ipv4Intervals.of(inner))) == plain
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_packed_interval_changes_are_the_set_differences(seed: int) -> None:
+    """What apply sends for a changed set: the intervals only in the old and only in the new, sorted."""
+    rng = random.Random(seed)
+    old = sorted_apart(rng, rng.randrange(0, 300), top=rng.random() < 0.3)
+    new = [iv for iv in old if rng.random() < 0.9] + [(iv[0], iv[1] + 1) for iv in old[:3] if rng.random() < 0.5]
+    new = merge(new + sorted_apart(rng, rng.randrange(0, 20)))
+    removed, added = interval_changes(Ipv4Intervals.of(old), Ipv4Intervals.of(merge(new)))
+    assert removed == sorted(set(old) - set(new)) and added == sorted(set(new) - set(old))
+    assert interval_changes(tuple(old), tuple(new)) == (tuple(sorted(set(old) - set(new))),
+                                                       tuple(sorted(set(new) - set(old))))
+
+
+def test_a_journaled_packed_change_is_written_as_pairs() -> None:
+    """The journal writes a set change's intervals with `json_default`; packed ones read back as tuples did."""
+    change = nftnetlink.SetChange("s", 4, removed=Ipv4Intervals.of([(1, 2)]), added=Ipv4Intervals.of([(5, 9), (11, 11)]))
+    written = json.loads(json.dumps(Undo.set_update("x", "t", [change]).to_json(), default=json_default))
+    assert written["undo"]["args"]["changes"][0]["added"] == [[5, 9], [11, 11]]

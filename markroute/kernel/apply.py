@@ -62,6 +62,7 @@ from markroute.kernel.rpdb import Rpdb, route_key
 from markroute.kernel.state import State
 from markroute.plan import FAMILY_NAMES, IpRule, Plan, Route, Sysctl, resolve
 from markroute.plan.nftjson import set_elements
+from markroute.values import interval_changes
 
 
 @dataclass
@@ -508,8 +509,7 @@ class _Apply:
             if "set" in obj:
                 wanted = set_elements(obj["set"])
                 before = recorded.get(obj["set"]["name"])
-                old, new = set(before.intervals if before is not None else ()), set(wanted.intervals)
-                removed, added = tuple(sorted(old - new)), tuple(sorted(new - old))
+                removed, added = interval_changes(before.intervals if before is not None else (), wanted.intervals)
                 if removed or added:
                     changes.append(nftnetlink.SetChange(obj["set"]["name"], wanted.version, removed, added))
         name = self.plan.table_name

@@ -277,7 +277,10 @@ def plain(obj: Expr) -> Expr:
 
 
 def json_default(value: object) -> Any:
-    """`json.dumps(..., default=json_default)`: set elements are written as the nft JSON list."""
+    """`json.dumps(..., default=json_default)`: set elements are written as the nft JSON list,
+    packed intervals (a journaled set change) as [first, last] pairs, as tuples of them were."""
     if isinstance(value, AddressElements):
         return value.listed()
+    if isinstance(value, Ipv4Intervals):
+        return [list(interval) for interval in value]
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from markroute import values as v
 from markroute.config import load_model
-from markroute.config.sets import _lines
+from markroute.config.sets import _pieces
 
 PIECES = ["a", "10.0.0.0/8", "\n", "\r", "\r\n", "\x0c", "\u2028", "\x1c", "", " # c"]
 
@@ -23,7 +23,7 @@ def test_lines_in_pieces_are_the_lines_of_the_whole() -> None:
     for _ in range(3000):
         text = "".join(rng.choice(PIECES) for _ in range(rng.randrange(40)))
         for chunk in (1, 2, 3, 7, 1 << 20):
-            assert list(_lines(text, chunk)) == text.splitlines(), (text, chunk)
+            assert [line for piece in _pieces(text, chunk) for line in piece.splitlines()] == text.splitlines(), (text, chunk)
 
 
 def test_merge_keeps_the_tuples_nothing_joins() -> None:

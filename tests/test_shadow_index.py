@@ -16,7 +16,7 @@ import random
 import pytest
 
 from markroute import match as match_keys
-from markroute.config.warnings import shadowed_policies
+from markroute.config.warnings import _KeyIndex, shadowed_policies
 from markroute.diagnostics import Where
 from markroute.model import Addresses, Group, Match, Model, Policy, Uplink
 from markroute.values import address_list, merge, parse_address
@@ -124,3 +124,26 @@ def test_many_disjoint_destinations_each_hidden_by_its_own_earlier_policy() -> N
     found = indexed(model)
     assert found == [(f"q{i}", f"p{i}") for i in range(len(prefixes)) if i % 7 == 0]
     assert found == pairwise(model)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_members_kept_out_of_the_tree_are_found_as_in_it(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With every address list "big", each member is bisected in its own intervals instead of
+    sitting in the segment tree: the same policies are found."""
+    monkeypatch.setattr(_KeyIndex, "BIG", 1)
+    rng = random.Random(seed)
+    for _ in range(10):
+        model = random_model(rng, rng.randint(2, 60), rng.choice((0.25, 0.5)))
+        assert indexed(model) == pairwise(model)
+
+
+def test_a_policy_inside_a_large_set_is_hidden_by_the_set() -> None:
+    where = Where("m.yaml", 1, 1)
+    uplink = Uplink("a", "wan0", where, 0x100, 100, gateway="192.0.2.1")
+    big = Addresses(address_list([parse_address(f"11.{i // 256}.{i % 256}.0/24") for i in range(0, 2000, 2)]), "big")
+    inside, outside = (Addresses(address_list([parse_address(p)])) for p in ("11.0.8.7", "11.0.9.7"))
+    policies = (Policy("set", Match(dst=big), "a", where), Policy("in", Match(dst=inside), "a", Where("m.yaml", 2, 5)),
+                Policy("out", Match(dst=outside), "a", Where("m.yaml", 3, 5)))
+    model = Model(uplinks={"a": uplink}, policies=policies)
+    assert len(big.addresses) > _KeyIndex.BIG
+    assert indexed(model) == pairwise(model) == [("in", "set")]

@@ -74,7 +74,12 @@ def command(config: str | None, netns: str | None, force: bool) -> None:
 
 
 def neighbour_warnings(plan: Plan) -> list[str]:
-    """What other software's rules do to the traffic just applied: warnings, never a failure."""
+    """What other software's rules do to the traffic just applied: warnings, never a failure.
+
+    The plan just applied stands in for markroute's live table (`findings` with the plan),
+    so the snapshot leaves that table's set elements out: listing a million of them took
+    nft over a minute and a gigabyte.
+    """
     from markroute.commands import neighbours
 
-    return neighbours.lines(neighbours.findings(neighbours.ours_of_plan(plan)))
+    return neighbours.lines(neighbours.findings(neighbours.ours_of_plan(plan), plan))

@@ -22,8 +22,9 @@ from markroute.model import DynamicSet
 from markroute.values import (
     AddressList,
     Interval,
+    Ipv4Intervals,
     address_list,
-    ipv4_lines,
+    ipv4_text,
     parse_address,
     shown,
     yaml_text,
@@ -133,7 +134,14 @@ def set_file(reader: Reader, name: str, node: Node) -> AddressList | None:
                           f"set file is not UTF-8 text (byte {data[exc.start]:#04x})", "save it as UTF-8")
         return None
     del data  # 15 MB for 1,000,000 prefixes, not needed past the decoding
-    v4, others = ipv4_lines(_lines(content))
+    v4 = Ipv4Intervals()
+    others: list[tuple[int, str]] = []
+    number = 1
+    for piece in _pieces(content):
+        found, odd, count = ipv4_text(piece, number)
+        v4.words.extend(found.words)
+        others += odd
+        number += count
     lines: list[str] = []  # split again only to word errors
     items: list[tuple[int, Interval]] = []
     bad = 0
@@ -158,18 +166,17 @@ def set_file(reader: Reader, name: str, node: Node) -> AddressList | None:
     return address_list(items, v4)
 
 
-def _lines(text: str, chunk: int = 1 << 20) -> Iterator[str]:
-    """`text.splitlines()`, about a megabyte at a time: the list of a 1,000,000-line file's
-    lines held ~70 MB at once.
+def _pieces(text: str, chunk: int = 1 << 20) -> Iterator[str]:
+    """TEXT about a megabyte at a time: the list of a 1,000,000-line file's lines held ~70 MB at once.
 
     Each piece ends just after a newline, which ends a line wherever it stands, so the
-    pieces' lines are the whole text's lines, numbered alike.
+    pieces' lines, one after the other, are the whole text's lines, numbered alike.
     """
     start = 0
     while start < len(text):
         end = text.find("\n", start + chunk)
         end = len(text) if end < 0 else end + 1
-        yield from text[start:end].splitlines()
+        yield text[start:end]
         start = end
 
 

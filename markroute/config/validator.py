@@ -212,7 +212,8 @@ class Validator(Reader):
                                         suggest(name, list(self.set_where)) or "define it under 'sets:'")
                     continue
                 set_names.append(name)
-                items += [(4, iv) for iv in self.sets[name].v4] + [(6, iv) for iv in self.sets[name].v6]
+                if len(elements) > 1:  # alone, the set is used as it is (below): no copy of its 1,000,000 intervals
+                    items += [(4, iv) for iv in self.sets[name].v4] + [(6, iv) for iv in self.sets[name].v6]
                 continue
             try:
                 items.append(key.parse(element.scalar))

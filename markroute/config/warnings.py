@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from markroute import marks
@@ -22,12 +22,10 @@ from markroute import match as match_keys
 from markroute.config.tunnelwarnings import tunnel_warnings
 from markroute.diagnostics import Where
 from markroute.model import Addresses, Match, Model
-from markroute.values import AddressList, Interval, merge, parse_address
+from markroute.values import Interval, Ipv4Intervals, address_list, parse_address
 
-PRIVATE = AddressList(
-    v4=merge([parse_address(p)[1] for p in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")]),
-    v6=merge([parse_address("fc00::/7")[1]]),
-)
+PRIVATE = address_list(
+    [parse_address(p) for p in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")])
 
 Warning = tuple[Where, str, str | None]
 
@@ -168,13 +166,19 @@ class _KeyIndex:
     Addresses (per family) and ports are intervals: a member holds a point when one of
     its intervals contains it. The tree stores each interval at the O(log n) nodes that
     together span it, so the members holding a point are the lists on one root-to-leaf
-    path, each in policy order since members are added in that order.
+    path, each in policy order since members are added in that order. A member with
+    more than BIG intervals (a `sets:` file of 1,000,000 prefixes) stays out of the
+    tree, which would take seconds and hundreds of megabytes to build for it: a point
+    is looked up in its own sorted intervals instead.
     """
+
+    BIG = 256
 
     def __init__(self, field: str, members: list[tuple[int, Any]]) -> None:
         self.intervals = field in ("src", "dst", "sports", "dports")
         self.exact: dict[Any, list[int]] = {}
         self.trees: dict[int, _Stabbing] = {}
+        self.big: dict[int, list[tuple[int, Sequence[int], Sequence[Interval]]]] = {}
         if not self.intervals:
             for member, value in members:
                 for item in value if isinstance(value, tuple) else (value,):
@@ -183,7 +187,11 @@ class _KeyIndex:
         per_family: dict[int, list[tuple[int, Interval]]] = {}
         for member, value in members:
             for family, intervals in _families(value):
-                per_family.setdefault(family, []).extend((member, interval) for interval in intervals)
+                if len(intervals) > self.BIG:
+                    starts = intervals.starts if isinstance(intervals, Ipv4Intervals) else [lo for lo, _ in intervals]
+                    self.big.setdefault(family, []).append((member, starts, intervals))
+                else:
+                    per_family.setdefault(family, []).extend((member, interval) for interval in intervals)
         self.trees = {family: _Stabbing(items) for family, items in per_family.items()}
 
     def holding(self, value: Any) -> list[list[int]] | None:
@@ -195,12 +203,16 @@ class _KeyIndex:
             return [min((self.exact.get(item, []) for item in items), key=len)]
         for family, intervals in _families(value):
             if intervals:
+                point = intervals[0][0]
                 tree = self.trees.get(family)
-                return tree.holding(intervals[0][0]) if tree else [[]]
+                lists = tree.holding(point) if tree else [[]]
+                big = [member for member, starts, held in self.big.get(family, ())
+                       if (at := bisect.bisect_right(starts, point) - 1) >= 0 and held[at][1] >= point]
+                return lists + [big] if big else lists
         return None
 
 
-def _families(value: Any) -> list[tuple[int, tuple[Interval, ...]]]:
+def _families(value: Any) -> list[tuple[int, Sequence[Interval]]]:
     """An interval key's value as (family, intervals): addresses per IP version, ports as family 0."""
     if isinstance(value, Addresses):
         return [(4, value.addresses.v4), (6, value.addresses.v6)]

@@ -63,6 +63,7 @@ from markroute.kernel.rpdb import Rpdb, route_key
 from markroute.kernel.state import State
 from markroute.plan import FAMILY_NAMES, IpRule, Plan, Route, Sysctl, resolve
 from markroute.plan.nftjson import is_cgroup_set, set_elements
+from markroute.values import interval_changes
 
 
 @dataclass
@@ -511,8 +512,7 @@ class _Apply:
             if "set" in obj and not is_cgroup_set(obj["set"]):  # its paths are in the structure's digest
                 wanted = set_elements(obj["set"])
                 before = recorded.get(obj["set"]["name"])
-                old, new = set(before.intervals if before is not None else ()), set(wanted.intervals)
-                removed, added = tuple(sorted(old - new)), tuple(sorted(new - old))
+                removed, added = interval_changes(before.intervals if before is not None else (), wanted.intervals)
                 if removed or added:
                     changes.append(nftnetlink.SetChange(obj["set"]["name"], wanted.version, removed, added))
         name = self.plan.table_name

@@ -35,11 +35,14 @@ import errno
 import os
 import socket
 import struct
-from collections.abc import Iterable, Iterator
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import repeat
+from operator import add
 
 from markroute.kernel import KernelError
-from markroute.values import Interval
+from markroute.values import Interval, Ipv4Intervals
 
 # Linux UAPI numbers (netlink.h, nfnetlink.h, nf_tables.h, libnftnl's udata flags).
 NETLINK_NETFILTER = 12
@@ -78,8 +81,8 @@ class SetChange:
 
     name: str
     version: int
-    removed: tuple[Interval, ...] = ()
-    added: tuple[Interval, ...] = ()
+    removed: Sequence[Interval] = ()
+    added: Sequence[Interval] = ()
 
     def inverse(self) -> SetChange:
         return SetChange(self.name, self.version, self.added, self.removed)
@@ -101,29 +104,42 @@ def update(table: str, changes: Iterable[SetChange]) -> None:
 class Batch:
     """One nfnetlink batch of element messages, packed as it will be sent.
 
-    Built straight into one buffer: 1,000,000 intervals are ~40 MB of messages, and a
-    list of them joined afterwards held that twice or three times at the peak.
+    Built in parts of a few megabytes, sent as one datagram by one `sendmsg` of all the
+    parts: 1,000,000 intervals are ~42 MB of messages, and one buffer grown to that size
+    was copied whole when it grew (the batch is built in apply's filling thread, whose
+    malloc arena cannot extend a block in place), ~40 MB more at the peak.
     """
 
-    data: bytearray
+    parts: list[bytearray]
     count: int  # messages between batch begin and end, each acknowledged
     owners: dict[int, str]  # message sequence number -> the set it changes, for errors
+
+    PART_BYTES = 4 << 20
+
+    def add(self, message: bytes) -> None:
+        if not self.parts or len(self.parts[-1]) >= self.PART_BYTES:
+            self.parts.append(bytearray())
+        self.parts[-1] += message
+
+    @property
+    def size(self) -> int:
+        return sum(map(len, self.parts))
 
 
 def element_batch(table: str, changes: Iterable[SetChange]) -> Batch:
     """The batch `update` sends for CHANGES; its count is 0 when there is nothing to send."""
-    batch = Batch(bytearray(_message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 0, socket.AF_UNSPEC, b"",
-                                     NFNL_SUBSYS_NFTABLES)), 0, {})
+    batch = Batch([], 0, {})
+    batch.add(_message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 0, socket.AF_UNSPEC, b"", NFNL_SUBSYS_NFTABLES))
     for change in changes:
         for kind, intervals in ((NFT_MSG_DELSETELEM, change.removed), (NFT_MSG_NEWSETELEM, change.added)):
             flags = NLM_F_REQUEST | NLM_F_ACK | (NLM_F_CREATE if kind == NFT_MSG_NEWSETELEM else 0)
             for body in _element_lists(change.version, intervals):
                 batch.count += 1
-                batch.data += _message((NFNL_SUBSYS_NFTABLES << 8) | kind, flags, batch.count, NFPROTO_INET,
-                                       _list_message(table, change.name, body))
+                batch.add(_message((NFNL_SUBSYS_NFTABLES << 8) | kind, flags, batch.count, NFPROTO_INET,
+                                   _list_message(table, change.name, body)))
                 batch.owners[batch.count] = change.name
-    batch.data += _message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, batch.count + 1, socket.AF_UNSPEC, b"",
-                           NFNL_SUBSYS_NFTABLES)
+    batch.add(_message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, batch.count + 1, socket.AF_UNSPEC, b"",
+                       NFNL_SUBSYS_NFTABLES))
     return batch
 
 
@@ -191,7 +207,7 @@ def _socket() -> socket.socket:
     return sock
 
 
-def _element_lists(version: int, intervals: Iterable[Interval]) -> Iterator[bytes]:
+def _element_lists(version: int, intervals: Sequence[Interval]) -> Iterator[bytes | bytearray]:
     """The packed elements of INTERVALS, cut into lists that each fit one attribute."""
     width = KEY_BYTES[version]
     top = (1 << (8 * width)) - 1
@@ -199,12 +215,14 @@ def _element_lists(version: int, intervals: Iterable[Interval]) -> Iterator[byte
     start_head = _attr_header(NFTA_LIST_ELEM | NLA_F_NESTED, 4 + len(key_head) + width) + key_head
     end_flag = _attr(NFTA_SET_ELEM_FLAGS, struct.pack("!I", NFT_SET_ELEM_INTERVAL_END))
     end_head = _attr_header(NFTA_LIST_ELEM | NLA_F_NESTED, 4 + len(key_head) + width + len(end_flag)) + key_head
+    if isinstance(intervals, Ipv4Intervals):
+        yield from _packed_lists(intervals, start_head, end_head, end_flag, key_head)
+        return
     chunk: list[bytes] = []
     size = ATTR_HEADER.size
     for first, last in intervals:
         if last == top:
-            packed = _attr(NFTA_LIST_ELEM | NLA_F_NESTED, key_head + first.to_bytes(width, "big")
-                           + _attr(NFTA_SET_ELEM_USERDATA, OPEN_USERDATA))
+            packed = _open_element(key_head, first.to_bytes(width, "big"))
         else:
             packed = b"".join((start_head, first.to_bytes(width, "big"),
                                end_head, (last + 1).to_bytes(width, "big"), end_flag))
@@ -217,6 +235,47 @@ def _element_lists(version: int, intervals: Iterable[Interval]) -> Iterator[byte
         yield b"".join(chunk)
 
 
+def _packed_lists(intervals: Ipv4Intervals, start_head: bytes, end_head: bytes, end_flag: bytes,
+                  key_head: bytes) -> Iterator[bytearray]:
+    """`_element_lists` of packed IPv4 intervals, byte for byte, without a Python step per interval.
+
+    Every element but an open one (reaching 255.255.255.255, only ever the last) has
+    the same 40 bytes around its two keys, so a list is that pattern repeated and the
+    keys' bytes written into it by strided slice assignments, one per key byte.
+    """
+    words = intervals.words
+    count = len(intervals)
+    open_last = count > 0 and words[-1] == 0xFFFFFFFF
+    closed = count - open_last
+    pattern = start_head + bytes(4) + end_head + bytes(4) + end_flag
+    step, first_at, end_at = len(pattern), len(start_head), len(start_head) + 4 + len(end_head)
+    firsts = Ipv4Intervals(words[0:2 * closed:2]).big_endian()
+    ends = Ipv4Intervals(array("I", map(add, words[1:2 * closed:2], repeat(1)))).big_endian()
+    per_list = (MAX_ATTR_LENGTH - ATTR_HEADER.size) // step
+    chunk = bytearray()
+    for begin in range(0, closed, per_list):
+        if chunk:
+            yield chunk
+        number = min(per_list, closed - begin)
+        chunk = bytearray(pattern * number)
+        for byte in range(4):
+            chunk[first_at + byte::step] = firsts[4 * begin + byte:4 * (begin + number):4]
+            chunk[end_at + byte::step] = ends[4 * begin + byte:4 * (begin + number):4]
+    if open_last:
+        element = _open_element(key_head, words[-2].to_bytes(4, "big"))
+        if chunk and ATTR_HEADER.size + len(chunk) + len(element) > MAX_ATTR_LENGTH:
+            yield chunk
+            chunk = bytearray()
+        chunk += element
+    if chunk:
+        yield chunk
+
+
+def _open_element(key_head: bytes, first: bytes) -> bytes:
+    """An interval reaching the top of the address space: a start element flagged open, no end."""
+    return _attr(NFTA_LIST_ELEM | NLA_F_NESTED, key_head + first + _attr(NFTA_SET_ELEM_USERDATA, OPEN_USERDATA))
+
+
 def _attr_header(kind: int, length: int) -> bytes:
     return ATTR_HEADER.pack(length, kind)
 
@@ -226,7 +285,7 @@ def _attr(kind: int, payload: bytes) -> bytes:
     return ATTR_HEADER.pack(length, kind) + payload + bytes(-length % 4)
 
 
-def _list_message(table: str, set_name: str, elements: bytes) -> bytes:
+def _list_message(table: str, set_name: str, elements: bytes | bytearray) -> bytes:
     return (_attr(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0")
             + _attr(NFTA_SET_ELEM_LIST_SET, set_name.encode() + b"\0")
             + ATTR_HEADER.pack(ATTR_HEADER.size + len(elements), NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED)
@@ -242,10 +301,12 @@ def _commit(batch: Batch) -> None:
     """Send BATCH (one datagram) and wait for every acknowledgement."""
     with _socket() as sock:
         try:
-            sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, len(batch.data) + 65536)  # a batch must be one datagram
+            size = batch.size
+            sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, size + 65536)  # a batch must be one datagram
             sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 1 << 20)
             sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)  # errors without a copy of our 64 KiB message
-            sock.sendall(batch.data)
+            if sock.sendmsg(batch.parts) != size:  # one datagram, gathered from the parts by the kernel
+                raise KernelError("nf_tables: the element batch was not sent whole")
             failures = _acknowledgements(sock, batch.count)
         except OSError as exc:
             raise KernelError(f"nf_tables: sending set elements failed: {exc.strerror or exc}") from exc

@@ -25,13 +25,14 @@ from markroute.values import (
     PROTOCOL_NAMES,
     AddressList,
     Interval,
+    Ipv4Intervals,
     merge,
     parse_port,
 )
 
 
 def covers(a: tuple[Interval, ...], b: tuple[Interval, ...] | None) -> bool:
-    return b is not None and AddressList(v4=a).covers(AddressList(v4=b))
+    return b is not None and AddressList(v4=Ipv4Intervals.of(a)).covers(AddressList(v4=Ipv4Intervals.of(b)))
 
 
 def _key(key: str, field: str) -> MatchKey:

@@ -11,16 +11,13 @@ formats them, so 100,000 prefixes are not turned into text and back on every app
 
 from __future__ import annotations
 
-import array
 import base64
 import re
 import socket
-import sys
 from collections.abc import Callable, Iterator, Sequence
-from itertools import chain as chained
 from typing import Any, overload
 
-from markroute.values import Interval
+from markroute.values import Interval, Ipv4Intervals
 
 Expr = dict[str, Any]
 FAMILY = "inet"
@@ -221,14 +218,17 @@ class AddressElements(Sequence[Any]):
 
     As a sequence it is the list of nft JSON elements (`address_element`), formatted on
     first use; it compares equal to that list, so a recorded set still matches nft's
-    listing of it. `pack`/`unpack` give the compact form the state record keeps.
+    listing of it. `pack`/`unpack` give the compact form the state record keeps. IPv4
+    intervals stay packed (`Ipv4Intervals`) from the set file to the kernel and the record.
     """
 
     __slots__ = ("version", "intervals", "_listed", "_packed")
 
-    def __init__(self, version: int, intervals: tuple[Interval, ...]) -> None:
+    def __init__(self, version: int, intervals: Sequence[Interval]) -> None:
         self.version = version
-        self.intervals = intervals
+        self.intervals: Sequence[Interval] = intervals
+        if version == 4 and not isinstance(intervals, Ipv4Intervals):
+            self.intervals = Ipv4Intervals.of(intervals)
         self._listed: list[Any] | None = None
         self._packed: bytes | None = None
 
@@ -267,14 +267,10 @@ class AddressElements(Sequence[Any]):
     def pack(self) -> bytes:
         """The intervals as big-endian (first, last) pairs of fixed width: 8 bytes for IPv4, 32 for IPv6."""
         if self._packed is None:
-            numbers = chained.from_iterable(self.intervals)
-            if self.version == 4:  # 32-bit words ("I" is 4 bytes on Linux) in C: the common case, 100,000 of them
-                words = array.array("I", numbers)
-                if sys.byteorder == "little":
-                    words.byteswap()
-                self._packed = words.tobytes()
+            if isinstance(self.intervals, Ipv4Intervals):
+                self._packed = self.intervals.big_endian()
             else:
-                self._packed = b"".join(n.to_bytes(16, "big") for n in numbers)
+                self._packed = b"".join(n.to_bytes(16, "big") for interval in self.intervals for n in interval)
         return self._packed
 
     def packed_text(self) -> str:
@@ -282,16 +278,11 @@ class AddressElements(Sequence[Any]):
 
     @classmethod
     def unpack(cls, version: int, data: bytes) -> AddressElements:
-        width = 4 if version == 4 else 16
-        if len(data) % (2 * width):
-            raise ValueError(f"packed IPv{version} intervals must be a multiple of {2 * width} bytes")
         if version == 4:
-            words = array.array("I", data)
-            if sys.byteorder == "little":
-                words.byteswap()
-            numbers = words.tolist()
-        else:
-            numbers = [int.from_bytes(data[i:i + width], "big") for i in range(0, len(data), width)]
+            return cls(version, Ipv4Intervals.from_big_endian(data))
+        if len(data) % 32:
+            raise ValueError(f"packed IPv{version} intervals must be a multiple of 32 bytes")
+        numbers = [int.from_bytes(data[i:i + 16], "big") for i in range(0, len(data), 16)]
         return cls(version, tuple(zip(numbers[::2], numbers[1::2])))
 
     @classmethod
@@ -321,7 +312,10 @@ def plain(obj: Expr) -> Expr:
 
 
 def json_default(value: object) -> Any:
-    """`json.dumps(..., default=json_default)`: set elements are written as the nft JSON list."""
+    """`json.dumps(..., default=json_default)`: set elements are written as the nft JSON list,
+    packed intervals (a journaled set change) as [first, last] pairs, as tuples of them were."""
     if isinstance(value, AddressElements):
         return value.listed()
+    if isinstance(value, Ipv4Intervals):
+        return [list(interval) for interval in value]
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")

@@ -256,8 +256,13 @@ class Ruleset:
             key_type: Any = tuple(dtype) if isinstance(dtype, list) else dtype
             data_type = body.get("map")
             data_type = tuple(data_type) if isinstance(data_type, list) else data_type
-            keys, data = _keys_and_data(body.get("elem", []), key_type, data_type)
-            self.lookups[key] = (Lookup(keys), data, (key_type, data_type))
+            elements = body.get("elem", [])
+            if isinstance(elements, AddressElements):  # a compiled plan's set: intervals already, no text to parse
+                self.lookups[key] = (Lookup.of_intervals(elements.intervals), [None] * len(elements),
+                                    (key_type, data_type))
+            else:
+                keys, data = _keys_and_data(elements, key_type, data_type)
+                self.lookups[key] = (Lookup(keys), data, (key_type, data_type))
         return self.lookups[key]
 
     def run(self, base: Chain, p: Packet, record: list[dict[str, Any]] | None) -> Verdict:
@@ -1005,8 +1010,6 @@ def _ct_tuple(direction: str, field_name: str, text: str) -> Getter:
 
 def _keys_and_data(elements: Any, key_type: Any, data_type: Any) -> tuple[list[Any], list[Any]]:
     """A named set's or map's keys in comparable form, and each element's data (None in a set)."""
-    if isinstance(elements, AddressElements):  # a compiled plan's set: intervals already, no text to parse
-        return [first if first == last else Span(first, last) for first, last in elements.intervals], [None] * len(elements)
     keys: list[Any] = []
     data: list[Any] = []
     for element in elements:

@@ -9,9 +9,11 @@ intervals in them are rare and small, so they are scanned.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from typing import Any
 
 from markroute.sim.datatypes import Span
+from markroute.values import Interval, Ipv4Intervals
 
 
 class Lookup:
@@ -37,10 +39,25 @@ class Lookup:
             else:
                 self.exact.setdefault(key, index)
         spans.sort()
-        self.starts = [lo for lo, _, _ in spans]
-        self.ends = [hi for _, hi, _ in spans]
-        self.span_index = [index for _, _, index in spans]
+        self.starts: Sequence[int] = [lo for lo, _, _ in spans]
+        self.ends: Sequence[int] = [hi for _, hi, _ in spans]
+        self.span_index: Sequence[int] = [index for _, _, index in spans]
         self.overlapping = any(spans[i + 1][0] <= spans[i][1] for i in range(len(spans) - 1))
+
+    @classmethod
+    def of_intervals(cls, intervals: Sequence[Interval]) -> Lookup:
+        """The lookup of a compiled address set: sorted, disjoint intervals, element i the i-th.
+
+        Packed IPv4 intervals are bisected where they lie: a million-prefix set costs no
+        million `Span`s (~200 MB), and finds the same element `Lookup(keys)` would.
+        """
+        lookup = cls([])
+        if isinstance(intervals, Ipv4Intervals):
+            lookup.starts, lookup.ends = intervals.starts, intervals.ends
+        else:
+            lookup.starts, lookup.ends = [lo for lo, _ in intervals], [hi for _, hi in intervals]
+        lookup.span_index = range(len(intervals))
+        return lookup
 
     def find(self, value: Any) -> int:
         index = self.exact.get(value, -1)

@@ -564,11 +564,15 @@ class RuleBuilder:
 
     def mangle(self, body: dict[str, Any]) -> Op:
         key = body["key"]
+        kind, inner = next(iter(key.items()))
+        name = inner.get("key") if kind in ("meta", "ct") else None
+        if kind == "ct" and name == "label" and isinstance(body["value"], int):
+            # Labels record which rule decided (`plan.labels`); nothing routes or filters by them.
+            # Decided before the texts below are rendered: a plan sets two per policy rule.
+            return lambda p: None
         target = self.value(key)
         value = self.value(body["value"], target.dtype)
         get = value.get
-        kind, inner = next(iter(key.items()))
-        name = inner.get("key") if kind in ("meta", "ct") else None
         if kind == "meta" and name == "mark":
             def set_mark(p: Packet) -> Any:
                 v = get(p)
@@ -588,8 +592,7 @@ class RuleBuilder:
             return set_ct_mark
         if kind == "meta" and name in ("nftrace", "priority"):
             return lambda p: None
-        if kind == "ct" and name == "label":
-            # Labels record which rule decided (`plan.labels`); nothing routes or filters by them.
+        if kind == "ct" and name == "label":  # set by name, not by number
             return lambda p: None
         if kind == "payload" and inner.get("field") == "dscp" and inner.get("protocol") in ("ip", "ip6"):
             version = 4 if inner["protocol"] == "ip" else 6

@@ -113,7 +113,6 @@ def _search(plan: Plan) -> tuple[set[str], set[int]]:
     reached: set[str] = set()
     marks: set[int] = set()
     wanted_marks = {u.mark for u in plan.uplinks}
-    rng = random.Random(0)
     mark_of = {u.name: u.mark for u in plan.uplinks}
     targets = [None] + [f"policy {p}" for p in plan.policies] + [f"ingress {u.name}" for u in plan.uplinks]
     policies = set(plan.policies)
@@ -128,7 +127,7 @@ def _search(plan: Plan) -> tuple[set[str], set[int]]:
     for target in targets:
         if done(target):
             continue
-        for flow in itertools.islice(_witnesses(candidates, common, target, rng), BUDGET):
+        for flow in itertools.islice(_witnesses(candidates, common, target), BUDGET):
             rpdb.sending_from = (flow.version, flow.src) if flow.local else None
             for leaf in simulator.explore(flow, record=False, with_reply=False):
                 outcome = leaf.path.outcome
@@ -164,8 +163,7 @@ def _candidates(document: dict[str, Any]) -> Candidates:
     found = Candidates()
     objects = document["nftables"]
     sets = {(o["set"]["table"], o["set"]["name"]): o["set"].get("elem", []) for o in objects if "set" in o}
-    owner = {o["rule"]["chain"]: str(o["rule"]["comment"]) for o in objects
-             if "rule" in o and str(o["rule"].get("comment", "")).startswith("policy ")}
+    owner = _chain_owners(objects)
 
     def add(name: str | None, right: Any, label: str) -> None:
         if name is None:
@@ -181,7 +179,7 @@ def _candidates(document: dict[str, Any]) -> Candidates:
         body = obj.get("rule")
         if body is None:
             continue
-        label = str(body.get("comment", ""))
+        label = str(body.get("comment", "")) or _jump_owner(body, owner) or owner.get(body["chain"], "")
         for expr in body.get("expr", []):
             if "match" in expr:
                 add(_field(expr["match"]["left"]), expr["match"]["right"], label)
@@ -195,6 +193,30 @@ def _candidates(document: dict[str, Any]) -> Candidates:
                     for name, part in zip(names, parts):
                         add(name, part, element_label)
     return found
+
+
+def _chain_owners(objects: list[dict[str, Any]]) -> dict[str, str]:
+    """The policy comment of each chain whose commented rules are all one policy's.
+
+    Such a chain is that policy's own: `pol_N` behind a verdict map, or the `unless_N`
+    chain of a policy with `not:`, where the rule leading there (`ip daddr X jump
+    unless_N`) carries no comment, and the exceptions before the policy's rule neither.
+    """
+    comments: dict[str, set[str]] = {}
+    for obj in objects:
+        body = obj.get("rule")
+        if body is not None and str(body.get("comment", "")).startswith("policy "):
+            comments.setdefault(body["chain"], set()).add(str(body["comment"]))
+    return {chain: next(iter(found)) for chain, found in comments.items() if len(found) == 1}
+
+
+def _jump_owner(body: dict[str, Any], owner: dict[str, str]) -> str | None:
+    """The policy whose own chain an uncommented rule jumps or goes to, if any."""
+    for expr in body.get("expr", []):
+        for verdict in ("jump", "goto"):
+            if verdict in expr and expr[verdict]["target"] in owner:
+                return owner[expr[verdict]["target"]]
+    return None
 
 
 def _field(left: Any) -> str | None:
@@ -246,12 +268,23 @@ def _sampled(name: str, elements: list[Any] | AddressElements) -> Iterator[Any]:
             continue
 
 
-def _witnesses(candidates: Candidates, common: dict[str, _Ordered], label: str | None,
-               rng: random.Random) -> Iterator[Flow]:
-    """Witness flows: the rule's own constants (by its comment) first, then all of the ruleset's."""
-    own = candidates.own.get(label or "", {})
-    pool = {name: _sample(_OwnFirst(list(own.get(name, {})), values), rng) for name, values in common.items()}
-    yield from _corners(pool)
+def _witnesses(candidates: Candidates, common: dict[str, _Ordered], label: str | None) -> Iterator[Flow]:
+    """Witness flows: the rule's own constants (by its comment) first, then all of the ruleset's.
+
+    Most policies are reached by the first witness, built from their own first values;
+    the pools of sampled values are only drawn for those that are not, each from its own
+    random generator (seeded by the label), so one target's search does not depend on
+    how many others needed theirs.
+    """
+    own = {name: list(values) for name, values in candidates.own.get(label or "", {}).items()}
+    base = {name: own[name][0] if own.get(name) else values.values[0] for name, values in common.items()}
+    yield from _flows(base)
+    for name, values in own.items():  # the rule's own constants, one field at a time
+        for value in values[1:]:
+            yield from _flows(dict(base, **{name: value}))
+    rng = random.Random(label or "")
+    pool = {name: _sample(_OwnFirst(own.get(name, []), values), rng) for name, values in common.items()}
+    yield from _corners(base, pool)
     while True:
         yield from _flows({k: rng.choice(v) for k, v in pool.items()})
 
@@ -313,10 +346,8 @@ def _sample(values: Sequence[Any], rng: random.Random) -> list[Any]:
     return head + rng.sample(values[PER_FIELD // 2:], PER_FIELD - len(head))
 
 
-def _corners(pool: dict[str, list[Any]]) -> Iterator[Flow]:
-    """For each field in turn, each of its values, all other fields at their first value."""
-    base = {k: v[0] for k, v in pool.items()}
-    yield from _flows(base)
+def _corners(base: dict[str, Any], pool: dict[str, list[Any]]) -> Iterator[Flow]:
+    """For each field in turn, each of its values, all other fields at their first value (`base`)."""
     for name, values in pool.items():
         for value in values[1:]:
             yield from _flows(dict(base, **{name: value}))

@@ -92,6 +92,7 @@ class Compiler:
         self.base: dict[str, Expr] = {}
         self.negations = 0
         self.pinned = False  # whether `bound_sockets` wrote its rules
+        self.keys: dict[int, dict[int, PolicyKey] | None] = {}  # `policy_keys` by policy id: both directions ask
 
     # -- entry point ------------------------------------------------------------------
 
@@ -245,7 +246,12 @@ class Compiler:
         return [nj.counter(), *recorded, self.target(policy.via)]
 
     def policy_keys(self, policy: Policy) -> dict[int, PolicyKey] | None:
-        """The policy's map key per IP family, or None when it stays a rule of its own."""
+        """The policy's map key per IP family, or None when it stays a rule of its own; worked out once."""
+        if id(policy) not in self.keys:
+            self.keys[id(policy)] = self._policy_keys(policy)
+        return self.keys[id(policy)]
+
+    def _policy_keys(self, policy: Policy) -> dict[int, PolicyKey] | None:
         if self.merge_min is None:
             return None
         keys: dict[int, PolicyKey] = {}

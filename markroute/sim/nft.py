@@ -14,6 +14,7 @@ nothing until it could change the answer.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -32,6 +33,7 @@ from markroute.sim.datatypes import (
 from markroute.sim.inert import skippable
 from markroute.sim.packet import CT_INVALID, CT_UNTRACKED, Indeterminate, Packet
 from markroute.sim.rpdb import Query
+from markroute.sim.ruleindex import ChainIndex
 from markroute.sim.sets import Lookup
 from markroute.sim.system import System
 from markroute.sim.words import plain
@@ -144,6 +146,7 @@ class Chain:
     policy: str = "accept"
     devices: tuple[str, ...] = ()
     order: int = 0
+    index: ChainIndex | None = None  # which rules a destination can reach, for long chains (`sim.ruleindex`)
 
     @property
     def label(self) -> str:
@@ -208,6 +211,8 @@ class Ruleset:
             for rule in chain.rules:
                 if skippable(rule, self.chains):
                     rule.ops = (_skip,)
+            unmodelled = {r.position for r in chain.rules if any(op.__qualname__ == _UNKNOWN_OP for op in r.ops)}
+            chain.index = ChainIndex.build([r.body for r in chain.rules], unmodelled)
 
     def _xt_binding(self, chain: Chain, body: dict[str, Any]) -> XtRule | None:
         """For a rule of a chain iptables-nft wrote: the saved rule that shows its `xt` options and its text."""
@@ -265,11 +270,16 @@ class Ruleset:
         stack: list[tuple[Chain, int]] = []
         chain = base
         index = 0
+        reachable = _reachable(chain, p, record)
         while True:
             rules = chain.rules
+            if reachable is not None:  # on to the next rule that can act on this destination
+                slot = bisect.bisect_left(reachable, index)
+                index = reachable[slot] if slot < len(reachable) else len(rules)
             if index >= len(rules):
                 if stack:
                     chain, index = stack.pop()
+                    reachable = _reachable(chain, p, record)
                     continue
                 return ACCEPT if base.policy == "accept" else Verdict("drop", reason=f"policy drop of {base.label}")
             rule = rules[index]
@@ -309,6 +319,18 @@ class Ruleset:
                 chain, index = verdict.target, 0
             elif kind == "goto":
                 chain, index = verdict.target, 0
+            reachable = _reachable(chain, p, record)
+
+
+def _reachable(chain: Chain, p: Packet, record: list[dict[str, Any]] | None) -> list[int] | None:
+    """The positions of CHAIN's rules that can act on P, or None to walk them all.
+
+    A recorded walk (`trace`) always walks them all; so does a packet whose destination
+    is not known offline.
+    """
+    if chain.index is None or record is not None or p.dst is None:
+        return None
+    return chain.index.reachable(p.version, p.dst)
 
 
 def _rule_step(p: Packet, rule: Rule, verdict: Verdict | None, indeterminate: Indeterminate | None = None) -> dict[str, Any]:
@@ -372,6 +394,9 @@ def _unknown(what: str, why: str) -> Getter:
         raise Indeterminate(what, why)
 
     return get
+
+
+_UNKNOWN_OP = _unknown.__qualname__ + ".<locals>.get"  # a statement the builder could not model
 
 
 class RuleBuilder:

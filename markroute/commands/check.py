@@ -46,8 +46,8 @@ def simulated_warnings(model: Model) -> Iterator[Warning]:
     from markroute.config import dynamicsets
     from markroute.sim import reachability
 
-    found = reachability(compile_plan(model))
     explained = {where for where, _, _ in (*shadowed_policies(model), *shadowed_ingress(model))}
+    found = reachability(compile_plan(model), [p.name for p in model.policies if p.where in explained])
     by_name = {p.name: p for p in model.policies}
     unknowable = dynamicsets.dynamic_policies(model)
     explained |= {model.uplinks[u].where for name in unknowable for u in model.uplinks_of(by_name[name].via)}

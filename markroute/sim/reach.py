@@ -22,7 +22,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
 
@@ -89,7 +89,7 @@ class Reach:
     unused_uplinks: list[str]
 
 
-def reachability(plan: Plan) -> Reach:
+def reachability(plan: Plan, hidden: Collection[str] = ()) -> Reach:
     """The policies no witness packet reaches (in config order) and the uplinks no
     witness's new connection is marked for, from one search.
 
@@ -97,15 +97,19 @@ def reachability(plan: Plan) -> Reach:
     policy, a balance group, or its own ingress rule (replies to connections it brought
     in). A failover member behind an active one is listed as unused, as it is until a
     failover; the caller, which knows the groups, may say so.
+
+    HIDDEN names policies the caller has already proved unreachable (an earlier policy
+    or ingress rule matches all their traffic): they are listed without a search, which
+    would spend the whole witness budget on each of them.
     """
-    reached, marks = _search(plan)
+    reached, marks = _search(plan, frozenset(hidden))
     return Reach(
         unreachable_policies=[name for name in dict.fromkeys(plan.policies) if name not in reached],
         unused_uplinks=[u.name for u in plan.uplinks if u.mark not in marks],
     )
 
 
-def _search(plan: Plan) -> tuple[set[str], set[int]]:
+def _search(plan: Plan, hidden: frozenset[str]) -> tuple[set[str], set[int]]:
     """Run witnesses until every policy and uplink mark is seen, or the budgets are spent."""
     rpdb, system = _system(plan)
     simulator = Simulator(Ruleset(plan.nft_document(), system), system)
@@ -114,8 +118,9 @@ def _search(plan: Plan) -> tuple[set[str], set[int]]:
     marks: set[int] = set()
     wanted_marks = {u.mark for u in plan.uplinks}
     mark_of = {u.name: u.mark for u in plan.uplinks}
-    targets = [None] + [f"policy {p}" for p in plan.policies] + [f"ingress {u.name}" for u in plan.uplinks]
-    policies = set(plan.policies)
+    targets = [None] + [f"policy {p}" for p in plan.policies if p not in hidden] + \
+        [f"ingress {u.name}" for u in plan.uplinks]
+    policies = set(plan.policies) - hidden
     common = {name: _Ordered(values) for name, values in candidates.common.items()}
 
     def done(target: str | None) -> bool:

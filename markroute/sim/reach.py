@@ -118,8 +118,10 @@ def _search(plan: Plan, hidden: frozenset[str]) -> tuple[set[str], set[int]]:
     marks: set[int] = set()
     wanted_marks = {u.mark for u in plan.uplinks}
     mark_of = {u.name: u.mark for u in plan.uplinks}
-    targets = [None] + [f"policy {p}" for p in plan.policies if p not in hidden] + \
-        [f"ingress {u.name}" for u in plan.uplinks]
+    # The general witnesses (target None) come last: each generator draws from its own
+    # seed, so the order changes nothing found, and by then they are rarely needed.
+    targets = [f"policy {p}" for p in plan.policies if p not in hidden] + \
+        [f"ingress {u.name}" for u in plan.uplinks] + [None]
     policies = set(plan.policies) - hidden
     common = {name: _Ordered(values) for name, values in candidates.common.items()}
 

@@ -1,9 +1,10 @@
-"""Skipping rules by destination (`sim.ruleindex`) changes no walk's outcome (issue 15).
+"""Skipping rules by their guard (`sim.ruleindex`) changes no walk's outcome (issue 15).
 
 The simulator walks long policy chains through `ChainIndex`, which leaves out the rules
-whose destination guard a packet is outside of. Random configs of many policies (nested
-and repeated destinations, ports, `not:`, protocols, sources, interfaces, DSCP, `local`,
-IPv6) are compiled; the same witness flows `check` would build are walked with the
+whose guard (destination, source, destination port or input interface) a packet is
+outside of. Random configs of many policies (nested and repeated destinations, ports,
+`not:`, protocols, sources, interfaces and wildcards, DSCP, `local`, IPv6, policies with
+no destination) are compiled; the same witness flows `check` would build are walked with the
 indexes and with every index removed, and every outcome must be the same.
 """
 
@@ -28,6 +29,8 @@ groups:
 policies:
 """
 DESTINATIONS = ("10.{n}.0.0/16", "10.{n}.{m}.0/24", "10.{n}.{m}.7", "10.{n}.0.0-10.{n}.3.255", "2001:db8:{n}::/48")
+ALONE = ("from: 172.16.{m}.{o}/28", "dport: {p}", "iif: lan{m}", "iif: \"wan*\"", "proto: tcp, dport: {p}",
+         "from: \"2001:db8:f{m}::/64\"", "sport: {p}", "dscp: {d}", "not: {{from: 172.16.{m}.0/24}}")
 EXTRAS = ("", ", dport: {p}", ", proto: tcp", ", proto: udp, dport: [{p}, 53]", ", not: {{dport: {p}}}",
           ", from: 172.16.{m}.0/24", ", iif: lan{m}", ", dscp: {d}", ", local: true", ", sport: {p}-{q}")
 
@@ -36,12 +39,17 @@ def random_config(rng: random.Random) -> str:
     lines = []
     for index in range(rng.randint(40, 90)):
         fields = {"n": rng.randrange(6), "m": rng.randrange(4), "p": rng.choice((22, 80, 443, 8080)),
-                  "q": 9000, "d": rng.choice((10, 46))}
+                  "q": 9000, "d": rng.choice((10, 46)), "o": rng.randrange(16) * 16}
+        via = rng.choice(("a", "b", "both"))
+        if rng.random() < 0.4:  # no destination: guarded by source, port or interface, or not at all
+            match = rng.choice(ALONE).format(**fields)
+            via = "b" if "2001" in match else via
+            lines.append(f"  - {{name: p{index}, {match}, via: {via}}}\n")
+            continue
         to = rng.choice(DESTINATIONS).format(**fields)
         extra = rng.choice(EXTRAS).format(**fields)
         if ":" in to and "172.16" in extra:
             extra = ""
-        via = rng.choice(("a", "b", "both"))
         if ":" in to:
             via = "b"
         lines.append(f"  - {{name: p{index}, to: \"{to}\"{extra}, via: {via}}}\n")

@@ -33,7 +33,7 @@ from markroute.sim.datatypes import (
 from markroute.sim.inert import skippable
 from markroute.sim.packet import CT_INVALID, CT_UNTRACKED, Indeterminate, Packet
 from markroute.sim.rpdb import Query
-from markroute.sim.ruleindex import ChainIndex
+from markroute.sim.ruleindex import ABSENT, ChainIndex
 from markroute.sim.sets import Lookup
 from markroute.sim.system import System
 from markroute.sim.words import plain
@@ -146,7 +146,7 @@ class Chain:
     policy: str = "accept"
     devices: tuple[str, ...] = ()
     order: int = 0
-    index: ChainIndex | None = None  # which rules a destination can reach, for long chains (`sim.ruleindex`)
+    index: ChainIndex | None = None  # which rules a packet can reach, for long chains (`sim.ruleindex`)
 
     @property
     def label(self) -> str:
@@ -273,7 +273,7 @@ class Ruleset:
         reachable = _reachable(chain, p, record)
         while True:
             rules = chain.rules
-            if reachable is not None:  # on to the next rule that can act on this destination
+            if reachable is not None:  # on to the next rule that can act on this packet
                 slot = bisect.bisect_left(reachable, index)
                 index = reachable[slot] if slot < len(reachable) else len(rules)
             if index >= len(rules):
@@ -323,14 +323,26 @@ class Ruleset:
 
 
 def _reachable(chain: Chain, p: Packet, record: list[dict[str, Any]] | None) -> list[int] | None:
-    """The positions of CHAIN's rules that can act on P, or None to walk them all.
-
-    A recorded walk (`trace`) always walks them all; so does a packet whose destination
-    is not known offline.
-    """
-    if chain.index is None or record is not None or p.dst is None:
+    """The positions of CHAIN's rules that can act on P, or None to walk them all (a recorded walk: `trace`)."""
+    if chain.index is None or record is not None:
         return None
-    return chain.index.reachable(p.version, p.dst)
+    return chain.index.reachable(_guarded_values(p))
+
+
+def _guarded_values(p: Packet) -> dict[str, Any]:
+    """P's values of the fields `ChainIndex` guards on, as the expressions here read them.
+
+    ABSENT where P has no such field (an IPv4 address of an IPv6 packet); None where the
+    value is not known (an address NAT gave it offline, ports of a protocol `th` cannot
+    read), so no rule guarded on it is skipped.
+    """
+    values: dict[str, Any] = {}
+    for version in (4, 6):
+        values[f"daddr{version}"] = p.dst if p.version == version else ABSENT
+        values[f"saddr{version}"] = p.src if p.version == version else ABSENT
+    values["dport"] = p.dport if p.proto in TRANSPORT_PORTS else None
+    values["iifname"] = p.in_dev or ""
+    return values
 
 
 def _rule_step(p: Packet, rule: Rule, verdict: Verdict | None, indeterminate: Indeterminate | None = None) -> dict[str, Any]:

@@ -10,6 +10,7 @@ indexes and with every index removed, and every outcome must be the same.
 
 from __future__ import annotations
 
+import ipaddress
 import random
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from test_compile import plan_of
 
 from markroute.sim import reach
 from markroute.sim.nft import Ruleset
+from markroute.sim.ruleindex import ChainIndex
 from markroute.sim.trace import Simulator
 
 UPLINKS = """
@@ -76,3 +78,24 @@ def test_walks_with_the_index_end_as_walks_of_every_rule(tmp_path: Path) -> None
                 plain = [leaf.path.outcome.key() for leaf in Simulator(slow, system).explore(flow, record=False)]
                 assert ours == plain, (round_, flow)
     assert indexed >= 6  # the policy chains were indexed, so the index was what answered
+
+
+def daddr_rule(third: int, before: list[dict] | None = None) -> dict:
+    """`[BEFORE] ip daddr 10.0.THIRD.0/24 accept` as nft JSON."""
+    match = {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
+                       "right": {"prefix": {"addr": f"10.0.{third}.0", "len": 24}}}}
+    return {"expr": [*(before or []), match, {"accept": None}]}
+
+
+def test_rules_the_simulator_cannot_model_or_that_test_other_fields_first_are_never_skipped() -> None:
+    cgroup = {"match": {"op": "==", "left": {"meta": {"key": "cgroup"}}, "right": 5}}
+    bodies = [daddr_rule(i) for i in range(40)]
+    bodies[7] = daddr_rule(7, [cgroup])  # an unmodelled key before the guard: it may be indeterminate
+    index = ChainIndex.build(bodies, unmodelled={12})
+    assert index is not None
+    outside = {"daddr4": int(ipaddress.ip_address("192.0.2.1")), "iifname": ""}
+    assert index.reachable(outside) == [7, 12]
+    assert index.reachable({**outside, "daddr4": int(ipaddress.ip_address("10.0.3.9"))}) == [3, 7, 12]
+    assert index.reachable({**outside, "daddr4": None}) == list(range(40))  # not known: nothing skipped
+    moved = [*bodies, {"expr": [{"dnat": {"addr": "10.9.9.9"}}]}]
+    assert ChainIndex.build(moved, unmodelled=set()) is None  # the destination may change mid-chain

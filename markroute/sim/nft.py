@@ -211,7 +211,8 @@ class Ruleset:
             for rule in chain.rules:
                 if skippable(rule, self.chains):
                     rule.ops = (_skip,)
-            unmodelled = {r.position for r in chain.rules if any(op.__qualname__ == _UNKNOWN_OP for op in r.ops)}
+            unmodelled = {r.position for r in chain.rules
+                          if any(getattr(op, "__qualname__", "") == _UNKNOWN_OP for op in r.ops)}
             chain.index = ChainIndex.build([r.body for r in chain.rules], unmodelled)
 
     def _xt_binding(self, chain: Chain, body: dict[str, Any]) -> XtRule | None:

@@ -9,12 +9,18 @@ destination with a port, hidden when that policy matched its destination alone, 
 shadowed-policy check has something to find.
 
 Without --mixed every policy is `to:` alone, the issue's config.
-Run: python3 benchmarks/bench_policies.py [--mixed] [--write] [--runs N] [--counts 1000,10000]
+With --apply (root) the config is also applied in a lab namespace with the two uplinks'
+interfaces, onto a router without markroute each time: the CLI `apply` (wall and CPU
+time, the post-apply checks included) and, in-process, its stages (load, compile, the
+kernel apply and the nf_tables transactions in it), as benchmarks/bench_apply.py does.
+"Time" is wall time unless a row says CPU; the load averages before and after are noted.
+Run: python3 benchmarks/bench_policies.py [--mixed] [--apply] [--write] [--runs N] [--counts 1000,10000]
      python3 benchmarks/bench_policies.py --config N [--mixed] > FILE   (just write the config, for profiling)
 """
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import os
 import statistics
@@ -78,11 +84,17 @@ def policies_config(count: int, mixed: bool) -> str:
 
 
 def timed(func: Callable[[], object], runs: int) -> list[float]:
+    """Wall times of FUNC, with the cyclic garbage collector paused as `check` and `plan` run."""
     samples = []
     for _ in range(runs):
+        gc.collect()
+        gc.disable()
         start = time.perf_counter()
-        func()
-        samples.append(time.perf_counter() - start)
+        try:
+            func()
+        finally:
+            samples.append(time.perf_counter() - start)
+            gc.enable()
     return samples
 
 
@@ -96,29 +108,63 @@ def cli(args: list[str]) -> Callable[[], object]:
 def stages(config: Path, runs: int) -> list[tuple[str, list[float]]]:
     """In-process stages: YAML, the whole load (with warnings), the shadowed-policy check, compile, search."""
     from ruamel.yaml import YAML
-    from ruamel.yaml.main import CParser
 
+    from markroute.commands.check import simulated_warnings
     from markroute.compile import compile_plan
     from markroute.config import load_model
     from markroute.config.source import load
-    from markroute.sim import reachability
 
     model, _ = load_model(str(config))
     assert model is not None
     text = config.read_text()
     rows = [
         ("YAML to nodes (config/source.py)", timed(lambda: load(str(config)), runs)),
-        ("of which ruamel's pure-Python compose", timed(lambda: YAML(typ="safe", pure=True).compose(text), runs)),
+        ("of which ruamel's C compose (ruamel.yaml.clib)", timed(lambda: YAML(typ="safe", pure=False).compose(text),
+                                                                 runs)),
+        ("ruamel's pure-Python compose instead (before issue 15)",
+         timed(lambda: YAML(typ="safe", pure=True).compose(text), runs)),
     ]
-    if CParser is not None:  # ruamel.yaml.clib installed: what its C parser would take for the same compose
-        rows.append(("ruamel's C compose instead (ruamel.yaml.clib, not a dependency)",
-                     timed(lambda: YAML(typ="safe", pure=False).compose(text), runs)))
     return rows + [
         ("load + validate, warnings included", timed(lambda: load_model(str(config)), runs)),
         ("of which shadowed-policy check (uncached)", timed(lambda: shadowed_uncached(model), runs)),
         ("compile to Plan (apply compiles the same)", timed(lambda: compile_plan(model), runs)),
-        ("reachability search of check (sim/reach.py)", timed(lambda: reachability(compile_plan(model)), runs)),
+        ("compile + reachability search of check (sim/reach.py, as commands/check.py asks it)",
+         timed(lambda: list(simulated_warnings(model)), runs)),
     ]
+
+
+def apply_rows(configs: dict[int, Path], runs: int) -> dict[str, dict[int, list[float]]]:
+    """`apply` of each config in a lab namespace: the CLI, then its stages in-process (module docstring)."""
+    from bench_apply import child, transaction_seconds
+
+    from markroute.kernel.down import down
+    from markroute.kernel.netns import inside
+    from markroute.lab import Lab
+
+    table: dict[str, dict[int, list[float]]] = {}
+    with Lab() as lab:
+        ns, peer = lab.add_ns("apply"), lab.add_ns("peer")
+        for k in (0, 1):
+            lab.veth(ns, f"wan{k}", peer, f"up{k}")
+            lab.addr(ns, f"wan{k}", f"10.0.{k}.2/24")
+        for count, config in configs.items():
+            for _ in range(runs):
+                with inside(ns):
+                    down(ns)
+                wall, cpu, _, _ = child([sys.executable, "-m", "markroute", "apply", "-c", str(config), "--netns", ns])
+                table.setdefault("CLI `markroute apply` (onto a router without markroute)", {}).setdefault(
+                    count, []).append(wall)
+                table.setdefault("of which CPU time", {}).setdefault(count, []).append(cpu)
+                with inside(ns):
+                    down(ns)
+                stages: dict[str, list[float]] = {}
+                transaction_seconds(ns, config, stages)
+                for name, samples in stages.items():
+                    label = f"apply in-process: {name}" if not name.startswith("of which") else name
+                    table.setdefault(label, {}).setdefault(count, []).extend(samples)
+        with inside(ns):
+            down(ns)
+    return table
 
 
 def shadowed_uncached(model: object) -> None:
@@ -142,15 +188,20 @@ def main() -> None:
         else [1000, 10000]
     compile_bytecode()
     table: dict[str, dict[int, list[float]]] = {}
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
+        configs: dict[int, Path] = {}
         for count in counts:
-            config = Path(tmp) / f"policies-{count}.yaml"
+            config = configs[count] = Path(tmp) / f"policies-{count}.yaml"
             config.write_text(policies_config(count, MIXED))
             rows = [("CLI `markroute check`", timed(cli(["check", "-c", str(config)]), runs)),
                     ("CLI `markroute plan`", timed(cli(["plan", "-c", str(config)]), runs)),
                     *stages(config, runs)]
             for label, samples in rows:
                 table.setdefault(label, {})[count] = samples
+        if "--apply" in sys.argv:
+            table.update(apply_rows(configs, runs))
+    load_after = os.getloadavg()
     head = "| stage | " + " | ".join(f"{c:,} policies" for c in counts)
     if len(counts) > 1:
         head += f" | {counts[-1] // counts[0]}x the policies costs"
@@ -165,7 +216,9 @@ def main() -> None:
              "every 50th policy shadowed by an earlier one" if MIXED else "nothing else (one verdict map)")
     body = (f"Config: `benchmarks/bench_policies.py --config N{' --mixed' if MIXED else ''}`: 2 uplinks, a balance "
             f"group, N policies, each with its own `to:` (every other /24 from 11.0.0.0), {shape}. "
-            f"{runs} runs each; median (min-max).\n\n" + "\n".join(lines) + "\n")
+            f"{runs} runs each; median (min-max). Load average (1, 5, 15 min) before: "
+            f"{', '.join(f'{x:.1f}' for x in load_before)}; after: {', '.join(f'{x:.1f}' for x in load_after)}.\n\n"
+            + "\n".join(lines) + "\n")
     publish(f"Plan and check with many policies{', mixed shapes' if MIXED else ''}", body)
 
 

@@ -81,3 +81,16 @@ policies:
   - {name: late-mine, local: true, to: 203.0.113.0/24, via: a}
 """)
     assert reachability(plan).unreachable_policies == ["mine-web", "late-mine"]
+
+
+def test_policies_with_a_port_exception_among_many_are_reachable(tmp_path: Path) -> None:
+    """Issue 15: `to: X, not: {dport: ...}` jumps to its own chain from an uncommented rule; its
+    destination was not among the policy's own witness values, and with 1,000 other
+    destinations the sampled ones missed it: a false "can never match"."""
+    many = "".join(f"  - {{name: p{i}, to: 11.{i // 128}.{i % 128 * 2}.0/24, via: a}}\n" for i in range(1000))
+    plan = plan_of(tmp_path, UPLINKS + "policies:\n" + many + """
+  - {name: not-https, to: 12.0.2.0/24, not: {dport: 443}, via: b}
+  - {name: not-web, to: 12.0.4.0/24, proto: tcp, not: {dport: [80, 443]}, via: a}
+  - {name: hidden, to: 12.0.4.0/25, proto: tcp, dport: 8080, via: b}
+""")
+    assert reachability(plan).unreachable_policies == ["hidden"]

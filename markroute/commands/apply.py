@@ -9,6 +9,7 @@ from markroute.commands.cliutil import (
     exit_codes,
     load_model_or_exit,
     netns_option,
+    without_cycle_collector,
 )
 from markroute.plan import Plan
 
@@ -19,6 +20,7 @@ from markroute.plan import Plan
 @click.option("--force", is_flag=True,
               help="Take over others' routes and ip rules where markroute's go (they are deleted) and a table "
                    "inet markroute markroute has no record of (it is replaced).")
+@without_cycle_collector
 def command(config: str | None, netns: str | None, force: bool) -> None:
     """Install the config: nftables table, ip rules, routes and sysctls.
 

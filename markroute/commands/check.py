@@ -22,6 +22,7 @@ from markroute.commands.cliutil import (
     netns_option,
     print_diagnostics,
     print_json,
+    without_cycle_collector,
 )
 from markroute.config.warnings import Warning, shadowed_ingress, shadowed_policies
 from markroute.diagnostics import Diagnostic
@@ -45,8 +46,8 @@ def simulated_warnings(model: Model) -> Iterator[Warning]:
     from markroute.config import dynamicsets
     from markroute.sim import reachability
 
-    found = reachability(compile_plan(model))
     explained = {where for where, _, _ in (*shadowed_policies(model), *shadowed_ingress(model))}
+    found = reachability(compile_plan(model), [p.name for p in model.policies if p.where in explained])
     by_name = {p.name: p for p in model.policies}
     unknowable = dynamicsets.dynamic_policies(model)
     explained |= {model.uplinks[u].where for name in unknowable for u in model.uplinks_of(by_name[name].via)}
@@ -86,6 +87,7 @@ def live_warnings(model: Model, path: str, netns: str | None) -> list[Diagnostic
 @click.option("--live", is_flag=True, help="Also simulate the config's traffic through this system's other rules.")
 @netns_option
 @json_option
+@without_cycle_collector
 def command(config: str | None, live: bool, netns: str | None, as_json: bool) -> None:
     """Validate the config; exit 0 when it is valid, 1 with one line per problem.
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import gc
 import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
 import click
 
@@ -77,3 +79,25 @@ def exit_codes() -> Iterator[None]:
         fail(str(exc), EXIT_ENVIRONMENT)
     except KernelError as exc:
         fail(str(exc), EXIT_FAILED)
+
+
+def without_cycle_collector(func: F) -> F:
+    """Run a command with Python's cyclic garbage collector paused (issue 15).
+
+    `check`, `plan` and `apply` of a big config build hundreds of thousands of objects
+    that live until the command ends and make next to no reference cycles; every full
+    pass of the collector walks all of them again: about 40% of `check`'s CPU and 20% of
+    `apply`'s at 10,000 policies (peak memory of a 100,000-prefix apply unchanged).
+    Reference counting still frees whatever is dropped; the collector runs again after.
+    """
+    @functools.wraps(func)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            if enabled:
+                gc.enable()
+
+    return cast(F, run)

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import click
 
-from markroute.commands.cliutil import config_option, load_model_or_exit, print_json
+from markroute.commands.cliutil import (
+    config_option,
+    load_model_or_exit,
+    print_json,
+    without_cycle_collector,
+)
 
 
 @click.command("plan")
 @config_option
 @click.option("--format", "fmt", type=click.Choice(["text", "nft", "json"]), default="text", show_default=True)
+@without_cycle_collector
 def command(config: str | None, fmt: str) -> None:
     """Compile the config and print the nftables table, ip rules, routes and sysctls."""
     from markroute.compile import compile_plan

@@ -92,6 +92,8 @@ class Compiler:
         self.base: dict[str, Expr] = {}
         self.negations = 0
         self.pinned = False  # whether `bound_sockets` wrote its rules
+        self.keys: dict[int, dict[int, PolicyKey] | None] = {}  # `policy_keys` by policy id: both directions ask
+        self.applicable_to: dict[bool, list[Policy]] = {}  # `applicable` by direction: asked twice per direction
 
     # -- entry point ------------------------------------------------------------------
 
@@ -194,8 +196,10 @@ class Compiler:
                   versions=match.versions & uplink.versions)
 
     def applicable(self, local: bool) -> list[Policy]:
-        """The policies that can see forwarded (local=False) or router-originated traffic."""
-        return [p for p in self.model.policies if match_keys.applies(p.match, local)]
+        """The policies that can see forwarded (local=False) or router-originated traffic; worked out once each."""
+        if local not in self.applicable_to:
+            self.applicable_to[local] = [p for p in self.model.policies if match_keys.applies(p.match, local)]
+        return self.applicable_to[local]
 
     def policy_rules(self, chain: str, local: bool) -> None:
         """The policies of one direction, in order: first match wins; long same-shape runs share a map."""
@@ -245,7 +249,12 @@ class Compiler:
         return [nj.counter(), *recorded, self.target(policy.via)]
 
     def policy_keys(self, policy: Policy) -> dict[int, PolicyKey] | None:
-        """The policy's map key per IP family, or None when it stays a rule of its own."""
+        """The policy's map key per IP family, or None when it stays a rule of its own; worked out once."""
+        if id(policy) not in self.keys:
+            self.keys[id(policy)] = self._policy_keys(policy)
+        return self.keys[id(policy)]
+
+    def _policy_keys(self, policy: Policy) -> dict[int, PolicyKey] | None:
         if self.merge_min is None:
             return None
         keys: dict[int, PolicyKey] = {}

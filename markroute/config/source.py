@@ -3,7 +3,9 @@
 Validation needs positions for every value (a bad address is reported where it is
 written), so the document is only composed by ruamel (which marks every node with its
 position, and is about twice as fast as building its round-trip objects) and turned into
-a small tree of `Node`s here.
+a small tree of `Node`s here. ruamel's C parser (ruamel.yaml.clib) composes valid
+documents; anything it refuses is read again by the pure parser, whose wording the
+error messages below are written for.
 
 Nothing a user can put in the file escapes as an exception: unreadable files, text that
 is not UTF-8 and YAML syntax errors become one `SourceError` with the position and a
@@ -94,7 +96,9 @@ def parse(text: str, path: str) -> Node:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. a reused anchor: legal YAML, not worth a warning dump
-            document = yaml.compose(text)
+            composed, document = _compose_in_c(text)
+            if not composed:
+                document = yaml.compose(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -114,6 +118,45 @@ def parse(text: str, path: str) -> Node:
     if document is None:
         return Node("map", Where(path, 1, 1))
     return _Builder(path, yaml.constructor).build(document)
+
+
+# What the two parsers read differently, so the pure parser reads it: a directive (the C
+# parser does not hand `%YAML 1.1` on to the resolver), a tab (the pure parser refuses
+# some that libyaml takes, e.g. inside a plain key) and an anchor or alias whose name
+# has a character libyaml's names cannot hold (`&key:` is an anchor named "key:" in YAML 1.2).
+_PURE_ONLY = re.compile(r"^%|\t|[&*][A-Za-z0-9_-]*[^A-Za-z0-9_\s,\[\]{}-]", re.MULTILINE)
+
+
+def _compose_in_c(text: str) -> tuple[bool, Any]:
+    """(True, the document) as ruamel's C parser (libyaml) composes it, or (False, None)
+    when the pure parser must read the text instead.
+
+    The C parser composes a 10,000-policy config several times faster, into the same
+    nodes with the same positions. It is not used where it could differ from the pure
+    parser: on any error (the pure parser words it, as the messages above expect), for
+    text `_PURE_ONLY` finds, and for collections nested deeper than `_Builder.MAX_DEPTH` (libyaml's
+    composer recurses in C: a deep enough document would crash the interpreter, not
+    raise). The depth is counted on the parse events first, which are not recursive.
+    """
+    from ruamel.yaml import YAML
+    from ruamel.yaml.events import CollectionEndEvent, CollectionStartEvent
+    from ruamel.yaml.main import CParser
+
+    if CParser is None or _PURE_ONLY.search(text):
+        return False, None
+    yaml = YAML(typ="safe", pure=False)
+    depth = 0
+    try:
+        for event in yaml.parse(text):
+            if isinstance(event, CollectionStartEvent):
+                depth += 1
+                if depth > _Builder.MAX_DEPTH:
+                    return False, None
+            elif isinstance(event, CollectionEndEvent):
+                depth -= 1
+        return True, yaml.compose(text)
+    except Exception:  # whatever it is, the pure parser reads the text again and words it
+        return False, None
 
 
 _YAML_PROBLEMS: tuple[tuple[str, str, str | None], ...] = (

@@ -14,6 +14,7 @@ nothing until it could change the answer.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -32,6 +33,7 @@ from markroute.sim.datatypes import (
 from markroute.sim.inert import skippable
 from markroute.sim.packet import CT_INVALID, CT_UNTRACKED, Indeterminate, Packet
 from markroute.sim.rpdb import Query
+from markroute.sim.ruleindex import ABSENT, ChainIndex
 from markroute.sim.sets import Lookup
 from markroute.sim.system import System
 from markroute.sim.words import plain
@@ -144,6 +146,7 @@ class Chain:
     policy: str = "accept"
     devices: tuple[str, ...] = ()
     order: int = 0
+    index: ChainIndex | None = None  # which rules a packet can reach, for long chains (`sim.ruleindex`)
 
     @property
     def label(self) -> str:
@@ -208,6 +211,9 @@ class Ruleset:
             for rule in chain.rules:
                 if skippable(rule, self.chains):
                     rule.ops = (_skip,)
+            unmodelled = {r.position for r in chain.rules
+                          if any(getattr(op, "__qualname__", "") == _UNKNOWN_OP for op in r.ops)}
+            chain.index = ChainIndex.build([r.body for r in chain.rules], unmodelled)
 
     def _xt_binding(self, chain: Chain, body: dict[str, Any]) -> XtRule | None:
         """For a rule of a chain iptables-nft wrote: the saved rule that shows its `xt` options and its text."""
@@ -270,11 +276,16 @@ class Ruleset:
         stack: list[tuple[Chain, int]] = []
         chain = base
         index = 0
+        reachable = _reachable(chain, p, record)
         while True:
             rules = chain.rules
+            if reachable is not None:  # on to the next rule that can act on this packet
+                slot = bisect.bisect_left(reachable, index)
+                index = reachable[slot] if slot < len(reachable) else len(rules)
             if index >= len(rules):
                 if stack:
                     chain, index = stack.pop()
+                    reachable = _reachable(chain, p, record)
                     continue
                 return ACCEPT if base.policy == "accept" else Verdict("drop", reason=f"policy drop of {base.label}")
             rule = rules[index]
@@ -314,6 +325,30 @@ class Ruleset:
                 chain, index = verdict.target, 0
             elif kind == "goto":
                 chain, index = verdict.target, 0
+            reachable = _reachable(chain, p, record)
+
+
+def _reachable(chain: Chain, p: Packet, record: list[dict[str, Any]] | None) -> list[int] | None:
+    """The positions of CHAIN's rules that can act on P, or None to walk them all (a recorded walk: `trace`)."""
+    if chain.index is None or record is not None:
+        return None
+    return chain.index.reachable(_guarded_values(p))
+
+
+def _guarded_values(p: Packet) -> dict[str, Any]:
+    """P's values of the fields `ChainIndex` guards on, as the expressions here read them.
+
+    ABSENT where P has no such field (an IPv4 address of an IPv6 packet); None where the
+    value is not known (an address NAT gave it offline, ports of a protocol `th` cannot
+    read), so no rule guarded on it is skipped.
+    """
+    values: dict[str, Any] = {}
+    for version in (4, 6):
+        values[f"daddr{version}"] = p.dst if p.version == version else ABSENT
+        values[f"saddr{version}"] = p.src if p.version == version else ABSENT
+    values["dport"] = p.dport if p.proto in TRANSPORT_PORTS else None
+    values["iifname"] = p.in_dev or ""
+    return values
 
 
 def _rule_step(p: Packet, rule: Rule, verdict: Verdict | None, indeterminate: Indeterminate | None = None) -> dict[str, Any]:
@@ -377,6 +412,9 @@ def _unknown(what: str, why: str) -> Getter:
         raise Indeterminate(what, why)
 
     return get
+
+
+_UNKNOWN_OP = _unknown.__qualname__ + ".<locals>.get"  # a statement the builder could not model
 
 
 class RuleBuilder:
@@ -569,11 +607,15 @@ class RuleBuilder:
 
     def mangle(self, body: dict[str, Any]) -> Op:
         key = body["key"]
+        kind, inner = next(iter(key.items()))
+        name = inner.get("key") if kind in ("meta", "ct") else None
+        if kind == "ct" and name == "label" and isinstance(body["value"], int):
+            # Labels record which rule decided (`plan.labels`); nothing routes or filters by them.
+            # Decided before the texts below are rendered: a plan sets two per policy rule.
+            return lambda p: None
         target = self.value(key)
         value = self.value(body["value"], target.dtype)
         get = value.get
-        kind, inner = next(iter(key.items()))
-        name = inner.get("key") if kind in ("meta", "ct") else None
         if kind == "meta" and name == "mark":
             def set_mark(p: Packet) -> Any:
                 v = get(p)
@@ -593,8 +635,7 @@ class RuleBuilder:
             return set_ct_mark
         if kind == "meta" and name in ("nftrace", "priority"):
             return lambda p: None
-        if kind == "ct" and name == "label":
-            # Labels record which rule decided (`plan.labels`); nothing routes or filters by them.
+        if kind == "ct" and name == "label":  # set by name, not by number
             return lambda p: None
         if kind == "payload" and inner.get("field") == "dscp" and inner.get("protocol") in ("ip", "ip6"):
             version = 4 if inner["protocol"] == "ip" else 6

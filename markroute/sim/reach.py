@@ -23,7 +23,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
 
@@ -91,7 +91,7 @@ class Reach:
     unused_uplinks: list[str]
 
 
-def reachability(plan: Plan) -> Reach:
+def reachability(plan: Plan, hidden: Collection[str] = ()) -> Reach:
     """The policies no witness packet reaches (in config order) and the uplinks no
     witness's new connection is marked for, from one search.
 
@@ -99,15 +99,19 @@ def reachability(plan: Plan) -> Reach:
     policy, a balance group, or its own ingress rule (replies to connections it brought
     in). A failover member behind an active one is listed as unused, as it is until a
     failover; the caller, which knows the groups, may say so.
+
+    HIDDEN names policies the caller has already proved unreachable (an earlier policy
+    or ingress rule matches all their traffic): they are listed without a search, which
+    would spend the whole witness budget on each of them.
     """
-    reached, marks = _search(plan)
+    reached, marks = _search(plan, frozenset(hidden))
     return Reach(
         unreachable_policies=[name for name in dict.fromkeys(plan.policies) if name not in reached],
         unused_uplinks=[u.name for u in plan.uplinks if u.mark not in marks],
     )
 
 
-def _search(plan: Plan) -> tuple[set[str], set[int]]:
+def _search(plan: Plan, hidden: frozenset[str]) -> tuple[set[str], set[int]]:
     """Run witnesses until every policy and uplink mark is seen, or the budgets are spent."""
     rpdb, system = _system(plan)
     simulator = Simulator(Ruleset(plan.nft_document(), system), system)
@@ -115,10 +119,12 @@ def _search(plan: Plan) -> tuple[set[str], set[int]]:
     reached: set[str] = set()
     marks: set[int] = set()
     wanted_marks = {u.mark for u in plan.uplinks}
-    rng = random.Random(0)
     mark_of = {u.name: u.mark for u in plan.uplinks}
-    targets = [None] + [f"policy {p}" for p in plan.policies] + [f"ingress {u.name}" for u in plan.uplinks]
-    policies = set(plan.policies)
+    # The general witnesses (target None) come last: each generator draws from its own
+    # seed, so the order changes nothing found, and by then they are rarely needed.
+    targets = [f"policy {p}" for p in plan.policies if p not in hidden] + \
+        [f"ingress {u.name}" for u in plan.uplinks] + [None]
+    policies = set(plan.policies) - hidden
     common = {name: _Ordered(values) for name, values in candidates.common.items()}
 
     def done(target: str | None) -> bool:
@@ -130,7 +136,7 @@ def _search(plan: Plan) -> tuple[set[str], set[int]]:
     for target in targets:
         if done(target):
             continue
-        for flow in itertools.islice(_witnesses(candidates, common, target, rng), BUDGET):
+        for flow in itertools.islice(_witnesses(candidates, common, target), BUDGET):
             rpdb.sending_from = (flow.version, flow.src) if flow.local else None
             for leaf in simulator.explore(flow, record=False, with_reply=False):
                 outcome = leaf.path.outcome
@@ -166,8 +172,7 @@ def _candidates(document: dict[str, Any]) -> Candidates:
     found = Candidates()
     objects = document["nftables"]
     sets = {(o["set"]["table"], o["set"]["name"]): o["set"].get("elem", []) for o in objects if "set" in o}
-    owner = {o["rule"]["chain"]: str(o["rule"]["comment"]) for o in objects
-             if "rule" in o and str(o["rule"].get("comment", "")).startswith("policy ")}
+    owner = _chain_owners(objects)
 
     def add(name: str | None, right: Any, label: str) -> None:
         if name is None:
@@ -183,7 +188,7 @@ def _candidates(document: dict[str, Any]) -> Candidates:
         body = obj.get("rule")
         if body is None:
             continue
-        label = str(body.get("comment", ""))
+        label = str(body.get("comment", "")) or _jump_owner(body, owner) or owner.get(body["chain"], "")
         for expr in body.get("expr", []):
             if "match" in expr:
                 add(_field(expr["match"]["left"]), expr["match"]["right"], label)
@@ -197,6 +202,30 @@ def _candidates(document: dict[str, Any]) -> Candidates:
                     for name, part in zip(names, parts):
                         add(name, part, element_label)
     return found
+
+
+def _chain_owners(objects: list[dict[str, Any]]) -> dict[str, str]:
+    """The policy comment of each chain whose commented rules are all one policy's.
+
+    Such a chain is that policy's own: `pol_N` behind a verdict map, or the `unless_N`
+    chain of a policy with `not:`, where the rule leading there (`ip daddr X jump
+    unless_N`) carries no comment, and the exceptions before the policy's rule neither.
+    """
+    comments: dict[str, set[str]] = {}
+    for obj in objects:
+        body = obj.get("rule")
+        if body is not None and str(body.get("comment", "")).startswith("policy "):
+            comments.setdefault(body["chain"], set()).add(str(body["comment"]))
+    return {chain: next(iter(found)) for chain, found in comments.items() if len(found) == 1}
+
+
+def _jump_owner(body: dict[str, Any], owner: dict[str, str]) -> str | None:
+    """The policy whose own chain an uncommented rule jumps or goes to, if any."""
+    for expr in body.get("expr", []):
+        for verdict in ("jump", "goto"):
+            if verdict in expr and expr[verdict]["target"] in owner:
+                return owner[expr[verdict]["target"]]
+    return None
 
 
 def _field(left: Any) -> str | None:
@@ -251,12 +280,23 @@ def _sampled(name: str, elements: list[Any] | AddressElements) -> Iterator[Any]:
             continue
 
 
-def _witnesses(candidates: Candidates, common: dict[str, _Ordered], label: str | None,
-               rng: random.Random) -> Iterator[Flow]:
-    """Witness flows: the rule's own constants (by its comment) first, then all of the ruleset's."""
-    own = candidates.own.get(label or "", {})
-    pool = {name: _sample(_OwnFirst(list(own.get(name, {})), values), rng) for name, values in common.items()}
-    yield from _corners(pool)
+def _witnesses(candidates: Candidates, common: dict[str, _Ordered], label: str | None) -> Iterator[Flow]:
+    """Witness flows: the rule's own constants (by its comment) first, then all of the ruleset's.
+
+    Most policies are reached by the first witness, built from their own first values;
+    the pools of sampled values are only drawn for those that are not, each from its own
+    random generator (seeded by the label), so one target's search does not depend on
+    how many others needed theirs.
+    """
+    own = {name: list(values) for name, values in candidates.own.get(label or "", {}).items()}
+    base = {name: own[name][0] if own.get(name) else values.values[0] for name, values in common.items()}
+    yield from _flows(base)
+    for name, values in own.items():  # the rule's own constants, one field at a time
+        for value in values[1:]:
+            yield from _flows(dict(base, **{name: value}))
+    rng = random.Random(label or "")
+    pool = {name: _sample(_OwnFirst(own.get(name, []), values), rng) for name, values in common.items()}
+    yield from _corners(base, pool)
     while True:
         yield from _flows({k: rng.choice(v) for k, v in pool.items()})
 
@@ -318,10 +358,8 @@ def _sample(values: Sequence[Any], rng: random.Random) -> list[Any]:
     return head + rng.sample(values[PER_FIELD // 2:], PER_FIELD - len(head))
 
 
-def _corners(pool: dict[str, list[Any]]) -> Iterator[Flow]:
-    """For each field in turn, each of its values, all other fields at their first value."""
-    base = {k: v[0] for k, v in pool.items()}
-    yield from _flows(base)
+def _corners(base: dict[str, Any], pool: dict[str, list[Any]]) -> Iterator[Flow]:
+    """For each field in turn, each of its values, all other fields at their first value (`base`)."""
     for name, values in pool.items():
         for value in values[1:]:
             yield from _flows(dict(base, **{name: value}))

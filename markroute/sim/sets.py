@@ -3,7 +3,8 @@
 A set of 100,000 prefixes must cost a packet a bisect, not a scan: single values go in
 a dict, non-overlapping intervals in sorted arrays searched with `bisect`. Concatenated
 keys (`ip saddr . tcp dport`) of plain values are tuples in a dict; concatenations with
-intervals in them are rare and small, so they are scanned.
+intervals in them (a verdict map of thousands of `to: + dport` policies) are found
+through one of their parts (`TupleIndex`), scanned only when no part can index them.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from markroute.values import Interval, Ipv4Intervals
 class Lookup:
     """Finds the element a value falls in; `find` returns its index or -1."""
 
-    __slots__ = ("exact", "starts", "ends", "span_index", "overlapping", "tuples", "prefixes")
+    __slots__ = ("exact", "starts", "ends", "span_index", "overlapping", "tuples", "tuple_index", "prefixes")
 
     def __init__(self, keys: list[Any]) -> None:
         self.exact: dict[Any, int] = {}
@@ -43,6 +44,7 @@ class Lookup:
         self.ends: Sequence[int] = [hi for _, hi, _ in spans]
         self.span_index: Sequence[int] = [index for _, _, index in spans]
         self.overlapping = any(spans[i + 1][0] <= spans[i][1] for i in range(len(spans) - 1))
+        self.tuple_index = TupleIndex.build(self.tuples)
 
     @classmethod
     def of_intervals(cls, intervals: Sequence[Interval]) -> Lookup:
@@ -72,6 +74,8 @@ class Lookup:
                 return self.span_index[position]
             return -1
         if self.tuples and isinstance(value, tuple):
+            if self.tuple_index is not None and len(value) > self.tuple_index.position:
+                return self.tuple_index.find(value)
             for key, index in self.tuples:
                 if all(_part_matches(part, v) for part, v in zip(key, value)):
                     return index
@@ -111,3 +115,60 @@ def _part_matches(part: Any, value: Any) -> bool:
     if isinstance(part, Span):
         return isinstance(value, int) and part.lo <= value <= part.hi
     return bool(part == value)
+
+
+class TupleIndex:
+    """Concatenated keys with intervals in them, found through one part (`position`).
+
+    That part's plain values go in a dict and its intervals, grouped when equal, in
+    sorted arrays for `bisect`: usable when those intervals do not overlap (a verdict
+    map of policies' destinations). A lookup checks only the keys of the value's group
+    (plain and interval), lowest index first: the same answer as scanning every key in
+    order, which `build` leaves to the caller when no part can index them.
+    """
+
+    __slots__ = ("keys", "position", "points", "starts", "ends", "groups")
+
+    def __init__(self, keys: list[tuple[tuple[Any, ...], int]], position: int) -> None:
+        self.keys = keys
+        self.position = position
+        self.points: dict[Any, list[int]] = {}
+        spans: dict[Span, list[int]] = {}
+        for number, (key, _) in enumerate(keys):
+            part = key[position]
+            (spans if isinstance(part, Span) else self.points).setdefault(part, []).append(number)
+        ordered = sorted(spans)
+        self.starts = [span.lo for span in ordered]
+        self.ends = [span.hi for span in ordered]
+        self.groups = [spans[span] for span in ordered]
+
+    @classmethod
+    def build(cls, keys: list[tuple[tuple[Any, ...], int]]) -> TupleIndex | None:
+        """The index on the part that leaves the fewest keys to check per lookup, if any part can index them."""
+        if len(keys) < 8:  # a scan is as quick
+            return None
+        width = min(len(key) for key, _ in keys)
+        best: TupleIndex | None = None
+        best_size = len(keys)
+        for position in range(width):
+            spans = sorted({key[position] for key, _ in keys if isinstance(key[position], Span)})
+            if any(after.lo <= before.hi for before, after in zip(spans, spans[1:])):
+                continue
+            index = cls(keys, position)
+            size = max(len(group) for group in [*index.groups, *index.points.values()])
+            if size < best_size:
+                best, best_size = index, size
+        return best
+
+    def find(self, value: tuple[Any, ...]) -> int:
+        part = value[self.position]
+        numbers: Sequence[int] = self.points.get(part, ())
+        if self.starts and isinstance(part, int):
+            slot = bisect.bisect_right(self.starts, part) - 1
+            if slot >= 0 and part <= self.ends[slot]:
+                numbers = sorted([*numbers, *self.groups[slot]]) if numbers else self.groups[slot]
+        for number in numbers:
+            key, index = self.keys[number]
+            if all(_part_matches(p, v) for p, v in zip(key, value)):
+                return index
+        return -1

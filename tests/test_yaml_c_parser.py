@@ -1,0 +1,120 @@
+"""The C parser (ruamel.yaml.clib) reads configs into the same `Node`s as the pure parser (issue 15).
+
+`config/source.py` composes with the C parser for speed and falls back to the pure one
+on errors, directives and deep nesting; these tests hold the two paths to the same tree
+and the same diagnostics, on every config kept in the tree and on random documents.
+"""
+
+from __future__ import annotations
+
+import ast
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from kernelhelp import REPO
+
+from markroute.config import source
+from markroute.config.source import Node, SourceError
+
+
+def read(text: str, pure: bool, monkeypatch: pytest.MonkeyPatch) -> Node | str:
+    """The tree, or the rendered error, of TEXT read with or without the C parser."""
+    with monkeypatch.context() as patch:
+        if pure:
+            patch.setattr(source, "_compose_in_c", lambda text: (False, None))
+        try:
+            return source.parse(text, "config.yaml")
+        except SourceError as exc:
+            return exc.diagnostic.render()
+
+
+def kept_configs() -> list[str]:
+    """Every config file in the tree and every config-looking string in the tests."""
+    texts = [p.read_text(errors="replace") for g in ("examples/*.yaml", "markroute/lab/*.yaml", "tests/broken/*.yaml")
+             for p in sorted(REPO.glob(g))]
+    for path in sorted((REPO / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and "uplinks:" in node.value:
+                texts.append(node.value)
+    return texts
+
+
+def test_every_kept_config_reads_the_same_with_both_parsers(monkeypatch: pytest.MonkeyPatch) -> None:
+    texts = kept_configs()
+    assert len(texts) > 100
+    composed_in_c = 0
+    for text in texts:
+        assert read(text, False, monkeypatch) == read(text, True, monkeypatch), text
+        composed_in_c += source._compose_in_c(text)[0]
+    assert composed_in_c > len(texts) // 2  # the fast path is the one taken for ordinary configs
+
+
+SCALARS = ("a", "yes", "no", "on", "true", "False", "null", "~", "0o17", "017", "0x1f", "1_000", "1e3", ".inf",
+           "-.nan", "12:30", "'quoted'", '"dq \\t"', '"\\u00e9"', "2001:db8::1", "10.0.0.0/8", "'@s'", "\"\"", "",
+           "-1", "+2", "3.5", "x y", "'it''s'", "é", "0b101")
+
+
+def random_value(rng: random.Random, depth: int, anchors: list[str]) -> str:
+    """A random flow-style YAML value using the scalars above, anchors, aliases and merge keys."""
+    roll = rng.random()
+    if depth > 3 or roll < 0.5:
+        if anchors and rng.random() < 0.1:
+            return "*" + rng.choice(anchors)
+        return rng.choice(SCALARS)
+    if roll < 0.75:
+        return "[" + ", ".join(random_value(rng, depth + 1, anchors) for _ in range(rng.randrange(4))) + "]"
+    pairs = [f"k{rng.randrange(6)}: {random_value(rng, depth + 1, anchors)}" for _ in range(rng.randrange(4))]
+    if anchors and rng.random() < 0.2:
+        pairs.append("<<: *" + rng.choice(anchors))
+    return "{" + ", ".join(pairs) + "}"
+
+
+def random_block(rng: random.Random, indent: int, anchors: list[str]) -> list[str]:
+    """Lines of a block mapping or list, with nested blocks, block scalars and comments among them."""
+    lines: list[str] = []
+    listed = rng.random() < 0.3
+    for index in range(rng.randrange(1, 6)):
+        lead = " " * indent + ("- " if listed else f"{rng.choice(['key', 'uplinks', 'x'])}{index % 5}: ")
+        roll = rng.random()
+        if roll < 0.15 and indent < 8:
+            lines.append(lead.rstrip() if not listed else " " * indent + "-")
+            lines += random_block(rng, indent + 2, anchors)
+        elif roll < 0.22:
+            lines += [lead + rng.choice(["|", ">-", "|+"]), " " * (indent + 2) + "text: [not, parsed]", ""]
+        else:
+            value = random_value(rng, 0, anchors)
+            if rng.random() < 0.3 and not value.startswith("*"):
+                anchors.append(f"a{indent}x{index}")
+                value = f"&a{indent}x{index} {value}"
+            lines.append(lead + value + rng.choice(["", "", " # comment: [x]"]))
+    return lines
+
+
+def random_document(rng: random.Random) -> str:
+    """A block mapping of random values, some anchored; sometimes broken by a stray character."""
+    text = "\n".join(random_block(rng, 0, [])) + "\n"
+    if rng.random() < 0.3:  # a syntax error somewhere
+        at = rng.randrange(len(text))
+        text = text[:at] + rng.choice(["\t", "]", "{", ": ", "'", "\"", "- ", "\x07", "&", "*", "%"]) + text[at:]
+    return text
+
+
+def test_random_documents_read_the_same_with_both_parsers(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(15)
+    for _ in range(1500):
+        text = random_document(rng)
+        assert read(text, False, monkeypatch) == read(text, True, monkeypatch), text
+
+
+def test_nesting_too_deep_for_the_c_composer_is_an_error_not_a_crash(tmp_path: Path) -> None:
+    """libyaml's composer recurses in C; a million levels would overflow the stack without the depth check."""
+    config = tmp_path / "deep.yaml"
+    config.write_text("uplinks: " + "[" * 1_000_000 + "]" * 1_000_000 + "\n")
+    result = subprocess.run([sys.executable, "-m", "markroute", "check", "-c", str(config)], cwd=REPO,
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "YAML: the document is nested too deeply" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from markroute.compile.ha import HOLD_SETS
-from markroute.kernel import KernelError, nftnetlink
+from markroute.kernel import KernelError, libnft, nftnetlink
 from markroute.plan.nftjson import FAMILY, is_dynamic, json_default
 
 Obj = dict[str, Any]
@@ -41,9 +41,14 @@ def _run(argv: list[str], stdin: str | None = None) -> str:
     return proc.stdout
 
 
-def run_batch(commands: Iterable[Obj]) -> None:
-    """Load one JSON batch (`nft -j -f -`): one kernel transaction, all or nothing."""
-    _run(["-j", "-f", "-"], json.dumps({"nftables": list(commands)}, default=json_default))
+def run_batch(commands: Iterable[Obj], session: libnft.Session | None = None) -> None:
+    """Load one JSON batch (`nft -j -f -`, or through SESSION in this process: `libnft`): one kernel
+    transaction, all or nothing."""
+    text = json.dumps({"nftables": list(commands)}, default=json_default)
+    if session is None:
+        _run(["-j", "-f", "-"], text)
+    else:
+        session.run(text)
     nftnetlink.count_commit()
 
 

@@ -133,11 +133,12 @@ class TableRecorder:
     numgen maps and accepts, which nft lists as written (tests/test_daemon_record.py compares
     `status` after failovers of every kind).
 
-    `rewritten` composes the record at once (the rules are in the kernel already) and writes it
-    at the next loop turn, after the flows moved (`flush`); `flush` also runs before anything
-    that applies (resync, reload, exit), which reads the record. It is written against the
-    state.json in force at the rewrite: should another apply write a new one first, the record
-    is dropped (`state.amend`). `plan_digest` is the digest of the config's plan with every
+    `rewritten` only notes a rewrite (under the lock, with the state.json in force); `flush`
+    composes and writes the record at the next loop turn, once the flows moved, and before
+    anything that applies (resync, reload, exit), which reads it. Should another apply have
+    written a new state.json meanwhile, the record is dropped (`state.amend`). `forms` only
+    grows with rules the config ever had, and never goes stale: how nft lists a rule
+    depends on the rule alone. `plan_digest` is the digest of the config's plan with every
     uplink up (`nominal`), so `markroute status -c FILE` keeps comparing against the config,
     not the health.
     """

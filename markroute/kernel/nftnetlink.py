@@ -207,7 +207,7 @@ def _gen_id(attributes: bytes) -> int:
     raise KernelError("nf_tables: the generation reply holds no generation")
 
 
-_kept: dict[int, socket.socket] = {}  # network namespace (inode) -> this process's socket there
+_kept: tuple[int, socket.socket] | None = None  # (network namespace inode, this process's socket there)
 
 
 @contextmanager
@@ -217,17 +217,23 @@ def _kept_socket() -> Iterator[socket.socket]:
     The first netlink socket opened or closed after an nf_tables commit waits 5 to 20 ms
     in the kernel (measured on a busy 2-core machine); a request on a socket that stays
     open answers in ~20 µs. The daemon reads the generation and deletes connections
-    right after its failover transaction, so it keeps one. A request that fails,
-    however, closes it: what it left unread must not answer the next one.
+    right after its failover transaction, so it keeps one. Only one: a process that moves
+    to another namespace (tests do) closes the socket of the last, which would otherwise
+    keep that namespace alive. A request that fails closes it too: what it left unread
+    must not answer the next one.
     """
+    global _kept
     namespace = os.stat("/proc/self/ns/net").st_ino
-    sock = _kept.get(namespace)
-    if sock is None:
-        sock = _kept[namespace] = _socket()
+    if _kept is not None and _kept[0] != namespace:
+        _kept[1].close()
+        _kept = None
+    if _kept is None:
+        _kept = (namespace, _socket())
+    sock = _kept[1]
     try:
         yield sock
     except BaseException:
-        del _kept[namespace]
+        _kept = None
         sock.close()
         raise
 

@@ -1,6 +1,6 @@
 """The monitor's rounds on a virtual clock: overlapping rounds, timeouts, how soon a dead uplink is down.
 
-A round starts every `interval`; with the fast profile (15 ms, timeout 45 ms) three rounds
+A round starts every `interval`; with the fast profile (15 ms, timeout 30 ms) two or three rounds
 are in flight at once, and a round answered late or not at all must fail on its own even
 when later rounds were answered before its timeout. No sockets and no sleeping: the
 reactor here runs timers in the order of a virtual clock, and the prober answers (or not)
@@ -20,7 +20,7 @@ from markroute.diagnostics import Where
 from markroute.model import HealthCheck, Uplink
 from markroute.probes.method import Egress
 
-FAST = HealthCheck(interval=0.015, timeout=0.045, down=7, up=10)
+FAST = HealthCheck(interval=0.015, timeout=0.03, down=7, up=10)  # README's fast profile
 RTT = 0.002
 
 

@@ -15,27 +15,26 @@ other uplink, and unmarked ones, are not touched. The order matters: chains firs
 a deleted flow can never be re-marked for the dead uplink.
 
 `TableRecorder` keeps the record `markroute status` and the next apply compare against
-in step, in the daemon's own file (`state.amend`: state.json stays apply's). The
-listing runs as a child process watched by the reactor instead of holding up probes
-and failovers; it leaves set elements out (`nft -t`: a failover never changes them, and
-listing 100,000 of them takes nft seconds), and the plan's elements complete it.
+in step, in the daemon's own file (`state.amend`: state.json stays apply's). It composes
+the record from what it knows instead of listing the table after the daemon's own
+transaction, and writes it once the flows moved: nothing between an uplink declared
+down and its flows moved lists a table, spawns more than the one `nft` of the batch, or
+waits for a disk (BENCHMARKS.md, "Daemon reaction").
 """
 
 from __future__ import annotations
 
 import json
-import os
-import selectors
-import subprocess
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from markroute.compile import UplinkAvailability
-from markroute.daemon.reactor import Reactor
+from markroute.daemon.reactor import Reactor, Timer
 from markroute.daemon.uplinkstate import DEGRADED_WEIGHT, State
-from markroute.kernel import KernelError, conntrack, digest, nft, nftnetlink, state
+from markroute.kernel import KernelError, conntrack, digest, nft, state
 from markroute.plan import Plan
-from markroute.plan.nftjson import FAMILY
+from markroute.plan.nftjson import FAMILY, json_default
 
 Obj = dict[str, Any]
 
@@ -108,120 +107,127 @@ def move_flows(marks: Iterable[int], mask: int) -> None:
         conntrack.delete_by_mark(mark, mask)
 
 
-class TableRecorder:
-    """Records the live table in the daemon's amendment of the state after it rewrote chains.
+@dataclass(frozen=True)
+class Rewrite:
+    """Chains the daemon rewrote to PLAN's, and what the record of it needs (`TableRecorder.rewritten`)."""
 
-    `refresh` (after every rewrite) starts `nft -t -j list table` as a child process; its
-    output is read as it comes, and recorded with the new plan's digest and the nf_tables
-    generation read before the listing (so the next unchanged apply need not list). A listing
-    started before the latest rewrite is thrown away and taken again. `plan_digest`
-    is set to the digest of the config's plan with every uplink up (`nominal`), so
-    `markroute status -c FILE` keeps comparing against the config, not the health.
+    plan: Plan
+    chains: frozenset[str]
+    generation: int | None
+    nominal: str
+    amends: tuple[int, int] | None
+
+
+class TableRecorder:
+    """Keeps the daemon's record of the table (`table.json`) in step with its own chain rewrites,
+    without listing the table.
+
+    The record must say what nft would list (`status` and the next apply compare the live
+    listing with it), and nft lists some rules in a form of its own (a mark set under a mask
+    comes back with another constant). Listing the table after every rewrite cost a process
+    per failover, and its set elements would cost seconds; instead the record is composed:
+    the table as the last apply recorded it (`adopt`, read from the state), with each
+    rewritten chain replaced by its new rules, every rule in the form nft listed that same
+    rule at an apply (`forms`, learnt chain by chain from the plan and its listing) or, for a
+    rule no apply held, as written. The health-dependent chains hold nfproto matches, gotos,
+    numgen maps and accepts, which nft lists as written (tests/test_daemon_record.py compares
+    `status` after failovers of every kind).
+
+    `rewritten` only notes a rewrite (under the lock, with the state.json in force); `flush`
+    composes and writes the record at the next loop turn, once the flows moved, and before
+    anything that applies (resync, reload, exit), which reads it. Should another apply have
+    written a new state.json meanwhile, the record is dropped (`state.amend`). `forms` only
+    grows with rules the config ever had, and never goes stale: how nft lists a rule
+    depends on the rule alone. `plan_digest` is the digest of the config's plan with every
+    uplink up (`nominal`), so `markroute status -c FILE` keeps comparing against the config,
+    not the health.
     """
 
     def __init__(self, reactor: Reactor, netns: str | None, on_error: Callable[[str], None]) -> None:
         self.reactor = reactor
         self.netns = netns
         self.on_error = on_error
-        self.plan: Plan | None = None
-        self.nominal = ""
-        self.generation = 0
-        self.running: tuple[subprocess.Popen[bytes], int] | None = None
-        self.kernel_generation: int | None = None  # nf_tables' generation read just before the listing started
-        self.amends: tuple[int, int] | None = None  # the state.json in force when the chains were rewritten
-        self.output: list[bytes] = []
-        self.waiting: list[Callable[[], None]] = []
+        self.listing: list[Obj] = []  # the live table as nft lists it (`nft.normalise`), set elements included
+        self.forms: dict[str, Obj] = {}  # a plan object (rule or chain, as `_key`) -> how nft listed it
+        self.pending: list[Rewrite] = []  # rewrites not recorded yet, in order
+        self.timer: Timer | None = None
 
     @property
     def idle(self) -> bool:
-        return self.running is None and self.plan is None
+        """Whether the record on disk is up to date."""
+        return not self.pending
 
-    def refresh(self, plan: Plan, nominal: str) -> None:
-        """After a rewrite of PLAN's chains (under the lock): list the table and record it, against
-        the state.json in force now; should another apply write a new one first, the record is dropped."""
-        self.amends = state.written(self.netns)
-        self.plan = plan
-        self.nominal = nominal
-        self.generation += 1
-        if self.running is None:
-            self.start()
+    def adopt(self, plan: Plan) -> None:
+        """After an apply of PLAN: the table as recorded now, and the listed form of PLAN's rules and chains."""
+        self.flush()
+        recorded = state.load(self.netns, self.on_error)
+        self.listing = recorded.nft_listing if recorded is not None else []
+        planned = _plain(obj for obj in plan.nft if _chain_of(obj) is not None)
+        listed_chains = {obj["chain"]["name"]: obj for obj in self.listing if "chain" in obj}
+        listed_rules = _rules_by_chain(self.listing)
+        for name, rules in _rules_by_chain(planned).items():
+            listed = listed_rules.get(name, [])
+            if len(listed) == len(rules) and all(rule["rule"].get("comment") == form["rule"].get("comment")
+                                                for rule, form in zip(rules, listed)):
+                self.forms.update((_key(rule), form) for rule, form in zip(rules, listed))
+        for obj in planned:
+            if "chain" in obj and obj["chain"]["name"] in listed_chains:
+                self.forms[_key(obj)] = listed_chains[obj["chain"]["name"]]
 
-    def when_idle(self, callback: Callable[[], None]) -> None:
-        """Run CALLBACK once the record is up to date (at once if it is)."""
-        if self.idle:
-            callback()
-        else:
-            self.waiting.append(callback)
+    def rewritten(self, plan: Plan, chains: Iterable[str], generation: int | None, nominal: str) -> None:
+        """CHAINS of PLAN were just rewritten in one transaction, which left nf_tables at GENERATION
+        (None: someone else committed too). Called under the lock, so the state.json in force now
+        is the one the record amends; the record itself is made and written by `flush`."""
+        self.pending.append(Rewrite(plan, frozenset(chains), generation, nominal, state.written(self.netns)))
+        if self.timer is None:
+            self.timer = self.reactor.call_at(self.reactor.now(), self.flush)
 
-    def start(self) -> None:
-        assert self.plan is not None
-        argv = [nft.NFT, "-t", "-j", "list", "table", FAMILY, self.plan.table_name]
+    def flush(self) -> None:
+        """Record the pending rewrites (`table.json`, no fsync: see `state.amend`)."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        pending, self.pending = self.pending, []
+        for rewrite in pending:
+            wanted = _plain(obj for obj in rewrite.plan.nft if _chain_of(obj) in rewrite.chains)
+            kept = [obj for obj in self.listing if _chain_of(obj) not in rewrite.chains]
+            self.listing = nft.normalise(kept + [self.forms.get(_key(obj), obj) for obj in wanted])
+        if not pending:
+            return
+        last = pending[-1]
+        table = state.TableRewrite(digest.nft_digest(last.plan), self.listing, last.generation)
         try:
-            self.kernel_generation = nftnetlink.generation()
-        except KernelError:
-            self.kernel_generation = None  # the next apply then lists the table to check it
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        assert process.stdout is not None
-        os.set_blocking(process.stdout.fileno(), False)
-        self.running = (process, self.generation)
-        self.output = []
-        self.reactor.watch(process.stdout, selectors.EVENT_READ, self.readable)
-
-    def readable(self) -> None:
-        assert self.running is not None
-        process, generation = self.running
-        assert process.stdout is not None
-        chunk = process.stdout.read()
-        if chunk:
-            self.output.append(chunk)
-            return
-        if chunk is None:  # nothing more for now
-            return
-        self.reactor.unwatch(process.stdout)
-        process.stdout.close()
-        error = process.stderr.read().decode(errors="replace").strip() if process.stderr else ""
-        if process.stderr:
-            process.stderr.close()
-        code = process.wait()
-        self.running = None
-        if generation != self.generation:
-            self.start()
-            return
-        plan, self.plan = self.plan, None
-        assert plan is not None
-        if code != 0:
-            self.on_error(f"cannot list the nftables table to record it: {error or f'nft exited {code}'}")
-        else:
-            try:
-                listing = nft.list_table(plan.table_name, json.loads(b"".join(self.output) or b'{"nftables": []}'))
-                self.record(plan, listing or [])
-            except (KernelError, ValueError) as exc:
-                self.on_error(f"cannot record the nftables table: {exc}")
-        waiting, self.waiting = self.waiting, []
-        for callback in waiting:
-            callback()
-
-    def record(self, plan: Plan, listing: list[Obj]) -> None:
-        """Record LISTING as the table now, unless it is not PLAN's shape (`nft.shape`): someone
-        else changed the table since the rewrite, and recording it would hide that from `status`."""
-        normal = nft.normalise(listing)
-        if nft.shape(normal) != nft.shape(plan.nft):
-            self.on_error(f"nftables table inet {plan.table_name} was changed by another process: not recorded "
-                          "(`markroute status` shows the drift; the next failover applies the config again)")
-            return
-        table = state.TableRewrite(digest.nft_digest(plan), nft.with_elements(normal, plan.nft), self.kernel_generation)
-        state.amend(self.netns, self.nominal, table, self.amends)
+            state.amend(self.netns, last.nominal, table, last.amends)
+        except KernelError as exc:
+            self.on_error(f"cannot record the nftables table: {exc}")
 
     def stamp(self, nominal: str) -> None:
         """After an apply of a health plan: record the config's digest (see the class doc)."""
-        self.nominal = nominal
+        self.flush()
         state.amend(self.netns, nominal)
 
-    def close(self) -> None:
-        if self.running is not None:
-            process, _ = self.running
-            if process.stdout is not None:
-                self.reactor.unwatch(process.stdout)
-            process.kill()
-            process.wait()
-            self.running = None
+
+def _chain_of(obj: Obj) -> str | None:
+    """The chain a chain or rule object is or belongs to (None for tables and sets)."""
+    if "chain" in obj:
+        return str(obj["chain"]["name"])
+    if "rule" in obj:
+        return str(obj["rule"]["chain"])
+    return None
+
+
+def _plain(objects: Iterable[Obj]) -> list[Obj]:
+    """Plan objects as plain JSON values (anonymous sets' elements as nft lists them), like a listing's."""
+    return [json.loads(json.dumps(obj, default=json_default)) for obj in objects]
+
+
+def _key(obj: Obj) -> str:
+    return json.dumps(nft.normalise([obj])[0], sort_keys=True)
+
+
+def _rules_by_chain(objects: Iterable[Obj]) -> dict[str, list[Obj]]:
+    rules: dict[str, list[Obj]] = {}
+    for obj in objects:
+        if "rule" in obj:
+            rules.setdefault(obj["rule"]["chain"], []).append(obj)
+    return rules

@@ -7,6 +7,11 @@ could even be sent) it is a failure. k of n targets make one dead target (a reso
 under maintenance) harmless while a dead path still fails every round. Rounds
 overlap when the timeout is longer than the interval, so a dead uplink is noticed
 `(down - 1) * interval + timeout` after its first lost probe, whatever the RTT was.
+Results count in the order the rounds were sent: an answered round waits (at most
+`timeout`) for the earlier rounds still in flight, so `down` lost rounds in a row are
+`down` failures in a row even when later rounds were answered before the earlier ones
+timed out (they used to reset the count in between: 7 lost rounds in a row with the
+fast profile of 15 ms / 45 ms never took an uplink down).
 
 What is probed when the config says nothing (`targets`) is the method's business
 (`markroute.probes`): `icmp` (the default) probes the uplink's gateway(s), for
@@ -18,6 +23,7 @@ its link state, followed through netlink, is its health.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from markroute.daemon.reactor import Reactor, Timer
 from markroute.daemon.uplinkstate import Transition, UplinkHealth
@@ -26,6 +32,15 @@ from markroute.probes import METHODS, default_targets
 from markroute.probes.method import Egress, Prober
 
 OnTransition = Callable[[Transition], None]
+
+
+@dataclass
+class Round:
+    """One round in flight: the targets that answered it so far, and its result once settled."""
+
+    answers: set[str] = field(default_factory=set)
+    settled: bool = False
+    rtt: float | None = None  # the settling answer's RTT; None: the round failed
 
 
 def probe_targets(uplink: Uplink, learned: Mapping[int, str | None] | None = None) -> tuple[HealthCheck, tuple[str, ...]]:
@@ -52,7 +67,7 @@ class UplinkMonitor:
         self.method = METHODS[self.check.method]
         self.probers: dict[str, Prober] = {}
         self.egress: Egress | None = None
-        self.rounds: dict[int, set[str]] = {}  # token -> the targets that answered it so far
+        self.rounds: dict[int, Round] = {}  # token -> round, in the order they were sent
         self.token = 0
         self.next_round = 0.0
         self.ticker: Timer | None = None
@@ -131,31 +146,38 @@ class UplinkMonitor:
                 sent += 1
             except OSError:
                 continue
+        self.rounds[token] = Round()
         if sent < self.check.min_up:
-            self.forget(token)
-            self.report(self.health.probe(False, None, now))
+            self.settle(token, None)
             return
-        self.rounds[token] = set()
         self.reactor.call_at(now + self.check.timeout, lambda: self.expired(token))
 
     def answered(self, target: str, token: int, rtt: float) -> None:
-        answers = self.rounds.get(token)
-        if answers is None:
+        round_ = self.rounds.get(token)
+        if round_ is None or round_.settled:
             return
-        answers.add(target)
-        if len(answers) >= self.check.min_up:
+        round_.answers.add(target)
+        if len(round_.answers) >= self.check.min_up:
             self.settle(token, rtt)
 
     def expired(self, token: int) -> None:
         self.settle(token, None)
 
     def settle(self, token: int, rtt: float | None) -> None:
-        """A round's first answer (RTT) or its timeout (None); later news of it is ignored."""
-        if token not in self.rounds:
+        """A round's `min_up`-th answer (RTT) or its timeout (None); later news of it is ignored.
+        Settled rounds are reported in the order they were sent (module doc)."""
+        round_ = self.rounds.get(token)
+        if round_ is None or round_.settled:
             return
-        del self.rounds[token]
+        round_.settled, round_.rtt = True, rtt
         self.forget(token)
-        self.report(self.health.probe(rtt is not None, rtt, self.reactor.now()))
+        while self.rounds:
+            oldest = next(iter(self.rounds))
+            done = self.rounds[oldest]
+            if not done.settled:
+                return
+            del self.rounds[oldest]
+            self.report(self.health.probe(done.rtt is not None, done.rtt, self.reactor.now()))
 
     def forget(self, token: int) -> None:
         for target in self.targets:

@@ -42,8 +42,8 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import partial
 from types import FrameType
+from typing import Any
 
 from markroute.compile import UplinkAvailability, compile_plan
 from markroute.daemon import churn, dnsmasq, failback, follow, logs
@@ -70,6 +70,7 @@ from markroute.kernel import (
     KernelError,
     cgroupsets,
     digest,
+    libnft,
     nft,
     nftnetlink,
     state,
@@ -91,7 +92,6 @@ from markroute.probes.method import Egress
 HOUSEKEEPING = 1.0  # seconds between record updates and hook reaping
 RESYNC_DELAY = 0.1  # netlink events come in bursts: one resync per burst
 RETRY = 1.0
-EXIT_WAIT = 5.0  # how long an exit waits for the table record to be written
 FAILOVER_LOCK_WAIT = 0.5  # a failover waits this long for an apply holding the lock, then retries after RETRY
 
 
@@ -107,6 +107,14 @@ class Options:
     netns: str | None
     metrics: tuple[str, int] | None = None
     down_on_exit: bool = False
+
+
+@dataclass(frozen=True)
+class RulesEvent:
+    """A change of the rules `follow` made, logged by its caller once the flows moved too."""
+
+    message: str
+    fields: dict[str, Any]
 
 
 def _identity(uplink: Uplink) -> tuple[object, ...]:
@@ -131,6 +139,7 @@ class Daemon:
         self.nominal = ""  # digest of the config's plan with every uplink up (`TableRecorder`)
         self.nominal_model: Model | None = None  # the model `nominal` was computed for
         self.pending: list[Transition] = []
+        self.declared: tuple[float, float] | None = None  # when the first of `pending` was decided: clock, CPU time
         self.news: list[Transition] = []  # for on_change, in order (`UplinkHealth.news`)
         self.act_timer: Timer | None = None
         self.release_timer: Timer | None = None
@@ -151,6 +160,7 @@ class Daemon:
         self.metrics: MetricsServer | None = None
         self.churn = ChurnLog(log)
         self.cgroups_present: set[str] | None = None  # configured cgroups that existed at the last look
+        self.nft_session: libnft.Session | None = None  # failover batches without an nft process (`libnft`)
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -163,6 +173,9 @@ class Daemon:
             except OSError as exc:
                 raise EnvironmentProblem(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from exc
         self.catch_signals()  # a stop request during start-up waits for the loop, never cuts an apply short
+        self.nft_session = libnft.open_session()
+        if self.nft_session is None:
+            self.log.info("libnftables not found: failovers run nft as a process (10-30 ms more each)")
         previous = state.load_daemon_record(self.netns, self.log.warning)
         interfaces = self.read_links()
         self.look(self.model)
@@ -205,10 +218,9 @@ class Daemon:
             self.watcher.close()
         if self.metrics is not None:
             self.metrics.close()
-        deadline = time.monotonic() + EXIT_WAIT  # the loop now only finishes the table record
-        while not self.recorder.idle and time.monotonic() < deadline:
-            self.reactor.turn()
-        self.recorder.close()
+        self.recorder.flush()
+        if self.nft_session is not None:
+            self.nft_session.close()
         self.domains.stop()
         if self.options.down_on_exit:
             report = down(self.netns)
@@ -305,6 +317,8 @@ class Daemon:
     def on_transition(self, transition: Transition) -> None:
         if transition.uplink in self.follower.waiting and "waiting" not in (transition.old, transition.new):
             return  # probes and link of a waiting uplink: it is out of use already
+        if self.declared is None:
+            self.declared = (self.reactor.now(), time.thread_time())
         self.log_transition(transition)
         self.pending.append(transition)
         if self.act_timer is None:
@@ -337,10 +351,17 @@ class Daemon:
         what it left (`untouched`): if anyone else wrote meanwhile, the chains it would
         rewrite may be another config's, so the config's plan for the uplinks' states is
         applied instead, which reads the live table first.
+
+        The rules event is logged once the flows moved, with the daemon's own reaction time:
+        `reaction_ms` from the first transition of the turn to the flows deleted (`batch_ms` of
+        it the nft transaction), `reaction_cpu_ms` the CPU time this thread spent meanwhile (the
+        rest is waiting for a CPU on a busy machine). The records are written after that
+        (`save_record`, and the table's at the next turn: `TableRecorder`), none with an fsync.
         """
         self.act_timer = None
         assert self.installed is not None
         transitions, self.pending = self.pending, []
+        declared, self.declared = self.declared, None
         now = self.reactor.now()
         for transition in transitions:
             self.failback.note(transition, now)
@@ -352,7 +373,7 @@ class Daemon:
         moved = f"; flows of {', '.join(ending)} moved" if ending else ""
         try:
             with state.locked(self.netns, "markroute run (failover)", wait=FAILOVER_LOCK_WAIT):
-                self.follow(wanted, availability, moved)
+                rules = self.follow(wanted, availability, moved)
                 if self.model.settings.ha is None:
                     move_flows((self.model.uplinks[name].mark for name in ending), self.model.settings.mark_mask)
                 elif ending:  # an HA pair: only the master ends flows, or the deletions reach the peer
@@ -363,8 +384,14 @@ class Daemon:
         except KernelError as exc:
             self.log.error("cannot act on the uplinks' states: %s; trying again in %g s", exc, RETRY)
             self.pending = transitions + self.pending
+            self.declared = declared
             self.act_timer = self.reactor.call_later(RETRY, self.act)
             return
+        if rules is not None:
+            clock, cpu = declared or (None, None)
+            logs.event(self.log, logging.INFO, rules.message, **rules.fields,
+                       reaction_ms=None if clock is None else f"{(self.reactor.now() - clock) * 1000:.1f}",
+                       reaction_cpu_ms=None if cpu is None else f"{(time.thread_time() - cpu) * 1000:.1f}")
         self.schedule_release(now)
         self.save_record()
         news, self.news = self.news, []
@@ -389,35 +416,39 @@ class Daemon:
         if self.act_timer is None:
             self.act_timer = self.reactor.call_at(self.reactor.now(), self.act)
 
-    def follow(self, wanted: Plan, availability: UplinkAvailability, moved: str) -> None:
+    def follow(self, wanted: Plan, availability: UplinkAvailability, moved: str) -> RulesEvent | None:
         """Install WANTED (the plan for AVAILABILITY): chains rewritten in one transaction if nobody
-        else wrote since we did, else through apply (`act`). Under the lock."""
+        else wrote since we did, else through apply (`act`). Under the lock. What changed, for the
+        log (None: nothing did, or it was logged already)."""
         assert self.installed is not None
         if not self.untouched():
             self.log.warning("rules: the installed ruleset was changed by another process since this daemon "
                              "last wrote it: applying the config for the uplinks' states%s", moved)
             self.install_plan(wanted, availability)
-            return
+            return None
+        down = ",".join(sorted(availability.down)) or "none"
         try:
             commands = chain_batch(self.installed, wanted)
         except ValueError:  # a reload is being applied: the new config's plan goes in whole
             self.install_plan(wanted, availability)
-            logs.event(self.log, logging.INFO, f"rules: applied the new config for the uplinks' states{moved}",
-                       event="failover", down=",".join(sorted(availability.down)) or "none",
-                       moved=",".join(sorted(self.unmoved)) or None)
-            return
+            return RulesEvent(f"rules: applied the new config for the uplinks' states{moved}",
+                              {"event": "failover", "down": down, "moved": ",".join(sorted(self.unmoved)) or None})
+        rules = None
         if commands:
+            started = self.reactor.now()
             before = nftnetlink.generation()
-            nft.run_batch(commands)
+            nft.run_batch(commands, self.nft_session)
             after = nftnetlink.generation()
             self.generation = after if after == before + 1 else None
             self.rule_changes += 1
-            logs.event(self.log, logging.INFO,
-                       f"rules: rewrote {', '.join(changed_chains(commands))} in one transaction{moved}",
-                       event="failover", down=",".join(sorted(availability.down)) or "none",
-                       chains=",".join(changed_chains(commands)), moved=",".join(sorted(self.unmoved)) or None)
-            self.recorder.refresh(wanted, self.nominal)
+            chains = changed_chains(commands)
+            self.recorder.rewritten(wanted, chains, self.generation, self.nominal)
+            rules = RulesEvent(f"rules: rewrote {', '.join(chains)} in one transaction{moved}",
+                               {"event": "failover", "down": down, "chains": ",".join(chains),
+                                "moved": ",".join(sorted(self.unmoved)) or None,
+                                "batch_ms": f"{(self.reactor.now() - started) * 1000:.1f}"})
         self.installed, self.installed_availability = wanted, availability
+        return rules
 
     def untouched(self) -> bool:
         """Whether the kernel and the records are as this daemon left them: the same state.json
@@ -437,6 +468,7 @@ class Daemon:
         The lock is held until the records say what this apply left (`note_state`), so no
         other apply can slip in between unnoticed."""
         with state.locked(self.netns, "markroute run"):
+            self.recorder.flush()  # apply reads the record
             report = apply(plan, self.netns, following=True)
             for change in report.changes:
                 self.log.info("apply: %s", change)
@@ -445,6 +477,7 @@ class Daemon:
             self.installed, self.installed_availability = plan, availability
             self.note_nominal(plan, availability)
             self.recorder.stamp(self.nominal)
+            self.recorder.adopt(plan)
             self.note_state(report.nft_generation)
         self.domains.update(self.model)
         synced = dnsmasq.sync(self.model)  # domain sets filled by dnsmasq: its nftset= lines
@@ -505,10 +538,10 @@ class Daemon:
             self.resync_timer = self.reactor.call_later(delay, self.resync)
 
     def resync(self) -> None:
-        """Converge routes, rules and sysctls to the installed plan once the table record is current."""
+        """Converge routes, rules and sysctls to the installed plan."""
         self.resync_timer = None
         if not self.stopping:
-            self.recorder.when_idle(self.converge)
+            self.converge()
 
     def converge(self) -> None:
         assert self.installed is not None
@@ -517,8 +550,10 @@ class Daemon:
                 return  # nothing apply depends on changed (a DHCP renewal)
             self.log.debug("resync: the system changed; applying the installed plan")
             with state.locked(self.netns, "markroute run (resync)"):
+                self.recorder.flush()  # apply reads the record
                 report = apply(self.installed, self.netns, following=True)
                 self.recorder.stamp(self.nominal)
+                self.recorder.adopt(self.installed)
                 self.note_state(report.nft_generation)
         except KernelError as exc:
             self.follower.forget()
@@ -541,11 +576,13 @@ class Daemon:
         availability = availability_of(states)  # type: ignore[arg-type]
         try:
             with state.locked(self.netns, "markroute run (reload)", wait=FAILOVER_LOCK_WAIT):
-                self.follow(compile_plan(self.model, availability), availability, "")
+                rules = self.follow(compile_plan(self.model, availability), availability, "")
                 move_flows((self.model.uplinks[name].mark for name in carrying), self.model.settings.mark_mask)
         except KernelError as exc:
             self.log.error("reload: cannot take %s out of service first: %s", ", ".join(carrying), exc)
             return
+        if rules is not None:
+            logs.event(self.log, logging.INFO, rules.message, **rules.fields)
         self.log.info("reload: %s out of service until probed again", ", ".join(carrying))
 
     def look(self, model: Model) -> None:
@@ -602,7 +639,7 @@ class Daemon:
         except NeedsGateway as exc:
             self.log.error("reload: %s; still running the previous config", exc)
             return
-        self.recorder.when_idle(partial(self.reinstall, model))
+        self.reinstall(model)
 
     def reinstall(self, model: Model) -> None:
         """Switch to MODEL once its plan is installed: a plan the kernel refuses leaves the previous

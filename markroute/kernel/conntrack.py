@@ -5,13 +5,17 @@ and listing them with their labels, counters and age (`markroute flows`)."""
 from __future__ import annotations
 
 import socket
+import struct
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from markroute.kernel import KernelError
+from markroute.kernel import KernelError, nftnetlink
 
 FAMILIES = (socket.AF_INET, socket.AF_INET6)
+NFNL_SUBSYS_CTNETLINK = 1  # nfnetlink.h, nfnetlink_conntrack.h
+IPCTNL_MSG_CT_DELETE = 2
+CTA_MARK, CTA_MARK_MASK = 8, 21
 
 
 def count_by_mark(mask: int) -> Counter[int]:
@@ -33,21 +37,17 @@ def count_by_mark(mask: int) -> Counter[int]:
 def delete_by_mark(mark: int, mask: int) -> None:
     """Delete every entry (IPv4 and IPv6) whose `ct mark & MASK` equals MARK, and no other.
 
-    One netlink request per family: the kernel filters by mark and mask itself, so
-    the entries of other uplinks (and unmarked ones) are never even looked at here.
-    The next packet of a deleted flow is a new connection and is routed afresh.
+    One netlink request per family, both in one datagram (`nftnetlink.acknowledged`):
+    the kernel filters by mark and mask itself, so the entries of other uplinks (and
+    unmarked ones) are never even looked at here. The next packet of a deleted flow is
+    a new connection and is routed afresh. Sent directly rather than through pyroute2's
+    Conntrack: its two sockets took 1 to 5 ms, on the failover path.
     """
-    from pyroute2 import NetlinkError
-    from pyroute2.conntrack import Conntrack
-
     if not mark or mark & ~mask:
         raise ValueError(f"mark {mark:#x} is not a non-zero value inside mask {mask:#x}")
-    for family in FAMILIES:
-        try:
-            with Conntrack(nfgen_family=family) as ct:
-                ct.flush(mark=mark, mark_mask=mask)
-        except NetlinkError as exc:
-            raise KernelError(f"cannot delete the connections marked {mark:#x}/{mask:#x}: {exc}") from exc
+    filter_by = ((CTA_MARK, struct.pack("!I", mark)), (CTA_MARK_MASK, struct.pack("!I", mask)))
+    nftnetlink.acknowledged((((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE, family, filter_by)
+                             for family in FAMILIES), f"deleting the connections marked {mark:#x}/{mask:#x}")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from markroute.compile.ha import HOLD_SETS
-from markroute.kernel import KernelError, cgroups, nftnetlink
+from markroute.kernel import KernelError, cgroups, libnft, nftnetlink
 from markroute.plan import nfttext
 from markroute.plan.nftjson import FAMILY, is_cgroup_set, is_dynamic, json_default
 
@@ -42,16 +42,18 @@ def _run(argv: list[str], stdin: str | None = None) -> str:
     return proc.stdout
 
 
-def run_batch(commands: Iterable[Obj]) -> None:
-    """Load one JSON batch (`nft -j -f -`): one kernel transaction, all or nothing.
+def run_batch(commands: Iterable[Obj], session: libnft.Session | None = None) -> None:
+    """Load one JSON batch (`nft -j -f -`, or through SESSION in this process: `libnft`): one
+    kernel transaction, all or nothing.
 
     A batch with cgroup sets gets their configured paths that exist now (`cgroups.resolved`);
-    one reading a socket's cgroup goes in as text, which nft 1.0.6 needs for it. A cgroup
-    that vanished between our look and nft's fails the batch: it is built again once.
+    one reading a socket's cgroup goes in as text, which nft 1.0.6 needs for it (libnftables
+    reads text too when its JSON parser refuses a buffer). A cgroup that vanished between our
+    look and nft's fails the batch: it is built again once.
     """
     commands = list(commands)
     if not cgroups.involved(commands):
-        _run(["-j", "-f", "-"], json.dumps({"nftables": commands}, default=json_default))
+        _load(json.dumps({"nftables": commands}, default=json_default), session)
         nftnetlink.count_commit()
         return
     for attempt in (1, 2):
@@ -62,15 +64,22 @@ def run_batch(commands: Iterable[Obj]) -> None:
                     text = nfttext.batch(batch)
                 except ValueError as exc:
                     raise KernelError(str(exc)) from None
-                _run(["-f", "-"], text)
+                _load(text, session, as_json=False)
             else:
-                _run(["-j", "-f", "-"], json.dumps({"nftables": batch}, default=json_default))
+                _load(json.dumps({"nftables": batch}, default=json_default), session)
         except KernelError as exc:
             if attempt == 2 or "cgroupv2 path fails" not in str(exc):
                 raise
             continue
         break
     nftnetlink.count_commit()
+
+
+def _load(text: str, session: libnft.Session | None, as_json: bool = True) -> None:
+    if session is not None:
+        session.run(text)
+    else:
+        _run(["-j", "-f", "-"] if as_json else ["-f", "-"], text)
 
 
 def list_ruleset() -> dict[str, Any]:

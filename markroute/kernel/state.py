@@ -397,7 +397,8 @@ def amend(netns: str | None, plan_digest: str, table: TableRewrite | None = None
 
     Without TABLE, a rewrite already recorded against the same `state.json` is kept.
     False (and nothing written) when nothing is applied, or when AGAINST names a
-    state.json that is no longer there (the table was listed after another apply).
+    state.json that is no longer there (another apply came first). Not synced to disk
+    (`write`): the daemon writes it after every failover.
     """
     with locked(netns, "markroute run (record)"):
         amends = written(netns)
@@ -409,7 +410,7 @@ def amend(netns: str | None, plan_digest: str, table: TableRewrite | None = None
                 if current.plan_digest == plan_digest:
                     return True
                 table = current.table
-        write(netns, TABLE_AMENDMENT, TableAmendment(amends, plan_digest, table).to_json())
+        write(netns, TABLE_AMENDMENT, TableAmendment(amends, plan_digest, table).to_json(), durable=False)
         return True
 
 
@@ -434,12 +435,17 @@ def load_daemon_record(netns: str | None, warn: Warn | None = None) -> DaemonRec
 
 
 def save_daemon_record(netns: str | None, record: DaemonRecord) -> None:
-    """The daemon's view of the uplinks (`markroute run` is its only writer)."""
-    write(netns, DAEMON_RECORD, record.to_json())
+    """The daemon's view of the uplinks (`markroute run` is its only writer); not synced to disk (`write`)."""
+    write(netns, DAEMON_RECORD, record.to_json(), durable=False)
 
 
-def write(netns: str | None, name: str, data: dict[str, Any]) -> None:
+def write(netns: str | None, name: str, data: dict[str, Any], durable: bool = True) -> None:
     """Write one JSON record of the namespace atomically: a temporary file, then rename.
+
+    DURABLE: fsync the file before the rename. The daemon's records (written on every
+    failover, where an fsync could wait for a busy disk) go without: the rename alone keeps
+    them whole across a crash of the process, and /run, a tmpfs, does not survive the power
+    loss an fsync guards against.
 
     The file is created 0600 inside the directory's descriptor (`secure_directory`),
     never through a symlink, so neither the umask nor a planted link decides where
@@ -457,7 +463,8 @@ def write(netns: str | None, name: str, data: dict[str, Any]) -> None:
                     os.fchmod(fd, FILE_MODE)
                     with os.fdopen(fd, "w", encoding="utf-8", closefd=False) as handle:
                         handle.write(json.dumps(data, default=json_default))  # compact and via dumps: C encoder
-                    os.fsync(fd)
+                    if durable:
+                        os.fsync(fd)
                 finally:
                     os.close(fd)
                 interrupt.point(f"{name} written, not yet renamed")

@@ -349,6 +349,60 @@ def test_every_policy_rule_counts_and_names_its_policy(tmp_path: Path) -> None:
         assert all(any("counter" in e for e in r["expr"]) for r in found)
 
 
+def test_known_connections_restore_only_the_packet_mark_and_first_packets_mark_both_in_one_rule(
+        tmp_path: Path) -> None:
+    """The connection already holds its mark: a later packet writes only its own (one statement);
+    the first packet's mark chain writes both, as one rule."""
+    plan = plan_of(tmp_path, DUAL + "policies:\n  - {name: all, via: a}\n")
+    mask = plan.mask
+    for chain in ("prerouting", "output"):
+        restore = [e["vmap"] for e in rules(plan, chain)[0]["expr"] if "vmap" in e][0]
+        for mark, target in restore["data"]["set"]:
+            body = rules(plan, target["goto"]["target"])
+            assert len(body) == 1 and body[0]["expr"][-1] == {"accept": None}
+            writes = [e["mangle"] for e in body[0]["expr"] if "mangle" in e]
+            assert writes == [{"key": {"meta": {"key": "mark"}},
+                               "value": {"|": [{"&": [{"meta": {"key": "mark"}}, ~mask & 0xFFFFFFFF]}, mark]}}]
+    for uplink in plan.uplinks:
+        body = rules(plan, f"mark_{uplink.name}")
+        assert len(body) == 1 and body[0]["expr"][-1] == {"accept": None}
+        written = {next(iter(e["mangle"]["key"].values()))["key"]: e["mangle"]["value"]["|"][1]
+                   for e in body[0]["expr"] if "mangle" in e}
+        assert written == {"mark": uplink.mark}
+        assert [e["mangle"]["key"] for e in body[0]["expr"] if "mangle" in e] == [
+            {"meta": {"key": "mark"}}, {"ct": {"key": "mark"}}]
+
+
+def test_ingress_is_one_interface_lookup_that_jumps_and_stays_inline_for_one_interface(tmp_path: Path) -> None:
+    """Several interfaces: one `iifname vmap` jumping (a connection no ingress rule takes goes on
+    to the policies) to a chain per interface, its uplinks in order; one interface: rules inline."""
+    text = """
+uplinks:
+  plain: {interface: eth0, gateway: 192.168.10.1}
+  byMac: {interface: eth0, gateway: 192.168.10.2, ingress: {mac: "52:54:00:c2:a5:43"}}
+  wan: {interface: eth1, gateway: 198.51.100.1}
+policies:
+  - {name: all, via: wan}
+"""
+    plan = plan_of(tmp_path, text)
+    prerouting = rules(plan, "prerouting")
+    lookups = [r for r in prerouting if any("vmap" in e and e["vmap"]["key"] == {"meta": {"key": "iifname"}}
+                                            for e in r["expr"])]
+    assert len(lookups) == 1
+    assert not [r for r in prerouting if any(m["left"] == {"meta": {"key": "iifname"}} for m in matches(r))]
+    targets = {name: jump["jump"]["target"] for name, jump in lookups[0]["expr"][-1]["vmap"]["data"]["set"]}
+    assert set(targets) == {"eth0", "eth1"}
+    assert [r["comment"] for r in rules(plan, targets["eth0"])] == ["ingress byMac", "ingress plain"]
+    assert [r["comment"] for r in rules(plan, targets["eth1"])] == ["ingress wan"]
+    assert prerouting.index(lookups[0]) < next(i for i, r in enumerate(prerouting) if r.get("comment") == "to this host")
+
+    single = plan_of(tmp_path, "uplinks:\n  a: {interface: eth0, gateway: 192.0.2.1}\npolicies:\n  - {via: a}\n")
+    inline = [r for r in rules(single, "prerouting") if r.get("comment") == "ingress a"]
+    assert inline and matches(inline[0])[0] == {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "eth0"}
+    assert not any("vmap" in e and e["vmap"]["key"] == {"meta": {"key": "iifname"}}
+                   for r in rules(single, "prerouting") for e in r["expr"])
+
+
 def test_ingress_inbound_and_nat(tmp_path: Path) -> None:
     text = """
 uplinks:
@@ -366,7 +420,7 @@ uplinks:
 """
     plan = plan_of(tmp_path, text)
 
-    ingress = [r for r in rules(plan, "prerouting") if str(r.get("comment", "")).startswith("ingress")]
+    ingress = [r for r in ingress_rules(plan) if str(r.get("comment", "")).startswith("ingress")]
     assert [r["comment"] for r in ingress][:1] == ["ingress router2"], "specific ingress before the plain one"
     assert destination(plan, verdict(ingress[0]), 4) == "router2"
     wan = [r for r in ingress if r["comment"] == "ingress wan"][0]
@@ -377,6 +431,20 @@ uplinks:
     shared = [m for m in matches(nat["nat router2"]) if m["left"] == {"&": [{"meta": {"key": "mark"}}, 0xFF00]}]
     assert shared and shared[0]["right"] == next(u.mark for u in plan.uplinks if u.name == "router2")
     assert {"snat": {"family": "ip", "addr": "198.51.100.2"}} in nat["nat wan"]["expr"]
+
+
+def ingress_rules(plan: Plan) -> list[dict[str, Any]]:
+    """The rules a new connection's arriving interface leads to: inline in prerouting, or in
+    the chains its `iifname vmap` jumps to, in the vmap's order."""
+    found: list[dict[str, Any]] = []
+    for rule in rules(plan, "prerouting"):
+        last = rule["expr"][-1]
+        if "vmap" in last and last["vmap"]["key"] == {"meta": {"key": "iifname"}}:
+            for _, jump in last["vmap"]["data"]["set"]:
+                found += rules(plan, jump["jump"]["target"])
+        else:
+            found.append(rule)
+    return found
 
 
 def test_nat_chain_only_when_an_uplink_nats(tmp_path: Path) -> None:

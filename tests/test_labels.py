@@ -19,12 +19,19 @@ uplinks:
 
 
 def written(rule: dict[str, Any]) -> int:
-    """The label bits a rule sets, as one 128-bit value (nftables ORs each bit in)."""
+    """The label bits a rule sets, as one 128-bit value (nftables ORs the bits of `ct label set A | B` in)."""
     value = 0
     for expr in rule["expr"]:
         if "mangle" in expr and expr["mangle"]["key"] == {"ct": {"key": "label"}}:
-            value |= 1 << expr["mangle"]["value"]
+            value |= bit_value(expr["mangle"]["value"])
     return value
+
+
+def bit_value(value: Any) -> int:
+    """A `ct label set` value as bits: a bit number, or `{"|": [a, b]}` nested as nft lists it."""
+    if isinstance(value, int):
+        return 1 << value
+    return sum(bit_value(part) for part in value["|"])
 
 
 @pytest.mark.parametrize("decision", [Decision("policy", 1), Decision("policy", 1000), Decision("ingress", 3),
@@ -57,3 +64,15 @@ def test_each_policy_rule_and_merged_policy_chain_records_its_number(tmp_path: P
     shift = (plan.mask & -plan.mask).bit_length() - 1
     assert recorded["ingress a"] == Decision("ingress", marks["a"] >> shift)
     assert recorded["ingress b"] == Decision("ingress", marks["b"] >> shift)
+
+
+def test_a_decision_is_one_label_statement_whatever_its_number_of_bits(tmp_path: Path) -> None:
+    """One `ct label set A | B | C` per decision: the kernel updates the labels once, not once per bit."""
+    plan = plan_of(tmp_path, UPLINKS + "policies:\n" + "".join(
+        f"  - {{name: p{n}, from: 10.{n}.0.0/16, via: a}}\n" for n in range(1, 8)))
+    for rule in objects(plan, "rule"):
+        if rule.get("comment", "").startswith(("policy ", "ingress ")):
+            sets = [e for e in rule["expr"] if "mangle" in e and e["mangle"]["key"] == {"ct": {"key": "label"}}]
+            assert len(sets) == 1, rule["comment"]
+    seven = next(r for r in objects(plan, "rule") if r.get("comment") == "policy p7")
+    assert labels.decode(written(seven)) == Decision("policy", 7), "bits 0, 1, 2 and the policy flag"

@@ -206,3 +206,21 @@ policies:
     assert one(simulator, "192.168.1.9", "10.1.3.3", iif="lan0").oif == "wan0", "odd /24s are not in the set"
     v6 = one(simulator, "fd00:1::9", "2001:db8:100::5", iif="lan0")
     assert (v6.oif, v6.next_hop, v6.snat) == ("wan1", "2001:db8:b::1", "2001:db8:b::2")
+
+
+def test_a_connection_no_ingress_rule_takes_goes_on_to_the_policies(tmp_path: Path) -> None:
+    """The arriving interface's ingress chain is jumped to: when its `ingress:` match (here the
+    sending router's MAC) does not hold, the policies still decide, as with the rules inline."""
+    plan = plan_of(tmp_path, f"""
+uplinks:
+  edge: {{interface: eth0, gateway: 192.168.10.2, ingress: {{mac: "{R2_MAC}"}}}}
+  wan: {{interface: eth1, gateway: 10.20.0.1}}
+policies:
+  - {{name: rest, via: wan}}
+""")
+    simulator = sim.offline(plan, ["eth0=192.168.10.50/24", "eth1=10.20.0.5/24"], ["default via 10.20.0.1 dev eth1"])
+    from_edge = one(simulator, "203.0.113.9", "198.51.100.7", iif="eth0", mac=R2_MAC)
+    assert from_edge.ct_mark is not None and from_edge.ct_mark & plan.mask == uplink(plan, "edge").mark
+    assert from_edge.policy is None
+    other = one(simulator, "192.168.10.9", "198.51.100.7", iif="eth0", mac="52:54:00:aa:bb:cc")
+    assert other.policy == "rest" and other.mark is not None and other.mark & plan.mask == uplink(plan, "wan").mark

@@ -4,13 +4,15 @@ How packets flow through the generated table (`inet markroute`):
 
 * `prerouting` (filter, mangle priority) and `output` (route, mangle priority): packets of
   known connections get their uplink mark back from the connection mark and leave the
-  chain. Only a connection's first packet goes further: in prerouting it is first
-  classified by the uplink it arrived through (`ingress`, `inbound` drops), otherwise
-  the policies decide, first match wins. Deciding once per connection and saving the
-  decision in the conntrack mark is what keeps a balanced connection on one uplink.
+  chain: a verdict map on the masked connection mark (the form every nftables version
+  accepts) reaches `restore_<uplink>`, one rule setting the packet's mark bits. Only a
+  connection's first packet goes further: in prerouting it is first classified by the
+  uplink it arrived through (`ingress`, `inbound` drops; one `iifname` map to a chain per
+  interface when there are several), otherwise the policies decide, first match wins.
+  Deciding once per connection and saving the decision in the conntrack mark is what
+  keeps a balanced connection on one uplink.
 * `mark_<uplink>` chains set only the bits of the mark mask, in the packet and the
-  connection, then accept; a verdict map on the masked connection mark reaches them, the
-  form every nftables version accepts.
+  connection, and accept, in one rule.
 * `group_<name>` chains pick a member: `numgen random` over a verdict map for weighted
   balancing, a plain `goto` to the first usable member for failover, else the last
   resort. `via_<uplink>` chains lead policies to an uplink, or to the last resort while it
@@ -150,16 +152,25 @@ class Compiler:
         connection to another uplink than the one its NAT mapping was made for.
         """
         if self.model.uplinks:
-            entries = [(u.mark, nj.verdict("goto", self.mark_chain(u.name))) for u in self.model.uplinks.values()]
+            entries = [(u.mark, nj.verdict("goto", self.restore_chain(u))) for u in self.model.uplinks.values()]
             self.add(chain, [nj.vmap(nj.band(nj.ct("mark"), self.mask), entries)], "restore connection mark")
         self.add(chain, [nj.match(nj.ct("state"), "new", "!="), nj.verdict("accept")])
 
+    def restore_chain(self, uplink: Uplink) -> str:
+        """`restore_<uplink>`: a known connection's packet gets its uplink mark back.
+
+        Only the packet's mark: the connection's already holds it (the first packet's
+        `mark_<uplink>` wrote it), so every later packet does one statement, not two.
+        """
+        chain = f"restore_{uplink.name}"
+        if chain not in self.chains:
+            self.chains[chain] = []
+            self.add(chain, [nj.set_bits(nj.meta("mark"), self.mask, uplink.mark), nj.verdict("accept")])
+        return chain
+
     def prerouting(self) -> None:
         self.restore_rules("prerouting")
-        plain = [u for u in self.model.uplinks.values() if u.ingress is None]
-        explicit = [u for u in self.model.uplinks.values() if u.ingress is not None]
-        for uplink in explicit + plain:
-            self.ingress(uplink)
+        self.ingress_rules()
         if self.applicable(local=False):
             self.add("prerouting", [nj.match(nj.fib_daddr_type(), "local"), nj.verdict("accept")], "to this host")
             self.policy_rules("policies_fwd", local=False)
@@ -175,24 +186,52 @@ class Compiler:
             self.policy_rules("policies_local", local=True)
             self.add("output", [nj.verdict("goto", "policies_local")])
 
-    def ingress(self, uplink: Uplink) -> None:
-        """A new connection arriving through an uplink is that uplink's: never policy-routed."""
+    def ingress_rules(self) -> None:
+        """The uplinks' ingress rules, uplinks with an `ingress:` match first.
+
+        With several interfaces, one `iifname vmap` jumps to the arriving interface's
+        `ingress_<uplink>` chain (named for its first uplink): a new connection from the
+        LAN pays one lookup, not one comparison per uplink. A jump, not a goto: a
+        connection no ingress rule there takes goes on to the policies, as it would past
+        the rules inline. With one interface the rules stay inline: one comparison is cheaper.
+        """
+        plain = [u for u in self.model.uplinks.values() if u.ingress is None]
+        explicit = [u for u in self.model.uplinks.values() if u.ingress is not None]
+        by_interface: dict[str, list[Uplink]] = {}
+        for uplink in explicit + plain:
+            by_interface.setdefault(uplink.interface, []).append(uplink)
+        if len(by_interface) < 2:
+            for uplink in explicit + plain:
+                self.ingress(uplink, "prerouting", [nj.match(nj.meta("iifname"), uplink.interface)])
+            return
+        entries = []
+        for interface, uplinks in by_interface.items():
+            chain = f"ingress_{uplinks[0].name}"
+            self.chains[chain] = []
+            for uplink in uplinks:
+                self.ingress(uplink, chain, [])
+            entries.append((interface, nj.verdict("jump", chain)))
+        self.add("prerouting", [nj.vmap(nj.meta("iifname"), entries)], "arrived through an uplink")
+
+    def ingress(self, uplink: Uplink, chain: str, head: list[Expr]) -> None:
+        """A new connection arriving through an uplink is that uplink's: never policy-routed.
+
+        HEAD tests the interface where CHAIN does not already imply it."""
         reply = self.model.settings.reply_via_ingress
         accepted = nj.verdict("goto", self.mark_chain(uplink.name)) if reply else nj.verdict("accept")
         target = accepted
         if uplink.inbound is not None and uplink.inbound.policy == "drop":
-            chain = f"in_{uplink.name}"
+            inbound = f"in_{uplink.name}"
             for allowed in uplink.inbound.allow:
-                self.emit(chain, allowed, [nj.counter(), accepted], f"inbound {uplink.name} allow")
+                self.emit(inbound, allowed, [nj.counter(), accepted], f"inbound {uplink.name} allow")
             if uplink.inbound.log is not None:
-                self.add(chain, packetlog.statements(uplink.inbound.log.prefix, uplink.inbound.log.rate, "drop", uplink.name),
+                self.add(inbound, packetlog.statements(uplink.inbound.log.prefix, uplink.inbound.log.rate, "drop", uplink.name),
                          f"log of inbound {uplink.name}")
-            self.add(chain, [nj.counter(), nj.verdict("drop")], f"inbound {uplink.name}")
-            target = nj.verdict("goto", chain)
-        head = [nj.match(nj.meta("iifname"), uplink.interface)]
+            self.add(inbound, [nj.counter(), nj.verdict("drop")], f"inbound {uplink.name}")
+            target = nj.verdict("goto", inbound)
         match = uplink.ingress or Match()
         recorded = labels.statements(labels.Decision("ingress", uplink.mark >> marks.shift(self.mask)))
-        self.emit("prerouting", match, [nj.counter(), *recorded, target], f"ingress {uplink.name}", head,
+        self.emit(chain, match, [nj.counter(), *recorded, target], f"ingress {uplink.name}", head,
                   versions=match.versions & uplink.versions)
 
     def applicable(self, local: bool) -> list[Policy]:
@@ -348,9 +387,7 @@ class Compiler:
             value = marks.unreachable_mark(self.mask) if name == "unreachable" else marks.blackhole_mark(self.mask)
             body = [nj.set_bits(nj.meta("mark"), self.mask, value)]
         self.chains[chain] = []
-        for statement in body:
-            self.add(chain, [statement])
-        self.add(chain, [nj.verdict("accept")])
+        self.add(chain, [*body, nj.verdict("accept")])  # one rule: a rule per statement costs a rule walk each
         return chain
 
     def group_chain(self, name: str) -> str:

@@ -18,17 +18,20 @@ conntrackd synchronises them (`Sync { ... }` carries CTA_LABELS), and
 reading them costs nothing at forwarding time. Why a binary number and not one bit per
 policy: there are only 128 bits and configs have thousands of policies.
 
-Cost: nftables sets one label bit per statement (`ct label set N`), so a policy writes
-popcount(number) + 1 statements, at most `NUMBER_BITS + 1`, evaluated on a connection's
-first packet only. Once any rule uses labels, the kernel gives *every* new connection
-of the namespace a labels extension (16 more bytes in the entry's extension area);
-connections created before the rules were loaded have none and show as "not recorded".
+Cost: one `ct label set A | B | ...` statement per decision, whatever its number of
+bits: nftables ORs the bits into one 128-bit immediate and the kernel writes them with
+one labels update, on a connection's first packet only (a statement per bit, as
+`ct label set N` alone writes them, took one update each). Once any rule uses labels,
+the kernel gives *every* new connection of the namespace a labels extension (16 more
+bytes in the entry's extension area); connections created before the rules were loaded
+have none and show as "not recorded".
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from functools import reduce
+from typing import Any, Literal
 
 from markroute.plan import nftjson as nj
 
@@ -57,8 +60,10 @@ def bits(decision: Decision) -> list[int]:
 
 
 def statements(decision: Decision) -> list[nj.Expr]:
-    """The `ct label set N` statements (one bit each, as nftables sets them) recording `decision`."""
-    return [nj.mangle(nj.ct("label"), bit) for bit in bits(decision)]
+    """The one `ct label set A | B | ...` statement recording `decision`, nested as nft lists it."""
+    first, *rest = bits(decision)
+    start: Any = first
+    return [nj.mangle(nj.ct("label"), reduce(nj.bor, rest, start))]
 
 
 def decode(labels: int) -> Decision | None:

@@ -609,9 +609,9 @@ class RuleBuilder:
         key = body["key"]
         kind, inner = next(iter(key.items()))
         name = inner.get("key") if kind in ("meta", "ct") else None
-        if kind == "ct" and name == "label" and isinstance(body["value"], int):
-            # Labels record which rule decided (`plan.labels`); nothing routes or filters by them.
-            # Decided before the texts below are rendered: a plan sets two per policy rule.
+        if kind == "ct" and name == "label":
+            # Labels record which rule decided (`plan.labels`): bits by number, by name or OR'ed
+            # together; nothing routes or filters by them. Decided before the value is compiled.
             return lambda p: None
         target = self.value(key)
         value = self.value(body["value"], target.dtype)
@@ -634,8 +634,6 @@ class RuleBuilder:
                 return None
             return set_ct_mark
         if kind == "meta" and name in ("nftrace", "priority"):
-            return lambda p: None
-        if kind == "ct" and name == "label":  # set by name, not by number
             return lambda p: None
         if kind == "payload" and inner.get("field") == "dscp" and inner.get("protocol") in ("ip", "ip6"):
             version = 4 if inner["protocol"] == "ip" else 6

@@ -14,9 +14,11 @@ every router's lan0, so a round measures every configuration in turn, in a new r
 each round, without reinstalling anything: ratios are paired within a round, so load from the
 other work on this shared machine falls on both sides of each ratio.
 
-With --extra, two diagnostic configurations are added: markroute's 1,000 policies compiled
-without merging (one rule each), and markroute's 1-policy table with its "to this host"
-rule (a FIB lookup per packet of a new connection) deleted by hand after apply.
+With --extra, three diagnostic configurations are added: markroute's 1,000 policies compiled
+without merging (one rule each), markroute's 1-policy table with its "to this host"
+rule (a FIB lookup per packet of a new connection) deleted by hand after apply, and the
+same table with its `iifname vmap` (the uplinks' ingress) replaced by hand by one
+`iifname "wanK" jump ingress_...` rule per uplink, the form before the map.
 
 Configurations: no ruleset; the floor of mark-based policy routing (conntrack, one `ct mark`
 rule, one fwmark ip rule); markroute, pbr-style and mwan3-style (`peers.py`) with the same
@@ -195,7 +197,21 @@ def variants(prefixes: list[str], extra: bool) -> list[Variant]:
                           if item.get("rule", {}).get("comment") == "to this host")
             lab.run(rtr, ["nft", "delete", "rule", "inet", "markroute", "prerouting", "handle", str(handle)])
 
+        def ingress_rules(lab: Lab, rtr: str, tmp: Path) -> None:
+            markroute_variant(SCALES[0])(lab, rtr, tmp)
+            listing = json.loads(lab.run(rtr, ["nft", "-j", "-a", "list", "chain", "inet", "markroute", "prerouting"]).stdout)
+            lookup = next(item["rule"] for item in listing["nftables"]
+                          if item.get("rule", {}).get("comment") == "arrived through an uplink")
+            lines = [f'insert rule inet markroute prerouting position {lookup["handle"]} iifname "{name}" jump {jump["jump"]["target"]}'
+                     for name, jump in lookup["expr"][-1]["vmap"]["data"]["set"]]
+            lines.append(f"delete rule inet markroute prerouting handle {lookup['handle']}")
+            script = tmp / f"{rtr}.ingress.nft"
+            script.write_text("\n".join(lines) + "\n")
+            lab.run(rtr, ["nft", "-f", str(script)])
+
         found.append(Variant("markroute, 1,000 policies, merging off (one rule each)", unmerged))
+        found.append(Variant("markroute, 1 policy, its `iifname` map replaced by one rule per uplink (diagnostic)",
+                             ingress_rules))
         found.append(Variant("markroute, 1 policy, its `fib daddr type local` rule deleted (diagnostic)",
                              without_local_check))
     return found

@@ -160,6 +160,8 @@ class Daemon:
         self.metrics: MetricsServer | None = None
         self.churn = ChurnLog(log)
         self.cgroups_present: set[str] | None = None  # configured cgroups that existed at the last look
+        # the table, its cgroup sets and their cgroups' ids at the last look (`cgroupsets.ids`)
+        self.cgroup_ids: tuple[str, dict[str, tuple[str, ...]], dict[str, int | None]] | None = None
         self.nft_session: libnft.Session | None = None  # failover batches without an nft process (`libnft`)
 
     # -- life cycle --------------------------------------------------------------------
@@ -702,6 +704,9 @@ class Daemon:
         if installed is None or not sets:
             return
         ours = self.generation is not None and nftnetlink.generation() == self.generation
+        now = (installed.table_name, sets, cgroupsets.ids(sets))
+        if ours and now == self.cgroup_ids:
+            return  # no cgroup came, went or was re-created, and nobody wrote since our last look
         try:
             with state.locked(self.netns, "markroute run"):
                 present = cgroupsets.keep(installed.table_name, sets)
@@ -710,6 +715,7 @@ class Daemon:
             return
         if ours:
             self.generation = nftnetlink.generation()
+        self.cgroup_ids = now
         before = self.cgroups_present
         self.cgroups_present = present
         configured = sorted({path for paths in sets.values() for path in paths})

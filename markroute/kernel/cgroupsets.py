@@ -10,6 +10,7 @@ paths in one transaction: packets never see a present cgroup missing from it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,22 @@ def presence(paths: Iterable[str]) -> list[CgroupPresence]:
     """Whether each path names a cgroup now; none does when cgroup2 is not where nft looks."""
     where = cgroups.cgroup2_place()
     return [CgroupPresence(path, where is not None and cgroups.exists(path, where)) for path in paths]
+
+
+def ids(sets: dict[str, tuple[str, ...]]) -> dict[str, int | None]:
+    """Each configured path's cgroup id now (the directory's inode, what nft stores), None when absent.
+
+    Equal ids mean no cgroup came, went or was re-created: a stat per path, where `keep`
+    lists every set through nft."""
+    where = cgroups.cgroup2_place()
+    found: dict[str, int | None] = {}
+    for path in sorted({path for listed in sets.values() for path in listed}):
+        try:
+            found[path] = os.stat(os.path.join(cgroups.NFT_CGROUP_ROOT, cgroups.kernel_path(path, where))).st_ino \
+                if where is not None else None
+        except OSError:
+            found[path] = None
+    return found
 
 
 def keep(table: str, sets: dict[str, tuple[str, ...]]) -> set[str]:

@@ -145,8 +145,8 @@ class NewTable:
     """A new table made ready before anything hooks it in: the table and its empty sets, then their elements.
 
     Loading 100,000 prefixes keeps the kernel busy for ~0.3 s, with Python's lock
-    released, so a first apply does it in a thread (`start`) while it imports pyroute2
-    and sets sysctls, routes and rules, none of which touches nf_tables. The table has
+    released, so a first apply does it in a thread (`start`) while it sets sysctls,
+    routes and rules, none of which touches nf_tables. The table has
     no chains until `_Apply.create_table` adds them, so no packet sees it half filled.
     """
 
@@ -213,8 +213,7 @@ class _Apply:
         """The steps in the module doc's order, then the commit; everything undone on failure or interrupt.
 
         On a first apply (no record, no table) the new table's sets start filling in the
-        background at once (`NewTable.start`), while pyroute2 is imported and sysctls,
-        routes and rules go in.
+        background at once (`NewTable.start`), while sysctls, routes and rules go in.
         """
         try:
             interrupt.point("lock held, journal open")

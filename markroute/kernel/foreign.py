@@ -17,6 +17,7 @@ from typing import Any
 from markroute.kernel import KernelError, nftnetlink
 from markroute.kernel.ipjson import FR_ACT_TO_TBL, route_json, rule_json, table_of
 from markroute.kernel.rpdb import Rpdb
+from markroute.kernel.rtnetlink import RtnetlinkError
 from markroute.kernel.state import State
 from markroute.plan import BAND_WIDTH, RULE_PROTOCOL, Plan
 
@@ -75,20 +76,18 @@ def adopt(objects: list[Foreign], rpdb: Rpdb) -> list[str]:
     warnings: list[str] = []
     for item in objects:
         if item.kind == "route":
-            _delete(rpdb.ipr.route, _route_fields(item.message), item.text)
+            _delete(rpdb.rtnl.route, _route_fields(item.message), item.text)
         elif item.kind == "rule":
-            _delete(rpdb.ipr.rule, _rule_fields(item.message), item.text)
+            _delete(rpdb.rtnl.rule, _rule_fields(item.message), item.text)
         warnings.append(f"--force: took over {item.text} (replaced by markroute's)")
     return warnings
 
 
 def _delete(method: Any, fields: dict[str, Any], text: str) -> None:
-    from pyroute2 import NetlinkError
-
     try:
         method("del", **fields)
-    except NetlinkError as exc:
-        raise KernelError(f"cannot delete {text}: {exc}") from exc
+    except RtnetlinkError as exc:
+        raise KernelError(f"cannot delete {text}: {exc.detail}") from exc
 
 
 def _route_fields(msg: Any) -> dict[str, Any]:

@@ -134,14 +134,14 @@ def survey(rpdb: Rpdb, uplinks: Iterable[UplinkPlan], links: LinkState, followin
 
 def read_interfaces(rpdb: Rpdb) -> dict[str, Interface]:
     addresses: dict[int, list[tuple[int, str, int, str | None]]] = {}
-    for msg in rpdb.ipr.get_addr():
+    for msg in rpdb.rtnl.get_addr():
         family = msg["family"]
         local, address = msg.get_attr("IFA_LOCAL"), msg.get_attr("IFA_ADDRESS")
         if family in VERSIONS and (local or address):
             peer = address if local and address and address != local else None
             addresses.setdefault(msg["index"], []).append((VERSIONS[family], local or address, msg["prefixlen"], peer))
     found: dict[str, Interface] = {}
-    for msg in rpdb.ipr.get_links():
+    for msg in rpdb.rtnl.get_links():
         flags = msg["flags"]
         name = msg.get_attr("IFLA_IFNAME")
         found[name] = Interface(

@@ -18,7 +18,7 @@ from markroute.kernel.ipjson import (
     prefix_text,
     table_of,
 )
-from markroute.kernel.rpdb import ALL_FAMILIES, Rpdb
+from markroute.kernel.rpdb import Rpdb
 from markroute.plan import LinkState, Route
 
 IFF_UP = 0x1
@@ -45,13 +45,13 @@ class Link:
 def links(rpdb: Rpdb) -> dict[str, Link]:
     """Every interface by name."""
     addresses: dict[int, list[tuple[int, str, int]]] = {}
-    for msg in rpdb.ipr.get_addr():
+    for msg in rpdb.rtnl.get_addr():
         family = msg["family"]
         address = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
         if family in VERSIONS and address:
             addresses.setdefault(msg["index"], []).append((VERSIONS[family], address, msg["prefixlen"]))
     found: dict[str, Link] = {}
-    for msg in rpdb.ipr.get_links():
+    for msg in rpdb.rtnl.get_links():
         name = msg.get_attr("IFLA_IFNAME")
         flags = msg["flags"]
         found[name] = Link(
@@ -69,7 +69,7 @@ def link_state(rpdb: Rpdb, known: dict[str, Link] | None = None) -> LinkState:
     interfaces = links(rpdb) if known is None else known
     connected: list[Route] = []
     defaults: set[tuple[int, str]] = set()
-    for msg in rpdb.ipr.get_routes(family=ALL_FAMILIES):
+    for msg in rpdb.rtnl.get_routes():
         family = msg["family"]
         if family in VERSIONS and table_of(msg, "RTA_TABLE") == RT_TABLE_MAIN and msg["dst_len"] == 0:
             defaults |= main_default_interfaces(rpdb, msg)
@@ -105,7 +105,7 @@ def main_default_interfaces(rpdb: Rpdb, msg: Any) -> set[tuple[int, str]]:
 def interface_counters(rpdb: Rpdb) -> dict[str, dict[str, int]]:
     """Packets and bytes received and sent by every interface (the kernel's 64-bit counters)."""
     found: dict[str, dict[str, int]] = {}
-    for msg in rpdb.ipr.get_links():
+    for msg in rpdb.rtnl.get_links():
         stats = msg.get_attr("IFLA_STATS64")
         if stats is not None:
             found[msg.get_attr("IFLA_IFNAME")] = {key: int(stats[key]) for key in COUNTER_KEYS}

@@ -1,14 +1,14 @@
 """Entering a network namespace, for `--netns NAME` and for tests.
 
 Switching the process itself (rather than running `ip netns exec` per call) means nft
-subprocesses, pyroute2 sockets and /proc/sys/net all see the same namespace without
+subprocesses, netlink sockets and /proc/sys/net all see the same namespace without
 each caller having to pass it along. setns(2) moves only the calling thread, so this
 must happen at command start, before any thread, socket or subprocess exists.
 
-setns(2) is called through ctypes, the way pyroute2's own `netns.setns` does it: importing
-pyroute2 takes 0.2-0.3 s, and apply loads set elements into the kernel while that import
-runs (`markroute.kernel.apply`), which it can only do once it is in the namespace.
-(Python 3.12's `os.setns` will make this a standard call.)
+setns(2) is called through ctypes, the way pyroute2's own `netns.setns` does it: apply
+never imports pyroute2 (`kernel.rtnetlink` says why), and it starts loading set elements
+into the kernel as early as it can (`markroute.kernel.apply`), which it can only do once
+it is in the namespace. (Python 3.12's `os.setns` will make this a standard call.)
 """
 
 from __future__ import annotations

@@ -43,16 +43,24 @@ from itertools import repeat
 from operator import add
 
 from markroute.kernel import KernelError
+from markroute.kernel.netlinkwire import (
+    ATTR_HEADER,
+    NETLINK_CAP_ACK,
+    NLA_F_NESTED,
+    NLM_F_ACK,
+    NLM_F_CREATE,
+    NLM_F_REQUEST,
+    NLMSG_ERROR,
+    NLMSG_HEADER,
+    SOL_NETLINK,
+    attr,
+    error_code,
+)
 from markroute.values import Interval, Ipv4Intervals
 
-# Linux UAPI numbers (netlink.h, nfnetlink.h, nf_tables.h, libnftnl's udata flags).
+# Linux UAPI numbers (nfnetlink.h, nf_tables.h, libnftnl's udata flags; netlink.h's in `netlinkwire`).
 NETLINK_NETFILTER = 12
-SOL_NETLINK = 270
-NETLINK_CAP_ACK = 10
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
-NLMSG_ERROR = 2
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_CREATE = 0x1, 0x4, 0x400
-NLA_F_NESTED = 0x8000
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 16, 17
 NFT_MSG_NEWSETELEM, NFT_MSG_DELSETELEM = 12, 14
@@ -68,9 +76,7 @@ NFTA_DATA_VALUE = 1
 NFT_SET_ELEM_INTERVAL_END = 1
 NFTNL_UDATA_SET_ELEM_FLAGS, NFTNL_SET_ELEM_F_INTERVAL_OPEN = 1, 1
 
-NLMSG_HEADER = struct.Struct("=IHHII")
 NFGEN_HEADER = struct.Struct("=BBH")
-ATTR_HEADER = struct.Struct("=HH")
 MAX_ATTR_LENGTH = 0xFFFF  # an attribute's length is 16 bits: elements go in several messages
 KEY_BYTES = {4: 4, 6: 16}
 OPEN_USERDATA = bytes([NFTNL_UDATA_SET_ELEM_FLAGS, 4]) + struct.pack("=I", NFTNL_SET_ELEM_F_INTERVAL_OPEN)
@@ -169,7 +175,7 @@ def generation() -> int:
 
 def table_exists(name: str) -> bool:
     """Whether table `inet NAME` exists (NFT_MSG_GETTABLE): one round trip, where nft takes a process."""
-    return _ask(NFT_MSG_GETTABLE, NFPROTO_INET, _attr(NFTA_TABLE_NAME, name.encode() + b"\0"), "looking up a table") is not None
+    return _ask(NFT_MSG_GETTABLE, NFPROTO_INET, attr(NFTA_TABLE_NAME, name.encode() + b"\0"), "looking up a table") is not None
 
 
 def acknowledged(messages: Iterable[tuple[int, int, Iterable[tuple[int, bytes]]]], what: str) -> None:
@@ -182,7 +188,7 @@ def acknowledged(messages: Iterable[tuple[int, int, Iterable[tuple[int, bytes]]]
     for kind, family, attributes in messages:
         count += 1
         data += _message(kind, NLM_F_REQUEST | NLM_F_ACK, count, family,
-                         b"".join(_attr(attribute, payload) for attribute, payload in attributes))
+                         b"".join(attr(attribute, payload) for attribute, payload in attributes))
     with _kept_socket() as sock:
         try:
             sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
@@ -205,7 +211,7 @@ def _ask(kind: int, family: int, body: bytes, what: str) -> bytes | None:
             raise KernelError(f"nf_tables: {what} failed: {exc.strerror or exc}") from exc
     _length, reply_kind, _flags, _seq, _pid = NLMSG_HEADER.unpack_from(data)
     if reply_kind == NLMSG_ERROR:
-        code = _error_code(data, 0)
+        code = error_code(data, 0)
         if code == errno.ENOENT:
             return None
         raise KernelError(f"nf_tables: {what} failed: {os.strerror(code)}")
@@ -267,7 +273,7 @@ def _element_lists(version: int, intervals: Sequence[Interval]) -> Iterator[byte
     top = (1 << (8 * width)) - 1
     key_head = _attr_header(NFTA_SET_ELEM_KEY | NLA_F_NESTED, 8 + width) + _attr_header(NFTA_DATA_VALUE, 4 + width)
     start_head = _attr_header(NFTA_LIST_ELEM | NLA_F_NESTED, 4 + len(key_head) + width) + key_head
-    end_flag = _attr(NFTA_SET_ELEM_FLAGS, struct.pack("!I", NFT_SET_ELEM_INTERVAL_END))
+    end_flag = attr(NFTA_SET_ELEM_FLAGS, struct.pack("!I", NFT_SET_ELEM_INTERVAL_END))
     end_head = _attr_header(NFTA_LIST_ELEM | NLA_F_NESTED, 4 + len(key_head) + width + len(end_flag)) + key_head
     if isinstance(intervals, Ipv4Intervals):
         yield from _packed_lists(intervals, start_head, end_head, end_flag, key_head)
@@ -327,21 +333,16 @@ def _packed_lists(intervals: Ipv4Intervals, start_head: bytes, end_head: bytes, 
 
 def _open_element(key_head: bytes, first: bytes) -> bytes:
     """An interval reaching the top of the address space: a start element flagged open, no end."""
-    return _attr(NFTA_LIST_ELEM | NLA_F_NESTED, key_head + first + _attr(NFTA_SET_ELEM_USERDATA, OPEN_USERDATA))
+    return attr(NFTA_LIST_ELEM | NLA_F_NESTED, key_head + first + attr(NFTA_SET_ELEM_USERDATA, OPEN_USERDATA))
 
 
 def _attr_header(kind: int, length: int) -> bytes:
     return ATTR_HEADER.pack(length, kind)
 
 
-def _attr(kind: int, payload: bytes) -> bytes:
-    length = ATTR_HEADER.size + len(payload)
-    return ATTR_HEADER.pack(length, kind) + payload + bytes(-length % 4)
-
-
 def _list_message(table: str, set_name: str, elements: bytes | bytearray) -> bytes:
-    return (_attr(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0")
-            + _attr(NFTA_SET_ELEM_LIST_SET, set_name.encode() + b"\0")
+    return (attr(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0")
+            + attr(NFTA_SET_ELEM_LIST_SET, set_name.encode() + b"\0")
             + ATTR_HEADER.pack(ATTR_HEADER.size + len(elements), NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED)
             + elements)
 
@@ -380,16 +381,11 @@ def _acknowledgements(sock: socket.socket, expected: int) -> list[tuple[int, int
             length, kind, _flags, seq, _pid = NLMSG_HEADER.unpack_from(data, offset)
             if kind == NLMSG_ERROR:
                 seen += 1
-                code = _error_code(data, offset)
+                code = error_code(data, offset)
                 if code:
                     failures.append((seq, code))
             offset += max((length + 3) & ~3, NLMSG_HEADER.size)
     return failures
-
-
-def _error_code(data: bytes, offset: int) -> int:
-    """The errno of the NLMSG_ERROR message at OFFSET (0 for an acknowledgement)."""
-    return -int(struct.unpack_from("=i", data, offset + NLMSG_HEADER.size)[0])
 
 
 def _reason(code: int) -> str:

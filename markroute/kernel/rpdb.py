@@ -1,15 +1,19 @@
-"""ip rules and routes through pyroute2: read them, and change only markroute's own.
+"""ip rules and routes over rtnetlink (`kernel.rtnetlink`): read them, and change only markroute's own.
 
 Everything markroute adds carries protocol `RULE_PROTOCOL`; `own_rules` / `own_routes`
 return only those, as `IpRule` / `Route` values, so the kernel's view and a plan compare
 as plain data. Deleting always names protocol 77 too, so the kernel can never match a
 foreign rule or route that happens to have the same selectors.
+
+The socket is markroute's own rtnetlink code, not pyroute2: apply's whole run is
+measured against the kernel's insert of its set elements, and pyroute2's import and
+per-request event loop cost more than the rest of what apply does here
+(`kernel.rtnetlink` says how much).
 """
 
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
 from types import TracebackType
 from typing import Any
@@ -23,6 +27,7 @@ from markroute.kernel.ipjson import (
     rule_json,
     table_of,
 )
+from markroute.kernel.rtnetlink import Rtnetlink, RtnetlinkError
 from markroute.plan import RULE_PROTOCOL, IpRule, Route
 
 FAMILIES = {4: socket.AF_INET, 6: socket.AF_INET6}
@@ -30,7 +35,6 @@ RULE_ACTIONS = {FR_ACT_TO_TBL: "lookup", 6: "blackhole", 7: "unreachable"}
 ACTION_CODES = {"blackhole": 6, "unreachable": 7}
 RTM_F_CLONED = 0x200
 RT_SCOPE_LINK = 253
-ALL_FAMILIES = 255  # pyroute2's way to dump the routes of every family in one request
 
 RouteKey = tuple[int, int, str, str, str | None, str, int | None]
 
@@ -45,22 +49,20 @@ class Rpdb:
     """One netlink socket to the routing subsystem of the current namespace."""
 
     def __init__(self) -> None:
-        from pyroute2 import IPRoute
-
-        self.ipr = IPRoute()
+        self.rtnl = Rtnetlink()
         self._names: dict[int, str] = {}
 
     def __enter__(self) -> Rpdb:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.ipr.close()
+        self.rtnl.close()
 
     # -- interfaces ------------------------------------------------------------------
 
     def interface_names(self) -> dict[int, str]:
         if not self._names:
-            self._names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in self.ipr.get_links()}
+            self._names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in self.rtnl.get_links()}
         return self._names
 
     def ifname(self, index: int) -> str:
@@ -75,10 +77,10 @@ class Rpdb:
     # -- reading ---------------------------------------------------------------------
 
     def rule_messages(self) -> list[Any]:
-        return [msg for family in (socket.AF_INET, socket.AF_INET6) for msg in self.ipr.get_rules(family=family)]
+        return [msg for family in (socket.AF_INET, socket.AF_INET6) for msg in self.rtnl.get_rules(family)]
 
     def route_messages(self) -> list[Any]:
-        return [msg for msg in self.ipr.get_routes(family=ALL_FAMILIES) if not msg["flags"] & RTM_F_CLONED]
+        return [msg for msg in self.rtnl.get_routes() if not msg["flags"] & RTM_F_CLONED]
 
     def rules_json(self) -> list[dict[str, Any]]:
         return [rule_json(msg) for msg in self.rule_messages()]
@@ -151,7 +153,7 @@ class Rpdb:
             fields["src"] = str(network.network_address)
             fields["src_len"] = network.prefixlen
         verb = "add" if command == "add" else "delete"
-        self._call(self.ipr.rule, command, fields, f"{verb} ip rule '{rule.text()}'")
+        self._call(self.rtnl.rule, command, fields, f"{verb} ip rule '{rule.text()}'")
 
     def _route_request(self, command: str, route: Route) -> None:
         index = self.ifindex(route.dev)
@@ -176,16 +178,12 @@ class Rpdb:
             fields["scope"] = RT_SCOPE_LINK
         if route.realm is not None:
             fields["flow"] = route.realm
-        self._call(self.ipr.route, command, fields, what)
+        self._call(self.rtnl.route, command, fields, what)
 
     @staticmethod
     def _call(method: Any, command: str, fields: dict[str, Any], what: str) -> None:
-        from pyroute2 import NetlinkError
-
         try:
             method(command, **fields)
-        except NetlinkError as exc:
-            code = exc.code if isinstance(exc.code, int) else 0
-            detail = exc.args[1] if len(exc.args) > 1 and exc.args[1] else os.strerror(code)
-            raise KernelError(f"cannot {what}: {detail}") from exc
+        except RtnetlinkError as exc:
+            raise KernelError(f"cannot {what}: {exc.detail}") from exc
 

@@ -1,6 +1,6 @@
 """How long `markroute apply` takes with 100,000 prefixes, and what a change of set contents costs.
 
-Run (root): python3 benchmarks/bench_apply.py [--write] [--runs N] [--part all|own|peers] [--peer-runs N]
+Run (root): python3 benchmarks/bench_apply.py [--write] [--runs N] [--part all|own|peers|timeline] [--peer-runs N]
             [--sizes 100000,1000000]
 
 In a lab namespace with two uplinks: a full apply onto a router without markroute
@@ -23,11 +23,16 @@ set, and the kernel-only insert: the element batch markroute sends, built before
 only sent and committed (`nftnetlink._commit`) while timed. Each runs as a child process,
 so `wait4` gives its peak RSS. Goal: CLI apply within 1.5x of the kernel-only insert,
 peak RSS under 150 MB at 1,000,000.
+
+The third (`--part timeline`, `--runs N`) times the stages of that CLI apply at 100,000
+prefixes inside the process (`benchmarks/apply_timeline.py`): where its wall and CPU
+time go, beside the kernel-only insert of the same round.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import random
 import statistics
@@ -151,6 +156,8 @@ def main() -> None:
         own(int(option("--runs", "5")))
     if part in ("all", "peers"):
         peers(int(option("--peer-runs", "5")), [int(n) for n in option("--sizes", "100000,1000000").split(",")])
+    if part in ("all", "timeline"):
+        timeline(int(option("--runs", "5")))
 
 
 def spaced_prefixes(count: int) -> list[str]:
@@ -254,6 +261,64 @@ def peer_report(results: dict[tuple[int, str], list[tuple[float, float, float]]]
                 text += (f"| {size:,} | markroute apply / {name} ({what}) | {statistics.median(paired):.2f} "
                          f"({min(paired):.2f}-{max(paired):.2f}) |\n")
     return text
+
+
+def timeline(runs: int) -> None:
+    """Where the CLI apply of 100,000 distinct prefixes spends its wall and CPU time, stage by stage."""
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    rounds: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as directory, Lab() as lab:
+        tmp = Path(directory)
+        ns, peer = lab.add_ns("apply"), lab.add_ns("peer")
+        for k in (0, 1):
+            lab.veth(ns, f"wan{k}", peer, f"up{k}")
+            lab.addr(ns, f"wan{k}", f"10.0.{k}.2/24")
+        config = tmp / "markroute.yaml"
+        config.write_text(PEER_CONFIG)
+        (tmp / "big.txt").write_text("\n".join(spaced_prefixes(PREFIXES)) + "\n")
+        for _ in range(runs):
+            with inside(ns):
+                down(ns)
+            wall, cpu, _, output = child([sys.executable, str(HERE / "apply_timeline.py"), ns, str(config)])
+            found = json.loads(output.strip().splitlines()[-1])
+            lab.nft(ns, "table inet kernelonly { set big { type ipv4_addr; flags interval; }; }")
+            kernel = [float(x) for x in child([sys.executable, str(HERE / "kernel_batch.py"), ns, "kernelonly", "big",
+                                               str(tmp / "big.txt")])[3].split()]
+            lab.run(ns, ["nft", "delete", "table", "inet", "kernelonly"])
+            rounds.append({"wall": wall * 1000, "cpu_outside": cpu * 1000, "kernel": kernel, **found})
+        with inside(ns):
+            down(ns)
+    publish("Where a CLI apply of 100,000 prefixes spends its time", timeline_report(rounds, load))
+
+
+def timeline_report(rounds: list[dict[str, Any]], load: list[str]) -> str:
+    def cell(samples: list[float]) -> str:
+        return f"{statistics.median(samples):,.0f} ({min(samples):,.0f}-{max(samples):,.0f})"
+
+    rows = [("the whole process, from outside (interpreter start to exit)", "0", cell([r["wall"] for r in rounds]),
+             cell([r["cpu_outside"] for r in rounds])),
+            ("imports of every module apply uses (after the interpreter started)", "0", cell([r["imports"]["wall"] for r in rounds]),
+             cell([r["imports"]["cpu"] for r in rounds]))]
+    stages: dict[str, list[dict[str, Any]]] = {}
+    for found in rounds:
+        for stage in found["stages"]:
+            stages.setdefault(stage["stage"], []).append(stage)
+    for label, picked in sorted(stages.items(), key=lambda item: statistics.median(s["start"] for s in item[1])):
+        rows.append((label, cell([s["start"] for s in picked]), cell([s["wall"] for s in picked]),
+                     cell([s["cpu"] for s in picked])))
+    rows.append(("the rest: the interpreter's start before the script and its exit after the command",
+                 cell([r["end"] for r in rounds]), cell([r["wall"] - r["end"] for r in rounds]),
+                 cell([r["cpu_outside"] - r["cpu"] for r in rounds])))
+    rows.append(("kernel-only insert of the same batch, same round (`kernel_batch.py`)", "",
+                 cell([r["kernel"][0] * 1000 for r in rounds]), cell([r["kernel"][1] * 1000 for r in rounds])))
+    return (
+        f"The CLI `apply` of the peers section's config with {PREFIXES:,} distinct /24s onto an empty lab namespace, "
+        f"run by `benchmarks/apply_timeline.py` in a child process; {len(rounds)} rounds; median (min-max), ms. "
+        "Start: ms since the script started (the interpreter's own start-up, ~20 ms, comes before); a stage's "
+        "CPU is its thread's. Stages nest as their names say. Load average at the start: "
+        f"{' '.join(load)}.\n\n| stage | start | wall | CPU |\n|---|---|---|---|\n"
+        + "".join(f"| {a} | {b} | {c} | {d} |\n" for a, b, c, d in rows)
+    )
 
 
 def own(runs: int) -> None:

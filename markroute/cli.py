@@ -11,6 +11,8 @@ environment is missing something (not root, no nft binary, no such namespace).
 
 from __future__ import annotations
 
+import atexit
+import gc
 import importlib
 
 import click
@@ -34,6 +36,13 @@ COMMANDS = {
     "exec": "Run a command whose every connection goes through one uplink or group.",
     "manpage": "Print the markroute(8) man page (hidden: the installer writes it).",
 }
+
+
+# At exit the interpreter's last collection walks every object still alive (every
+# imported module's functions and classes, and what the command built) only to find next
+# to no cycles: ~15 ms of CPU of `apply`'s ~0.4 s at 100,000 prefixes (issue 15). Frozen
+# objects are left out of it; the process ends right after, and memory goes with it.
+atexit.register(gc.freeze)
 
 
 class LazyGroup(click.Group):

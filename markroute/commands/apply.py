@@ -53,13 +53,14 @@ def command(config: str | None, netns: str | None, force: bool) -> None:
     with interrupt.noted():  # from the start: a signal while the config loads rolls back at the first step
         model = load_model_or_exit(config_path(config))
         plan = compile_plan(model)
+        neighbours: list[str] = []
         with exit_codes():
             netns = prepare(netns)
-            report = apply_model(model, plan, netns, force)
+            report = apply_model(model, plan, netns, force, meanwhile=lambda: neighbours.extend(neighbour_warnings(plan)))
         domains = dnsmasq.sync(model)
         report.changes += domains.changes
         report.warnings += domains.warnings
-        for warning in report.warnings + neighbour_warnings(plan):
+        for warning in report.warnings + neighbours:
             click.echo(f"markroute: warning: {warning}", err=True)
         for name, reason in report.waiting.items():
             click.echo(f"waiting: {name} ({describe(reason)})")

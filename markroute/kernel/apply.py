@@ -103,7 +103,8 @@ class ApplyFailed(KernelError):
 
 
 def apply(
-    plan: Plan, netns: str | None = None, force: bool = False, following: bool = False, nominal: str | None = None
+    plan: Plan, netns: str | None = None, force: bool = False, following: bool = False, nominal: str | None = None,
+    meanwhile: Callable[[], None] | None = None,
 ) -> ApplyReport:
     """Converge the kernel of the current namespace to PLAN; NETNS only names the state file.
 
@@ -117,6 +118,11 @@ def apply(
     NOMINAL: the digest recorded as the applied config when PLAN is that config compiled
     with waiting uplinks down (`kernel.waiting.apply_model`), so `status -c FILE` still
     compares with the config; by default PLAN's own.
+
+    MEANWHILE: work of the caller's that reads the system but needs nothing from the
+    apply (the CLI's neighbour check): run while the kernel inserts a new table's set
+    elements in the background, where Python would otherwise only wait (issue 15), or
+    after the apply when there is no such wait.
     """
     with state.locked(netns, "markroute apply"):
         recovery = journal.recover(netns)
@@ -128,9 +134,12 @@ def apply(
             adopted = foreign.adopt(in_the_way, rpdb)
         log = Journal.begin(netns)
         report = ApplyReport(warnings=(recovery.messages() if recovery else []) + adopted + list(plan.warnings))
-        report = _Apply(plan, netns, previous, log, report, following, nominal).run()
+        applying = _Apply(plan, netns, previous, log, report, following, nominal)
+        applying.meanwhile = meanwhile
+        report = applying.run()
         ha.restore_hold(plan, netns)  # a new table's hold sets are empty: the role decides
-        return report
+    applying.while_filling()  # if no fill was waited for
+    return report
 
 
 def rule_text(rule: IpRule) -> str:
@@ -192,6 +201,8 @@ class NewTable:
 
 
 class _Apply:
+    meanwhile: Callable[[], None] | None = None  # `apply`'s MEANWHILE, until run (`while_filling`)
+
     def __init__(
         self, plan: Plan, netns: str | None, previous: State | None, log: Journal, report: ApplyReport,
         following: bool = False, nominal: str | None = None,
@@ -491,11 +502,19 @@ class _Apply:
         if new_table is None:
             new_table = self.adopt(NewTable(self.plan), start=False)
             new_table.fill()
+        else:
+            self.while_filling()
         new_table.wait()
         interrupt.point(f"sets of inet {name} filled")
         nft.run_batch({"add": obj} for obj in self.plan.nft if "table" not in obj and "set" not in obj)
         self.report.changes.append(f"nftables table inet {name} created")
         interrupt.point(f"chains of inet {name} hooked in")
+
+    def while_filling(self) -> None:
+        """The caller's MEANWHILE (`apply`), once: the kernel inserts elements meanwhile, with Python's lock released."""
+        work, self.meanwhile = self.meanwhile, None
+        if work is not None:
+            work()
 
     def update_sets(self, previous: State) -> list[dict[str, object]] | None:
         """Add and remove just the elements that changed, in one transaction (`nftnetlink`).

@@ -16,6 +16,8 @@ visible: `apply` and `markroute run` refuse such a config before changing anythi
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from markroute.compile import UplinkAvailability, compile_plan
 from markroute.kernel import KernelError, digest, gateways
 from markroute.kernel.apply import ApplyReport, apply
@@ -49,16 +51,17 @@ def refuse_missing_gateways(plan: Plan, survey: gateways.Survey) -> None:
                            "or gateway: ADDRESS)")
 
 
-def apply_model(model: Model, nominal: Plan, netns: str | None, force: bool = False) -> ApplyReport:
+def apply_model(model: Model, nominal: Plan, netns: str | None, force: bool = False,
+                meanwhile: Callable[[], None] | None = None) -> ApplyReport:
     """Apply MODEL (NOMINAL: its plan with every uplink up) with the uplinks that wait right now compiled as down.
 
-    `NeedsGateway` is raised first if due; FORCE as for `apply`. The record names
-    NOMINAL's digest as the applied config either way.
+    `NeedsGateway` is raised first if due; FORCE and MEANWHILE as for `apply`. The
+    record names NOMINAL's digest as the applied config either way.
     """
     survey = current_survey(nominal, following=False)
     refuse_missing_gateways(nominal, survey)
     waiting = frozenset(survey.waiting)
     if not waiting:
-        return apply(nominal, netns, force)
+        return apply(nominal, netns, force, meanwhile=meanwhile)
     plan = compile_plan(model, UplinkAvailability(down=waiting))
-    return apply(plan, netns, force, nominal=digest.plan_digest(nominal))
+    return apply(plan, netns, force, nominal=digest.plan_digest(nominal), meanwhile=meanwhile)

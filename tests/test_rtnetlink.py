@@ -15,10 +15,13 @@ import json
 import os
 import socket
 import struct
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from kernelhelp import KERNEL
+from kernelhelp import KERNEL, REPO, markroute, own_routes, own_rules, write_config
 
 from markroute.daemon import churn
 from markroute.kernel import KernelError
@@ -236,3 +239,26 @@ def test_refusals_become_clear_messages(router: tuple[Lab, str]) -> None:
                 rpdb.add_route(Route(4, 100001, "default", "nosuch0", "10.0.0.1", "universe", None))
             assert rpdb.own_routes() == [] and rpdb.own_rules() == [rule]
     assert [r.get("protocol") for r in ip_json(lab, ns, "rule", "show", "pref", "1002")] == [str(RULE_PROTOCOL)]
+
+
+@KERNEL
+def test_the_cli_apply_never_imports_pyroute2(router: tuple[Lab, str], tmp_path: Path) -> None:
+    """Issue 15: `apply` reads and writes rules and routes through `kernel.rtnetlink` only (its import
+    alone cost ~80 ms of CPU); every step still happens: rules and routes are those `ip` shows."""
+    lab, ns = router
+    (tmp_path / "big.txt").write_text("11.0.0.0/24\n11.0.2.0/24\n")
+    config = write_config(tmp_path, "uplinks:\n  isp_a: {interface: wan0, gateway: 10.0.0.1}\n"
+                                    "  isp_b: {interface: wan1, gateway: 10.0.1.1}\nsets:\n  big: {file: big.txt}\n"
+                                    "policies:\n  - {name: big-set, to: \"@big\", via: isp_b}\n")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    try:
+        run = subprocess.run([sys.executable, "-X", "importtime", "-m", "markroute", "apply", "-c", config,
+                              "--netns", ns], capture_output=True, text=True, env=env, timeout=120, check=False)
+        assert run.returncode == 0, run.stderr[-2000:]
+        imported = {line.rsplit("|", 1)[-1].strip() for line in run.stderr.splitlines() if line.startswith("import time:")}
+        assert "markroute.kernel.rtnetlink" in imported
+        assert not {name for name in imported if name.split(".")[0] == "pyroute2"}
+        assert {route["dev"] for route in own_routes(lab, ns)} == {"wan0", "wan1"}
+        assert len([rule for rule in own_rules(lab, ns) if "fwmark" in rule]) >= 2
+    finally:
+        markroute("down", "--netns", ns)

@@ -112,6 +112,37 @@ def test_a_refusal_carries_the_kernels_own_words() -> None:
     assert caught.value.detail == os.strerror(17)
 
 
+class CannedKernel:
+    """Stands in for the socket: answers each request with the next canned datagram, its sequence number set."""
+
+    def __init__(self, answers: list[list[tuple[int, int, bytes]]]) -> None:
+        self.answers = answers
+        self.seq = 0
+        self.requests = 0
+
+    def sendall(self, data: bytes) -> None:
+        self.seq = NLMSG_HEADER.unpack_from(data)[3]
+        self.requests += 1
+
+    def recv(self, size: int) -> bytes:
+        return b"".join(NLMSG_HEADER.pack(NLMSG_HEADER.size + len(body), kind, flags, self.seq, 0) + body
+                        for kind, flags, body in self.answers.pop(0))
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_dump_interrupted_by_a_change_is_read_again() -> None:
+    rule = struct.pack("=BBBBBBBBI", socket.AF_INET, 0, 0, 0, 254, 0, 0, 1, 0) + attr(6, struct.pack("=I", 32766))
+    kernel = CannedKernel([[(RTM_NEWRULE, 0x2 | 0x10, rule), (3, 0x2 | 0x10, bytes(4))],  # NLM_F_DUMP_INTR
+                           [(RTM_NEWRULE, 0x2, rule), (RTM_NEWRULE, 0x2, rule), (3, 0x2, bytes(4))]])
+    with Rtnetlink() as rtnl:
+        rtnl.sock.close()
+        rtnl.sock = kernel  # type: ignore[assignment]
+        found = rtnl.get_rules(socket.AF_INET)
+    assert kernel.requests == 2 and [m.get_attr("FRA_PRIORITY") for m in found] == [32766, 32766]
+
+
 def test_the_socket_port_is_numbered_as_the_daemon_expects() -> None:
     with Rtnetlink() as first, Rtnetlink() as second:
         assert first.port != second.port

@@ -40,6 +40,7 @@ from markroute.kernel.netlinkwire import (
     NLM_F_APPEND,
     NLM_F_CREATE,
     NLM_F_DUMP,
+    NLM_F_DUMP_INTR,
     NLM_F_EXCL,
     NLM_F_REQUEST,
     NLMSG_DONE,
@@ -63,6 +64,8 @@ RT_SCOPE_UNIVERSE, RT_SCOPE_NOWHERE = 0, 255
 FR_ACT_TO_TBL = 1
 PORT_SLOTS = 1024  # sockets per process, numbered into the port's top 10 bits
 RECEIVE_BYTES = 1 << 16
+DUMP_TRIES = 5  # a dump the kernel flags as interrupted by a change is asked for again
+TIMEOUT = 60.0
 
 Decoder = Callable[[bytes | memoryview], Any]
 
@@ -282,6 +285,7 @@ class Rtnetlink:
         try:
             self.sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
             self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+            self.sock.settimeout(TIMEOUT)
             self.port = _bind(self.sock)
         except BaseException:
             self.sock.close()
@@ -320,17 +324,27 @@ class Rtnetlink:
         self.request(*route_request(command, fields))
 
     def dump(self, kind: int, payload: bytes) -> list[Message]:
-        """The messages of a dump request of type KIND."""
+        """The messages of a dump request of type KIND: a consistent picture (a dump that another
+        process's change interrupted is asked for again)."""
+        for _ in range(DUMP_TRIES):
+            found, interrupted = self._dump_once(kind, payload)
+            if not interrupted:
+                return found
+        raise RtnetlinkError(errno.EAGAIN, f"the kernel's list changed during each of {DUMP_TRIES} tries to read it")
+
+    def _dump_once(self, kind: int, payload: bytes) -> tuple[list[Message], bool]:
         seq = self._send(kind, NLM_F_REQUEST | NLM_F_DUMP, payload)
         found: list[Message] = []
+        interrupted = False
         for reply, data, offset, length in self._replies(seq):
+            interrupted |= bool(NLMSG_HEADER.unpack_from(data, offset)[2] & NLM_F_DUMP_INTR)
             if reply == NLMSG_DONE:
-                return found
+                break
             if reply == NLMSG_ERROR:
                 _raise(data, offset, length)
             if reply in KINDS:
                 found.append(decode(reply, data[offset + NLMSG_HEADER.size:offset + length]))
-        return found
+        return found, interrupted
 
     def request(self, kind: int, flags: int, payload: bytes) -> None:
         """Send one change and wait for its acknowledgement; a refusal raises `RtnetlinkError`."""
@@ -343,13 +357,20 @@ class Rtnetlink:
 
     def _send(self, kind: int, flags: int, payload: bytes) -> int:
         self.seq += 1
-        self.sock.sendall(NLMSG_HEADER.pack(NLMSG_HEADER.size + len(payload), kind, flags, self.seq, self.port) + payload)
+        try:
+            self.sock.sendall(NLMSG_HEADER.pack(NLMSG_HEADER.size + len(payload), kind, flags, self.seq, self.port)
+                              + payload)
+        except OSError as exc:
+            raise RtnetlinkError(exc.errno or 0, f"sending to the kernel failed: {exc.strerror or exc}") from exc
         return self.seq
 
     def _replies(self, seq: int) -> Iterator[tuple[int, bytes, int, int]]:
         """(type, datagram, offset, length) of each reply message to request SEQ, until the caller stops."""
         while True:
-            data = self.sock.recv(RECEIVE_BYTES)
+            try:
+                data = self.sock.recv(RECEIVE_BYTES)
+            except OSError as exc:
+                raise RtnetlinkError(exc.errno or 0, f"reading the kernel's answer failed: {exc.strerror or exc}") from exc
             offset = 0
             while offset + NLMSG_HEADER.size <= len(data):
                 length, kind, _flags, number, _port = NLMSG_HEADER.unpack_from(data, offset)

@@ -8,13 +8,14 @@ since this script started), how long it took and the CPU time of its thread. The
 elements are inserted in apply's filling thread (`NewTable.fill`), the rest in the main
 thread. Prints, as its last line, one JSON object: the stages, the imports (everything
 `apply` imports before it runs, done here first so they are one figure) and the
-process's CPU time.
+process's CPU time, and its children's (the nft processes).
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import resource
 import sys
 import threading
 import time
@@ -70,8 +71,10 @@ def main() -> None:
     try:
         cli(["apply", "-c", config, "--netns", netns], standalone_mode=False)
     finally:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
         print(json.dumps({"imports": imported, "stages": found, "end": (time.perf_counter() - START) * 1000,
-                          "cpu": (time.process_time() - START_CPU) * 1000}))
+                          "cpu": (time.process_time() - START_CPU) * 1000,
+                          "children": (children.ru_utime + children.ru_stime) * 1000}))
 
 
 if __name__ == "__main__":

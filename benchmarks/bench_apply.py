@@ -306,9 +306,11 @@ def timeline_report(rounds: list[dict[str, Any]], load: list[str]) -> str:
     for label, picked in sorted(stages.items(), key=lambda item: statistics.median(s["start"] for s in item[1])):
         rows.append((label, cell([s["start"] for s in picked]), cell([s["wall"] for s in picked]),
                      cell([s["cpu"] for s in picked])))
+    rows.append(("the nft processes apply and the neighbour check run (their CPU)", "", "",
+                 cell([r["children"] for r in rounds])))
     rows.append(("the rest: the interpreter's start before the script and its exit after the command",
                  cell([r["end"] for r in rounds]), cell([r["wall"] - r["end"] for r in rounds]),
-                 cell([r["cpu_outside"] - r["cpu"] for r in rounds])))
+                 cell([r["cpu_outside"] - r["cpu"] - r["children"] for r in rounds])))
     rows.append(("kernel-only insert of the same batch, same round (`kernel_batch.py`)", "",
                  cell([r["kernel"][0] * 1000 for r in rounds]), cell([r["kernel"][1] * 1000 for r in rounds])))
     return (

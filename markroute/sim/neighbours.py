@@ -45,6 +45,7 @@ OUTSIDE = {4: int(ipaddress.ip_address("203.0.113.77")), 6: int(ipaddress.ip_add
 SPORT = 40000
 DPORT = 443
 INGRESS_PORT = 22
+KERNEL_PRIORITIES = (0, 32766, 32767)  # the kernel's own ip rules (local, main, default): never foreign
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,22 @@ class Probe:
 
     flow: Flow
     what: str  # "policy NAME" or "ingress UPLINK"
+
+
+def foreign_hands(state: dict[str, Any], ours: Ours) -> bool:
+    """Whether anything outside markroute could drop, reject or re-route its paths in STATE (a snapshot).
+
+    `inspect` reports only a drop or reject by a chain of another nftables table, which a
+    packet enters only through that table's base chains, and an ip rule outside
+    markroute's band and the kernel's own priorities: without either there is nothing to
+    find, and the simulation (seconds for 10,000 policies) is skipped.
+    """
+    for obj in state.get("nftables", {}).get("nftables", []):
+        chain = obj.get("chain") if isinstance(obj, dict) else None
+        if chain is not None and "hook" in chain and not in_table(obj, ours.table):
+            return True
+    return any(int(rule.get("priority", 0)) not in ours.priorities
+               and int(rule.get("priority", 0)) not in KERNEL_PRIORITIES for rule in state.get("rules", []))
 
 
 def inspect(simulator: Simulator, ours: Ours, document: dict[str, Any]) -> list[Finding]:
@@ -383,7 +400,7 @@ def _rerouted(steps: list[dict[str, Any]], ours: Ours, direction: str, describe:
     if deciding is None:
         return
     priority = int(str(deciding["rule"]).split(":", 1)[0])
-    if priority in ours.priorities or priority in (0, 32766, 32767):
+    if priority in ours.priorities or priority in KERNEL_PRIORITIES:
         return
     if last.get("oif") == expected and last.get("result") not in ("unreachable", "blackhole", "prohibit", "noroute"):
         return

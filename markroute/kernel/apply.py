@@ -210,7 +210,7 @@ class _Apply:
         self.new_table: NewTable | None = None
         self.report = report
         self.journal = log
-        self.nft_digest = digest.nft_digest(plan)
+        self.nft_digest = ""  # `digest.nft_digest(plan)`, worked out by `run` while a new table fills
         self.generation = 0  # nf_tables' generation before our first transaction
         self.commits = 0  # this process's commit count then (`nftnetlink.commits`)
 
@@ -226,6 +226,7 @@ class _Apply:
             self.generation, self.commits = nftnetlink.generation(), nftnetlink.commits()
             if self.previous is None and not nftnetlink.table_exists(self.plan.table_name):
                 self.adopt(NewTable(self.plan), start=True)
+            self.nft_digest = digest.nft_digest(self.plan)
             rpdb = Rpdb()
         except BaseException as exc:
             self.roll_back(exc)

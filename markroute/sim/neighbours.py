@@ -150,18 +150,19 @@ def probes(simulator: Simulator, ours: Ours, document: dict[str, Any]) -> Iterat
     lans = [link for name, link in sorted(links.items())
             if name != "lo" and name not in uplink_ifs and link.up and link.addresses][:MAX_LAN_INTERFACES]
     candidates = _candidates({"nftables": [o for o in document.get("nftables", []) if in_table(o, ours.table)]})
+    reached: dict[Flow, frozenset[str | None]] = {}
     for policy in _policy_names(document, ours.table):
         own = candidates.own.get(f"policy {policy}", {})
         for version in (4, 6):
             for lan in lans:
                 client = _client(lan, version)
                 if client is not None:
-                    flow = _reaching(simulator, policy, version, own, iif=lan.name, src=client)
+                    flow = _reaching(simulator, policy, version, own, reached, iif=lan.name, src=client)
                     if flow is not None:
                         yield Probe(flow, f"policy {policy}")
             source = _local_source(links, ours, version)
             if source is not None:
-                flow = _reaching(simulator, policy, version, own, iif=None, src=source)
+                flow = _reaching(simulator, policy, version, own, reached, iif=None, src=source)
                 if flow is not None:
                     yield Probe(flow, f"policy {policy}")
     for uplink in ours.uplinks:
@@ -217,14 +218,21 @@ def _local_source(links: dict[str, Link], ours: Ours, version: int) -> int | Non
 
 
 def _reaching(simulator: Simulator, policy: str, version: int, own: dict[str, dict[Any, None]],
-              iif: str | None, src: int) -> Flow | None:
-    """The first of a few candidate flows whose first packet reaches `policy`, if any does."""
+              reached: dict[Flow, frozenset[str | None]], iif: str | None, src: int) -> Flow | None:
+    """The first of a few candidate flows whose first packet reaches `policy`, if any does.
+
+    REACHED keeps the policies each flow walked so far reaches: the plain first candidate
+    is every policy's, and a socket's candidates repeat (its source is never the
+    policy's), so a socket's flows for a policy that none reaches cost two walks, not five.
+    """
     for flow in _candidate_flows(version, own, iif, src):
-        try:
-            leaves = simulator.explore(flow, record=False, with_reply=False)
-        except ValueError:
-            continue
-        if any(leaf.path.outcome.policy == policy for leaf in leaves):
+        if flow not in reached:
+            try:
+                leaves = simulator.explore(flow, record=False, with_reply=False)
+            except ValueError:
+                leaves = []
+            reached[flow] = frozenset(leaf.path.outcome.policy for leaf in leaves)
+        if policy in reached[flow]:
             return flow
     return None
 

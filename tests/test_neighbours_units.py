@@ -20,7 +20,7 @@ from markroute.config import load_model
 from markroute.daemon import churn
 from markroute.kernel import networkd, restore
 from markroute.plan import BAND_WIDTH, FAMILY_NAMES, LinkState, Route, resolve
-from markroute.sim.neighbours import Ours, inspect, unmasked_fwmark_rules
+from markroute.sim.neighbours import Ours, foreign_hands, inspect, unmasked_fwmark_rules
 
 CONFIG = """
 uplinks:
@@ -75,6 +75,13 @@ def out_of(interface: str) -> list[dict[str, Any]]:
 
 def findings(tmp_path: Path, foreign: list[dict[str, Any]], rules: tuple[dict[str, Any], ...] = (),
              routes: tuple[dict[str, Any], ...] = ()) -> list[Any]:
+    snapshot, ours = snapshot_of(tmp_path, foreign, rules, routes)
+    return inspect(sim.live(snapshot, SYSCTLS), ours, snapshot["nftables"])
+
+
+def snapshot_of(tmp_path: Path, foreign: list[dict[str, Any]], rules: tuple[dict[str, Any], ...] = (),
+                routes: tuple[dict[str, Any], ...] = ()) -> tuple[dict[str, Any], Ours]:
+    """A router's snapshot with markroute's plan installed beside FOREIGN objects, RULES and ROUTES."""
     path = tmp_path / "markroute.yaml"
     path.write_text(CONFIG)
     model, diagnostics = load_model(str(path))
@@ -91,7 +98,7 @@ def findings(tmp_path: Path, foreign: list[dict[str, Any]], rules: tuple[dict[st
     }
     ours = Ours(plan.table_name, plan.mask, frozenset(range(plan.rule_priority, plan.rule_priority + BAND_WIDTH)),
                 plan.uplinks)
-    return inspect(sim.live(snapshot, SYSCTLS), ours, snapshot["nftables"])
+    return snapshot, ours
 
 
 # -- paths through a foreign firewall --------------------------------------------------
@@ -130,6 +137,34 @@ def test_an_ip_rule_before_markroutes_band_that_takes_its_traffic_is_named(tmp_p
     reroutes = [f for f in found if f.kind == "reroute"]
     assert reroutes and all(f.rule == "9999: not from all fwmark 0xca6c lookup 51820" for f in reroutes), found
     assert "settings.rule_priority below 9999" in reroutes[0].hint
+
+
+VPN = {"family": "inet", "priority": 9999, "not": None, "src": "all", "fwmark": "0xca6c", "table": "51820"}
+TUNNEL = {"family": "inet", "dst": "default", "dev": "lan0", "table": "51820"}
+UNHOOKED = [{"table": {"family": "inet", "name": "spare", "handle": 2}},
+            {"chain": {"family": "inet", "table": "spare", "name": "unused", "handle": 1}},
+            {"rule": {"family": "inet", "table": "spare", "chain": "unused", "handle": 2, "expr": [{"drop": None}]}}]
+
+
+@pytest.mark.parametrize(("foreign", "rules", "routes", "touched"), [
+    ([], (), (), False),
+    (UNHOOKED, (), (), False),  # a chain no hook leads to drops nothing
+    ([], (), (TUNNEL,), False),  # a route no rule leads to
+    (filter_table(ESTABLISHED, out_of("wan0")), (), (), True),
+    (filter_table(ESTABLISHED, out_of("wan0"), out_of("wan1")), (), (), True),
+    ([], (VPN,), (TUNNEL,), True),
+    ([], (VPN,), (), True),
+], ids=["alone", "unhooked-table", "foreign-route", "dropping-firewall", "open-firewall", "vpn", "vpn-empty"])
+def test_the_simulation_is_skipped_only_where_nothing_foreign_can_touch_a_path(
+    tmp_path: Path, foreign: list[dict[str, Any]], rules: tuple[dict[str, Any], ...],
+    routes: tuple[dict[str, Any], ...], touched: bool,
+) -> None:
+    """`foreign_hands` says when the neighbour check may skip the simulation (seconds for
+    10,000 policies); where it does, the simulation would have found nothing either."""
+    snapshot, ours = snapshot_of(tmp_path, foreign, rules, routes)
+    assert foreign_hands(snapshot, ours) is touched
+    if not touched:
+        assert inspect(sim.live(snapshot, SYSCTLS), ours, snapshot["nftables"]) == []
 
 
 # -- fwmark rules without a mask -------------------------------------------------------

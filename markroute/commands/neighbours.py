@@ -20,6 +20,7 @@ from markroute.plan import BAND_WIDTH, FAMILY_NAMES, RULE_PROTOCOL, Plan, resolv
 from markroute.sim.neighbours import (
     Finding,
     Ours,
+    foreign_hands,
     in_table,
     inspect,
     unmasked_fwmark_rules,
@@ -47,20 +48,24 @@ def findings(ours: Ours, plan: Plan | None = None, setup: bool = False) -> list[
     nothing yet): `check --live` asks about the config before it is applied. `setup`
     adds what may break markroute later rather than now (networkd's setting, fwmark
     rules without a mask), which `check --live` reports and `status` does not count.
+    Where no foreign base chain or ip rule could touch markroute's paths
+    (`foreign_hands`), nothing is simulated.
     """
     from markroute import sim
     from markroute.commands.trace import _sysctls
     from markroute.kernel.snapshot import snapshot
 
+    simulator = None
     try:
         state = snapshot(plan.table_name if plan is not None else None)
-        if plan is not None:
-            state = with_plan(state, plan)
-        simulator = sim.live(state, _sysctls(state.get("links", {})))
+        if foreign_hands(state, ours):
+            if plan is not None:
+                state = with_plan(state, plan)
+            simulator = sim.live(state, _sysctls(state.get("links", {})))
     except (KernelError, ValueError, KeyError) as exc:
         return [Finding("unknown", "original", "", None, None, None,
                         f"the live rules could not be simulated: {exc}", "run `markroute trace --live` to see why")]
-    found = inspect(simulator, ours, state.get("nftables", {"nftables": []}))
+    found = inspect(simulator, ours, state.get("nftables", {"nftables": []})) if simulator is not None else []
     if setup:
         found += unmasked_fwmark_rules(state.get("rules", []), ours)
         problem = networkd_config.warning()

@@ -151,18 +151,21 @@ def route_text(route: Route) -> str:
 
 
 class NewTable:
-    """A new table made ready before anything hooks it in: the table and its empty sets, then their elements.
+    """A new table made ready before anything hooks it in: the table and its empty sets, their elements,
+    then the chains without a hook and their rules, and what nft lists of all that (`listing`).
 
-    Loading 100,000 prefixes keeps the kernel busy for ~0.3 s, with Python's lock
-    released, so a first apply does it in a thread (`start`) while it sets sysctls,
-    routes and rules, none of which touches nf_tables. The table has
-    no chains until `_Apply.create_table` adds them, so no packet sees it half filled.
+    Loading 100,000 prefixes keeps the kernel busy for ~0.3 s, and nft parsing and listing
+    10,000 policy chains ~1 s, with Python's lock released, so a first apply does it in a
+    thread (`start`) while it sets sysctls, routes and rules, none of which touches
+    nf_tables. The table has no base chain until `_Apply.create_table` adds them, so no
+    packet sees it half filled.
     """
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
         self.thread: threading.Thread | None = None
         self.error: BaseException | None = None
+        self.listing: list[dict[str, object]] | None = None  # as nft listed it, elements and base chains left out
 
     def fill(self) -> None:
         name = self.plan.table_name
@@ -176,6 +179,8 @@ class NewTable:
             if elements.intervals:
                 loads.append(nftnetlink.SetChange(body["name"], elements.version, added=elements.intervals))
         nftnetlink.update(name, loads)
+        nft.run_batch({"add": obj} for obj in nft.hooked(self.plan.nft)[0])
+        self.listing = nft.table_structure(name)
 
     def start(self) -> None:
         self.thread = threading.Thread(target=self._fill_in_background, name="markroute-sets", daemon=True)
@@ -216,22 +221,23 @@ class _Apply:
         self.new_table: NewTable | None = None
         self.report = report
         self.journal = log
-        self.nft_digest = digest.nft_digest(plan)
+        self.nft_digest = ""  # `digest.nft_digest(plan)`, worked out by `run` while a new table fills
         self.generation = 0  # nf_tables' generation before our first transaction
         self.commits = 0  # this process's commit count then (`nftnetlink.commits`)
 
     def run(self) -> ApplyReport:
         """The steps in the module doc's order, then the commit; everything undone on failure or interrupt.
 
-        On a first apply (no record, no table) the new table's sets start filling in the
-        background at once (`NewTable.start`), while sysctls, routes and rules go in.
+        On a first apply (no record, no table) the new table starts filling in the
+        background at once (`NewTable.start`: sets, elements, chains without a hook),
+        while sysctls, routes and rules go in.
         """
         try:
             interrupt.point("lock held, journal open")
             self.generation, self.commits = nftnetlink.generation(), nftnetlink.commits()
-            if self.previous is None and any("set" in obj for obj in self.plan.nft) \
-                    and not nftnetlink.table_exists(self.plan.table_name):
+            if self.previous is None and not nftnetlink.table_exists(self.plan.table_name):
                 self.adopt(NewTable(self.plan), start=True)
+            self.nft_digest = digest.nft_digest(self.plan)
             rpdb = Rpdb()
         except BaseException as exc:
             self.roll_back(exc)
@@ -483,19 +489,28 @@ class _Apply:
 
         What is recorded is what the next apply and `status` compare against, so a listing
         that is not the plan's shape (someone changed the table between our commit and this
-        read) must not be recorded: the apply fails and is rolled back instead.
+        read) must not be recorded: the apply fails and is rolled back instead. A new table
+        listed before its base chains went in (`NewTable.listing`) needs only those listed
+        now, if nobody else has committed since this apply began (nf_tables' generation
+        moved by exactly our commits); otherwise the whole table is listed again.
         """
-        listing = nft.normalise(nft.table_structure(self.plan.table_name) or [])
+        name = self.plan.table_name
+        listed = self.new_table.listing if self.new_table is not None else None
+        if listed is not None:
+            listed = listed + nft.list_chains(name, [o["chain"]["name"] for o in nft.hooked(self.plan.nft)[1] if "chain" in o])
+            if nftnetlink.generation() != self.generation + nftnetlink.commits() - self.commits:
+                listed = None  # someone else committed meanwhile: what was listed early may not be the table now
+        listing = nft.normalise(listed if listed is not None else nft.table_structure(name) or [])
         if nft.shape(listing) != nft.shape(self.plan.nft):
             raise KernelError(f"nftables table inet {self.plan.table_name} was changed by another process "
                               "while apply ran; run apply again")
         return nft.with_elements(listing, self.plan.nft)
 
     def create_table(self) -> None:
-        """A new table (`NewTable`, maybe filled already), then the chains that hook it in.
+        """A new table (`NewTable`, maybe filled already), then the base chains that hook it in.
 
-        Until the last transaction no chain is hooked, so packets never see a set half
-        filled; a failure in any step removes the table again (the journal).
+        Until the last transaction no chain is hooked, so packets never see a set or chain
+        half filled; a failure in any step removes the table again (the journal).
         """
         name = self.plan.table_name
         new_table = self.new_table
@@ -505,8 +520,8 @@ class _Apply:
         else:
             self.while_filling()
         new_table.wait()
-        interrupt.point(f"sets of inet {name} filled")
-        nft.run_batch({"add": obj} for obj in self.plan.nft if "table" not in obj and "set" not in obj)
+        interrupt.point(f"sets and chains of inet {name} filled")
+        nft.run_batch({"add": obj} for obj in nft.hooked(self.plan.nft)[1])
         self.report.changes.append(f"nftables table inet {name} created")
         interrupt.point(f"chains of inet {name} hooked in")
 

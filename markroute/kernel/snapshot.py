@@ -12,8 +12,8 @@ from markroute.kernel.rpdb import Rpdb
 def snapshot(planned: str | None = None) -> dict[str, Any]:
     """The current namespace's nftables ruleset, ip rules, routes and links.
 
-    PLANNED names markroute's table when the caller puts a plan in its place: its set
-    elements are then not listed (`nft.list_ruleset_but_elements_of`).
+    PLANNED names markroute's table when the caller puts a plan in its place: that table
+    is then not listed at all (`nft.list_ruleset_but`).
 
     Keys (a stable shape; the simulator consumes it):
 
@@ -42,17 +42,18 @@ def snapshot(planned: str | None = None) -> dict[str, Any]:
 def _ruleset(planned: str | None, attempts: int = 3) -> dict[str, Any]:
     """The nft listing, and iptables-nft-save's view of the same generation where it is needed.
 
-    The two are read one after the other; a transaction in between (Docker starting a
-    container) would pair rules wrongly, so the generation is compared around both
-    reads and the pair read again if it moved.
+    The two are read one after the other, and the listing without PLANNED's table table by
+    table; a transaction in between (Docker starting a container) would pair rules wrongly,
+    so the generation is compared around all reads and they are read again if it moved.
     """
     for _ in range(attempts):
         before = nftnetlink.generation()
-        document = cgroups.readable(
-            nft.list_ruleset() if planned is None else nft.list_ruleset_but_elements_of(planned))
+        document = cgroups.readable(nft.list_ruleset() if planned is None else nft.list_ruleset_but(planned))
         families = iptables.xt_families(document)
         if not families:
-            return {"nftables": document}
+            if planned is None or nftnetlink.generation() == before:
+                return {"nftables": document}
+            continue
         saved = iptables.saved_rules(families)
         sets = iptables.ipsets(saved)
         if nftnetlink.generation() == before:

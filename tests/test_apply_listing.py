@@ -1,0 +1,133 @@
+"""What a first apply records of its new table, without listing it all again after the hook-in.
+
+The new table's sets and the chains without a hook go in (and are listed) in the
+background before the base chains hook it in; after that only the base chains are
+listed. The record must still be exactly what nft lists of the whole table (drift and
+the daemon compare against it), a later change by someone else must still show as
+drift, and a commit by someone else while the apply ran must not be taken for ours.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kernelhelp import KERNEL, TWO_UPLINKS, markroute, router, view, write_config  # noqa: F401
+
+from markroute.compile import compile_plan
+from markroute.config import load_model
+from markroute.kernel import nft, state
+from markroute.kernel.apply import ApplyFailed, apply
+from markroute.kernel.netns import inside
+from markroute.lab import RouterLab
+from markroute.plan import Plan
+
+pytestmark = KERNEL
+EXTRA = """
+  - {name: to-doc, to: 198.51.100.0/24, dport: 443, via: isp1}
+  - {name: from-lan, from: 192.0.2.0/25, via: isp0}
+  - {name: listed, to: "@servers", via: isp1}
+sets:
+  servers: {file: servers.txt}
+"""
+
+
+def config(tmp_path: Path, server: str) -> str:
+    (tmp_path / "servers.txt").write_text(f"{server}\n203.0.113.0/24\n")
+    return write_config(tmp_path, TWO_UPLINKS.format(server=server).rstrip("\n") + EXTRA)
+
+
+def plan_of(path: str) -> Plan:
+    model, diagnostics = load_model(path)
+    assert model is not None, diagnostics
+    return compile_plan(model)
+
+
+def listed(plan: Plan) -> list[dict[str, Any]]:
+    """What nft lists of the whole table now, as apply records it (elements left out)."""
+    return nft.normalise(nft.table_structure(plan.table_name) or [])
+
+
+def recorded(ns: str) -> list[dict[str, Any]]:
+    record = state.load(ns)
+    assert record is not None
+    return nft.without_elements(record.nft_listing)
+
+
+def status_drift(ns: str) -> tuple[int, list[str]]:
+    result = markroute("status", "--netns", ns, "--json")
+    return result.returncode, json.loads(result.stdout)["drift"]
+
+
+def a_chain_without_hook(plan: Plan) -> str:
+    return next(obj["chain"]["name"] for obj in nft.hooked(plan.nft)[0] if "chain" in obj)
+
+
+def test_first_apply_records_the_whole_table_as_listed_and_drift_is_still_seen(
+    router: RouterLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    r = router
+    plan = plan_of(config(tmp_path, r.server))
+    whole: list[str] = []
+    real = nft.table_structure
+
+    def counted(name: str) -> Any:
+        whole.append(name)
+        return real(name)
+
+    monkeypatch.setattr(nft, "table_structure", counted)
+    with inside(r.rtr):
+        assert apply(plan, r.rtr).changed
+        assert whole == [plan.table_name]  # once, before the base chains went in: not read back after
+        monkeypatch.setattr(nft, "table_structure", real)
+        assert recorded(r.rtr) == listed(plan)
+    assert any("hook" in obj["chain"] for obj in recorded(r.rtr) if "chain" in obj)
+    assert status_drift(r.rtr) == (0, [])
+
+    chain = a_chain_without_hook(plan)
+    r.lab.run(r.rtr, ["nft", "add", "rule", "inet", "markroute", chain, "counter"])
+    code, drift = status_drift(r.rtr)
+    assert code == 3 and any(f"rules of chain {chain} were changed" in d for d in drift), drift
+    r.lab.run(r.rtr, ["nft", "add", "rule", "inet", "markroute", "prerouting", "counter"])
+    assert any("rules of chain prerouting were changed" in d for d in status_drift(r.rtr)[1])
+
+
+def test_someone_elses_commit_during_a_first_apply(
+    router: RouterLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """Another table changed meanwhile: the whole table is listed again and recorded. Our own
+    table changed after its early listing: nothing of it is recorded, the apply is undone."""
+    r = router
+    plan = plan_of(config(tmp_path, r.server))
+    real = nft.list_chains
+    whole: list[str] = []
+    real_structure = nft.table_structure
+
+    def counted(name: str) -> Any:
+        whole.append(name)
+        return real_structure(name)
+
+    def meanwhile(command: list[str]) -> Any:
+        def listing(table: str, names: Any) -> list[dict[str, Any]]:
+            r.lab.run(r.rtr, command)
+            return real(table, names)
+        return listing
+
+    monkeypatch.setattr(nft, "table_structure", counted)
+    monkeypatch.setattr(nft, "list_chains", meanwhile(["nft", "add", "table", "inet", "someone_else"]))
+    with inside(r.rtr):
+        apply(plan, r.rtr)
+        assert whole == [plan.table_name, plan.table_name]  # listed early, then again whole
+        assert recorded(r.rtr) == listed(plan)
+    assert status_drift(r.rtr) == (0, [])
+
+    assert markroute("down", "--netns", r.rtr).returncode == 0
+    fresh = view(r.lab, r.rtr)
+    chain = a_chain_without_hook(plan)
+    monkeypatch.setattr(nft, "list_chains", meanwhile(["nft", "add", "rule", "inet", "markroute", chain, "counter"]))
+    with inside(r.rtr), pytest.raises(ApplyFailed, match="changed by another process"):
+        apply(plan, r.rtr)
+    assert view(r.lab, r.rtr) == fresh
+    assert state.load(r.rtr) is None

@@ -18,11 +18,11 @@ With --extra, four diagnostic configurations are added: markroute's 1,000 polici
 without merging (one rule each), and three that split what markroute's 1-policy install
 costs beyond pbr-style's, each rewritten by hand after apply: (1) without what only
 `status`, `flows` and `explain` read (the rules' counters, `ct label set`, the sysctls
-`nf_conntrack_acct` and `nf_conntrack_timestamp`); (2) markroute's chains replaced by
+`nf_conntrack_acct` and `nf_conntrack_timestamp`); (2) markroute's `prerouting` replaced by
 pbr-style's two rules with markroute's mask and mark (no ingress map, `ct state` rule,
-local check or restore map; acct/timestamp off), so only the rest of markroute's install
-differs from pbr-style; (3) that, also without markroute's `from <uplink address>` ip
-rules and its routes' realms, i.e. pbr-style's ruleset with markroute's mark values.
+local check or restore map; acct/timestamp off; its other chains stay, unreached), so only
+the rest of markroute's install differs from pbr-style; (3) that, also without markroute's
+`from <uplink address>` ip rules and its routes' realms.
 (The single-rule diagnostics of earlier runs, the `iifname` map as one rule per uplink and
 the local check deleted, measured no difference and were replaced by these.)
 

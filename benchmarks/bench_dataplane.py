@@ -14,11 +14,17 @@ every router's lan0, so a round measures every configuration in turn, in a new r
 each round, without reinstalling anything: ratios are paired within a round, so load from the
 other work on this shared machine falls on both sides of each ratio.
 
-With --extra, three diagnostic configurations are added: markroute's 1,000 policies compiled
-without merging (one rule each), markroute's 1-policy table with its "to this host"
-rule (a FIB lookup per packet of a new connection) deleted by hand after apply, and the
-same table with its `iifname vmap` (the uplinks' ingress) replaced by hand by one
-`iifname "wanK" jump ingress_...` rule per uplink, the form before the map.
+With --extra, four diagnostic configurations are added: markroute's 1,000 policies compiled
+without merging (one rule each), and three that split what markroute's 1-policy install
+costs beyond pbr-style's, each rewritten by hand after apply: (1) without what only
+`status`, `flows` and `explain` read (the rules' counters, `ct label set`, the sysctls
+`nf_conntrack_acct` and `nf_conntrack_timestamp`); (2) markroute's `prerouting` replaced by
+pbr-style's two rules with markroute's mask and mark (no ingress map, `ct state` rule,
+local check or restore map; acct/timestamp off; its other chains stay, unreached), so only
+the rest of markroute's install differs from pbr-style; (3) that, also without markroute's
+`from <uplink address>` ip rules and its routes' realms.
+(The single-rule diagnostics of earlier runs, the `iifname` map as one rule per uplink and
+the local check deleted, measured no difference and were replaced by these.)
 
 Configurations: no ruleset; the floor of mark-based policy routing (conntrack, one `ct mark`
 rule, one fwmark ip rule); markroute, pbr-style and mwan3-style (`peers.py`) with the same
@@ -121,6 +127,15 @@ def policies(scale: str) -> list[Policy]:
 
 # --- installing each configuration in its router ---------------------------------------------
 
+def rewrite_chains(lab: Lab, rtr: str, tmp: Path, chains: dict[str, list[str]]) -> None:
+    """Replace the rules of some chains of markroute's applied table, in one transaction (diagnostics)."""
+    script = tmp / f"{rtr}.rewrite.nft"
+    script.write_text("".join(f"flush chain inet markroute {chain}\n"
+                              + "".join(f"add rule inet markroute {chain} {rule}\n" for rule in rules)
+                              for chain, rules in chains.items()))
+    lab.run(rtr, ["nft", "-f", str(script)])
+
+
 def ip_rules(lab: Lab, rtr: str, rules: list[list[str]]) -> None:
     for rule in rules:
         lab.ip(rtr, "rule", "add", *rule)
@@ -190,30 +205,40 @@ def variants(prefixes: list[str], extra: bool) -> list[Variant]:
             with inside(rtr):
                 apply(compile_plan(model, merge_min=None), rtr)
 
-        def without_local_check(lab: Lab, rtr: str, tmp: Path) -> None:
+        def observability_off(lab: Lab, rtr: str, tmp: Path) -> None:
+            """markroute's 1-policy table without what only `status`, `flows` and `explain` read."""
             markroute_variant(SCALES[0])(lab, rtr, tmp)
-            listing = json.loads(lab.run(rtr, ["nft", "-j", "-a", "list", "chain", "inet", "markroute", "prerouting"]).stdout)
-            handle = next(item["rule"]["handle"] for item in listing["nftables"]
-                          if item.get("rule", {}).get("comment") == "to this host")
-            lab.run(rtr, ["nft", "delete", "rule", "inet", "markroute", "prerouting", "handle", str(handle)])
+            rewrite_chains(lab, rtr, tmp, {f"ingress_{u.name}": [f"meta nfproto ipv4 goto mark_{u.name}"] for u in UPLINKS}
+                           | {"policies_fwd": [f"ip daddr {policies(SCALES[0])[0].dst} goto via_isp1"]})
+            lab.sysctls(rtr, {"net.netfilter.nf_conntrack_acct": "0", "net.netfilter.nf_conntrack_timestamp": "0"})
 
-        def ingress_rules(lab: Lab, rtr: str, tmp: Path) -> None:
+        def pbr_shape(lab: Lab, rtr: str, tmp: Path) -> None:
+            """markroute's install with pbr-style's rules (markroute's mask and isp1's mark): what its own rules cost."""
             markroute_variant(SCALES[0])(lab, rtr, tmp)
-            listing = json.loads(lab.run(rtr, ["nft", "-j", "-a", "list", "chain", "inet", "markroute", "prerouting"]).stdout)
-            lookup = next(item["rule"] for item in listing["nftables"]
-                          if item.get("rule", {}).get("comment") == "arrived through an uplink")
-            lines = [f'insert rule inet markroute prerouting position {lookup["handle"]} iifname "{name}" jump {jump["jump"]["target"]}'
-                     for name, jump in lookup["expr"][-1]["vmap"]["data"]["set"]]
-            lines.append(f"delete rule inet markroute prerouting handle {lookup['handle']}")
-            script = tmp / f"{rtr}.ingress.nft"
-            script.write_text("\n".join(lines) + "\n")
-            lab.run(rtr, ["nft", "-f", str(script)])
+            mask, mark = 0xFF00, 0x300  # markroute's default mask; isp1, the only uplink a policy uses, has the second mark
+            keep = 0xFFFFFFFF ^ mask
+            rewrite_chains(lab, rtr, tmp, {"prerouting": [
+                f"ct mark and {mask:#x} != 0 meta mark set meta mark and {keep:#x} or {mark:#x} return",
+                f"ip daddr {policies(SCALES[0])[0].dst} meta mark set meta mark and {keep:#x} or {mark:#x} "
+                f"ct mark set ct mark and {keep:#x} or {mark:#x} accept"]})
+            lab.sysctls(rtr, {"net.netfilter.nf_conntrack_acct": "0", "net.netfilter.nf_conntrack_timestamp": "0"})
+
+        def pbr_shape_plain_routes(lab: Lab, rtr: str, tmp: Path) -> None:
+            pbr_shape(lab, rtr, tmp)
+            for rule in [r for r in json.loads(lab.ip(rtr, "-j", "rule", "show").stdout) if r.get("src", "all") != "all"]:
+                lab.ip(rtr, "rule", "del", "pref", str(rule["priority"]), "from", rule["src"])
+            for route in json.loads(lab.ip(rtr, "-j", "route", "show", "table", "all").stdout):
+                if route.get("dst") == "default" and route.get("table", "main") != "main":  # markroute's uplink tables
+                    lab.ip(rtr, "route", "replace", "default", "via", route["gateway"], "dev", route["dev"],
+                           "table", str(route["table"]), "proto", "77")
 
         found.append(Variant("markroute, 1,000 policies, merging off (one rule each)", unmerged))
-        found.append(Variant("markroute, 1 policy, its `iifname` map replaced by one rule per uplink (diagnostic)",
-                             ingress_rules))
-        found.append(Variant("markroute, 1 policy, its `fib daddr type local` rule deleted (diagnostic)",
-                             without_local_check))
+        found.append(Variant("markroute, 1 policy, without counters, `ct label set` and conntrack acct/timestamp "
+                             "(diagnostic)", observability_off))
+        found.append(Variant("markroute, 1 policy, its rules replaced by pbr-style's (diagnostic: no ingress map, "
+                             "`ct state` rule or local check; restore by one comparison)", pbr_shape))
+        found.append(Variant("the same, also without markroute's `from` ip rules and route realms (diagnostic)",
+                             pbr_shape_plain_routes))
     return found
 
 

@@ -177,6 +177,17 @@ policies:
 """
 
 
+def apply_router(lab: Lab, tmp: Path, text: str) -> tuple[str, Path]:
+    """The router namespace markroute applies into (two uplinks to one peer), and its config file holding TEXT."""
+    ns, peer = lab.add_ns("apply"), lab.add_ns("peer")
+    for k in (0, 1):
+        lab.veth(ns, f"wan{k}", peer, f"up{k}")
+        lab.addr(ns, f"wan{k}", f"10.0.{k}.2/24")
+    config = tmp / "markroute.yaml"
+    config.write_text(text)
+    return ns, config
+
+
 def peers(runs: int, sizes: list[int]) -> None:
     """The CLI apply beside nft -f, ipset restore and the kernel-only insert of the same set, for each of SIZES."""
     results: dict[tuple[int, str], list[tuple[float, float, float]]] = {}
@@ -184,12 +195,7 @@ def peers(runs: int, sizes: list[int]) -> None:
     load = Path("/proc/loadavg").read_text().split()[:3]
     with tempfile.TemporaryDirectory() as directory, Lab() as lab:
         tmp = Path(directory)
-        ns, peer = lab.add_ns("apply"), lab.add_ns("peer")
-        for k in (0, 1):
-            lab.veth(ns, f"wan{k}", peer, f"up{k}")
-            lab.addr(ns, f"wan{k}", f"10.0.{k}.2/24")
-        config = tmp / "markroute.yaml"
-        config.write_text(PEER_CONFIG)
+        ns, config = apply_router(lab, tmp, PEER_CONFIG)
         for size in sizes:
             prefixes = spaced_prefixes(size)
             (tmp / "big.txt").write_text("\n".join(prefixes) + "\n")
@@ -269,12 +275,7 @@ def timeline(runs: int) -> None:
     rounds: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as directory, Lab() as lab:
         tmp = Path(directory)
-        ns, peer = lab.add_ns("apply"), lab.add_ns("peer")
-        for k in (0, 1):
-            lab.veth(ns, f"wan{k}", peer, f"up{k}")
-            lab.addr(ns, f"wan{k}", f"10.0.{k}.2/24")
-        config = tmp / "markroute.yaml"
-        config.write_text(PEER_CONFIG)
+        ns, config = apply_router(lab, tmp, PEER_CONFIG)
         (tmp / "big.txt").write_text("\n".join(spaced_prefixes(PREFIXES)) + "\n")
         for _ in range(runs):
             with inside(ns):
@@ -331,12 +332,7 @@ def own(runs: int) -> None:
     rows: list[tuple[str, str, str, str]] = []
     with tempfile.TemporaryDirectory() as directory, Lab() as lab:
         tmp = Path(directory)
-        ns, peer = lab.add_ns("apply"), lab.add_ns("peer")
-        for k in (0, 1):
-            lab.veth(ns, f"wan{k}", peer, f"up{k}")
-            lab.addr(ns, f"wan{k}", f"10.0.{k}.2/24")
-        config = tmp / "markroute.yaml"
-        config.write_text(CONFIG)
+        ns, config = apply_router(lab, tmp, CONFIG)
 
         def use(lines: list[str]) -> None:
             (tmp / "big.txt").write_text("\n".join(lines) + "\n")

@@ -94,6 +94,33 @@ def test_first_apply_records_the_whole_table_as_listed_and_drift_is_still_seen(
     assert any("rules of chain prerouting were changed" in d for d in status_drift(r.rtr)[1])
 
 
+def test_a_set_bigger_than_the_rules_lists_the_table_not_the_chains(
+    router: RouterLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """nft fetches every set element to list one chain: with more elements than rules the
+    whole table without elements is listed instead (once in the filling thread, once after
+    the hook-in), no chain alone, and what is recorded is still what nft lists."""
+    r = router
+    path = config(tmp_path, r.server)
+    (tmp_path / "servers.txt").write_text("".join(f"10.{k >> 8}.{k & 255}.0/24\n" for k in range(0, 2000, 2)))
+    plan = plan_of(path)
+    chains: list[str] = []
+    real = nft.list_chains
+
+    def counted(table: str, names: Any) -> Any:
+        chains.extend(names)
+        return real(table, names)
+
+    monkeypatch.setattr(nft, "list_chains", counted)
+    with inside(r.rtr):
+        assert apply(plan, r.rtr).changed
+        assert chains == []
+        assert recorded(r.rtr) == listed(plan)
+    assert status_drift(r.rtr) == (0, [])
+    r.lab.run(r.rtr, ["nft", "add", "rule", "inet", "markroute", "prerouting", "counter"])
+    assert any("rules of chain prerouting were changed" in d for d in status_drift(r.rtr)[1])
+
+
 def test_someone_elses_commit_during_a_first_apply(
     router: RouterLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:

@@ -179,10 +179,14 @@ def _candidates(document: dict[str, Any]) -> Candidates:
             return
         if isinstance(right, str) and right.startswith("@"):
             right = {"set": sets.get((body["table"], right[1:]), [])}
-        for value in _values(name, right):
-            found.common[name][value] = None
-            if label:
-                found.own.setdefault(label, {}).setdefault(name, {})[value] = None
+        values = dict.fromkeys(_values(name, right))  # one update per constant, not one per value
+        found.common[name].update(values)
+        if label:
+            own = found.own.setdefault(label, {})
+            if name in own:
+                own[name].update(values)
+            else:
+                own[name] = values
 
     for obj in objects:
         body = obj.get("rule")

@@ -175,6 +175,13 @@ def _memo_resolver() -> type:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.memo: dict[tuple[Any, ...], Any] = {}
+            self.table: Any = None
+
+        @property
+        def versioned_resolver(self) -> Any:  # one version per document: looked up once, not twice a scalar
+            if self.table is None:
+                self.table = super().versioned_resolver
+            return self.table
 
         def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
             key = (kind, value, implicit)

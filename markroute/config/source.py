@@ -286,11 +286,12 @@ class _Builder:
         MappingNode, SequenceNode = self.mapping_node, self.sequence_node
         merges: list[Any] = []
         for key_node, value_node in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
+            key_tag = key_node.tag  # a str made by a property: read once per node
+            if key_tag == "tag:yaml.org,2002:merge":
                 merges += value_node.value if isinstance(value_node, SequenceNode) else [value_node]
                 continue
             key_where = self.where(key_node)
-            key = self.scalar(key_node) if not isinstance(key_node, (MappingNode, SequenceNode)) else None
+            key = self.scalar(key_node, key_tag) if not isinstance(key_node, (MappingNode, SequenceNode)) else None
             if not isinstance(key, str):
                 result.odd_keys[_key_text(key_node, key)] = key_where
                 continue
@@ -317,9 +318,9 @@ class _Builder:
         if entered:
             self.active.discard(id(node))
 
-    def scalar(self, node: Any) -> Any:
-        """The value of a scalar as None, bool, int, float or str."""
-        tag = node.tag
+    def scalar(self, node: Any, tag: str | None = None) -> Any:
+        """The value of a scalar as None, bool, int, float or str; TAG is `node.tag` when the caller has it."""
+        tag = tag or node.tag
         if tag == "tag:yaml.org,2002:str":
             surrogate = _SURROGATE.search(node.value)
             if surrogate:  # only an escape like "\ud800" makes one; nothing downstream can encode it

@@ -174,20 +174,20 @@ def _memo_resolver() -> type:
     class MemoResolver(VersionedResolver):  # type: ignore[misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            self.memo: dict[tuple[Any, ...], Any] = {}
-            self.table: Any = None
+            self.resolved_tags: dict[tuple[Any, ...], Any] = {}
+            self.implicit_table: Any = None
 
         @property
         def versioned_resolver(self) -> Any:  # one version per document: looked up once, not twice a scalar
-            if self.table is None:
-                self.table = super().versioned_resolver
-            return self.table
+            if self.implicit_table is None:
+                self.implicit_table = super().versioned_resolver
+            return self.implicit_table
 
         def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
             key = (kind, value, implicit)
-            tag = self.memo.get(key)
+            tag = self.resolved_tags.get(key)
             if tag is None:
-                tag = self.memo[key] = super().resolve(kind, value, implicit)
+                tag = self.resolved_tags[key] = super().resolve(kind, value, implicit)
             return tag
 
     return MemoResolver

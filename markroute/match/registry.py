@@ -43,7 +43,10 @@ _LIMITING = tuple((key.field, key.applies) for key in KEYS if key.applies is not
 
 def applies(match: Match, local: bool) -> bool:
     """Whether `match` can see router-originated (local=True) or forwarded traffic."""
-    return all(test(getattr(match, field), local) for field, test in _LIMITING)
+    for field, test in _LIMITING:
+        if not test(getattr(match, field), local):
+            return False
+    return True
 
 
 def given(match: Match) -> int:

@@ -151,10 +151,16 @@ class _Group:
     def candidates(self, later_values: list[Any]) -> Iterator[int]:
         """Members that could cover a match with these values, in policy order (a superset)."""
         best: list[list[int]] | None = None
+        best_size = 0
         for bit, index in self.indexes:
             lists = index.holding(later_values[bit])
-            if lists is not None and (best is None or sum(map(len, lists)) < sum(map(len, best))):
-                best = lists
+            if lists is None:
+                continue
+            size = sum(map(len, lists))
+            if size == 0:  # no member holds this value: none covers, whatever the other keys say
+                return iter(())
+            if best is None or size < best_size:
+                best, best_size = lists, size
         if best is None:
             return iter(self.members)
         return iter(best[0]) if len(best) == 1 else heapq.merge(*best)

@@ -196,6 +196,8 @@ class Ruleset:
                 self._add_chain(body)
             elif kind in ("set", "map"):
                 self.sets[(body["family"], body["table"], body["name"])] = body
+        # the chains a hook runs, apart from the thousands of policy chains jumped to
+        self.hooked = [chain for chain in self.chains.values() if chain.hook is not None]
         self.lookups: dict[tuple[str, str, str], tuple[Lookup, list[Any], Any]] = {}
         for obj in objects:
             if "rule" in obj:
@@ -244,7 +246,7 @@ class Ruleset:
 
     def _base_chains(self, hook: str, version: int, device: str | None) -> list[Chain]:
         found = [
-            c for c in self.chains.values()
+            c for c in self.hooked
             if c.hook == hook and version in c.versions() and (not c.devices or device in c.devices)
             and (c.family != "netdev" or hook == "ingress")
         ]
@@ -491,11 +493,13 @@ class RuleBuilder:
         left = self.value(body["left"])
         op = body.get("op", "==")
         right = body["right"]
-        text = f"{left.text} {op} {_text(right)}"
         test = self.test(left, op, right)
         lookup = self.set_lookup(left.dtype, right) if _is_set(right) else None
         get = left.get
         unknown = self.filled_at_run_time(right)
+        # rendered only for the rare match that must say why it cannot decide: a ruleset of
+        # 10,000 policies has tens of thousands of matches
+        text = f"{left.text} {op} {_text(right)}" if unknown is not None else ""
 
         def match(p: Packet) -> Any:
             value = get(p)
@@ -512,7 +516,6 @@ class RuleBuilder:
                 return BREAK
             return None
 
-        match.__doc__ = text
         return match
 
     def test(self, left: Value, op: str, right: Any) -> Callable[[Any], bool]:

@@ -7,6 +7,7 @@ packets; these pin the decisions down case by case and run in milliseconds.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 from pathlib import Path
@@ -20,7 +21,13 @@ from markroute.config import load_model
 from markroute.daemon import churn
 from markroute.kernel import networkd, restore
 from markroute.plan import BAND_WIDTH, FAMILY_NAMES, LinkState, Route, resolve
-from markroute.sim.neighbours import Ours, foreign_hands, inspect, unmasked_fwmark_rules
+from markroute.sim.neighbours import (
+    Ours,
+    foreign_hands,
+    inspect,
+    probes,
+    unmasked_fwmark_rules,
+)
 
 CONFIG = """
 uplinks:
@@ -80,20 +87,22 @@ def findings(tmp_path: Path, foreign: list[dict[str, Any]], rules: tuple[dict[st
 
 
 def snapshot_of(tmp_path: Path, foreign: list[dict[str, Any]], rules: tuple[dict[str, Any], ...] = (),
-                routes: tuple[dict[str, Any], ...] = ()) -> tuple[dict[str, Any], Ours]:
-    """A router's snapshot with markroute's plan installed beside FOREIGN objects, RULES and ROUTES."""
+                routes: tuple[dict[str, Any], ...] = (), main: list[dict[str, Any]] = MAIN, config: str = CONFIG,
+                main_defaults: frozenset[tuple[int, str]] = frozenset()) -> tuple[dict[str, Any], Ours]:
+    """A router's snapshot with markroute's plan installed beside FOREIGN objects, RULES and ROUTES
+    (main's routes MAIN, whose default leaves by MAIN_DEFAULTS as `resolve` is told)."""
     path = tmp_path / "markroute.yaml"
-    path.write_text(CONFIG)
+    path.write_text(config)
     model, diagnostics = load_model(str(path))
     assert model is not None, diagnostics
     plan = compile_plan(model)
-    connected = tuple(Route(4, 254, r["dst"], r["dev"], None, "link") for r in MAIN if r.get("protocol") == "kernel")
+    connected = tuple(Route(4, 254, r["dst"], r["dev"], None, "link") for r in main if r.get("protocol") == "kernel")
     addresses = {name: tuple((4, a.split("/")[0]) for a in link["addresses"]) for name, link in LINKS.items()}
-    own_rules, own_routes = resolve(plan, LinkState(addresses, connected))
+    own_rules, own_routes = resolve(plan, LinkState(addresses, connected, main_defaults))
     snapshot = {
         "nftables": {"nftables": foreign + plan.nft_document()["nftables"]},
         "rules": KERNEL_RULES + list(rules) + [dict(r.to_json(), family=FAMILY_NAMES[r.version]) for r in own_rules],
-        "routes": MAIN + list(routes) + [dict(r.to_json(), family=FAMILY_NAMES[r.version]) for r in own_routes],
+        "routes": main + list(routes) + [dict(r.to_json(), family=FAMILY_NAMES[r.version]) for r in own_routes],
         "links": LINKS,
     }
     ours = Ours(plan.table_name, plan.mask, frozenset(range(plan.rule_priority, plan.rule_priority + BAND_WIDTH)),
@@ -127,6 +136,25 @@ def test_a_reject_rule_is_a_reject(tmp_path: Path) -> None:
     reject = [_match({"meta": {"key": "oifname"}}, "wan1"), {"reject": None}]
     found = findings(tmp_path, filter_table(ESTABLISHED, reject, out_of("wan1")))
     assert [(f.kind, f.rule) for f in found if f.direction == "original"] == [("reject", 'oifname "wan1" reject')]
+
+
+@pytest.mark.parametrize("default_dev, source", [("wan0", "10.0.0.2"), ("wan1", "10.0.1.2")])
+def test_the_routers_own_connections_come_from_the_source_an_unbound_socket_gets(
+        tmp_path: Path, default_dev: str, source: str) -> None:
+    """The kernel picks a socket's source from main's route with no source (no `from` rule can
+    match), and markroute writes no `from` rule for that interface's address: so the probe of
+    traffic the router opens reaches the policy whichever uplink main's default leaves by.
+    (From the first uplink's address, with main's default via wan1, the probe was pinned to
+    isp0 by its `from` rule and never reached a policy.)"""
+    gateway = {"wan0": "10.0.0.1", "wan1": "10.0.1.1"}[default_dev]
+    main = [dict(r, gateway=gateway, dev=default_dev) if r["dst"] == "default" else r for r in MAIN]
+    config = CONFIG.replace("{name: web-via-isp1, from: 192.168.1.0/24, proto: tcp, dport: 443, via: isp1}",
+                            "{name: doc-via-isp1, to: 203.0.113.0/24, via: isp1}")
+    snapshot, ours = snapshot_of(tmp_path, [], main=main, config=config,
+                                 main_defaults=frozenset({(4, default_dev)}))
+    local = [p for p in probes(sim.live(snapshot, SYSCTLS), ours, snapshot["nftables"]) if p.flow.local]
+    assert [p.what for p in local] == ["policy doc-via-isp1"]
+    assert local[0].flow.src == int(ipaddress.ip_address(source))
 
 
 def test_an_ip_rule_before_markroutes_band_that_takes_its_traffic_is_named(tmp_path: Path) -> None:

@@ -32,8 +32,9 @@ from typing import Any
 
 from markroute.marks import KNOWN_MARK_USERS
 from markroute.plan import UplinkPlan
-from markroute.sim.packet import TCP, Flow, address_text
+from markroute.sim.packet import TCP, Flow, Indeterminate, address_text
 from markroute.sim.reach import WITNESS_MAC, _candidates
+from markroute.sim.rpdb import Query
 from markroute.sim.system import Link
 from markroute.sim.trace import Simulator
 
@@ -160,7 +161,7 @@ def probes(simulator: Simulator, ours: Ours, document: dict[str, Any]) -> Iterat
                     flow = _reaching(simulator, policy, version, own, reached, iif=lan.name, src=client)
                     if flow is not None:
                         yield Probe(flow, f"policy {policy}")
-            source = _local_source(links, ours, version)
+            source = _local_source(simulator, links, ours, version)
             if source is not None:
                 flow = _reaching(simulator, policy, version, own, reached, iif=None, src=source)
                 if flow is not None:
@@ -207,8 +208,26 @@ def _client(lan: Link, version: int) -> int | None:
     return None
 
 
-def _local_source(links: dict[str, Link], ours: Ours, version: int) -> int | None:
-    """The address a socket of the router uses: that of the first uplink with one of this family."""
+def _local_source(simulator: Simulator, links: dict[str, Link], ours: Ours, version: int) -> int | None:
+    """The source a socket of the router gets when it connects without binding, as the kernel picks it.
+
+    The kernel looks the route up with no source (so no `from` rule matches) and takes the
+    route's preferred source or its device's first address. markroute installs no `from`
+    rule for the uplink holding main's default route, so that source reaches the policies;
+    the first uplink's address stands in when nothing routes an unbound socket (it can then
+    only send bound, or marked by its owner).
+    """
+    query = Query(version, 0, REMOTE[version], "lo", None, 0, TCP, SPORT, DPORT, 0, uid=None)
+    try:
+        found = simulator.rpdb.lookup(query, lambda options, what: 0)
+    except Indeterminate:  # e.g. a uidrange rule: the socket's owner is not known
+        found = None
+    if found is not None and not found.error and not found.delivered and found.dev is not None:
+        prefsrc = found.route.prefsrc if found.route is not None else None
+        link = links.get(found.dev)
+        chosen = prefsrc if prefsrc is not None else link.first(version) if link is not None else None
+        if chosen is not None:
+            return chosen
     for uplink in ours.uplinks:
         link = links.get(uplink.interface)
         address = link.first(version) if link is not None else None

@@ -98,8 +98,8 @@ def test_a_set_bigger_than_the_rules_lists_the_table_not_the_chains(
     router: RouterLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:
     """nft fetches every set element to list one chain: with more elements than rules the
-    whole table without elements is listed instead (once in the filling thread, once after
-    the hook-in), no chain alone, and what is recorded is still what nft lists."""
+    whole table without elements is listed instead, once, after the hook-in (not early in the
+    filling thread too), no chain alone, and what is recorded is still what nft lists."""
     r = router
     path = config(tmp_path, r.server)
     (tmp_path / "servers.txt").write_text("".join(f"10.{k >> 8}.{k & 255}.0/24\n" for k in range(0, 2000, 2)))

@@ -134,8 +134,7 @@ def apply(
             adopted = foreign.adopt(in_the_way, rpdb)
         log = Journal.begin(netns)
         report = ApplyReport(warnings=(recovery.messages() if recovery else []) + adopted + list(plan.warnings))
-        applying = _Apply(plan, netns, previous, log, report, following, nominal)
-        applying.meanwhile = meanwhile
+        applying = _Apply(plan, netns, previous, log, report, following, nominal, meanwhile)
         report = applying.run()
         ha.restore_hold(plan, netns)  # a new table's hold sets are empty: the role decides
     applying.while_filling()  # if no fill was waited for
@@ -180,7 +179,8 @@ class NewTable:
         self.plan = plan
         self.thread: threading.Thread | None = None
         self.error: BaseException | None = None
-        self.listing: list[dict[str, object]] | None = None  # as nft listed it, elements and base chains left out
+        # as nft listed it, elements and base chains left out; only where that pays (`_base_chains_pay`)
+        self.listing: list[dict[str, object]] | None = None
 
     def fill(self) -> None:
         name = self.plan.table_name
@@ -195,7 +195,8 @@ class NewTable:
                 loads.append(nftnetlink.SetChange(body["name"], elements.version, added=elements.intervals))
         nftnetlink.update(name, loads)
         nft.run_batch({"add": obj} for obj in nft.hooked(self.plan.nft)[0])
-        self.listing = nft.table_structure(name)
+        if _base_chains_pay(self.plan):  # else the table is listed whole after the hook-in anyway
+            self.listing = nft.table_structure(name)
 
     def start(self) -> None:
         self.thread = threading.Thread(target=self._fill_in_background, name="markroute-sets", daemon=True)
@@ -221,13 +222,12 @@ class NewTable:
 
 
 class _Apply:
-    meanwhile: Callable[[], None] | None = None  # `apply`'s MEANWHILE, until run (`while_filling`)
-
     def __init__(
         self, plan: Plan, netns: str | None, previous: State | None, log: Journal, report: ApplyReport,
-        following: bool = False, nominal: str | None = None,
+        following: bool = False, nominal: str | None = None, meanwhile: Callable[[], None] | None = None,
     ) -> None:
         self.plan = plan
+        self.meanwhile = meanwhile  # `apply`'s MEANWHILE, until run (`while_filling`)
         self.following = following
         self.nominal = nominal
         self.netns = netns
@@ -512,8 +512,6 @@ class _Apply:
         """
         name = self.plan.table_name
         listed = self.new_table.listing if self.new_table is not None else None
-        if listed is not None and not _base_chains_pay(self.plan):
-            listed = None
         if listed is not None:
             listed = listed + nft.list_chains(name, [o["chain"]["name"] for o in nft.hooked(self.plan.nft)[1] if "chain" in o])
             if nftnetlink.generation() != self.generation + nftnetlink.commits() - self.commits:

@@ -182,11 +182,7 @@ def _candidates(document: dict[str, Any]) -> Candidates:
         values = _values(name, right)  # one update per constant, not one per value
         found.common[name].update(values)
         if label:
-            own = found.own.setdefault(label, {})
-            if name in own:
-                own[name].update(values)
-            else:
-                own[name] = values
+            found.own.setdefault(label, {}).setdefault(name, {}).update(values)
 
     for obj in objects:
         body = obj.get("rule")

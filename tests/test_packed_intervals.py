@@ -164,6 +164,26 @@ def test_text_read_in_one_go_is_the_text_read_line_by_line(seed: int) -> None:
         assert _prefix_text(text) == found
 
 
+@pytest.mark.parametrize("odd", ["10.0.0.1/8", "0.0.0.1/0", "255.255.255.255/31", "10.0.0.0/33", "10.0.0.256/32"])
+def test_one_bad_prefix_among_prefixes_sends_the_text_line_by_line(odd: str) -> None:
+    """The one-go path checks every line's host bits and length at once: one bad line
+    anywhere among good ones (first, middle, last) makes it decline, and that line alone
+    comes back to be worded as an error, numbered where it stands."""
+    rng = random.Random(odd)
+    lines = [canonical_line(rng)[0] if n % 3 == 0 else "0.0.0.0/0" if n % 3 == 1 else "255.255.255.255/32"
+             for n in range(60)]
+    lines = [line if "/" in line else line + "/32" for line in lines]
+    good, others = ipv4_lines(lines)
+    assert len(good) == 60 and not others
+    assert _prefix_text("\n".join(lines) + "\n") == good
+    for at in (0, 30, 60):
+        mixed = lines[:at] + [odd] + lines[at:]
+        text = "\n".join(mixed) + "\n"
+        assert _prefix_text(text) is None
+        found, others, count = ipv4_text(text, first_number=1)
+        assert (found, others, count) == (good, [(at + 1, odd)], 61)
+
+
 @pytest.mark.parametrize("count", [0, 1, 1637, 1638, 1639, 3276, 3277, 5000])
 @pytest.mark.parametrize("top", [False, True])
 def test_packed_element_lists_are_byte_for_byte_the_plain_ones(count: int, top: bool) -> None:

@@ -21,13 +21,8 @@ from markroute.config import load_model
 from markroute.daemon import churn
 from markroute.kernel import networkd, restore
 from markroute.plan import BAND_WIDTH, FAMILY_NAMES, LinkState, Route, resolve
-from markroute.sim.neighbours import (
-    Ours,
-    foreign_hands,
-    inspect,
-    probes,
-    unmasked_fwmark_rules,
-)
+from markroute.sim.foreign import Ours, foreign_hands, unmasked_fwmark_rules
+from markroute.sim.neighbours import inspect, probes
 
 CONFIG = """
 uplinks:

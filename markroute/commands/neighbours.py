@@ -17,12 +17,11 @@ from markroute.kernel import KernelError
 from markroute.kernel import networkd as networkd_config
 from markroute.kernel.state import State
 from markroute.plan import BAND_WIDTH, FAMILY_NAMES, RULE_PROTOCOL, Plan, resolve
-from markroute.sim.neighbours import (
+from markroute.sim.foreign import (
     Finding,
     Ours,
     foreign_hands,
     in_table,
-    inspect,
     unmasked_fwmark_rules,
 )
 
@@ -51,21 +50,26 @@ def findings(ours: Ours, plan: Plan | None = None, setup: bool = False) -> list[
     Where no foreign base chain or ip rule could touch markroute's paths
     (`foreign_hands`), nothing is simulated.
     """
-    from markroute import sim
-    from markroute.commands.trace import _sysctls
     from markroute.kernel.snapshot import snapshot
 
     simulator = None
     try:
         state = snapshot(plan.table_name if plan is not None else None)
-        if foreign_hands(state, ours):
+        if foreign_hands(state, ours):  # only then is the simulator imported
+            from markroute import sim
+            from markroute.commands.trace import _sysctls
+
             if plan is not None:
                 state = with_plan(state, plan)
             simulator = sim.live(state, _sysctls(state.get("links", {})))
     except (KernelError, ValueError, KeyError) as exc:
         return [Finding("unknown", "original", "", None, None, None,
                         f"the live rules could not be simulated: {exc}", "run `markroute trace --live` to see why")]
-    found = inspect(simulator, ours, state.get("nftables", {"nftables": []})) if simulator is not None else []
+    found: list[Finding] = []
+    if simulator is not None:
+        from markroute.sim.neighbours import inspect
+
+        found = inspect(simulator, ours, state.get("nftables", {"nftables": []}))
     if setup:
         found += unmasked_fwmark_rules(state.get("rules", []), ours)
         problem = networkd_config.warning()

@@ -304,10 +304,12 @@ def _prefix_text(text: str) -> Ipv4Intervals | None:
     other character (a space, `\\r`, another line break `str.splitlines` knows) lands
     inside a piece, which `inet_pton` or the length table then refuses.
     """
-    body = text[:-1] if text.endswith("\n") else text
-    if not body or body.count("/") != body.count("\n") + 1 or _TWO_SLASHES.search(body):
+    ended = text.endswith("\n")
+    if not text or text.count("/") != text.count("\n") + (not ended) or _TWO_SLASHES.search(text):
         return None
-    pieces = body.replace("\n", "/").split("/")
+    pieces = text.replace("\n", "/").split("/")
+    if ended:
+        pieces.pop()  # the empty piece after the last line's newline (no copy of TEXT without it)
     return _packed_ipv4(pieces[0::2], list(map(_LENGTH_HOST_BITS.get, pieces[1::2])))
 
 

@@ -18,13 +18,14 @@ APPLY_IMPORTS = ("markroute.cli", "markroute.commands.apply", "markroute.compile
                  "markroute.kernel.snapshot")
 SIMULATOR = ("markroute.sim.nft", "markroute.sim.trace", "markroute.sim.reach", "markroute.sim.xt",
              "markroute.sim.system", "markroute.sim.neighbours", "markroute.commands.trace")
+SETUP_ONLY = ("markroute.kernel.networkd", "configparser")  # `check --live`'s warning about networkd
 
 
 def loaded_after(modules: tuple[str, ...]) -> set[str]:
-    """The markroute modules a fresh interpreter holds after importing MODULES."""
+    """The modules a fresh interpreter holds after importing MODULES."""
     code = ("import importlib, json, sys\n"
             f"for name in {list(modules)!r}:\n    importlib.import_module(name)\n"
-            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('markroute'))))")
+            "print(json.dumps(sorted(sys.modules)))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return set(json.loads(result.stdout))
 
@@ -35,6 +36,13 @@ def test_apply_leaves_the_simulator_unimported_until_a_foreign_rule_needs_it() -
     loaded = loaded_after(APPLY_IMPORTS)
     assert "markroute.sim.foreign" in loaded
     assert loaded.isdisjoint(SIMULATOR), sorted(loaded & set(SIMULATOR))
+
+
+def test_apply_leaves_the_networkd_check_unimported() -> None:
+    """Only `check --live` (findings with setup) reads networkd's settings, with configparser."""
+    loaded = loaded_after(APPLY_IMPORTS)
+    assert "markroute.commands.neighbours" in loaded
+    assert loaded.isdisjoint(SETUP_ONLY), sorted(loaded & set(SETUP_ONLY))
 
 
 def test_the_simulator_still_loads_through_its_package() -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Any
 
 from markroute.kernel import KernelError
-from markroute.kernel import networkd as networkd_config
 from markroute.kernel.state import State
 from markroute.plan import BAND_WIDTH, FAMILY_NAMES, RULE_PROTOCOL, Plan, resolve
 from markroute.sim.foreign import (
@@ -71,8 +70,10 @@ def findings(ours: Ours, plan: Plan | None = None, setup: bool = False) -> list[
 
         found = inspect(simulator, ours, state.get("nftables", {"nftables": []}))
     if setup:
+        from markroute.kernel import networkd  # with configparser: apply never asks
+
         found += unmasked_fwmark_rules(state.get("rules", []), ours)
-        problem = networkd_config.warning()
+        problem = networkd.warning()
         if problem is not None:
             found.append(Finding("networkd", "original", "", None, None, None, problem[0], problem[1]))
     return found

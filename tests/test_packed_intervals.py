@@ -184,6 +184,18 @@ def test_one_bad_prefix_among_prefixes_sends_the_text_line_by_line(odd: str) -> 
         assert (found, others, count) == (good, [(at + 1, odd)], 61)
 
 
+def test_packed_ends_carry_within_their_own_address_only() -> None:
+    """Each end is its last address plus one, all added at once: an end whose addition carries
+    through bytes (x.y.z.255, x.y.255.255, x.255.255.255, 255.255.255.254) must not disturb
+    its neighbours, and the open interval at the top, never added to, stays an open element."""
+    intervals = [(0, 0xFF), (0x200, 0xFFFF), (0x20000, 0xFFFFFF), (0x2000000, 0x02FFFFFF), (0x04000000, 0x04000000),
+                 (0xFF000000, 0xFFFFFFFE)]
+    for chosen in (intervals, intervals[:-1] + [(0xFF000000, TOP)]):
+        plain = nftnetlink.element_batch("t", [nftnetlink.SetChange("s", 4, added=tuple(chosen))])
+        packed = nftnetlink.element_batch("t", [nftnetlink.SetChange("s", 4, added=Ipv4Intervals.of(chosen))])
+        assert b"".join(packed.parts) == b"".join(plain.parts)
+
+
 @pytest.mark.parametrize("count", [0, 1, 1637, 1638, 1639, 3276, 3277, 5000])
 @pytest.mark.parametrize("top", [False, True])
 def test_packed_element_lists_are_byte_for_byte_the_plain_ones(count: int, top: bool) -> None:

@@ -11,11 +11,11 @@ The order never leaves traffic without a path:
    contents of sets changed, just the added and removed elements, in one transaction
    and without re-creating anything; when only chains and rules changed, those, in
    one transaction, the sets (maybe 100,000 elements) left alone. A new table is built
-   in three transactions: the table and its empty sets, the sets' elements
-   (`nftnetlink`, much faster than nft for 100,000 prefixes), then chains and rules:
-   no packet sees the table before the last one hooks it in, complete. On a first
-   apply the first two start before step 1, in a thread (`NewTable`): the kernel
-   inserts elements while Python works;
+   in four transactions: the table and its empty sets, the chains without a hook and
+   their rules, the sets' elements (`nftnetlink`, much faster than nft for 100,000
+   prefixes), then the base chains: no packet sees the table before the last one hooks
+   it in, complete. On a first apply the first three start before step 1, in a thread
+   (`NewTable`): nft and the kernel work while Python does;
 5. stale ip rules, then stale routes, then sysctls no longer wanted go back.
 
 Only what differs is touched, so applying the same config twice changes nothing.
@@ -166,8 +166,8 @@ def _base_chains_pay(plan: Plan) -> bool:
 
 
 class NewTable:
-    """A new table made ready before anything hooks it in: the table and its empty sets, their elements,
-    then the chains without a hook and their rules, and maybe what nft lists of all that (`listing`).
+    """A new table made ready before anything hooks it in: the table and its empty sets, the chains
+    without a hook and their rules, then the sets' elements, and maybe what nft lists of all that (`listing`).
 
     Loading 100,000 prefixes keeps the kernel busy for ~0.3 s, and nft parsing and listing
     10,000 policy chains ~1 s, with Python's lock released, so a first apply does it in a
@@ -191,6 +191,9 @@ class NewTable:
     def fill(self) -> None:
         """Load the table without its base chains; list it too while the apply still has work of its own.
 
+        The chains go in before the elements: the apply waits until their batch is with nft
+        (`handed_over`), not for the elements too (100,000 prefixes: 0.2 s).
+
         Listed early, only the base chains are listed after the hook-in; with nothing left
         to overlap, one listing of the whole table after the hook-in costs less than that
         (two listings, the second three nft processes reading every rule).
@@ -201,13 +204,13 @@ class NewTable:
         skeleton = [obj for obj in self.plan.nft if "table" in obj] + nft.without_elements({"set": body} for body in sets)
         skeleton += [obj for obj in self.plan.nft if "set" in obj and is_cgroup_set(obj["set"])]  # resolved by nft.run_batch
         nft.run_batch(({"add": obj} for obj in skeleton), self.session)
+        nft.run_batch(({"add": obj} for obj in nft.hooked(self.plan.nft)[0]), self.session, self.loading)
         loads: list[nftnetlink.SetChange] = []
         for body in sets:
             elements = set_elements(body)
             if elements.intervals:
                 loads.append(nftnetlink.SetChange(body["name"], elements.version, added=elements.intervals))
         nftnetlink.update(name, loads)
-        nft.run_batch(({"add": obj} for obj in nft.hooked(self.plan.nft)[0]), self.session, self.loading)
         if _base_chains_pay(self.plan) and not self.awaited.is_set():  # else the table is listed whole after the hook-in
             self.listing = nft.table_structure(name, self.session)
 

@@ -13,6 +13,7 @@ taken for ours.
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -20,13 +21,16 @@ from typing import Any
 
 import pytest
 from kernelhelp import KERNEL, TWO_UPLINKS, markroute, router, view, write_config  # noqa: F401
+from test_nft_load import CASES
+from test_nft_load import config_path as case_path
 
 from markroute.compile import compile_plan
 from markroute.config import load_model
 from markroute.kernel import nft, state
-from markroute.kernel.apply import ApplyFailed, NewTable, apply
+from markroute.kernel.apply import ApplyFailed, NewTable, _base_chains_pay, apply
+from markroute.kernel.down import down
 from markroute.kernel.netns import inside
-from markroute.lab import RouterLab
+from markroute.lab import Lab, RouterLab
 from markroute.plan import Plan
 
 pytestmark = KERNEL
@@ -104,9 +108,9 @@ def apply_waiting_early(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
         waiting.set()
         real_wait(self)
 
-    def run_batch(commands: Any, *args: Any) -> None:
-        real_batch(commands, *args)
-        if len(args) == 2 and args[1] is not None:  # the big batch, handed over (`NewTable.loading`)
+    def run_batch(commands: Any, *args: Any, **kwargs: Any) -> None:
+        real_batch(commands, *args, **kwargs)
+        if kwargs.get("loading") is not None:  # the chains' batch, handed over (`NewTable.loading`)
             assert waiting.wait(60), "the apply never waited for the fill"
 
     monkeypatch.setattr(NewTable, "wait", wait)
@@ -219,3 +223,36 @@ def test_someone_elses_commit_during_a_first_apply(
         apply(plan, r.rtr, meanwhile=listings.busy)
     assert view(r.lab, r.rtr) == fresh
     assert state.load(r.rtr) is None
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_example_records_what_nft_lists_whichever_way_it_was_listed(
+    case: str, tmp_path: Path, lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every example config and test_nft_load's (every match key, 5,000-prefix sets, merged runs, a
+    shifted mask), applied first onto an empty namespace: listed early (where that can pay) and
+    listed once after the hook-in, the record is what nft lists, byte for byte the same both ways."""
+    model, diagnostics = load_model(str(case_path(case, tmp_path)))
+    assert model is not None, [d.render() for d in diagnostics]
+    plan = compile_plan(model)
+    ns = lab.add_ns("a10")
+    records: list[str] = []
+    try:
+        with inside(ns):
+            for early in (True, False):
+                if early and not _base_chains_pay(plan):
+                    continue  # the thread never lists such a table early
+                listings = Listings(monkeypatch)
+                waited = None if early else apply_waiting_early(monkeypatch)
+                assert apply(plan, ns, meanwhile=listings.busy if early else None).changed
+                assert listings.hooked == [not early]
+                if waited is not None:
+                    waited()
+                monkeypatch.undo()
+                assert recorded(ns) == listed(plan)
+                written = json.loads((state.directory(ns) / state.STATE_RECORD).read_text())
+                records.append(json.dumps([written["nft_listing"], written["nft_elements"]]))
+                down(ns)
+    finally:
+        shutil.rmtree(state.directory(ns), ignore_errors=True)
+    assert len(set(records)) == 1

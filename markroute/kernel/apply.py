@@ -50,7 +50,6 @@ from markroute.kernel import (
     ha,
     interrupt,
     journal,
-    libnft,
     nft,
     nftnetlink,
     restore,
@@ -173,9 +172,7 @@ class NewTable:
     10,000 policy chains ~1 s, with Python's lock released, so a first apply does it in a
     thread (`start`) while it sets sysctls, routes and rules, none of which touches
     nf_tables. The table has no base chain until `_Apply.create_table` adds them, so no
-    packet sees it half filled. nft runs in this process where libnftables is installed
-    (`session`, `kernel.libnft`): the batches and listings of the apply need no process and
-    no pipe.
+    packet sees it half filled.
     """
 
     def __init__(self, plan: Plan) -> None:
@@ -184,7 +181,6 @@ class NewTable:
         self.error: BaseException | None = None
         # as nft listed it, elements and base chains left out; only where that pays (`_base_chains_pay`)
         self.listing: list[dict[str, object]] | None = None
-        self.session: libnft.Session | None = None  # opened by `fill`, closed by `close`
         self.loading = threading.Event()  # the chains are built and with nft, or the fill stopped (`handed_over`)
         self.awaited = threading.Event()  # the apply has nothing left to do but wait for the fill (`wait`)
 
@@ -199,12 +195,11 @@ class NewTable:
         (two listings, the second three nft processes reading every rule).
         """
         name = self.plan.table_name
-        self.session = libnft.open_session()
         sets = [obj["set"] for obj in self.plan.nft if "set" in obj and not is_cgroup_set(obj["set"])]
         skeleton = [obj for obj in self.plan.nft if "table" in obj] + nft.without_elements({"set": body} for body in sets)
         skeleton += [obj for obj in self.plan.nft if "set" in obj and is_cgroup_set(obj["set"])]  # resolved by nft.run_batch
-        nft.run_batch(({"add": obj} for obj in skeleton), self.session)
-        nft.run_batch(({"add": obj} for obj in nft.hooked(self.plan.nft)[0]), self.session, self.loading)
+        nft.run_batch({"add": obj} for obj in skeleton)
+        nft.run_batch(({"add": obj} for obj in nft.hooked(self.plan.nft)[0]), loading=self.loading)
         loads: list[nftnetlink.SetChange] = []
         for body in sets:
             elements = set_elements(body)
@@ -212,7 +207,7 @@ class NewTable:
                 loads.append(nftnetlink.SetChange(body["name"], elements.version, added=elements.intervals))
         nftnetlink.update(name, loads)
         if _base_chains_pay(self.plan) and not self.awaited.is_set():  # else the table is listed whole after the hook-in
-            self.listing = nft.table_structure(name, self.session)
+            self.listing = nft.table_structure(name)
 
     def start(self) -> None:
         self.thread = threading.Thread(target=self._fill_in_background, name="markroute-sets", daemon=True)
@@ -248,13 +243,6 @@ class NewTable:
         """Until a started fill has stopped, whatever it got to: before the table can be removed again."""
         if self.thread is not None:
             self.thread.join()
-
-    def close(self) -> None:
-        """Let go of nft's library once the fill has stopped (its cache of the table is big)."""
-        self.settle()
-        if self.session is not None:
-            self.session.close()
-            self.session = None
 
 
 class _Apply:
@@ -300,8 +288,6 @@ class _Apply:
             except BaseException as exc:
                 self.roll_back(exc)
                 raise
-        if self.new_table is not None:
-            self.new_table.close()
         self.journal.close()
         return self.report
 
@@ -339,7 +325,7 @@ class _Apply:
         """Undo every completed step (the journal) and drop the journal; a kernel failure (or an
         interrupt) is then raised as `ApplyFailed`, anything else as it is."""
         if self.new_table is not None:
-            self.new_table.close()
+            self.new_table.settle()
         try:
             problems = self.journal.rollback(self.rpdb)
         finally:
@@ -550,12 +536,11 @@ class _Apply:
         """
         name = self.plan.table_name
         listed = self.new_table.listing if self.new_table is not None else None
-        session = self.new_table.session if self.new_table is not None else None
         if listed is not None:
             listed = listed + nft.list_chains(name, [o["chain"]["name"] for o in nft.hooked(self.plan.nft)[1] if "chain" in o])
             if nftnetlink.generation() != self.generation + nftnetlink.commits() - self.commits:
                 listed = None  # someone else committed meanwhile: what was listed early may not be the table now
-        listing = nft.normalise(listed if listed is not None else nft.table_structure(name, session) or [])
+        listing = nft.normalise(listed if listed is not None else nft.table_structure(name) or [])
         if nft.shape(listing) != nft.shape(self.plan.nft):
             raise KernelError(f"nftables table inet {self.plan.table_name} was changed by another process "
                               "while apply ran; run apply again")
@@ -576,7 +561,7 @@ class _Apply:
             self.while_filling()
         new_table.wait()
         interrupt.point(f"sets and chains of inet {name} filled")
-        nft.run_batch(({"add": obj} for obj in nft.hooked(self.plan.nft)[1]), new_table.session)
+        nft.run_batch({"add": obj} for obj in nft.hooked(self.plan.nft)[1])
         self.report.changes.append(f"nftables table inet {name} created")
         interrupt.point(f"chains of inet {name} hooked in")
 

@@ -6,10 +6,7 @@ the transaction itself, given an open context, takes about 0.1 ms. The daemon re
 its chains on the failover path, where every millisecond is traffic lost, so it keeps
 one context (`Session`) and hands it the same JSON batch nft would read: the same
 parser, cache, netlink transaction and error messages, without the process
-(BENCHMARKS.md, "Daemon reaction"). A first apply loads and lists a new table through one
-too (`kernel.apply.NewTable`): at 10,000 policies that spares a 6 MB pipe each way and
-~0.1 s of nft's CPU per listing, and the call runs with Python's lock released, in the
-filling thread. Other commands that run once keep using the nft process.
+(BENCHMARKS.md, "Daemon reaction"). Commands that run once keep using the nft process.
 
 The library is reached through ctypes, as `netns` reaches setns(2): five functions of
 its stable API. A context talks to nf_tables over a netlink socket of the network
@@ -28,7 +25,6 @@ from markroute.kernel import KernelError
 LIBRARY = "libnftables.so.1"
 NFT_CTX_DEFAULT = 0
 NFT_CTX_OUTPUT_JSON = 1 << 4  # what `nft -j` sets: JSON in, JSON out
-NFT_CTX_OUTPUT_TERSE = 1 << 11  # what `nft -t` sets: sets listed without their elements
 
 
 def _namespace() -> int:
@@ -57,24 +53,22 @@ class Session:
             raise KernelError("libnftables: cannot create a context")
         self.context: int | None = context
         self.namespace = _namespace()
+        library.nft_ctx_output_set_flags(context, NFT_CTX_OUTPUT_JSON)
         library.nft_ctx_buffer_output(context)  # kept, not printed on the daemon's stdout
         library.nft_ctx_buffer_error(context)
 
-    def run(self, text: str, terse: bool = False) -> str:
-        """Run TEXT (a JSON batch, or a command such as `list table inet NAME`) as `nft -j -f -` would:
-        one transaction; what it prints (JSON), TERSE as `nft -t` would; KernelError with nft's message."""
+    def run(self, text: str) -> None:
+        """Run TEXT (a JSON batch) as `nft -j -f -` would: one transaction; KernelError with nft's message."""
         if self.context is None:
             raise KernelError("libnftables: the session is closed")
         if _namespace() != self.namespace:
             raise KernelError("libnftables: the session belongs to another network namespace")
-        self.lib.nft_ctx_output_set_flags(self.context, NFT_CTX_OUTPUT_JSON | (NFT_CTX_OUTPUT_TERSE if terse else 0))
         code = self.lib.nft_run_cmd_from_buffer(self.context, text.encode())
-        output = self.lib.nft_ctx_get_output_buffer(self.context) or b""  # reading it empties it
+        self.lib.nft_ctx_get_output_buffer(self.context)  # reading it empties it: a batch prints nothing worth keeping
         if code != 0:
             error = (self.lib.nft_ctx_get_error_buffer(self.context) or b"").decode(errors="replace")
             message = " ".join(line.strip() for line in error.splitlines() if line.strip())
             raise KernelError(f"nft: {message or f'the batch failed ({code})'}")
-        return output.decode()
 
     def close(self) -> None:
         if self.context is not None:

@@ -11,10 +11,10 @@ The order never leaves traffic without a path:
    contents of sets changed, just the added and removed elements, in one transaction
    and without re-creating anything; when only chains and rules changed, those, in
    one transaction, the sets (maybe 100,000 elements) left alone. A new table is built
-   in four transactions: the table and its empty sets, the chains without a hook and
-   their rules, the sets' elements (`nftnetlink`, much faster than nft for 100,000
+   in three transactions: the table, its empty sets and the chains without a hook with
+   their rules, then the sets' elements (`nftnetlink`, much faster than nft for 100,000
    prefixes), then the base chains: no packet sees the table before the last one hooks
-   it in, complete. On a first apply the first three start before step 1, in a thread
+   it in, complete. On a first apply the first two start before step 1, in a thread
    (`NewTable`): nft and the kernel work while Python does;
 5. stale ip rules, then stale routes, then sysctls no longer wanted go back.
 
@@ -165,8 +165,8 @@ def _base_chains_pay(plan: Plan) -> bool:
 
 
 class NewTable:
-    """A new table made ready before anything hooks it in: the table and its empty sets, the chains
-    without a hook and their rules, then the sets' elements, and maybe what nft lists of all that (`listing`).
+    """A new table made ready before anything hooks it in: the table, its empty sets and the chains
+    without a hook with their rules, then the sets' elements, and maybe what nft lists of all that (`listing`).
 
     Loading 100,000 prefixes keeps the kernel busy for ~0.3 s, and nft parsing and listing
     10,000 policy chains ~1 s, with Python's lock released, so a first apply does it in a
@@ -187,8 +187,9 @@ class NewTable:
     def fill(self) -> None:
         """Load the table without its base chains; list it too while the apply still has work of its own.
 
-        The chains go in before the elements: the apply waits until their batch is with nft
-        (`handed_over`), not for the elements too (100,000 prefixes: 0.2 s).
+        The chains go in with the table and its empty sets, before the elements: the apply
+        waits until that batch is with nft (`handed_over`), not for the elements too
+        (100,000 prefixes: 0.2 s).
 
         Listed early, only the base chains are listed after the hook-in; with nothing left
         to overlap, one listing of the whole table after the hook-in costs less than that
@@ -198,8 +199,7 @@ class NewTable:
         sets = [obj["set"] for obj in self.plan.nft if "set" in obj and not is_cgroup_set(obj["set"])]
         skeleton = [obj for obj in self.plan.nft if "table" in obj] + nft.without_elements({"set": body} for body in sets)
         skeleton += [obj for obj in self.plan.nft if "set" in obj and is_cgroup_set(obj["set"])]  # resolved by nft.run_batch
-        nft.run_batch({"add": obj} for obj in skeleton)
-        nft.run_batch(({"add": obj} for obj in nft.hooked(self.plan.nft)[0]), loading=self.loading)
+        nft.run_batch(({"add": obj} for obj in skeleton + nft.hooked(self.plan.nft)[0]), loading=self.loading)
         loads: list[nftnetlink.SetChange] = []
         for body in sets:
             elements = set_elements(body)

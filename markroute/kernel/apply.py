@@ -529,10 +529,10 @@ class _Apply:
         What is recorded is what the next apply and `status` compare against, so a listing
         that is not the plan's shape (someone changed the table between our commit and this
         read) must not be recorded: the apply fails and is rolled back instead. A new table
-        listed before its base chains went in (`NewTable.listing`) needs only those listed
-        now, when that is the cheaper listing (`_base_chains_pay`) and nobody else has
-        committed since this apply began (nf_tables' generation moved by exactly our
-        commits); otherwise the whole table is listed again.
+        listed before its base chains went in (`NewTable.listing`: the cheaper listing, by
+        `_base_chains_pay`, and the apply still had work of its own then) needs only those
+        listed now, when nobody else has committed since this apply began (nf_tables'
+        generation moved by exactly our commits); otherwise the whole table is listed.
         """
         name = self.plan.table_name
         listed = self.new_table.listing if self.new_table is not None else None

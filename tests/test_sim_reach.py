@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 from test_compile import plan_of
@@ -94,3 +95,20 @@ def test_policies_with_a_port_exception_among_many_are_reachable(tmp_path: Path)
   - {name: hidden, to: 12.0.4.0/25, proto: tcp, dport: 8080, via: b}
 """)
     assert reachability(plan).unreachable_policies == ["hidden"]
+
+
+def test_the_search_leaves_no_reference_cycles_for_the_paused_collector(tmp_path: Path) -> None:
+    """Commands pause the cycle collector; a ruleset left in cycles would be walked again at exit."""
+    policies = "".join(f"  - {{name: p{i}, to: 10.{i}.0.0/16, proto: tcp, dport: {1000 + i}, via: a}}\n"
+                       for i in range(40))
+    plan = plan_of(tmp_path, UPLINKS + "policies:\n" + policies)
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        gc.collect()
+        assert reachability(plan).unreachable_policies == []
+        left = gc.collect()
+    finally:
+        if enabled:
+            gc.enable()
+    assert left < 100, f"{left} objects of the search were left to the cycle collector"

@@ -360,13 +360,13 @@ def _guarded_values(p: Packet) -> dict[str, Any]:
     value is not known (an address NAT gave it offline, ports of a protocol `th` cannot
     read), so no rule guarded on it is skipped.
     """
-    values: dict[str, Any] = {}
-    for version in (4, 6):
-        values[f"daddr{version}"] = p.dst if p.version == version else ABSENT
-        values[f"saddr{version}"] = p.src if p.version == version else ABSENT
-    values["dport"] = p.dport if p.proto in TRANSPORT_PORTS else None
-    values["iifname"] = p.in_dev or ""
-    return values
+    v4, v6 = p.version == 4, p.version == 6  # keys spelt out: this runs for every chain of every witness walk
+    return {
+        "daddr4": p.dst if v4 else ABSENT, "saddr4": p.src if v4 else ABSENT,
+        "daddr6": p.dst if v6 else ABSENT, "saddr6": p.src if v6 else ABSENT,
+        "dport": p.dport if p.proto in TRANSPORT_PORTS else None,
+        "iifname": p.in_dev or "",
+    }
 
 
 def _rule_step(p: Packet, rule: Rule, verdict: Verdict | None, indeterminate: Indeterminate | None = None) -> dict[str, Any]:

@@ -15,6 +15,7 @@ nothing until it could change the answer.
 from __future__ import annotations
 
 import bisect
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -103,6 +104,11 @@ RETURN = Verdict("return")
 
 @dataclass
 class Rule:
+    """One compiled rule. CHAIN, which holds it, is a weak proxy: a ruleset without reference
+    cycles is freed as soon as it is dropped, not when the cycle collector (paused by the
+    commands of a big config, `cliutil.without_cycle_collector`) walks its half million
+    objects at 10,000 policies, about half a second."""
+
     ops: tuple[Op, ...]
     body: dict[str, Any]
     chain: Chain
@@ -207,7 +213,7 @@ class Ruleset:
                     raise ValueError(f"rule for unknown chain {body['family']} {body['table']} {body['chain']}")
                 xt = self._xt_binding(chain, body)
                 ops = RuleBuilder(self, chain, xt).rule(body.get("expr", []))
-                chain.rules.append(Rule(ops, body, chain, position=len(chain.rules),
+                chain.rules.append(Rule(ops, body, weakref.proxy(chain), position=len(chain.rules),
                                         source=xt.text if xt is not None else None))
         for chain in self.chains.values():
             for rule in chain.rules:
@@ -216,22 +222,6 @@ class Ruleset:
             unmodelled = {r.position for r in chain.rules
                           if any(getattr(op, "__qualname__", "") == _UNKNOWN_OP for op in r.ops)}
             chain.index = ChainIndex.build([r.body for r in chain.rules], unmodelled)
-
-    def dismantle(self) -> None:
-        """Drop every chain's rules, for a caller done with a ruleset it built for itself.
-
-        Chains and rules refer to each other (a rule to its chain, a jump to its target),
-        so a dropped ruleset is freed only by the cycle collector, which the commands of
-        a big config pause (`cliutil.without_cycle_collector`): the half million objects
-        of 10,000 policies, and the plan document they hold, were collected at exit, at
-        half a second's CPU. Without the rules, reference counting frees them at once.
-        """
-        for chain in self.chains.values():
-            chain.rules = []
-            chain.index = None
-        self.hooks.clear()
-        self.hooked = []
-        self.lookups.clear()
 
     def _xt_binding(self, chain: Chain, body: dict[str, Any]) -> XtRule | None:
         """For a rule of a chain iptables-nft wrote: the saved rule that shows its `xt` options and its text."""

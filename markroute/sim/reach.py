@@ -147,7 +147,6 @@ def _search(plan: Plan, hidden: frozenset[str]) -> tuple[set[str], set[int]]:
                 break
         if done(None):
             break
-    simulator.ruleset.dismantle()
     return reached, marks
 
 

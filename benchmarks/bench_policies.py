@@ -99,10 +99,14 @@ def timed(func: Callable[[], object], runs: int) -> list[float]:
 
 
 def cli(args: list[str]) -> Callable[[], object]:
-    """A markroute command as a user runs it; `check` exits 0 (warnings only)."""
+    """A markroute command as a user runs it; `check` exits 0 (warnings only).
+
+    Run in ROOT: `python -m` looks in the working directory first, so started from
+    another checkout it would time that checkout's markroute, whatever PYTHONPATH says.
+    """
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return lambda: subprocess.run([sys.executable, "-m", "markroute", *args], check=True, capture_output=True,
-                                  env=env)
+                                  env=env, cwd=ROOT)
 
 
 def stages(config: Path, runs: int) -> list[tuple[str, list[float]]]:

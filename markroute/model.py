@@ -9,6 +9,7 @@ the line that needs changing.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 from markroute.diagnostics import Where
@@ -46,13 +47,17 @@ class Match:
     local: bool | None = None
     negated: Match | None = None
 
-    @property
+    @cached_property
     def is_empty(self) -> bool:
         return self == Match()
 
-    @property
+    @cached_property
     def versions(self) -> frozenset[int]:
-        """IP versions this match can apply to, judged by its addresses."""
+        """IP versions this match can apply to, judged by its addresses.
+
+        Both are worked out once per match (issue 15): validation, the shadowed-policy
+        check and the compiler ask them of each of 10,000 policies, several times.
+        """
         versions = frozenset({4, 6})
         for addresses in (self.src, self.dst):
             if addresses is not None and not addresses.dynamic:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 from test_compile import plan_of
 
-from markroute.sim import reachability
+from markroute.sim import offline, reachability
+from markroute.sim.packet import make_flow
 
 UPLINKS = """
 uplinks:
@@ -94,3 +96,26 @@ def test_policies_with_a_port_exception_among_many_are_reachable(tmp_path: Path)
   - {name: hidden, to: 12.0.4.0/25, proto: tcp, dport: 8080, via: b}
 """)
     assert reachability(plan).unreachable_policies == ["hidden"]
+
+
+def test_simulators_leave_no_reference_cycles_for_the_paused_collector(tmp_path: Path) -> None:
+    """Commands pause the cycle collector; a ruleset left in cycles would be walked again after them."""
+    policies = "".join(f"  - {{name: p{i}, to: 10.{i}.0.0/16, proto: tcp, dport: {1000 + i}, via: a}}\n"
+                       for i in range(40))
+    plan = plan_of(tmp_path, UPLINKS + "policies:\n" + policies)
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        gc.collect()
+        assert reachability(plan).unreachable_policies == []
+        after_search = gc.collect()
+        simulator = offline(plan, ["lan0=192.168.1.1/24", "eth1=192.0.2.2/24"])
+        paths = simulator.paths(make_flow("192.168.1.2", "10.7.0.1", "tcp", 40000, 1007, iif="lan0"))
+        del simulator
+        assert [path.outcome.policy for path in paths] == ["p7"]
+        after_trace = gc.collect()
+    finally:
+        if enabled:
+            gc.enable()
+    assert after_search < 100, f"{after_search} objects of the search were left to the cycle collector"
+    assert after_trace < 100, f"{after_trace} objects of the trace were left to the cycle collector"

@@ -8,6 +8,7 @@ and the same diagnostics, on every config kept in the tree and on random documen
 from __future__ import annotations
 
 import ast
+import gc
 import random
 import subprocess
 import sys
@@ -118,3 +119,20 @@ def test_nesting_too_deep_for_the_c_composer_is_an_error_not_a_crash(tmp_path: P
     assert result.returncode == 1, result.stderr[-2000:]
     assert "YAML: the document is nested too deeply" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_reading_leaves_no_per_scalar_garbage_for_the_paused_collector() -> None:
+    """ruamel's loader lives in reference cycles; its memo and caches must not keep a value per scalar there."""
+    text = "policies:\n" + "".join(f"  - {{name: p{i}, dport: {i + 1}, to: 10.0.{i % 256}.{i // 256}}}\n"
+                                  for i in range(3000))
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        gc.collect()
+        root = source.parse(text, "config.yaml")
+        left = gc.collect()
+    finally:
+        if enabled:
+            gc.enable()
+    assert len(root.items["policies"].elements) == 3000
+    assert left < 1000, f"{left} objects of the parse were left to the cycle collector"

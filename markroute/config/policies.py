@@ -27,6 +27,7 @@ def read_policies(
     if node is None or not reader.kind(node, "seq", "policies"):
         return []
     targets = list(uplinks) + list(groups) + list(SPECIAL_TARGETS)
+    model = Model(uplinks, groups)  # holds GROUPS itself, so it sees the inline groups added below
     policies: list[Policy] = []
     names: dict[str, Where] = {}
     for index, element in enumerate(node.elements, start=1):
@@ -54,7 +55,7 @@ def read_policies(
         if not logged:
             continue
         policy = Policy(name, found, via, element.where, log)
-        if reachable_family(reader, policy, uplinks, groups, element.items["via"]):
+        if reachable_family(reader, policy, model, element.items["via"]):
             policies.append(policy)
     return policies
 
@@ -90,11 +91,8 @@ def read_via(reader: Reader, element: Node, name: str, targets: list[str], broke
     return via
 
 
-def reachable_family(
-    reader: Reader, policy: Policy, uplinks: dict[str, Uplink], groups: dict[str, Group], via: Node,
-) -> bool:
+def reachable_family(reader: Reader, policy: Policy, model: Model, via: Node) -> bool:
     """A policy matching only one family must lead to an uplink with a gateway of that family."""
-    model = Model(uplinks, groups)
     if policy.match.versions & model.target_versions(policy.via):
         return True
     family = "IPv6" if policy.match.versions == {6} else "IPv4"

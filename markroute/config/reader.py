@@ -70,8 +70,9 @@ class Reader:
         """Every mapping key that is not text (a number, null, a list) is a mistake."""
         for key, where in node.odd_keys.items():
             self.diag.error(where, f"key {key} is not text", "names start with a letter; quote the key if you must")
-        for child in list(node.items.values()) + node.elements:
-            self.odd_keys(child)
+        for child in (*node.items.values(), *node.elements):
+            if child.kind != "scalar":  # only mappings have keys: most of a big config's nodes are not visited
+                self.odd_keys(child)
 
     def kind(self, node: Node, kind: str, what: str) -> bool:
         if node.kind == kind:

@@ -117,7 +117,9 @@ def parse(text: str, path: str) -> Node:
                                      f"no config needs more than {_Builder.MAX_DEPTH} levels")) from None
     if document is None:
         return Node("map", Where(path, 1, 1))
-    return _Builder(path, yaml.constructor).build(document)
+    root = _Builder(path, yaml.constructor).build(document)
+    yaml.constructor.constructed_objects.clear()  # see `_compose_in_c`: kept in a cycle, one entry per number
+    return root
 
 
 # What the two parsers read differently, so the pure parser reads it: a directive (the C
@@ -145,7 +147,8 @@ def _compose_in_c(text: str) -> tuple[bool, Any]:
     if CParser is None or _PURE_ONLY.search(text):
         return False, None
     yaml = YAML(typ="safe", pure=False)
-    yaml.Resolver = _memo_resolver()
+    memo: dict[tuple[Any, ...], Any] = {}
+    yaml.Resolver = _memo_resolver(memo)
     depth = 0
     try:
         for event in yaml.parse(text):
@@ -158,9 +161,14 @@ def _compose_in_c(text: str) -> tuple[bool, Any]:
         return True, yaml.compose(text)
     except Exception:  # whatever it is, the pure parser reads the text again and words it
         return False, None
+    finally:
+        # ruamel's loader and its parts refer to each other, so they are freed by the
+        # cycle collector, which a command of a big config pauses (`cliutil`): emptied
+        # here, the memo's tuple per distinct scalar is not left for it to walk at exit.
+        memo.clear()
 
 
-def _memo_resolver() -> type:
+def _memo_resolver(memo: dict[tuple[Any, ...], Any]) -> type:
     """ruamel's resolver, remembering each plain scalar's tag for the rest of the document.
 
     Resolving a scalar (is `443` an int, `yes` a string?) runs ruamel's version lookup
@@ -168,13 +176,14 @@ def _memo_resolver() -> type:
     scalars, though most are the same few keys and names. The answer depends only on
     the text and how it was written: the C parser reads every document as YAML 1.2
     (a `%YAML` directive goes to the pure parser) and no path resolvers are set.
+    MEMO holds the answers, for one document.
     """
     from ruamel.yaml.resolver import VersionedResolver
 
     class MemoResolver(VersionedResolver):  # type: ignore[misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            self.resolved_tags: dict[tuple[Any, ...], Any] = {}
+            self.resolved_tags = memo
             self.implicit_table: Any = None
 
         @property

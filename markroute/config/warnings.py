@@ -109,9 +109,9 @@ class CoverIndex:
     def __init__(self, matches: list[Match], versions: list[frozenset[int]]) -> None:
         self.matches = matches
         self.versions = versions
-        self.given = [match_keys.given(m) for m in matches]
+        self.values = [match_keys.compared(m) for m in matches]
+        self.given = [match_keys.given(m, values) for m, values in zip(matches, self.values)]
         self.bounds = [_bounds(m) for m in matches]
-        self.values = [[key.compared(m) for key in match_keys.KEYS] for m in matches]
         groups: dict[tuple[int, frozenset[int]], list[int]] = {}
         for position, match in enumerate(matches):
             if match.negated is None:

@@ -12,6 +12,7 @@ from markroute.match.registry import (
     NOT,
     YAML_KEYS,
     applies,
+    compared,
     conditions,
     covers,
     family_specific,
@@ -20,5 +21,5 @@ from markroute.match.registry import (
 
 __all__ = [
     "KEYS", "MERGE_REFUSED", "NOT", "YAML_KEYS", "AddressSets", "MapField", "MatchKey", "Unmerged",
-    "applies", "conditions", "covers", "family_specific", "given",
+    "applies", "compared", "conditions", "covers", "family_specific", "given",
 ]

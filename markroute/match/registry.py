@@ -8,6 +8,8 @@ themselves: they iterate `KEYS`, so a new key is one module plus one line here.
 
 from __future__ import annotations
 
+from typing import Any
+
 from markroute.match.addresses import DESTINATION, SOURCE
 from markroute.match.cgroup import CGROUP
 from markroute.match.dscp import DSCP
@@ -49,12 +51,17 @@ def applies(match: Match, local: bool) -> bool:
     return True
 
 
-def given(match: Match) -> int:
-    """A bit per key the match compares (and one for `not`).
+def compared(match: Match) -> list[Any]:
+    """What the match compares, per key in `KEYS` order (None: the key is open)."""
+    return [key.compared(match) for key in KEYS]
+
+
+def given(match: Match, values: list[Any] | None = None) -> int:
+    """A bit per key the match compares (and one for `not`); VALUES are its `compared`, when known.
 
     A match comparing a key the other does not cannot cover it: a cheap test before `covers`.
     """
-    values = [key.compared(match) for key in KEYS] + [match.negated]
+    values = (compared(match) if values is None else values) + [match.negated]
     return sum(1 << bit for bit, value in enumerate(values) if value is not None)
 
 

@@ -174,15 +174,24 @@ def _candidates(document: dict[str, Any]) -> Candidates:
     sets = {(o["set"]["table"], o["set"]["name"]): o["set"].get("elem", []) for o in objects if "set" in o}
     owner = _chain_owners(objects)
 
+    common, own = found.common, found.own
+
     def add(name: str | None, right: Any, label: str) -> None:
         if name is None:
             return
         if isinstance(right, str) and right.startswith("@"):
             right = {"set": sets.get((body["table"], right[1:]), [])}
         values = _values(name, right)  # one update per constant, not one per value
-        found.common[name].update(values)
-        if label:
-            found.own.setdefault(label, {}).setdefault(name, {}).update(values)
+        common[name].update(values)
+        if label:  # looked up, not `setdefault`: that would build two empty dicts per constant
+            fields = own.get(label)
+            if fields is None:
+                fields = own[label] = {}
+            mine = fields.get(name)
+            if mine is None:
+                fields[name] = values
+            else:
+                mine.update(values)
 
     for obj in objects:
         body = obj.get("rule")
@@ -258,7 +267,7 @@ def _values(name: str, right: Any) -> dict[Any, None]:
     found: dict[Any, None] = {}
     limit = LIMITS.get(name)
     for value in _sampled(name, elements):
-        if isinstance(value, Span):
+        if type(value) is Span:
             for point in (value.lo, value.hi, (value.lo + value.hi) // 2, value.lo - 1, value.hi + 1):
                 if limit is None or 0 <= point <= limit:
                     found[point] = None
@@ -273,17 +282,22 @@ def _values(name: str, right: Any) -> dict[Any, None]:
     return found
 
 
-def _sampled(name: str, elements: list[Any] | AddressElements) -> Iterator[Any]:
-    """Evenly spread PER_FIELD of ELEMENTS in comparable form; those the simulator cannot read are left out."""
+def _sampled(name: str, elements: list[Any] | AddressElements) -> list[Any]:
+    """Evenly spread PER_FIELD of ELEMENTS in comparable form; those the simulator cannot read are left out.
+
+    A list, not a generator: most constants are one element, read 100,000 times a check.
+    """
     step = max(1, len(elements) // PER_FIELD)
     if isinstance(elements, AddressElements):  # a compiled set: intervals already
-        yield from (first if first == last else Span(first, last) for first, last in elements.intervals[::step])
-        return
-    for element in elements[::step]:
+        return [first if first == last else Span(first, last) for first, last in elements.intervals[::step]]
+    dtype = DTYPES[name]
+    found = []
+    for element in elements[::step] if step > 1 else elements:
         try:
-            yield parse(DTYPES[name], element)
+            found.append(parse(dtype, element))
         except (UnsupportedValue, ValueError, KeyError, TypeError):
             continue
+    return found
 
 
 def _witnesses(candidates: Candidates, common: dict[str, _Ordered], label: str | None) -> Iterator[Flow]:

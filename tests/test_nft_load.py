@@ -10,6 +10,7 @@ the renderer faithful to the JSON.
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +149,7 @@ def test_inline_configs_use_every_feature(tmp_path: Path) -> None:
     """The configs above really contain what the module docstring claims they test."""
     model, _ = load_model(str(config_path("every-match", tmp_path)))
     assert model is not None
-    used = {key for p in model.policies for key, value in vars(p.match).items() if value is not None}
+    used = {f.name for p in model.policies for f in fields(p.match) if getattr(p.match, f.name) is not None}
     assert used == {"src", "dst", "protocols", "sports", "dports", "iifs", "macs", "dscps", "local", "negated"}
     assert {u.nat.kind for u in model.uplinks.values()} == {"masquerade", "snat", "none"}
     assert any(u.ingress for u in model.uplinks.values()) and any(u.inbound for u in model.uplinks.values())

@@ -124,3 +124,29 @@ def test_live_with_a_missing_namespace_is_an_environment_error() -> None:
     proc = markroute("trace", "--live", "--netns", "mr-absent-ns", *FLOW)
     assert proc.returncode == 4 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
 
+
+
+def test_trace_runs_with_the_cycle_collector_paused(config: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Like check, plan and apply: a big config's ruleset is not walked again by every collection (issue 15)."""
+    import gc
+
+    from markroute.sim import report
+
+    seen: list[bool] = []
+    document = report.document
+
+    def recording(*args: object) -> object:
+        seen.append(gc.isenabled())
+        return document(*args)
+
+    monkeypatch.setattr(report, "document", recording)
+    enabled = gc.isenabled()
+    gc.enable()
+    try:
+        result = run("-c", config, *FLOW, "--proto", "tcp", "--sport", "40000", "--dport", "25", *ADDRESSES)
+        assert gc.isenabled(), "the collector is enabled again after the command"
+    finally:
+        if not enabled:
+            gc.disable()
+    assert result.exit_code == 0, result.output
+    assert seen == [False]

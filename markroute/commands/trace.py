@@ -18,6 +18,7 @@ from markroute.commands.cliutil import (
     json_option,
     netns_option,
     print_json,
+    without_cycle_collector,
 )
 
 
@@ -47,6 +48,7 @@ from markroute.commands.cliutil import (
 @click.option("--route", "routes", metavar="ROUTE", multiple=True,
               help="Offline: a route of main, e.g. 'default via 192.0.2.1 dev eth0' (repeat for each).")
 @json_option
+@without_cycle_collector
 def command(config: str | None, live: bool, netns: str | None, src: str, dst: str, proto: str | None,
             sport: str | None, dport: str | None, iif: str | None, local: bool, mac: str | None, dscp: str | None,
             uid: str | None, gid: str | None, cgroup: str | None, reply: bool, flows: int | None, seed: int | None, addresses: tuple[str, ...], routes: tuple[str, ...],

@@ -499,8 +499,8 @@ class RuleBuilder:
         left = self.value(body["left"])
         op = body.get("op", "==")
         right = body["right"]
-        test = self.test(left, op, right)
         lookup = self.set_lookup(left.dtype, right) if _is_set(right) else None
+        test = self.test(left, op, right, lookup)
         get = left.get
         unknown = self.filled_at_run_time(right)
         # rendered only for the rare match that must say why it cannot decide: a ruleset of
@@ -524,12 +524,12 @@ class RuleBuilder:
 
         return match
 
-    def test(self, left: Value, op: str, right: Any) -> Callable[[Any], bool]:
-        """The comparison of a match, as a predicate on the left value."""
+    def test(self, left: Value, op: str, right: Any, lookup: Lookup | None) -> Callable[[Any], bool]:
+        """The comparison of a match, as a predicate on the left value; LOOKUP is the set's
+        when RIGHT is one, built once by the caller (an anonymous set is parsed per use)."""
         if isinstance(right, bool):
             return lambda v: bool(v) == right
-        if _is_set(right):
-            lookup = self.set_lookup(left.dtype, right)
+        if lookup is not None:
             if op == "!=":
                 return lambda v: lookup.find(v) < 0
             return lambda v: lookup.find(v) >= 0

@@ -36,7 +36,6 @@ STAGES = (
     ("markroute.kernel.apply", "NewTable.wait", "of which waiting for the filling thread"),
     ("markroute.kernel.digest", "nft_digest", "the plan's nftables digest"),
     ("markroute.kernel.nft", "_run_side_by_side", "an nft process (or processes side by side)"),
-    ("markroute.kernel.nft", "_fed", "an nft process fed a JSON batch as it is encoded"),
     ("markroute.kernel.nft", "table_structure", "the table listed (nft, json.loads)"),
     ("markroute.kernel.nft", "normalise", "a listing normalised"),
     ("markroute.kernel.nft", "shape", "a listing's or plan's shape"),

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 from markroute.compile.ha import HOLD_SETS
@@ -38,52 +38,17 @@ def _run(argv: list[str], stdin: str | None = None) -> str:
 
 def _run_side_by_side(argvs: list[list[str]], stdin: str | None = None) -> list[str]:
     """The output of an nft process per ARGV, all started at once (each reads STDIN)."""
-    procs = [_started(argv, stdin is not None) for argv in argvs]
-    outputs = [proc.communicate(stdin.encode() if stdin is not None else None) for proc in procs]
-    return [_checked(proc, stdout, stderr) for proc, (stdout, stderr) in zip(procs, outputs)]
-
-
-def _started(argv: list[str], reads: bool) -> subprocess.Popen[bytes]:
-    """An nft process running ARGV, its output piped; READS: its input too."""
     try:
-        return subprocess.Popen([NFT, *argv], stdin=subprocess.PIPE if reads else subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        procs = [subprocess.Popen([NFT, *argv], stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for argv in argvs]
     except FileNotFoundError as exc:
         raise KernelError("the nft command is missing: install nftables") from exc
-
-
-def _checked(proc: subprocess.Popen[bytes], stdout: bytes, stderr: bytes) -> str:
-    """STDOUT of a finished nft process, or its complaint as a `KernelError`."""
-    if proc.returncode != 0:
-        message = " ".join(line.strip() for line in stderr.decode(errors="replace").splitlines() if line.strip())
-        raise KernelError(f"nft: {message or f'exited with status {proc.returncode}'}")
-    return stdout.decode()
-
-
-def _fed(argv: list[str], pieces: Iterable[str], loading: threading.Event | None) -> None:
-    """nft running ARGV on its input written piece by piece as PIECES makes them.
-
-    nft parses a JSON batch while it arrives: encoding a 6 MB batch takes Python ~0.1 s,
-    which nft's parsing now overlaps instead of following. LOADING is set once the last
-    piece is written. An nft that stops reading (a parse error) ends the writing; its
-    complaint is the error.
-    """
-    proc = _started(argv, True)
-    assert proc.stdin is not None
-    try:
-        try:
-            for piece in pieces:
-                proc.stdin.write(piece.encode())
-        except BrokenPipeError:
-            pass
-    except BaseException:
-        proc.kill()
-        proc.communicate()
-        raise
-    finally:
-        if loading is not None:
-            loading.set()
-    _checked(proc, *proc.communicate())
+    outputs = [proc.communicate(stdin) for proc in procs]
+    for proc, (_, stderr) in zip(procs, outputs):
+        if proc.returncode != 0:
+            message = " ".join(line.strip() for line in stderr.splitlines() if line.strip())
+            raise KernelError(f"nft: {message or f'exited with status {proc.returncode}'}")
+    return [stdout for stdout, _ in outputs]
 
 
 def run_batch(commands: Iterable[Obj], session: libnft.Session | None = None,
@@ -99,7 +64,7 @@ def run_batch(commands: Iterable[Obj], session: libnft.Session | None = None,
     """
     commands = list(commands)
     if not cgroups.involved(commands):
-        _load_json(commands, session, loading)
+        _load(_dumps({"nftables": commands}), session, loading)
         nftnetlink.count_commit()
         return
     for attempt in (1, 2):
@@ -110,9 +75,9 @@ def run_batch(commands: Iterable[Obj], session: libnft.Session | None = None,
                     text = nfttext.batch(batch)
                 except ValueError as exc:
                     raise KernelError(str(exc)) from None
-                _load(text, session, loading)
+                _load(text, session, loading, as_json=False)
             else:
-                _load_json(batch, session, loading)
+                _load(_dumps({"nftables": batch}), session, loading)
         except KernelError as exc:
             if attempt == 2 or "cgroupv2 path fails" not in str(exc):
                 raise
@@ -121,41 +86,19 @@ def run_batch(commands: Iterable[Obj], session: libnft.Session | None = None,
     nftnetlink.count_commit()
 
 
-def _dumps(document: Any) -> str:
+def _dumps(document: Obj) -> str:
     """DOCUMENT as JSON for nft, compact; a plan holds no cycles, so the encoder need not look for them
     (each of the two saves ~20% of the encoder's time for a 6 MB batch)."""
     return json.dumps(document, default=json_default, check_circular=False, separators=(",", ":"))
 
 
-PIECE = 1000  # commands encoded at a time for nft's input (`_encoded`): ~0.25 MB
-
-
-def _encoded(commands: list[Obj]) -> Iterator[str]:
-    """`{"nftables": COMMANDS}` as `_dumps` writes it, in pieces of PIECE commands: each piece goes to
-    nft while the next is encoded (`_fed`), and the C encoder still does every piece whole."""
-    yield '{"nftables":['
-    for start in range(0, len(commands), PIECE):
-        text = _dumps(commands[start:start + PIECE])
-        yield ("," if start else "") + text[1:-1]
-    yield "]}"
-
-
-def _load_json(commands: list[Obj], session: libnft.Session | None, loading: threading.Event | None) -> None:
-    """COMMANDS as one JSON batch: streamed to an nft process, or whole to SESSION."""
-    if session is not None:
-        _load("".join(_encoded(commands)), session, loading)
-    else:
-        _fed(["-j", "-f", "-"], _encoded(commands), loading)
-
-
-def _load(text: str, session: libnft.Session | None, loading: threading.Event | None) -> None:
-    """TEXT, a whole batch, through SESSION (JSON or nft's language), else an nft process (nft's language)."""
+def _load(text: str, session: libnft.Session | None, loading: threading.Event | None, as_json: bool = True) -> None:
     if loading is not None:
         loading.set()
     if session is not None:
         session.run(text)
     else:
-        _run(["-f", "-"], text)
+        _run(["-j", "-f", "-"] if as_json else ["-f", "-"], text)
 
 
 def list_ruleset() -> dict[str, Any]:

@@ -263,6 +263,7 @@ class _Apply:
         self.nft_digest = ""  # `digest.nft_digest(plan)`, worked out by `run` while a new table fills
         self.generation = 0  # nf_tables' generation before our first transaction
         self.commits = 0  # this process's commit count then (`nftnetlink.commits`)
+        self.plan_shape: nft.Shape | None = None  # `nft.shape` of the plan, if `create_table` worked it out early
 
     def run(self) -> ApplyReport:
         """The steps in the module doc's order, then the commit; everything undone on failure or interrupt.
@@ -541,7 +542,7 @@ class _Apply:
             if nftnetlink.generation() != self.generation + nftnetlink.commits() - self.commits:
                 listed = None  # someone else committed meanwhile: what was listed early may not be the table now
         listing = nft.normalise(listed if listed is not None else nft.table_structure(name) or [])
-        if nft.shape(listing) != nft.shape(self.plan.nft):
+        if nft.shape(listing) != (self.plan_shape or nft.shape(self.plan.nft)):
             raise KernelError(f"nftables table inet {self.plan.table_name} was changed by another process "
                               "while apply ran; run apply again")
         return nft.with_elements(listing, self.plan.nft)
@@ -559,9 +560,11 @@ class _Apply:
             new_table.fill()
         else:
             self.while_filling()
+        base = [{"add": obj} for obj in nft.hooked(self.plan.nft)[1]]  # these two while the kernel still fills
+        self.plan_shape = nft.shape(self.plan.nft)  # for `live_listing`
         new_table.wait()
         interrupt.point(f"sets and chains of inet {name} filled")
-        nft.run_batch({"add": obj} for obj in nft.hooked(self.plan.nft)[1])
+        nft.run_batch(base)
         self.report.changes.append(f"nftables table inet {name} created")
         interrupt.point(f"chains of inet {name} hooked in")
 

@@ -176,7 +176,10 @@ def hooked(objects: Iterable[Obj]) -> tuple[list[Obj], list[Obj]]:
     return parts
 
 
-def shape(objects: Iterable[Obj]) -> tuple[list[str], list[tuple[str, str, int, tuple[str | None, ...]]]]:
+Shape = tuple[list[str], list[tuple[str, str, int, tuple[str | None, ...]]]]
+
+
+def shape(objects: Iterable[Obj]) -> Shape:
     """What a plan and the listing nft makes of it share, whatever nft normalises: the names of
     the sets, and per chain its kind and each rule's comment (in order). A rule, chain or set
     added or removed by someone else changes it."""

@@ -1,8 +1,10 @@
 """The C parser (ruamel.yaml.clib) reads configs into the same `Node`s as the pure parser (issue 15).
 
-`config/source.py` composes with the C parser for speed and falls back to the pure one
-on errors, directives and deep nesting; these tests hold the two paths to the same tree
-and the same diagnostics, on every config kept in the tree and on random documents.
+`config/source.py` builds a plain document straight from the C parser's events, composes
+with the C parser what that declines (anchors, aliases, tags, merge keys, odd keys), and
+falls back to the pure parser on errors, directives and deep nesting; these tests hold the
+three paths to the same tree and the same diagnostics, on every config kept in the tree
+and on random documents.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from markroute.config import source
 from markroute.config.source import Node, SourceError
 
 
-def read(text: str, pure: bool, monkeypatch: pytest.MonkeyPatch) -> Node | str:
-    """The tree, or the rendered error, of TEXT read with or without the C parser."""
+def read(text: str, path: str, monkeypatch: pytest.MonkeyPatch) -> Node | str:
+    """The tree, or the rendered error, of TEXT read the way PATH says (the ones before it turned off)."""
     with monkeypatch.context() as patch:
-        if pure:
+        if path != "events":
+            patch.setattr(source, "_read_events_in_c", lambda text, path: None)
+        if path == "pure":
             patch.setattr(source, "_compose_in_c", lambda text: (False, None))
         try:
             return source.parse(text, "config.yaml")
@@ -43,14 +47,39 @@ def kept_configs() -> list[str]:
     return texts
 
 
-def test_every_kept_config_reads_the_same_with_both_parsers(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_kept_config_reads_the_same_on_every_path(monkeypatch: pytest.MonkeyPatch) -> None:
     texts = kept_configs()
     assert len(texts) > 100
-    composed_in_c = 0
+    built_from_events = composed_in_c = 0
     for text in texts:
-        assert read(text, False, monkeypatch) == read(text, True, monkeypatch), text
+        pure = read(text, "pure", monkeypatch)
+        assert read(text, "composed", monkeypatch) == pure, text
+        assert read(text, "events", monkeypatch) == pure, text
+        built_from_events += source._read_events_in_c(text, "config.yaml") is not None
         composed_in_c += source._compose_in_c(text)[0]
-    assert composed_in_c > len(texts) // 2  # the fast path is the one taken for ordinary configs
+    # the fast paths are the ones taken for ordinary configs
+    assert built_from_events > len(texts) // 2 and composed_in_c > len(texts) // 2
+
+
+@pytest.mark.parametrize("text", [
+    "a: &x 1\nb: *x\n", "a: !!str 1\n", "base: &b {k: 1}\nx: {<<: *b, j: 2}\n", "1: x\n", "? [a]\n: x\n",
+    "a: 1\na: 2\n", "--- {a: 1}\n--- {b: 2}\n", "a: \"\\ud800\"\n", "a: 2001-13-45\n",
+    "uplinks: " + "[" * 64 + "x" + "]" * 64 + "\n",
+])
+def test_what_the_event_builder_declines_the_composer_reads(text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anchors, aliases, tags, merge keys, keys that are not text, duplicate keys, a second document,
+    half a surrogate, a value the constructor refuses and `_Builder`'s depth limit: each goes to the
+    composer, which reads or words it as before."""
+    assert source._read_events_in_c(text, "config.yaml") is None
+    assert read(text, "events", monkeypatch) == read(text, "pure", monkeypatch)
+
+
+def test_the_event_builder_places_empty_values_at_their_key() -> None:
+    root = source._read_events_in_c("a:\nb:\n  - \n  -\nc: {d: }\n", "config.yaml")
+    assert root is not None
+    assert (root.items["a"].where.line, root.items["a"].where.col) == (1, 1)
+    assert [(e.scalar, e.where.line) for e in root.items["b"].elements] == [(None, 3), (None, 4)]
+    assert root.items["c"].items["d"].where == root.items["c"].key_where["d"]
 
 
 SCALARS = ("a", "yes", "no", "on", "true", "False", "null", "~", "0o17", "017", "0x1f", "1_000", "1e3", ".inf",
@@ -103,11 +132,13 @@ def random_document(rng: random.Random) -> str:
     return text
 
 
-def test_random_documents_read_the_same_with_both_parsers(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_random_documents_read_the_same_on_every_path(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = random.Random(15)
     for _ in range(1500):
         text = random_document(rng)
-        assert read(text, False, monkeypatch) == read(text, True, monkeypatch), text
+        pure = read(text, "pure", monkeypatch)
+        assert read(text, "composed", monkeypatch) == pure, text
+        assert read(text, "events", monkeypatch) == pure, text
 
 
 def test_nesting_too_deep_for_the_c_composer_is_an_error_not_a_crash(tmp_path: Path) -> None:

@@ -96,6 +96,9 @@ def parse(text: str, path: str) -> Node:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. a reused anchor: legal YAML, not worth a warning dump
+            root = _read_events_in_c(text, path)
+            if root is not None:
+                return root
             composed, document = _compose_in_c(text)
             if not composed:
                 document = yaml.compose(text)
@@ -127,6 +130,126 @@ def parse(text: str, path: str) -> Node:
 # some that libyaml takes, e.g. inside a plain key) and an anchor or alias whose name
 # has a character libyaml's names cannot hold (`&key:` is an anchor named "key:" in YAML 1.2).
 _PURE_ONLY = re.compile(r"^%|\t|[&*][A-Za-z0-9_-]*[^A-Za-z0-9_\s,\[\]{}-]", re.MULTILINE)
+
+
+class _Declined(Exception):
+    """The document holds something `_read_events_in_c` leaves to the composer and `_Builder`."""
+
+
+def _read_events_in_c(text: str, path: str) -> Node | None:
+    """The `Node` tree built straight from the C parser's events, or None when the composer must
+    read the document (`_compose_in_c`, or the pure parser after it).
+
+    Composing first builds a ruamel node per value (50,000 at 10,000 policies) only for
+    `_Builder` to walk them once more; the events carry the same values, tags and
+    positions, and their order is the tree's. So a plain document, the kind admins write,
+    is built in one pass: mappings with text keys, lists and untagged scalars, resolved
+    as the composer resolves them (the same resolver and constructor) and placed where
+    `_Builder` places them (an empty value at its key). Anything else declines: an anchor,
+    alias, explicit tag, merge key, key that is not text, duplicate key, a second
+    document, `_Builder`'s depth limit, a half surrogate, or any parse error; the composer
+    then reads the whole text again and words every error as before.
+    """
+    from ruamel.yaml import YAML
+    from ruamel.yaml.events import (
+        AliasEvent,
+        DocumentStartEvent,
+        MappingEndEvent,
+        MappingStartEvent,
+        ScalarEvent,
+        SequenceEndEvent,
+        SequenceStartEvent,
+        StreamEndEvent,
+    )
+    from ruamel.yaml.main import CParser
+
+    if CParser is None or _PURE_ONLY.search(text):
+        return None
+    yaml = YAML(typ="safe", pure=False)
+    memo: dict[tuple[Any, ...], Any] = {}
+    yaml.Resolver = _memo_resolver(memo)
+    _, loader = yaml.get_constructor_parser(text)  # parser, resolver and constructor in one (ruamel's C loader)
+    resolve, construct = loader.resolve, loader.construct_object
+    seen: dict[tuple[str, Any], tuple[str, Any]] = {}  # (text, implicit) -> (tag, value): most scalars repeat
+    open_nodes: list[Node] = []
+    keys: list[tuple[str, Where] | None] = []  # per open node: a mapping's key waiting for its value
+    root: Node | None = None
+    documents = 0
+    try:
+        while True:
+            event = loader.get_event()
+            kind = type(event)
+            if kind is StreamEndEvent:
+                break
+            if kind is MappingEndEvent or kind is SequenceEndEvent:
+                open_nodes.pop()
+                keys.pop()
+                continue
+            if kind is ScalarEvent or kind is MappingStartEvent or kind is SequenceStartEvent:
+                if event.anchor is not None or event.tag is not None or len(open_nodes) >= _Builder.MAX_DEPTH:
+                    raise _Declined
+                mark = event.start_mark
+                where = Where(path, mark.line + 1, mark.column + 1)
+                if kind is ScalarEvent:
+                    known = seen.get((event.value, event.implicit))
+                    if known is None:
+                        known = seen[(event.value, event.implicit)] = _scalar_value(event, resolve, construct)
+                    tag, value = known
+                    if open_nodes and open_nodes[-1].kind == "map" and keys[-1] is None:  # a key
+                        if tag == _MERGE or not isinstance(value, str) or value in open_nodes[-1].items:
+                            raise _Declined
+                        keys[-1] = (value, where)
+                        continue
+                    if tag == _NULL and not event.value and keys and keys[-1] is not None:
+                        where = keys[-1][1]  # an empty value has no text of its own: its key's position
+                    built = Node("scalar", where, scalar=value)
+                else:
+                    if open_nodes and open_nodes[-1].kind == "map" and keys[-1] is None:
+                        raise _Declined  # a list or mapping as a key
+                    built = Node("map" if kind is MappingStartEvent else "seq", where)
+                if not open_nodes:
+                    root = built
+                elif open_nodes[-1].kind == "seq":
+                    open_nodes[-1].elements.append(built)
+                else:
+                    key, key_where = keys[-1]  # type: ignore[misc]
+                    open_nodes[-1].key_where[key] = key_where
+                    open_nodes[-1].items[key] = built
+                    keys[-1] = None
+                if kind is not ScalarEvent:
+                    open_nodes.append(built)
+                    keys.append(None)
+            elif kind is AliasEvent:
+                raise _Declined
+            elif kind is DocumentStartEvent:
+                documents += 1
+                if documents > 1:
+                    raise _Declined  # the composer says there is more than one
+    except Exception:  # _Declined, or the parser's own error: the composer reads it again and words it
+        return None
+    finally:
+        loader.dispose()
+        memo.clear()
+        loader.constructed_objects.clear()
+    return root if root is not None else Node("map", Where(path, 1, 1))
+
+
+def _scalar_value(event: Any, resolve: Any, construct: Any) -> tuple[str, Any]:
+    """An untagged scalar event's tag and value, resolved and constructed as the composer and `_Builder` do;
+    _Declined for half a surrogate pair (`_Builder.scalar` words that error)."""
+    from ruamel.yaml.nodes import ScalarNode
+
+    tag = resolve(ScalarNode, event.value, event.implicit)
+    text = str(tag)  # ruamel's Tag compares through a property: compared as text from here on
+    if text == _STR:
+        if _SURROGATE.search(event.value):
+            raise _Declined
+        return text, event.value
+    node = ScalarNode(tag, event.value, event.start_mark, event.end_mark, style=event.style)
+    return text, _plain(construct(node, deep=True))
+
+
+_STR, _NULL, _MERGE = "tag:yaml.org,2002:str", "tag:yaml.org,2002:null", "tag:yaml.org,2002:merge"
 
 
 def _compose_in_c(text: str) -> tuple[bool, Any]:

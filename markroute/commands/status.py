@@ -22,7 +22,7 @@ from markroute.commands.cliutil import (
 from markroute.kernel.gateways import describe
 from markroute.kernel.status import UplinkStatus
 from markroute.plan import Plan
-from markroute.sim.neighbours import Finding
+from markroute.sim.foreign import Finding
 
 if TYPE_CHECKING:
     from markroute.kernel.state import UplinkRecord

@@ -108,9 +108,9 @@ def transaction_seconds(netns: str, config: Path, stages: dict[str, list[float]]
     originals = nft.run_batch, nftnetlink.update
 
     def timing(function: Callable[..., None]) -> Callable[..., None]:
-        def timed_call(*args: Any) -> None:
+        def timed_call(*args: Any, **kwargs: Any) -> None:
             start = time.perf_counter()
-            function(*args)
+            function(*args, **kwargs)
             spent.append(time.perf_counter() - start)
         return timed_call
 

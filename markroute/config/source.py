@@ -162,6 +162,7 @@ def _read_events_in_c(text: str, path: str) -> Node | None:
         StreamEndEvent,
     )
     from ruamel.yaml.main import CParser
+    from ruamel.yaml.nodes import ScalarNode
 
     if CParser is None or _PURE_ONLY.search(text):
         return None
@@ -193,7 +194,7 @@ def _read_events_in_c(text: str, path: str) -> Node | None:
                 if kind is ScalarEvent:
                     known = seen.get((event.value, event.implicit))
                     if known is None:
-                        known = seen[(event.value, event.implicit)] = _scalar_value(event, resolve, construct)
+                        known = seen[(event.value, event.implicit)] = _scalar_value(event, resolve, construct, ScalarNode)
                     tag, value = known
                     if open_nodes and open_nodes[-1].kind == "map" and keys[-1] is None:  # a key
                         if tag == _MERGE or not isinstance(value, str) or value in open_nodes[-1].items:
@@ -234,18 +235,17 @@ def _read_events_in_c(text: str, path: str) -> Node | None:
     return root if root is not None else Node("map", Where(path, 1, 1))
 
 
-def _scalar_value(event: Any, resolve: Any, construct: Any) -> tuple[str, Any]:
-    """An untagged scalar event's tag and value, resolved and constructed as the composer and `_Builder` do;
-    _Declined for half a surrogate pair (`_Builder.scalar` words that error)."""
-    from ruamel.yaml.nodes import ScalarNode
-
-    tag = resolve(ScalarNode, event.value, event.implicit)
+def _scalar_value(event: Any, resolve: Any, construct: Any, scalar_node: type) -> tuple[str, Any]:
+    """An untagged scalar event's tag and value, resolved and constructed as the composer and `_Builder` do
+    (SCALAR_NODE: ruamel's class, imported once per document); _Declined for half a surrogate pair
+    (`_Builder.scalar` words that error)."""
+    tag = resolve(scalar_node, event.value, event.implicit)
     text = str(tag)  # ruamel's Tag compares through a property: compared as text from here on
     if text == _STR:
         if _SURROGATE.search(event.value):
             raise _Declined
         return text, event.value
-    node = ScalarNode(tag, event.value, event.start_mark, event.end_mark, style=event.style)
+    node = scalar_node(tag, event.value, event.start_mark, event.end_mark, style=event.style)
     return text, _plain(construct(node, deep=True))
 
 

@@ -25,7 +25,12 @@ from typing import Any
 from markroute.compile.ha import HOLD_SETS
 from markroute.kernel import KernelError, cgroups, libnft, nftnetlink
 from markroute.plan import nfttext
-from markroute.plan.nftjson import FAMILY, is_cgroup_set, is_dynamic, json_default
+from markroute.plan.nftjson import (
+    FAMILY,
+    compact_json,
+    is_cgroup_set,
+    is_dynamic,
+)
 
 Obj = dict[str, Any]
 NFT = "nft"
@@ -64,7 +69,7 @@ def run_batch(commands: Iterable[Obj], session: libnft.Session | None = None,
     """
     commands = list(commands)
     if not cgroups.involved(commands):
-        _load(_dumps({"nftables": commands}), session, loading)
+        _load(compact_json({"nftables": commands}), session, loading)
         nftnetlink.count_commit()
         return
     for attempt in (1, 2):
@@ -77,19 +82,13 @@ def run_batch(commands: Iterable[Obj], session: libnft.Session | None = None,
                     raise KernelError(str(exc)) from None
                 _load(text, session, loading, as_json=False)
             else:
-                _load(_dumps({"nftables": batch}), session, loading)
+                _load(compact_json({"nftables": batch}), session, loading)
         except KernelError as exc:
             if attempt == 2 or "cgroupv2 path fails" not in str(exc):
                 raise
             continue
         break
     nftnetlink.count_commit()
-
-
-def _dumps(document: Obj) -> str:
-    """DOCUMENT as JSON for nft, compact; a plan holds no cycles, so the encoder need not look for them
-    (each of the two saves ~20% of the encoder's time for a 6 MB batch)."""
-    return json.dumps(document, default=json_default, check_circular=False, separators=(",", ":"))
 
 
 def _load(text: str, session: libnft.Session | None, loading: threading.Event | None, as_json: bool = True) -> None:

@@ -58,7 +58,11 @@ from markroute.kernel import KernelError, interrupt, nft, sysctl
 from markroute.kernel.records import RecordError, typed, value_of
 from markroute.match.cgroup import parse_path as parse_cgroup_path
 from markroute.plan import GroupPlan, IpRule, Route, UplinkPlan
-from markroute.plan.nftjson import SET_VERSIONS, AddressElements, json_default
+from markroute.plan.nftjson import (
+    SET_VERSIONS,
+    AddressElements,
+    compact_json,
+)
 
 RUN_DIR = Path("/run/markroute")
 FORMAT = 2
@@ -462,8 +466,7 @@ def write(netns: str | None, name: str, data: dict[str, Any], durable: bool = Tr
                 try:
                     os.fchmod(fd, FILE_MODE)
                     with os.fdopen(fd, "w", encoding="utf-8", closefd=False) as handle:
-                        # compact and via dumps (C encoder); records hold no cycles, so it need not look for them
-                        handle.write(json.dumps(data, default=json_default, check_circular=False, separators=(",", ":")))
+                        handle.write(compact_json(data))  # one string: the C encoder, not json.dump's pieces
                     if durable:
                         os.fsync(fd)
                 finally:

@@ -12,6 +12,7 @@ formats them, so 100,000 prefixes are not turned into text and back on every app
 from __future__ import annotations
 
 import base64
+import json
 import re
 import socket
 from collections.abc import Callable, Iterator, Sequence
@@ -309,6 +310,15 @@ def plain(obj: Expr) -> Expr:
     if body is not None and isinstance(body.get("elem"), AddressElements):
         return {"set": {**body, "elem": body["elem"].listed()}}
     return obj
+
+
+def compact_json(document: Any) -> str:
+    """DOCUMENT (an nft batch, a record) as compact JSON, set elements written by `json_default`.
+
+    Neither holds cycles, so the encoder need not look for them; no spaces after separators.
+    Each saves ~20% of the encoder's time for a 6 MB batch of 10,000 policies (issue 15).
+    """
+    return json.dumps(document, default=json_default, check_circular=False, separators=(",", ":"))
 
 
 def json_default(value: object) -> Any:

@@ -8,12 +8,14 @@ In a lab namespace with two uplinks: a full apply onto a router without markrout
 markroute's bytecode compiled first, as `pip install` leaves it), an
 apply of the unchanged config (no nf_tables transaction since, so nothing is listed), and
 changes of set contents: 1,000 changed prefixes in the 100,000-prefix set, and 20 in a
-5,000-prefix set; and a policy edited with the set file untouched (chains rewritten,
-sets left alone). "Kernel transactions" is the time of the `nft -j -f` batches and the
-netlink element batches (`markroute.kernel.nftnetlink`) that make a change live,
-measured in-process around `nft.run_batch` and `nftnetlink.update`; the stages of a
-full apply are timed in-process too. The last rows time nft 1.0.6 itself on element
-updates of the big set: why elements go over netlink.
+5,000-prefix set; a policy edited with the set file untouched (chains rewritten,
+sets left alone); and a policy with a set of its own added, then dropped (chains
+rewritten, that set added or deleted in the same transaction, the big set left alone).
+"Kernel transactions" is the time of the `nft -j -f` batches and the netlink element
+batches (`markroute.kernel.nftnetlink`) that make a change live, measured in-process
+around `nft.run_batch` and `nftnetlink.update`; the stages of a full apply are timed
+in-process too. The last rows time nft 1.0.6 itself on element updates of the big set:
+why elements go over netlink.
 
 The second section (`--part peers`, issue 15) puts the whole CLI `apply` of 100,000 and
 1,000,000 distinct prefixes (every other /24 from 11.0.0.0, so nothing merges; no packet
@@ -324,6 +326,10 @@ def timeline_report(rounds: list[dict[str, Any]], load: list[str]) -> str:
     )
 
 
+ADDED_SET_CONFIG = CONFIG.replace("sets:\n", "sets:\n  direct: {file: direct.txt}\n").replace(
+    "policies:\n", 'policies:\n  - {name: direct, to: "@direct", via: isp_a}\n')
+
+
 def own(runs: int) -> None:
     prefixes = random_prefixes(PREFIXES)
     changed = prefixes[500:] + random_prefixes(500, seed=99, network="100.64.0.0/10", lengths=(24, 24))
@@ -337,7 +343,9 @@ def own(runs: int) -> None:
         def use(lines: list[str]) -> None:
             (tmp / "big.txt").write_text("\n".join(lines) + "\n")
 
-        walls: dict[str, list[float]] = {"fresh": [], "unchanged": [], "change": [], "policy": []}
+        (tmp / "direct.txt").write_text("198.51.100.0/24\n")
+        walls: dict[str, list[float]] = {"fresh": [], "unchanged": [], "change": [], "policy": [], "added": [],
+                                         "dropped": []}
         cpus: list[float] = []
         peaks: list[float] = []
         transactions: dict[str, list[float]] = {"fresh": [], "change": [], "small": []}
@@ -363,6 +371,11 @@ def own(runs: int) -> None:
             paths["policy"] = output.splitlines()[0]
             config.write_text(CONFIG)
             cli(ns, "apply", "-c", str(config))
+            for what, text in (("added", ADDED_SET_CONFIG), ("dropped", CONFIG)):  # a set and its policy, beside the big set
+                config.write_text(text)
+                wall, _, _, output = cli(ns, "apply", "-c", str(config))
+                walls[what].append(wall)
+                paths[what] = output.splitlines()[0]
             use(prefixes)
             seconds, paths["back"] = transaction_seconds(ns, config)
             transactions["change"].append(seconds)
@@ -397,6 +410,9 @@ def own(runs: int) -> None:
         ("1,000 prefixes changed in the 100,000-prefix set (CLI)", ms(walls["change"]), f"`{paths['change']}`", ""),
         ("kernel transaction of that change", ms(transactions["change"]), f"`{paths['back']}`", ""),
         ("a policy edited, the 100,000-prefix set file not (CLI)", ms(walls["policy"]), f"`{paths['policy']}`", ""),
+        ("a policy with a one-prefix set of its own added beside the 100,000-prefix set (CLI)", ms(walls["added"]),
+         f"`{paths['added']}`", ""),
+        ("that policy and its set dropped again (CLI)", ms(walls["dropped"]), f"`{paths['dropped']}`", ""),
         *((f"full apply in-process: {name}", ms(samples), "", "") for name, samples in stages.items()),
         ("20 prefixes changed in a 5,000-prefix set: kernel transaction", ms(transactions["small"]),
          f"`{paths['small']}`", ""),

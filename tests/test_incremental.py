@@ -209,18 +209,10 @@ def test_a_policy_change_rewrites_the_chains_and_leaves_the_sets(router: RouterL
     assert markroute("apply", "-c", config, "--netns", r.rtr).returncode == 0
     before = listing(r)
 
-    def isp_of_a_new_connection() -> int:
-        with inside(r.lan), socket.create_connection((r.server, PORT), timeout=5) as connection:
-            connection.sendall(b"which\n")
-            return r.which_isp(json.loads(connection.makefile().readline())["src"])
-
-    assert isp_of_a_new_connection() == 1
+    assert isp_of_a_new_connection(r) == 1
     write_config(tmp_path, CHANGED_POLICY)
     model, _ = load_model(config)
     assert model is not None
-
-    def refuse(*args: object) -> None:
-        raise KernelError("injected failure after the chains")
 
     with pytest.MonkeyPatch.context() as patch, inside(r.rtr), pytest.raises(ApplyFailed) as failure:
         patch.setattr(apply_module._Apply, "restore_unwanted_sysctls", lambda *args: refuse())
@@ -235,9 +227,62 @@ def test_a_policy_change_rewrites_the_chains_and_leaves_the_sets(router: RouterL
     sets = {k: v for k, v in handles(after).items() if k.startswith("set ")}
     assert sets == {k: v for k, v in handles(before).items() if k.startswith("set ")}, "the set was not re-created"
     assert elements(after) == elements(before)
-    assert isp_of_a_new_connection() == 0
+    assert isp_of_a_new_connection(r) == 0
     status = markroute("status", "--netns", r.rtr, "--json", "-c", config)
     assert status.returncode == 0 and json.loads(status.stdout)["drift"] == []
+
+
+ADDED_SET = CONFIG.replace("sets:\n", "sets:\n  direct: {file: direct.txt}\n").replace(
+    "policies:\n", 'policies:\n  - {name: direct-via-isp0, to: "@direct", via: isp0}\n')
+
+
+def test_a_set_added_or_dropped_leaves_the_other_sets_in_place(router: RouterLab, tmp_path: Path) -> None:  # noqa: F811
+    """A policy with a set of its own added beside a big set, then dropped again: each time one
+    transaction rewrites the chains and adds (drops) that set only. The big set keeps its kernel
+    handle and elements (nft does not load them again, as a whole-table replace did), traffic
+    follows, a failure later in the apply brings the old table back, and status finds no drift."""
+    r = router
+    config = write_config(tmp_path, CONFIG)
+    (tmp_path / "chosen.txt").write_text("\n".join([r.server, *prefixes(0, 5000)]) + "\n")
+    (tmp_path / "direct.txt").write_text(r.server + "\n")
+    r.lab.serve_echo(r.net, PORT, udp=False)
+    assert markroute("apply", "-c", config, "--netns", r.rtr).returncode == 0
+    before = listing(r)
+    assert isp_of_a_new_connection(r) == 1
+
+    write_config(tmp_path, ADDED_SET)
+    model, _ = load_model(config)
+    assert model is not None
+    with pytest.MonkeyPatch.context() as patch, inside(r.rtr), pytest.raises(ApplyFailed) as failure:
+        patch.setattr(apply_module._Apply, "restore_unwanted_sysctls", lambda *args: refuse())
+        apply(compile_plan(model), r.rtr)
+    assert failure.value.undo_problems == []
+    assert normalised(listing(r)) == normalised(before), "the old chains came back and the new set went"
+
+    for text, said, isp in ((ADDED_SET, "(add set direct_v4)", 0), (CONFIG, "(delete set direct_v4)", 1)):
+        write_config(tmp_path, text)
+        result = markroute("apply", "-c", config, "--netns", r.rtr)
+        assert result.returncode == 0, result.stderr
+        assert f"nftables chains of inet markroute rewritten {said}" in result.stdout, result.stdout
+        assert "replaced" not in result.stdout
+        after = listing(r)
+        assert handles(after)["set chosen_v4"] == handles(before)["set chosen_v4"], "the big set was not re-created"
+        assert elements(after) == elements(before)
+        assert ("set direct_v4" in handles(after)) == (text == ADDED_SET)
+        assert isp_of_a_new_connection(r) == isp
+        status = markroute("status", "--netns", r.rtr, "--json", "-c", config)
+        assert status.returncode == 0 and json.loads(status.stdout)["drift"] == [], status.stdout
+
+
+def refuse(*args: object) -> None:
+    raise KernelError("injected failure after the table's transaction")
+
+
+def isp_of_a_new_connection(r: RouterLab) -> int:
+    """Which ISP a new TCP connection from the LAN to the lab's server leaves through."""
+    with inside(r.lan), socket.create_connection((r.server, PORT), timeout=5) as connection:
+        connection.sendall(b"which\n")
+        return r.which_isp(json.loads(connection.makefile().readline())["src"])
 
 
 def normalised(items: list[dict[str, Any]]) -> list[dict[str, Any]]:

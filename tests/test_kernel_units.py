@@ -160,26 +160,47 @@ def test_entering_something_that_is_not_a_namespace_is_a_clear_error(tmp_path: P
     assert Path("/proc/self/ns/net").stat().st_ino == before
 
 
-def test_chain_rewrite_leaves_sets_alone_and_refuses_what_it_cannot_rewrite() -> None:
+def test_table_rewrite_keeps_the_sets_both_have_and_adds_or_drops_the_others() -> None:
+    """Chains are flushed and their rules added again; a set both sides hold with the same
+    elements is not touched (its elements are not loaded again); sets only one side has are
+    dropped or added with their elements, after the flush and before the rules that use them."""
+    from markroute.plan.nftjson import AddressElements
+
     table = {"table": {"family": "inet", "name": "markroute"}}
-    big = {"set": {"family": "inet", "table": "markroute", "name": "big_v4", "type": "ipv4_addr", "flags": ["interval"]}}
+    definition = {"family": "inet", "table": "markroute", "name": "big_v4", "type": "ipv4_addr", "flags": ["interval"]}
+    big = {"set": {**definition, "elem": AddressElements(4, [(1, 1), (5, 9)])}}
+    old_set = {"set": {**definition, "name": "old_v4", "elem": AddressElements(4, [(2, 2)])}}
+    new_set = {"set": {**definition, "name": "new_v4", "elem": AddressElements(4, [(3, 3)])}}
     base = {"chain": {"family": "inet", "table": "markroute", "name": "prerouting", "type": "filter",
                       "hook": "prerouting", "prio": -150, "policy": "accept"}}
     old_only = {"chain": {"family": "inet", "table": "markroute", "name": "via_a"}}
     new_only = {"chain": {"family": "inet", "table": "markroute", "name": "via_b"}}
     rule = {"rule": {"family": "inet", "table": "markroute", "chain": "prerouting", "expr": [{"goto": {"target": "via_b"}}]}}
-    current = [table, {"set": {**big["set"], "elem": ["10.0.0.1"]}}, base, old_only]
-    wanted = [table, {"set": {**big["set"], "elem": ["10.0.0.2"]}}, base, new_only, rule]
+    current = [table, big, old_set, base, old_only]
+    same_big = {"set": {**definition, "elem": AddressElements(4, [(1, 1), (5, 9)])}}
 
-    commands = nft.chain_rewrite("markroute", current, wanted)
-    assert commands is not None and not any("set" in body or "table" in body for c in commands for body in c.values())
-    assert [next(iter(c)) for c in commands] == ["flush", "flush", "delete", "add", "add"]
-    assert commands[2]["delete"]["chain"]["name"] == "via_a" and commands[3]["add"] == new_only and commands[4]["add"] == rule
+    commands = nft.table_rewrite("markroute", current, [table, same_big, base, new_only, rule])
+    assert commands is not None and not any("set" in body or "table" in body for c in commands[:3] for body in c.values())
+    assert [next(iter(c)) for c in commands] == ["flush", "flush", "delete", "delete", "add", "add"]
+    assert commands[2]["delete"]["chain"]["name"] == "via_a" and commands[3]["delete"] == {
+        "set": {"family": "inet", "table": "markroute", "name": "old_v4"}}
+    assert commands[4]["add"] == new_only and commands[5]["add"] == rule
 
-    other_set = {"set": {**big["set"], "name": "other_v4"}}
-    assert nft.chain_rewrite("markroute", current, [table, other_set, base, new_only, rule]) is None
+    commands = nft.table_rewrite("markroute", current, [table, same_big, old_set, new_set, base, new_only, rule])
+    assert commands is not None and {"add": new_set} in commands and not any(
+        body.get("name") == "big_v4" for c in commands for body in c.get("add", c.get("delete", {})).values())
+    assert commands.index({"add": new_set}) < commands.index({"add": rule})
+
     moved = {"chain": {**base["chain"], "prio": 0}}
-    assert nft.chain_rewrite("markroute", current, [table, big, moved, new_only, rule]) is None
+    commands = nft.table_rewrite("markroute", current, [table, same_big, old_set, moved])
+    assert commands is not None and {"delete": {"chain": {"family": "inet", "table": "markroute", "name": "prerouting"}}} in commands
+    assert commands[-1] == {"add": moved}, "a chain whose hook or priority changed is deleted and added again"
+
+    other_elements = {"set": {**definition, "elem": AddressElements(4, [(1, 1)])}}
+    assert nft.table_rewrite("markroute", current, [table, other_elements, base]) is None
+    dynamic = {"set": {**definition, "name": "seen_v4", "flags": ["interval", "timeout"], "timeout": 3600}}
+    assert nft.table_rewrite("markroute", [*current, dynamic], [table, same_big, base]) is None, "its live elements"
+    assert nft.table_rewrite("markroute", current, [{"table": {**table["table"], "flags": ["owner"]}}, same_big]) is None
 
 
 def test_normalise_orders_chains_by_name_and_keeps_rule_order() -> None:

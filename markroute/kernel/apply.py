@@ -85,7 +85,7 @@ class TableChange:
     `before`: the table to put back if it is replaced (None: there was none to put back).
     """
 
-    how: Literal["hook_new", "keep", "update_sets", "rewrite_chains", "create", "replace"]
+    how: Literal["hook_new", "keep", "update_sets", "rewrite", "create", "replace"]
     before: list[dict[str, object]] | None = None
 
 
@@ -442,9 +442,9 @@ class _Apply:
     def swap_table(self) -> list[dict[str, object]]:
         """Bring the table to the plan the way `table_change` picks; return its listing as `nft.normalise` gives it.
 
-        Updating sets or rewriting chains can still be refused (someone changed the table
-        behind our back, or the chains cannot be rewritten one by one): the whole table
-        is then replaced, with the recorded table to go back to.
+        Updating sets or rewriting the table can still be refused (someone changed the table
+        behind our back, or a set both have changed its elements too, `nft.table_rewrite`): the
+        whole table is then replaced, with the recorded table to go back to.
         """
         change = self.table_change()
         previous = self.previous
@@ -459,9 +459,9 @@ class _Apply:
             updated = self.update_sets(previous)
             if updated is not None:
                 return updated
-        elif change.how == "rewrite_chains":
+        elif change.how == "rewrite":
             assert previous is not None
-            if self.rewrite_chains(previous):
+            if self.rewrite(previous):
                 return self.live_listing()
         name = self.plan.table_name
         before = change.before
@@ -480,7 +480,8 @@ class _Apply:
           recorded) the table is as recorded; otherwise the live table, elements
           included, is checked against the record;
         * `update_sets`: the live structure is as recorded and only set contents differ;
-        * `rewrite_chains`: the live structure is as recorded and only chains and rules differ;
+        * `rewrite`: the live structure is as recorded and more than set contents differ: one
+          transaction rewrites the chains and adds or drops sets, keeping the sets both have;
         * `create`: there is no table;
         * `replace`: anything else; `before` is the table to roll back to (None: delete).
 
@@ -508,9 +509,7 @@ class _Apply:
             return TableChange("replace", nft.list_table(name))
         if digest.same_structure(previous.nft_digest, self.nft_digest):
             return TableChange("update_sets", previous.nft_listing)
-        if digest.same_elements(previous.nft_digest, self.nft_digest):
-            return TableChange("rewrite_chains", previous.nft_listing)
-        return TableChange("replace", previous.nft_listing)
+        return TableChange("rewrite", previous.nft_listing)
 
     def adopt(self, new_table: NewTable, start: bool) -> NewTable:
         """Make NEW_TABLE the one to hook in, and removed again by a rollback, however far it got;
@@ -606,20 +605,24 @@ class _Apply:
             return None
         return nft.with_elements(structure, self.plan.nft)
 
-    def rewrite_chains(self, previous: State) -> bool:
-        """Rewrite every chain in one transaction and leave the sets alone; whether that could be done.
+    def rewrite(self, previous: State) -> bool:
+        """Rewrite every chain, and add or drop sets, in one transaction, leaving the sets both
+        configs have alone; whether that could be done (`nft.table_rewrite`).
 
-        A policy edited in a config with a 100,000-prefix set: the sets (elements
-        included, the fingerprint says) and the chain definitions are as recorded, so
-        nft need not load the elements again as a whole-table replace would.
+        A policy edited, or one with a set of its own added, beside a 1,000,000-prefix set:
+        nft need not load that set's elements again as a whole-table replace would.
         """
+        if cgroupsets.paths(self.plan.nft) and not digest.same_elements(previous.nft_digest, self.nft_digest):
+            return False  # cgroup paths may have changed: the record keeps no elements of cgroup sets to compare
         name = self.plan.table_name
         recorded = nft.loadable(previous.nft_listing)
-        forward = nft.chain_rewrite(name, recorded, list(self.plan.nft))
-        back = nft.chain_rewrite(name, list(self.plan.nft), recorded)
+        forward = nft.table_rewrite(name, recorded, list(self.plan.nft))
+        back = nft.table_rewrite(name, list(self.plan.nft), recorded)
         if forward is None or back is None:
             return False
-        change = f"nftables chains of inet {name} rewritten"
+        sets = [f"{verb} set {command[verb]['set']['name']}" for command in forward
+                for verb in ("add", "delete") if "set" in command.get(verb, {})]
+        change = f"nftables chains of inet {name} rewritten" + (f" ({', '.join(sets)})" if sets else "")
         self.step(partial(nft.run_batch, forward), Undo.nft_batch(change, back), change)
         return True
 

@@ -30,6 +30,7 @@ from markroute.plan.nftjson import (
     compact_json,
     is_cgroup_set,
     is_dynamic,
+    set_elements,
 )
 
 Obj = dict[str, Any]
@@ -213,34 +214,67 @@ def with_elements(structure: Iterable[Obj], source: Iterable[Obj]) -> list[Obj]:
     ]
 
 
-def chain_rewrite(name: str, current: list[Obj], wanted: list[Obj]) -> list[Obj] | None:
-    """Commands that turn table NAME's chains and rules from CURRENT's into WANTED's, sets untouched.
+def table_rewrite(name: str, current: list[Obj], wanted: list[Obj]) -> list[Obj] | None:
+    """Commands that turn table NAME from CURRENT into WANTED in one transaction without loading
+    again the elements of a set both have: a policy edited, or a set added or dropped, beside a
+    set of 1,000,000 prefixes costs what the change costs, not a whole-table replace
+    (`replace_table`: nft reads, checks and sends every element again, seconds and hundreds of MB).
 
     Every chain is flushed and WANTED's rules added again (a listing's rules cannot be
-    compared with a plan's), chains only one side has are deleted or added. None when
-    the table's sets differ (elements aside) or a chain both have changes its definition
-    (hook, priority, policy): that needs `replace_table`. CURRENT and WANTED are
-    `normalise`d listings or a plan's objects.
+    compared with a plan's); chains and sets only one side has, or whose definition
+    changed, are deleted and added (after the flush, so no rule refers to them any more).
+    None, for `replace_table` to do it, when the table itself or another kind of object
+    differs, when a set both have holds other elements (nft 1.0.6 takes seconds to delete
+    a few elements of a big set: they go over netlink, `nftnetlink`, in a transaction of
+    their own, which cannot be this one), or when a set whose elements are run-time state
+    (dynamic, HA hold, cgroup) would be dropped or changed (a whole-table replace carries
+    those elements over). CURRENT and WANTED are `loadable` listings or a plan's objects.
     """
-    def parts(objects: list[Obj]) -> tuple[dict[str, Obj], list[Obj], list[Obj]]:
-        chains = {obj["chain"]["name"]: obj["chain"] for obj in objects if "chain" in obj}
-        others = [obj for obj in without_elements(objects) if "chain" not in obj and "rule" not in obj]
-        return chains, others, [obj for obj in objects if "rule" in obj]
-
-    current_chains, current_others, _ = parts(current)
-    wanted_chains, wanted_others, wanted_rules = parts(wanted)
-    if _sorted(current_others) != _sorted(wanted_others) or any(
-        current_chains[chain] != wanted_chains[chain] for chain in current_chains.keys() & wanted_chains.keys()
-    ):
+    current_chains, current_sets, current_others = _table_parts(current)
+    wanted_chains, wanted_sets, wanted_others = _table_parts(wanted)
+    if _sorted(current_others) != _sorted(wanted_others):
         return None
+    gone_sets, new_sets = [], []
+    for set_name in current_sets.keys() | wanted_sets.keys():
+        before, after = current_sets.get(set_name), wanted_sets.get(set_name)
+        if before is not None and after is not None and _set_definition(before) == _set_definition(after):
+            if _holds_state(before) or set_elements(before) == set_elements(after):
+                continue
+            return None
+        if any(body is not None and _holds_state(body) for body in (before, after)):
+            return None
+        gone_sets += [set_name] if before is not None else []
+        new_sets += [after] if after is not None else []
+    changed = {chain for chain in current_chains.keys() & wanted_chains.keys()
+               if current_chains[chain] != wanted_chains[chain]}
 
-    def reference(chain: str) -> Obj:
-        return {"chain": {"family": FAMILY, "table": name, "name": chain}}
+    def reference(kind: str, object_name: str) -> Obj:
+        return {kind: {"family": FAMILY, "table": name, "name": object_name}}
 
-    commands = [{"flush": reference(chain)} for chain in current_chains]
-    commands += [{"delete": reference(chain)} for chain in current_chains if chain not in wanted_chains]
-    commands += [{"add": {"chain": body}} for chain, body in wanted_chains.items() if chain not in current_chains]
-    return commands + [{"add": rule} for rule in wanted_rules]
+    commands = [{"flush": reference("chain", chain)} for chain in sorted(current_chains)]
+    commands += [{"delete": reference("chain", chain)} for chain in sorted(current_chains)
+                 if chain not in wanted_chains or chain in changed]
+    commands += [{"delete": reference("set", set_name)} for set_name in sorted(gone_sets)]
+    commands += [{"add": {"set": body}} for body in sorted(new_sets, key=lambda body: str(body["name"]))]
+    commands += [{"add": {"chain": body}} for chain, body in wanted_chains.items()
+                 if chain not in current_chains or chain in changed]
+    return commands + [{"add": obj} for obj in wanted if "rule" in obj]
+
+
+def _table_parts(objects: list[Obj]) -> tuple[dict[str, Obj], dict[str, Obj], list[Obj]]:
+    """A table's chains and sets by name, and its other objects (the table among them)."""
+    chains = {obj["chain"]["name"]: obj["chain"] for obj in objects if "chain" in obj}
+    sets = {obj["set"]["name"]: obj["set"] for obj in objects if "set" in obj}
+    return chains, sets, [obj for obj in objects if not obj.keys() & {"chain", "set", "rule"}]
+
+
+def _set_definition(body: Obj) -> Obj:
+    return {key: value for key, value in body.items() if key != "elem"}
+
+
+def _holds_state(body: Obj) -> bool:
+    """Whether a set's elements are run-time state rather than the config's (kept, never reloaded)."""
+    return body.get("name") in RUNTIME_SETS or is_dynamic(body) or is_cgroup_set(body)
 
 
 def _sorted(objects: list[Obj]) -> list[str]:

@@ -487,7 +487,9 @@ class _Apply:
 
         Set elements are listed only for the unchanged check or when the live table is
         not what the last apply left (the listing of 100,000 elements takes nft seconds):
-        otherwise the record says what to roll back to.
+        otherwise the record says what to roll back to. The structure is not listed either
+        when nobody committed since the last apply (nft takes ~0.6 s to list 10,000 policies'
+        chains and rules).
         """
         name = self.plan.table_name
         previous = self.previous
@@ -502,11 +504,12 @@ class _Apply:
             if nft.normalise(before) == previous.nft_listing:
                 return TableChange("keep")
             return TableChange("replace", before)
-        structure = nft.table_structure(name)
-        if structure is None:
-            return TableChange("create")
-        if previous is None or nft.normalise(structure) != nft.without_elements(previous.nft_listing):
-            return TableChange("replace", nft.list_table(name))
+        if previous is None or previous.nft_generation != nftnetlink.generation():
+            structure = nft.table_structure(name)
+            if structure is None:
+                return TableChange("create")
+            if previous is None or nft.normalise(structure) != nft.without_elements(previous.nft_listing):
+                return TableChange("replace", nft.list_table(name))
         if digest.same_structure(previous.nft_digest, self.nft_digest):
             return TableChange("update_sets", previous.nft_listing)
         return TableChange("rewrite", previous.nft_listing)

@@ -71,7 +71,9 @@ class Undo:
         return cls(what, "set_update", {"table": table, "changes": [asdict(change) for change in changes]})
 
     def to_json(self) -> dict[str, Any]:
-        return {"undo": asdict(self)}
+        """The journal line; ARGS are plain JSON data already, so not copied (`asdict` would copy
+        every object of a 10,000-policy table's batch: ~0.8 s)."""
+        return {"undo": {"what": self.what, "action": self.action, "args": self.args}}
 
 
 def perform(undo: Undo, rpdb: Rpdb | None) -> None:

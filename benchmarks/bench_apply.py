@@ -1,6 +1,6 @@
 """How long `markroute apply` takes with 100,000 prefixes, and what a change of set contents costs.
 
-Run (root): python3 benchmarks/bench_apply.py [--write] [--runs N] [--part all|own|peers|timeline] [--peer-runs N]
+Run (root): python3 benchmarks/bench_apply.py [--write] [--runs N] [--part all|own|peers|timeline|reapply] [--peer-runs N]
             [--sizes 100000,1000000]
 
 In a lab namespace with two uplinks: a full apply onto a router without markroute
@@ -29,6 +29,11 @@ peak RSS under 150 MB at 1,000,000.
 The third (`--part timeline`, `--runs N`) times the stages of that CLI apply at 100,000
 prefixes inside the process (`benchmarks/apply_timeline.py`): where its wall and CPU
 time go, beside the kernel-only insert of the same round.
+
+The fourth (`--part reapply`, `--runs N`, `--sizes`) applies a changed config beside the
+set of the peers section: a policy with a one-prefix set of its own added, then dropped
+(one transaction rewriting the chains and adding or deleting that set; the big set is
+not loaded again).
 """
 
 from __future__ import annotations
@@ -160,6 +165,8 @@ def main() -> None:
         peers(int(option("--peer-runs", "5")), [int(n) for n in option("--sizes", "100000,1000000").split(",")])
     if part in ("all", "timeline"):
         timeline(int(option("--runs", "5")))
+    if part in ("all", "reapply"):
+        reapply(int(option("--runs", "5")), [int(n) for n in option("--sizes", "100000,1000000").split(",")])
 
 
 def spaced_prefixes(count: int) -> list[str]:
@@ -427,6 +434,42 @@ def own(runs: int) -> None:
         + "".join(f"| {a} | {b} | {c} | {d} |\n" for a, b, c, d in rows)
     )
     publish("Apply with 100,000 prefixes", body)
+
+
+def reapply(runs: int, sizes: list[int]) -> None:
+    """The CLI apply of a changed config beside a big set: a policy with a one-prefix set of its own
+    added, then dropped again, onto the config of `--part peers` applied with SIZES prefixes."""
+    rows = ""
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    with tempfile.TemporaryDirectory() as directory, Lab() as lab:
+        tmp = Path(directory)
+        ns, config = apply_router(lab, tmp, PEER_CONFIG)
+        (tmp / "direct.txt").write_text("198.51.100.0/24\n")
+        added = PEER_CONFIG.replace("sets:\n", "sets:\n  direct: {file: direct.txt}\n") + \
+            '  - {name: direct, to: "@direct", via: isp_a}\n'
+        for size in sizes:
+            (tmp / "big.txt").write_text("\n".join(spaced_prefixes(size)) + "\n")
+            with inside(ns):
+                down(ns)
+            config.write_text(PEER_CONFIG)
+            cli(ns, "apply", "-c", str(config))
+            results: dict[str, list[tuple[float, float, float, str]]] = {"added": [], "dropped": []}
+            for _ in range(runs):
+                for what, text in (("added", added), ("dropped", PEER_CONFIG)):
+                    config.write_text(text)
+                    results[what].append(cli(ns, "apply", "-c", str(config)))
+            for what, samples in results.items():
+                said = samples[-1][3].splitlines()[0]
+                rows += (f"| {size:,} | the policy and its set {what} | {ms([s[0] for s in samples])} | "
+                         f"{ms([s[1] for s in samples])} | {max(s[2] for s in samples):.0f} MB | `{said}` |\n")
+        with inside(ns):
+            down(ns)
+    publish("Apply of a changed config beside a big set", (
+        "The config of \"Apply vs peers\" (one policy sending a set of SIZE distinct /24s through isp_b) applied "
+        "onto an empty lab namespace, then, in turn, a policy with a one-prefix set of its own added (first in the "
+        "list) and dropped again: the whole CLI `apply` each time, as a child process (peak RSS with its nft "
+        f"children); {runs} rounds; median (min-max). Load average at the start: {' '.join(load)}.\n\n"
+        "| prefixes | change | wall | CPU | peak RSS | what apply did |\n|---|---|---|---|---|---|\n" + rows))
 
 
 if __name__ == "__main__":

@@ -11,8 +11,10 @@ shadowed-policy check has something to find.
 Without --mixed every policy is `to:` alone, the issue's config.
 With --apply (root) the config is also applied in a lab namespace with the two uplinks'
 interfaces, onto a router without markroute each time: the CLI `apply` (wall and CPU
-time, the post-apply checks included) and, in-process, its stages (load, compile, the
-kernel apply and the nf_tables transactions in it), as benchmarks/bench_apply.py does.
+time, the post-apply checks included), then again with one more policy that has a set of
+its own (a re-apply of a changed config: chains rewritten, that set added), and, in-process,
+the stages of a first apply (load, compile, the kernel apply and the nf_tables transactions
+in it), as benchmarks/bench_apply.py does.
 "Time" is wall time unless a row says CPU; the load averages before and after are noted.
 Run: python3 benchmarks/bench_policies.py [--mixed] [--apply] [--write] [--runs N] [--counts 1000,10000]
      python3 benchmarks/bench_policies.py --config N [--mixed] > FILE   (just write the config, for profiling)
@@ -159,6 +161,11 @@ def apply_rows(configs: dict[int, Path], runs: int) -> dict[str, dict[int, list[
                 table.setdefault("CLI `markroute apply` (onto a router without markroute)", {}).setdefault(
                     count, []).append(wall)
                 table.setdefault("of which CPU time", {}).setdefault(count, []).append(cpu)
+                wall, cpu, _, _ = child([sys.executable, "-m", "markroute", "apply", "-c", str(with_a_set(config)),
+                                         "--netns", ns])
+                table.setdefault("CLI `markroute apply` again, one more policy with a set of its own (a re-apply)",
+                                 {}).setdefault(count, []).append(wall)
+                table.setdefault("of which CPU time (the re-apply)", {}).setdefault(count, []).append(cpu)
                 with inside(ns):
                     down(ns)
                 stages: dict[str, list[float]] = {}
@@ -169,6 +176,17 @@ def apply_rows(configs: dict[int, Path], runs: int) -> dict[str, dict[int, list[
         with inside(ns):
             down(ns)
     return table
+
+
+def with_a_set(config: Path) -> Path:
+    """CONFIG with one more policy, first, sending a one-prefix set of its own through isp_a: what
+    a re-apply of a changed config costs (`nft.table_rewrite`), written beside CONFIG."""
+    (config.parent / "extra.txt").write_text("198.51.100.0/24\n")
+    changed = config.with_name(f"{config.stem}-and-a-set.yaml")
+    changed.write_text(config.read_text().replace(
+        "policies:\n", f"sets:\n  extra: {{file: {config.parent / 'extra.txt'}}}\n"
+                        "policies:\n  - {name: extra, to: '@extra', via: isp_a}\n", 1))
+    return changed
 
 
 def shadowed_uncached(model: object) -> None:

@@ -466,8 +466,8 @@ def reapply(runs: int, sizes: list[int]) -> None:
             down(ns)
     publish("Apply of a changed config beside a big set", (
         "The config of \"Apply vs peers\" (one policy sending a set of SIZE distinct /24s through isp_b) applied "
-        "onto an empty lab namespace, then, in turn, a policy with a one-prefix set of its own added (first in the "
-        "list) and dropped again: the whole CLI `apply` each time, as a child process (peak RSS with its nft "
+        "onto an empty lab namespace, then, in turn, a policy with a one-prefix set of its own added (after the "
+        "big set's) and dropped again: the whole CLI `apply` each time, as a child process (peak RSS with its nft "
         f"children); {runs} rounds; median (min-max). Load average at the start: {' '.join(load)}.\n\n"
         "| prefixes | change | wall | CPU | peak RSS | what apply did |\n|---|---|---|---|---|---|\n" + rows))
 

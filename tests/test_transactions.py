@@ -183,6 +183,21 @@ def test_interrupted_policy_change_is_before_or_after(router: RouterLab, tmp_pat
     scenario(router, tmp_path, first, second)
 
 
+def test_interrupted_set_addition_is_before_or_after(router: RouterLab, tmp_path: Path) -> None:  # noqa: F811
+    """A policy with a set of its own added beside the first set: the chains rewritten and the new
+    set added in one transaction, the first set left in place (`nft.table_rewrite`)."""
+    prefixes(tmp_path, "servers.txt", 0)
+    prefixes(tmp_path, "other.txt", 500)
+    server = TWO_UPLINKS.format(server="'@servers'")
+    first = write_config(tmp_path, server + SETS, "first.yaml")
+    other = "  - {name: other-via-isp0, to: '@other', via: isp0}\n"
+    second = write_config(tmp_path, server + other + SETS + "  other: {file: other.txt}\n", "second.yaml")
+    assert markroute("apply", "-c", first, "--netns", router.rtr).returncode == 0
+    assert "rewritten (add set other_v4)" in faulted(second, router.rtr, 0, "TERM").stdout
+    assert markroute("down", "--netns", router.rtr).returncode == 0
+    scenario(router, tmp_path, first, second)
+
+
 def test_parallel_down_and_applies_never_hold_the_lock_twice(router: RouterLab, tmp_path: Path) -> None:  # noqa: F811
     """`down`, `apply A` and `apply B` at once (A and B use different routing tables and rule
     bands, so two writers at once would leave both): whatever order the lock gives them, the namespace is

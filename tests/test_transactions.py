@@ -176,7 +176,7 @@ def test_interrupted_set_change_is_before_or_after(router: RouterLab, tmp_path: 
 
 
 def test_interrupted_policy_change_is_before_or_after(router: RouterLab, tmp_path: Path) -> None:  # noqa: F811
-    """A policy moved to a new uplink: its sysctls, routes and rules go in, the table is replaced."""
+    """A policy moved to a new uplink: its sysctls, routes and rules go in, the chains are rewritten."""
     prefixes(tmp_path, "servers.txt", 0)
     first = write_config(tmp_path, ONE_UPLINK.format(server="'@servers'") + SETS, "first.yaml")
     second = write_config(tmp_path, TWO_UPLINKS.format(server="'@servers'") + SETS, "second.yaml")

@@ -428,8 +428,8 @@ def interval_changes(old: Sequence[Interval], new: Sequence[Interval]) -> tuple[
     if len(old) * _BISECT_RATIO < len(new):
         return _looked_up(old, new)
     if len(new) * _BISECT_RATIO < len(old):
-        added, removed = _looked_up(new, old)
-        return removed, added
+        only_new, rest = _looked_up(new, old)
+        return rest, only_new
     removed: list[int] = []
     added: list[int] = []
     olds, news = _interval_keys(old), _interval_keys(new)

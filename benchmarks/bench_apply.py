@@ -230,7 +230,7 @@ def resident_daemon(lab: Lab, tmp: Path, text: str) -> Iterator[Callable[[], tup
 def sighup_reload(daemons: DaemonLab, pid: int, set_file: Path, text: str) -> tuple[float, float, float]:
     """(wall s, CPU s, peak RSS MB) of the daemon PID reloading with TEXT in SET_FILE; then back to one prefix.
 
-    CPU: all its threads (the probes' too), from just before the SIGHUP until its log says
+    CPU: all its threads (the probes' too) and its children, from just before the SIGHUP until its log says
     "reloaded:"; the wall time is bounded by polling the log every 2 ms."""
     log = daemons.logs[-1]
     seen = log.read_text().count("reloaded:")
@@ -247,9 +247,11 @@ def sighup_reload(daemons: DaemonLab, pid: int, set_file: Path, text: str) -> tu
 
 
 def process_cpu(pid: int) -> float:
-    """User and system CPU seconds of every thread of PID so far (/proc/PID/stat utime, stime)."""
+    """CPU seconds of every thread of PID so far and of the children it waited for (the nft process
+    apply runs), as the other contenders' CPU includes their children: /proc/PID/stat utime, stime,
+    cutime, cstime."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(map(int, fields[11:15])) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_for_reloads(daemons: DaemonLab, count: int, timeout: float = 120.0) -> None:
@@ -321,17 +323,18 @@ def peer_report(results: dict[tuple[int, str], list[tuple[float, float, float]]]
         "The same set of distinct /24s (every other one from 11.0.0.0, so nothing merges: N prefixes are N "
         f"intervals) loaded five ways, in a new random order each round; {runs} rounds; median (min-max). The "
         "first four into an empty lab namespace, each a child process. markroute: the whole CLI `apply` of a "
-        "config whose one policy uses the set file (interpreter, reading and validating the file, compiling, the table, rules, "
-        "routes and sysctls); `nft -f`: a file with one table holding the set; `ipset restore`: a hash:net set; "
+        "config whose one policy uses the set file (interpreter, reading and validating the file, compiling, the "
+        "table, rules, routes and sysctls); `nft -f`: a file with one table holding the set; `ipset restore`: a hash:net set; "
         "kernel-only: the element batch markroute sends, built before the clock starts (`benchmarks/kernel_batch.py`), "
         "its wall and CPU time are the batch's send and commit only (the kernel works on it in the sending thread), "
         "its memory the whole child's. CPU of the others: the whole process and its children. The fifth, "
         f"{RESIDENT}: `markroute run` for the same config in its own router namespace, started once per size with "
-        "one prefix in the set file and reloaded to all the prefixes and back once, untimed; each round the file gets all the prefixes and the daemon a SIGHUP; its CPU "
-        "(all threads, /proc/PID/stat: whole clock ticks of 10 ms) from just before the signal until its log says \"reloaded:\" (reading "
-        "and merging the file, compiling, the element update over netlink with its journal, the state record); "
-        "the daemon's probes (ICMP to both gateways every 0.1 s) run meanwhile and their CPU is inside the "
-        "figure; its wall time ends when the log line is seen, polled every 2 ms (so up to ~2 ms late); its peak "
+        "one prefix in the set file and reloaded to all the prefixes and back once, untimed; each round the file "
+        "gets all the prefixes and the daemon a SIGHUP; its CPU (all threads and the nft process it runs, "
+        "/proc/PID/stat: whole clock ticks of 10 ms) from just before the signal until its log says \"reloaded:\" "
+        "(reading and merging the file, compiling, the element update over netlink with its journal, the state "
+        "record); the daemon's probes (ICMP to both gateways every 0.1 s) run meanwhile and their CPU is inside "
+        "the figure; its wall time ends when the log line is seen, polled every 2 ms (so up to ~2 ms late); its peak "
         "RSS is the daemon's VmHWM. Switching back to one prefix is waited for, not timed. Ratios are paired "
         "within a round; with other work on the machine CPU time is the steadier figure (a process waiting for "
         f"a CPU counts in wall time only). Load average at the start: {' '.join(load)}.\n\n"

@@ -208,21 +208,26 @@ RESIDENT = "markroute run, SIGHUP (resident daemon)"
 CLI_APPLY = "markroute apply (CLI)"
 
 
-@contextmanager
-def resident_daemon(lab: Lab, tmp: Path, text: str) -> Iterator[Callable[[], tuple[float, float, float]]]:
-    """`markroute run` in its own router namespace, its set file holding one prefix; yields a timed
-    reload to TEXT (`sighup_reload`). One reload to TEXT and back runs first, untimed: the first after
-    start-up also pays once for what a resident daemon keeps (modules imported on first use, its heap
-    grown). The daemon is stopped and `markroute down` run even on failure."""
+def resident_router(lab: Lab, tmp: Path) -> tuple[str, Path]:
+    """The resident daemon's own router namespace and config (its peer answers the probes)."""
     workdir = tmp / "resident"
-    workdir.mkdir(exist_ok=True)
-    ns, config = apply_router(lab, workdir, PEER_CONFIG, ("resident", "rpeer"), answering=True)
-    daemons = DaemonLab(SimpleNamespace(rtr=ns), workdir)
-    (workdir / "big.txt").write_text(ONE_PREFIX)
+    workdir.mkdir()
+    return apply_router(lab, workdir, PEER_CONFIG, ("resident", "rpeer"), answering=True)
+
+
+@contextmanager
+def resident_daemon(ns: str, config: Path, text: str) -> Iterator[Callable[[], tuple[float, float, float]]]:
+    """`markroute run` for CONFIG in NS, its set file holding one prefix; yields a timed reload to TEXT
+    (`sighup_reload`). One reload to TEXT and back runs first, untimed: the first after start-up also
+    pays once for what a resident daemon keeps (modules imported on first use, its heap grown). The
+    daemon is stopped and `markroute down` run even on failure."""
+    daemons = DaemonLab(SimpleNamespace(rtr=ns), config.parent)
+    set_file = config.parent / "big.txt"
+    set_file.write_text(ONE_PREFIX)
     try:
         process = daemons.start(config)
-        sighup_reload(daemons, process.pid, workdir / "big.txt", text)
-        yield lambda: sighup_reload(daemons, process.pid, workdir / "big.txt", text)
+        sighup_reload(daemons, process.pid, set_file, text)
+        yield lambda: sighup_reload(daemons, process.pid, set_file, text)
     finally:
         daemons.close()
 
@@ -271,6 +276,7 @@ def peers(runs: int, sizes: list[int]) -> None:
     with tempfile.TemporaryDirectory() as directory, Lab() as lab:
         tmp = Path(directory)
         ns, config = apply_router(lab, tmp, PEER_CONFIG)
+        resident = resident_router(lab, tmp)
         for size in sizes:
             prefixes = spaced_prefixes(size)
             (tmp / "big.txt").write_text("\n".join(prefixes) + "\n")
@@ -305,7 +311,7 @@ def peers(runs: int, sizes: list[int]) -> None:
                 wall, cpu = (float(x) for x in output.split())
                 return wall, cpu, peak
 
-            with resident_daemon(lab, tmp, text) as reload:
+            with resident_daemon(*resident, text) as reload:
                 contenders: list[tuple[str, Callable[[], tuple[float, float, float]]]] = [
                     (CLI_APPLY, markroute_apply), ("nft -f", nft_file), ("ipset restore", ipset_restore),
                     ("kernel-only insert", kernel_only), (RESIDENT, reload)]

@@ -448,7 +448,9 @@ def interval_changes(old: Sequence[Interval], new: Sequence[Interval]) -> tuple[
     return _from_keys(removed), _from_keys(added)
 
 
-_BISECT_RATIO = 4  # below it the lookups win: at 100,000 intervals 14 ms vs the walk's 20 for 25,000 (~6 vs 18 for 12,500)
+# One side this many times smaller or more: its intervals are looked up. At 100,000 intervals on the other
+# side the lookups took 14 ms for 25,000 where the walk took 20, 7 for 12,500 (walk 18), 0.1 for one (walk 16).
+_BISECT_RATIO = 4
 
 
 def _looked_up(small: Ipv4Intervals, big: Ipv4Intervals) -> tuple[Ipv4Intervals, Ipv4Intervals]:

@@ -14,7 +14,7 @@ from markroute.cli import main
 from markroute.kernel import KernelError, journal, nft, nftnetlink, state, sysctl
 from markroute.kernel.drift import table_differences
 from markroute.kernel.state import State
-from markroute.values import Ipv4Intervals
+from markroute.values import Interval, Ipv4Intervals
 
 RULE = {
     "rule": {
@@ -127,7 +127,8 @@ def sent_updates(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[nftnet
     return sent
 
 
-def as_pairs(changes: list[nftnetlink.SetChange]) -> list[tuple[str, int, list[tuple[int, int]], list[tuple[int, int]]]]:
+def as_pairs(changes: list[nftnetlink.SetChange]) -> list[tuple[str, int, list[Interval], list[Interval]]]:
+    """CHANGES comparable whatever holds their intervals (packed, tuples)."""
     return [(c.name, c.version, list(map(tuple, c.removed)), list(map(tuple, c.added))) for c in changes]
 
 

@@ -23,8 +23,12 @@ is sent to them) beside the same set loaded by its peers, in the same run, in a 
 random order each round: `nft -f` of a table with that set, `ipset restore` of a hash:net
 set, and the kernel-only insert: the element batch markroute sends, built beforehand and
 only sent and committed (`nftnetlink._commit`) while timed. Each runs as a child process,
-so `wait4` gives its peak RSS. Goal: CLI apply within 1.5x of the kernel-only insert,
-peak RSS under 150 MB at 1,000,000.
+so `wait4` gives its peak RSS. A fifth contender is the resident daemon: `markroute run`,
+started once per size in its own router namespace with one prefix in the set file, and
+timed from just before a SIGHUP (the file now holding all the prefixes) until its log
+says "reloaded:" (its CPU from /proc/PID/stat, peak RSS its VmHWM); the switch back to
+one prefix is waited for, not timed. Goal: CLI apply within 1.5x of the kernel-only
+insert, peak RSS under 150 MB at 1,000,000; an apply by the resident daemon within 1.5x.
 
 The third (`--part timeline`, `--runs N`) times the stages of that CLI apply at 100,000
 prefixes inside the process (`benchmarks/apply_timeline.py`): where its wall and CPU
@@ -42,19 +46,24 @@ import ipaddress
 import json
 import os
 import random
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from common import BIG_SET_CONFIG as CONFIG  # noqa: E402
 from common import compile_bytecode, publish, random_prefixes  # noqa: E402
+from daemon_helpers import DaemonLab  # noqa: E402
 
 from markroute.compile import compile_plan  # noqa: E402
 from markroute.config import load_model  # noqa: E402
@@ -186,15 +195,86 @@ policies:
 """
 
 
-def apply_router(lab: Lab, tmp: Path, text: str) -> tuple[str, Path]:
-    """The router namespace markroute applies into (two uplinks to one peer), and its config file holding TEXT."""
-    ns, peer = lab.add_ns("apply"), lab.add_ns("peer")
+def apply_router(lab: Lab, tmp: Path, text: str, roles: tuple[str, str] = ("apply", "peer"),
+                 answering: bool = False) -> tuple[str, Path]:
+    """The router namespace markroute applies into (two uplinks to one peer), and its config file holding TEXT.
+
+    ANSWERING: the peer holds the gateways' addresses, so a daemon's probes of them succeed.
+    """
+    ns, peer = lab.add_ns(roles[0]), lab.add_ns(roles[1])
     for k in (0, 1):
         lab.veth(ns, f"wan{k}", peer, f"up{k}")
         lab.addr(ns, f"wan{k}", f"10.0.{k}.2/24")
+        if answering:
+            lab.addr(peer, f"up{k}", f"10.0.{k}.1/24")
     config = tmp / "markroute.yaml"
     config.write_text(text)
     return ns, config
+
+
+ONE_PREFIX = "198.51.100.0/24\n"  # the resident daemon's set file between timed reloads (an empty one is an error)
+RESIDENT = "markroute run, SIGHUP (resident daemon)"
+CLI_APPLY = "markroute apply (CLI)"
+
+
+def resident_router(lab: Lab, tmp: Path) -> tuple[str, Path]:
+    """The resident daemon's own router namespace and config (its peer answers the probes)."""
+    workdir = tmp / "resident"
+    workdir.mkdir()
+    return apply_router(lab, workdir, PEER_CONFIG, ("resident", "rpeer"), answering=True)
+
+
+@contextmanager
+def resident_daemon(ns: str, config: Path, text: str) -> Iterator[Callable[[], tuple[float, float, float]]]:
+    """`markroute run` for CONFIG in NS, its set file holding one prefix; yields a timed reload to TEXT
+    (`sighup_reload`). One reload to TEXT and back runs first, untimed: the first after start-up also
+    pays once for what a resident daemon keeps (modules imported on first use, its heap grown). The
+    daemon is stopped and `markroute down` run even on failure."""
+    daemons = DaemonLab(SimpleNamespace(rtr=ns), config.parent)
+    set_file = config.parent / "big.txt"
+    set_file.write_text(ONE_PREFIX)
+    try:
+        process = daemons.start(config)
+        sighup_reload(daemons, process.pid, set_file, text)
+        yield lambda: sighup_reload(daemons, process.pid, set_file, text)
+    finally:
+        daemons.close()
+
+
+def sighup_reload(daemons: DaemonLab, pid: int, set_file: Path, text: str) -> tuple[float, float, float]:
+    """(wall s, CPU s, peak RSS MB) of the daemon PID reloading with TEXT in SET_FILE; then back to one prefix.
+
+    CPU: all its threads (the probes' too) and its children, from just before the SIGHUP until its log says
+    "reloaded:"; the wall time is bounded by polling the log every 2 ms."""
+    log = daemons.logs[-1]
+    seen = log.read_text().count("reloaded:")
+    set_file.write_text(text)
+    cpu, start = process_cpu(pid), time.perf_counter()
+    os.kill(pid, signal.SIGHUP)
+    wait_for_reloads(daemons, seen + 1)
+    wall, cpu = time.perf_counter() - start, process_cpu(pid) - cpu
+    peak = int(Path(f"/proc/{pid}/status").read_text().split("VmHWM:")[1].split()[0]) / 1024
+    set_file.write_text(ONE_PREFIX)
+    os.kill(pid, signal.SIGHUP)
+    wait_for_reloads(daemons, seen + 2)
+    return wall, cpu, peak
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds of every thread of PID so far and of the children it waited for (the nft process
+    apply runs), as the other contenders' CPU includes their children: /proc/PID/stat utime, stime,
+    cutime, cstime."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(map(int, fields[11:15])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_for_reloads(daemons: DaemonLab, count: int, timeout: float = 120.0) -> None:
+    """Until the daemon's log holds COUNT "reloaded:" lines; fails with the log if it never does."""
+    deadline = time.monotonic() + timeout
+    while daemons.logs[-1].read_text().count("reloaded:") < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the daemon did not reload; its log:\n{daemons.log()[-3000:]}")
+        time.sleep(0.002)
 
 
 def peers(runs: int, sizes: list[int]) -> None:
@@ -205,9 +285,11 @@ def peers(runs: int, sizes: list[int]) -> None:
     with tempfile.TemporaryDirectory() as directory, Lab() as lab:
         tmp = Path(directory)
         ns, config = apply_router(lab, tmp, PEER_CONFIG)
+        resident = resident_router(lab, tmp)
         for size in sizes:
             prefixes = spaced_prefixes(size)
             (tmp / "big.txt").write_text("\n".join(prefixes) + "\n")
+            text = (tmp / "big.txt").read_text()
             (tmp / "set.nft").write_text(
                 "table inet nftpeer {\n  set big { type ipv4_addr; flags interval; elements = { "
                 + ", ".join(prefixes) + " } }\n}\n")
@@ -238,13 +320,14 @@ def peers(runs: int, sizes: list[int]) -> None:
                 wall, cpu = (float(x) for x in output.split())
                 return wall, cpu, peak
 
-            contenders: list[tuple[str, Callable[[], tuple[float, float, float]]]] = [
-                ("markroute apply (CLI)", markroute_apply), ("nft -f", nft_file),
-                ("ipset restore", ipset_restore), ("kernel-only insert", kernel_only)]
-            for _ in range(runs):
-                shuffle.shuffle(contenders)
-                for name, run in contenders:
-                    results.setdefault((size, name), []).append(run())
+            with resident_daemon(*resident, text) as reload:
+                contenders: list[tuple[str, Callable[[], tuple[float, float, float]]]] = [
+                    (CLI_APPLY, markroute_apply), ("nft -f", nft_file), ("ipset restore", ipset_restore),
+                    ("kernel-only insert", kernel_only), (RESIDENT, reload)]
+                for _ in range(runs):
+                    shuffle.shuffle(contenders)
+                    for name, run in contenders:
+                        results.setdefault((size, name), []).append(run())
             with inside(ns):
                 down(ns)
     publish(f"Apply vs peers: {' and '.join(f'{n:,}' for n in sizes)} prefixes", peer_report(results, runs, load))
@@ -253,13 +336,21 @@ def peers(runs: int, sizes: list[int]) -> None:
 def peer_report(results: dict[tuple[int, str], list[tuple[float, float, float]]], runs: int, load: list[str]) -> str:
     text = (
         "The same set of distinct /24s (every other one from 11.0.0.0, so nothing merges: N prefixes are N "
-        "intervals) loaded four ways into an empty lab namespace, each a child process, in a new random order "
-        f"each round; {runs} rounds; median (min-max). markroute: the whole CLI `apply` of a config whose one "
-        "policy uses the set file (interpreter, reading and validating the file, compiling, the table, rules, "
-        "routes and sysctls); `nft -f`: a file with one table holding the set; `ipset restore`: a hash:net set; "
+        f"intervals) loaded five ways, in a new random order each round; {runs} rounds; median (min-max). The "
+        "first four into an empty lab namespace, each a child process. markroute: the whole CLI `apply` of a "
+        "config whose one policy uses the set file (interpreter, reading and validating the file, compiling, the "
+        "table, rules, routes and sysctls); `nft -f`: a file with one table holding the set; `ipset restore`: a hash:net set; "
         "kernel-only: the element batch markroute sends, built before the clock starts (`benchmarks/kernel_batch.py`), "
         "its wall and CPU time are the batch's send and commit only (the kernel works on it in the sending thread), "
-        "its memory the whole child's. CPU of the others: the whole process and its children. Ratios are paired "
+        "its memory the whole child's. CPU of the others: the whole process and its children. The fifth, "
+        f"{RESIDENT}: `markroute run` for the same config in its own router namespace, started once per size with "
+        "one prefix in the set file and reloaded to all the prefixes and back once, untimed; each round the file "
+        "gets all the prefixes and the daemon a SIGHUP; its CPU (all threads and the nft process it runs, "
+        "/proc/PID/stat: whole clock ticks of 10 ms) from just before the signal until its log says \"reloaded:\" "
+        "(reading and merging the file, compiling, the element update over netlink with its journal, the state "
+        "record); the daemon's probes (ICMP to both gateways every 0.1 s) run meanwhile and their CPU is inside "
+        "the figure; its wall time ends when the log line is seen, polled every 2 ms (so up to ~2 ms late); its peak "
+        "RSS is the daemon's VmHWM. Switching back to one prefix is waited for, not timed. Ratios are paired "
         "within a round; with other work on the machine CPU time is the steadier figure (a process waiting for "
         f"a CPU counts in wall time only). Load average at the start: {' '.join(load)}.\n\n"
         "| prefixes | what | wall | CPU | peak RSS |\n|---|---|---|---|---|\n"
@@ -269,12 +360,13 @@ def peer_report(results: dict[tuple[int, str], list[tuple[float, float, float]]]
         text += f"| {size:,} | {name} | {ms(walls)} | {ms(cpus)} | {max(peaks):.0f} MB |\n"
     text += "\n| prefixes | paired ratio | median (min-max) |\n|---|---|---|\n"
     for size in sorted({size for size, _ in results}):
-        for index, what in ((0, "wall"), (1, "CPU")):
-            ours = [s[index] for s in results[(size, "markroute apply (CLI)")]]
-            for name in ("kernel-only insert", "nft -f", "ipset restore"):
-                paired = [a / b for a, b in zip(ours, (s[index] for s in results[(size, name)]))]
-                text += (f"| {size:,} | markroute apply / {name} ({what}) | {statistics.median(paired):.2f} "
-                         f"({min(paired):.2f}-{max(paired):.2f}) |\n")
+        for ours, label in ((CLI_APPLY, "markroute apply"), (RESIDENT, "markroute run SIGHUP")):
+            for index, what in ((0, "wall"), (1, "CPU")):
+                timed = [s[index] for s in results[(size, ours)]]
+                for name in ("kernel-only insert", "nft -f", "ipset restore"):
+                    paired = [a / b for a, b in zip(timed, (s[index] for s in results[(size, name)]))]
+                    text += (f"| {size:,} | {label} / {name} ({what}) | {statistics.median(paired):.2f} "
+                             f"({min(paired):.2f}-{max(paired):.2f}) |\n")
     return text
 
 

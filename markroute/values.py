@@ -16,6 +16,7 @@ import re
 import socket
 import sys
 from array import array
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain, islice, repeat
@@ -412,7 +413,10 @@ def interval_changes(old: Sequence[Interval], new: Sequence[Interval]) -> tuple[
 
     Packed IPv4 intervals are walked side by side as one 64-bit number each (first,
     last), in order: sets of 1,000,000 tuples on both sides took ~400 MB and over a
-    second for a change of 1,000 prefixes.
+    second for a change of 1,000 prefixes. When one side is much smaller (a set file
+    switched between one prefix and 100,000), each of its intervals is looked up in the
+    other instead (`_looked_up`), which leaves the other's words to C loops: walking
+    100,000 intervals for one took ~22 ms of a reload.
     """
     if not old or not new:  # all removed, or all added
         return old, new
@@ -421,6 +425,11 @@ def interval_changes(old: Sequence[Interval], new: Sequence[Interval]) -> tuple[
         return tuple(sorted(before - after)), tuple(sorted(after - before))
     if old == new:
         return Ipv4Intervals(), Ipv4Intervals()
+    if len(old) * _BISECT_RATIO < len(new):
+        return _looked_up(old, new)
+    if len(new) * _BISECT_RATIO < len(old):
+        only_new, rest = _looked_up(new, old)
+        return rest, only_new
     removed: list[int] = []
     added: list[int] = []
     olds, news = _interval_keys(old), _interval_keys(new)
@@ -437,6 +446,35 @@ def interval_changes(old: Sequence[Interval], new: Sequence[Interval]) -> tuple[
     removed += [] if was is None else [was, *olds]
     added += [] if now is None else [now, *news]
     return _from_keys(removed), _from_keys(added)
+
+
+# One side this many times smaller or more: its intervals are looked up. At 100,000 intervals on the other
+# side the lookups took 14 ms for 25,000 where the walk took 20, 7 for 12,500 (walk 18), 0.1 for one (walk 16).
+_BISECT_RATIO = 4
+
+
+def _looked_up(small: Ipv4Intervals, big: Ipv4Intervals) -> tuple[Ipv4Intervals, Ipv4Intervals]:
+    """(SMALL's intervals not in BIG, BIG's not in SMALL), both sorted: each of SMALL's looked up in BIG.
+
+    Sorted, disjoint intervals make BIG's words one ascending sequence (first <= last < next
+    first), so `bisect_left` on the words finds where an interval would start: it is in BIG
+    if a first (an even position) is there with the same last. BIG's other words are copied
+    in runs between the ones found; each search starts after the last one found.
+    """
+    words, found_in = small.words, big.words
+    missing, rest = array("I"), array("I")
+    size, copied = len(found_in), 0
+    for position in range(0, len(words), 2):
+        first, last = words[position], words[position + 1]
+        at = bisect_left(found_in, first, copied)
+        if at < size and not at & 1 and found_in[at] == first and found_in[at + 1] == last:
+            rest += found_in[copied:at]
+            copied = at + 2
+        else:
+            missing.append(first)
+            missing.append(last)
+    rest += found_in[copied:]
+    return Ipv4Intervals(missing), Ipv4Intervals(rest)
 
 
 def _interval_keys(intervals: Ipv4Intervals) -> Iterator[int]:

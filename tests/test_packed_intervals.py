@@ -9,12 +9,14 @@ the simulator's lookup.
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import socket
 
 import pytest
 
+from markroute import values
 from markroute.kernel import nftnetlink
 from markroute.kernel.journal import Undo
 from markroute.plan.nftjson import json_default
@@ -262,8 +264,49 @@ def test_packed_interval_changes_are_the_set_differences(seed: int) -> None:
                                                        tuple(sorted(set(new) - set(old))))
 
 
-def test_a_journaled_packed_change_is_written_as_pairs() -> None:
-    """The journal writes a set change's intervals with `json_default`; packed ones read back as tuples did."""
+def test_a_journaled_packed_change_is_written_as_packed_text() -> None:
+    """The journal writes a set change's packed intervals with `json_default` as the state record writes
+    a set's elements: base64 of the big-endian words (`kernel/journal.py` reads it back)."""
     change = nftnetlink.SetChange("s", 4, removed=Ipv4Intervals.of([(1, 2)]), added=Ipv4Intervals.of([(5, 9), (11, 11)]))
     written = json.loads(json.dumps(Undo.set_update("x", "t", [change]).to_json(), default=json_default))
-    assert written["undo"]["args"]["changes"][0]["added"] == [[5, 9], [11, 11]]
+    added = written["undo"]["args"]["changes"][0]["added"]
+    assert base64.b64decode(added) == bytes([0, 0, 0, 5, 0, 0, 0, 9, 0, 0, 0, 11, 0, 0, 0, 11])
+
+
+def unequal_sides(rng: random.Random) -> tuple[list[Interval], list[Interval]]:
+    """Two sets of sorted, disjoint intervals drawn from one universe, one side often far smaller than
+    the other or empty; some intervals differ only in their first or their last address."""
+    universe = sorted_apart(rng, rng.choice([0, 1, 5, 50, 400, 2000]), top=rng.random() < 0.3)
+    shares = sorted([rng.choice([0.0, 0.001, 0.01, 0.2]), rng.choice([0.5, 0.9, 1.0])], reverse=rng.random() < 0.5)
+    sides: list[list[Interval]] = []
+    for share in shares:
+        side = []
+        for first, last in universe:
+            if rng.random() < share:
+                shifted = rng.random() < 0.02
+                if shifted and last < TOP:
+                    side.append((first, last + 1))  # sorted_apart leaves a gap of 2 or more: still disjoint
+                elif shifted and first < last:
+                    side.append((first + 1, last))
+                else:
+                    side.append((first, last))
+        sides.append(side)
+    return sides[0], sides[1]
+
+
+@pytest.mark.parametrize("seed", range(60))
+@pytest.mark.parametrize("path", ["chosen", "walked", "looked up"])
+def test_interval_changes_of_unequal_sides_are_the_set_differences(
+    seed: int, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whichever way the changes are found (walking both sides, or looking the smaller side's intervals
+    up in the bigger: forced here, or as chosen by their sizes), they are the set differences, sorted."""
+    if path != "chosen":
+        monkeypatch.setattr(values, "_BISECT_RATIO", 0 if path == "looked up" else 1 << 62)
+    rng = random.Random(seed)
+    old, new = unequal_sides(rng)
+    for before, after in ((old, new), (new, old)):
+        removed, added = interval_changes(Ipv4Intervals.of(before), Ipv4Intervals.of(after))
+        assert isinstance(removed, Ipv4Intervals) and isinstance(added, Ipv4Intervals)
+        assert list(removed) == sorted(set(before) - set(after))
+        assert list(added) == sorted(set(after) - set(before))

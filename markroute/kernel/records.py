@@ -34,7 +34,7 @@ def typed(cls: type[T], data: object, where: str = "", ignore: tuple[str, ...] =
     """
     if not isinstance(data, dict):
         raise RecordError(where, f"must be an object, not {_kind(data)}")
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields) - set(ignore))
     if unknown:
@@ -47,6 +47,18 @@ def typed(cls: type[T], data: object, where: str = "", ignore: tuple[str, ...] =
             continue
         values[name] = value_of(hints[name], data[name], _join(where, name))
     return cls(**values)
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    """CLS's annotations resolved, once per class: `typing.get_type_hints` compiles every string
+    annotation again on each call, for each rule and route of a record (~1 ms of each state.json read)."""
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
+    return hints
 
 
 def value_of(hint: Any, data: object, where: str) -> Any:

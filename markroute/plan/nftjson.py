@@ -323,9 +323,10 @@ def compact_json(document: Any) -> str:
 
 def json_default(value: object) -> Any:
     """`json.dumps(..., default=json_default)`: set elements are written as the nft JSON list,
-    packed intervals (a journaled set change) as [first, last] pairs, as tuples of them were."""
+    packed IPv4 intervals (a journaled set change) as their packed text, as the state record keeps
+    a set's elements (`AddressElements.packed_text`; `kernel/journal.py` reads it back)."""
     if isinstance(value, AddressElements):
         return value.listed()
     if isinstance(value, Ipv4Intervals):
-        return [list(interval) for interval in value]
+        return AddressElements(4, value).packed_text()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")

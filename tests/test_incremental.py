@@ -203,22 +203,10 @@ def test_a_policy_change_rewrites_the_chains_and_leaves_the_sets(router: RouterL
     the set keeps its handle and elements (nft does not load them again), traffic follows
     the new policy, and a failure later in the apply brings the old chains back."""
     r = router
-    config = write_config(tmp_path, CONFIG)
-    (tmp_path / "chosen.txt").write_text("\n".join([r.server, *prefixes(0, 300)]) + "\n")
-    r.lab.serve_echo(r.net, PORT, udp=False)
-    assert markroute("apply", "-c", config, "--netns", r.rtr).returncode == 0
-    before = listing(r)
-
+    config, before = applied_with_chosen(r, tmp_path, 300)
     assert isp_of_a_new_connection(r) == 1
     write_config(tmp_path, CHANGED_POLICY)
-    model, _ = load_model(config)
-    assert model is not None
-
-    with pytest.MonkeyPatch.context() as patch, inside(r.rtr), pytest.raises(ApplyFailed) as failure:
-        patch.setattr(apply_module._Apply, "restore_unwanted_sysctls", lambda *args: refuse())
-        apply(compile_plan(model), r.rtr)
-    assert failure.value.undo_problems == []
-    assert normalised(listing(r)) == normalised(before), "the old chains and rules came back"
+    failing_late_puts_back(r, config, before)
 
     result = markroute("apply", "-c", config, "--netns", r.rtr)
     assert result.returncode == 0, result.stderr
@@ -242,22 +230,12 @@ def test_a_set_added_or_dropped_leaves_the_other_sets_in_place(router: RouterLab
     handle and elements (nft does not load them again, as a whole-table replace did), traffic
     follows, a failure later in the apply brings the old table back, and status finds no drift."""
     r = router
-    config = write_config(tmp_path, CONFIG)
-    (tmp_path / "chosen.txt").write_text("\n".join([r.server, *prefixes(0, 5000)]) + "\n")
     (tmp_path / "direct.txt").write_text(r.server + "\n")
-    r.lab.serve_echo(r.net, PORT, udp=False)
-    assert markroute("apply", "-c", config, "--netns", r.rtr).returncode == 0
-    before = listing(r)
+    config, before = applied_with_chosen(r, tmp_path, 5000)
     assert isp_of_a_new_connection(r) == 1
 
     write_config(tmp_path, ADDED_SET)
-    model, _ = load_model(config)
-    assert model is not None
-    with pytest.MonkeyPatch.context() as patch, inside(r.rtr), pytest.raises(ApplyFailed) as failure:
-        patch.setattr(apply_module._Apply, "restore_unwanted_sysctls", lambda *args: refuse())
-        apply(compile_plan(model), r.rtr)
-    assert failure.value.undo_problems == []
-    assert normalised(listing(r)) == normalised(before), "the old chains came back and the new set went"
+    failing_late_puts_back(r, config, before)
 
     for text, said, isp in ((ADDED_SET, "(add set direct_v4)", 0), (CONFIG, "(delete set direct_v4)", 1)):
         write_config(tmp_path, text)
@@ -308,8 +286,30 @@ def test_the_structure_is_listed_before_a_rewrite_only_when_someone_committed_si
     assert status.returncode == 0 and json.loads(status.stdout)["drift"] == [], status.stdout
 
 
-def refuse(*args: object) -> None:
-    raise KernelError("injected failure after the table's transaction")
+def applied_with_chosen(r: RouterLab, tmp_path: Path, count: int) -> tuple[str, list[dict[str, Any]]]:
+    """CONFIG applied with the lab's server and COUNT other prefixes in its set, an echo server
+    in `net`: the config's path and the table as listed then."""
+    config = write_config(tmp_path, CONFIG)
+    (tmp_path / "chosen.txt").write_text("\n".join([r.server, *prefixes(0, count)]) + "\n")
+    r.lab.serve_echo(r.net, PORT, udp=False)
+    assert markroute("apply", "-c", config, "--netns", r.rtr).returncode == 0
+    return config, listing(r)
+
+
+def failing_late_puts_back(r: RouterLab, config: str, before: list[dict[str, Any]]) -> None:
+    """An apply of CONFIG that fails after its table transaction (a refused sysctl, injected) puts
+    the table back as BEFORE listed it: its undo rewrites the old chains (and drops a new set)."""
+    model, _ = load_model(config)
+    assert model is not None
+
+    def refuse(*args: object) -> None:
+        raise KernelError("injected failure after the table's transaction")
+
+    with pytest.MonkeyPatch.context() as patch, inside(r.rtr), pytest.raises(ApplyFailed) as failure:
+        patch.setattr(apply_module._Apply, "restore_unwanted_sysctls", refuse)
+        apply(compile_plan(model), r.rtr)
+    assert failure.value.undo_problems == []
+    assert normalised(listing(r)) == normalised(before), "the old table came back"
 
 
 def isp_of_a_new_connection(r: RouterLab) -> int:

@@ -261,11 +261,23 @@ def sighup_reload(daemons: DaemonLab, pid: int, set_file: Path, text: str) -> tu
 
 
 def process_cpu(pid: int) -> float:
-    """CPU seconds of every thread of PID so far and of the children it waited for (the nft process
-    apply runs), as the other contenders' CPU includes their children: /proc/PID/stat utime, stime,
-    cutime, cstime."""
+    """CPU seconds of every thread of PID so far and of the children it waited for (an nft process
+    apply may run), as the other contenders' CPU includes their children.
+
+    The threads' time comes from each one's schedstat, in nanoseconds: /proc/PID/stat counts whole
+    clock ticks of 10 ms, coarse beside a ~150 ms reload. A thread that ended would be missing
+    from schedstat but not from the ticks, so the two must agree within two ticks per thread; the
+    children's time (cutime, cstime) exists in ticks only.
+    """
+    tick = 1 / os.sysconf("SC_CLK_TCK")
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(map(int, fields[11:15])) / os.sysconf("SC_CLK_TCK")
+    tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    threads = sum(int((task / "schedstat").read_text().split()[0]) for task in tasks) / 1e9
+    ticked = sum(map(int, fields[11:13])) * tick
+    if abs(ticked - threads) > 2 * tick * len(tasks) + 0.001 * ticked:
+        raise RuntimeError(f"daemon {pid}: its threads' schedstat ({threads:.3f} s) and its ticks "
+                           f"({ticked:.3f} s) disagree: a thread ended?")
+    return threads + sum(map(int, fields[13:15])) * tick
 
 
 def wait_for_reloads(daemons: DaemonLab, count: int, timeout: float = 120.0) -> None:
@@ -345,8 +357,8 @@ def peer_report(results: dict[tuple[int, str], list[tuple[float, float, float]]]
         "its memory the whole child's. CPU of the others: the whole process and its children. The fifth, "
         f"{RESIDENT}: `markroute run` for the same config in its own router namespace, started once per size with "
         "one prefix in the set file and reloaded to all the prefixes and back once, untimed; each round the file "
-        "gets all the prefixes and the daemon a SIGHUP; its CPU (all threads and the nft process it runs, "
-        "/proc/PID/stat: whole clock ticks of 10 ms) from just before the signal until its log says \"reloaded:\" "
+        "gets all the prefixes and the daemon a SIGHUP; its CPU (every thread's schedstat, in ns, and any child "
+        "it waited for) from just before the signal until its log says \"reloaded:\" "
         "(reading and merging the file, compiling, the element update over netlink with its journal, the state "
         "record); the daemon's probes (ICMP to both gateways every 0.1 s) run meanwhile and their CPU is inside "
         "the figure; its wall time ends when the log line is seen, polled every 2 ms (so up to ~2 ms late); its peak "

@@ -198,7 +198,7 @@ def shape(objects: Iterable[Obj]) -> Shape:
 
 def without_elements(objects: Iterable[Obj]) -> list[Obj]:
     """Objects of a table or plan with set elements left out: what `table_structure` lists."""
-    return [{"set": {k: v for k, v in obj["set"].items() if k != "elem"}} if "set" in obj else obj for obj in objects]
+    return [_without(obj, ("elem",)) if "set" in obj else obj for obj in objects]
 
 
 def with_elements(structure: Iterable[Obj], source: Iterable[Obj]) -> list[Obj]:
@@ -237,11 +237,11 @@ def table_rewrite(name: str, current: list[Obj], wanted: list[Obj]) -> list[Obj]
     gone_sets, new_sets = [], []
     for set_name in current_sets.keys() | wanted_sets.keys():
         before, after = current_sets.get(set_name), wanted_sets.get(set_name)
-        if before is not None and after is not None and _set_definition(before) == _set_definition(after):
-            if _holds_state(before) or set_elements(before) == set_elements(after):
+        if before is not None and after is not None and _without(before, ("elem",)) == _without(after, ("elem",)):
+            if _holds_state(before) or set_elements(before["set"]) == set_elements(after["set"]):
                 continue
             return None
-        if any(body is not None and _holds_state(body) for body in (before, after)):
+        if any(obj is not None and _holds_state(obj) for obj in (before, after)):
             return None
         gone_sets += [set_name] if before is not None else []
         new_sets += [after] if after is not None else []
@@ -255,25 +255,22 @@ def table_rewrite(name: str, current: list[Obj], wanted: list[Obj]) -> list[Obj]
     commands += [{"delete": reference("chain", chain)} for chain in sorted(current_chains)
                  if chain not in wanted_chains or chain in changed]
     commands += [{"delete": reference("set", set_name)} for set_name in sorted(gone_sets)]
-    commands += [{"add": {"set": body}} for body in sorted(new_sets, key=lambda body: str(body["name"]))]
+    commands += [{"add": obj} for obj in sorted(new_sets, key=lambda obj: str(obj["set"]["name"]))]
     commands += [{"add": {"chain": body}} for chain, body in wanted_chains.items()
                  if chain not in current_chains or chain in changed]
     return commands + [{"add": obj} for obj in wanted if "rule" in obj]
 
 
 def _table_parts(objects: list[Obj]) -> tuple[dict[str, Obj], dict[str, Obj], list[Obj]]:
-    """A table's chains and sets by name, and its other objects (the table among them)."""
+    """A table's chain bodies and set objects by name, and its other objects (the table among them)."""
     chains = {obj["chain"]["name"]: obj["chain"] for obj in objects if "chain" in obj}
-    sets = {obj["set"]["name"]: obj["set"] for obj in objects if "set" in obj}
+    sets = {obj["set"]["name"]: obj for obj in objects if "set" in obj}
     return chains, sets, [obj for obj in objects if not obj.keys() & {"chain", "set", "rule"}]
 
 
-def _set_definition(body: Obj) -> Obj:
-    return {key: value for key, value in body.items() if key != "elem"}
-
-
-def _holds_state(body: Obj) -> bool:
+def _holds_state(obj: Obj) -> bool:
     """Whether a set's elements are run-time state rather than the config's (kept, never reloaded)."""
+    body = obj["set"]
     return body.get("name") in RUNTIME_SETS or is_dynamic(body) or is_cgroup_set(body)
 
 

@@ -39,6 +39,9 @@ DSCP_CLASSES = {
 
 RESERVED_TABLES = {0: "unspec", 253: "default", 254: "main", 255: "local"}
 FOREIGN_TABLES = {52: "Tailscale", 51820: "wg-quick"}  # routing tables other software fills on its own
+#: an uplink's bound table (`compile.bound`) is its table id plus this: realms fit 16 bits, so only
+#: tables up to 0xFFFF are pinned, and their bound tables (0x10000-0x1FFFF) never meet a pinned one
+BOUND_TABLE_OFFSET = 0x10000
 
 _INTERFACE = re.compile(r"^[^\s/:'\"]{1,15}$")
 IFNAME_BYTES = 15  # IFNAMSIZ less the terminating NUL: the kernel's and nftables' limit, in bytes

@@ -2,8 +2,10 @@
 
 Under a catch-all 1:1 balance, a socket bound to ISP B's address used to leave through
 ISP A in about half the attempts, its source rewritten. Now the route its socket got
-(the `from ADDRESS` rule into ISP B's table, whose default route carries a realm) pins
-it; unbound router traffic is still balanced (seed 004's documented exception).
+(the `from ADDRESS` rule into ISP B's bound table, whose default route carries a realm)
+pins it; unbound router traffic is still balanced (seed 004's documented exception).
+The realm stays out of the tables forwarded traffic looks up: a reply coming in through
+an uplink must not have its route tagged, or the kernel would allocate one per packet.
 """
 
 from __future__ import annotations
@@ -76,3 +78,22 @@ def test_a_policy_naming_the_source_still_decides_first(lab: Lab, markroute_cli:
     moved = lab.probe(r.rtr, "tcp", r.server, PORT, count=20, bind=r.rtr_wan_v4[1])
     assert r.isp_counts(moved["seen"]) == {0: 20}, moved
     markroute_cli.down(r.rtr)
+
+
+def test_forwarded_replies_carry_no_realm_while_bound_sockets_do(lab: Lab, markroute_cli: Any) -> None:
+    """The kernel's own lookups, as a forwarded reply and a bound socket make them."""
+    r = router_lab(lab, isps=2)
+    markroute_cli.apply(r.rtr, r.uplinks_yaml(["isp_a", "isp_b"]) + BALANCE)
+    marks = {rule["table"]: rule["fwmark"] for rule in json.loads(lab.ip(r.rtr, "-j", "-4", "rule", "show").stdout)
+             if "fwmark" in rule and rule.get("table")}
+    assert len(marks) == 2, marks
+    for k, wan in enumerate(r.rtr_wan_ifs):
+        table = sorted(marks)[k]
+        [reply] = json.loads(lab.ip(r.rtr, "-j", "route", "get", r.clients[0].v4, "from", r.server, "iif", wan,
+                                    "mark", marks[table]).stdout)
+        assert reply["dev"] == r.rtr_lan_if and reply["table"] == table and "flow" not in reply, reply
+    [bound] = json.loads(lab.ip(r.rtr, "-j", "route", "get", r.server, "from", r.rtr_wan_v4[1]).stdout)
+    assert bound["dev"] == r.rtr_wan_ifs[1] and bound.get("flow", {}).get("to") == sorted(marks)[1], bound
+    markroute_cli.down(r.rtr)
+    assert not [route for route in json.loads(lab.ip(r.rtr, "-j", "route", "show", "table", "all").stdout)
+                if route.get("protocol") == "77"], "down removes the bound tables too"

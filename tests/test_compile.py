@@ -23,6 +23,7 @@ from markroute.config import load_model
 from markroute.model import Model
 from markroute.plan import Plan, nfttext
 from markroute.plan.render import plan_text
+from markroute.values import BOUND_TABLE_OFFSET
 
 Obj = dict[str, Any]
 
@@ -130,6 +131,20 @@ settings: {table_base: 251}
     assert {u.name: u.mark for u in plan.uplinks} == {"a": 0x300, "b": 0x200, "c": 0x400, "d": 0x500}
     # 252 is pinned by b, 253-255 are the kernel's
     assert {u.name: u.table for u in plan.uplinks} == {"a": 251, "b": 252, "c": 256, "d": 257}
+
+
+def test_a_table_that_is_another_uplinks_bound_table_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "markroute.yaml"
+    path.write_text(f"""
+uplinks:
+  a: {{interface: eth0, gateway: 192.0.2.1, table: 101}}
+  b: {{interface: eth1, gateway: 192.0.2.2, table: {101 + BOUND_TABLE_OFFSET}}}
+""")
+    model, diagnostics = load_model(str(path))
+    assert model is None
+    [error] = [d.render() for d in diagnostics if d.severity == "error"]
+    assert f"table {101 + BOUND_TABLE_OFFSET} of 'b' is where 'a' keeps its bound table" in error, error
+    assert ":4:" in error, "the message points at b"
 
 
 def test_a_shifted_mask_moves_every_mark_and_every_masked_write(tmp_path: Path) -> None:
@@ -469,11 +484,16 @@ def test_ip_rules_stay_in_the_band(tmp_path: Path) -> None:
     assert plan.rules and all(20000 <= r.priority <= 20002 for r in plan.rules)
     per_uplink = {(r.version, r.table) for r in plan.rules if r.fwmark is not None and r.action == "lookup"}
     assert per_uplink == {(4, 100), (4, 101), (6, 101), (4, 102)}
-    assert [(r.src, r.table) for r in plan.rules if r.src] == [("203.0.113.9", 102)]
+    # local policies pin bound sockets: the SNAT address's rule looks up c's bound table (`compile.bound`)
+    assert [(r.src, r.table) for r in plan.rules if r.src] == [("203.0.113.9", 102 + BOUND_TABLE_OFFSET)]
     assert {r.action for r in plan.rules} == {"lookup", "blackhole"}
-    assert sorted((r.version, r.table, r.dst, r.dev, r.gateway) for r in plan.routes) == [
-        (4, 100, "default", "eth0", "192.0.2.1"), (4, 101, "default", "eth1", "198.51.100.1"),
-        (4, 102, "default", "eth2", "203.0.113.1"), (6, 101, "default", "eth1", "2001:db8:1::1")]
+    assert sorted((r.version, r.table, r.dst, r.dev, r.gateway, r.realm) for r in plan.routes) == [
+        (4, 100, "default", "eth0", "192.0.2.1", None), (4, 101, "default", "eth1", "198.51.100.1", None),
+        (4, 102, "default", "eth2", "203.0.113.1", None),
+        (4, 100 + BOUND_TABLE_OFFSET, "default", "eth0", "192.0.2.1", 100),
+        (4, 101 + BOUND_TABLE_OFFSET, "default", "eth1", "198.51.100.1", 101),
+        (4, 102 + BOUND_TABLE_OFFSET, "default", "eth2", "203.0.113.1", 102),
+        (6, 101, "default", "eth1", "2001:db8:1::1", None)]
 
 
 def test_sysctls_per_interface(tmp_path: Path) -> None:

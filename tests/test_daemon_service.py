@@ -23,6 +23,7 @@ from daemon_helpers import (  # noqa: F401 (dlab: a fixture)
 from kernelhelp import markroute
 
 from markroute.kernel.state import directory
+from markroute.values import BOUND_TABLE_OFFSET
 
 CONFIG = """
 uplinks:
@@ -226,7 +227,7 @@ def test_follows_a_new_address_and_an_interface_that_vanishes_and_returns(dlab: 
     r.lab.ip(r.rtr, "addr", "add", "10.0.1.3/24", "dev", "wan1")
     wait_no_drift(d)
     rules = r.lab.run(r.rtr, ["ip", "rule"]).stdout
-    assert "from 10.0.1.3 lookup 101" in rules and "10.0.1.2" not in rules
+    assert f"from 10.0.1.3 lookup {101 + BOUND_TABLE_OFFSET}" in rules and "10.0.1.2" not in rules  # isp_b's bound table
     time.sleep(1)
     assert d.states()["isp_b"] == "up"
     assert d.isp_of(set(r.lab.probe(r.lan, "udp", r.server_alt, d.port, count=3)["seen"])) == {1}

@@ -10,6 +10,7 @@ from markroute.compile.execs import EXEC_GID_BASE, GROUP_OFFSET
 from markroute.config import load_model
 from markroute.model import Model
 from markroute.plan import SOURCE_RULE_OFFSET, LinkState, resolve
+from markroute.values import BOUND_TABLE_OFFSET
 
 UPLINKS = """
 uplinks:
@@ -48,8 +49,15 @@ policies:
 """))
     comments = [r.get("comment") for r in rules(plan, "policies_local")]
     assert comments == ["policy from-b", "bound to isp_a", "bound to isp_b", "policy rest"], comments
-    assert {(r.table, r.realm) for r in plan.routes if r.dst == "default"} == {(100, 100), (101, 101)}
+    # the realm only in the bound tables: a realm where forwarded traffic looks costs every reply a route
+    assert {(r.table, r.realm) for r in plan.routes if r.dst == "default"} == {
+        (100, None), (101, None), (100 + BOUND_TABLE_OFFSET, 100), (101 + BOUND_TABLE_OFFSET, 101)}
     assert plan.pin_bound and sources(plan) == {"10.0.1.2"}, "main's default source gets no from rule"
+    found, routes = resolve(plan, LINKS)
+    assert {r.table for r in found if r.src} == {101 + BOUND_TABLE_OFFSET}, "bound sockets look up the bound table"
+    for uplink in plan.uplinks:  # the bound table repeats the uplink's routes: a bound socket reaches the LAN too
+        assert ({(r.dst, r.dev) for r in routes if r.table == uplink.bound_table}
+                == {(r.dst, r.dev) for r in routes if r.table == uplink.table and r.version == 4})
 
 
 def test_without_local_policies_nothing_is_pinned_and_every_address_keeps_its_rule(tmp_path: Path) -> None:
@@ -58,6 +66,7 @@ policies:
   - {name: lan, local: false, via: both}
 """))
     assert not plan.pin_bound and not any("bound to" in str(r.get("comment")) for r in rules(plan, "output"))
+    assert not any(r.realm for r in plan.routes) and all(u.bound_table is None for u in plan.uplinks)
     assert sources(plan) == {"10.0.0.2", "10.0.1.2"}
 
 

@@ -117,14 +117,16 @@ class Compiler:
             nft.append(self.base.get(name) or nj.chain(self.table, name))
         for rules in self.chains.values():
             nft += rules
+        bound_tables = bound.bound_tables(self.model, self.pinned)
+        uplinks = routing.uplink_plans(self.model, bound_tables)
         return Plan(
             mask=self.mask,
             rule_priority=self.model.settings.rule_priority,
             nft=tuple(nft),
-            rules=ordered_rules(routing.ip_rules(self.model)),
-            routes=ordered_routes(routing.routes(self.model)),
+            rules=ordered_rules(routing.ip_rules(self.model, bound_tables)),
+            routes=ordered_routes(routing.routes(uplinks)),
             sysctls=routing.sysctls(self.model),
-            uplinks=routing.uplink_plans(self.model),
+            uplinks=uplinks,
             policies=tuple(p.name for p in self.model.policies),
             groups=routing.group_plans(self.model),
             pin_bound=self.pinned,

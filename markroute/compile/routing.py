@@ -9,7 +9,7 @@ priority band.
 from __future__ import annotations
 
 from markroute import marks
-from markroute.compile import bound, failclosed, ha
+from markroute.compile import failclosed, ha
 from markroute.model import Model
 from markroute.plan import (
     RESERVED_RULE_OFFSET,
@@ -26,7 +26,7 @@ from markroute.values import AUTO_GATEWAY
 RP_FILTER = {"strict": "1", "loose": "2", "off": "0"}
 
 
-def ip_rules(model: Model) -> list[IpRule]:
+def ip_rules(model: Model, bound_tables: dict[str, int]) -> list[IpRule]:
     """Mark rules first, source-address rules last (`plan.SOURCE_RULE_OFFSET`).
 
     A router's own new connection is re-routed by its mark while it still carries the
@@ -39,7 +39,8 @@ def ip_rules(model: Model) -> list[IpRule]:
     for uplink in model.uplinks.values():
         if uplink.nat.kind == "snat" and uplink.nat.address:
             version = 6 if ":" in uplink.nat.address else 4
-            rules.append(IpRule(version, base + SOURCE_RULE_OFFSET, table=uplink.table, src=uplink.nat.address))
+            table = bound_tables.get(uplink.name, uplink.table) if version == 4 else uplink.table
+            rules.append(IpRule(version, base + SOURCE_RULE_OFFSET, table=table, src=uplink.nat.address))
         for version in sorted(uplink.versions):
             rules.append(IpRule(version, base, table=uplink.table, fwmark=uplink.mark, fwmask=mask))
     for action in reserved_actions(model):
@@ -62,18 +63,14 @@ def reserved_actions(model: Model) -> list[str]:
     return [a for a in ("unreachable", "blackhole") if a in used]
 
 
-def routes(model: Model) -> list[Route]:
-    """The default route of each uplink and family, in the uplink's own table.
-
-    The IPv4 route carries the uplink's realm, which `meta rtclassid` reads to keep
-    sockets bound to the uplink's address on it (`markroute.compile.bound`).
-    """
+def routes(uplinks: tuple[UplinkPlan, ...]) -> list[Route]:
+    """The default route of each uplink and family, in the uplink's own table, and in its
+    bound table with the realm `meta rtclassid` reads (`markroute.compile.bound`)."""
     found: list[Route] = []
-    for uplink in model.uplinks.values():
+    for uplink in uplinks:
         for version, gateway in ((4, uplink.gateway), (6, uplink.gateway6)):
             if version in uplink.versions and gateway != AUTO_GATEWAY:  # learned at apply (`plan.resolve`)
-                realm = bound.realm(uplink) if version == 4 else None
-                found.append(Route(version, uplink.table, "default", uplink.interface, gateway, realm=realm))
+                found += uplink.copies(Route(version, uplink.table, "default", uplink.interface, gateway))
     return found
 
 
@@ -109,9 +106,10 @@ def group_plans(model: Model) -> tuple[GroupPlan, ...]:
                  for g in model.groups.values())
 
 
-def uplink_plans(model: Model) -> tuple[UplinkPlan, ...]:
+def uplink_plans(model: Model, bound_tables: dict[str, int]) -> tuple[UplinkPlan, ...]:
     """What apply and the daemon need of each uplink. `source_rules`: the interface's
-    addresses (resolved at apply) name the uplink only when no other uplink shares it."""
+    addresses (resolved at apply) name the uplink only when no other uplink shares it;
+    BOUND_TABLES: the pinned uplinks' bound tables (`compile.bound`)."""
     counts: dict[str, int] = {}
     for uplink in model.uplinks.values():
         counts[uplink.interface] = counts.get(uplink.interface, 0) + 1
@@ -125,6 +123,7 @@ def uplink_plans(model: Model) -> tuple[UplinkPlan, ...]:
             gateway=u.gateway,
             gateway6=u.gateway6,
             source_rules=counts[u.interface] == 1,
+            bound_table=bound_tables.get(u.name),
         )
         for u in model.uplinks.values()
     )

@@ -12,7 +12,7 @@ from markroute import marks
 from markroute.config.uplinks import Draft
 from markroute.diagnostics import Diagnostics
 from markroute.model import Settings, Uplink
-from markroute.values import FOREIGN_TABLES, RESERVED_TABLES
+from markroute.values import BOUND_TABLE_OFFSET, FOREIGN_TABLES, RESERVED_TABLES
 
 
 @dataclass
@@ -75,4 +75,18 @@ def allocate(diag: Diagnostics, drafts: list[Draft], settings: Settings) -> Allo
             table = next_table
             used_tables[table] = name
         allocated.uplinks[name] = Uplink(name=name, mark=mark, table=table, **fields)
+    _bound_tables_apart(diag, drafts, allocated)
     return allocated
+
+
+def _bound_tables_apart(diag: Diagnostics, drafts: list[Draft], allocated: Allocated) -> None:
+    """No uplink's table may be another's bound table (`compile.bound`: its table + 0x10000),
+    or the router's bound sockets and that uplink's traffic would share routes."""
+    owners = {u.table: u.name for u in allocated.uplinks.values()}
+    for name, fields, _ in drafts:
+        uplink = allocated.uplinks.get(name)
+        other = owners.get(uplink.table - BOUND_TABLE_OFFSET) if uplink is not None else None
+        if uplink is not None and other is not None:
+            diag.error(fields["where"], f"table {uplink.table} of '{name}' is where '{other}' keeps its bound table "
+                       f"(table {uplink.table - BOUND_TABLE_OFFSET} + {BOUND_TABLE_OFFSET}, for sockets bound to its "
+                       "address)", "pick another table id")

@@ -356,7 +356,7 @@ class _Apply:
         skipped: set[tuple[int, int]] = set()
         for uplink in self.plan.uplinks:
             readiness = now.uplinks[uplink.name]
-            skipped |= {(uplink.table, version) for version, _ in readiness.missing}
+            skipped |= {(table, version) for table in uplink.tables for version, _ in readiness.missing}
             if readiness.reason is not None:
                 closed = any(rule.action != "lookup" and rule.fwmark == uplink.mark for rule in self.plan.rules)
                 self.report.waiting[uplink.name] = readiness.reason

@@ -36,6 +36,7 @@ from markroute.kernel.apply import route_text, rule_text
 from markroute.kernel.rpdb import Rpdb, route_key
 from markroute.model import Settings
 from markroute.plan import BAND_WIDTH, TABLE_NAME, IpRule, Route
+from markroute.values import BOUND_TABLE_OFFSET
 
 
 @dataclass
@@ -121,9 +122,12 @@ def forget_vanished(netns: str) -> bool:
 
 
 def _leftovers(rules: list[IpRule], routes: list[Route], priority: int) -> tuple[list[IpRule], list[Route]]:
+    """markroute's rules in the band and its routes in the tables they look up, with each
+    fwmark table's bound table (whose `from` rule may be missing: main's default source has none)."""
     band = range(priority, priority + BAND_WIDTH)
     ours = [r for r in rules if r.priority in band]
     tables = {r.table for r in ours if r.table is not None}
+    tables |= {r.table + BOUND_TABLE_OFFSET for r in ours if r.table is not None and r.fwmark is not None}
     return ours, [r for r in routes if r.table in tables]
 
 

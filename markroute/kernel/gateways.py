@@ -120,7 +120,7 @@ def survey(rpdb: Rpdb, uplinks: Iterable[UplinkPlan], links: LinkState, followin
     uplinks = list(uplinks)
     interfaces = read_interfaces(rpdb)
     routes = rpdb.route_messages()
-    learned = foreign_defaults(routes, {i.index: i.name for i in interfaces.values()}, {u.table for u in uplinks})
+    learned = foreign_defaults(routes, {i.index: i.name for i in interfaces.values()}, {t for u in uplinks for t in u.tables})
     found: dict[str, Readiness] = {}
     gateways: dict[str, dict[int, str | None]] = {}
     for uplink in uplinks:

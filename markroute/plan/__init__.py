@@ -11,13 +11,15 @@ interfaces' state (`resolve`): main's connected routes are copied into every upl
 table, so marked replies to LAN hosts stay on the LAN, each uplink address gets a
 `from ADDR` rule, so unmarked traffic from it (sockets bound to it) leaves through it
 (a connection's mark is looked at first), and a `gateway: auto` uplink's default route
-goes via the next hop the kernel knows for its interface now.
+goes via the next hop the kernel knows for its interface now. An uplink whose bound
+sockets are pinned (`compile.bound`) has a second table, its bound table, that repeats
+its IPv4 routes with the realm on the default route; its IPv4 `from` rules look it up.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from markroute.plan.nftjson import plain
@@ -128,6 +130,26 @@ class UplinkPlan:
     gateway: str | None
     gateway6: str | None
     source_rules: bool
+    #: where IPv4 sockets bound to the uplink's address are routed (`compile.bound`): the uplink's
+    #: IPv4 routes again, the default one with the realm. None: not pinned.
+    bound_table: int | None = None
+
+    @property
+    def tables(self) -> tuple[int, ...]:
+        """Every routing table markroute fills for this uplink."""
+        return (self.table,) if self.bound_table is None else (self.table, self.bound_table)
+
+    def source_table(self, version: int) -> int:
+        """The table a `from ADDRESS` rule of this uplink looks up."""
+        return self.bound_table if version == 4 and self.bound_table is not None else self.table
+
+    def copies(self, route: Route) -> list[Route]:
+        """ROUTE, which belongs in the uplink's table, as installed: also in the bound table
+        (IPv4), where the default route carries the realm that `meta rtclassid` reads."""
+        if self.bound_table is None or route.version != 4:
+            return [route]
+        realm = table_realm(self.table) if route.dst == "default" else None
+        return [route, replace(route, table=self.bound_table, realm=realm)]
 
 
 @dataclass(frozen=True)
@@ -187,6 +209,7 @@ class Plan:
                     "gateway": u.gateway,
                     "gateway6": u.gateway6,
                     "source_rules": u.source_rules,
+                    "bound_table": u.bound_table,
                     "connected_routes": "copied from main at apply",
                 }
                 for u in self.uplinks
@@ -235,10 +258,11 @@ def resolve(plan: Plan, links: LinkState) -> tuple[tuple[IpRule, ...], tuple[Rou
                 if (version, address) in unbound:
                     continue
                 if version in uplink.versions and not ipaddress.ip_address(address).is_link_local:
-                    rules.append(IpRule(version, plan.rule_priority + SOURCE_RULE_OFFSET, table=uplink.table, src=address))
+                    rules.append(IpRule(version, plan.rule_priority + SOURCE_RULE_OFFSET,
+                                        table=uplink.source_table(version), src=address))
         for route in links.connected:
             if route.version in uplink.versions:
-                routes.append(Route(route.version, uplink.table, route.dst, route.dev, None, "link"))
+                routes += uplink.copies(Route(route.version, uplink.table, route.dst, route.dev, None, "link"))
     return ordered_rules(rules), ordered_routes(routes)
 
 
@@ -246,18 +270,18 @@ REALM_MAX = 0xFFFF  # route realms are 16 bits; an uplink pinned to a larger tab
 
 
 def table_realm(table: int) -> int | None:
-    """The realm an uplink's IPv4 default route carries (`compile.bound`): its table id, if it fits."""
+    """The realm an uplink's IPv4 default route in its bound table carries (`compile.bound`): its table id, if it fits."""
     return table if table <= REALM_MAX else None
 
 
 def learned_routes(uplink: UplinkPlan, links: LinkState) -> list[Route]:
-    """The default routes of a `gateway: auto` uplink, via the next hops known now (IPv4 with its realm)."""
+    """The default routes of a `gateway: auto` uplink, via the next hops known now (and their bound copies)."""
     learned = links.gateways.get(uplink.interface, {})
     return [
-        Route(version, uplink.table, "default", uplink.interface, learned[version],
-              realm=table_realm(uplink.table) if version == 4 else None)
+        copy
         for version, gateway in ((4, uplink.gateway), (6, uplink.gateway6))
         if gateway == AUTO_GATEWAY and version in uplink.versions and version in learned
+        for copy in uplink.copies(Route(version, uplink.table, "default", uplink.interface, learned[version]))
     ]
 
 

@@ -248,7 +248,8 @@ def from_plan(plan: Plan, addresses: list[str] | None = None, routes: list[str] 
     if links is None:
         unknown["local"] = UNKNOWN_LOCAL
         for uplink in plan.uplinks:
-            partial[str(uplink.table)] = CONNECTED_UNKNOWN
+            for number in uplink.tables:
+                partial[str(number)] = CONNECTED_UNKNOWN
     else:
         assumptions.append("the addresses given with --addr are all of this host's addresses, and its links are up")
     for table, reason in unlearned.items():
@@ -285,8 +286,8 @@ def learned_offline(plan: Plan, hints: list[dict[str, Any]]) -> tuple[dict[str, 
                 gateways.setdefault(uplink.interface, {})[version] = found[0][1] or None
             else:
                 unknown.append(FAMILY_NAMES[version])
-        if unknown:
-            unlearned[str(uplink.table)] = (
+        for number in uplink.tables if unknown else ():
+            unlearned[str(number)] = (
                 f"uplink '{uplink.name}' learns its {' and '.join(unknown)} gateway from the kernel at run time "
                 f"(gateway: auto): use --live, or describe it with --route 'default via GW dev {uplink.interface}'"
             )

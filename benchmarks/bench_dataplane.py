@@ -14,8 +14,10 @@ every router's lan0, so a round measures every configuration in turn, in a new r
 each round, without reinstalling anything: ratios are paired within a round, so load from the
 other work on this shared machine falls on both sides of each ratio.
 
-With --extra, four diagnostic configurations are added: markroute's 1,000 policies compiled
-without merging (one rule each), and three that split what markroute's 1-policy install
+With --extra, five diagnostic configurations are added: markroute's 1,000 policies compiled
+without merging (one rule each); markroute's 1-policy install with the realm put back on
+the default routes of the tables its fwmark rules look up, where it was before the bound
+tables (`compile.bound`); and three that split what markroute's 1-policy install
 costs beyond pbr-style's, each rewritten by hand after apply: (1) without what only
 `status`, `flows` and `explain` read (the rules' counters, `ct label set`, the sysctls
 `nf_conntrack_acct` and `nf_conntrack_timestamp`); (2) markroute's `prerouting` replaced by
@@ -41,6 +43,13 @@ CPUs through AF_PACKET, 64 per sendmmsg(). This kernel has no pktgen.
   the end of a window;
 * established: conntrack flushed, the 4,096 flows sent for 0.3 s, one reply per flow sent from
   the uplink side, then the same flows measured.
+* replies (the download direction): conntrack flushed, 4,096 LAN flows that the policies send
+  through isp1 (the floor and no ruleset: through main's default route, wan0) sent for 0.3 s,
+  then their replies sent from the sink into that uplink for S s, from both CPUs, and
+  measured over the frames the router sent on lan0 (each LAN host has a static neighbour
+  entry; the generator drops what reaches it at ingress). A reply's source check lands in
+  the uplink's table, so whatever that table's routes carry (a realm) shows here and
+  nowhere else.
 
 CPU per packet: the generators' own CPU time (user + system, `wait4`) plus that of the two
 ksoftirqd threads, over the frames the router sent on its uplinks. On a veth the router's
@@ -106,8 +115,10 @@ class Variant:
     name: str
     install: Callable[[Lab, str, Path], None]
     router: str = ""
-    samples: dict[str, list[float]] = field(default_factory=lambda: {"first": [], "established": []})
+    samples: dict[str, list[float]] = field(default_factory=lambda: {"first": [], "established": [], "replies": []})
     most_connections: int = 0
+    scale: str = SCALES[0]  # whose reply traffic it gets
+    uplink: int = 1  # the uplink its reply traffic's connections leave by (wan1: isp1, the policies' uplink)
 
 
 def option(name: str, default: float) -> float:
@@ -191,11 +202,11 @@ def mwan3_variant(scale: str, prefixes: list[str]) -> Callable[[Lab, str, Path],
 
 
 def variants(prefixes: list[str], extra: bool) -> list[Variant]:
-    found = [Variant(BASELINE, lambda lab, rtr, tmp: None), Variant(FLOOR, floor)]
+    found = [Variant(BASELINE, lambda lab, rtr, tmp: None, uplink=0), Variant(FLOOR, floor, uplink=0)]
     for scale in SCALES:
-        found.append(Variant(f"markroute, {scale}", markroute_variant(scale)))
-        found.append(Variant(f"pbr-style, {scale}", pbr_variant(scale, prefixes)))
-        found.append(Variant(f"mwan3-style, {scale}", mwan3_variant(scale, prefixes)))
+        found.append(Variant(f"markroute, {scale}", markroute_variant(scale), scale=scale))
+        found.append(Variant(f"pbr-style, {scale}", pbr_variant(scale, prefixes), scale=scale))
+        found.append(Variant(f"mwan3-style, {scale}", mwan3_variant(scale, prefixes), scale=scale))
     if extra:
         def unmerged(lab: Lab, rtr: str, tmp: Path) -> None:
             path = tmp / f"{rtr}.yaml"
@@ -232,7 +243,19 @@ def variants(prefixes: list[str], extra: bool) -> list[Variant]:
                     lab.ip(rtr, "route", "replace", "default", "via", route["gateway"], "dev", route["dev"],
                            "table", str(route["table"]), "proto", "77")
 
-        found.append(Variant("markroute, 1,000 policies, merging off (one rule each)", unmerged))
+        def realms_in_uplink_tables(lab: Lab, rtr: str, tmp: Path) -> None:
+            """markroute's 1-policy install with the realm on the default route of each table a fwmark rule
+            looks up, where it was before the bound tables (`compile.bound`): what the realm costs there."""
+            markroute_variant(SCALES[0])(lab, rtr, tmp)
+            tables = {r["table"] for r in json.loads(lab.ip(rtr, "-j", "rule", "show").stdout) if "fwmark" in r}
+            for route in json.loads(lab.ip(rtr, "-j", "route", "show", "table", "all").stdout):
+                if route.get("dst") == "default" and route.get("table") in tables:
+                    lab.ip(rtr, "route", "replace", "default", "via", route["gateway"], "dev", route["dev"],
+                           "table", route["table"], "proto", "77", "realm", route["table"])
+
+        found.append(Variant("markroute, 1,000 policies, merging off (one rule each)", unmerged, scale=SCALES[1]))
+        found.append(Variant("markroute, 1 policy, the realm on its uplink tables' default routes as before the bound "
+                             "tables (diagnostic)", realms_in_uplink_tables))
         found.append(Variant("markroute, 1 policy, without counters, `ct label set` and conntrack acct/timestamp "
                              "(diagnostic)", observability_off))
         found.append(Variant("markroute, 1 policy, its rules replaced by pbr-style's (diagnostic: no ingress map, "
@@ -260,6 +283,10 @@ def build(lab: Lab, count: int) -> str:
         lab.route(sink, "local", DESTINATIONS, "dev", "lo")
         lab.route(rtr, "default", "via", "10.0.0.1")
         lab.sysctl(rtr, "net.ipv4.ip_forward", 1)
+        neighbours = "".join(f"neigh replace 192.168.1.{h} lladdr {MACS[1]} dev lan0 nud permanent\n" for h in range(2, 255))
+        lab.run(rtr, ["ip", "-batch", "-"], input=neighbours)  # replies reach LAN hosts that never answer ARP
+        lab.nft(gen, f"table netdev drop{k} {{ chain in {{ type filter hook ingress device g{k} priority 0; "
+                     "meta protocol ip drop; }; }")
     return gen
 
 
@@ -276,6 +303,28 @@ def udp_frame(dst_mac: bytes, src_mac: bytes, src: Any, dst: Any, sport: int, dp
     header = header[:10] + struct.pack("!H", checksum(header)) + header[12:]
     frame = dst_mac + src_mac + b"\x08\x00" + header + udp
     return struct.pack("!H", len(frame)) + frame
+
+
+def reply_frames(scale: str, prefixes: list[str], path: Path, replies: Path) -> None:
+    """Flows from LAN hosts that SCALE's policies send through isp1, and one reply to each:
+    1 policy: destinations in its /11; 1,000 policies: to the even ports among theirs (isp1's);
+    the set: destinations from the set."""
+    macs = [bytes.fromhex(m.replace(":", "")) for m in MACS]
+    rng = random.Random(11)
+    one = ipaddress.ip_network(policies(SCALES[0])[0].dst or "")
+    out, back = bytearray(), bytearray()
+    for _ in range(FRAMES):
+        if scale == SCALES[2]:
+            network = ipaddress.ip_network(rng.choice(prefixes))
+            dst = network.network_address + rng.randrange(network.num_addresses)
+        else:
+            dst = one.network_address + rng.randrange(one.num_addresses)
+        dport = 10_000 + 2 * rng.randrange(250) if scale == SCALES[1] else rng.randrange(20_000, 60_000)
+        src, sport = ipaddress.ip_address(f"192.168.1.{rng.randrange(10, 250)}"), rng.randrange(1024, 65535)
+        out += udp_frame(macs[0], macs[1], src, dst, sport, dport)
+        back += udp_frame(macs[2], macs[3], dst, src, dport, sport)
+    path.write_bytes(bytes(out))
+    replies.write_bytes(bytes(back))
 
 
 def frames(prefixes: list[str], path: Path, replies: Path) -> None:
@@ -313,9 +362,9 @@ def ksoftirqd_seconds() -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def sent(lab: Lab, rtr: str) -> int:
+def sent(lab: Lab, rtr: str, prefix: str = "wan") -> int:
     links = json.loads(lab.run(rtr, ["ip", "-j", "-s", "link", "show"]).stdout)
-    return sum(link["stats64"]["tx"]["packets"] for link in links if link["ifname"].startswith("wan"))
+    return sum(link["stats64"]["tx"]["packets"] for link in links if link["ifname"].startswith(prefix))
 
 
 def blast(lab: Lab, gen: str, ifname: str, binary: Path, traffic: Path, seconds: float, unique: bool) -> float:
@@ -353,6 +402,19 @@ def measure(lab: Lab, gen: str, k: int, variant: Variant, binary: Path, traffic:
     variant.samples["established"].append((cpu + ksoftirqd_seconds() - softirq) / max(packets, 1) * 1e6)
 
 
+def measure_replies(lab: Lab, gen: str, k: int, variant: Variant, binary: Path, traffic: dict[str, tuple[Path, Path]],
+                    seconds: float, sink: str) -> None:
+    """One sample of CPU microseconds per reply forwarded to the LAN (router K)."""
+    rtr = variant.router
+    flows, replies = traffic[variant.scale]
+    lab.run(rtr, ["conntrack", "-F"], check=False)
+    blast(lab, gen, f"g{k}", binary, flows, 0.3, unique=False)  # the connections, each decided by its first packet
+    count, softirq = sent(lab, rtr, "lan"), ksoftirqd_seconds()
+    cpu = blast(lab, sink, f"eth{variant.uplink}", binary, replies, seconds, unique=False)
+    packets = sent(lab, rtr, "lan") - count
+    variant.samples["replies"].append((cpu + ksoftirqd_seconds() - softirq) / max(packets, 1) * 1e6)
+
+
 def main() -> None:
     rounds, seconds = int(option("--rounds", 15)), (option("--first-seconds", 0.5), option("--seconds", 1.0))
     prefixes = random_prefixes(PREFIXES, network=DESTINATIONS, lengths=(26, 30))
@@ -366,6 +428,9 @@ def main() -> None:
         gen = build(lab, len(all_variants))
         traffic, replies = tmp / "frames.bin", tmp / "replies.bin"
         frames(prefixes, traffic, replies)
+        downloads = {scale: (tmp / f"flows{n}.bin", tmp / f"replies{n}.bin") for n, scale in enumerate(SCALES)}
+        for scale, (flows, answers) in downloads.items():
+            reply_frames(scale, prefixes, flows, answers)
         for k, variant in enumerate(all_variants):
             variant.router = f"{lab.prefix}-r{k}"
             start = time.monotonic()
@@ -378,6 +443,7 @@ def main() -> None:
                 shuffle.shuffle(order)
                 for k, variant in order:
                     measure(lab, gen, k, variant, binary, traffic, replies, seconds, f"{lab.prefix}-s{k}")
+                    measure_replies(lab, gen, k, variant, binary, downloads, seconds[1], f"{lab.prefix}-s{k}")
                 print(f"round {r + 1}/{rounds} done", file=sys.stderr)
         finally:
             for variant in all_variants:
@@ -385,7 +451,7 @@ def main() -> None:
                     with inside(variant.router):
                         down(variant.router)  # leaves no record under /run/markroute
     load_after = Path("/proc/loadavg").read_text().split()[:3]
-    publish("Data plane: markroute and its peers, per first packet and per established packet",
+    publish("Data plane: markroute and its peers, per first packet, per established packet and per reply",
             report(all_variants, rounds, seconds, load, load_after))
 
 
@@ -408,28 +474,36 @@ def report(all_variants: list[Variant], rounds: int, seconds: tuple[float, float
     text = (
         f"{rounds} rounds; in each, every configuration measured once in a new random order: first packets "
         f"(2 x {FIRST_PACKETS:,} new connections or {seconds[0]:g} s, whichever ends first; largest conntrack table "
-        f"at the end: {most:,} of 262,144) and {seconds[1]:g} s of established packets. Each configuration has its own router namespace, installed once. CPU µs per forwarded "
-        "packet: the senders' CPU time (their softirq forwarding included) plus ksoftirqd's, over the frames sent "
-        "on the uplinks. Ratios are paired: computed within a round, then summarised over the rounds as median "
+        f"at the end: {most:,} of 262,144), {seconds[1]:g} s of established packets and {seconds[1]:g} s of replies "
+        "coming in through the uplink (the download direction). Each configuration has its own router namespace, "
+        "installed once. CPU µs per forwarded packet: the senders' CPU time (their softirq forwarding included) "
+        "plus ksoftirqd's, over the frames sent on the uplinks (replies: on the LAN). Ratios are paired: computed "
+        "within a round, then summarised over the rounds as median "
         f"(IQR, range). Load average of the shared machine before/after: {' '.join(load)} / {' '.join(load_after)}."
-        "\n\n| configuration | first packet: CPU µs | established: CPU µs |\n|---|---|---|\n"
+        "\n\n| configuration | first packet: CPU µs | established: CPU µs | replies: CPU µs |\n|---|---|---|---|\n"
     )
     for v in all_variants:
-        text += f"| {v.name} | {spread(v.samples['first'])} | {spread(v.samples['established'])} |\n"
+        text += (f"| {v.name} | {spread(v.samples['first'])} | {spread(v.samples['established'])} "
+                 f"| {spread(v.samples['replies'])} |\n")
     text += ("\n### Paired ratios (issue 15 goals)\n\n"
-             "| ratio | first packet | established |\n|---|---|---|\n")
+             "| ratio | first packet | established | replies |\n|---|---|---|---|\n")
+
+    def row(label: str, numerator: Variant, denominator: Variant, percent: bool = False) -> str:
+        return f"| {label} | " + " | ".join(spread(ratios(numerator, denominator, kind), percent=percent)
+                                            for kind in ("first", "established", "replies")) + " |\n"
+
     for scale in SCALES:
         ours = by_name[f"markroute, {scale}"]
         for peer in PEERS[1:]:
-            theirs = by_name[f"{peer}, {scale}"]
-            text += (f"| {peer} / markroute CPU, {scale} (>= 1.0: markroute cheaper) "
-                     f"| {spread(ratios(theirs, ours, 'first'))} | {spread(ratios(theirs, ours, 'established'))} |\n")
-        text += (f"| floor / markroute CPU, {scale} (efficiency vs the floor; goal >= 97% established) "
-                 f"| {spread(ratios(by_name[FLOOR], ours, 'first'), percent=True)} "
-                 f"| {spread(ratios(by_name[FLOOR], ours, 'established'), percent=True)} |\n")
-    text += (f"| no ruleset / floor CPU (what conntrack + a fwmark rule cost) "
-             f"| {spread(ratios(by_name[BASELINE], by_name[FLOOR], 'first'), percent=True)} "
-             f"| {spread(ratios(by_name[BASELINE], by_name[FLOOR], 'established'), percent=True)} |\n")
+            text += row(f"{peer} / markroute CPU, {scale} (>= 1.0: markroute cheaper)", by_name[f"{peer}, {scale}"], ours)
+        text += row(f"floor / markroute CPU, {scale} (efficiency vs the floor; goal >= 97% established)",
+                    by_name[FLOOR], ours, percent=True)
+    text += row("no ruleset / floor CPU (what conntrack + a fwmark rule cost)", by_name[BASELINE], by_name[FLOOR],
+                percent=True)
+    ours = by_name[f"markroute, {SCALES[0]}"]
+    for v in all_variants:
+        if v.name.endswith("(diagnostic)"):
+            text += row(f"markroute, 1 policy / {v.name[:-len(' (diagnostic)')]} (> 1.0: that one is cheaper)", ours, v)
     return text
 
 

@@ -25,6 +25,7 @@ from kernelhelp import (  # noqa: F401
 
 from markroute.kernel.state import directory
 from markroute.lab import RouterLab
+from markroute.values import BOUND_TABLE_OFFSET
 
 pytestmark = KERNEL
 
@@ -82,23 +83,24 @@ def test_damaged_state_is_named_and_down_force_removes_markroute(
     assert markroute("apply", "-c", config, "--netns", r.rtr).returncode == 0
 
 
+@pytest.mark.parametrize("table", [100, 100 + BOUND_TABLE_OFFSET], ids=["uplink-table", "bound-table"])
 def test_a_foreign_default_route_in_an_uplink_table_is_refused_by_name(
-        router: RouterLab, tmp_path: Path) -> None:  # noqa: F811
+        router: RouterLab, tmp_path: Path, table: int) -> None:  # noqa: F811
     r = router
-    r.lab.ip(r.rtr, "route", "add", "default", "via", "10.0.1.1", "dev", "wan1", "table", "100")
+    r.lab.ip(r.rtr, "route", "add", "default", "via", "10.0.1.1", "dev", "wan1", "table", str(table))
     config = write_config(tmp_path, TWO_UPLINKS.format(server=r.server))
 
     refused = markroute("apply", "-c", config, "--netns", r.rtr)
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
-    assert "route default gateway 10.0.1.1 dev wan1 table 100" in refused.stderr, refused.stderr
+    assert f"route default gateway 10.0.1.1 dev wan1 table {table}" in refused.stderr, refused.stderr
     assert "apply --force" in refused.stderr
     assert own_rules(r.lab, r.rtr) == [] and "markroute" not in tables(r), "a refused apply changes nothing"
 
     forced = markroute("apply", "-c", config, "--force", "--netns", r.rtr)
     assert forced.returncode == 0, forced.stderr
     assert "took over route default gateway 10.0.1.1" in forced.stderr
-    table_100 = r.lab.run(r.rtr, ["ip", "route", "show", "table", "100"]).stdout
-    assert "10.0.1.1" not in table_100 and "via 10.0.0.1 dev wan0" in table_100, table_100
+    taken = r.lab.run(r.rtr, ["ip", "route", "show", "table", str(table)]).stdout
+    assert "10.0.1.1" not in taken and "via 10.0.0.1 dev wan0" in taken, taken
     status = markroute("status", "--netns", r.rtr)
     assert status.returncode == 0, status.stdout + status.stderr
 

@@ -21,6 +21,11 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAML
 
+from markroute.compile import compile_plan
+from markroute.config import load_model
+from markroute.kernel import state
+from markroute.kernel.apply import apply
+from markroute.kernel.netns import inside
 from markroute.lab import (
     AddressGuardError,
     Lab,
@@ -197,6 +202,22 @@ def test_namespaces_and_processes_gone_after_exception(
     assert names and not names & live_namespaces()
     assert server.poll() is not None
     a_lab.close()  # closing twice is harmless
+
+
+@pytest.mark.kernel
+def test_closing_a_lab_forgets_markroutes_records_of_its_namespaces(tmp_path: Path) -> None:
+    """A test that applies and lets the lab delete the namespace leaves no record under /run/markroute."""
+    with Lab() as a_lab:
+        r = router_lab(a_lab, isps=2)
+        config = tmp_path / "markroute.yaml"
+        config.write_text(r.uplinks_yaml(["isp_a", "isp_b"]) + "policies:\n  - {name: all, via: isp_b}\n")
+        model, diagnostics = load_model(str(config))
+        assert model is not None, [d.render() for d in diagnostics]
+        with inside(r.rtr):
+            apply(compile_plan(model), r.rtr)
+        record = state.directory(r.rtr) / state.STATE_RECORD
+        assert record.exists()
+    assert not record.exists()
 
 
 @pytest.mark.kernel

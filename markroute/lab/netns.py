@@ -37,6 +37,8 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, Any
 
+from markroute.kernel import KernelError
+from markroute.kernel.down import forget_vanished
 from markroute.lab.addresses import check_lab_address, check_tokens
 
 log = logging.getLogger(__name__)
@@ -134,7 +136,8 @@ def _remove_etc_overlay(name: str) -> None:
 
 
 def cleanup(names: Iterable[str]) -> None:
-    """Kill processes in and delete the namespaces *names* and their ``/etc`` overlays.
+    """Kill processes in and delete the namespaces *names* and their ``/etc`` overlays,
+    and forget markroute's record of each (a lab need not run ``down`` before it closes).
 
     Missing ones are ignored.
     Meant for namespaces a crashed run left behind when their names are
@@ -143,12 +146,16 @@ def cleanup(names: Iterable[str]) -> None:
     """
     for name in names:
         _remove_etc_overlay(name)
-        if not (_NETNS_DIR / name).exists():
-            continue
-        _kill_namespace_processes(name)
-        result = _execute(["ip", "netns", "del", name], check=False)
-        if result.returncode != 0 and (_NETNS_DIR / name).exists():
-            log.warning("could not delete namespace %s: %s", name, result.stderr.strip())
+        if (_NETNS_DIR / name).exists():
+            _kill_namespace_processes(name)
+            result = _execute(["ip", "netns", "del", name], check=False)
+            if result.returncode != 0 and (_NETNS_DIR / name).exists():
+                log.warning("could not delete namespace %s: %s", name, result.stderr.strip())
+                continue
+        try:
+            forget_vanished(name)  # its record under /run/markroute would otherwise stay until the next boot
+        except (OSError, KernelError) as err:
+            log.warning("could not forget markroute's record of namespace %s: %s", name, err)
 
 
 def _stop_process(proc: subprocess.Popen[Any]) -> None:

@@ -85,8 +85,10 @@ def _bound_tables_apart(diag: Diagnostics, drafts: list[Draft], allocated: Alloc
     owners = {u.table: u.name for u in allocated.uplinks.values()}
     for name, fields, _ in drafts:
         uplink = allocated.uplinks.get(name)
-        other = owners.get(uplink.table - BOUND_TABLE_OFFSET) if uplink is not None else None
-        if uplink is not None and other is not None:
+        if uplink is None:
+            continue
+        other = owners.get(uplink.table - BOUND_TABLE_OFFSET)
+        if other is not None:
             diag.error(fields["where"], f"table {uplink.table} of '{name}' is where '{other}' keeps its bound table "
                        f"(table {uplink.table - BOUND_TABLE_OFFSET} + {BOUND_TABLE_OFFSET}, for sockets bound to its "
                        "address)", "pick another table id")

@@ -19,7 +19,7 @@ from markroute.kernel.ipjson import FR_ACT_TO_TBL, route_json, rule_json, table_
 from markroute.kernel.rpdb import Rpdb
 from markroute.kernel.rtnetlink import RtnetlinkError
 from markroute.kernel.state import State
-from markroute.plan import BAND_WIDTH, RULE_PROTOCOL, Plan
+from markroute.plan import BAND_WIDTH, RULE_PROTOCOL, Plan, owned_tables
 
 
 @dataclass(frozen=True)
@@ -55,13 +55,13 @@ def in_the_way(plan: Plan, previous: State | None, rpdb: Rpdb) -> list[Foreign]:
     The table is foreign when no record names it (PREVIOUS None, or a record of another table).
     """
     unrecorded = previous is None or previous.table_name != plan.table_name
-    return found(rpdb, {t for u in plan.uplinks for t in u.tables}, plan.rule_priority, plan.table_name if unrecorded else None)
+    return found(rpdb, owned_tables(plan.uplinks), plan.rule_priority, plan.table_name if unrecorded else None)
 
 
 def in_recorded_space(recorded: State, rpdb: Rpdb) -> list[str]:
     """Drift lines for foreign routes and rules where the applied state put markroute's."""
     return [f"foreign {f.kind} where markroute's belong: {f.text}"
-            for f in found(rpdb, {t for u in recorded.uplinks for t in u.tables}, recorded.rule_priority)]
+            for f in found(rpdb, owned_tables(recorded.uplinks), recorded.rule_priority)]
 
 
 def refusal(objects: list[Foreign]) -> str:

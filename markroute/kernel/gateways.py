@@ -41,7 +41,7 @@ from typing import Any
 from markroute.kernel.ipjson import RT_TABLE_MAIN, RTN_UNICAST, VERSIONS, table_of
 from markroute.kernel.links import IFF_UP
 from markroute.kernel.rpdb import Rpdb
-from markroute.plan import RULE_PROTOCOL, LinkState, UplinkPlan
+from markroute.plan import RULE_PROTOCOL, LinkState, UplinkPlan, owned_tables
 from markroute.values import AUTO_GATEWAY
 
 IFF_LOOPBACK = 0x8
@@ -120,7 +120,7 @@ def survey(rpdb: Rpdb, uplinks: Iterable[UplinkPlan], links: LinkState, followin
     uplinks = list(uplinks)
     interfaces = read_interfaces(rpdb)
     routes = rpdb.route_messages()
-    learned = foreign_defaults(routes, {i.index: i.name for i in interfaces.values()}, {t for u in uplinks for t in u.tables})
+    learned = foreign_defaults(routes, {i.index: i.name for i in interfaces.values()}, owned_tables(uplinks))
     found: dict[str, Readiness] = {}
     gateways: dict[str, dict[int, str | None]] = {}
     for uplink in uplinks:

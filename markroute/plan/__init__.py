@@ -19,6 +19,7 @@ its IPv4 routes with the realm on the default route; its IPv4 `from` rules look 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -235,6 +236,11 @@ class LinkState:
     main_defaults: frozenset[tuple[int, str]] = frozenset()
     #: learned next hops per interface and IP version (`gateway: auto`; None: on-link)
     gateways: dict[str, dict[int, str | None]] = field(default_factory=dict)
+
+
+def owned_tables(uplinks: Iterable[UplinkPlan]) -> set[int]:
+    """Every routing table markroute fills for UPLINKS: theirs and their bound tables."""
+    return {table for uplink in uplinks for table in uplink.tables}
 
 
 def resolve(plan: Plan, links: LinkState) -> tuple[tuple[IpRule, ...], tuple[Route, ...]]:

@@ -286,11 +286,10 @@ def learned_offline(plan: Plan, hints: list[dict[str, Any]]) -> tuple[dict[str, 
                 gateways.setdefault(uplink.interface, {})[version] = found[0][1] or None
             else:
                 unknown.append(FAMILY_NAMES[version])
-        for number in uplink.tables if unknown else ():
-            unlearned[str(number)] = (
-                f"uplink '{uplink.name}' learns its {' and '.join(unknown)} gateway from the kernel at run time "
-                f"(gateway: auto): use --live, or describe it with --route 'default via GW dev {uplink.interface}'"
-            )
+        if unknown:
+            reason = (f"uplink '{uplink.name}' learns its {' and '.join(unknown)} gateway from the kernel at run time "
+                      f"(gateway: auto): use --live, or describe it with --route 'default via GW dev {uplink.interface}'")
+            unlearned |= {str(number): reason for number in uplink.tables}
     return gateways, unlearned
 
 

@@ -31,7 +31,10 @@ the local check deleted, measured no difference and were replaced by these.)
 Configurations: no ruleset; the floor of mark-based policy routing (conntrack, one `ct mark`
 rule, one fwmark ip rule); markroute, pbr-style and mwan3-style (`peers.py`) with the same
 policies: 1 policy (a destination /11), 1,000 policies (500 source /28s, 500 UDP ports) and
-one policy over a 100,000-prefix destination set.
+one policy over a 100,000-prefix destination set; and markroute with the same policies and
+`settings: {connection_records: false}` (no `ct label set`, conntrack accounting and
+timestamps left off as the namespace has them, so new connections get no conntrack
+extension).
 
 Traffic: `trafficgen.c` (cc here) sends 4,096 prepared 64-byte UDP frames in turn from both
 CPUs through AF_PACKET, 64 per sendmmsg(). This kernel has no pktgen.
@@ -108,6 +111,7 @@ MACS = ("02:00:00:00:00:01", "02:00:00:00:00:02", "02:00:00:00:01:01", "02:00:00
 BASELINE, FLOOR = "no ruleset", "floor: conntrack + one fwmark ip rule"
 SCALES = ("1 policy", "1,000 policies", "100,000-prefix set")
 PEERS = ("markroute", "pbr-style", "mwan3-style")
+UNRECORDED = "markroute (connection_records: false)"  # the same config with `settings: {connection_records: false}`
 
 
 @dataclass
@@ -165,11 +169,12 @@ def floor(lab: Lab, rtr: str, tmp: Path) -> None:
     ip_rules(lab, rtr, [["fwmark", "0x300/0xff00", "lookup", "102", "pref", "100"]])
 
 
-def markroute_variant(scale: str) -> Callable[[Lab, str, Path], None]:
+def markroute_variant(scale: str, records: bool = True) -> Callable[[Lab, str, Path], None]:
     def install(lab: Lab, rtr: str, tmp: Path) -> None:
         path = tmp / f"{rtr}.yaml"
         path.write_text(markroute_yaml(UPLINKS, policies(scale), {"big": str(tmp / "big.txt")}
-                                       if scale == SCALES[2] else {}))
+                                       if scale == SCALES[2] else {})
+                        + ("" if records else "settings: {connection_records: false}\n"))
         model, diagnostics = load_model(str(path))
         assert model is not None, [str(d) for d in diagnostics]
         with inside(rtr):
@@ -205,6 +210,7 @@ def variants(prefixes: list[str], extra: bool) -> list[Variant]:
     found = [Variant(BASELINE, lambda lab, rtr, tmp: None, uplink=0), Variant(FLOOR, floor, uplink=0)]
     for scale in SCALES:
         found.append(Variant(f"markroute, {scale}", markroute_variant(scale), scale=scale))
+        found.append(Variant(f"{UNRECORDED}, {scale}", markroute_variant(scale, records=False), scale=scale))
         found.append(Variant(f"pbr-style, {scale}", pbr_variant(scale, prefixes), scale=scale))
         found.append(Variant(f"mwan3-style, {scale}", mwan3_variant(scale, prefixes), scale=scale))
     if extra:
@@ -493,11 +499,14 @@ def report(all_variants: list[Variant], rounds: int, seconds: tuple[float, float
                                             for kind in ("first", "established", "replies")) + " |\n"
 
     for scale in SCALES:
-        ours = by_name[f"markroute, {scale}"]
-        for peer in PEERS[1:]:
-            text += row(f"{peer} / markroute CPU, {scale} (>= 1.0: markroute cheaper)", by_name[f"{peer}, {scale}"], ours)
-        text += row(f"floor / markroute CPU, {scale} (efficiency vs the floor; goal >= 97% established)",
-                    by_name[FLOOR], ours, percent=True)
+        for name in (PEERS[0], UNRECORDED):
+            ours = by_name[f"{name}, {scale}"]
+            for peer in PEERS[1:]:
+                text += row(f"{peer} / {name} CPU, {scale} (>= 1.0: markroute cheaper)", by_name[f"{peer}, {scale}"], ours)
+            text += row(f"floor / {name} CPU, {scale} (efficiency vs the floor; goal >= 97% established)",
+                        by_name[FLOOR], ours, percent=True)
+        text += row(f"{UNRECORDED} / markroute CPU, {scale} (< 1.0: what recording costs)",
+                    by_name[f"{UNRECORDED}, {scale}"], by_name[f"markroute, {scale}"])
     text += row("no ruleset / floor CPU (what conntrack + a fwmark rule cost)", by_name[BASELINE], by_name[FLOOR],
                 percent=True)
     ours = by_name[f"markroute, {SCALES[0]}"]

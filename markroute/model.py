@@ -224,6 +224,10 @@ class Settings:
     dnsmasq_conf: str | None = None
     dns_server: str | None = None  # whom `markroute run` asks for domain sets (dns: markroute)
     dnsmasq_restart: tuple[str, ...] = ()
+    #: Record in each connection which rule decided it (`ct label set`) and keep its bytes and age
+    #: (conntrack accounting and timestamps) for `flows` and `explain`. Off, new connections get no
+    #: conntrack extension and those two sysctls stay as found (`compile/chains.py` docstring).
+    connection_records: bool = True
 
 
 @dataclass(frozen=True)

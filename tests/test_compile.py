@@ -520,6 +520,31 @@ settings: {rp_filter: strict}
     ])
 
 
+def test_without_connection_records_no_rule_writes_labels_and_conntrack_sysctls_stay(tmp_path: Path) -> None:
+    text = """
+uplinks:
+  a: {interface: eth0, gateway: 192.0.2.1}
+  b: {interface: eth1, gateway: 198.51.100.1, ingress: {mac: "52:54:00:c2:a5:43"}}
+policies:
+  - {name: web, proto: tcp, dport: 443, via: b}
+  - {from: 10.0.0.0/8, via: a}
+  - {name: many, dport: [1, 2, 3, 4, 5, 6], via: b}
+settings: {connection_records: false}
+"""
+    off = compile_plan(model_of(tmp_path, text))
+    on = compile_plan(model_of(tmp_path, text.replace("connection_records: false", "connection_records: true")))
+
+    def label_statements(plan: Any) -> int:
+        return json.dumps(plan.to_json()["nftables"]).count('"label"')
+
+    assert label_statements(on) > 0 and label_statements(off) == 0
+    assert on.records and not off.records
+    conntrack = {"net/netfilter/nf_conntrack_acct", "net/netfilter/nf_conntrack_timestamp"}
+    assert conntrack <= {s.path for s in on.sysctls}
+    assert not conntrack & {s.path for s in off.sysctls}
+    assert [s for s in on.sysctls if s.path not in conntrack] == list(off.sysctls)
+
+
 def test_a_host_without_forwarded_policies_does_not_turn_on_forwarding(tmp_path: Path) -> None:
     text = "uplinks:\n  mgmt: {interface: eth0, gateway: 10.10.0.1}\n  ftp: {interface: eth1, gateway: 10.20.0.1}\n"
     sysctls = {s.path: s.value for s in compile_plan(model_of(tmp_path, text)).sysctls}

@@ -113,3 +113,50 @@ def test_flows_and_explain_name_the_policy_that_decided(lab: Lab, markroute_cli:
     missing = markroute("explain", "--netns", r.rtr, "udp", f"{r.client_v4}:40999", f"{r.server}:{DNS_PORT}")
     assert missing.returncode == 1 and "no tracked connection" in missing.stderr
     markroute_cli.down(r.rtr)
+
+
+def sysctl_value(lab: Lab, ns: str, key: str) -> str:
+    return lab.run(ns, ["sysctl", "-n", key]).stdout.strip()
+
+
+def test_without_connection_records_nothing_is_recorded_and_conntrack_is_left_as_found(
+        lab: Lab, markroute_cli: Any) -> None:
+    """`connection_records: false`: no rule writes labels, accounting and timestamps stay as
+    found (and an earlier apply's are put back), so new connections carry no counters or start
+    time; flows still names the uplink, and says why it names no policy."""
+    r = router_lab(lab, isps=2)
+    lab.serve_echo(r.net, DNS_PORT)
+    uplinks = r.uplinks_yaml(["a", "b"])
+    policies = POLICIES.format(dns=DNS_PORT, dns_via="b", lan=r.lan_v4_net)
+    acct, stamp = "net.netfilter.nf_conntrack_acct", "net.netfilter.nf_conntrack_timestamp"
+    lab.sysctls(r.rtr, {acct: "0", stamp: "0"})
+    markroute_cli.apply(r.rtr, uplinks + policies)
+    assert sysctl_value(lab, r.rtr, acct) == "1" and sysctl_value(lab, r.rtr, stamp) == "1"
+
+    markroute_cli.apply(r.rtr, uplinks + policies + "settings: {connection_records: false}\n")
+    assert sysctl_value(lab, r.rtr, acct) == "0" and sysctl_value(lab, r.rtr, stamp) == "0", "put back as found"
+    listing = lab.run(r.rtr, ["nft", "-j", "list", "table", "inet", "markroute"]).stdout
+    assert '"label"' not in listing, "no rule uses conntrack labels"
+    assert markroute_cli.status(r.rtr)["drift"] == []
+
+    dns = send_udp(lab, r.lan, r.client_v4, 40001, r.server, DNS_PORT)
+    assert r.which_isp(dns["src"]) == 1, dns
+    proc = markroute("flows", "--netns", r.rtr, "--json", "--from", r.lan_v4_net)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["connection_records"] is False
+    flow = next(f for f in data["flows"] if f["sport"] == 40001)
+    assert flow["uplink"] == "b" and flow["decision"] is None and flow["reason"] == "not recorded", flow
+    assert flow["bytes"] is None and flow["age"] is None, "no accounting or timestamp extension"
+    text = markroute("flows", "--netns", r.rtr).stdout
+    assert "connection_records: false" in text, text
+    refused = markroute("flows", "--netns", r.rtr, "--policy", "dns-via-b")
+    assert refused.returncode == 2 and "records no decisions" in refused.stderr and "Traceback" not in refused.stderr
+
+    explained = markroute("explain", "--netns", r.rtr, "--json", "udp", f"{r.client_v4}:40001", f"{r.server}:{DNS_PORT}")
+    assert explained.returncode == 0, explained.stderr
+    data = json.loads(explained.stdout)
+    assert data["agree"] is True and data["simulated"]["outcomes"][0]["reason"] == "policy dns-via-b", data
+    assert any("connection_records: false" in note for note in data["notes"]), data["notes"]
+    markroute_cli.down(r.rtr)
+    assert sysctl_value(lab, r.rtr, acct) == "0"

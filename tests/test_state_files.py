@@ -157,7 +157,8 @@ def wrong_typed() -> Iterator[tuple[str, dict[str, Any]]]:
 @pytest.mark.parametrize(("field", "data"), list(wrong_typed()))
 def test_a_damaged_field_is_named_never_a_traceback(field: str, data: dict[str, Any]) -> None:
     state.write(None, state.STATE_RECORD, data)
-    if field in ("warnings", "nft_generation", "nft_elements", "groups", "cgroups") and field not in data:
+    if field in ("warnings", "nft_generation", "nft_elements", "groups", "cgroups", "connection_records") \
+            and field not in data:  # a record an older markroute wrote lacks the newer fields
         assert state.load(None) is not None, "a field with a default may be missing"
         return
     with pytest.raises(state.DamagedState, match=field):

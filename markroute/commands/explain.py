@@ -198,7 +198,10 @@ def explanation(flow: TrackedFlow, paths: list[Path], simulated: Any, recorded: 
     if same_uplink and not same_reason:
         notes.append(f"recorded {recorded_reason}, but a new connection would be decided by {new_reasons}: "
                      "the policies changed since it started")
-    if flow.decision is None:
+    if flow.decision is None and not recorded.connection_records:
+        notes.append("the applied config records no decisions (settings: connection_records: false): the "
+                     "simulation is the only account of why")
+    elif flow.decision is None:
         notes.append("markroute recorded no decision for it: to this host, no policy matched, a socket's own mark, "
                      "or older than markroute's rules")
     trace = report.document(simulated, paths, "live (a new connection with this 5-tuple)", [], [])

@@ -35,8 +35,9 @@ def command(uplink: str | None, policy: str | None, src: str | None, dst: str | 
     The uplink is read from the connection mark, the decision from the connection's
     labels, where the policy or ingress rule that decided recorded itself (label bits
     96-121; see README "Which connection went where"). "not recorded": no markroute rule
-    decided (traffic to this host, no policy matched, a socket chose its own mark) or
-    the connection is older than markroute's rules. Each line starts with the
+    decided (traffic to this host, no policy matched, a socket chose its own mark), the
+    connection is older than markroute's rules, or the config sets `connection_records:
+    false` (then age and bytes show only if the kernel keeps them). Each line starts with the
     connection as `markroute explain` takes it.
 
     Exit codes: 0 listed (also when none match); 1 markroute is not applied here or
@@ -65,9 +66,12 @@ def command(uplink: str | None, policy: str | None, src: str | None, dst: str | 
         fail(f"--from/--to: {exc}", EXIT_USAGE)
     now = time.time()
     if as_json:
-        print_json({"version": 1, "flows": [f.to_json(now) for f in found]})
+        print_json({"version": 1, "connection_records": recorded.connection_records,
+                    "flows": [f.to_json(now) for f in found]})
     else:
         click.echo(render(found, now), nl=False)
+        if not recorded.connection_records:
+            click.echo("(decisions are not recorded: settings: connection_records: false)")
 
 
 def unknown_filter(recorded: State, uplink: str | None, policy: str | None) -> None:
@@ -77,6 +81,9 @@ def unknown_filter(recorded: State, uplink: str | None, policy: str | None) -> N
              f"(known: {', '.join(u.name for u in recorded.uplinks)})", EXIT_USAGE)
     if policy is not None and policy not in recorded.policies:
         fail(f"--policy {policy}: no such policy in the applied config", EXIT_USAGE)
+    if policy is not None and not recorded.connection_records:
+        fail(f"--policy {policy}: the applied config records no decisions (settings: connection_records: false)",
+             EXIT_USAGE)
 
 
 def render(found: list[TrackedFlow], now: float) -> str:

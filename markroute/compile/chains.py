@@ -26,6 +26,10 @@ How packets flow through the generated table (`inet markroute`):
   (`markroute.compile.policymaps`); other policies are one rule each.
 * Where a policy or an uplink's ingress decides, `ct label set` records which one in the
   connection's labels (`markroute.plan.labels`), for `markroute flows` and `explain`.
+  `settings.connection_records: false` leaves these statements out (and conntrack's
+  accounting and timestamps alone, `routing.sysctls`): once no rule of the namespace uses
+  labels, the kernel adds no extension to a new connection, which measured ~4% of the CPU
+  per first packet on a 1-policy router (BENCHMARKS.md, "Connection records").
 
 The mark then selects the uplink's routing table through an `ip rule fwmark` in
 markroute's own priority band (`markroute.compile.routing`).
@@ -130,6 +134,7 @@ class Compiler:
             policies=tuple(p.name for p in self.model.policies),
             groups=routing.group_plans(self.model),
             pin_bound=self.pinned,
+            records=self.model.settings.connection_records,
         )
 
     # -- chains -----------------------------------------------------------------------
@@ -232,7 +237,7 @@ class Compiler:
             self.add(inbound, [nj.counter(), nj.verdict("drop")], f"inbound {uplink.name}")
             target = nj.verdict("goto", inbound)
         match = uplink.ingress or Match()
-        recorded = labels.statements(labels.Decision("ingress", uplink.mark >> marks.shift(self.mask)))
+        recorded = self.recorded(labels.Decision("ingress", uplink.mark >> marks.shift(self.mask)))
         self.emit(chain, match, [nj.counter(), *recorded, target], f"ingress {uplink.name}", head,
                   versions=match.versions & uplink.versions)
 
@@ -286,8 +291,12 @@ class Compiler:
 
     def decide(self, policy: Policy) -> list[Expr]:
         """What a policy does to a connection it matches: count, record itself in the labels, go to its target."""
-        recorded = labels.statements(labels.Decision("policy", self.numbers[id(policy)]))
+        recorded = self.recorded(labels.Decision("policy", self.numbers[id(policy)]))
         return [nj.counter(), *recorded, self.target(policy.via)]
+
+    def recorded(self, decision: labels.Decision) -> list[Expr]:
+        """The `ct label set` recording DECISION, or nothing when `connection_records` is off."""
+        return labels.statements(decision) if self.model.settings.connection_records else []
 
     def policy_keys(self, policy: Policy) -> dict[int, PolicyKey] | None:
         """The policy's map key per IP family, or None when it stays a rule of its own; worked out once."""

@@ -80,7 +80,8 @@ def sysctls(model: Model) -> tuple[Sysctl, ...]:
 
     Conntrack accounting and timestamps (per namespace) give `markroute flows` each
     connection's bytes and age; like every sysctl here, apply records the values found and
-    `down` puts them back."""
+    `down` puts them back. With `connection_records: false` they stay as found: any conntrack
+    extension costs every new connection an allocation (`compile/chains.py` docstring)."""
     settings = model.settings
     forwarding = settings.forwarding
     if forwarding is None:
@@ -90,7 +91,8 @@ def sysctls(model: Model) -> tuple[Sysctl, ...]:
         result.append(Sysctl("net/ipv4/ip_forward", "1"))
         if any(6 in u.versions and u.gateway6 for u in model.uplinks.values()):
             result.append(Sysctl("net/ipv6/conf/all/forwarding", "1"))
-    result += [Sysctl("net/netfilter/nf_conntrack_acct", "1"), Sysctl("net/netfilter/nf_conntrack_timestamp", "1")]
+    if settings.connection_records:
+        result += [Sysctl("net/netfilter/nf_conntrack_acct", "1"), Sysctl("net/netfilter/nf_conntrack_timestamp", "1")]
     interfaces = dict.fromkeys(u.interface for u in model.uplinks.values())
     for interface in interfaces:
         result.append(Sysctl(f"net/ipv4/conf/{interface}/rp_filter", RP_FILTER[settings.rp_filter]))

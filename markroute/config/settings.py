@@ -13,7 +13,8 @@ from markroute.values import parse_argument, parse_mark
 
 SETTINGS_KEYS = (
     "mark_mask", "rule_priority", "table_base", "rp_filter", "last_resort",
-    "reply_via_ingress", "forwarding", "on_change", "ha", "exec", *dynamicsets.DNS_KEYS,
+    "reply_via_ingress", "forwarding", "on_change", "ha", "exec", "connection_records",
+    *dynamicsets.DNS_KEYS,
 )
 
 
@@ -47,7 +48,7 @@ def read_settings(reader: Reader, node: Node | None) -> Settings:
         values["rp_filter"] = reader.choice(items["rp_filter"], "rp_filter", ("loose", "strict", "off"))
     if "last_resort" in items:
         values["last_resort"] = reader.choice(items["last_resort"], "last_resort", SPECIAL_TARGETS)
-    for key in ("reply_via_ingress", "forwarding", "exec"):
+    for key in ("reply_via_ingress", "forwarding", "exec", "connection_records"):
         if key in items:
             values[key] = reader.boolean(items[key], key)
     if "on_change" in items:

@@ -58,7 +58,8 @@ class Connection:
     `reply_src`..`reply_dport` the reply direction, which differs when NAT rewrote the
     connection. `packets`/`octets` (both directions) are None unless the namespace
     counts them (`nf_conntrack_acct`), `started` (Unix time) unless it stamps them
-    (`nf_conntrack_timestamp`); markroute's plan turns both on.
+    (`nf_conntrack_timestamp`); markroute's plan turns both on unless
+    `settings.connection_records` is false.
     """
 
     version: int

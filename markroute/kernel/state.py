@@ -114,6 +114,7 @@ class State:
     nft_generation: int | None = None  # nf_tables' transaction count after the apply (`nftnetlink.generation`)
     groups: list[GroupPlan] = field(default_factory=list)
     cgroups: list[str] = field(default_factory=list)  # configured cgroup paths (their sets' elements are run-time data)
+    connection_records: bool = True  # `settings.connection_records`: the labels say which rule decided
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(replace(self, nft_listing=[]))  # the listing is JSON already: no deep copy of its 100,000 elements

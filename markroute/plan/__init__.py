@@ -186,6 +186,9 @@ class Plan:
     #: Local policies may re-route the router's unbound traffic and bound sockets are pinned
     #: by realm (`compile.bound`): then main's default source gets no `from` rule (`resolve`).
     pin_bound: bool = False
+    #: `settings.connection_records`: the rules record their decisions in the labels (the nft part
+    #: and the sysctls show it; kept here for the state record, which `flows` and `explain` read).
+    records: bool = True
 
     def nft_document(self) -> dict[str, Any]:
         """The ruleset in `nft -j list` form; set elements stay `AddressElements` (`json_default` writes them)."""

@@ -28,8 +28,8 @@ How packets flow through the generated table (`inet markroute`):
   connection's labels (`markroute.plan.labels`), for `markroute flows` and `explain`.
   `settings.connection_records: false` leaves these statements out (and conntrack's
   accounting and timestamps alone, `routing.sysctls`): once no rule of the namespace uses
-  labels, the kernel adds no extension to a new connection, which measured ~4% of the CPU
-  per first packet on a 1-policy router (BENCHMARKS.md, "Connection records").
+  labels, the kernel adds no extension to a new connection: 7% of the CPU per first packet
+  on a 1-policy router, 3-5% per established packet (BENCHMARKS.md, "Connection records").
 
 The mark then selects the uplink's routing table through an `ip rule fwmark` in
 markroute's own priority band (`markroute.compile.routing`).

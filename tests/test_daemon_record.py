@@ -95,7 +95,7 @@ def test_the_record_of_a_rewrite_is_composed_in_nfts_form_without_listing(
     state.save(None, applied(up))
     errors: list[str] = []
     recorder = TableRecorder(Reactor(lambda exc: None), None, errors.append)
-    recorder.adopt(up)
+    recorder.adopt(up, state.load(None))
     forbid_programs_and_fsync(monkeypatch)
     installed = up
     for wanted, generation in ((a_down, 6), (both_down, 7), (up, 8)):
@@ -115,7 +115,7 @@ def test_a_rule_no_apply_held_is_recorded_as_written(run_dir: Path, tmp_path: Pa
     up, a_down = plans(tmp_path, frozenset(), frozenset({"isp_a"}))
     state.save(None, applied(up))
     recorder = TableRecorder(Reactor(lambda exc: None), None, lambda message: None)
-    recorder.adopt(up)
+    recorder.adopt(up, state.load(None))
     recorder.forms.clear()  # as if nft had listed none of these rules yet
     recorder.rewritten(a_down, changed_chains(chain_batch(up, a_down)), 6, "nominal")
     recorder.flush()
@@ -130,7 +130,7 @@ def test_a_rewrite_recorded_after_another_apply_is_dropped(run_dir: Path, tmp_pa
     up, a_down = plans(tmp_path, frozenset(), frozenset({"isp_a"}))
     state.save(None, applied(up))
     recorder = TableRecorder(Reactor(lambda exc: None), None, lambda message: None)
-    recorder.adopt(up)
+    recorder.adopt(up, state.load(None))
     recorder.rewritten(a_down, changed_chains(chain_batch(up, a_down)), 6, "nominal")
     time.sleep(0.01)
     later = copy.deepcopy(applied(up))

@@ -156,7 +156,9 @@ def test_unchanged_config_is_checked_by_generation_then_by_listing(
 
     with monkeypatch.context() as patch, inside(r.rtr):
         patch.setattr(nft, "list_table", no_listing)
-        assert apply(compile_plan(model), r.rtr).changes == []
+        unchanged = apply(compile_plan(model), r.rtr)
+        assert unchanged.changes == []
+        assert unchanged.recorded == state.load(r.rtr), "the record in force, for the daemon to keep"
 
     r.lab.run(r.rtr, ["nft", "add", "table", "ip", "someone-else"])  # a transaction, not in our table
     result = markroute("apply", "-c", config, "--netns", r.rtr)
@@ -282,6 +284,7 @@ def test_the_structure_is_listed_before_a_rewrite_only_when_someone_committed_si
             report = apply(compile_plan(model), r.rtr)
         assert any("chains of inet markroute rewritten" in change for change in report.changes), report.changes
         assert len(listed) == (2 if neighbour else 1), listed
+        assert report.recorded == state.load(r.rtr), "the record this apply wrote, for the daemon to keep"
     status = markroute("status", "--netns", r.rtr, "--json", "-c", config)
     assert status.returncode == 0 and json.loads(status.stdout)["drift"] == [], status.stdout
 

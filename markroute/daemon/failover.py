@@ -157,10 +157,10 @@ class TableRecorder:
         """Whether the record on disk is up to date."""
         return not self.pending
 
-    def adopt(self, plan: Plan) -> None:
-        """After an apply of PLAN: the table as recorded now, and the listed form of PLAN's rules and chains."""
+    def adopt(self, plan: Plan, recorded: state.State | None) -> None:
+        """After an apply of PLAN: the table as RECORDED now (the apply's own record, `ApplyReport.recorded`:
+        not read back from disk), and the listed form of PLAN's rules and chains."""
         self.flush()
-        recorded = state.load(self.netns, self.on_error)
         self.listing = recorded.nft_listing if recorded is not None else []
         planned = _plain(obj for obj in plan.nft if _chain_of(obj) is not None)
         listed_chains = {obj["chain"]["name"]: obj for obj in self.listing if "chain" in obj}

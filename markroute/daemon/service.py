@@ -479,7 +479,7 @@ class Daemon:
             self.installed, self.installed_availability = plan, availability
             self.note_nominal(plan, availability)
             self.recorder.stamp(self.nominal)
-            self.recorder.adopt(plan)
+            self.recorder.adopt(plan, report.recorded)
             self.note_state(report.nft_generation)
         self.domains.update(self.model)
         synced = dnsmasq.sync(self.model)  # domain sets filled by dnsmasq: its nftset= lines
@@ -555,7 +555,7 @@ class Daemon:
                 self.recorder.flush()  # apply reads the record
                 report = apply(self.installed, self.netns, following=True)
                 self.recorder.stamp(self.nominal)
-                self.recorder.adopt(self.installed)
+                self.recorder.adopt(self.installed, report.recorded)
                 self.note_state(report.nft_generation)
         except KernelError as exc:
             self.follower.forget()

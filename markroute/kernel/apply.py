@@ -72,6 +72,9 @@ class ApplyReport:
     warnings: list[str] = field(default_factory=list)
     nft_generation: int | None = None  # as recorded: None when someone else committed during the apply
     waiting: dict[str, str] = field(default_factory=dict)  # uplink -> why it waits (a `kernel.gateways.REASONS` key)
+    #: The record in force after the apply (written by it, or the one it found when nothing changed):
+    #: the daemon keeps it rather than reading back 100,000 elements it just wrote (`TableRecorder.adopt`).
+    recorded: State | None = field(default=None, repr=False)
 
     @property
     def changed(self) -> bool:
@@ -661,6 +664,9 @@ class _Apply:
         if self.report.changed or self.previous is None or replace(new, applied_at=self.previous.applied_at) != self.previous:
             state.save(self.netns, new)
             interrupt.fault_point("committed: state.json renamed")
+            self.report.recorded = new
+        else:
+            self.report.recorded = self.previous
 
     def generation_after(self) -> int | None:
         """nf_tables' generation now, if it moved by exactly our own commits since before the first

@@ -47,10 +47,6 @@ IDLE = {"pv_native_safe_halt", "default_idle", "cpuidle_enter_state", "intel_idl
 SAMPLE_LINE = re.compile(r"\s*[\d.]+%\s+(\d+)\s+\[k\]\s+(\S+)")
 
 
-def option(name: str, default: int) -> int:
-    return int(sys.argv[sys.argv.index(name) + 1]) if name in sys.argv else default
-
-
 def chosen(names: list[str], prefixes: list[str]) -> list[dataplane.Variant]:
     """The named configurations of bench_dataplane (with its diagnostics), in the order given."""
     known = dataplane.variants(prefixes, extra=True)
@@ -115,7 +111,8 @@ def report(variants: list[dataplane.Variant], per_packet: dict[str, Counter[str]
 def main() -> None:
     if subprocess.run(["perf", "--version"], capture_output=True).returncode != 0:
         sys.exit("perf is not installed (Debian: apt install linux-perf)")
-    established, rounds, top = "--established" in sys.argv, option("--rounds", 3), option("--top", 30)
+    established = "--established" in sys.argv
+    rounds, top = int(dataplane.option("--rounds", 3)), int(dataplane.option("--top", 30))
     skip = {"--rounds", "--top"}
     names = [a for i, a in enumerate(sys.argv[1:], 1) if not a.startswith("--") and sys.argv[i - 1] not in skip]
     prefixes = random_prefixes(dataplane.PREFIXES, network=dataplane.DESTINATIONS, lengths=(26, 30))

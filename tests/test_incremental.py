@@ -222,6 +222,32 @@ def test_a_policy_change_rewrites_the_chains_and_leaves_the_sets(router: RouterL
     assert status.returncode == 0 and json.loads(status.stdout)["drift"] == []
 
 
+def test_a_policy_and_its_set_edited_together_update_the_elements_then_rewrite_the_chains(
+        router: RouterLab, tmp_path: Path) -> None:  # noqa: F811
+    """The policy and the set file edited in one apply: the set's changed elements go over
+    netlink, then the chains are rewritten; the set keeps its handle (nft does not load its
+    elements again, as the whole-table replace before did), traffic follows the new policy, and
+    a failure later in the apply brings back both the old elements and the old chains."""
+    r = router
+    config, before = applied_with_chosen(r, tmp_path, 300)
+    assert isp_of_a_new_connection(r) == 1
+    write_config(tmp_path, CHANGED_POLICY)
+    (tmp_path / "chosen.txt").write_text("\n".join([r.server, *prefixes(100, 300)]) + "\n")
+    failing_late_puts_back(r, config, before)
+
+    result = markroute("apply", "-c", config, "--netns", r.rtr)
+    assert result.returncode == 0, result.stderr
+    assert "chosen_v4 +100 -100 elements" in result.stdout, result.stdout
+    assert "nftables chains of inet markroute rewritten" in result.stdout and "replaced" not in result.stdout
+    after = listing(r)
+    sets = {k: v for k, v in handles(after).items() if k.startswith("set ")}
+    assert sets == {k: v for k, v in handles(before).items() if k.startswith("set ")}, "the set was not re-created"
+    assert elements(after) == {r.server, *prefixes(100, 300)}
+    assert isp_of_a_new_connection(r) == 0
+    status = markroute("status", "--netns", r.rtr, "--json", "-c", config)
+    assert status.returncode == 0 and json.loads(status.stdout)["drift"] == []
+
+
 ADDED_SET = CONFIG.replace("sets:\n", "sets:\n  direct: {file: direct.txt}\n").replace(
     "policies:\n", 'policies:\n  - {name: direct-via-isp0, to: "@direct", via: isp0}\n')
 

@@ -199,6 +199,21 @@ def test_interrupted_set_addition_is_before_or_after(router: RouterLab, tmp_path
     scenario(router, tmp_path, first, second)
 
 
+def test_interrupted_policy_and_set_change_is_before_or_after(router: RouterLab, tmp_path: Path) -> None:  # noqa: F811
+    """A policy moved to a new uplink and its set's contents changed in one apply: the elements
+    are updated over netlink, then the chains rewritten, two transactions one journal undoes."""
+    prefixes(tmp_path, "servers.txt", 0)
+    prefixes(tmp_path, "other.txt", 500)
+    first = write_config(tmp_path, ONE_UPLINK.format(server="'@servers'") + SETS, "first.yaml")
+    second = write_config(tmp_path, (TWO_UPLINKS.format(server="'@servers'") + SETS).replace("servers.txt", "other.txt"),
+                          "second.yaml")
+    assert markroute("apply", "-c", first, "--netns", router.rtr).returncode == 0
+    both = faulted(second, router.rtr, 0, "TERM").stdout
+    assert "nftables sets of inet markroute: servers_v4" in both and "chains of inet markroute rewritten" in both, both
+    assert markroute("down", "--netns", router.rtr).returncode == 0
+    scenario(router, tmp_path, first, second)
+
+
 def test_parallel_down_and_applies_never_hold_the_lock_twice(router: RouterLab, tmp_path: Path) -> None:  # noqa: F811
     """`down`, `apply A` and `apply B` at once (A and B use different routing tables and rule
     bands, so two writers at once would leave both): whatever order the lock gives them, the namespace is

@@ -214,6 +214,17 @@ def with_elements(structure: Iterable[Obj], source: Iterable[Obj]) -> list[Obj]:
     ]
 
 
+def kept_sets(current: list[Obj], wanted: list[Obj]) -> set[str]:
+    """Sets CURRENT and WANTED both have, defined alike but for their elements, whose elements
+    are the config's (not run-time state): a rewrite keeps them in place, and apply may bring
+    their elements to WANTED's first, over netlink (`_Apply.rewrite`)."""
+    _, current_sets, _ = _table_parts(current)
+    _, wanted_sets, _ = _table_parts(wanted)
+    return {name for name in current_sets.keys() & wanted_sets.keys()
+            if _without(current_sets[name], ("elem",)) == _without(wanted_sets[name], ("elem",))
+            and not _holds_state(current_sets[name])}
+
+
 def table_rewrite(name: str, current: list[Obj], wanted: list[Obj]) -> list[Obj] | None:
     """Commands that turn table NAME from CURRENT into WANTED in one transaction without loading
     again the elements of a set both have: a policy edited, or a set added or dropped, beside a

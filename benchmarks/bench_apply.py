@@ -37,7 +37,8 @@ time go, beside the kernel-only insert of the same round.
 The fourth (`--part reapply`, `--runs N`, `--sizes`) applies a changed config beside the
 set of the peers section: a policy with a one-prefix set of its own added, then dropped
 (one transaction rewriting the chains and adding or deleting that set; the big set is
-not loaded again).
+not loaded again); then both again with 1,000 of the big set's prefixes replaced in the
+same apply (their elements first, over netlink, then the same rewrite).
 """
 
 from __future__ import annotations
@@ -542,7 +543,8 @@ def own(runs: int) -> None:
 
 def reapply(runs: int, sizes: list[int]) -> None:
     """The CLI apply of a changed config beside a big set: a policy with a one-prefix set of its own
-    added, then dropped again, onto the config of `--part peers` applied with SIZES prefixes."""
+    added, then dropped again, onto the config of `--part peers` applied with SIZES prefixes; then the
+    same with 1,000 of the big set's prefixes replaced by others in the same apply, and put back."""
     rows = ""
     load = Path("/proc/loadavg").read_text().split()[:3]
     with tempfile.TemporaryDirectory() as directory, Lab() as lab:
@@ -552,18 +554,24 @@ def reapply(runs: int, sizes: list[int]) -> None:
         added = PEER_CONFIG.replace("sets:\n", "sets:\n  direct: {file: direct.txt}\n") + \
             '  - {name: direct, to: "@direct", via: isp_a}\n'
         for size in sizes:
-            (tmp / "big.txt").write_text("\n".join(spaced_prefixes(size)) + "\n")
+            big = "\n".join(spaced_prefixes(size)) + "\n"
+            changed = "\n".join(spaced_prefixes(size)[1000:] + spaced_prefixes(size + 1000)[size:]) + "\n"
+            (tmp / "big.txt").write_text(big)
             with inside(ns):
                 down(ns)
             config.write_text(PEER_CONFIG)
             cli(ns, "apply", "-c", str(config))
-            results: dict[str, list[tuple[float, float, float, str]]] = {"added": [], "dropped": []}
+            changes = (("added", added, big), ("dropped", PEER_CONFIG, big),
+                       ("added, and 1,000 of the big set's prefixes replaced", added, changed),
+                       ("dropped, and the big set's prefixes put back", PEER_CONFIG, big))
+            results: dict[str, list[tuple[float, float, float, str]]] = {what: [] for what, _, _ in changes}
             for _ in range(runs):
-                for what, text in (("added", added), ("dropped", PEER_CONFIG)):
+                for what, text, contents in changes:
                     config.write_text(text)
+                    (tmp / "big.txt").write_text(contents)
                     results[what].append(cli(ns, "apply", "-c", str(config)))
             for what, samples in results.items():
-                said = samples[-1][3].splitlines()[0]
+                said = "; ".join(samples[-1][3].splitlines()[:-1])  # every change, not the closing count
                 rows += (f"| {size:,} | the policy and its set {what} | {ms([s[0] for s in samples])} | "
                          f"{ms([s[1] for s in samples])} | {max(s[2] for s in samples):.0f} MB | `{said}` |\n")
         with inside(ns):
@@ -571,7 +579,8 @@ def reapply(runs: int, sizes: list[int]) -> None:
     publish("Apply of a changed config beside a big set", (
         "The config of \"Apply vs peers\" (one policy sending a set of SIZE distinct /24s through isp_b) applied "
         "onto an empty lab namespace, then, in turn, a policy with a one-prefix set of its own added (after the "
-        "big set's) and dropped again: the whole CLI `apply` each time, as a child process (peak RSS with its nft "
+        "big set's) and dropped again, then both again with 1,000 of the big set's prefixes replaced by "
+        "others in the same apply and put back: the whole CLI `apply` each time, as a child process (peak RSS with its nft "
         f"children); {runs} rounds; median (min-max). Load average at the start: {' '.join(load)}.\n\n"
         "| prefixes | change | wall | CPU | peak RSS | what apply did |\n|---|---|---|---|---|---|\n" + rows))
 

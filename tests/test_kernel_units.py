@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -291,6 +292,23 @@ def test_table_rewrite_keeps_the_sets_both_have_and_adds_or_drops_the_others() -
     dynamic = {"set": {**definition, "name": "seen_v4", "flags": ["interval", "timeout"], "timeout": 3600}}
     assert nft.table_rewrite("markroute", [*current, dynamic], [table, same_big, base]) is None, "its live elements"
     assert nft.table_rewrite("markroute", current, [{"table": {**table["table"], "flags": ["owner"]}}, same_big]) is None
+
+
+def test_kept_sets_are_those_both_define_alike_whose_elements_are_the_configs() -> None:
+    """A set whose elements differ is kept (apply updates them first); one whose definition
+    changed, one only a side has, and one holding run-time elements are not."""
+    from markroute.plan.nftjson import AddressElements
+
+    definition = {"family": "inet", "table": "markroute", "type": "ipv4_addr", "flags": ["interval"]}
+
+    def made(name: str, elements: list[tuple[int, int]], **extra: Any) -> dict[str, Any]:
+        return {"set": {**definition, "name": name, "elem": AddressElements(4, elements), **extra}}
+
+    current = [made("big_v4", [(1, 1), (5, 9)]), made("flags_v4", [(2, 2)]), made("gone_v4", [(3, 3)]),
+               made("seen_v4", [(4, 4)], flags=["interval", "timeout"], timeout=3600)]
+    wanted = [made("big_v4", [(1, 1)]), made("flags_v4", [(2, 2)], flags=["interval", "constant"]),
+              made("new_v4", [(3, 3)]), made("seen_v4", [(7, 7)], flags=["interval", "timeout"], timeout=3600)]
+    assert nft.kept_sets(current, wanted) == {"big_v4"}
 
 
 def test_normalise_orders_chains_by_name_and_keeps_rule_order() -> None:

@@ -221,8 +221,7 @@ def kept_sets(current: list[Obj], wanted: list[Obj]) -> set[str]:
     _, current_sets, _ = _table_parts(current)
     _, wanted_sets, _ = _table_parts(wanted)
     return {name for name in current_sets.keys() & wanted_sets.keys()
-            if _without(current_sets[name], ("elem",)) == _without(wanted_sets[name], ("elem",))
-            and not _holds_state(current_sets[name])}
+            if _alike(current_sets[name], wanted_sets[name]) and not _holds_state(current_sets[name])}
 
 
 def table_rewrite(name: str, current: list[Obj], wanted: list[Obj]) -> list[Obj] | None:
@@ -248,7 +247,7 @@ def table_rewrite(name: str, current: list[Obj], wanted: list[Obj]) -> list[Obj]
     gone_sets, new_sets = [], []
     for set_name in current_sets.keys() | wanted_sets.keys():
         before, after = current_sets.get(set_name), wanted_sets.get(set_name)
-        if before is not None and after is not None and _without(before, ("elem",)) == _without(after, ("elem",)):
+        if before is not None and after is not None and _alike(before, after):
             if _holds_state(before) or set_elements(before["set"]) == set_elements(after["set"]):
                 continue
             return None
@@ -277,6 +276,11 @@ def _table_parts(objects: list[Obj]) -> tuple[dict[str, Obj], dict[str, Obj], li
     chains = {obj["chain"]["name"]: obj["chain"] for obj in objects if "chain" in obj}
     sets = {obj["set"]["name"]: obj for obj in objects if "set" in obj}
     return chains, sets, [obj for obj in objects if not obj.keys() & {"chain", "set", "rule"}]
+
+
+def _alike(one: Obj, other: Obj) -> bool:
+    """Whether two set objects are defined alike, whatever their elements."""
+    return _without(one, ("elem",)) == _without(other, ("elem",))
 
 
 def _holds_state(obj: Obj) -> bool:

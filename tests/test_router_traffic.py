@@ -76,6 +76,9 @@ settings: {exec: true}
     path.write_text(config)
     for target, isp in (("isp_a", 0), ("isp_b", 1)):
         for proto in ("tcp", "udp"):
+            # A UDP socket given an ephemeral port an earlier run used would meet that run's
+            # connection (30 s of UDP timeout) and keep its uplink: 20 ports against 20 of 28,232, ~1 run in 70.
+            lab.run(r.rtr, ["conntrack", "-F"])
             proc = markroute("exec", "-c", str(path), "--netns", r.rtr, target, "--",
                              *probe_argv(proto, r.server, count=20))
             assert proc.returncode == 0, proc.stderr

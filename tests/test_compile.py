@@ -538,7 +538,7 @@ settings: {connection_records: false}
         return json.dumps(plan.to_json()["nftables"]).count('"label"')
 
     assert label_statements(on) > 0 and label_statements(off) == 0
-    assert on.records and not off.records
+    assert on.connection_records and not off.connection_records
     conntrack = {"net/netfilter/nf_conntrack_acct", "net/netfilter/nf_conntrack_timestamp"}
     assert conntrack <= {s.path for s in on.sysctls}
     assert not conntrack & {s.path for s in off.sysctls}

@@ -134,7 +134,7 @@ class Compiler:
             policies=tuple(p.name for p in self.model.policies),
             groups=routing.group_plans(self.model),
             pin_bound=self.pinned,
-            records=self.model.settings.connection_records,
+            connection_records=self.model.settings.connection_records,
         )
 
     # -- chains -----------------------------------------------------------------------

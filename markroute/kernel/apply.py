@@ -671,7 +671,7 @@ class _Apply:
             policies=list(self.plan.policies),
             groups=list(self.plan.groups),
             cgroups=cgroupsets.paths(self.plan.nft),
-            connection_records=self.plan.records,
+            connection_records=self.plan.connection_records,
             applied_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             warnings=self.report.warnings,
             nft_generation=self.generation_after(),

@@ -188,7 +188,7 @@ class Plan:
     pin_bound: bool = False
     #: `settings.connection_records`: the rules record their decisions in the labels (the nft part
     #: and the sysctls show it; kept here for the state record, which `flows` and `explain` read).
-    records: bool = True
+    connection_records: bool = True
 
     def nft_document(self) -> dict[str, Any]:
         """The ruleset in `nft -j list` form; set elements stay `AddressElements` (`json_default` writes them)."""

@@ -321,6 +321,20 @@ class DaemonLab:
         self.router.lab.ip(ns, "link", "set", interface, "up" if up else "down")
         return before
 
+    def apply_behind(self, config: Path) -> None:
+        """An apply that does not ask the daemon, as another writer would (a script driving the
+        kernel layer, an older markroute): CONFIG installed from this process, under the lock."""
+        from markroute.compile import compile_plan
+        from markroute.config import load_model
+        from markroute.kernel import state
+        from markroute.kernel.apply import apply
+        from markroute.kernel.netns import inside
+
+        model, diagnostics = load_model(str(config))
+        assert model is not None, [d.render() for d in diagnostics]
+        with state.locked(self.rtr, "test: an apply behind the daemon's back"), inside(self.rtr):
+            apply(compile_plan(model), self.rtr)
+
     def isp_of(self, sources: set[str]) -> set[int | None]:
         return {self.router.which_isp(source) for source in sources}
 

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import click
 
 from markroute.commands.cliutil import (
+    EXIT_FAILED,
     config_option,
     exit_codes,
+    fail,
     load_model_or_exit,
     netns_option,
     without_cycle_collector,
 )
+from markroute.kernel import interrupt
 from markroute.plan import Plan
+
+ANSWER_WAIT = 300.0  # seconds for markroute run's answer: a reload of a million prefixes takes seconds
 
 
 @click.command("apply")
@@ -38,24 +46,32 @@ def command(config: str | None, netns: str | None, force: bool) -> None:
     its traffic fails over as for a down uplink, and a `waiting:` line says what it
     waits for.
 
+    While `markroute run` serves the namespace, the apply is its: it reads the same
+    file again (as on SIGHUP), applies it keeping every uplink's state, and this command
+    prints what it did. Applying another file than the daemon's is refused, since the
+    daemon would put its own back; so is --force.
+
     Exit codes: 0 applied or already up to date (uplinks may wait); 1 invalid config, an
-    uplink without gateway on a broadcast link, or apply failed and was rolled back; 4
-    not root, nft missing or no such namespace.
+    uplink without gateway on a broadcast link, apply failed and was rolled back, or
+    markroute run refused it or did not answer; 4 not root, nft missing or no such
+    namespace.
     """
     from markroute.compile import compile_plan
     from markroute.config import config_path
     from markroute.daemon import dnsmasq
-    from markroute.kernel import interrupt
     from markroute.kernel.environment import prepare
     from markroute.kernel.gateways import describe
     from markroute.kernel.waiting import apply_model
 
     with interrupt.noted():  # from the start: a signal while the config loads rolls back at the first step
-        model = load_model_or_exit(config_path(config))
+        with exit_codes():
+            netns = prepare(netns)
+        path = config_path(config)
+        hand_over(path, netns, force)
+        model = load_model_or_exit(path)
         plan = compile_plan(model)
         neighbours: list[str] = []
         with exit_codes():
-            netns = prepare(netns)
             report = apply_model(model, plan, netns, force, meanwhile=lambda: neighbours.extend(neighbour_warnings(plan)))
         domains = dnsmasq.sync(model)
         report.changes += domains.changes
@@ -74,6 +90,40 @@ def command(config: str | None, netns: str | None, force: bool) -> None:
         for change in report.changes:
             click.echo(change)
         click.echo(f"applied: {len(report.changes)} changes")
+
+
+def hand_over(path: str, netns: str | None, force: bool) -> None:
+    """When `markroute run` serves the namespace, it applies PATH and this process exits with its outcome.
+
+    The daemon would undo an apply of any other process (it keeps its own config true);
+    this way the apply goes through it instead (`markroute.daemon.control`). A signal
+    stops the waiting, not the daemon's apply, which is all-or-nothing on its own.
+    """
+    from markroute.daemon import control
+
+    request = control.Request(os.path.abspath(path), force)
+    try:
+        answer = control.ask(netns, request, ANSWER_WAIT, lambda: interrupt.received() is not None)
+    except control.NoAnswer as exc:
+        late = interrupt.received()
+        why = f"{interrupt.signal_name(late)}: stopped waiting" if late is not None else str(exc)
+        fail(f"markroute run took the apply but did not answer ({why}); its log says how the apply ended")
+    if answer is None:
+        return
+    for line in answer.errors:
+        click.echo(line, err=True)
+    if answer.outcome in ("invalid", "failed", "refused"):
+        sys.exit(EXIT_FAILED)
+    click.echo(f"applied by markroute run (pid {answer.pid}), which keeps it true")
+    for line in answer.waiting:
+        click.echo(line)
+    if not answer.changes:
+        click.echo("already up to date: nothing changed")
+    else:
+        for change in answer.changes:
+            click.echo(change)
+        click.echo(f"applied: {len(answer.changes)} changes")
+    sys.exit(0)
 
 
 def neighbour_warnings(plan: Plan) -> list[str]:

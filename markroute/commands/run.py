@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from functools import partial
 
@@ -33,11 +34,12 @@ def command(config: str | None, netns: str | None, metrics: str | None, down_on_
     `settings.on_change`; `markroute status` and --metrics show the uplinks' state.
 
     SIGTERM/SIGINT stop it and leave the rules in place (unless --down-on-exit);
-    SIGHUP reloads the config and applies the difference.
+    SIGHUP reloads the config and applies the difference, and so does `markroute
+    apply` of the same file (it asks the daemon, over /run/markroute's control socket).
 
     Exit codes: 0 stopped by a signal; 1 invalid config, or the first apply failed (and
-    was rolled back); 2 wrong usage; 4 not root, nft missing, no such namespace or the
-    metrics address cannot be used.
+    was rolled back); 2 wrong usage; 4 not root, nft missing, no such namespace, the
+    metrics address cannot be used or another markroute run serves the namespace.
     """
     from markroute.config import config_path, load_model
     from markroute.daemon.logs import setup
@@ -53,5 +55,6 @@ def command(config: str | None, netns: str | None, metrics: str | None, down_on_
     model = load_model_or_exit(path)
     with exit_codes():
         netns = prepare(netns)
-        code = Daemon(Options(partial(load_model, path), netns, address, down_on_exit), model, setup(verbose)).run()
+        options = Options(partial(load_model, path), os.path.abspath(path), netns, address, down_on_exit)
+        code = Daemon(options, model, setup(verbose)).run()
     sys.exit(code)

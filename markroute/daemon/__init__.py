@@ -11,6 +11,7 @@ Modules, in the order a failover passes through them:
 * `failover`: the one-transaction chain rewrite and the conntrack clean-up;
   `hamove`: on a router of an HA pair, that clean-up only while it is master;
 * `service`: the loop tying them together, signals, reload, resync;
+  `control`: `markroute apply` handed to the running daemon over a unix socket;
 * `metrics`, `hooks`, `logs`: what the daemon tells the world (Prometheus,
   `on_change`, journald; its records for `status` are in `kernel.state`), `reactor`:
   the single-threaded event loop.

@@ -19,6 +19,8 @@ restart or an upgrade does not interrupt traffic) unless `--down-on-exit`; SIGHU
 reloads the config and applies the difference, keeping the state of every uplink
 whose definition did not change. An invalid config on reload, or one whose plan the
 kernel refuses, is logged and ignored: the previous config and its plan stay in force.
+`markroute apply` of the daemon's config file is the same reload, asked over the
+control socket (`control`), and answered with what it did.
 
 Every write holds the namespace's lock (`state.locked`), like `markroute apply` and
 `down`; a failover first checks that nobody else wrote since it last did (`untouched`:
@@ -48,6 +50,7 @@ from typing import Any
 from markroute.compile import UplinkAvailability, compile_plan
 from markroute.daemon import churn, dnsmasq, failback, follow, logs
 from markroute.daemon.churn import ChurnLog
+from markroute.daemon.control import Answer, ControlServer, Request
 from markroute.daemon.failback import FailbackClock
 from markroute.daemon.failover import (
     TableRecorder,
@@ -77,6 +80,7 @@ from markroute.kernel import (
 )
 from markroute.kernel.apply import apply
 from markroute.kernel.down import down
+from markroute.kernel.gateways import describe as describe_reason
 from markroute.kernel.links import Link, links
 from markroute.kernel.rpdb import Rpdb
 from markroute.kernel.state import DaemonRecord, UplinkRecord
@@ -104,6 +108,7 @@ class Options:
     does not import config: commands/run.py hands it the loader)."""
 
     load: Loader
+    config: str  # the config file's absolute path: `markroute apply` of this file is handed to the daemon
     netns: str | None
     metrics: tuple[str, int] | None = None
     down_on_exit: bool = False
@@ -115,6 +120,14 @@ class RulesEvent:
 
     message: str
     fields: dict[str, Any]
+
+
+def _same_file(one: str, other: str) -> bool:
+    """Whether two paths name one file (links and relative spellings included); the same path if neither exists."""
+    try:
+        return os.path.samefile(one, other)
+    except OSError:
+        return os.path.abspath(one) == os.path.abspath(other)
 
 
 def _identity(uplink: Uplink) -> tuple[object, ...]:
@@ -158,6 +171,7 @@ class Daemon:
         self.wakeup: tuple[socket.socket, socket.socket] | None = None
         self.watcher: LinkWatcher | None = None
         self.metrics: MetricsServer | None = None
+        self.control = ControlServer(self.reactor, self.netns, self.on_request, self.refused)
         self.churn = ChurnLog(log)
         self.cgroups_present: set[str] | None = None  # configured cgroups that existed at the last look
         # the table, its cgroup sets and their cgroups' ids at the last look (`cgroupsets.ids`)
@@ -175,6 +189,7 @@ class Daemon:
             except OSError as exc:
                 raise EnvironmentProblem(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from exc
         self.catch_signals()  # a stop request during start-up waits for the loop, never cuts an apply short
+        self.control.open()  # an apply asked for during start-up is answered once the loop runs
         self.nft_session = libnft.open_session()
         if self.nft_session is None:
             self.log.info("libnftables not found: failovers run nft as a process (10-30 ms more each)")
@@ -220,6 +235,7 @@ class Daemon:
             self.watcher.close()
         if self.metrics is not None:
             self.metrics.close()
+        self.control.close()
         self.recorder.flush()
         if self.nft_session is not None:
             self.nft_session.close()
@@ -459,13 +475,14 @@ class Daemon:
         return (state.written(self.netns) == self.state_seen and self.generation is not None
                 and nftnetlink.generation() == self.generation)
 
-    def install(self) -> None:
-        """Apply the config's plan for the current uplink states, like `markroute apply`."""
+    def install(self) -> tuple[list[str], list[str]]:
+        """Apply the config's plan for the current uplink states, like `markroute apply`; its changes and warnings."""
         availability = self.availability(self.reactor.now())
-        self.install_plan(compile_plan(self.model, availability), availability)
+        return self.install_plan(compile_plan(self.model, availability), availability)
 
-    def install_plan(self, plan: Plan, availability: UplinkAvailability) -> None:
+    def install_plan(self, plan: Plan, availability: UplinkAvailability) -> tuple[list[str], list[str]]:
         """Apply PLAN, compiled for AVAILABILITY; the one compile of an install is the caller's.
+        Returns the changes made and the warnings (as `markroute apply` would print them).
 
         The lock is held until the records say what this apply left (`note_state`), so no
         other apply can slip in between unnoticed."""
@@ -487,6 +504,7 @@ class Daemon:
             self.log.info("apply: %s", line)
         for line in synced.warnings:
             self.log.warning("%s", line)
+        return report.changes + synced.changes, report.warnings + synced.warnings
 
     def note_nominal(self, plan: Plan, availability: UplinkAvailability) -> None:
         """`nominal` for the current model: PLAN's own digest when every uplink is up, else compiled once per model."""
@@ -629,23 +647,43 @@ class Daemon:
         if transition.new != "unknown":
             self.on_news(transition)
 
-    def reload(self) -> None:
+    def on_request(self, request: Request) -> Answer:
+        """`markroute apply` asked over the control socket: a reload when it names this daemon's config file."""
+        mine = self.options.config
+        if not _same_file(request.config, mine):
+            return self.refused(f"markroute run (pid {os.getpid()}) keeps {mine} applied in this namespace and "
+                                f"would apply it again over {request.config}: change {mine} and apply that, "
+                                "or stop markroute run first")
+        if request.force:
+            return self.refused("markroute run does not take over others' routes, rules or table (--force): "
+                                "stop it, apply --force, then start it again")
+        return self.reload("markroute apply")
+
+    def refused(self, why: str) -> Answer:
+        self.log.warning("markroute apply refused: %s", why)
+        return Answer("refused", os.getpid(), self.options.config, [why])
+
+    def reload(self, reason: str = "SIGHUP") -> Answer:
+        """Read the config file again and install it (`reinstall`); what happened, for whoever asked."""
         model, diagnostics = self.options.load()
+        rendered = [diagnostic.render() for diagnostic in diagnostics]
         if model is None:
-            for diagnostic in diagnostics:
-                self.log.error("reload: %s", diagnostic.render())
+            for line in rendered:
+                self.log.error("reload: %s", line)
             self.log.error("reload: the config is invalid; still running the previous one")
-            return
+            return Answer("invalid", os.getpid(), self.options.config, rendered)
         try:
             self.look(model)
         except NeedsGateway as exc:
             self.log.error("reload: %s; still running the previous config", exc)
-            return
-        self.reinstall(model)
+            return Answer("failed", os.getpid(), self.options.config,
+                          [*rendered, f"{exc}; markroute run goes on with the previous config"])
+        return self.reinstall(model, rendered, reason)
 
-    def reinstall(self, model: Model) -> None:
+    def reinstall(self, model: Model, rendered: list[str], reason: str) -> Answer:
         """Switch to MODEL once its plan is installed: a plan the kernel refuses leaves the previous
-        config, its plan and its monitors in force, so failover goes on as before (logged once)."""
+        config, its plan and its monitors in force, so failover goes on as before (logged once).
+        RENDERED: the config's warnings, passed on in the answer."""
         old_model, old_monitors, old_links = self.model, self.monitors, dict(self.link_usable)
         old_uplinks = {name: monitor.uplink for name, monitor in old_monitors.items()}
         keep = {
@@ -657,13 +695,14 @@ class Daemon:
         self.build_monitors({}, self.read_links(), keep)
         usable_before = set(self.model.uplinks) - self.installed_availability.down
         try:
-            self.install()
+            changes, warnings = self.install()
         except KernelError as exc:
             for name, uplink in old_uplinks.items():
                 old_monitors[name].uplink = uplink
             self.model, self.monitors, self.link_usable = old_model, old_monitors, old_links
             self.log.error("reload: %s; still running the previous config and its rules", exc)
-            return
+            return Answer("failed", os.getpid(), self.options.config,
+                          [*rendered, f"{exc}; markroute run goes on with the previous config and its rules"])
         unknown = sorted(usable_before & self.installed_availability.down)
         try:
             move_flows((self.model.uplinks[name].mark for name in unknown), self.model.settings.mark_mask)
@@ -677,8 +716,11 @@ class Daemon:
         for monitor in self.monitors.values():
             if monitor.ticker is None and monitor.probed:
                 monitor.start(monitor.egress)
-        logs.event(self.log, logging.INFO, f"reloaded: {self.describe()}", event="reload", reason="SIGHUP")
+        logs.event(self.log, logging.INFO, f"reloaded: {self.describe()}", event="reload", reason=reason)
         self.save_record()
+        waiting = [f"waiting: {name} ({describe_reason(why)})" for name, why in self.follower.waiting.items()]
+        return Answer("applied" if changes else "unchanged", os.getpid(), self.options.config,
+                      [*rendered, *(f"markroute: warning: {line}" for line in warnings)], waiting, changes)
 
     # -- records -----------------------------------------------------------------------
 

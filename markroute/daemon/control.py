@@ -1,0 +1,232 @@
+"""`markroute apply` beside `markroute run`: the apply is handed to the daemon over a unix socket.
+
+Why: the daemon keeps its config true. An apply by another process changed what was
+installed, the daemon noticed within a second and applied its own config again, so the
+admin's `apply` was undone, said so only in the daemon's log. Now `apply` first asks
+the namespace's daemon, if one listens: the daemon reads its config file again (as on
+SIGHUP), applies it keeping every uplink's state, and answers with what it did, which
+`apply` prints and turns into its exit code. An apply of another file than the daemon's
+is refused: the daemon would put its own back. The daemon already has its modules
+loaded, so the handed-over apply is also the cheaper one (issue 15, `BENCHMARKS.md`).
+
+The socket is `control` in the namespace's directory under /run/markroute (0700, root's:
+only root reaches it). One connection per request: the client sends one JSON line
+(`Request`), the daemon answers one JSON line (`Answer`) and closes. A daemon that
+starts while another one answers on the socket refuses to start: two daemons would undo
+each other's failovers.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import selectors
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from markroute.daemon.reactor import Reactor, Timer
+from markroute.kernel import EnvironmentProblem, state
+from markroute.kernel.records import RecordError, typed
+
+SOCKET_NAME = "control"
+MAX_LINE = 64 * 1024  # a request is a path; an answer may quote many diagnostics
+REQUEST_WAIT = 5.0  # a client that connected sends its line at once; one that does not is dropped
+OUTCOMES = ("applied", "unchanged", "invalid", "failed", "refused")
+
+
+@dataclass(frozen=True)
+class Request:
+    """Apply CONFIG (an absolute path) again; FORCE is `apply --force`, which the daemon refuses."""
+
+    config: str
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the daemon did with a `Request`.
+
+    outcome: applied | unchanged (nothing differed) | invalid (the config; nothing changed) |
+    failed (the kernel refused; the previous config stays) | refused (not this daemon's to do).
+    errors: lines for stderr (diagnostics with file:line, warnings, why it failed);
+    waiting: `waiting:` lines of uplinks that wait (as `apply` prints them); changes: the changes made.
+    """
+
+    outcome: str
+    pid: int
+    config: str
+    errors: list[str] = field(default_factory=list)
+    waiting: list[str] = field(default_factory=list)
+    changes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.outcome not in OUTCOMES:
+            raise RecordError("outcome", f"must be one of {', '.join(OUTCOMES)}, not {self.outcome!r}")
+
+
+class NoAnswer(Exception):
+    """The daemon took the request but did not answer; what it did is in its log."""
+
+
+def socket_path(netns: str | None) -> Path:
+    return state.directory(netns) / SOCKET_NAME
+
+
+def ask(netns: str | None, request: Request, wait: float, stop: Callable[[], bool]) -> Answer | None:
+    """The namespace's daemon's answer to REQUEST, or None when no daemon listens (apply goes on alone).
+
+    Waits up to WAIT seconds for the answer, and stops waiting when STOP() says so (a
+    signal came); both raise NoAnswer, as does an answer that cannot be read.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        try:
+            sock.connect(str(socket_path(netns)))
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR, errno.EACCES, errno.ENAMETOOLONG):
+                return None  # no daemon (a socket left by one killed outright refuses), or not root
+            raise NoAnswer(f"cannot reach markroute run: {exc.strerror or exc}") from exc
+        sock.sendall(json.dumps(asdict(request)).encode() + b"\n")
+        data = _read_line(sock, time.monotonic() + wait, stop)
+    finally:
+        sock.close()
+    try:
+        return typed(Answer, json.loads(data))
+    except (ValueError, RecordError) as exc:
+        raise NoAnswer(f"markroute run's answer cannot be read: {exc}") from exc
+
+
+def _read_line(sock: socket.socket, deadline: float, stop: Callable[[], bool]) -> bytes:
+    data = b""
+    while not data.endswith(b"\n"):
+        if stop():
+            raise NoAnswer("stopped waiting")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise NoAnswer("no answer in time")
+        sock.settimeout(min(left, 0.2))  # short slices: a noted signal is seen within 0.2 s
+        try:
+            chunk = sock.recv(MAX_LINE)
+        except TimeoutError:
+            continue
+        if not chunk:
+            raise NoAnswer("it closed the connection without an answer")
+        data += chunk
+        if len(data) > MAX_LINE:
+            raise NoAnswer("its answer is too long")
+    return data
+
+
+def _answers(path: Path) -> bool:
+    """Whether a process listens on PATH (a socket left by a daemon killed outright refuses)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        probe.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+class ControlServer:
+    """The daemon's end: accepts connections in the daemon's loop and answers each request with SERVE."""
+
+    def __init__(self, reactor: Reactor, netns: str | None, serve: Callable[[Request], Answer],
+                 refuse: Callable[[str], Answer]) -> None:
+        self.reactor = reactor
+        self.netns = netns
+        self.serve = serve
+        self.refuse = refuse  # the answer to a request that cannot be read
+        self.sock: socket.socket | None = None
+        self.identity: tuple[int, int] | None = None  # the socket file's (device, inode): ours to remove
+        self.clients: dict[socket.socket, tuple[bytes, Timer]] = {}
+
+    def open(self) -> None:
+        """Listen on the namespace's control socket; refuse when another daemon answers there."""
+        path = state.secure_directory(self.netns) / SOCKET_NAME
+        if _answers(path):
+            raise EnvironmentProblem(f"another markroute run serves this namespace (it listens on {path}); "
+                                     "stop it first")
+        try:
+            path.unlink(missing_ok=True)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+            sock.bind(str(path))
+            os.chmod(path, 0o600)
+            sock.listen(8)
+        except OSError as exc:
+            raise EnvironmentProblem(f"cannot listen on {path}: {exc.strerror or exc}") from exc
+        info = path.stat()
+        self.sock, self.identity = sock, (info.st_dev, info.st_ino)
+        self.reactor.watch(sock, selectors.EVENT_READ, self.accept)
+
+    def close(self) -> None:
+        for client in list(self.clients):
+            self.drop(client)
+        if self.sock is None:
+            return
+        self.reactor.unwatch(self.sock)
+        self.sock.close()
+        self.sock = None
+        path = socket_path(self.netns)
+        try:
+            info = path.stat()
+            if (info.st_dev, info.st_ino) == self.identity:  # not a later daemon's
+                path.unlink()
+        except OSError:
+            pass
+
+    def accept(self) -> None:
+        assert self.sock is not None
+        try:
+            client, _ = self.sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        client.setblocking(False)
+        timer = self.reactor.call_later(REQUEST_WAIT, lambda: self.drop(client))
+        self.clients[client] = (b"", timer)
+        self.reactor.watch(client, selectors.EVENT_READ, lambda: self.read(client))
+
+    def read(self, client: socket.socket) -> None:
+        data, timer = self.clients[client]
+        try:
+            chunk = client.recv(MAX_LINE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
+        data += chunk
+        if not chunk or len(data) > MAX_LINE:
+            self.drop(client)
+            return
+        if not data.endswith(b"\n"):
+            self.clients[client] = (data, timer)
+            return
+        self.reactor.unwatch(client)
+        timer.cancel()
+        del self.clients[client]
+        try:
+            request = typed(Request, json.loads(data))
+        except (ValueError, RecordError) as exc:
+            answer = self.refuse(f"a request markroute run cannot read: {exc}")
+        else:
+            answer = self.serve(request)
+        try:
+            client.setblocking(True)
+            client.settimeout(REQUEST_WAIT)
+            client.sendall(json.dumps(asdict(answer)).encode() + b"\n")
+        except OSError:
+            pass  # the client gave up waiting; the daemon's log has what it did
+        finally:
+            client.close()
+
+    def drop(self, client: socket.socket) -> None:
+        entry = self.clients.pop(client, None)
+        if entry is not None:
+            entry[1].cancel()
+        self.reactor.unwatch(client)
+        client.close()

@@ -1,0 +1,128 @@
+"""The control socket's protocol without a daemon (markroute/daemon/control.py): a `ControlServer`
+in a reactor thread under a temporary /run/markroute, and `ask` as `markroute apply` calls it."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from markroute.daemon import control
+from markroute.daemon.reactor import Reactor
+from markroute.kernel import EnvironmentProblem, state
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(state, "RUN_DIR", tmp_path / "run")
+    return tmp_path / "run"
+
+
+@pytest.fixture
+def served(run_dir: Path) -> Iterator[list[control.Request]]:
+    """A server answering every request `applied`, with one change naming the request's file."""
+    seen: list[control.Request] = []
+    reactor = Reactor(lambda exc: None)
+
+    def serve(request: control.Request) -> control.Answer:
+        seen.append(request)
+        return control.Answer("applied", 42, "/etc/markroute/markroute.yaml", ["a warning"], [], [request.config])
+
+    server = control.ControlServer(reactor, None, serve, lambda why: control.Answer("refused", 42, "", [why]))
+    server.open()
+    stop = threading.Event()
+
+    def tick() -> None:  # the loop looks at STOP every 50 ms: timers are not for other threads to add
+        if stop.is_set():
+            server.close()
+            reactor.stop()
+        else:
+            reactor.call_later(0.05, tick)
+
+    tick()
+    thread = threading.Thread(target=reactor.run, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+def never() -> bool:
+    return False
+
+
+def test_no_daemon_means_no_answer(run_dir: Path) -> None:
+    assert control.ask(None, control.Request("/etc/markroute/markroute.yaml"), 1.0, never) is None
+    assert control.ask("elsewhere", control.Request("/x"), 1.0, never) is None
+
+
+def test_a_request_gets_the_servers_answer(served: list[control.Request]) -> None:
+    answer = control.ask(None, control.Request("/srv/a.yaml", force=True), 5.0, never)
+    assert answer == control.Answer("applied", 42, "/etc/markroute/markroute.yaml", ["a warning"], [], ["/srv/a.yaml"])
+    assert served == [control.Request("/srv/a.yaml", True)]
+
+
+def test_the_socket_is_roots_alone_and_a_second_server_is_refused(run_dir: Path,
+                                                                  served: list[control.Request]) -> None:
+    path = control.socket_path(None)
+    assert path.stat().st_mode & 0o777 == 0o600 and path.parent.stat().st_mode & 0o777 == 0o700
+    with pytest.raises(EnvironmentProblem, match="another markroute run serves this namespace"):
+        control.ControlServer(Reactor(lambda exc: None), None, lambda r: control.Answer("applied", 1, ""),
+                              lambda why: control.Answer("refused", 1, "")).open()
+
+
+def test_a_stale_socket_is_replaced_and_removed_on_close(run_dir: Path) -> None:
+    import socket
+
+    path = state.secure_directory(None) / control.SOCKET_NAME
+    left = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    left.bind(str(path))
+    left.close()  # bound, never listening: what a daemon killed outright leaves
+    assert control.ask(None, control.Request("/x"), 1.0, never) is None
+    server = control.ControlServer(Reactor(lambda exc: None), None, lambda r: control.Answer("applied", 1, ""),
+                                   lambda why: control.Answer("refused", 1, ""))
+    server.open()
+    assert path.exists()
+    server.close()
+    assert not path.exists()
+
+
+def test_a_stop_request_ends_the_wait(run_dir: Path) -> None:
+    """A listener that never answers (a frozen daemon): STOP ends the wait, and so does the deadline."""
+    import socket
+
+    path = state.secure_directory(None) / control.SOCKET_NAME
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as frozen:
+        frozen.bind(str(path))
+        frozen.listen(1)
+        with pytest.raises(control.NoAnswer, match="stopped waiting"):
+            control.ask(None, control.Request("/x"), 30.0, lambda: True)
+        with pytest.raises(control.NoAnswer, match="no answer in time"):
+            control.ask(None, control.Request("/x"), 0.3, never)
+
+
+@pytest.mark.parametrize("line", [b"not json\n", b'{"outcome": "done", "pid": 1, "config": ""}\n',
+                                  b'{"outcome": "applied", "pid": "1", "config": ""}\n', b"[1]\n"])
+def test_an_answer_that_cannot_be_read_is_no_answer(run_dir: Path, line: bytes) -> None:
+    import socket
+
+    path = state.secure_directory(None) / control.SOCKET_NAME
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(path))
+        server.listen(1)
+
+        def answer() -> None:
+            client, _ = server.accept()
+            client.makefile("rb").readline()
+            client.sendall(line)
+            client.close()
+
+        thread = threading.Thread(target=answer)
+        thread.start()
+        with pytest.raises(control.NoAnswer, match="cannot be read"):
+            control.ask(None, control.Request("/x"), 5.0, never)
+        thread.join(5)

@@ -4,7 +4,8 @@ in a reactor thread under a temporary /run/markroute, and `ask` as `markroute ap
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,16 +21,10 @@ def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "run"
 
 
-@pytest.fixture
-def served(run_dir: Path) -> Iterator[list[control.Request]]:
-    """A server answering every request `applied`, with one change naming the request's file."""
-    seen: list[control.Request] = []
+@contextmanager
+def serving(serve: Callable[[control.Request], control.Answer]) -> Iterator[None]:
+    """A ControlServer answering with SERVE, its reactor in a thread, stopped and closed at the end."""
     reactor = Reactor(lambda exc: None)
-
-    def serve(request: control.Request) -> control.Answer:
-        seen.append(request)
-        return control.Answer("applied", 42, "/etc/markroute/markroute.yaml", ["a warning"], [], [request.config])
-
     server = control.ControlServer(reactor, None, serve, lambda why: control.Answer("refused", 42, "", [why]))
     server.open()
     stop = threading.Event()
@@ -45,10 +40,23 @@ def served(run_dir: Path) -> Iterator[list[control.Request]]:
     thread = threading.Thread(target=reactor.run, daemon=True)
     thread.start()
     try:
-        yield seen
+        yield
     finally:
         stop.set()
         thread.join(5)
+
+
+@pytest.fixture
+def served(run_dir: Path) -> Iterator[list[control.Request]]:
+    """A server answering every request `applied`, with one change naming the request's file."""
+    seen: list[control.Request] = []
+
+    def serve(request: control.Request) -> control.Answer:
+        seen.append(request)
+        return control.Answer("applied", 42, "/etc/markroute/markroute.yaml", ["a warning"], [], [request.config])
+
+    with serving(serve):
+        yield seen
 
 
 def never() -> bool:
@@ -126,3 +134,12 @@ def test_an_answer_that_cannot_be_read_is_no_answer(run_dir: Path, line: bytes) 
         with pytest.raises(control.NoAnswer, match="cannot be read"):
             control.ask(None, control.Request("/x"), 5.0, never)
         thread.join(5)
+
+
+def test_an_answer_with_many_diagnostics_arrives_whole(run_dir: Path) -> None:
+    """Answers are not capped at the request's size: a config with thousands of errors is answered in full."""
+    errors = [f"/etc/markroute/markroute.yaml:{n}:3: error: policy {n}: unknown uplink 'isp_c'" for n in range(5000)]
+    with serving(lambda r: control.Answer("invalid", 7, r.config, errors)):
+        answer = control.ask(None, control.Request("/etc/markroute/markroute.yaml"), 10.0, never)
+    assert answer is not None and answer.outcome == "invalid" and answer.errors == errors
+    assert len("\n".join(errors)) > control.MAX_REQUEST

@@ -33,7 +33,8 @@ from markroute.kernel import EnvironmentProblem, state
 from markroute.kernel.records import RecordError, typed
 
 SOCKET_NAME = "control"
-MAX_LINE = 64 * 1024  # a request is a path; an answer may quote many diagnostics
+MAX_REQUEST = 64 * 1024  # a request is a path
+MAX_ANSWER = 16 * 1024 * 1024  # an answer quotes the config's diagnostics, as many as there are
 REQUEST_WAIT = 5.0  # a client that connected sends its line at once; one that does not is dropped
 OUTCOMES = ("applied", "unchanged", "invalid", "failed", "refused")
 
@@ -101,7 +102,7 @@ def ask(netns: str | None, request: Request, wait: float, stop: Callable[[], boo
 
 
 def _read_line(sock: socket.socket, deadline: float, stop: Callable[[], bool]) -> bytes:
-    data = b""
+    data = bytearray()
     while not data.endswith(b"\n"):
         if stop():
             raise NoAnswer("stopped waiting")
@@ -110,15 +111,15 @@ def _read_line(sock: socket.socket, deadline: float, stop: Callable[[], bool]) -
             raise NoAnswer("no answer in time")
         sock.settimeout(min(left, 0.2))  # short slices: a noted signal is seen within 0.2 s
         try:
-            chunk = sock.recv(MAX_LINE)
+            chunk = sock.recv(1 << 16)
         except TimeoutError:
             continue
         if not chunk:
             raise NoAnswer("it closed the connection without an answer")
         data += chunk
-        if len(data) > MAX_LINE:
+        if len(data) > MAX_ANSWER:
             raise NoAnswer("its answer is too long")
-    return data
+    return bytes(data)
 
 
 def _answers(path: Path) -> bool:
@@ -194,13 +195,13 @@ class ControlServer:
     def read(self, client: socket.socket) -> None:
         data, timer = self.clients[client]
         try:
-            chunk = client.recv(MAX_LINE)
+            chunk = client.recv(MAX_REQUEST)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             chunk = b""
         data += chunk
-        if not chunk or len(data) > MAX_LINE:
+        if not chunk or len(data) > MAX_REQUEST:
             self.drop(client)
             return
         if not data.endswith(b"\n"):

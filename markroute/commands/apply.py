@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from markroute.commands.cliutil import (
     EXIT_FAILED,
     config_option,
+    config_path,
     exit_codes,
     fail,
     load_model_or_exit,
@@ -17,7 +19,9 @@ from markroute.commands.cliutil import (
     without_cycle_collector,
 )
 from markroute.kernel import interrupt
-from markroute.plan import Plan
+
+if TYPE_CHECKING:
+    from markroute.plan import Plan
 
 ANSWER_WAIT = 300.0  # seconds for markroute run's answer: a reload of a million prefixes takes seconds
 
@@ -56,40 +60,47 @@ def command(config: str | None, netns: str | None, force: bool) -> None:
     markroute run refused it or did not answer; 4 not root, nft missing or no such
     namespace.
     """
-    from markroute.compile import compile_plan
-    from markroute.config import config_path
-    from markroute.daemon import dnsmasq
     from markroute.kernel.environment import prepare
-    from markroute.kernel.gateways import describe
-    from markroute.kernel.waiting import apply_model
 
     with interrupt.noted():  # from the start: a signal while the config loads rolls back at the first step
         with exit_codes():
             netns = prepare(netns)
         path = config_path(config)
         hand_over(path, netns, force)
-        model = load_model_or_exit(path)
-        plan = compile_plan(model)
-        neighbours: list[str] = []
-        with exit_codes():
-            report = apply_model(model, plan, netns, force, meanwhile=lambda: neighbours.extend(neighbour_warnings(plan)))
-        domains = dnsmasq.sync(model)
-        report.changes += domains.changes
-        report.warnings += domains.warnings
-        for warning in report.warnings + neighbours:
-            click.echo(f"markroute: warning: {warning}", err=True)
-        for name, reason in report.waiting.items():
-            click.echo(f"waiting: {name} ({describe(reason)})")
-        late = interrupt.received()
-        if late is not None:
-            click.echo(f"markroute: {interrupt.signal_name(late)} came after the apply had committed: it completed",
-                       err=True)
-        if not report.changed:
-            click.echo("already up to date: nothing changed")
-            return
-        for change in report.changes:
-            click.echo(change)
-        click.echo(f"applied: {len(report.changes)} changes")
+        apply_alone(path, netns, force)
+
+
+def apply_alone(path: str, netns: str | None, force: bool) -> None:
+    """The apply when no daemon serves the namespace: load, compile, converge, report.
+
+    Its modules are imported here, after `hand_over`, which needs none of them."""
+    from markroute.compile import compile_plan
+    from markroute.daemon import dnsmasq
+    from markroute.kernel.gateways import describe
+    from markroute.kernel.waiting import apply_model
+
+    model = load_model_or_exit(path)
+    plan = compile_plan(model)
+    neighbours: list[str] = []
+    with exit_codes():
+        report = apply_model(model, plan, netns, force, meanwhile=lambda: neighbours.extend(neighbour_warnings(plan)))
+    domains = dnsmasq.sync(model)
+    report.changes += domains.changes
+    report.warnings += domains.warnings
+    for warning in report.warnings + neighbours:
+        click.echo(f"markroute: warning: {warning}", err=True)
+    for name, reason in report.waiting.items():
+        click.echo(f"waiting: {name} ({describe(reason)})")
+    late = interrupt.received()
+    if late is not None:
+        click.echo(f"markroute: {interrupt.signal_name(late)} came after the apply had committed: it completed",
+                   err=True)
+    if not report.changed:
+        click.echo("already up to date: nothing changed")
+        return
+    for change in report.changes:
+        click.echo(change)
+    click.echo(f"applied: {len(report.changes)} changes")
 
 
 def hand_over(path: str, netns: str | None, force: bool) -> None:

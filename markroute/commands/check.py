@@ -16,6 +16,7 @@ from markroute.commands.cliutil import (
     EXIT_FAILED,
     EXIT_USAGE,
     config_option,
+    config_path,
     exit_codes,
     fail,
     json_option,
@@ -95,7 +96,7 @@ def command(config: str | None, live: bool, netns: str | None, as_json: bool) ->
     running system's other firewalls, ip rules and routes (plus networkd's settings),
     and each path another program would break is a warning naming its rule.
     """
-    from markroute.config import config_path, load_model
+    from markroute.config import load_model
 
     if netns is not None and not live:
         fail("--netns needs --live", EXIT_USAGE)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import gc
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,7 +16,6 @@ import click
 from markroute import exitcodes
 from markroute.diagnostics import Diagnostic
 from markroute.kernel import EnvironmentProblem, KernelError
-from markroute.plan.nftjson import json_default
 
 if TYPE_CHECKING:
     from markroute.model import Model
@@ -28,11 +28,19 @@ EXIT_DRIFT = exitcodes.DRIFT
 EXIT_ENVIRONMENT = exitcodes.ENVIRONMENT
 
 
+DEFAULT_PATH = "/etc/markroute/markroute.yaml"
+
+
 def config_option(func: F) -> F:
     return click.option(
         "-c", "--config", "config", metavar="FILE", default=None,
-        help="Config file (default: $MARKROUTE_CONFIG or /etc/markroute/markroute.yaml).",
+        help=f"Config file (default: $MARKROUTE_CONFIG or {DEFAULT_PATH}).",
     )(func)
+
+
+def config_path(option: str | None) -> str:
+    """`-c FILE` wins, then `$MARKROUTE_CONFIG`, then the system default."""
+    return option or os.environ.get("MARKROUTE_CONFIG") or DEFAULT_PATH
 
 
 def netns_option(func: F) -> F:
@@ -44,6 +52,8 @@ def json_option(func: F) -> F:
 
 
 def print_json(data: Any) -> None:
+    from markroute.plan.nftjson import json_default
+
     click.echo(json.dumps(data, indent=2, sort_keys=False, default=json_default))
 
 

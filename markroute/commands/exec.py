@@ -16,6 +16,7 @@ import click
 from markroute.commands.cliutil import (
     EXIT_USAGE,
     config_option,
+    config_path,
     exit_codes,
     fail,
     load_model_or_exit,
@@ -37,7 +38,6 @@ def command(config: str | None, netns: str | None, target: str, command: tuple[s
     config does not allow it; 2 unknown target; 4 not root, nft missing or no such namespace.
     """
     from markroute.compile import execs
-    from markroute.config import config_path
     from markroute.kernel.environment import prepare
     from markroute.kernel.execgroups import pinned_gids
 

@@ -9,6 +9,7 @@ import click
 
 from markroute.commands.cliutil import (
     config_option,
+    config_path,
     exit_codes,
     netns_option,
     print_diagnostics,
@@ -36,7 +37,6 @@ def command(role: str, config: str | None, netns: str | None) -> None:
     """
     # keepalived starts its scripts with a bare PATH (no /usr/sbin): nft and conntrackd live there.
     os.environ["PATH"] = os.pathsep.join(dict.fromkeys([*os.environ.get("PATH", "").split(os.pathsep), *TOOL_PATH]))
-    from markroute.config import config_path
     from markroute.config.hasettings import load_ha_settings
     from markroute.kernel import ha
     from markroute.kernel.environment import prepare

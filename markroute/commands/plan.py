@@ -6,6 +6,7 @@ import click
 
 from markroute.commands.cliutil import (
     config_option,
+    config_path,
     load_model_or_exit,
     print_json,
     without_cycle_collector,
@@ -19,7 +20,6 @@ from markroute.commands.cliutil import (
 def command(config: str | None, fmt: str) -> None:
     """Compile the config and print the nftables table, ip rules, routes and sysctls."""
     from markroute.compile import compile_plan
-    from markroute.config import config_path
     from markroute.plan import nfttext
     from markroute.plan.render import plan_text
 

@@ -10,6 +10,7 @@ import click
 
 from markroute.commands.cliutil import (
     config_option,
+    config_path,
     exit_codes,
     load_model_or_exit,
     netns_option,
@@ -41,7 +42,7 @@ def command(config: str | None, netns: str | None, metrics: str | None, down_on_
     was rolled back); 2 wrong usage; 4 not root, nft missing, no such namespace, the
     metrics address cannot be used or another markroute run serves the namespace.
     """
-    from markroute.config import config_path, load_model
+    from markroute.config import load_model
     from markroute.daemon.logs import setup
     from markroute.daemon.metrics import parse_address
     from markroute.daemon.service import Daemon, Options

@@ -14,6 +14,7 @@ from markroute.commands.cliutil import (
     EXIT_ENVIRONMENT,
     EXIT_USAGE,
     config_option,
+    config_path,
     fail,
     json_option,
     netns_option,
@@ -88,7 +89,6 @@ def _offline(config: str | None, addresses: list[str], routes: list[str]) -> tup
     from markroute import sim
     from markroute.commands.cliutil import load_model_or_exit
     from markroute.compile import compile_plan
-    from markroute.config import config_path
 
     path = config_path(config)
     model = load_model_or_exit(path, quiet_warnings=True)

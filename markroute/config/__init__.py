@@ -7,11 +7,6 @@ configurations that load but probably do not do what was meant.
 """
 
 from markroute.config.reader import suggest
-from markroute.config.validator import (
-    DEFAULT_PATH,
-    Validator,
-    config_path,
-    load_model,
-)
+from markroute.config.validator import Validator, load_model
 
-__all__ = ["DEFAULT_PATH", "Validator", "config_path", "load_model", "suggest"]
+__all__ = ["Validator", "load_model", "suggest"]

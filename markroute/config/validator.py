@@ -15,7 +15,6 @@ order and reads MATCH mappings, the one part every section that filters traffic 
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from markroute import match as match_keys
@@ -43,17 +42,10 @@ from markroute.values import (
     yaml_text,
 )
 
-DEFAULT_PATH = "/etc/markroute/markroute.yaml"
-
 TOP_KEYS = ("uplinks", "groups", "policies", "sets", "settings", hosts.KEY)
 HOST_KEYS = TOP_KEYS[:-1]  # what a `hosts:` entry may override
 MATCH_KEYS = match_keys.YAML_KEYS
 POLICY_KEYS = ("name", "via", "log", *MATCH_KEYS)
-
-
-def config_path(option: str | None) -> str:
-    """`-c FILE` wins, then `$MARKROUTE_CONFIG`, then the system default."""
-    return option or os.environ.get("MARKROUTE_CONFIG") or DEFAULT_PATH
 
 
 def load_model(path: str) -> tuple[Model | None, list[Diagnostic]]:

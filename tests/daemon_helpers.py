@@ -335,6 +335,15 @@ class DaemonLab:
         with state.locked(self.rtr, "test: an apply behind the daemon's back"), inside(self.rtr):
             apply(compile_plan(model), self.rtr)
 
+    def down_behind(self) -> None:
+        """A `down` that does not ask the daemon (the CLI refuses while one runs): the kernel layer's, from here."""
+        from markroute.kernel.down import down
+        from markroute.kernel.netns import inside
+
+        with inside(self.rtr):
+            report = down(self.rtr)
+        assert not report.errors, report.errors
+
     def isp_of(self, sources: set[str]) -> set[int | None]:
         return {self.router.which_isp(source) for source in sources}
 

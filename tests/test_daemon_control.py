@@ -105,6 +105,25 @@ def test_another_file_or_force_is_refused_and_changes_nothing(dlab: DaemonLab) -
     assert daemon.poll() is None
 
 
+def test_down_is_refused_while_the_daemon_runs_and_works_once_it_stopped(dlab: DaemonLab) -> None:  # noqa: F811
+    """The daemon would apply its config again within a second: `down` says so, exits 1 and
+    removes nothing; after the daemon stopped (its socket gone) it removes everything."""
+    d = dlab
+    path = d.write(CONFIG)
+    daemon = d.start(path)
+    before = table(d)
+    refused = markroute("down", "--netns", d.rtr)
+    assert refused.returncode == 1, (refused.stdout, refused.stderr)
+    assert f"markroute run (pid {daemon.pid}) serves this namespace" in refused.stderr, refused.stderr
+    assert table(d) == before and pinned_isp(d) == {1}
+    os.killpg(daemon.pid, signal.SIGTERM)
+    daemon.wait(timeout=20)
+    removed = markroute("down", "--netns", d.rtr)
+    assert removed.returncode == 0 and removed.stdout.splitlines()[-1] == "removed", (removed.stdout, removed.stderr)
+    listed = d.router.lab.run(d.rtr, ["nft", "list", "tables"]).stdout
+    assert "markroute" not in listed, listed
+
+
 def test_a_second_daemon_is_refused_and_a_killed_ones_socket_is_no_obstacle(dlab: DaemonLab) -> None:  # noqa: F811
     """Two daemons would undo each other: the second exits 4. After a SIGKILL the socket file
     stays behind; `apply` then applies alone, and a new daemon starts."""

@@ -26,9 +26,12 @@ def command(netns: str | None, rule_priority: int | None, force: bool) -> None:
     first. Once started, down completes even on SIGINT, SIGTERM or SIGHUP. For a
     namespace deleted without `down`, it forgets the record markroute kept for it.
 
+    While `markroute run` serves the namespace, down is refused: the daemon would apply
+    its config again within a second. Stop it first (or run it with --down-on-exit).
+
     Exit codes: 0 removed (or nothing to remove); 1 something could not be removed
-    (the record is kept, so running down again retries); 4 not root, nft missing or no
-    such namespace (and no record of one).
+    (the record is kept, so running down again retries), or markroute run serves the
+    namespace; 4 not root, nft missing or no such namespace (and no record of one).
     """
     from markroute.kernel import interrupt
     from markroute.kernel.down import down, forget_vanished
@@ -41,6 +44,7 @@ def command(netns: str | None, rule_priority: int | None, force: bool) -> None:
                 click.echo(f"network namespace '{netns}' is gone: forgot what markroute had recorded for it")
                 return
             netns = prepare(netns)
+            refuse_beside_daemon(netns)
             report = down(netns, rule_priority, force)
         for warning in report.warnings:
             click.echo(f"markroute: warning: {warning}", err=True)
@@ -52,3 +56,15 @@ def command(netns: str | None, rule_priority: int | None, force: bool) -> None:
         if report.errors:
             fail("down left some things in place: " + "; ".join(report.errors), EXIT_FAILED)
         click.echo("removed" if report.changes else "nothing to remove")
+
+
+def refuse_beside_daemon(netns: str | None) -> None:
+    """Exit 1, changing nothing, when `markroute run` serves NETNS: it would put everything back."""
+    from markroute.daemon import control
+    from markroute.kernel import state
+
+    if control.serving(netns):
+        record = state.load_daemon_record(netns)
+        who = f"markroute run (pid {record.pid})" if record else "markroute run"
+        fail(f"{who} serves this namespace and would apply its config again within a second: stop it first "
+             "(systemctl stop markroute), then down; or start it with --down-on-exit", EXIT_FAILED)

@@ -6,7 +6,8 @@ admin's `apply` was undone, said so only in the daemon's log. Now `apply` first 
 the namespace's daemon, if one listens: the daemon reads its config file again (as on
 SIGHUP), applies it keeping every uplink's state, and answers with what it did, which
 `apply` prints and turns into its exit code. An apply of another file than the daemon's
-is refused: the daemon would put its own back. The daemon already has its modules
+is refused: the daemon would put its own back; so is a `down` (it would apply its
+config again within a second). The daemon already has its modules
 loaded, so the handed-over apply is also the cheaper one (issue 15, `BENCHMARKS.md`).
 
 The socket is `control` in the namespace's directory under /run/markroute (0700, root's:
@@ -122,11 +123,12 @@ def _read_line(sock: socket.socket, deadline: float, stop: Callable[[], bool]) -
     return bytes(data)
 
 
-def _answers(path: Path) -> bool:
-    """Whether a process listens on PATH (a socket left by a daemon killed outright refuses)."""
+def serving(netns: str | None) -> bool:
+    """Whether a daemon listens on the namespace's control socket (one left by a daemon killed
+    outright refuses connections); `down` asks, and a daemon about to start."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
-        probe.connect(str(path))
+        probe.connect(str(socket_path(netns)))
         return True
     except OSError:
         return False
@@ -150,7 +152,7 @@ class ControlServer:
     def open(self) -> None:
         """Listen on the namespace's control socket; refuse when another daemon answers there."""
         path = state.secure_directory(self.netns) / SOCKET_NAME
-        if _answers(path):
+        if serving(self.netns):
             raise EnvironmentProblem(f"another markroute run serves this namespace (it listens on {path}); "
                                      "stop it first")
         try:

@@ -27,8 +27,11 @@ so `wait4` gives its peak RSS. A fifth contender is the resident daemon: `markro
 started once per size in its own router namespace with one prefix in the set file, and
 timed from just before a SIGHUP (the file now holding all the prefixes) until its log
 says "reloaded:" (its CPU from /proc/PID/stat, peak RSS its VmHWM); the switch back to
-one prefix is waited for, not timed. Goal: CLI apply within 1.5x of the kernel-only
-insert, peak RSS under 150 MB at 1,000,000; an apply by the resident daemon within 1.5x.
+one prefix is waited for, not timed. A sixth is the CLI `apply` of that daemon's own
+config, which hands the apply to it (`markroute/daemon/control.py`): the CLI process's
+wall time, and its CPU plus the daemon's over that time. Goal: CLI apply within 1.5x of
+the kernel-only insert, peak RSS under 150 MB at 1,000,000; an apply by the resident
+daemon within 1.5x.
 
 The third (`--part timeline`, `--runs N`) times the stages of that CLI apply at 100,000
 prefixes inside the process (`benchmarks/apply_timeline.py`): where its wall and CPU
@@ -215,6 +218,7 @@ def apply_router(lab: Lab, tmp: Path, text: str, roles: tuple[str, str] = ("appl
 
 ONE_PREFIX = "198.51.100.0/24\n"  # the resident daemon's set file between timed reloads (an empty one is an error)
 RESIDENT = "markroute run, SIGHUP (resident daemon)"
+HANDED = "markroute apply, handed to the resident daemon"
 CLI_APPLY = "markroute apply (CLI)"
 
 
@@ -226,18 +230,21 @@ def resident_router(lab: Lab, tmp: Path) -> tuple[str, Path]:
 
 
 @contextmanager
-def resident_daemon(ns: str, config: Path, text: str) -> Iterator[Callable[[], tuple[float, float, float]]]:
+def resident_daemon(ns: str, config: Path, text: str) -> Iterator[tuple[Callable[[], tuple[float, float, float]],
+                                                                         Callable[[], tuple[float, float, float]]]]:
     """`markroute run` for CONFIG in NS, its set file holding one prefix; yields a timed reload to TEXT
-    (`sighup_reload`). One reload to TEXT and back runs first, untimed: the first after start-up also
-    pays once for what a resident daemon keeps (modules imported on first use, its heap grown). The
-    daemon is stopped and `markroute down` run even on failure."""
+    (`sighup_reload`) and a timed CLI apply handed to the daemon (`handed_apply`). One reload to TEXT
+    and back runs first, untimed: the first after start-up also pays once for what a resident daemon
+    keeps (modules imported on first use, its heap grown). The daemon is stopped and `markroute down`
+    run even on failure."""
     daemons = DaemonLab(SimpleNamespace(rtr=ns), config.parent)
     set_file = config.parent / "big.txt"
     set_file.write_text(ONE_PREFIX)
     try:
         process = daemons.start(config)
         sighup_reload(daemons, process.pid, set_file, text)
-        yield lambda: sighup_reload(daemons, process.pid, set_file, text)
+        yield (lambda: sighup_reload(daemons, process.pid, set_file, text),
+               lambda: handed_apply(daemons, process.pid, ns, config, text))
     finally:
         daemons.close()
 
@@ -259,6 +266,25 @@ def sighup_reload(daemons: DaemonLab, pid: int, set_file: Path, text: str) -> tu
     os.kill(pid, signal.SIGHUP)
     wait_for_reloads(daemons, seen + 2)
     return wall, cpu, peak
+
+
+def handed_apply(daemons: DaemonLab, pid: int, ns: str, config: Path, text: str) -> tuple[float, float, float]:
+    """(wall s, CPU s, peak RSS MB) of `markroute apply` of the config of the daemon PID with TEXT in its set
+    file: the CLI process hands the apply to the daemon and prints its answer. CPU: the CLI's and the daemon's
+    (`process_cpu`) while the CLI ran; peak: the larger of the two. Then back to one prefix, untimed."""
+    set_file = config.parent / "big.txt"
+    seen = daemons.logs[-1].read_text().count("reloaded:")
+    set_file.write_text(text)
+    before = process_cpu(pid)
+    wall, cpu, peak, output = cli(ns, "apply", "-c", str(config))
+    cpu += process_cpu(pid) - before
+    if not output.startswith(f"applied by markroute run (pid {pid})"):
+        raise RuntimeError(f"the apply was not handed to the daemon: {output}")
+    daemon_peak = int(Path(f"/proc/{pid}/status").read_text().split("VmHWM:")[1].split()[0]) / 1024
+    set_file.write_text(ONE_PREFIX)
+    os.kill(pid, signal.SIGHUP)
+    wait_for_reloads(daemons, seen + 2)
+    return wall, cpu, max(peak, daemon_peak)
 
 
 def process_cpu(pid: int) -> float:
@@ -333,10 +359,10 @@ def peers(runs: int, sizes: list[int]) -> None:
                 wall, cpu = (float(x) for x in output.split())
                 return wall, cpu, peak
 
-            with resident_daemon(*resident, text) as reload:
+            with resident_daemon(*resident, text) as (reload, handed):
                 contenders: list[tuple[str, Callable[[], tuple[float, float, float]]]] = [
                     (CLI_APPLY, markroute_apply), ("nft -f", nft_file), ("ipset restore", ipset_restore),
-                    ("kernel-only insert", kernel_only), (RESIDENT, reload)]
+                    ("kernel-only insert", kernel_only), (RESIDENT, reload), (HANDED, handed)]
                 for _ in range(runs):
                     shuffle.shuffle(contenders)
                     for name, run in contenders:
@@ -349,7 +375,7 @@ def peers(runs: int, sizes: list[int]) -> None:
 def peer_report(results: dict[tuple[int, str], list[tuple[float, float, float]]], runs: int, load: list[str]) -> str:
     text = (
         "The same set of distinct /24s (every other one from 11.0.0.0, so nothing merges: N prefixes are N "
-        f"intervals) loaded five ways, in a new random order each round; {runs} rounds; median (min-max). The "
+        f"intervals) loaded six ways, in a new random order each round; {runs} rounds; median (min-max). The "
         "first four into an empty lab namespace, each a child process. markroute: the whole CLI `apply` of a "
         "config whose one policy uses the set file (interpreter, reading and validating the file, compiling, the "
         "table, rules, routes and sysctls); `nft -f`: a file with one table holding the set; `ipset restore`: a hash:net set; "
@@ -363,7 +389,10 @@ def peer_report(results: dict[tuple[int, str], list[tuple[float, float, float]]]
         "(reading and merging the file, compiling, the element update over netlink with its journal, the state "
         "record); the daemon's probes (ICMP to both gateways every 0.1 s) run meanwhile and their CPU is inside "
         "the figure; its wall time ends when the log line is seen, polled every 2 ms (so up to ~2 ms late); its peak "
-        "RSS is the daemon's VmHWM. Switching back to one prefix is waited for, not timed. Ratios are paired "
+        f"RSS is the daemon's VmHWM. The sixth, {HANDED}: the CLI `apply` of that daemon's own config, which "
+        "hands the apply to the daemon and prints its answer; its wall time is the CLI process's, its CPU the CLI "
+        "process's plus the daemon's over that time, its peak RSS the larger. "
+        "Switching back to one prefix is waited for, not timed. Ratios are paired "
         "within a round; with other work on the machine CPU time is the steadier figure (a process waiting for "
         f"a CPU counts in wall time only). Load average at the start: {' '.join(load)}.\n\n"
         "| prefixes | what | wall | CPU | peak RSS |\n|---|---|---|---|---|\n"
@@ -373,7 +402,8 @@ def peer_report(results: dict[tuple[int, str], list[tuple[float, float, float]]]
         text += f"| {size:,} | {name} | {ms(walls)} | {ms(cpus)} | {max(peaks):.0f} MB |\n"
     text += "\n| prefixes | paired ratio | median (min-max) |\n|---|---|---|\n"
     for size in sorted({size for size, _ in results}):
-        for ours, label in ((CLI_APPLY, "markroute apply"), (RESIDENT, "markroute run SIGHUP")):
+        for ours, label in ((CLI_APPLY, "markroute apply"), (RESIDENT, "markroute run SIGHUP"),
+                            (HANDED, "markroute apply handed to markroute run")):
             for index, what in ((0, "wall"), (1, "CPU")):
                 timed = [s[index] for s in results[(size, ours)]]
                 for name in ("kernel-only insert", "nft -f", "ipset restore"):

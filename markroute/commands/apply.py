@@ -126,7 +126,7 @@ def hand_over(path: str, netns: str | None, force: bool) -> None:
     if answer.outcome in ("invalid", "failed", "refused"):
         sys.exit(EXIT_FAILED)
     click.echo(f"applied by markroute run (pid {answer.pid}), which keeps it true")
-    for line in answer.waiting:
+    for line in answer.notes:
         click.echo(line)
     if not answer.changes:
         click.echo("already up to date: nothing changed")

@@ -55,14 +55,15 @@ class Answer:
     outcome: applied | unchanged (nothing differed) | invalid (the config; nothing changed) |
     failed (the kernel refused; the previous config stays) | refused (not this daemon's to do).
     errors: lines for stderr (diagnostics with file:line, warnings, why it failed);
-    waiting: `waiting:` lines of uplinks that wait (as `apply` prints them); changes: the changes made.
+    notes: for stdout before the changes: uplinks that wait (`waiting:` lines, as `apply` prints
+    them) or that the daemon holds out of service (down, unknown); changes: the changes made.
     """
 
     outcome: str
     pid: int
     config: str
     errors: list[str] = field(default_factory=list)
-    waiting: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     changes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:

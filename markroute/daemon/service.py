@@ -718,9 +718,17 @@ class Daemon:
                 monitor.start(monitor.egress)
         logs.event(self.log, logging.INFO, f"reloaded: {self.describe()}", event="reload", reason=reason)
         self.save_record()
-        waiting = [f"waiting: {name} ({describe_reason(why)})" for name, why in self.follower.waiting.items()]
         return Answer("applied" if changes else "unchanged", os.getpid(), self.options.config,
-                      [*rendered, *(f"markroute: warning: {line}" for line in warnings)], waiting, changes)
+                      [*rendered, *(f"markroute: warning: {line}" for line in warnings)], self.notes(), changes)
+
+    def notes(self) -> list[str]:
+        """What an apply's answer says of the uplinks: the rules it installed follow their states, not the config alone."""
+        waiting = self.follower.waiting
+        lines = [f"waiting: {name} ({describe_reason(why)})" for name, why in waiting.items()]
+        for name, health in self.uplink_states().items():
+            if health in ("down", "unknown"):
+                lines.append(f"{name}: {health} (probed by markroute run: out of service until it answers again)")
+        return lines
 
     # -- records -----------------------------------------------------------------------
 

@@ -201,3 +201,24 @@ def test_a_signal_stops_the_waiting_not_the_daemon(dlab: DaemonLab) -> None:  # 
     while pinned_isp(d) != {0} and time.monotonic() < deadline:
         time.sleep(0.2)
     assert pinned_isp(d) == {0}, d.log()
+
+
+def test_concurrent_applies_are_answered_one_after_the_other(dlab: DaemonLab) -> None:  # noqa: F811
+    """Three applies of the changed file at once, and a SIGHUP among them: the daemon serves them in
+    turn from its loop; each gets an answer and exit 0, exactly one made the change."""
+    d = dlab
+    path = d.write(CONFIG)
+    daemon = d.start(path)
+    path.write_text(OTHER)
+    argv = [sys.executable, "-m", "markroute", "apply", "-c", str(path), "--netns", d.rtr]
+    runs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=python_env())
+            for _ in range(3)]
+    daemon.send_signal(signal.SIGHUP)
+    outputs = [run.communicate(timeout=60) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0, 0], outputs
+    assert all(out.startswith(f"applied by markroute run (pid {daemon.pid})") for out, _ in outputs), outputs
+    made = [out for out, _ in outputs if out.splitlines()[-1].startswith("applied: ")]
+    unchanged = [out for out, _ in outputs if out.splitlines()[-1] == "already up to date: nothing changed"]
+    assert len(made) + len(unchanged) == 3 and len(made) <= 1, outputs  # the SIGHUP may have made it first
+    assert pinned_isp(d) == {0} and no_drift(d, str(path))
+    assert daemon.poll() is None and "internal error" not in d.log(), d.log()

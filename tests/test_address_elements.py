@@ -15,7 +15,7 @@ import pytest
 
 from markroute.compile import compile_plan
 from markroute.config import load_model
-from markroute.kernel import digest, state
+from markroute.kernel import digest, rundir, state
 from markroute.kernel.state import State
 from markroute.plan import Plan
 from markroute.plan.nftjson import AddressElements, address_element, json_default
@@ -104,7 +104,7 @@ def recorded_state(tmp_path: Path) -> State:
 
 
 def test_state_record_keeps_elements_packed_and_reads_them_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(state, "RUN_DIR", tmp_path / "run")
+    monkeypatch.setattr(rundir, "RUN_DIR", tmp_path / "run")
     recorded = recorded_state(tmp_path)
     state.save(None, recorded)
     data = json.loads((tmp_path / "run" / state.STATE_RECORD).read_text())
@@ -117,7 +117,7 @@ def test_state_record_keeps_elements_packed_and_reads_them_back(tmp_path: Path, 
 
 
 def test_a_format_1_record_with_listed_elements_is_still_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(state, "RUN_DIR", tmp_path / "run")
+    monkeypatch.setattr(rundir, "RUN_DIR", tmp_path / "run")
     recorded = recorded_state(tmp_path)
     old = recorded.to_json()
     old["format"] = 1
@@ -129,7 +129,7 @@ def test_a_format_1_record_with_listed_elements_is_still_read(tmp_path: Path, mo
 
 
 def test_a_damaged_packed_record_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(state, "RUN_DIR", tmp_path / "run")
+    monkeypatch.setattr(rundir, "RUN_DIR", tmp_path / "run")
     data = recorded_state(tmp_path).to_json()
     data["nft_elements"]["big_v4"] = "AAAA"
     state.write(None, state.STATE_RECORD, data)

@@ -12,12 +12,12 @@ import pytest
 
 from markroute.daemon import control
 from markroute.daemon.reactor import Reactor
-from markroute.kernel import EnvironmentProblem, state
+from markroute.kernel import EnvironmentProblem, rundir
 
 
 @pytest.fixture
 def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setattr(state, "RUN_DIR", tmp_path / "run")
+    monkeypatch.setattr(rundir, "RUN_DIR", tmp_path / "run")
     return tmp_path / "run"
 
 
@@ -86,7 +86,7 @@ def test_the_socket_is_roots_alone_and_a_second_server_is_refused(run_dir: Path,
 def test_a_stale_socket_is_replaced_and_removed_on_close(run_dir: Path) -> None:
     import socket
 
-    path = state.secure_directory(None) / control.SOCKET_NAME
+    path = rundir.secure_directory(None) / control.SOCKET_NAME
     left = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     left.bind(str(path))
     left.close()  # bound, never listening: what a daemon killed outright leaves
@@ -103,7 +103,7 @@ def test_a_stop_request_ends_the_wait(run_dir: Path) -> None:
     """A listener that never answers (a frozen daemon): STOP ends the wait, and so does the deadline."""
     import socket
 
-    path = state.secure_directory(None) / control.SOCKET_NAME
+    path = rundir.secure_directory(None) / control.SOCKET_NAME
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as frozen:
         frozen.bind(str(path))
         frozen.listen(1)
@@ -118,7 +118,7 @@ def test_a_stop_request_ends_the_wait(run_dir: Path) -> None:
 def test_an_answer_that_cannot_be_read_is_no_answer(run_dir: Path, line: bytes) -> None:
     import socket
 
-    path = state.secure_directory(None) / control.SOCKET_NAME
+    path = rundir.secure_directory(None) / control.SOCKET_NAME
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
         server.bind(str(path))
         server.listen(1)

@@ -27,7 +27,7 @@ from markroute.compile import UplinkAvailability, compile_plan
 from markroute.config import load_model
 from markroute.daemon.failover import TableRecorder, chain_batch, changed_chains
 from markroute.daemon.reactor import Reactor
-from markroute.kernel import KernelError, conntrack, libnft, nft, state
+from markroute.kernel import KernelError, conntrack, libnft, nft, rundir, state
 from markroute.kernel.netns import inside
 from markroute.kernel.state import State
 from markroute.lab import Lab
@@ -75,7 +75,7 @@ def applied(plan: Plan) -> State:
 
 @pytest.fixture
 def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setattr(state, "RUN_DIR", tmp_path / "run")
+    monkeypatch.setattr(rundir, "RUN_DIR", tmp_path / "run")
     return tmp_path / "run"
 
 

@@ -257,9 +257,9 @@ def test_status_and_metrics_carry_waiting_and_next_hops(config: str) -> None:
 
 def test_a_waiting_uplink_survives_the_daemon_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """daemon.json is type-checked on read (`records.typed`): `waiting` must be a state it accepts."""
-    from markroute.kernel import state
+    from markroute.kernel import rundir, state
 
-    monkeypatch.setattr(state, "RUN_DIR", tmp_path / "run")
+    monkeypatch.setattr(rundir, "RUN_DIR", tmp_path / "run")
     record = state.DaemonRecord(1, 0.0, 0, {"dhcp": state.UplinkRecord("waiting", 1.0, probed=False)})
     state.save_daemon_record(None, record)
     assert state.load_daemon_record(None) == record

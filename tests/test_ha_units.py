@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from markroute.commands.status import render
-from markroute.kernel import KernelError, ha, state
+from markroute.kernel import KernelError, ha, rundir, state
 from markroute.kernel.ha import SyncHealth, _counters
 from markroute.kernel.hastatus import HaStatus
 from markroute.kernel.status import StatusReport
@@ -44,7 +44,7 @@ def test_ha_record_is_private_type_checked_and_never_read_through_a_link(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """ha.json decides whose connections `markroute run` deletes: read like every state record."""
-    monkeypatch.setattr(state, "RUN_DIR", tmp_path / "run")
+    monkeypatch.setattr(rundir, "RUN_DIR", tmp_path / "run")
     record = ha.HaRecord("master", 1.5, "/etc/conntrackd/conntrackd.conf", (ha.Step(("conntrackd", "-c"), 0, 0.1, ""),))
     ha.save("ns1", record)
     path = state.directory("ns1") / state.HA_RECORD

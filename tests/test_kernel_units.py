@@ -12,7 +12,15 @@ import pytest
 from click.testing import CliRunner
 
 from markroute.cli import main
-from markroute.kernel import KernelError, journal, nft, nftnetlink, state, sysctl
+from markroute.kernel import (
+    KernelError,
+    journal,
+    nft,
+    nftnetlink,
+    rundir,
+    state,
+    sysctl,
+)
 from markroute.kernel.drift import table_differences
 from markroute.kernel.state import State
 from markroute.values import Interval, Ipv4Intervals
@@ -44,7 +52,7 @@ def test_journal_undoes_done_steps_newest_first_and_reports_failed_undos(
     """In the process that made the steps: only the done ones are undone (a step whose
     `do` never returned never happened), newest first, a failing undo reported and the
     others still undone; the file is gone afterwards."""
-    monkeypatch.setattr(state, "RUN_DIR", tmp_path / "run")
+    monkeypatch.setattr(rundir, "RUN_DIR", tmp_path / "run")
     undone: list[str] = []
 
     def perform(undo: journal.Undo, rpdb: object) -> None:
@@ -69,7 +77,7 @@ def test_recover_undoes_a_dead_apply_but_not_a_committed_one(tmp_path: Path, mon
     """From the file a killed apply left: every step undone newest first, the one in flight
     tolerantly (its undo may be refused); if state.json was replaced since the journal began,
     the apply committed and nothing is undone. Stale temporary files go too."""
-    monkeypatch.setattr(state, "RUN_DIR", tmp_path / "run")
+    monkeypatch.setattr(rundir, "RUN_DIR", tmp_path / "run")
     undone: list[tuple[str, bool]] = []
 
     def perform(undo: journal.Undo, rpdb: object) -> None:
@@ -139,7 +147,7 @@ def test_a_journaled_set_update_is_written_packed_and_recovered_as_it_was(
     """A reload to 100,000 prefixes journals the undo of its element update: the IPv4 intervals go
     to the file as packed text (8 bytes each, base64), not [first, last] pairs; an apply killed after
     the update leaves a journal from which `recover` sends exactly the intervals the undo held."""
-    monkeypatch.setattr(state, "RUN_DIR", tmp_path / "run")
+    monkeypatch.setattr(rundir, "RUN_DIR", tmp_path / "run")
     sent = sent_updates(monkeypatch)
     with state.locked(None, "test"):
         log = journal.Journal.begin(None)
@@ -163,7 +171,7 @@ def test_a_journal_of_the_old_format_is_still_recovered(tmp_path: Path, monkeypa
     """A journal an older version (format 1: packed intervals written as [first, last] pairs) left
     when it died: its set update is undone with the same intervals; with state.json replaced since,
     its apply committed and nothing is undone; damaged packed text is a reported problem, no crash."""
-    monkeypatch.setattr(state, "RUN_DIR", tmp_path / "run")
+    monkeypatch.setattr(rundir, "RUN_DIR", tmp_path / "run")
     sent = sent_updates(monkeypatch)
     old_undo = {"undo": {"what": "sets", "action": "set_update", "args": {"table": "markroute", "changes": [
         {"name": c.name, "version": c.version, "removed": [list(i) for i in c.removed],

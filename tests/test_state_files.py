@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from markroute.kernel import KernelError, state, sysctl
+from markroute.kernel import KernelError, rundir, state, sysctl
 from markroute.kernel.state import DaemonRecord, State, TableRewrite, UplinkRecord
 
 LISTING = [{"table": {"family": "inet", "name": "markroute"}}]
@@ -33,7 +33,7 @@ def applied(digest: str = "applied") -> State:
 
 @pytest.fixture(autouse=True)
 def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setattr(state, "RUN_DIR", tmp_path / "run")
+    monkeypatch.setattr(rundir, "RUN_DIR", tmp_path / "run")
     return tmp_path / "run"
 
 

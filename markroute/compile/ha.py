@@ -29,14 +29,10 @@ connection (measured 5/5 without it, 0/5 with it).
 
 from __future__ import annotations
 
-from markroute.plan import Sysctl
+from markroute.plan import HOLD_SETS, Sysctl
 from markroute.plan import nftjson as nj
 from markroute.plan.nftjson import AddressElements
 
-#: The hold's sets by IP version; holding means each holds the whole address space.
-HOLD_SETS = {4: "ha_hold", 6: "ha_hold6"}
-#: Every address of a version, as the one interval the held sets contain.
-EVERYTHING = {4: (0, 2**32 - 1), 6: (0, 2**128 - 1)}
 #: Before markroute's own filter chains and any other table at the default priority.
 HOLD_PRIORITY = -10
 LIBERAL = Sysctl("net/netfilter/nf_conntrack_tcp_be_liberal", "1")

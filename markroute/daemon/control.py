@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from markroute.daemon.reactor import Reactor, Timer
-from markroute.kernel import EnvironmentProblem, state
+from markroute.kernel import EnvironmentProblem, rundir
 from markroute.kernel.records import RecordError, typed
 
 SOCKET_NAME = "control"
@@ -76,7 +76,7 @@ class NoAnswer(Exception):
 
 
 def socket_path(netns: str | None) -> Path:
-    return state.directory(netns) / SOCKET_NAME
+    return rundir.directory(netns) / SOCKET_NAME
 
 
 def ask(netns: str | None, request: Request, wait: float, stop: Callable[[], bool]) -> Answer | None:
@@ -152,7 +152,7 @@ class ControlServer:
 
     def open(self) -> None:
         """Listen on the namespace's control socket; refuse when another daemon answers there."""
-        path = state.secure_directory(self.netns) / SOCKET_NAME
+        path = rundir.secure_directory(self.netns) / SOCKET_NAME
         if serving(self.netns):
             raise EnvironmentProblem(f"another markroute run serves this namespace (it listens on {path}); "
                                      "stop it first")

@@ -32,10 +32,9 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from markroute.compile.ha import EVERYTHING, HOLD_SETS
 from markroute.kernel import KernelError, nft, state
 from markroute.kernel.records import typed
-from markroute.plan import Plan
+from markroute.plan import EVERYTHING, HOLD_SETS, Plan
 from markroute.plan.nftjson import FAMILY, address_element
 
 Role = Literal["master", "backup", "fault"]

@@ -22,9 +22,8 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from markroute.compile.ha import HOLD_SETS
 from markroute.kernel import KernelError, cgroups, libnft, nftnetlink
-from markroute.plan import nfttext
+from markroute.plan import HOLD_SETS, nfttext
 from markroute.plan.nftjson import (
     FAMILY,
     compact_json,

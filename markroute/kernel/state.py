@@ -41,7 +41,6 @@ not as nft JSON: writing, reading and comparing them then costs milliseconds.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import os
@@ -56,6 +55,7 @@ from typing import IO, Any, Literal
 
 from markroute.kernel import KernelError, interrupt, nft, sysctl
 from markroute.kernel.records import RecordError, typed, value_of
+from markroute.kernel.rundir import directory, directory_fd
 from markroute.match.cgroup import parse_path as parse_cgroup_path
 from markroute.plan import GroupPlan, IpRule, Route, UplinkPlan
 from markroute.plan.nftjson import (
@@ -64,7 +64,6 @@ from markroute.plan.nftjson import (
     compact_json,
 )
 
-RUN_DIR = Path("/run/markroute")
 FORMAT = 2
 READABLE_FORMATS = (1, FORMAT)  # format 1 kept set elements as nft JSON in the listing: still read as they are
 STATE_RECORD = "state.json"  # written by apply
@@ -83,7 +82,6 @@ UPLINK_STATES: tuple[UplinkState, ...] = ("up", "degraded", "down", "unknown", "
 
 Listing = list[dict[str, Any]]
 Warn = Callable[[str], None]
-DIRECTORY_MODE = 0o700  # whatever the umask: the records steer what root's `down` writes
 FILE_MODE = 0o600
 MAX_RECORD_BYTES = 256 * 1024 * 1024  # far above a state with a million set elements
 
@@ -308,10 +306,6 @@ class DaemonRecord:
         return _running(self.pid)
 
 
-def directory(netns: str | None) -> Path:
-    return RUN_DIR / "netns" / netns if netns else RUN_DIR
-
-
 def load(netns: str | None, warn: Warn | None = None) -> State | None:
     """What is installed: `state.json` with the daemon's current amendment applied (module doc).
 
@@ -460,7 +454,7 @@ def write(netns: str | None, name: str, data: dict[str, Any], durable: bool = Tr
     """
     temporary = f".{name}.{os.getpid()}"
     try:
-        with _directory_fd(netns, create=True) as parent:
+        with directory_fd(netns, create=True) as parent:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
                          FILE_MODE, dir_fd=parent)
             try:
@@ -485,7 +479,7 @@ def write(netns: str | None, name: str, data: dict[str, Any], durable: bool = Tr
 def read_record(netns: str | None, name: str) -> str | None:
     """The text of record NAME, or None if there is none; never read through a symlink or from a non-file."""
     try:
-        with _directory_fd(netns, create=False) as parent:
+        with directory_fd(netns, create=False) as parent:
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=parent)
     except (FileNotFoundError, NotADirectoryError):
         return None
@@ -496,55 +490,10 @@ def read_record(netns: str | None, name: str) -> str | None:
         return handle.read().decode("utf-8", errors="replace")
 
 
-def secure_directory(netns: str | None) -> Path:
-    """The namespace's directory, created 0700 whatever the umask; an unsafe one is an error.
-
-    Each level is opened without following symlinks; a directory markroute (root) does
-    not own, or that others may write to, is refused rather than trusted.
-    """
-    try:
-        with _directory_fd(netns, create=True):
-            pass
-    except OSError as exc:
-        raise KernelError(f"cannot use {directory(netns)}: {exc.strerror or exc}") from exc
-    return directory(netns)
-
-
-@contextmanager
-def _directory_fd(netns: str | None, create: bool) -> Iterator[int]:
-    """A descriptor of the namespace's directory, reached level by level with O_NOFOLLOW."""
-    if netns is not None and ("/" in netns or "\0" in netns or netns in ("", ".", "..")):
-        raise OSError(errno.EINVAL, f"'{netns[:80]}' cannot name a directory under {RUN_DIR / 'netns'}")
-    parts = [RUN_DIR.name] + (["netns", netns] if netns else [])
-    fd = os.open(RUN_DIR.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        for part in parts:
-            if create:
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(part, DIRECTORY_MODE, dir_fd=fd)
-            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-            os.close(fd)
-            fd = child
-            if create:
-                _secured(fd, part)
-        yield fd
-    finally:
-        os.close(fd)
-
-
-def _secured(fd: int, name: str) -> None:
-    """Make a directory markroute owns 0700 (an older version or a lax umask made it wider)."""
-    info = os.fstat(fd)
-    if info.st_uid != os.geteuid():
-        raise PermissionError(0, f"{name} belongs to uid {info.st_uid}, not to this user")
-    if stat.S_IMODE(info.st_mode) != DIRECTORY_MODE:
-        os.fchmod(fd, DIRECTORY_MODE)
-
-
 def remove(netns: str | None) -> None:
     """Forget what was installed, the daemon's amendment to it, its view of the uplinks and the HA role."""
     try:
-        with _directory_fd(netns, create=False) as parent:
+        with directory_fd(netns, create=False) as parent:
             for name in (STATE_RECORD, TABLE_AMENDMENT, DAEMON_RECORD, HA_RECORD):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(name, dir_fd=parent)
@@ -595,12 +544,12 @@ def locked(netns: str | None, purpose: str, wait: float = LOCK_WAIT) -> Iterator
 
 
 def _acquire(netns: str | None, purpose: str, wait: float) -> int:
-    """The locked descriptor of the namespace's `lock`, in its private directory (`_directory_fd`)."""
+    """The locked descriptor of the namespace's `lock`, in its private directory (`rundir.directory_fd`)."""
     path = directory(netns) / LOCK
     deadline = time.monotonic() + wait
     while True:
         try:
-            with _directory_fd(netns, create=True) as parent:
+            with directory_fd(netns, create=True) as parent:
                 descriptor = os.open(LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE,
                                      dir_fd=parent)
         except FileNotFoundError:
@@ -669,7 +618,7 @@ def start_journal(netns: str | None, header: dict[str, Any]) -> IO[str]:
     """Create the journal file with HEADER as its first line; it is appended to line by line."""
     path = directory(netns) / JOURNAL
     try:
-        with _directory_fd(netns, create=True) as parent:
+        with directory_fd(netns, create=True) as parent:
             fd = os.open(JOURNAL, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE,
                          dir_fd=parent)
         handle = os.fdopen(fd, "w", encoding="utf-8")

@@ -33,6 +33,11 @@ RESERVED_RULE_OFFSET = 1
 SOURCE_RULE_OFFSET = 2
 BAND_WIDTH = 3
 TABLE_NAME = "markroute"
+#: The HA hold's sets by IP version (`compile.ha` writes them, the kernel layer fills and reads
+#: them); holding means each holds the whole address space.
+HOLD_SETS = {4: "ha_hold", 6: "ha_hold6"}
+#: Every address of a version, as the one interval the held sets contain.
+EVERYTHING = {4: (0, 2**32 - 1), 6: (0, 2**128 - 1)}
 FAMILY_NAMES = {4: "inet", 6: "inet6"}
 
 

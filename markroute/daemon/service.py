@@ -741,7 +741,8 @@ class Daemon:
         self.keep_cgroups()
         if self.recorder.idle and self.resync_timer is None and state.written(self.netns) != self.state_seen:
             self.log.warning("another markroute command changed what is applied: applying the running config "
-                             "again for the uplinks' current states (change the config with SIGHUP instead)")
+                             "again for the uplinks' current states (change the config with `markroute apply` "
+                             "or SIGHUP, which this daemon carries out)")
             self.reassert()
 
     def keep_cgroups(self) -> None:

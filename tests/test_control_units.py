@@ -3,7 +3,9 @@ in a reactor thread under a temporary /run/markroute, and `ask` as `markroute ap
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,9 +24,11 @@ def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @contextmanager
-def serving(serve: Callable[[control.Request], control.Answer]) -> Iterator[None]:
-    """A ControlServer answering with SERVE, its reactor in a thread, stopped and closed at the end."""
-    reactor = Reactor(lambda exc: None)
+def serving(serve: Callable[[control.Request], control.Answer],
+            errors: list[Exception] | None = None) -> Iterator[None]:
+    """A ControlServer answering with SERVE, its reactor in a thread, stopped and closed at the end;
+    ERRORS collects what reached the loop's error handler."""
+    reactor = Reactor((errors if errors is not None else []).append)
     server = control.ControlServer(reactor, None, serve, lambda why: control.Answer("refused", 42, "", [why]))
     server.open()
     stop = threading.Event()
@@ -143,3 +147,31 @@ def test_an_answer_with_many_diagnostics_arrives_whole(run_dir: Path) -> None:
         answer = control.ask(None, control.Request("/etc/markroute/markroute.yaml"), 10.0, never)
     assert answer is not None and answer.outcome == "invalid" and answer.errors == errors
     assert len("\n".join(errors)) > control.MAX_REQUEST
+
+
+def test_a_request_that_fails_in_the_daemon_is_answered_and_logged(run_dir: Path) -> None:
+    """An exception in the daemon's handling: the client hears `failed` at once (not after its
+    timeout), and the loop's error handler gets the exception (the daemon logs its traceback)."""
+    def broken(request: control.Request) -> control.Answer:
+        raise RuntimeError("a bug")
+
+    errors: list[Exception] = []
+    with serving(broken, errors):
+        started = time.monotonic()
+        answer = control.ask(None, control.Request("/etc/markroute/markroute.yaml"), 30.0, never)
+        assert time.monotonic() - started < 5
+    assert answer is not None and answer.outcome == "failed" and "a bug" in answer.errors[0], answer
+    assert [str(e) for e in errors] == ["a bug"]
+
+
+@pytest.mark.parametrize("config", ["relative.yaml", r"/etc/markroute/\u0000.yaml", ""])  # JSON text: a NUL
+def test_a_path_that_is_not_absolute_is_refused(served: list[control.Request], config: str) -> None:
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(str(control.socket_path(None)))
+        sock.sendall(b'{"config": "' + config.encode() + b'"}\n')
+        answer = json.loads(sock.makefile("rb").readline())
+    assert answer["outcome"] == "refused" and "absolute path" in answer["errors"][0], answer
+    assert served == []

@@ -47,6 +47,10 @@ class Request:
     config: str
     force: bool = False
 
+    def __post_init__(self) -> None:
+        if not self.config.startswith("/") or "\0" in self.config:
+            raise RecordError("config", "must be an absolute path")
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -216,9 +220,19 @@ class ControlServer:
         try:
             request = typed(Request, json.loads(data))
         except (ValueError, RecordError) as exc:
-            answer = self.refuse(f"a request markroute run cannot read: {exc}")
-        else:
+            self.send(client, self.refuse(f"a request markroute run cannot read: {exc}"))
+            return
+        try:
             answer = self.serve(request)
+        except Exception as exc:
+            self.send(client, Answer("failed", os.getpid(), "", [f"markroute run failed on this request ({exc!r}); "
+                                                                 "its log has the details"]))
+            raise  # to the loop's error handler, which logs the traceback and goes on
+        self.send(client, answer)
+
+    @staticmethod
+    def send(client: socket.socket, answer: Answer) -> None:
+        """ANSWER as one line, then the connection closed, whatever happens."""
         try:
             client.setblocking(True)
             client.settimeout(REQUEST_WAIT)

@@ -126,7 +126,7 @@ def _same_file(one: str, other: str) -> bool:
     """Whether two paths name one file (links and relative spellings included); the same path if neither exists."""
     try:
         return os.path.samefile(one, other)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL in a path
         return os.path.abspath(one) == os.path.abspath(other)
 
 

@@ -117,27 +117,65 @@ def test_a_stop_request_ends_the_wait(run_dir: Path) -> None:
             control.ask(None, control.Request("/x"), 0.3, never)
 
 
-@pytest.mark.parametrize("line", [b"not json\n", b'{"outcome": "done", "pid": 1, "config": ""}\n',
-                                  b'{"outcome": "applied", "pid": "1", "config": ""}\n', b"[1]\n"])
-def test_an_answer_that_cannot_be_read_is_no_answer(run_dir: Path, line: bytes) -> None:
+@contextmanager
+def answering(line: bytes) -> Iterator[list[bytes]]:
+    """A stand-in daemon that answers one request with LINE, whatever it asked; yields the requests it read."""
     import socket
 
     path = rundir.secure_directory(None) / control.SOCKET_NAME
+    requests: list[bytes] = []
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
         server.bind(str(path))
         server.listen(1)
 
         def answer() -> None:
             client, _ = server.accept()
-            client.makefile("rb").readline()
+            requests.append(client.makefile("rb").readline())
             client.sendall(line)
             client.close()
 
         thread = threading.Thread(target=answer)
         thread.start()
-        with pytest.raises(control.NoAnswer, match="cannot be read"):
-            control.ask(None, control.Request("/x"), 5.0, never)
-        thread.join(5)
+        try:
+            yield requests
+        finally:
+            thread.join(5)
+
+
+@pytest.mark.parametrize("line", [b"not json\n", b'{"outcome": "done", "pid": 1, "config": "", "protocol": 1}\n',
+                                  b'{"outcome": "applied", "pid": "1", "config": "", "protocol": 1}\n',
+                                  b'{"outcome": "applied", "pid": 1, "config": "", "protocol": 1, "new": 2}\n'])
+def test_an_answer_that_cannot_be_read_is_no_answer(run_dir: Path, line: bytes) -> None:
+    with answering(line), pytest.raises(control.NoAnswer, match="cannot be read"):
+        control.ask(None, control.Request("/x"), 5.0, never)
+
+
+@pytest.mark.parametrize(("line", "spoken"), [
+    (b'{"outcome": "applied", "pid": 1, "config": "", "protocol": 2, "new": []}\n', "control protocol 2"),
+    (b'{"outcome": "applied", "pid": 1, "config": ""}\n', "control protocol 0"),  # before the field existed
+    (b'{"outcome": "applied", "pid": 1, "config": "", "protocol": "1"}\n', "no known control protocol"),
+    (b"[1]\n", "no known control protocol"),
+])
+def test_an_answer_of_another_version_says_so(run_dir: Path, line: bytes, spoken: str) -> None:
+    """A daemon of another markroute version: named as such (restart it), not misread, even where
+    its answer would otherwise fit; the request carried this version's number."""
+    with answering(line) as requests, pytest.raises(control.OtherVersion) as raised:
+        control.ask(None, control.Request("/x"), 5.0, never)
+    assert f"markroute run speaks {spoken} and this markroute control protocol {control.PROTOCOL}" in str(raised.value)
+    assert "restart markroute run" in str(raised.value)
+    assert json.loads(requests[0])["protocol"] == control.PROTOCOL
+
+
+def test_apply_beside_a_daemon_of_another_version_fails_and_says_why(
+        run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from markroute.commands import apply
+
+    line = b'{"outcome": "refused", "pid": 7, "config": "", "protocol": 2, "errors": ["another version"]}\n'
+    with answering(line), pytest.raises(SystemExit) as exited:
+        apply.hand_over(str(tmp_path / "markroute.yaml"), None, False)
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("markroute: markroute run did not take the apply: markroute run speaks control protocol 2"), err
 
 
 def test_an_answer_with_many_diagnostics_arrives_whole(run_dir: Path) -> None:
@@ -171,7 +209,24 @@ def test_a_path_that_is_not_absolute_is_refused(served: list[control.Request], c
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(10)
         sock.connect(str(control.socket_path(None)))
-        sock.sendall(b'{"config": "' + config.encode() + b'"}\n')
+        sock.sendall(b'{"protocol": 1, "config": "' + config.encode() + b'"}\n')
         answer = json.loads(sock.makefile("rb").readline())
     assert answer["outcome"] == "refused" and "absolute path" in answer["errors"][0], answer
+    assert served == []
+
+
+@pytest.mark.parametrize("request_line", [b'{"config": "/etc/markroute/markroute.yaml"}\n',
+                                          b'{"config": "/etc/markroute/markroute.yaml", "protocol": 2, "more": 1}\n'])
+def test_a_request_of_another_version_is_refused(served: list[control.Request], request_line: bytes) -> None:
+    """An `apply` of another markroute version: refused with both versions named, never served."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(str(control.socket_path(None)))
+        sock.sendall(request_line)
+        answer = json.loads(sock.makefile("rb").readline())
+    assert answer["outcome"] == "refused" and answer["protocol"] == control.PROTOCOL, answer
+    assert "the markroute asking speaks control protocol" in answer["errors"][0], answer
+    assert f"this markroute control protocol {control.PROTOCOL}" in answer["errors"][0], answer
     assert served == []

@@ -159,7 +159,8 @@ def test_garbage_and_silent_clients_do_not_stop_the_daemon(dlab: DaemonLab) -> N
     path = d.write(CONFIG)
     daemon = d.start(path)
     where = str(control.socket_path(d.rtr))
-    for garbage in (b"not json\n", b'{"config": 5}\n', b'{"config": "/x", "shell": "rm -rf /"}\n', b"[]\n"):
+    for garbage in (b"not json\n", b'{"protocol": 1, "config": 5}\n',
+                    b'{"protocol": 1, "config": "/x", "shell": "rm -rf /"}\n', b"[]\n", b'{"config": "/x"}\n'):
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(10)
             sock.connect(where)

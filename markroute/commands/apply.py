@@ -115,6 +115,8 @@ def hand_over(path: str, netns: str | None, force: bool) -> None:
     request = control.Request(os.path.abspath(path), force)
     try:
         answer = control.ask(netns, request, ANSWER_WAIT, lambda: interrupt.received() is not None)
+    except control.OtherVersion as exc:
+        fail(f"markroute run did not take the apply: {exc}")
     except control.NoAnswer as exc:
         late = interrupt.received()
         why = f"{interrupt.signal_name(late)}: stopped waiting" if late is not None else str(exc)

@@ -15,6 +15,12 @@ only root reaches it). One connection per request: the client sends one JSON lin
 (`Request`), the daemon answers one JSON line (`Answer`) and closes. A daemon that
 starts while another one answers on the socket refuses to start: two daemons would undo
 each other's failovers.
+
+Both lines carry `protocol`, the version of this exchange. A daemon still running the
+markroute of before an upgrade and a newer `apply` (or the other way round) differ in
+it, and each side says so instead of misreading the other: the daemon refuses the
+request, the client reports the answer as from another version. Restarting the daemon
+ends it. A line without `protocol` is version 0, the exchange before the field existed.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ MAX_REQUEST = 64 * 1024  # a request is a path
 MAX_ANSWER = 16 * 1024 * 1024  # an answer quotes the config's diagnostics, as many as there are
 REQUEST_WAIT = 5.0  # a client that connected sends its line at once; one that does not is dropped
 OUTCOMES = ("applied", "unchanged", "invalid", "failed", "refused")
+PROTOCOL = 1  # raise when a request or answer changes shape: both ends then say so (`protocol_problem`)
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,7 @@ class Request:
 
     config: str
     force: bool = False
+    protocol: int = PROTOCOL
 
     def __post_init__(self) -> None:
         if not self.config.startswith("/") or "\0" in self.config:
@@ -69,6 +77,7 @@ class Answer:
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     changes: list[str] = field(default_factory=list)
+    protocol: int = PROTOCOL
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:
@@ -77,6 +86,23 @@ class Answer:
 
 class NoAnswer(Exception):
     """The daemon took the request but did not answer; what it did is in its log."""
+
+
+class OtherVersion(NoAnswer):
+    """The daemon answered in another version of this exchange; it refuses such requests, so it did nothing."""
+
+
+def protocol_problem(data: object, sender: str) -> str | None:
+    """Why DATA, a request or answer read from SENDER, is of another version of this exchange, or None.
+
+    Checked before the line is read as a `Request` or `Answer`, whose fields may be
+    what changed between the versions."""
+    version = data.get("protocol", 0) if isinstance(data, dict) else None
+    if version == PROTOCOL:
+        return None
+    shown = f"control protocol {version}" if isinstance(version, int) else "no known control protocol"
+    return (f"{sender} speaks {shown} and this markroute control protocol {PROTOCOL}: they are different "
+            "versions of markroute; restart markroute run after an upgrade (systemctl restart markroute)")
 
 
 def socket_path(netns: str | None) -> Path:
@@ -102,7 +128,11 @@ def ask(netns: str | None, request: Request, wait: float, stop: Callable[[], boo
     finally:
         sock.close()
     try:
-        return typed(Answer, json.loads(data))
+        decoded = json.loads(data)
+        problem = protocol_problem(decoded, "markroute run")
+        if problem is not None:
+            raise OtherVersion(problem)
+        return typed(Answer, decoded)
     except (ValueError, RecordError) as exc:
         raise NoAnswer(f"markroute run's answer cannot be read: {exc}") from exc
 
@@ -218,7 +248,12 @@ class ControlServer:
         timer.cancel()
         del self.clients[client]
         try:
-            request = typed(Request, json.loads(data))
+            decoded = json.loads(data)
+            problem = protocol_problem(decoded, "the markroute asking")
+            if problem is not None:
+                self.send(client, self.refuse(problem))
+                return
+            request = typed(Request, decoded)
         except (ValueError, RecordError) as exc:
             self.send(client, self.refuse(f"a request markroute run cannot read: {exc}"))
             return

@@ -7,6 +7,7 @@ failover group [isp_a, isp_b], 198.18.0.0/15 pinned to isp_b.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -129,6 +130,40 @@ def test_sighup_reloads_the_config_and_keeps_the_uplinks_state(dlab: DaemonLab) 
     time.sleep(1)
     assert daemon.poll() is None and "reload: the config is invalid" in d.log()
     assert status(d)[0] == 0
+
+
+@pytest.mark.kernel
+def test_a_reload_reads_a_set_file_again_only_when_it_changed(dlab: DaemonLab) -> None:  # noqa: F811
+    """The daemon keeps a set file's addresses between reloads while the file is unchanged
+    (`config.sets.SetFiles`); rewritten in place with the same size and its modification time
+    put back, only its change time differs, and the reload still installs the new list."""
+    d = dlab
+    lists = d.workdir / "lists.txt"
+
+    def listed(text: str) -> None:
+        before = lists.stat() if lists.exists() else None
+        with open(lists, "r+" if before else "w") as out:
+            out.write(text)
+        then = time.time() - 60  # a list written last night: past the racy window, so it is kept
+        os.utime(lists, ns=(before.st_atime_ns, before.st_mtime_ns) if before else (int(then * 1e9),) * 2)
+
+    def live() -> str:
+        return str(d.router.lab.run(d.rtr, ["nft", "-j", "list", "set", "inet", "markroute", "lists_v4"]).stdout)
+
+    listed("100.64.1.0/24\n")
+    policy = '  - {name: listed, to: "@lists", via: isp_b}\n'
+    path = d.write(config() + policy + "sets:\n  lists: {file: lists.txt}\n")
+    d.start(path)
+    assert "100.64.1.0" in live()
+    path.write_text(config() + policy + "  - {name: extra, to: 192.0.2.0/24, via: isp_b}\n"
+                    "sets:\n  lists: {file: lists.txt}\n")
+    result = markroute("apply", "-c", str(path), "--netns", d.rtr)
+    assert result.returncode == 0 and "applied by markroute run" in result.stdout, (result.stdout, result.stderr)
+    assert "100.64.1.0" in live()
+    listed("100.64.2.0/24\n")  # same size, same inode, same modification time
+    result = markroute("apply", "-c", str(path), "--netns", d.rtr)
+    assert result.returncode == 0 and "applied:" in result.stdout, (result.stdout, result.stderr)
+    assert "100.64.2.0" in live() and "100.64.1.0" not in live(), live()
 
 
 @pytest.mark.kernel

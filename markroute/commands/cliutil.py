@@ -67,11 +67,14 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     sys.exit(code)
 
 
-def load_model_or_exit(path: str, quiet_warnings: bool = False) -> Model:
-    """The validated model, or the diagnostics on stderr and exit 1."""
-    from markroute.config import load_model
+def load_model_or_exit(path: str, quiet_warnings: bool = False,
+                       load: Callable[[str], tuple[Model | None, list[Diagnostic]]] | None = None) -> Model:
+    """The validated model (read by LOAD, `load_model` by default), or the diagnostics on stderr and exit 1."""
+    if load is None:
+        from markroute.config import load_model
 
-    model, diagnostics = load_model(path)
+        load = load_model
+    model, diagnostics = load(path)
     if model is None:
         print_diagnostics(diagnostics)
         sys.exit(EXIT_FAILED)

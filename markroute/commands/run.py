@@ -43,6 +43,7 @@ def command(config: str | None, netns: str | None, metrics: str | None, down_on_
     metrics address cannot be used or another markroute run serves the namespace.
     """
     from markroute.config import load_model
+    from markroute.config.sets import SetFiles
     from markroute.daemon.logs import setup
     from markroute.daemon.metrics import parse_address
     from markroute.daemon.service import Daemon, Options
@@ -53,9 +54,10 @@ def command(config: str | None, netns: str | None, metrics: str | None, down_on_
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--metrics") from None
     path = config_path(config)
-    model = load_model_or_exit(path)
+    load = partial(load_model, set_files=SetFiles())  # the daemon reads its config again on each reload
+    model = load_model_or_exit(path, load=load)
     with exit_codes():
         netns = prepare(netns)
-        options = Options(partial(load_model, path), os.path.abspath(path), netns, address, down_on_exit)
+        options = Options(partial(load, path), os.path.abspath(path), netns, address, down_on_exit)
         code = Daemon(options, model, setup(verbose)).run()
     sys.exit(code)

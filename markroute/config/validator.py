@@ -23,7 +23,7 @@ from markroute.config.allocation import allocate
 from markroute.config.groups import read_groups
 from markroute.config.policies import read_policies
 from markroute.config.reader import Reader, suggest
-from markroute.config.sets import read_sets, warn_unused_sets
+from markroute.config.sets import SetFiles, read_sets, warn_unused_sets
 from markroute.config.settings import read_settings
 from markroute.config.source import Node, SourceError, load
 from markroute.config.uplinks import read_uplinks
@@ -48,20 +48,24 @@ MATCH_KEYS = match_keys.YAML_KEYS
 POLICY_KEYS = ("name", "via", "log", *MATCH_KEYS)
 
 
-def load_model(path: str) -> tuple[Model | None, list[Diagnostic]]:
-    """Parse and validate; the model is None when any error was found."""
+def load_model(path: str, set_files: SetFiles | None = None) -> tuple[Model | None, list[Diagnostic]]:
+    """Parse and validate; the model is None when any error was found.
+
+    SET_FILES: the set files a long-lived caller (the daemon) read before, taken from
+    there while unchanged (`sets.SetFiles`)."""
     try:
         root = load(path)
     except SourceError as exc:
         return None, [exc.diagnostic]
-    return Validator(path).run(root)
+    return Validator(path, set_files).run(root)
 
 
 class Validator(Reader):
     """Runs the sections over the YAML tree once, collecting diagnostics and the pieces of the model."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, set_files: SetFiles | None = None) -> None:
         super().__init__(path)
+        self.set_files = set_files
         self.sets: dict[str, AddressList] = {}
         self.set_where: dict[str, Where] = {}
         self.used_sets: set[str] = set()
@@ -78,7 +82,7 @@ class Validator(Reader):
         self.known_keys(root, TOP_KEYS, "the top level")
         root = hosts.select(root, self.diag, HOST_KEYS, suggest)
         settings = read_settings(self, root.items.get("settings"))
-        declared = read_sets(self, root.items.get("sets"))
+        declared = read_sets(self, root.items.get("sets"), self.set_files)
         self.sets, self.set_where = declared.addresses, declared.where
         self.dynamic_sets = declared.dynamic
         drafts = read_uplinks(self, root.items.get("uplinks"), root, self.match)

@@ -41,7 +41,10 @@ The fourth (`--part reapply`, `--runs N`, `--sizes`) applies a changed config be
 set of the peers section: a policy with a one-prefix set of its own added, then dropped
 (one transaction rewriting the chains and adding or deleting that set; the big set is
 not loaded again); then both again with 1,000 of the big set's prefixes replaced in the
-same apply (their elements first, over netlink, then the same rewrite).
+same apply (their elements first, over netlink, then the same rewrite). Then the same
+policy added and dropped by `markroute apply` handed to a resident `markroute run`, with
+the big set file unchanged (the daemon keeps its addresses, `config.sets.SetFiles`) and
+rewritten alike before each apply (read again): what keeping the file saves a reload.
 """
 
 from __future__ import annotations
@@ -571,6 +574,56 @@ def own(runs: int) -> None:
     publish("Apply with 100,000 prefixes", body)
 
 
+ADDED = PEER_CONFIG.replace("sets:\n", "sets:\n  direct: {file: direct.txt}\n") + \
+    '  - {name: direct, to: "@direct", via: isp_a}\n'  # a policy with a one-prefix set of its own
+
+
+def reapply_handed(lab: Lab, tmp: Path, size: int, runs: int) -> str:
+    """Table rows: the policy of ADDED added and dropped by `markroute apply` handed to a resident
+    `markroute run` holding SIZE prefixes, with the big set file unchanged and rewritten alike."""
+    tmp.mkdir()
+    ns, config = apply_router(lab, tmp, PEER_CONFIG, (f"h{len(str(size))}", f"hpeer{len(str(size))}"),
+                              answering=True)
+    (tmp / "direct.txt").write_text("198.51.100.0/24\n")
+    big, big_file = "\n".join(spaced_prefixes(size)) + "\n", tmp / "big.txt"
+
+    def write_list(text: str = big) -> None:
+        big_file.write_text(text)
+        then = time.time() - 60  # older than the daemon's racy window: kept between reloads
+        os.utime(big_file, (then, then))
+
+    write_list(ONE_PREFIX)  # the daemon starts small: a thread of its first apply that ended would upset `process_cpu`
+    daemons = DaemonLab(SimpleNamespace(rtr=ns), tmp)
+    kinds = (("the list unchanged", False), ("the list rewritten alike (read again)", True))
+    results: dict[str, list[tuple[float, float, float, str]]] = {}
+    try:
+        pid = daemons.start(config).pid
+        write_list()
+        os.kill(pid, signal.SIGHUP)
+        wait_for_reloads(daemons, 1)
+        for _ in range(runs):
+            for kind, rewrite in kinds:
+                for what, text in (("added", ADDED), ("dropped", PEER_CONFIG)):
+                    config.write_text(text)
+                    if rewrite:
+                        write_list()
+                    before = process_cpu(pid)
+                    wall, cpu, peak, output = cli(ns, "apply", "-c", str(config))
+                    if not output.startswith(f"applied by markroute run (pid {pid})"):
+                        raise RuntimeError(f"the apply was not handed to the daemon: {output}")
+                    results.setdefault(f"{what}, {kind}", []).append(
+                        (wall, cpu + process_cpu(pid) - before, peak, output))
+    finally:
+        daemons.close()
+    rows = ""
+    for what, samples in results.items():
+        said = "; ".join(samples[-1][3].splitlines()[1:-1])
+        rows += (f"| {size:,} | handed to markroute run: the policy and its set {what} | "
+                 f"{ms([s[0] for s in samples])} | {ms([s[1] for s in samples])} | "
+                 f"{max(s[2] for s in samples):.0f} MB (the CLI) | `{said}` |\n")
+    return rows
+
+
 def reapply(runs: int, sizes: list[int]) -> None:
     """The CLI apply of a changed config beside a big set: a policy with a one-prefix set of its own
     added, then dropped again, onto the config of `--part peers` applied with SIZES prefixes; then the
@@ -581,8 +634,6 @@ def reapply(runs: int, sizes: list[int]) -> None:
         tmp = Path(directory)
         ns, config = apply_router(lab, tmp, PEER_CONFIG)
         (tmp / "direct.txt").write_text("198.51.100.0/24\n")
-        added = PEER_CONFIG.replace("sets:\n", "sets:\n  direct: {file: direct.txt}\n") + \
-            '  - {name: direct, to: "@direct", via: isp_a}\n'
         for size in sizes:
             big = "\n".join(spaced_prefixes(size)) + "\n"
             changed = "\n".join(spaced_prefixes(size)[1000:] + spaced_prefixes(size + 1000)[size:]) + "\n"
@@ -591,8 +642,8 @@ def reapply(runs: int, sizes: list[int]) -> None:
                 down(ns)
             config.write_text(PEER_CONFIG)
             cli(ns, "apply", "-c", str(config))
-            changes = (("added", added, big), ("dropped", PEER_CONFIG, big),
-                       ("added, and 1,000 of the big set's prefixes replaced", added, changed),
+            changes = (("added", ADDED, big), ("dropped", PEER_CONFIG, big),
+                       ("added, and 1,000 of the big set's prefixes replaced", ADDED, changed),
                        ("dropped, and the big set's prefixes put back", PEER_CONFIG, big))
             results: dict[str, list[tuple[float, float, float, str]]] = {what: [] for what, _, _ in changes}
             for _ in range(runs):
@@ -606,12 +657,18 @@ def reapply(runs: int, sizes: list[int]) -> None:
                          f"{ms([s[1] for s in samples])} | {max(s[2] for s in samples):.0f} MB | `{said}` |\n")
         with inside(ns):
             down(ns)
+        for size in sizes:
+            rows += reapply_handed(lab, tmp / f"handed{size}", size, runs)
     publish("Apply of a changed config beside a big set", (
         "The config of \"Apply vs peers\" (one policy sending a set of SIZE distinct /24s through isp_b) applied "
         "onto an empty lab namespace, then, in turn, a policy with a one-prefix set of its own added (after the "
         "big set's) and dropped again, then both again with 1,000 of the big set's prefixes replaced by "
         "others in the same apply and put back: the whole CLI `apply` each time, as a child process (peak RSS with its nft "
-        f"children); {runs} rounds; median (min-max). Load average at the start: {' '.join(load)}.\n\n"
+        f"children); {runs} rounds; median (min-max). The rows \"handed to markroute run\" add and drop the "
+        "same policy with `markroute apply` handed to a resident daemon of that config (its CPU: the CLI's and "
+        "the daemon's while the CLI ran): with the big set file unchanged, which the daemon does not read again "
+        "(`config.sets.SetFiles`), and rewritten with the same prefixes before each apply (so read again; dated "
+        f"a minute back, as a list written earlier). Load average at the start: {' '.join(load)}.\n\n"
         "| prefixes | change | wall | CPU | peak RSS | what apply did |\n|---|---|---|---|---|---|\n" + rows))
 
 

@@ -191,6 +191,7 @@ class Daemon:
         self.catch_signals()  # a stop request during start-up waits for the loop, never cuts an apply short
         self.control.open()  # an apply asked for during start-up is answered once the loop runs
         self.nft_session = libnft.open_session()
+        nftnetlink.keep_batch_socket()  # a reload's element batch is not followed by the kernel's wait on close
         if self.nft_session is None:
             self.log.info("libnftables not found: failovers run nft as a process (10-30 ms more each)")
         previous = state.load_daemon_record(self.netns, self.log.warning)

@@ -59,6 +59,14 @@ def test_ha_record_is_private_type_checked_and_never_read_through_a_link(
     with pytest.raises(KernelError, match=r"field 'steps\[0\]\.argv' must be a list"):
         ha.load("ns1")
 
+    path.write_text(json.dumps({**record.to_json(), "format": 2, "new": 1}))
+    with pytest.raises(KernelError, match=r"field 'format' is 2: written by another markroute version"):
+        ha.load("ns1")
+    before = record.to_json()
+    del before["format"]  # as written before records of ha.json had a format: read as format 1
+    path.write_text(json.dumps(before))
+    assert ha.load("ns1") == record
+
     elsewhere = tmp_path / "elsewhere.json"
     elsewhere.write_text(json.dumps(record.to_json()))
     path.unlink()

@@ -19,7 +19,7 @@ from typing import Literal, Union, get_args, get_origin
 
 import pytest
 
-from markroute.kernel import journal, state
+from markroute.kernel import ha, journal, state
 from markroute.plan import IpRule, Route
 
 SHAPES: dict[tuple[str, int], list[str]] = {
@@ -92,6 +92,16 @@ SHAPES: dict[tuple[str, int], list[str]] = {
         "scope: one of universe, link",
         "realm: int or None",
     ],
+    ("HaRecord", 1): [
+        "role: one of master, backup, fault",
+        "since: float",
+        "conntrackd: str or None",
+        "steps[].argv[]: str",
+        "steps[].code: int",
+        "steps[].seconds: float",
+        "steps[].output: str",
+        "hold_error: str or None",
+    ],
     ("DaemonRecord", 1): [
         "pid: int",
         "started: float",
@@ -136,13 +146,13 @@ def _described(kind: object, path: str) -> list[str]:
 
 @pytest.mark.parametrize(("record", "format_now"), [
     (state.State, state.FORMAT), (state.TableAmendment, state.FORMAT), (state.DaemonRecord, state.DAEMON_FORMAT),
-    (IpRule, journal.FORMAT), (Route, journal.FORMAT)])
+    (IpRule, journal.FORMAT), (Route, journal.FORMAT), (ha.HaRecord, ha.HA_FORMAT)])
 def test_a_records_shape_is_the_one_written_down_for_its_format(record: type, format_now: int) -> None:
     written_down = SHAPES.get((record.__name__, format_now))
     now = shape(record)
     assert written_down is not None and now == written_down, (
         f"{record.__name__} (format {format_now}) changed shape: raise its format (markroute/kernel/state.py, "
-        "or journal.py for the undo steps' rules and routes), "
+        "ha.py for ha.json, journal.py for the undo steps' rules and routes), "
         "keep reading the old format where the new fields have defaults (READABLE_FORMATS), and write the new "
         f"shape down in SHAPES here.\nadded: {sorted(set(now) - set(written_down or []))}\n"
         f"gone: {sorted(set(written_down or []) - set(now))}")

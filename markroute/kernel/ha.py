@@ -33,13 +33,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from markroute.kernel import KernelError, nft, state
-from markroute.kernel.records import typed
+from markroute.kernel.records import RecordError, typed
 from markroute.plan import EVERYTHING, HOLD_SETS, Plan
 from markroute.plan.nftjson import FAMILY, address_element
 
 Role = Literal["master", "backup", "fault"]
 ROLES: tuple[Role, ...] = ("master", "backup", "fault")
 HA_RECORD = state.HA_RECORD
+HA_FORMAT = 1  # ha.json's shape, frozen in tests/test_record_formats.py
 STEPS: dict[str, tuple[tuple[str, ...], ...]] = {
     "master": (("-c",), ("-f", "internal"), ("-R",), ("-B",)),
     "backup": (("-t",), ("-n",)),
@@ -67,12 +68,16 @@ class HaRecord:
     hold_error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "format": HA_FORMAT}
 
     @classmethod
     def from_json(cls, data: object) -> HaRecord:
-        """The record read back, every field type-checked (`records.typed`): `RecordError` if damaged."""
-        return typed(cls, data)
+        """The record read back, every field type-checked (`records.typed`): `RecordError` if damaged,
+        or if written by a markroute of another format (one without the field is format 1)."""
+        if isinstance(data, dict) and data.get("format", 1) != HA_FORMAT:
+            raise RecordError("format", f"is {str(data.get('format'))[:20]}: written by another markroute version, "
+                                        f"this one reads format {HA_FORMAT}")
+        return typed(cls, data, ignore=("format",))
 
 
 def load(netns: str | None) -> HaRecord | None:

@@ -278,16 +278,22 @@ def handed_apply(daemons: DaemonLab, pid: int, ns: str, config: Path, text: str)
     set_file = config.parent / "big.txt"
     seen = daemons.logs[-1].read_text().count("reloaded:")
     set_file.write_text(text)
-    before = process_cpu(pid)
-    wall, cpu, peak, output = cli(ns, "apply", "-c", str(config))
-    cpu += process_cpu(pid) - before
-    if not output.startswith(f"applied by markroute run (pid {pid})"):
-        raise RuntimeError(f"the apply was not handed to the daemon: {output}")
+    wall, cpu, peak, _ = handed_cli(pid, ns, config)
     daemon_peak = int(Path(f"/proc/{pid}/status").read_text().split("VmHWM:")[1].split()[0]) / 1024
     set_file.write_text(ONE_PREFIX)
     os.kill(pid, signal.SIGHUP)
     wait_for_reloads(daemons, seen + 2)
     return wall, cpu, max(peak, daemon_peak)
+
+
+def handed_cli(pid: int, ns: str, config: Path) -> tuple[float, float, float, str]:
+    """`cli`'s figures for `markroute apply` of CONFIG, which the daemon PID must take over; the CPU
+    is the CLI's plus the daemon's while the CLI ran (`process_cpu`)."""
+    before = process_cpu(pid)
+    wall, cpu, peak, output = cli(ns, "apply", "-c", str(config))
+    if not output.startswith(f"applied by markroute run (pid {pid})"):
+        raise RuntimeError(f"the apply was not handed to the daemon: {output}")
+    return wall, cpu + process_cpu(pid) - before, peak, output
 
 
 def process_cpu(pid: int) -> float:
@@ -607,12 +613,7 @@ def reapply_handed(lab: Lab, tmp: Path, size: int, runs: int) -> str:
                     config.write_text(text)
                     if rewrite:
                         write_list()
-                    before = process_cpu(pid)
-                    wall, cpu, peak, output = cli(ns, "apply", "-c", str(config))
-                    if not output.startswith(f"applied by markroute run (pid {pid})"):
-                        raise RuntimeError(f"the apply was not handed to the daemon: {output}")
-                    results.setdefault(f"{what}, {kind}", []).append(
-                        (wall, cpu + process_cpu(pid) - before, peak, output))
+                    results.setdefault(f"{what}, {kind}", []).append(handed_cli(pid, ns, config))
     finally:
         daemons.close()
     rows = ""

@@ -136,7 +136,7 @@ def test_table_exists_answers_for_our_family_and_name_only(sets: tuple[Lab, str]
 
 
 @pytest.fixture
-def kept(monkeypatch: pytest.MonkeyPatch) -> nftnetlink.KeptSocket:
+def kept(monkeypatch: pytest.MonkeyPatch) -> Iterator[nftnetlink.KeptSocket]:
     """Element batches through a kept socket, as in the daemon (`keep_batch_socket`); a fresh one per test."""
     batches = nftnetlink.KeptSocket()
     monkeypatch.setattr(nftnetlink, "_batches", batches)
